@@ -1,0 +1,55 @@
+/**
+ * The {@link BlockDevice} interface: what blockmirror needs from storage.
+ *
+ * @module
+ */
+
+/** Optional capabilities of a {@link BlockDevice} (like abstract-level's `supports`). */
+export interface BlockDeviceSupports {
+  /** `trim()` is implemented (discards a range; later reads return zeroes). */
+  readonly trim: boolean;
+  /** `flush()` makes completed writes durable (false: flush is a no-op because nothing is volatile or nothing is durable). */
+  readonly flush: boolean;
+  /** `write(..., { fua: true })` is durable when it resolves. */
+  readonly fua: boolean;
+  /** The device can be closed and opened again on the same backing store with its content kept. */
+  readonly reopen: boolean;
+}
+
+/** Options of a single write. */
+export interface WriteOptions {
+  /** Force unit access: the write is durable when the promise resolves. */
+  fua?: boolean;
+}
+
+/**
+ * Random-access storage of fixed size addressed in bytes.
+ *
+ * Contract (checked by `blockDeviceSuite` from `blockmirror/testing`):
+ * - `offset` and `length` are non-negative safe integers, multiples of
+ *   `blockSize`, and `offset + length <= size`; anything else is refused with
+ *   `BM_ERR_OUT_OF_RANGE` / `BM_ERR_MISALIGNED` / `BM_ERR_INVALID_ARGUMENT`
+ *   before any byte is touched.
+ * - `read` resolves with exactly `length` bytes; never-written bytes read as zero.
+ * - Concurrent requests to disjoint ranges are independent. The order in which
+ *   concurrent overlapping requests take effect is unspecified (callers order them).
+ * - After `close()`, every call rejects with `BM_ERR_CLOSED`.
+ */
+export interface BlockDevice {
+  /** Size in bytes (a multiple of `blockSize`). */
+  readonly size: number;
+  /** Alignment unit in bytes (a power of two, 1 … 65536). */
+  readonly blockSize: number;
+  /** Optional capabilities. */
+  readonly supports: BlockDeviceSupports;
+  /** Reads `length` bytes at `offset`. The returned buffer belongs to the caller. */
+  read(offset: number, length: number): Promise<Buffer>;
+  /** Writes `data` at `offset`. The caller must not modify `data` until the promise settles. */
+  write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void>;
+  /** Makes every write that completed before this call durable. */
+  flush(): Promise<void>;
+  /** Discards a range (reads return zeroes afterwards). Present when `supports.trim`. */
+  trim?(offset: number, length: number): Promise<void>;
+  /** Releases the device. Idempotent. */
+  close(): Promise<void>;
+}
