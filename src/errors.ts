@@ -38,6 +38,8 @@ export const ERROR_CODES = {
   BM_ERR_ADDRESS_IN_USE: 'The listening address is already in use.',
   BM_ERR_MIRROR_WRITE_FAILED: 'The mirror target could not write the data; it stays queued and is retried.',
   BM_ERR_TIMEOUT: 'An operation did not complete within its configured timeout.',
+  BM_ERR_JOURNAL_FULL: 'The journal has no room for the record (the oldest unacknowledged record would be overwritten); nothing was written.',
+  BM_ERR_JOURNAL_CORRUPT: 'The journal file is not a blockmirror journal or its superblock is unreadable; nothing was changed.',
 } as const;
 
 /** A stable error code string, see {@link ERROR_CODES}. */
