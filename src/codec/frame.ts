@@ -48,6 +48,8 @@ export const MessageType = {
   WRITE_ACK: 17,
   FLUSH: 18,
   FLUSH_ACK: 19,
+  /** Zero a range (trim / write-zeroes): after it, the range reads as zeroes. Acknowledged with WRITE_ACK. */
+  ZERO: 20,
 } as const;
 
 /** One of {@link MessageType}'s values. */

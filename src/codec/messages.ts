@@ -1,0 +1,234 @@
+/**
+ * Message headers of the blockmirror protocol and their validation. The codec
+ * (`encoder.ts` / `decoder.ts`) moves frames; this file says what a valid
+ * header of each message type looks like. Anything a peer sends is checked here
+ * before it is used: a bad header is `BM_ERR_BAD_HEADER`.
+ *
+ * @module
+ */
+import { BlockMirrorError } from '../errors.js';
+import { MessageType } from './frame.js';
+
+/** Lowest and highest protocol versions this build speaks. */
+export const PROTOCOL_MIN = 1;
+export const PROTOCOL_MAX = 1;
+
+/** A volume as offered in the handshake. */
+export interface VolumeOffer {
+  name: string;
+  size: number;
+  blockSize: number;
+  /** Current generation id of the volume (hex string; see the resync design). */
+  generation: string;
+}
+
+/** HELLO (client → server): opens the handshake of one connection. */
+export interface HelloHeader {
+  /** Supported protocol range [min, max]. */
+  protocol: [number, number];
+  /** Node id of the sender. */
+  node: string;
+  /** Session id: all n connections of one primary run share it. */
+  session: string;
+  /** Slot index of this connection in the sender's connection array. */
+  slot: number;
+  /** Number of slots in the sender's connection array. */
+  slots: number;
+  features: string[];
+  /** 32 random bytes. */
+  nonce: Uint8Array;
+}
+
+/** CHALLENGE (server → client). */
+export interface ChallengeHeader {
+  protocol: number;
+  node: string;
+  features: string[];
+  nonce: Uint8Array;
+  /** HMAC proof of the server, present when the server has a secret. */
+  proof?: Uint8Array;
+}
+
+/** AUTH (client → server): the client's proof and the volumes it mirrors. */
+export interface AuthHeader {
+  proof?: Uint8Array;
+  volumes: VolumeOffer[];
+}
+
+/** Per-volume answer in READY. */
+export interface ReadyVolume {
+  name: string;
+  /** Highest sequence number the server has applied contiguously for this session (0 if new). */
+  applied: number;
+}
+
+/** READY (server → client): the connection carries requests from now on. */
+export interface ReadyHeader {
+  volumes: ReadyVolume[];
+}
+
+/** ERROR (either way): a coded failure; `id` when it answers a request. */
+export interface ErrorHeader {
+  code: string;
+  message: string;
+  id?: number;
+}
+
+/** WRITE (client → server); payload = data. FrameFlag.FUA asks for durability before the ack. */
+export interface WriteHeader {
+  /** Request id, unique per connection. */
+  id: number;
+  /** Volume index (position in the AUTH volume list). */
+  vol: number;
+  /** Byte offset in the volume. */
+  off: number;
+  /** Per-volume sequence number (order of the primary). */
+  seq: number;
+  /** Every write of this volume with a sequence number ≤ `bar` must be applied before this one. */
+  bar: number;
+}
+
+/** ZERO (client → server): the range reads as zeroes afterwards; ordered like a write. */
+export interface ZeroHeader extends WriteHeader {
+  /** Length of the range in bytes. */
+  len: number;
+}
+
+/** FLUSH (client → server): make applied writes durable, once every seq ≤ `bar` is applied. */
+export interface FlushHeader {
+  id: number;
+  vol: number;
+  bar: number;
+}
+
+/** WRITE_ACK / FLUSH_ACK (server → client). `code` absent = success. */
+export interface AckHeader {
+  id: number;
+  code?: string;
+  message?: string;
+}
+
+function bad(type: number, what: string): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_BAD_HEADER', `invalid header for message type ${type}: ${what}`, {
+    details: { type },
+  });
+}
+
+function isRecord(v: unknown): v is Record<string, unknown> {
+  return typeof v === 'object' && v !== null && !Array.isArray(v) && !(v instanceof Uint8Array);
+}
+
+function uint(v: unknown): v is number {
+  return typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
+}
+
+function str(v: unknown, max = 1024): v is string {
+  return typeof v === 'string' && v.length <= max;
+}
+
+function bytes(v: unknown, length: number): v is Uint8Array {
+  return v instanceof Uint8Array && v.length === length;
+}
+
+function strings(v: unknown): v is string[] {
+  return Array.isArray(v) && v.length <= 64 && v.every((s) => str(s, 64));
+}
+
+function header(type: number, h: unknown): Record<string, unknown> {
+  if (!isRecord(h)) throw bad(type, 'not a map');
+  return h;
+}
+
+/** Validates a HELLO header. */
+export function parseHello(h: unknown): HelloHeader {
+  const t = MessageType.HELLO;
+  const r = header(t, h);
+  const p = r.protocol;
+  if (!Array.isArray(p) || p.length !== 2 || !uint(p[0]) || !uint(p[1]) || p[0] > p[1]) throw bad(t, 'protocol');
+  if (!str(r.node, 256) || !str(r.session, 256)) throw bad(t, 'node/session');
+  if (!uint(r.slots) || r.slots < 1 || r.slots > 1024 || !uint(r.slot) || r.slot >= r.slots) throw bad(t, 'slot');
+  if (!strings(r.features)) throw bad(t, 'features');
+  if (!bytes(r.nonce, 32)) throw bad(t, 'nonce');
+  return r as unknown as HelloHeader;
+}
+
+/** Validates a CHALLENGE header. */
+export function parseChallenge(h: unknown): ChallengeHeader {
+  const t = MessageType.CHALLENGE;
+  const r = header(t, h);
+  if (!uint(r.protocol)) throw bad(t, 'protocol');
+  if (!str(r.node, 256)) throw bad(t, 'node');
+  if (!strings(r.features)) throw bad(t, 'features');
+  if (!bytes(r.nonce, 32)) throw bad(t, 'nonce');
+  if (r.proof !== undefined && !bytes(r.proof, 32)) throw bad(t, 'proof');
+  return r as unknown as ChallengeHeader;
+}
+
+/** Validates an AUTH header. */
+export function parseAuth(h: unknown): AuthHeader {
+  const t = MessageType.AUTH;
+  const r = header(t, h);
+  if (r.proof !== undefined && !bytes(r.proof, 32)) throw bad(t, 'proof');
+  const v = r.volumes;
+  if (!Array.isArray(v) || v.length > 4096) throw bad(t, 'volumes');
+  for (const o of v) {
+    if (!isRecord(o) || !str(o.name, 255) || o.name.length === 0 || !uint(o.size) || !uint(o.blockSize) || !str(o.generation, 64)) {
+      throw bad(t, 'volume offer');
+    }
+  }
+  return r as unknown as AuthHeader;
+}
+
+/** Validates a READY header. */
+export function parseReady(h: unknown): ReadyHeader {
+  const t = MessageType.READY;
+  const r = header(t, h);
+  const v = r.volumes;
+  if (!Array.isArray(v) || v.length > 4096) throw bad(t, 'volumes');
+  for (const o of v) {
+    if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
+  }
+  return r as unknown as ReadyHeader;
+}
+
+/** Validates an ERROR header. */
+export function parseError(h: unknown): ErrorHeader {
+  const t = MessageType.ERROR;
+  const r = header(t, h);
+  if (!str(r.code, 64) || !str(r.message, 4096)) throw bad(t, 'code/message');
+  if (r.id !== undefined && !uint(r.id)) throw bad(t, 'id');
+  return r as unknown as ErrorHeader;
+}
+
+/** Validates a WRITE header. */
+export function parseWrite(h: unknown): WriteHeader {
+  const t = MessageType.WRITE;
+  const r = header(t, h);
+  if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.seq) || !uint(r.bar)) throw bad(t, 'fields');
+  return r as unknown as WriteHeader;
+}
+
+/** Validates a ZERO header. */
+export function parseZero(h: unknown): ZeroHeader {
+  const t = MessageType.ZERO;
+  const r = header(t, h);
+  if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.seq) || !uint(r.bar) || !uint(r.len)) throw bad(t, 'fields');
+  return r as unknown as ZeroHeader;
+}
+
+/** Validates a FLUSH header. */
+export function parseFlush(h: unknown): FlushHeader {
+  const t = MessageType.FLUSH;
+  const r = header(t, h);
+  if (!uint(r.id) || !uint(r.vol) || !uint(r.bar)) throw bad(t, 'fields');
+  return r as unknown as FlushHeader;
+}
+
+/** Validates a WRITE_ACK or FLUSH_ACK header. */
+export function parseAck(type: number, h: unknown): AckHeader {
+  const r = header(type, h);
+  if (!uint(r.id)) throw bad(type, 'id');
+  if (r.code !== undefined && !str(r.code, 64)) throw bad(type, 'code');
+  if (r.message !== undefined && !str(r.message, 4096)) throw bad(type, 'message');
+  return r as unknown as AckHeader;
+}

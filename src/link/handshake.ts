@@ -1,0 +1,217 @@
+/**
+ * The per-connection handshake.
+ *
+ * ```
+ * client                                   server
+ *   HELLO {protocol range, node, session,
+ *          slot, slots, features, nonceC}  →
+ *                                          ← CHALLENGE {protocol, node, features, nonceS,
+ *                                                       proofS = HMAC(secret, "bm-server", nonceC, nonceS)}
+ *   (client checks proofS when it has a secret)
+ *   AUTH {proofC = HMAC(secret, "bm-client",
+ *         nonceS, nonceC), volumes}        →
+ *                                          (server checks proofC, then the volumes)
+ *                                          ← READY {volumes: [{name, applied}]}   or ERROR {code}
+ * ```
+ * Volume names travel only after the server proved itself to the client, and
+ * the server answers about them only after the client proved itself.
+ *
+ * @module
+ */
+import { BlockMirrorError, isErrorCode } from '../errors.js';
+import type { Clock } from '../clock.js';
+import { MessageType, type Frame } from '../codec/frame.js';
+import {
+  PROTOCOL_MAX,
+  PROTOCOL_MIN,
+  parseAuth,
+  parseChallenge,
+  parseError,
+  parseHello,
+  parseReady,
+  type AuthHeader,
+  type HelloHeader,
+  type ReadyVolume,
+  type VolumeOffer,
+} from '../codec/messages.js';
+import { computeProof, createNonce, verifyProof } from './auth.js';
+import type { FramedConnection } from './framed-connection.js';
+
+/** Features this build announces. */
+export const FEATURES: readonly string[] = ['barrier-v1'];
+
+/** Waits for the next frame, failing on close, timeout or a peer ERROR. */
+function nextFrame(conn: FramedConnection, clock: Clock, deadline: number): Promise<Frame> {
+  return new Promise<Frame>((resolve, reject) => {
+    const cleanup = (): void => {
+      conn.off('frame', onFrame);
+      conn.off('close', onClose);
+      clock.clearTimeout(timer);
+    };
+    const onFrame = (frame: Frame): void => {
+      cleanup();
+      if (frame.type === MessageType.ERROR) {
+        let err: BlockMirrorError;
+        try {
+          const e = parseError(frame.header);
+          err = new BlockMirrorError(isErrorCode(e.code) ? e.code : 'BM_ERR_PROTOCOL', `peer refused: ${e.message}`, {
+            details: { peerCode: e.code },
+          });
+        } catch (error) {
+          err = error as BlockMirrorError;
+        }
+        conn.destroy(err);
+        reject(err);
+        return;
+      }
+      resolve(frame);
+    };
+    const onClose = (error?: BlockMirrorError): void => {
+      cleanup();
+      reject(error ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'connection closed during the handshake'));
+    };
+    const timer = clock.setTimeout(
+      () => {
+        cleanup();
+        const err = new BlockMirrorError('BM_ERR_HANDSHAKE_TIMEOUT', 'handshake timed out');
+        conn.fail(err);
+        reject(err);
+      },
+      Math.max(0, deadline - clock.now()),
+    );
+    conn.on('frame', onFrame);
+    conn.once('close', onClose);
+  });
+}
+
+function expect(conn: FramedConnection, frame: Frame, type: number): void {
+  if (frame.type !== type) {
+    const err = new BlockMirrorError('BM_ERR_PROTOCOL', `expected message ${type} during the handshake, got ${frame.type}`);
+    conn.fail(err);
+    throw err;
+  }
+}
+
+/** Runs `parse` on a header; on failure, closes the connection with the error. */
+function parsed<T>(conn: FramedConnection, parse: () => T): T {
+  try {
+    return parse();
+  } catch (error) {
+    conn.fail(error as BlockMirrorError);
+    throw error;
+  }
+}
+
+/** Options of the client side of the handshake. */
+export interface ClientHandshakeOptions {
+  nodeId: string;
+  session: string;
+  slot: number;
+  slots: number;
+  secret?: Uint8Array | undefined;
+  volumes: VolumeOffer[];
+  timeout: number;
+  clock: Clock;
+}
+
+/** What the client learns from a successful handshake. */
+export interface ClientHandshakeResult {
+  peerNode: string;
+  protocol: number;
+  features: string[];
+  volumes: ReadyVolume[];
+}
+
+/** Client side (the primary). Rejects with a coded error and closes the connection on failure. */
+export async function clientHandshake(conn: FramedConnection, o: ClientHandshakeOptions): Promise<ClientHandshakeResult> {
+  const deadline = o.clock.now() + o.timeout;
+  const nonceC = createNonce();
+  const hello: HelloHeader = {
+    protocol: [PROTOCOL_MIN, PROTOCOL_MAX],
+    node: o.nodeId,
+    session: o.session,
+    slot: o.slot,
+    slots: o.slots,
+    features: [...FEATURES],
+    nonce: nonceC,
+  };
+  const framePromise = nextFrame(conn, o.clock, deadline);
+  conn.send(MessageType.HELLO, hello);
+  const cf = await framePromise;
+  expect(conn, cf, MessageType.CHALLENGE);
+  const challenge = parsed(conn, () => parseChallenge(cf.header));
+  if (challenge.protocol < PROTOCOL_MIN || challenge.protocol > PROTOCOL_MAX) {
+    const err = new BlockMirrorError('BM_ERR_PROTOCOL_VERSION', `peer chose protocol ${challenge.protocol}`);
+    conn.fail(err);
+    throw err;
+  }
+  if (o.secret !== undefined && !verifyProof(o.secret, 'server', nonceC, challenge.nonce, challenge.proof)) {
+    const err = new BlockMirrorError('BM_ERR_AUTH_FAILED', 'the peer could not prove knowledge of the shared secret');
+    conn.fail(err);
+    throw err;
+  }
+  const auth: AuthHeader = { volumes: o.volumes };
+  if (o.secret !== undefined) auth.proof = computeProof(o.secret, 'client', challenge.nonce, nonceC);
+  const readyPromise = nextFrame(conn, o.clock, deadline);
+  conn.send(MessageType.AUTH, auth);
+  const rf = await readyPromise;
+  expect(conn, rf, MessageType.READY);
+  const ready = parsed(conn, () => parseReady(rf.header));
+  return {
+    peerNode: challenge.node,
+    protocol: challenge.protocol,
+    features: challenge.features.filter((f) => FEATURES.includes(f)),
+    volumes: ready.volumes,
+  };
+}
+
+/** Options of the server side of the handshake. */
+export interface ServerHandshakeOptions {
+  nodeId: string;
+  secret?: Uint8Array | undefined;
+  timeout: number;
+  clock: Clock;
+  /**
+   * Decides about the offered volumes of an authenticated client; returns the
+   * READY answer or throws a coded error (unknown volume, mismatch, busy).
+   */
+  accept(hello: HelloHeader, volumes: VolumeOffer[]): ReadyVolume[];
+}
+
+/** What the server learns from a successful handshake. */
+export interface ServerHandshakeResult {
+  hello: HelloHeader;
+  protocol: number;
+  features: string[];
+  volumes: VolumeOffer[];
+}
+
+/** Server side (the mirror target). Rejects with a coded error and closes the connection on failure. */
+export async function serverHandshake(conn: FramedConnection, o: ServerHandshakeOptions): Promise<ServerHandshakeResult> {
+  const deadline = o.clock.now() + o.timeout;
+  const hf = await nextFrame(conn, o.clock, deadline);
+  expect(conn, hf, MessageType.HELLO);
+  const hello = parsed(conn, () => parseHello(hf.header));
+  const protocol = Math.min(PROTOCOL_MAX, hello.protocol[1]);
+  if (protocol < Math.max(PROTOCOL_MIN, hello.protocol[0])) {
+    const err = new BlockMirrorError('BM_ERR_PROTOCOL_VERSION', `no common protocol version with ${hello.protocol.join('..')}`);
+    conn.fail(err);
+    throw err;
+  }
+  const nonceS = createNonce();
+  const challenge: Record<string, unknown> = { protocol, node: o.nodeId, features: [...FEATURES], nonce: nonceS };
+  if (o.secret !== undefined) challenge.proof = computeProof(o.secret, 'server', hello.nonce, nonceS);
+  const authPromise = nextFrame(conn, o.clock, deadline);
+  conn.send(MessageType.CHALLENGE, challenge);
+  const af = await authPromise;
+  expect(conn, af, MessageType.AUTH);
+  const auth = parsed(conn, () => parseAuth(af.header));
+  if (o.secret !== undefined && !verifyProof(o.secret, 'client', nonceS, hello.nonce, auth.proof)) {
+    const err = new BlockMirrorError('BM_ERR_AUTH_FAILED', 'the peer could not prove knowledge of the shared secret');
+    conn.fail(err);
+    throw err;
+  }
+  const volumes = parsed(conn, () => o.accept(hello, auth.volumes));
+  conn.send(MessageType.READY, { volumes });
+  return { hello, protocol, features: hello.features.filter((f) => FEATURES.includes(f)), volumes: auth.volumes };
+}

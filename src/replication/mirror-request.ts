@@ -1,0 +1,34 @@
+/**
+ * A mirror request: one write, zero or flush of a volume on its way to the
+ * target, kept until the target acknowledged it.
+ *
+ * @module
+ */
+import type { BlockMirrorError } from '../errors.js';
+
+/** What happened to a request on the mirror, as far as a waiting caller is told. */
+export type MirrorOutcome = { ok: true } | { ok: false; error: BlockMirrorError };
+
+/** A request queued for, or in flight to, the target. */
+export interface MirrorRequest {
+  kind: 'write' | 'zero' | 'flush';
+  /** Per-volume sequence number (0 for flush, which is ordered by `barrier` only). */
+  seq: number;
+  offset: number;
+  length: number;
+  /** Data of a write; undefined for zero and flush. */
+  data: Uint8Array | undefined;
+  /** True once `data` is our own copy (the caller may reuse its buffer). */
+  owned: boolean;
+  fua: boolean;
+  /** Every seq ≤ barrier must be applied on the target before this request. */
+  barrier: number;
+  /** Clock time the request was created (for the sync timeout and latency). */
+  createdAt: number;
+  /** Failed attempts so far. */
+  attempts: number;
+  /** Slot index while in flight, -1 otherwise. */
+  slot: number;
+  /** Set while a caller waits for this request (sync mode); cleared once told. */
+  onDone: ((outcome: MirrorOutcome) => void) | undefined;
+}

@@ -1,0 +1,427 @@
+/**
+ * The mirror storage server side: accepts a primary's connections, checks the
+ * handshake, writes the mirror requests to its devices in the primary's order
+ * and answers each one with success or a coded failure.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { EventEmitter } from 'eventemitter3';
+import createDebug from 'debug';
+import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { systemClock, type Clock } from '../clock.js';
+import type { BlockDevice } from '../device/block-device.js';
+import { checkRange } from '../device/range.js';
+import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
+import { TcpTransport } from '../transport/tcp.js';
+import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
+import { parseFlush, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
+import { FramedConnection } from '../link/framed-connection.js';
+import { serverHandshake } from '../link/handshake.js';
+import { ApplyOrder } from './apply-order.js';
+import { checkAddress } from './primary.js';
+import { checkVolumeName, positiveInt, secretBytes } from './options.js';
+import { zeroDevice } from './primary-volume.js';
+
+const log = createDebug('blockmirror:target');
+
+/** A volume the target hosts. */
+export interface TargetVolumeConfig {
+  name: string;
+  device: BlockDevice;
+}
+
+/** Options of {@link createMirrorTarget}. */
+export interface MirrorTargetOptions {
+  /** Where to listen (port 0: any free port; see `target.address`). */
+  listen: TransportAddress;
+  volumes: TargetVolumeConfig[];
+  /** Transport (default: a new {@link TcpTransport}). */
+  transport?: Transport;
+  /** Shared secret: every connection must prove it (HMAC-SHA256 challenge–response). */
+  secret?: string | Uint8Array;
+  nodeId?: string;
+  clock?: Clock;
+  limits?: Partial<CodecLimits>;
+  /** Handshake timeout in ms (default 10000). */
+  handshakeTimeout?: number;
+  /** Requests applied concurrently per connection before reading pauses (default 128). */
+  maxInFlightPerConnection?: number;
+}
+
+/** Plain-object status of a target volume. */
+export interface TargetVolumeStatus {
+  name: string;
+  size: number;
+  blockSize: number;
+  /** Node id of the primary mirroring into it, if any. */
+  primary: string | undefined;
+  /** Open connections of that primary. */
+  connections: number;
+  /** Every seq ≤ appliedSeq of the current session is applied. */
+  appliedSeq: number;
+  appliedWrites: number;
+  bytesWritten: number;
+  errors: number;
+}
+
+/** Plain-object status of a {@link MirrorTarget}. */
+export interface MirrorTargetStatus {
+  role: 'target';
+  node: string;
+  address: string;
+  peers: Array<{ address: string; node: string; session: string; link: 'up' }>;
+  volumes: Record<string, TargetVolumeStatus>;
+}
+
+/** Events of a {@link MirrorTarget}. */
+export interface MirrorTargetEvents {
+  /** A primary's connection completed the handshake. */
+  connection: [info: { node: string; session: string; slot: number; address: TransportAddress }];
+  /** A connection failed the handshake or was closed for a protocol error. */
+  'connection-error': [error: BlockMirrorError, address: TransportAddress];
+  /** Writing a mirror request to the device failed (the primary is told and retries). */
+  'write-error': [info: { volume: string; seq: number; error: BlockMirrorError }];
+}
+
+/** A volume hosted by a target; read-only for everyone but its primary. */
+export class TargetVolume {
+  readonly name: string;
+  readonly device: BlockDevice;
+  /** @internal */ owner: { node: string; session: string } | undefined;
+  /** @internal */ connections = 0;
+  /** @internal */ order = new ApplyOrder();
+  /** @internal */ appliedWrites = 0;
+  /** @internal */ bytesWritten = 0;
+  /** @internal */ errors = 0;
+
+  /** @internal */
+  constructor(name: string, device: BlockDevice) {
+    this.name = name;
+    this.device = device;
+  }
+
+  get size(): number {
+    return this.device.size;
+  }
+
+  get blockSize(): number {
+    return this.device.blockSize;
+  }
+
+  /** Reads the mirror image. */
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.device.read(offset, length);
+  }
+
+  /** Always refused: a target volume is written only by its primary. */
+  async write(): Promise<never> {
+    throw new BlockMirrorError('BM_ERR_READ_ONLY', `volume ${this.name} is a mirror target: only its primary writes it`);
+  }
+
+  status(): TargetVolumeStatus {
+    return {
+      name: this.name,
+      size: this.device.size,
+      blockSize: this.device.blockSize,
+      primary: this.owner?.node,
+      connections: this.connections,
+      appliedSeq: this.order.watermark,
+      appliedWrites: this.appliedWrites,
+      bytesWritten: this.bytesWritten,
+      errors: this.errors,
+    };
+  }
+}
+
+interface Session {
+  conn: FramedConnection;
+  hello: HelloHeader;
+  volumes: TargetVolume[];
+  pending: number;
+  paused: boolean;
+}
+
+/** A mirror target: see {@link createMirrorTarget}. */
+export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
+  readonly nodeId: string;
+  readonly #transport: Transport;
+  readonly #listen: TransportAddress;
+  readonly #clock: Clock;
+  readonly #secret: Uint8Array | undefined;
+  readonly #limits: CodecLimits;
+  readonly #handshakeTimeout: number;
+  readonly #maxInFlight: number;
+  readonly #volumes = new Map<string, TargetVolume>();
+  readonly #sessions = new Set<Session>();
+  readonly #connections = new Set<FramedConnection>();
+  #server: TransportServer | undefined;
+  #closed = false;
+
+  /** @internal use {@link createMirrorTarget} */
+  constructor(options: MirrorTargetOptions) {
+    super();
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
+    this.#listen = checkAddress(options.listen, 'listen');
+    this.#transport = options.transport ?? new TcpTransport();
+    this.#clock = options.clock ?? systemClock;
+    this.#secret = secretBytes(options.secret);
+    this.#limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
+    this.#handshakeTimeout = positiveInt(options.handshakeTimeout ?? 10000, 'handshakeTimeout');
+    this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 128, 'maxInFlightPerConnection', 65536);
+    this.nodeId = options.nodeId ?? `target-${randomBytes(4).toString('hex')}`;
+    if (!Array.isArray(options.volumes)) throw invalid('volumes must be an array');
+    for (const cfg of options.volumes) {
+      if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
+      checkVolumeName(cfg.name);
+      if (this.#volumes.has(cfg.name)) throw invalid(`volume ${cfg.name} is listed twice`);
+      if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
+        throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
+      }
+      this.#volumes.set(cfg.name, new TargetVolume(cfg.name, cfg.device));
+    }
+  }
+
+  /** The bound address (after `createMirrorTarget` resolved). */
+  get address(): TransportAddress {
+    if (this.#server === undefined) throw new BlockMirrorError('BM_ERR_CLOSED', 'the target is not listening');
+    return this.#server.address;
+  }
+
+  /** The hosted volume called `name`; throws `BM_ERR_UNKNOWN_VOLUME`. */
+  volume(name: string): TargetVolume {
+    const v = this.#volumes.get(name);
+    if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `no volume named ${JSON.stringify(name)}`);
+    return v;
+  }
+
+  /** All hosted volumes. */
+  get volumes(): TargetVolume[] {
+    return [...this.#volumes.values()];
+  }
+
+  /** @internal called by {@link createMirrorTarget} */
+  async start(): Promise<void> {
+    this.#server = await this.#transport.listen(this.#listen);
+    this.#server.on('connection', (raw) => void this.#accept(raw));
+    this.#server.on('error', (error) => log('listener error: %s', error.message));
+    log('listening on %o', this.#server.address);
+  }
+
+  async #accept(raw: TransportConnection): Promise<void> {
+    if (this.#closed) {
+      raw.destroy();
+      return;
+    }
+    const conn = new FramedConnection(raw, { limits: this.#limits });
+    this.#connections.add(conn);
+    conn.once('close', () => this.#connections.delete(conn));
+    let claimed: TargetVolume[] = [];
+    try {
+      const result = await serverHandshake(conn, {
+        nodeId: this.nodeId,
+        secret: this.#secret,
+        timeout: this.#handshakeTimeout,
+        clock: this.#clock,
+        accept: (hello, offers) => {
+          claimed = this.#claim(hello, offers);
+          return claimed.map((v): ReadyVolume => ({ name: v.name, applied: v.order.watermark }));
+        },
+      });
+      const session: Session = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
+      if (conn.closed) {
+        this.#release(claimed);
+        return;
+      }
+      this.#sessions.add(session);
+      conn.on('frame', (frame) => this.#onFrame(session, frame));
+      conn.once('close', (error) => {
+        this.#sessions.delete(session);
+        this.#release(claimed);
+        if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
+      });
+      this.emit('connection', { node: result.hello.node, session: result.hello.session, slot: result.hello.slot, address: raw.remoteAddress });
+    } catch (error) {
+      this.#release(claimed);
+      const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
+      log('handshake with %o failed: %s', raw.remoteAddress, err.message);
+      this.emit('connection-error', err, raw.remoteAddress);
+    }
+  }
+
+  /** Checks the offered volumes and claims them for the client's session. */
+  #claim(hello: HelloHeader, offers: VolumeOffer[]): TargetVolume[] {
+    const found: TargetVolume[] = [];
+    for (const offer of offers) {
+      const v = this.#volumes.get(offer.name);
+      if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `this target hosts no volume named ${JSON.stringify(offer.name)}`);
+      if (v.size !== offer.size || v.blockSize !== offer.blockSize) {
+        throw new BlockMirrorError(
+          'BM_ERR_VOLUME_MISMATCH',
+          `volume ${offer.name}: primary has ${offer.size} bytes / block ${offer.blockSize}, target has ${v.size} / ${v.blockSize}`,
+          { details: { volume: offer.name, primarySize: offer.size, targetSize: v.size, primaryBlockSize: offer.blockSize, targetBlockSize: v.blockSize } },
+        );
+      }
+      if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0) {
+        throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
+      }
+      found.push(v);
+    }
+    for (const v of found) {
+      if (v.owner?.session !== hello.session) {
+        v.owner = { node: hello.node, session: hello.session };
+        v.order = new ApplyOrder();
+      }
+      v.connections++;
+    }
+    return found;
+  }
+
+  #release(volumes: TargetVolume[]): void {
+    for (const v of volumes) v.connections--;
+    volumes.length = 0;
+  }
+
+  #onFrame(session: Session, frame: Frame): void {
+    const conn = session.conn;
+    try {
+      switch (frame.type) {
+        case MessageType.WRITE: {
+          const h = parseWrite(frame.header);
+          const data = frame.payload;
+          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => {
+            checkRange(v.device, h.off, data.length);
+            return v.order.submit(h.seq, h.bar, async () => {
+              await v.device.write(h.off, data, { fua: (frame.flags & FrameFlag.FUA) !== 0 });
+              v.appliedWrites++;
+              v.bytesWritten += data.length;
+            });
+          });
+          return;
+        }
+        case MessageType.ZERO: {
+          const h = parseZero(frame.header);
+          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => {
+            checkRange(v.device, h.off, h.len);
+            return v.order.submit(h.seq, h.bar, async () => {
+              await zeroDevice(v.device, h.off, h.len, (frame.flags & FrameFlag.FUA) !== 0);
+              v.appliedWrites++;
+            });
+          });
+          return;
+        }
+        case MessageType.FLUSH: {
+          const h = parseFlush(frame.header);
+          const flush = (v: TargetVolume): Promise<void> =>
+            new Promise<void>((resolve, reject) => v.order.whenApplied(h.bar, () => v.device.flush().then(resolve, reject)));
+          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), flush, MessageType.FLUSH_ACK);
+          return;
+        }
+        case MessageType.PING:
+          conn.send(MessageType.PONG, frame.header);
+          return;
+        case MessageType.PONG:
+        case MessageType.ERROR:
+          return;
+        default:
+          throw new BlockMirrorError('BM_ERR_PROTOCOL', `unexpected message type ${frame.type} after the handshake`);
+      }
+    } catch (error) {
+      conn.fail(toBlockMirrorError(error, 'BM_ERR_PROTOCOL'));
+    }
+  }
+
+  #volumeOf(session: Session, index: number): TargetVolume {
+    const v = session.volumes[index];
+    if (v === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `request for volume index ${index}, not offered in the handshake`);
+    return v;
+  }
+
+  /** Runs a request, answers it, and applies read back-pressure to the connection. */
+  #track(
+    session: Session,
+    id: number,
+    seq: number,
+    volume: TargetVolume,
+    run: (v: TargetVolume) => Promise<void>,
+    ackType: number = MessageType.WRITE_ACK,
+  ): void {
+    session.pending++;
+    if (session.pending >= this.#maxInFlight && !session.paused) {
+      session.paused = true;
+      session.conn.connection.pause();
+    }
+    let p: Promise<void>;
+    try {
+      p = run(volume);
+    } catch (error) {
+      p = Promise.reject(error);
+    }
+    p.then(
+      () => {
+        session.conn.send(ackType, { id });
+      },
+      (error: unknown) => {
+        const err = toBlockMirrorError(error);
+        volume.errors++;
+        log('volume %s seq %d failed: %s', volume.name, seq, err.message);
+        this.emit('write-error', { volume: volume.name, seq, error: err });
+        session.conn.send(ackType, { id, code: err.code, message: err.message });
+      },
+    ).finally(() => {
+      session.pending--;
+      if (session.paused && session.pending < this.#maxInFlight / 2) {
+        session.paused = false;
+        session.conn.connection.resume();
+      }
+    });
+  }
+
+  /** Plain-object status (JSON-serialisable). */
+  status(): MirrorTargetStatus {
+    const volumes: Record<string, TargetVolumeStatus> = {};
+    for (const v of this.#volumes.values()) volumes[v.name] = v.status();
+    const peers = new Map<string, MirrorTargetStatus['peers'][number]>();
+    for (const s of this.#sessions) {
+      const a = s.conn.connection.remoteAddress;
+      peers.set(s.hello.session, { address: `${a.host}`, node: s.hello.node, session: s.hello.session, link: 'up' });
+    }
+    const addr = this.#server?.address;
+    return {
+      role: 'target',
+      node: this.nodeId,
+      address: addr === undefined ? '' : `${addr.host}:${addr.port}`,
+      peers: [...peers.values()],
+      volumes,
+    };
+  }
+
+  /** Stops listening and closes every connection. Devices are not closed (they belong to the caller). */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const c of this.#connections) c.destroy();
+    await this.#server?.close();
+  }
+}
+
+function invalid(message: string): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
+}
+
+/**
+ * Creates a mirror target and starts listening.
+ *
+ * ```ts
+ * const target = await createMirrorTarget({
+ *   listen: { host: '127.0.0.1', port: 0 },
+ *   volumes: [{ name: 'vol0', device: await FileBlockDevice.open('mirror0.img', { size: 64 << 20 }) }],
+ * });
+ * console.log(target.address.port);
+ * ```
+ */
+export async function createMirrorTarget(options: MirrorTargetOptions): Promise<MirrorTarget> {
+  const target = new MirrorTarget(options);
+  await target.start();
+  return target;
+}

@@ -1,0 +1,443 @@
+/**
+ * One volume on the primary: applies writes to the local device and feeds
+ * the mirror requests of its replication stream, in the order it applied them.
+ *
+ * @module
+ */
+import { EventEmitter } from 'eventemitter3';
+import { BlockMirrorError } from '../errors.js';
+import type { Clock } from '../clock.js';
+import type { BlockDevice } from '../device/block-device.js';
+import { checkRange } from '../device/range.js';
+import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
+import { RangeLock } from './range-lock.js';
+import { SendQueue } from './send-queue.js';
+
+/**
+ * How a volume is replicated.
+ * - `sync`: a write resolves after the local write AND the target's acknowledgement.
+ * - `async`: a write resolves after the local write; the mirror follows in order.
+ * - `local`: not mirrored; nothing is sent.
+ */
+export type ReplicationMode = 'sync' | 'async' | 'local';
+
+/**
+ * Replication state of a volume.
+ * - `in-sync`: nothing pending; the target holds every write.
+ * - `replicating`: writes are on their way; the link is healthy.
+ * - `lagging`: writes are pending and the link is down or a mirror write failed (they are retried).
+ * - `local`: the volume is not mirrored.
+ */
+export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'local';
+
+/** Result of a write, zero or flush through a primary volume. */
+export interface WriteResult {
+  /**
+   * - `acknowledged`: the target has it (sync mode).
+   * - `queued`: it will follow (async mode).
+   * - `failed`: sync mode, but the mirror could not confirm it; it stays queued and is retried.
+   * - `not-mirrored`: local volume.
+   */
+  mirror: 'acknowledged' | 'queued' | 'failed' | 'not-mirrored';
+  /** Sequence number in the volume's replication stream (absent for flush and local volumes). */
+  seq?: number;
+  /** Why the mirror failed (`mirror: 'failed'`). */
+  error?: BlockMirrorError;
+}
+
+/** Plain-object status of a primary volume. */
+export interface PrimaryVolumeStatus {
+  name: string;
+  mode: ReplicationMode;
+  state: VolumeState;
+  /** True when the target is identical as far as the primary knows (nothing pending). */
+  inSync: boolean;
+  size: number;
+  blockSize: number;
+  /** Highest sequence number assigned. */
+  lastSeq: number;
+  /** Every seq ≤ this is acknowledged by the target. */
+  ackedSeq: number;
+  pendingRequests: number;
+  pendingBytes: number;
+  /** Bytes the target acknowledged. */
+  replicatedBytes: number;
+  /** Mirror failures seen (each is retried). */
+  mirrorErrors: number;
+  lastError?: { code: string; message: string };
+}
+
+/** Events of a {@link PrimaryVolume}. */
+export interface PrimaryVolumeEvents {
+  state: [state: VolumeState];
+  'mirror-error': [info: { seq: number; kind: MirrorRequest['kind']; offset: number; length: number; error: BlockMirrorError }];
+}
+
+/** What a volume needs from its primary. @internal */
+export interface ReplicationLink {
+  readonly clock: Clock;
+  /** True while at least one connection can carry requests. */
+  readonly up: boolean;
+  /** A request was queued: try to send. */
+  pump(): void;
+  /** Delay before retry number `attempt` (1-based). */
+  retryDelay(attempt: number): number;
+}
+
+/** Options of write/zero. */
+export interface VolumeWriteOptions {
+  /** Durable on the primary, and (sync mode) on the target, when it resolves. */
+  fua?: boolean;
+}
+
+/**
+ * A volume of a {@link Primary}. Get it with `primary.volume(name)`.
+ */
+export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
+  readonly name: string;
+  readonly mode: ReplicationMode;
+  readonly device: BlockDevice;
+  readonly generation: string;
+  /** Position in the handshake's volume list (-1 for local volumes). @internal */
+  index = -1;
+
+  readonly #link: ReplicationLink;
+  readonly #lock = new RangeLock();
+  /** @internal */
+  readonly queue = new SendQueue();
+  readonly #outstanding = new Map<number, MirrorRequest>();
+  /** Flushes sent or queued (no seq). */
+  readonly #flushes = new Set<MirrorRequest>();
+  #lastSeq = 0;
+  #completedSeq = 0;
+  #pendingBytes = 0;
+  #replicatedBytes = 0;
+  #mirrorErrors = 0;
+  #failing = false;
+  #lastError: BlockMirrorError | undefined;
+  #state: VolumeState;
+  #closed = false;
+
+  /** @internal */
+  constructor(name: string, device: BlockDevice, mode: ReplicationMode, generation: string, link: ReplicationLink) {
+    super();
+    this.name = name;
+    this.device = device;
+    this.mode = mode;
+    this.generation = generation;
+    this.#link = link;
+    this.#state = mode === 'local' ? 'local' : 'in-sync';
+  }
+
+  /** Size of the volume in bytes. */
+  get size(): number {
+    return this.device.size;
+  }
+
+  /** Block size (alignment unit) in bytes. */
+  get blockSize(): number {
+    return this.device.blockSize;
+  }
+
+  /** Current replication state. */
+  get state(): VolumeState {
+    return this.#state;
+  }
+
+  /** Reads from the local device. */
+  read(offset: number, length: number): Promise<Buffer> {
+    if (this.#closed) return Promise.reject(closedError(this.name));
+    return this.device.read(offset, length);
+  }
+
+  /**
+   * Writes `data` at `offset` on the local device and mirrors it according to
+   * the volume's mode. In async mode the data is copied (you may reuse your
+   * buffer once the promise resolves); in sync mode do not modify it until the
+   * promise resolves.
+   */
+  async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
+    checkRange(this.device, offset, data.length);
+    return this.#apply('write', offset, data.length, data, options.fua === true);
+  }
+
+  /** Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered like a write. */
+  async zero(offset: number, length: number, options: VolumeWriteOptions = {}): Promise<WriteResult> {
+    checkRange(this.device, offset, length);
+    return this.#apply('zero', offset, length, undefined, options.fua === true);
+  }
+
+  /**
+   * Makes every write that completed before this call durable locally and
+   * (sync mode) on the target. In async mode the target's flush is queued
+   * behind the writes it covers and not awaited.
+   */
+  async flush(): Promise<WriteResult> {
+    if (this.#closed) throw closedError(this.name);
+    if (this.mode === 'local') {
+      await this.device.flush();
+      return { mirror: 'not-mirrored' };
+    }
+    const barrier = this.mode === 'async' ? this.#lastSeq : this.#completedSeq;
+    const req = this.#request('flush', 0, 0, 0, undefined, false, barrier);
+    if (this.mode === 'async') {
+      this.#enqueue(req);
+      await this.device.flush();
+      return { mirror: 'queued' };
+    }
+    const outcome = this.#waitFor(req);
+    this.#enqueue(req);
+    await this.device.flush();
+    return toResult(await outcome, undefined);
+  }
+
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean): Promise<WriteResult> {
+    if (this.#closed) throw closedError(this.name);
+    if (this.mode === 'local') {
+      await this.#local(kind, offset, length, data, fua);
+      return { mirror: 'not-mirrored' };
+    }
+    const held = this.#lock.tryAcquire(offset, length);
+    const release = typeof held === 'function' ? held : await held;
+    try {
+      if (this.mode === 'async') {
+        const barrier = this.#lastSeq;
+        await this.#local(kind, offset, length, data, fua);
+        const seq = ++this.#lastSeq;
+        const copy = data === undefined ? undefined : Buffer.from(data);
+        const req = this.#request(kind, seq, offset, length, copy, fua, barrier);
+        req.owned = true;
+        this.#enqueue(req);
+        return { mirror: 'queued', seq };
+      }
+      const seq = ++this.#lastSeq;
+      const req = this.#request(kind, seq, offset, length, data, fua, this.#completedSeq);
+      const outcome = this.#waitFor(req);
+      this.#enqueue(req);
+      try {
+        await this.#local(kind, offset, length, data, fua);
+      } catch (error) {
+        // The target may get a write the local device refused: keep the request
+        // (ordering) but the caller learns the local failure.
+        req.onDone = undefined;
+        this.#own(req);
+        throw error;
+      }
+      const result = toResult(await outcome, seq);
+      if (seq > this.#completedSeq) this.#completedSeq = seq;
+      return result;
+    } finally {
+      release();
+    }
+  }
+
+  #local(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean): Promise<void> {
+    if (kind === 'write') return this.device.write(offset, data!, { fua });
+    return zeroDevice(this.device, offset, length, fua);
+  }
+
+  #request(
+    kind: MirrorRequest['kind'],
+    seq: number,
+    offset: number,
+    length: number,
+    data: Uint8Array | undefined,
+    fua: boolean,
+    barrier: number,
+  ): MirrorRequest {
+    return {
+      kind,
+      seq,
+      offset,
+      length,
+      data,
+      owned: false,
+      fua,
+      barrier,
+      createdAt: this.#link.clock.now(),
+      attempts: 0,
+      slot: -1,
+      onDone: undefined,
+    };
+  }
+
+  #waitFor(req: MirrorRequest): Promise<MirrorOutcome> {
+    return new Promise<MirrorOutcome>((resolve) => {
+      req.onDone = resolve;
+      if (!this.#link.up) {
+        this.#degrade(req, new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'no connection to the mirror target is up'));
+      }
+    });
+  }
+
+  #enqueue(req: MirrorRequest): void {
+    if (req.kind === 'flush') this.#flushes.add(req);
+    else {
+      this.#outstanding.set(req.seq, req);
+      this.#pendingBytes += req.kind === 'write' ? req.length : 0;
+    }
+    this.queue.push(req);
+    if (this.#state === 'in-sync') this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+    this.#link.pump();
+  }
+
+  /** Takes ownership of a request's data (copies it) so the caller may reuse its buffer. */
+  #own(req: MirrorRequest): void {
+    if (!req.owned && req.data !== undefined) {
+      req.data = Buffer.from(req.data);
+      req.owned = true;
+    }
+  }
+
+  /** Tells a waiting caller the mirror failed; the request stays queued. */
+  #degrade(req: MirrorRequest, error: BlockMirrorError): void {
+    const done = req.onDone;
+    if (done === undefined) return;
+    req.onDone = undefined;
+    this.#own(req);
+    done({ ok: false, error });
+  }
+
+  /** The target acknowledged `req`. @internal */
+  acknowledged(req: MirrorRequest): void {
+    req.slot = -1;
+    if (req.kind === 'flush') this.#flushes.delete(req);
+    else if (this.#outstanding.delete(req.seq)) {
+      if (req.kind === 'write') {
+        this.#pendingBytes -= req.length;
+        this.#replicatedBytes += req.length;
+      }
+    }
+    const done = req.onDone;
+    req.onDone = undefined;
+    if (done !== undefined) done({ ok: true });
+    if (this.#failing && req.attempts > 0) this.#failing = false;
+    this.#updateState();
+  }
+
+  /** The target answered `req` with an error: report, keep, retry later. @internal */
+  failed(req: MirrorRequest, error: BlockMirrorError): void {
+    req.slot = -1;
+    req.attempts++;
+    this.#mirrorErrors++;
+    this.#lastError = error;
+    this.#failing = true;
+    this.#degrade(req, error);
+    this.emit('mirror-error', { seq: req.seq, kind: req.kind, offset: req.offset, length: req.length, error });
+    this.#setState('lagging');
+    const clock = this.#link.clock;
+    clock.setTimeout(() => {
+      if (this.#closed) return;
+      this.queue.reinsert(req);
+      this.#link.pump();
+    }, this.#link.retryDelay(req.attempts));
+  }
+
+  /** `req` was in flight on a connection that closed: send it again. @internal */
+  requeue(req: MirrorRequest): void {
+    req.slot = -1;
+    this.queue.reinsert(req);
+  }
+
+  /** The target reported every seq ≤ `applied` as applied (after a reconnect). @internal */
+  appliedUpTo(applied: number): void {
+    for (const [seq, req] of this.#outstanding) {
+      if (seq > applied) break;
+      if (req.slot === -1) this.acknowledged(req);
+    }
+  }
+
+  /** Fails waiting sync callers whose request is older than `timeout` ms (they stay queued). @internal */
+  expireWaiters(now: number, timeout: number): void {
+    for (const req of this.#outstanding.values()) {
+      if (now - req.createdAt < timeout) break;
+      this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge seq ${req.seq} within ${timeout} ms`));
+    }
+    for (const req of this.#flushes) {
+      if (now - req.createdAt >= timeout) this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge a flush within ${timeout} ms`));
+    }
+  }
+
+  /** The link went down: tell waiting sync callers now (degrade). @internal */
+  linkDown(error: BlockMirrorError): void {
+    for (const req of this.#outstanding.values()) this.#degrade(req, error);
+    for (const req of this.#flushes) this.#degrade(req, error);
+    this.#updateState();
+  }
+
+  /** The link state changed. @internal */
+  linkChanged(): void {
+    this.#updateState();
+  }
+
+  /** True when nothing is pending. */
+  get idle(): boolean {
+    return this.#outstanding.size === 0 && this.#flushes.size === 0;
+  }
+
+  #updateState(): void {
+    if (this.mode === 'local') return;
+    if (this.idle) this.#setState('in-sync');
+    else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+  }
+
+  #setState(state: VolumeState): void {
+    if (state === this.#state) return;
+    this.#state = state;
+    this.emit('state', state);
+  }
+
+  /** Plain-object status. */
+  status(): PrimaryVolumeStatus {
+    const first = this.#outstanding.keys().next();
+    const s: PrimaryVolumeStatus = {
+      name: this.name,
+      mode: this.mode,
+      state: this.#state,
+      inSync: this.mode !== 'local' && this.idle,
+      size: this.device.size,
+      blockSize: this.device.blockSize,
+      lastSeq: this.#lastSeq,
+      ackedSeq: first.done === true ? this.#lastSeq : first.value - 1,
+      pendingRequests: this.#outstanding.size + this.#flushes.size,
+      pendingBytes: this.#pendingBytes,
+      replicatedBytes: this.#replicatedBytes,
+      mirrorErrors: this.#mirrorErrors,
+    };
+    if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };
+    return s;
+  }
+
+  /** Stops accepting requests; waiting callers are told the mirror failed. @internal */
+  shutdown(): void {
+    this.#closed = true;
+    this.linkDown(closedError(this.name));
+  }
+}
+
+function closedError(name: string): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);
+}
+
+function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult {
+  const r: WriteResult = outcome.ok ? { mirror: 'acknowledged' } : { mirror: 'failed', error: outcome.error };
+  if (seq !== undefined) r.seq = seq;
+  return r;
+}
+
+const ZERO_CHUNK = 1024 * 1024;
+let zeroes: Buffer | undefined;
+
+/** Zeroes a device range: `trim` when the device supports it, else writes of zeroes. */
+export async function zeroDevice(device: BlockDevice, offset: number, length: number, fua: boolean): Promise<void> {
+  if (device.supports.trim && device.trim !== undefined) {
+    await device.trim(offset, length);
+    if (fua) await device.flush();
+    return;
+  }
+  zeroes ??= Buffer.alloc(ZERO_CHUNK);
+  for (let pos = 0; pos < length; pos += ZERO_CHUNK) {
+    const n = Math.min(ZERO_CHUNK, length - pos);
+    await device.write(offset + pos, zeroes.subarray(0, n), { fua: fua && pos + n >= length });
+  }
+}

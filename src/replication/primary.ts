@@ -1,0 +1,523 @@
+/**
+ * The primary storage server side: owns the volumes, applies writes locally
+ * and mirrors them to one target over n connections (the connection array).
+ *
+ * @module
+ */
+import { randomBytes, randomUUID } from 'node:crypto';
+import { EventEmitter } from 'eventemitter3';
+import createDebug from 'debug';
+import { BlockMirrorError, isErrorCode, toBlockMirrorError, type ErrorCode } from '../errors.js';
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import type { BlockDevice } from '../device/block-device.js';
+import type { Transport, TransportAddress } from '../transport/transport.js';
+import { TcpTransport } from '../transport/tcp.js';
+import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
+import { parseAck, parseError, type VolumeOffer } from '../codec/messages.js';
+import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
+import { FramedConnection } from '../link/framed-connection.js';
+import { clientHandshake } from '../link/handshake.js';
+import type { MirrorRequest } from './mirror-request.js';
+import { PrimaryVolume, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
+import { secretBytes, positiveInt, checkVolumeName } from './options.js';
+
+const log = createDebug('blockmirror:primary');
+
+/** A volume the primary serves. */
+export interface PrimaryVolumeConfig {
+  /** Name, unique per primary; the target must host a volume of this name, size and block size. */
+  name: string;
+  device: BlockDevice;
+  /** Replication mode (default `sync`). */
+  mode?: ReplicationMode;
+  /** Generation id (default: random per run). */
+  generation?: string;
+}
+
+/** Options of {@link createPrimary}. */
+export interface PrimaryOptions {
+  /** Address of the mirror target. */
+  peer: TransportAddress;
+  volumes: PrimaryVolumeConfig[];
+  /** Transport (default: a new {@link TcpTransport}). */
+  transport?: Transport;
+  /** Number n of connections in the connection array (default 4, 1…64). */
+  connections?: number;
+  /** Shared secret (HMAC-SHA256 challenge–response on every connection). */
+  secret?: string | Uint8Array;
+  /** Node id (default: random). */
+  nodeId?: string;
+  clock?: Clock;
+  /** Codec limits (default 64 KiB headers, 8 MiB payloads). */
+  limits?: Partial<CodecLimits>;
+  /** Send payload CRC-32s (default true). */
+  payloadChecksum?: boolean;
+  /** Requests in flight per connection before the next waits (default 64). */
+  maxInFlightPerConnection?: number;
+  /** Handshake timeout in ms (default 10000). */
+  handshakeTimeout?: number;
+  /** Sync mode: a write whose mirror acknowledgement takes longer resolves as `failed` and stays queued (default 30000 ms). */
+  mirrorTimeout?: number;
+  /** Retry backoff for failed mirror writes and reconnects, ms (default 100 … 5000). */
+  retryDelay?: { min: number; max: number };
+  /** `createPrimary` resolves only once all n connections are up, and rejects if the first attempt fails (default true). */
+  waitForConnection?: boolean;
+}
+
+/** Link state of the primary towards its target. */
+export type LinkState = 'connecting' | 'up' | 'down';
+
+/** Plain-object status of a {@link Primary}. */
+export interface PrimaryStatus {
+  role: 'primary';
+  node: string;
+  peers: Array<{
+    address: string;
+    node: string | undefined;
+    link: LinkState;
+    connections: ConnectionSlotStatus[];
+    lastError?: { code: string; message: string };
+  }>;
+  volumes: Record<string, PrimaryVolumeStatus>;
+}
+
+/** Events of a {@link Primary}. */
+export interface PrimaryEvents {
+  /** The link state changed. */
+  link: [state: LinkState];
+  /** A slot of the connection array opened or closed. */
+  slot: [info: { index: number; status: ConnectionSlot['status']; error?: BlockMirrorError }];
+  /** A mirror request failed on the target (it is retried). */
+  'mirror-error': [info: { volume: string; seq: number; offset: number; length: number; error: BlockMirrorError }];
+  /** A volume's replication state changed. */
+  'volume-state': [info: { volume: string; state: PrimaryVolumeStatus['state'] }];
+  /** A connection attempt failed (it is retried). */
+  'connect-error': [error: BlockMirrorError];
+}
+
+interface Sent {
+  volume: PrimaryVolume;
+  req: MirrorRequest;
+}
+
+/** Errors after which reconnecting cannot help until someone changes the configuration. */
+const FATAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'BM_ERR_AUTH_FAILED',
+  'BM_ERR_VOLUME_MISMATCH',
+  'BM_ERR_UNKNOWN_VOLUME',
+  'BM_ERR_PROTOCOL_VERSION',
+]);
+
+/**
+ * A primary: see {@link createPrimary}.
+ */
+export class Primary extends EventEmitter<PrimaryEvents> {
+  /** This node's id. */
+  readonly nodeId: string;
+  /** Session id of this run (shared by the n connections). */
+  readonly session: string;
+  readonly peer: TransportAddress;
+  readonly #transport: Transport;
+  readonly #clock: Clock;
+  readonly #secret: Uint8Array | undefined;
+  readonly #limits: CodecLimits;
+  readonly #payloadChecksum: boolean;
+  readonly #maxInFlight: number;
+  readonly #handshakeTimeout: number;
+  readonly #mirrorTimeout: number;
+  readonly #retry: { min: number; max: number };
+  readonly #slots: ConnectionArray;
+  /** Requests in flight per slot, by request id. */
+  readonly #inFlight: Map<number, Sent>[];
+  readonly #volumes = new Map<string, PrimaryVolume>();
+  readonly #mirrored: PrimaryVolume[] = [];
+  readonly #reconnectTimers = new Set<TimerHandle>();
+  readonly #sweep: TimerHandle;
+  #attempts: number[];
+  #nextId = 0;
+  #worker = 0;
+  #pumping = false;
+  #link: LinkState = 'connecting';
+  #peerNode: string | undefined;
+  #lastError: BlockMirrorError | undefined;
+  #closed = false;
+  readonly #link_: ReplicationLink;
+
+  /** @internal use {@link createPrimary} */
+  constructor(options: PrimaryOptions) {
+    super();
+    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
+    this.peer = checkAddress(options.peer, 'peer');
+    this.#transport = options.transport ?? new TcpTransport();
+    this.#clock = options.clock ?? systemClock;
+    this.#secret = secretBytes(options.secret);
+    this.#limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
+    this.#payloadChecksum = options.payloadChecksum ?? true;
+    const n = positiveInt(options.connections ?? 4, 'connections', 64);
+    this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 64, 'maxInFlightPerConnection', 65536);
+    this.#handshakeTimeout = positiveInt(options.handshakeTimeout ?? 10000, 'handshakeTimeout');
+    this.#mirrorTimeout = positiveInt(options.mirrorTimeout ?? 30000, 'mirrorTimeout');
+    const retry = options.retryDelay ?? { min: 100, max: 5000 };
+    this.#retry = { min: positiveInt(retry.min, 'retryDelay.min'), max: positiveInt(retry.max, 'retryDelay.max') };
+    this.nodeId = options.nodeId ?? `primary-${randomBytes(4).toString('hex')}`;
+    this.session = randomUUID();
+    this.#slots = new ConnectionArray(n);
+    this.#inFlight = Array.from({ length: n }, () => new Map<number, Sent>());
+    this.#attempts = new Array<number>(n).fill(0);
+
+    const self = this;
+    this.#link_ = {
+      clock: this.#clock,
+      get up() {
+        return self.#slots.openCount > 0;
+      },
+      pump: () => this.#pump(),
+      retryDelay: (attempt) => this.#backoff(attempt),
+    };
+
+    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
+    for (const cfg of options.volumes) {
+      if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
+      checkVolumeName(cfg.name);
+      if (this.#volumes.has(cfg.name)) throw invalid(`volume ${cfg.name} is listed twice`);
+      const mode = cfg.mode ?? 'sync';
+      if (mode !== 'sync' && mode !== 'async' && mode !== 'local') throw invalid(`volume ${cfg.name}: mode must be sync, async or local`);
+      if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
+        throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
+      }
+      const volume = new PrimaryVolume(cfg.name, cfg.device, mode, cfg.generation ?? randomBytes(8).toString('hex'), this.#link_);
+      volume.on('mirror-error', (info) => this.emit('mirror-error', { volume: volume.name, ...info }));
+      volume.on('state', (state) => this.emit('volume-state', { volume: volume.name, state }));
+      if (mode !== 'local') {
+        volume.index = this.#mirrored.length;
+        this.#mirrored.push(volume);
+      }
+      this.#volumes.set(cfg.name, volume);
+    }
+    this.#sweep = this.#clock.setInterval(() => this.#expire(), Math.max(10, Math.floor(this.#mirrorTimeout / 4)));
+  }
+
+  /** The volume called `name`; throws `BM_ERR_UNKNOWN_VOLUME`. */
+  volume(name: string): PrimaryVolume {
+    const v = this.#volumes.get(name);
+    if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `no volume named ${JSON.stringify(name)}`);
+    return v;
+  }
+
+  /** All volumes, in configuration order. */
+  get volumes(): PrimaryVolume[] {
+    return [...this.#volumes.values()];
+  }
+
+  /** Current link state. */
+  get link(): LinkState {
+    return this.#link;
+  }
+
+  /**
+   * Opens the n connections. With `waitForConnection` (default), resolves when
+   * all are up and rejects (closing everything) if any first attempt fails.
+   * @internal called by {@link createPrimary}
+   */
+  async start(wait: boolean): Promise<void> {
+    if (this.#mirrored.length === 0) {
+      this.#setLink('up');
+      return;
+    }
+    const attempts = this.#slots.slots.map((slot) => this.#connect(slot, !wait));
+    if (!wait) return;
+    try {
+      await Promise.all(attempts);
+    } catch (error) {
+      await this.close({ drain: false });
+      throw error;
+    }
+  }
+
+  /** Opens slot `slot` (handshake included). On failure: rethrows when `fail`, else schedules a retry. */
+  async #connect(slot: ConnectionSlot, retry: boolean): Promise<void> {
+    if (this.#closed) return;
+    slot.status = 'connecting';
+    let conn: FramedConnection | undefined;
+    try {
+      const raw = await this.#transport.connect(this.peer, { timeout: this.#handshakeTimeout });
+      conn = new FramedConnection(raw, { limits: this.#limits, payloadChecksum: this.#payloadChecksum });
+      const offers: VolumeOffer[] = this.#mirrored.map((v) => ({
+        name: v.name,
+        size: v.size,
+        blockSize: v.blockSize,
+        generation: v.generation,
+      }));
+      const result = await clientHandshake(conn, {
+        nodeId: this.nodeId,
+        session: this.session,
+        slot: slot.index,
+        slots: this.#slots.size,
+        secret: this.#secret,
+        volumes: offers,
+        timeout: this.#handshakeTimeout,
+        clock: this.#clock,
+      });
+      if (this.#closed) {
+        conn.close();
+        return;
+      }
+      this.#peerNode = result.peerNode;
+      this.#attempts[slot.index] = 0;
+      this.#open(slot, conn);
+      for (const rv of result.volumes) this.#volumes.get(rv.name)?.appliedUpTo(rv.applied);
+    } catch (error) {
+      const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
+      conn?.destroy();
+      slot.status = 'closed';
+      this.#lastError = err;
+      log('slot %d: connect failed: %s', slot.index, err.message);
+      if (!retry) throw err;
+      this.emit('connect-error', err);
+      this.#scheduleReconnect(slot, FATAL.has(err.code));
+    }
+  }
+
+  #open(slot: ConnectionSlot, conn: FramedConnection): void {
+    slot.connection = conn;
+    slot.status = 'open';
+    slot.lastHeartbeat = this.#clock.now();
+    slot.inFlight = 0;
+    conn.on('frame', (frame) => this.#onFrame(slot, frame));
+    conn.on('drain', () => this.#pump());
+    conn.once('close', (error) => this.#onClose(slot, conn, error));
+    log('slot %d open', slot.index);
+    this.emit('slot', { index: slot.index, status: 'open' });
+    this.#updateLink();
+    this.#pump();
+  }
+
+  #onClose(slot: ConnectionSlot, conn: FramedConnection, error: BlockMirrorError | undefined): void {
+    if (slot.connection !== conn) return;
+    slot.connection = undefined;
+    slot.status = 'closed';
+    slot.inFlight = 0;
+    const sent = this.#inFlight[slot.index]!;
+    const requeued = [...sent.values()];
+    sent.clear();
+    for (const { volume, req } of requeued) volume.requeue(req);
+    const err = error ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'connection to the mirror target closed');
+    if (error !== undefined) this.#lastError = error;
+    log('slot %d closed (%d requests requeued): %s', slot.index, requeued.length, err.message);
+    this.emit('slot', { index: slot.index, status: 'closed', error: err });
+    this.#updateLink(err);
+    if (!this.#closed) {
+      this.#pump();
+      this.#scheduleReconnect(slot, error !== undefined && FATAL.has(error.code));
+    }
+  }
+
+  #scheduleReconnect(slot: ConnectionSlot, fatal: boolean): void {
+    if (this.#closed) return;
+    const attempt = ++this.#attempts[slot.index]!;
+    const delay = fatal ? this.#retry.max : this.#backoff(attempt);
+    const timer = this.#clock.setTimeout(() => {
+      this.#reconnectTimers.delete(timer);
+      void this.#connect(slot, true);
+    }, delay);
+    this.#reconnectTimers.add(timer);
+  }
+
+  #backoff(attempt: number): number {
+    return Math.min(this.#retry.max, this.#retry.min * 2 ** Math.min(attempt - 1, 20));
+  }
+
+  #updateLink(error?: BlockMirrorError): void {
+    const open = this.#slots.openCount;
+    const next: LinkState = open > 0 ? 'up' : this.#link === 'connecting' ? 'connecting' : 'down';
+    if (next === this.#link) return;
+    this.#setLink(next);
+    if (next !== 'up') {
+      const err = error ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is down');
+      for (const v of this.#mirrored) v.linkDown(err);
+    } else {
+      for (const v of this.#mirrored) v.linkChanged();
+    }
+  }
+
+  #setLink(state: LinkState): void {
+    this.#link = state;
+    log('link %s', state);
+    this.emit('link', state);
+  }
+
+  /** Sends queued requests while some slot has room. */
+  #pump(): void {
+    if (this.#pumping || this.#closed) return;
+    this.#pumping = true;
+    try {
+      const volumes = this.#mirrored;
+      const n = this.#slots.size;
+      for (;;) {
+        let sent = false;
+        for (const volume of volumes) {
+          const req = volume.queue.peek();
+          if (req === undefined) continue;
+          const slot = this.#slots.pick(this.#worker, this.#maxInFlight);
+          if (slot === undefined) return;
+          volume.queue.shift();
+          this.#worker = (this.#worker + 1) % n;
+          this.#send(slot, volume, req);
+          sent = true;
+        }
+        if (!sent) return;
+      }
+    } finally {
+      this.#pumping = false;
+    }
+  }
+
+  #send(slot: ConnectionSlot, volume: PrimaryVolume, req: MirrorRequest): void {
+    const id = ++this.#nextId;
+    const conn = slot.connection!;
+    req.slot = slot.index;
+    slot.inFlight++;
+    this.#inFlight[slot.index]!.set(id, { volume, req });
+    const vol = volume.index;
+    if (req.kind === 'write') {
+      conn.send(MessageType.WRITE, { id, vol, off: req.offset, seq: req.seq, bar: req.barrier }, req.data, req.fua ? FrameFlag.FUA : 0);
+    } else if (req.kind === 'zero') {
+      conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
+    } else {
+      conn.send(MessageType.FLUSH, { id, vol, bar: req.barrier });
+    }
+  }
+
+  #onFrame(slot: ConnectionSlot, frame: Frame): void {
+    const conn = slot.connection;
+    if (conn === undefined) return;
+    try {
+      if (frame.type === MessageType.WRITE_ACK || frame.type === MessageType.FLUSH_ACK) {
+        const ack = parseAck(frame.type, frame.header);
+        const sent = this.#inFlight[slot.index]!.get(ack.id);
+        if (sent === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `acknowledgement for unknown request ${ack.id}`);
+        this.#inFlight[slot.index]!.delete(ack.id);
+        slot.inFlight--;
+        slot.lastHeartbeat = this.#clock.now();
+        if (ack.code === undefined) sent.volume.acknowledged(sent.req);
+        else {
+          const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
+          sent.volume.failed(sent.req, new BlockMirrorError(code, `mirror target: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code } }));
+        }
+        this.#pump();
+      } else if (frame.type === MessageType.ERROR) {
+        const e = parseError(frame.header);
+        conn.destroy(new BlockMirrorError(isErrorCode(e.code) ? e.code : 'BM_ERR_PROTOCOL', `mirror target: ${e.message}`));
+      } else if (frame.type === MessageType.PING) {
+        conn.send(MessageType.PONG, frame.header);
+      } else if (frame.type !== MessageType.PONG) {
+        throw new BlockMirrorError('BM_ERR_PROTOCOL', `unexpected message type ${frame.type} from the mirror target`);
+      }
+    } catch (error) {
+      conn.fail(toBlockMirrorError(error, 'BM_ERR_PROTOCOL'));
+    }
+  }
+
+  #expire(): void {
+    const now = this.#clock.now();
+    for (const v of this.#mirrored) if (v.mode === 'sync') v.expireWaiters(now, this.#mirrorTimeout);
+  }
+
+  /** Resolves when every mirrored volume has nothing pending, or rejects with `BM_ERR_TIMEOUT`. */
+  async drain(timeout = 30000): Promise<void> {
+    const idle = (): boolean => this.#mirrored.every((v) => v.idle);
+    if (idle()) return;
+    await new Promise<void>((resolve, reject) => {
+      const check = (): void => {
+        if (!idle()) return;
+        cleanup();
+        resolve();
+      };
+      const timer = this.#clock.setTimeout(() => {
+        cleanup();
+        reject(new BlockMirrorError('BM_ERR_TIMEOUT', `volumes still had pending mirror requests after ${timeout} ms`));
+      }, timeout);
+      const cleanup = (): void => {
+        this.#clock.clearTimeout(timer);
+        this.off('volume-state', check);
+      };
+      this.on('volume-state', check);
+    });
+  }
+
+  /** Plain-object status (JSON-serialisable). */
+  status(): PrimaryStatus {
+    const volumes: Record<string, PrimaryVolumeStatus> = {};
+    for (const v of this.#volumes.values()) volumes[v.name] = v.status();
+    const peer: PrimaryStatus['peers'][number] = {
+      address: `${this.peer.host}:${this.peer.port}`,
+      node: this.#peerNode,
+      link: this.#link,
+      connections: this.#slots.snapshot(),
+    };
+    if (this.#lastError !== undefined) peer.lastError = { code: this.#lastError.code, message: this.#lastError.message };
+    return { role: 'primary', node: this.nodeId, peers: [peer], volumes };
+  }
+
+  /**
+   * Stops: with `drain` (default true) first waits up to `timeout` ms for
+   * pending mirror requests while the link is up; then closes the connections.
+   * Devices are not closed (they belong to the caller).
+   */
+  async close(options: { drain?: boolean; timeout?: number } = {}): Promise<void> {
+    if (this.#closed) return;
+    if ((options.drain ?? true) && this.#link === 'up') {
+      try {
+        await this.drain(options.timeout ?? 30000);
+      } catch {
+        // close anyway; status told what is pending
+      }
+    }
+    this.#closed = true;
+    this.#clock.clearInterval(this.#sweep);
+    for (const t of this.#reconnectTimers) this.#clock.clearTimeout(t);
+    this.#reconnectTimers.clear();
+    for (const v of this.#volumes.values()) v.shutdown();
+    const closing: Promise<void>[] = [];
+    for (const slot of this.#slots.slots) {
+      const conn = slot.connection;
+      if (conn !== undefined && !conn.connection.closed) {
+        closing.push(new Promise<void>((resolve) => conn.connection.once('close', () => resolve())));
+        conn.close();
+      }
+    }
+    await Promise.all(closing);
+  }
+}
+
+function invalid(message: string): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
+}
+
+function checkAddress(a: unknown, what: string): TransportAddress {
+  const r = a as TransportAddress | null;
+  if (r === null || typeof r !== 'object' || typeof r.host !== 'string' || !Number.isInteger(r.port) || r.port < 0 || r.port > 65535) {
+    throw invalid(`${what} must be { host: string, port: 0…65535 }`);
+  }
+  return { host: r.host, port: r.port };
+}
+
+export { checkAddress };
+
+/**
+ * Creates a primary and opens its connection array to `options.peer`.
+ *
+ * ```ts
+ * const primary = await createPrimary({
+ *   peer: { host: '127.0.0.1', port: 7000 },
+ *   volumes: [{ name: 'vol0', device: await FileBlockDevice.open('vol0.img', { size: 64 << 20 }), mode: 'sync' }],
+ * });
+ * await primary.volume('vol0').write(0, Buffer.alloc(4096, 1));
+ * ```
+ */
+export async function createPrimary(options: PrimaryOptions): Promise<Primary> {
+  const primary = new Primary(options);
+  await primary.start(options.waitForConnection ?? true);
+  return primary;
+}
+

@@ -1,0 +1,67 @@
+/**
+ * FIFO of mirror requests waiting to be sent, in sequence order. Retried
+ * requests are put back at their sequence position.
+ *
+ * @module
+ */
+import type { MirrorRequest } from './mirror-request.js';
+
+/** Ordered queue with O(1) push/shift and sorted re-insertion. */
+export class SendQueue {
+  #items: MirrorRequest[] = [];
+  #head = 0;
+
+  get length(): number {
+    return this.#items.length - this.#head;
+  }
+
+  push(req: MirrorRequest): void {
+    this.#items.push(req);
+  }
+
+  peek(): MirrorRequest | undefined {
+    return this.#items[this.#head];
+  }
+
+  shift(): MirrorRequest | undefined {
+    if (this.#head >= this.#items.length) return undefined;
+    const req = this.#items[this.#head]!;
+    this.#items[this.#head] = undefined as unknown as MirrorRequest;
+    this.#head++;
+    if (this.#head > 1024 && this.#head * 2 > this.#items.length) this.#compact();
+    return req;
+  }
+
+  /** Puts `req` back before the first queued request that comes after it (flushes stay behind their barrier). */
+  reinsert(req: MirrorRequest): void {
+    this.#compact();
+    const key = order(req);
+    let lo = 0;
+    let hi = this.#items.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1;
+      if (order(this.#items[mid]!) <= key) lo = mid + 1;
+      else hi = mid;
+    }
+    this.#items.splice(lo, 0, req);
+  }
+
+  /** Removes and returns everything queued. */
+  drain(): MirrorRequest[] {
+    const all = this.#items.slice(this.#head);
+    this.#items = [];
+    this.#head = 0;
+    return all;
+  }
+
+  #compact(): void {
+    if (this.#head === 0) return;
+    this.#items = this.#items.slice(this.#head);
+    this.#head = 0;
+  }
+}
+
+/** Sort key: writes by seq; a flush right after the writes its barrier covers. */
+function order(req: MirrorRequest): number {
+  return req.kind === 'flush' ? req.barrier + 0.5 : req.seq;
+}
