@@ -54,3 +54,16 @@ export function clockFrom(timers: {
     clearInterval: (h) => timers.clearInterval(h),
   };
 }
+
+/**
+ * Like {@link systemClock}, but its timers keep the event loop alive. Used by
+ * simulated I/O (the in-memory network), whose pending deliveries must hold
+ * the process open as a socket would.
+ */
+export const activeClock: Clock = {
+  now: () => performance.now(),
+  setTimeout: (callback, ms) => setTimeout(callback, ms),
+  clearTimeout: (handle) => clearTimeout(handle as NodeJS.Timeout),
+  setInterval: (callback, ms) => setInterval(callback, ms),
+  clearInterval: (handle) => clearInterval(handle as NodeJS.Timeout),
+};

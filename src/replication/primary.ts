@@ -165,11 +165,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#inFlight = Array.from({ length: n }, () => new Map<number, Sent>());
     this.#attempts = new Array<number>(n).fill(0);
 
-    const self = this;
+    const slots = this.#slots;
     this.#link_ = {
       clock: this.#clock,
       get up() {
-        return self.#slots.openCount > 0;
+        return slots.openCount > 0;
       },
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),

@@ -1,0 +1,170 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { once } from 'node:events';
+import { MemoryBlockDevice } from '../../src/device/memory-device.js';
+import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
+import { RecordingDevice } from '../helpers/recording-device.js';
+import { imagesEqual, startPair, turn } from '../helpers/pair.js';
+
+const KiB = 1024;
+
+test('SPEC 10: async mode resolves the host write before the mirror responds', async () => {
+  const held = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: held }]);
+  try {
+    held.hold();
+    const heldSeen = once(held, 'held');
+    const result = await pair.primary.volume('v').write(0, Buffer.alloc(4 * KiB, 7));
+    assert.equal(result.mirror, 'queued');
+    await heldSeen; // the target has the request but has not written it
+    assert.equal((await held.inner.read(0, 4 * KiB)).every((b) => b === 0), true, 'target not yet written');
+    assert.equal(pair.primary.volume('v').status().inSync, false);
+    held.release();
+    await pair.primary.drain();
+    assert.equal(await imagesEqual(pair, 'v'), true);
+    assert.equal(pair.primary.volume('v').status().state, 'in-sync');
+  } finally {
+    held.release();
+    await pair.close();
+  }
+});
+
+test('SPEC 10: sync mode resolves the host write only after the mirror response, and reports it', async () => {
+  const held = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const local = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: held, primaryDevice: local }]);
+  try {
+    held.hold();
+    let settled = false;
+    const localDone = once(local, 'done');
+    const targetHeld = once(held, 'held');
+    const write = pair.primary.volume('v').write(8 * KiB, Buffer.alloc(4 * KiB, 9)).finally(() => {
+      settled = true;
+    });
+    await Promise.all([localDone, targetHeld]);
+    for (let i = 0; i < 20; i++) await turn();
+    assert.equal(settled, false, 'the local write is done, the mirror is held: the write must still be pending');
+    held.release();
+    const result = await write;
+    assert.equal(result.mirror, 'acknowledged');
+    assert.equal(typeof result.seq, 'number');
+    assert.equal(await imagesEqual(pair, 'v'), true);
+  } finally {
+    held.release();
+    await pair.close();
+  }
+});
+
+test('SPEC 11: a volume not designated for mirroring is written locally only; no bytes are sent', async () => {
+  const target = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([
+    { name: 'm', mode: 'sync' },
+    { name: 'l', mode: 'local', targetDevice: target },
+  ]);
+  try {
+    const before = pair.primary.status().peers[0]!.connections.reduce((n, c) => n + c.inFlight, 0);
+    const result = await pair.primary.volume('l').write(0, Buffer.alloc(64 * KiB, 1));
+    assert.equal(result.mirror, 'not-mirrored');
+    await pair.primary.volume('l').flush();
+    assert.equal(pair.target.status().volumes.m!.appliedWrites, 0);
+    assert.equal(target.count('write'), 0);
+    assert.equal(pair.primary.status().volumes.l!.state, 'local');
+    assert.equal(before, 0);
+    assert.deepEqual(await pair.devices.get('l')!.primary.read(0, 4), Buffer.alloc(4, 1));
+  } finally {
+    await pair.close();
+  }
+});
+
+test('a mirror write that fails with EIO is reported, stays queued and is retried until it lands', async () => {
+  const faulty = new FaultyBlockDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  faulty.addFault({ op: 'write', range: { offset: 0, length: 4096 }, error: 'EIO', times: 2 });
+  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: faulty }], {
+    primary: { retryDelay: { min: 1, max: 5 } },
+  });
+  try {
+    const errors: string[] = [];
+    pair.primary.on('mirror-error', (e) => errors.push(`${e.volume}:${e.error.code}`));
+    const result = await pair.primary.volume('v').write(0, Buffer.alloc(4096, 0xee));
+    assert.equal(result.mirror, 'failed');
+    assert.equal(result.error?.code, 'BM_ERR_IO');
+    assert.equal(pair.primary.volume('v').status().state, 'lagging');
+    assert.equal(pair.primary.volume('v').status().lastError?.code, 'BM_ERR_IO');
+    await pair.primary.drain(10000);
+    assert.deepEqual(errors, ['v:BM_ERR_IO', 'v:BM_ERR_IO']);
+    assert.equal(pair.primary.volume('v').status().state, 'in-sync');
+    assert.equal(pair.primary.volume('v').status().mirrorErrors, 2);
+    assert.equal(await imagesEqual(pair, 'v'), true);
+  } finally {
+    await pair.close();
+  }
+});
+
+test('flush and FUA are carried end to end in sync mode', async () => {
+  const target = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: target }]);
+  try {
+    await pair.primary.volume('v').write(0, Buffer.alloc(4096, 1), { fua: true });
+    assert.equal(target.ops.find((o) => o.op === 'write')?.fua, true);
+    await pair.primary.volume('v').write(4096, Buffer.alloc(4096, 2));
+    assert.equal(target.ops.filter((o) => o.op === 'write')[1]?.fua, false);
+    const flushes = target.count('flush');
+    const r = await pair.primary.volume('v').flush();
+    assert.equal(r.mirror, 'acknowledged');
+    assert.equal(target.count('flush'), flushes + 1);
+  } finally {
+    await pair.close();
+  }
+});
+
+test('an async flush reaches the target after the writes it covers', async () => {
+  const target = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: target }]);
+  try {
+    target.hold();
+    for (let i = 0; i < 8; i++) await pair.primary.volume('v').write(i * 4096, Buffer.alloc(4096, i + 1));
+    const r = await pair.primary.volume('v').flush();
+    assert.equal(r.mirror, 'queued');
+    target.release();
+    await pair.primary.drain();
+    const order = target.ops.map((o) => o.op);
+    assert.equal(order.lastIndexOf('write') < order.indexOf('flush'), true, `flush after all writes: ${order.join(',')}`);
+  } finally {
+    target.release();
+    await pair.close();
+  }
+});
+
+test('zero (trim / write-zeroes) is mirrored in order with writes', async () => {
+  const pair = await startPair([{ name: 'v', mode: 'async' }]);
+  try {
+    const v = pair.primary.volume('v');
+    await v.write(0, Buffer.alloc(64 * KiB, 0x55));
+    await v.zero(4 * KiB, 8 * KiB);
+    await v.write(8 * KiB, Buffer.alloc(4 * KiB, 0x66));
+    await pair.primary.drain();
+    assert.equal(await imagesEqual(pair, 'v'), true);
+    const t = await pair.devices.get('v')!.target.read(0, 16 * KiB);
+    assert.equal(t[4 * KiB], 0);
+    assert.equal(t[8 * KiB], 0x66);
+    assert.equal(t[12 * KiB], 0x55);
+  } finally {
+    await pair.close();
+  }
+});
+
+test('requests out of range or misaligned are refused before anything is written or sent', async () => {
+  const target = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: target }]);
+  try {
+    const v = pair.primary.volume('v');
+    await assert.rejects(v.write(1 << 20, Buffer.alloc(512)), { code: 'BM_ERR_OUT_OF_RANGE' });
+    await assert.rejects(v.write(100, Buffer.alloc(512)), { code: 'BM_ERR_MISALIGNED' });
+    await assert.rejects(v.write(-512, Buffer.alloc(512)), { code: 'BM_ERR_INVALID_ARGUMENT' });
+    await assert.rejects(v.zero(0, (1 << 20) + 512), { code: 'BM_ERR_OUT_OF_RANGE' });
+    assert.equal(target.count('write'), 0);
+    assert.equal(v.status().lastSeq, 0);
+  } finally {
+    await pair.close();
+  }
+});
