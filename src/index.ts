@@ -1,9 +1,79 @@
 /**
  * blockmirror: mirror block volumes between storage servers over IP.
  *
+ * Start with {@link createMirrorTarget} on the mirror server and
+ * {@link createPrimary} on the primary; serve volumes to any NBD client with
+ * {@link NbdServer}.
+ *
  * @module blockmirror
  */
-export * from './errors.js';
-export * from './clock.js';
-export type * from './device/block-device.js';
-export type * from './transport/transport.js';
+
+// errors and time
+export { BlockMirrorError, ERROR_CODES, isBlockMirrorError, isErrorCode, toBlockMirrorError } from './errors.js';
+export type { ErrorCode, BlockMirrorErrorOptions } from './errors.js';
+export { systemClock, activeClock, clockFrom } from './clock.js';
+export type { Clock, TimerHandle } from './clock.js';
+
+// block devices
+export type { BlockDevice, BlockDeviceSupports, WriteOptions } from './device/block-device.js';
+export { FileBlockDevice } from './device/file-device.js';
+export type { FileBlockDeviceOptions } from './device/file-device.js';
+export { MemoryBlockDevice } from './device/memory-device.js';
+export type { MemoryBlockDeviceOptions } from './device/memory-device.js';
+export { checkRange, validateGeometry, checkWriteData, MAX_BLOCK_SIZE } from './device/range.js';
+export type { DeviceGeometry } from './device/range.js';
+export { parseSize } from './device/size.js';
+
+// transports
+export type {
+  Transport,
+  TransportAddress,
+  TransportConnection,
+  TransportConnectionEvents,
+  TransportServer,
+  TransportServerEvents,
+  TransportSupports,
+  ConnectOptions,
+  DatagramChannel,
+  DatagramChannelEvents,
+} from './transport/transport.js';
+export { TcpTransport, TcpConnection, TcpServer, UdpChannel, DEFAULT_TCP_HIGH_WATER_MARK, DEFAULT_TCP_CONNECT_TIMEOUT } from './transport/tcp.js';
+export type { TcpTransportOptions } from './transport/tcp.js';
+
+// wire codec
+export { encodeFrame, frameLength, validateCodecLimits } from './codec/encoder.js';
+export type { EncodeFrameOptions } from './codec/encoder.js';
+export { FrameDecoder, decodeFrame } from './codec/decoder.js';
+export type { FrameDecoderOptions, DecodeFrameOptions } from './codec/decoder.js';
+export { MAGIC, WIRE_VERSION, PREFIX_LENGTH, MessageType, FrameFlag, DEFAULT_CODEC_LIMITS } from './codec/frame.js';
+export type { Frame, CodecLimits, MessageTypeValue } from './codec/frame.js';
+export { PROTOCOL_MIN, PROTOCOL_MAX } from './codec/messages.js';
+export type { VolumeOffer } from './codec/messages.js';
+
+// replication
+export { createPrimary, Primary } from './replication/primary.js';
+export type { PrimaryOptions, PrimaryVolumeConfig, PrimaryStatus, PrimaryEvents, LinkState } from './replication/primary.js';
+export { PrimaryVolume } from './replication/primary-volume.js';
+export type {
+  ReplicationMode,
+  VolumeState,
+  WriteResult,
+  PrimaryVolumeStatus,
+  PrimaryVolumeEvents,
+  VolumeWriteOptions,
+} from './replication/primary-volume.js';
+export { createMirrorTarget, MirrorTarget, TargetVolume } from './replication/mirror-target.js';
+export type {
+  MirrorTargetOptions,
+  TargetVolumeConfig,
+  TargetVolumeStatus,
+  MirrorTargetStatus,
+  MirrorTargetEvents,
+} from './replication/mirror-target.js';
+export type { ConnectionSlotStatus, SlotStatus } from './link/connection-array.js';
+
+// NBD front
+export { NbdServer } from './nbd/server.js';
+export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats } from './nbd/server.js';
+export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
+export type { NbdExport, NbdBackend, NbdWriteZeroesOptions } from './nbd/export.js';

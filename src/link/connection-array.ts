@@ -21,6 +21,8 @@ export interface ConnectionSlot {
   status: SlotStatus;
   /** Requests sent on this connection and not yet answered. */
   inFlight: number;
+  /** Requests sent on this slot since the array was created. */
+  sent: number;
 }
 
 /** Plain-object view of a slot, for `status()`. */
@@ -29,6 +31,7 @@ export interface ConnectionSlotStatus {
   status: SlotStatus;
   lastHeartbeat: number;
   inFlight: number;
+  sent: number;
 }
 
 /** n slots, one per worker. */
@@ -42,6 +45,7 @@ export class ConnectionArray {
       lastHeartbeat: 0,
       status: 'closed' as SlotStatus,
       inFlight: 0,
+      sent: 0,
     }));
   }
 
@@ -82,6 +86,6 @@ export class ConnectionArray {
 
   /** Plain-object snapshot. */
   snapshot(): ConnectionSlotStatus[] {
-    return this.slots.map((s) => ({ index: s.index, status: s.status, lastHeartbeat: s.lastHeartbeat, inFlight: s.inFlight }));
+    return this.slots.map((s) => ({ index: s.index, status: s.status, lastHeartbeat: s.lastHeartbeat, inFlight: s.inFlight, sent: s.sent }));
   }
 }

@@ -377,6 +377,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const conn = slot.connection!;
     req.slot = slot.index;
     slot.inFlight++;
+    slot.sent++;
     this.#inFlight[slot.index]!.set(id, { volume, req });
     const vol = volume.index;
     if (req.kind === 'write') {

@@ -1,8 +1,10 @@
 import { test } from 'node:test';
+import { onceEvent as once } from '../helpers/events.js';
 import assert from 'node:assert/strict';
-import { once } from 'node:events';
+
 import { MemoryBlockDevice } from '../../src/device/memory-device.js';
 import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
+import { MemoryNetwork } from '../../src/transport/memory.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
 import { imagesEqual, startPair, turn } from '../helpers/pair.js';
 
@@ -56,21 +58,32 @@ test('SPEC 10: sync mode resolves the host write only after the mirror response,
 });
 
 test('SPEC 11: a volume not designated for mirroring is written locally only; no bytes are sent', async () => {
+  const network = new MemoryNetwork();
   const target = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
-  const pair = await startPair([
-    { name: 'm', mode: 'sync' },
-    { name: 'l', mode: 'local', targetDevice: target },
-  ]);
+  const pair = await startPair(
+    [
+      { name: 'm', mode: 'sync' },
+      { name: 'l', mode: 'local', targetDevice: target },
+    ],
+    {
+      target: { transport: network.transport({ host: '10.0.0.2' }), listen: { host: '10.0.0.2', port: 0 } },
+      primary: { transport: network.transport({ host: '10.0.0.1' }) },
+    },
+  );
   try {
-    const before = pair.primary.status().peers[0]!.connections.reduce((n, c) => n + c.inFlight, 0);
-    const result = await pair.primary.volume('l').write(0, Buffer.alloc(64 * KiB, 1));
+    const before = network.bytesSent;
+    const v = pair.primary.volume('l');
+    const result = await v.write(0, Buffer.alloc(64 * KiB, 1));
     assert.equal(result.mirror, 'not-mirrored');
-    await pair.primary.volume('l').flush();
-    assert.equal(pair.target.status().volumes.m!.appliedWrites, 0);
+    assert.equal((await v.flush()).mirror, 'not-mirrored');
+    assert.equal((await v.zero(0, 4 * KiB)).mirror, 'not-mirrored');
+    assert.equal(network.bytesSent, before, 'not a byte on the wire');
     assert.equal(target.count('write'), 0);
     assert.equal(pair.primary.status().volumes.l!.state, 'local');
-    assert.equal(before, 0);
-    assert.deepEqual(await pair.devices.get('l')!.primary.read(0, 4), Buffer.alloc(4, 1));
+    assert.equal((await pair.devices.get('l')!.primary.read(64 * KiB - 512, 512))[0], 1);
+    // the mirrored volume beside it does send
+    await pair.primary.volume('m').write(0, Buffer.alloc(4 * KiB, 2));
+    assert.ok(network.bytesSent > before + 4 * KiB);
   } finally {
     await pair.close();
   }

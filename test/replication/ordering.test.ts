@@ -17,7 +17,9 @@ const writeArb = fc.record({
   zero: fc.boolean(),
 });
 
-async function runScenario(mode: ReplicationMode, writes: fc.Value<typeof writeArb>[], seed: number, cutAt: number | undefined) {
+type WriteStep = typeof writeArb extends fc.Arbitrary<infer T> ? T : never;
+
+async function runScenario(mode: ReplicationMode, writes: WriteStep[], seed: number, cutAt: number | undefined) {
   const random = seededRandom(seed);
   const network = new MemoryNetwork();
   network.on('link', (link) => link.setDelay(() => Math.floor(random() * 4)));
