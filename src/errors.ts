@@ -12,7 +12,7 @@
  */
 export const ERROR_CODES = {
   BM_ERR_INVALID_ARGUMENT: 'An API argument or option is missing, of the wrong type or out of its allowed range.',
-  BM_ERR_OUT_OF_RANGE: 'A request addresses bytes outside the volume or device (offset + length > size, or negative).',
+  BM_ERR_OUT_OF_RANGE: 'A request addresses bytes outside the volume or device (offset + length > size).',
   BM_ERR_MISALIGNED: 'A request offset or length is not a multiple of the device block size.',
   BM_ERR_CLOSED: 'The object (device, volume, primary, target, connection) was closed; nothing was done.',
   BM_ERR_IO: 'The underlying device reported an I/O error (EIO); the request may not have been applied.',
