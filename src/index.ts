@@ -38,7 +38,7 @@ export type {
   DatagramChannelEvents,
 } from './transport/transport.js';
 export { TcpTransport, TcpConnection, TcpServer, UdpChannel, DEFAULT_TCP_HIGH_WATER_MARK, DEFAULT_TCP_CONNECT_TIMEOUT } from './transport/tcp.js';
-export type { TcpTransportOptions } from './transport/tcp.js';
+export type { TcpTransportOptions, SocketSettings } from './transport/tcp.js';
 
 // wire codec
 export { encodeFrame, frameLength, validateCodecLimits } from './codec/encoder.js';

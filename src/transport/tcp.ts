@@ -63,7 +63,7 @@ export interface TcpTransportOptions {
 }
 
 /** Options shared by the connections of one {@link TcpTransport}. */
-interface SocketSettings {
+export interface SocketSettings {
   readonly noDelay: boolean;
   readonly keepAlive: boolean | number;
   readonly highWaterMark: number;
