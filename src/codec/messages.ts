@@ -20,6 +20,14 @@ export interface VolumeOffer {
   blockSize: number;
   /** Current generation id of the volume (hex string; see the resync design). */
   generation: string;
+  /**
+   * Id of the replication stream whose sequence numbers the requests carry. It
+   * survives a restart of the primary when unacknowledged requests were
+   * recovered from its journal; otherwise it is new per run.
+   */
+  stream: string;
+  /** Every seq ≤ base of this stream was acknowledged by a target before (the target may consider them applied). */
+  base: number;
 }
 
 /** HELLO (client → server): opens the handshake of one connection. */
@@ -172,7 +180,16 @@ export function parseAuth(h: unknown): AuthHeader {
   const v = r.volumes;
   if (!Array.isArray(v) || v.length > 4096) throw bad(t, 'volumes');
   for (const o of v) {
-    if (!isRecord(o) || !str(o.name, 255) || o.name.length === 0 || !uint(o.size) || !uint(o.blockSize) || !str(o.generation, 64)) {
+    if (
+      !isRecord(o) ||
+      !str(o.name, 255) ||
+      o.name.length === 0 ||
+      !uint(o.size) ||
+      !uint(o.blockSize) ||
+      !str(o.generation, 64) ||
+      !str(o.stream, 64) ||
+      !uint(o.base)
+    ) {
       throw bad(t, 'volume offer');
     }
   }

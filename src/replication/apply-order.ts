@@ -71,6 +71,15 @@ export class ApplyOrder {
     return outcome;
   }
 
+  /** Declares every seq ≤ `watermark` applied (the primary says a target acknowledged them before). */
+  raise(watermark: number): void {
+    if (watermark <= this.#watermark) return;
+    this.#watermark = watermark;
+    for (const seq of this.#applied) if (seq <= watermark) this.#applied.delete(seq);
+    while (this.#applied.delete(this.#watermark + 1)) this.#watermark++;
+    this.#release();
+  }
+
   /** Runs `run` once every seq ≤ `barrier` is applied (at once if already so). */
   whenApplied(barrier: number, run: () => void): void {
     if (barrier <= this.#watermark) run();

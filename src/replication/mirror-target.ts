@@ -89,6 +89,7 @@ export class TargetVolume {
   readonly name: string;
   readonly device: BlockDevice;
   /** @internal */ owner: { node: string; session: string } | undefined;
+  /** Replication stream the ordering state belongs to. @internal */ stream: string | undefined;
   /** @internal */ connections = 0;
   /** @internal */ order = new ApplyOrder();
   /** @internal */ appliedWrites = 0;
@@ -267,13 +268,19 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       }
       found.push(v);
     }
-    for (const v of found) {
-      if (v.owner?.session !== hello.session) {
-        v.owner = { node: hello.node, session: hello.session };
-        v.order = new ApplyOrder();
+    offers.forEach((offer, i) => {
+      const v = found[i]!;
+      v.owner = { node: hello.node, session: hello.session };
+      if (v.stream !== offer.stream) {
+        // A new stream (new primary run, or a target that restarted): its
+        // sequence numbers up to `base` were acknowledged by a target before.
+        v.stream = offer.stream;
+        v.order = new ApplyOrder(offer.base);
+      } else {
+        v.order.raise(offer.base);
       }
       v.connections++;
-    }
+    });
     return found;
   }
 

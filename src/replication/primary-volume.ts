@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import { BlockMirrorError } from '../errors.js';
 import type { Clock } from '../clock.js';
@@ -98,6 +99,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly mode: ReplicationMode;
   readonly device: BlockDevice;
   readonly generation: string;
+  /** Id of this volume's replication stream (see {@link VolumeOffer.stream}). */
+  stream: string = randomBytes(8).toString('hex');
   /** Position in the handshake's volume list (-1 for local volumes). @internal */
   index = -1;
 
@@ -387,9 +390,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.emit('state', state);
   }
 
+  /** Every seq ≤ this was acknowledged by the target. */
+  get ackedSeq(): number {
+    const first = this.#outstanding.keys().next();
+    return first.done === true ? this.#lastSeq : first.value - 1;
+  }
+
   /** Plain-object status. */
   status(): PrimaryVolumeStatus {
-    const first = this.#outstanding.keys().next();
     const s: PrimaryVolumeStatus = {
       name: this.name,
       mode: this.mode,
@@ -398,7 +406,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       size: this.device.size,
       blockSize: this.device.blockSize,
       lastSeq: this.#lastSeq,
-      ackedSeq: first.done === true ? this.#lastSeq : first.value - 1,
+      ackedSeq: this.ackedSeq,
       pendingRequests: this.#outstanding.size + this.#flushes.size,
       pendingBytes: this.#pendingBytes,
       replicatedBytes: this.#replicatedBytes,

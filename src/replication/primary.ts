@@ -247,6 +247,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         size: v.size,
         blockSize: v.blockSize,
         generation: v.generation,
+        stream: v.stream,
+        base: v.ackedSeq,
       }));
       const result = await clientHandshake(conn, {
         nodeId: this.nodeId,

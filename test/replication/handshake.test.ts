@@ -135,7 +135,7 @@ test('an intruder without the secret learns no volume name and writes nothing', 
   });
   try {
     const bytes = await rawClient(target.address.port, () => [
-      encodeFrame(MessageType.AUTH, { proof: new Uint8Array(32), volumes: [{ name: 'secret-volume-name', size: MiB, blockSize: 512, generation: 'x' }] }),
+      encodeFrame(MessageType.AUTH, { proof: new Uint8Array(32), volumes: [{ name: 'secret-volume-name', size: MiB, blockSize: 512, generation: 'x', stream: 's', base: 0 }] }),
       encodeFrame(MessageType.WRITE, { id: 1, vol: 0, off: 0, seq: 1, bar: 0 }, Buffer.alloc(512, 0xff)),
     ]);
     assert.equal(bytes.includes('secret-volume-name'), false);
