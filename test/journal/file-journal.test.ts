@@ -1,0 +1,496 @@
+import assert from 'node:assert/strict';
+import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import FakeTimers from '@sinonjs/fake-timers';
+import { clockFrom } from '../../src/clock.js';
+import { isBlockMirrorError } from '../../src/errors.js';
+import type { ErrorCode } from '../../src/errors.js';
+import { FileJournal } from '../../src/journal/file-journal.js';
+import type { FileJournalOptions } from '../../src/journal/file-journal.js';
+import type { JournalEntry } from '../../src/journal/journal.js';
+import { ALIGN, RECORD_HEADER_BYTES, RING_START, recordBytes } from '../../src/journal/record-format.js';
+import { assertEntries, collect, makeEntry } from './helpers.js';
+import { journalSuite } from './journal-suite.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'bm-journal-'));
+after(() => rmSync(dir, { recursive: true, force: true }));
+let fileCounter = 0;
+function freshPath(): string {
+  return join(dir, `j${++fileCounter}.journal`);
+}
+
+for (const fsync of ['batch', 'none', 'always'] as const) {
+  journalSuite({
+    name: `FileJournal (fsync ${fsync})`,
+    create: (capacityBytes) => FileJournal.open(freshPath(), { capacityBytes, fsync }),
+    footprint: recordBytes,
+    reserveBytes: ALIGN,
+  });
+}
+
+async function rejectsWith(promise: Promise<unknown>, code: ErrorCode): Promise<void> {
+  await assert.rejects(promise, (error: unknown) => {
+    assert.ok(isBlockMirrorError(error, code), `expected ${code}, got ${String(error)}`);
+    return true;
+  });
+}
+
+/** Appends `entries` one after the other. */
+async function appendAll(journal: FileJournal, entries: readonly JournalEntry[]): Promise<void> {
+  for (const entry of entries) await journal.append(entry);
+}
+
+/** File offset of the record with this seq (scans the ring for its header). */
+function findRecord(path: string, seq: number): number {
+  const file = readFileSync(path);
+  for (let at = RING_START; at + RECORD_HEADER_BYTES <= file.length; at += ALIGN) {
+    if (file.readUInt32LE(at) === 0x524a4d42 && file.readUInt32LE(at + 16) === seq && (file.readUInt16LE(at + 6) & 2) === 0) {
+      return at;
+    }
+  }
+  throw new Error(`record ${seq} not found`);
+}
+
+function flipByte(path: string, position: number): void {
+  const file = readFileSync(path);
+  file[position] = (file[position] as number) ^ 0x5a;
+  writeFileSync(path, file);
+}
+
+describe('FileJournal', () => {
+  it('creates a sparse preallocated ring file of the requested capacity', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 1024 * 1024 + 100 });
+    assert.equal(journal.stats().capacityBytes, 1024 * 1024, 'rounded down to 512');
+    assert.equal(statSync(path).size, RING_START + 1024 * 1024);
+    await journal.close();
+  });
+
+  it('refuses bad options with BM_ERR_INVALID_ARGUMENT', async () => {
+    const bad: FileJournalOptions[] = [
+      { capacityBytes: 1000 },
+      { capacityBytes: 1.5e6 + 0.5 },
+      { fsync: 'sometimes' as 'always' },
+      { batchDelayMs: -1 },
+      { checkpointEvery: 0 },
+    ];
+    for (const options of bad) await rejectsWith(FileJournal.open(freshPath(), options), 'BM_ERR_INVALID_ARGUMENT');
+    await rejectsWith(FileJournal.open(''), 'BM_ERR_INVALID_ARGUMENT');
+  });
+
+  it('SPEC 16/19: reopen after close replays exactly the unreleased records with identical data', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 32 * 1024 });
+    let model: JournalEntry[] = [];
+    let seq = 0;
+    for (let cycle = 0; cycle < 12; cycle++) {
+      // Append a few, release some (in and out of order), close, reopen, compare.
+      for (let i = 0; i < 4; i++) {
+        const entry = makeEntry(++seq, ((seq * 977) % 2000) + (i === 0 ? 0 : 1));
+        await journal.append(entry);
+        model.push(entry);
+      }
+      const releaseOrder = cycle % 2 === 0 ? [1, 0, 3] : [0, 2, 1];
+      for (const k of releaseOrder) {
+        const entry = model[k];
+        if (entry !== undefined) journal.release(entry.seq);
+      }
+      const releasedSeqs = new Set(releaseOrder.map((k) => model[k]?.seq));
+      model = model.filter((e) => !releasedSeqs.has(e.seq));
+      await journal.close();
+      journal = await FileJournal.open(path);
+      assert.equal(journal.lastSeq, seq);
+      assert.equal(journal.size, model.length);
+      assert.equal(journal.stats().recovered, model.length);
+      assert.equal(journal.pendingBytes, model.reduce((n, e) => n + e.data.length, 0));
+      assertEntries(await collect(journal), model, `cycle ${cycle}`);
+    }
+    await journal.close();
+  });
+
+  it('keeps 64-bit seqs, offsets and fractional timestamps exactly across a restart', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    const big = [2 ** 32 - 1, 2 ** 32, 2 ** 40 + 3, Number.MAX_SAFE_INTEGER].map((seq, i) => ({
+      ...makeEntry(seq, 100 * i),
+      offset: [0, 2 ** 32 + 512, 2 ** 45, Number.MAX_SAFE_INTEGER - 1][i] as number,
+      timestamp: [0, -1.5, 1e300, Math.PI][i] as number,
+    }));
+    await appendAll(journal, big);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assert.equal(journal.lastSeq, Number.MAX_SAFE_INTEGER);
+    assertEntries(await collect(journal), big);
+    await journal.close();
+  });
+
+  it('lastSeq survives a restart when everything was released; seqs must continue after it', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    await appendAll(journal, [makeEntry(7, 100), makeEntry(9, 100)]);
+    journal.release(9);
+    journal.release(7);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assert.equal(journal.lastSeq, 9);
+    assert.equal(journal.size, 0);
+    assert.deepEqual(await collect(journal), []);
+    await rejectsWith(journal.append(makeEntry(9, 10)), 'BM_ERR_INVALID_ARGUMENT');
+    await journal.append(makeEntry(10, 10));
+    await journal.close();
+  });
+
+  it('SPEC 16: a torn or corrupt newest record is discarded, never replayed', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 64 * 1024, fsync: 'always' });
+    const entries = [1, 2, 3, 4, 5].map((seq) => makeEntry(seq, 1500));
+    await appendAll(journal, entries);
+
+    // Payload byte of the newest record.
+    const a = join(dir, 'torn-a.journal');
+    copyFileSync(path, a);
+    flipByte(a, findRecord(a, 5) + RECORD_HEADER_BYTES + 700);
+    // Header byte (the timestamp) of record 3: 3, 4 and 5 are lost, 1 and 2 stay.
+    const b = join(dir, 'torn-b.journal');
+    copyFileSync(path, b);
+    flipByte(b, findRecord(b, 3) + 25);
+    // The file cut in the middle of record 4.
+    const c = join(dir, 'torn-c.journal');
+    copyFileSync(path, c);
+    writeFileSync(c, readFileSync(c).subarray(0, findRecord(c, 4) + 1000));
+
+    for (const [copy, expected] of [
+      [a, entries.slice(0, 4)],
+      [b, entries.slice(0, 2)],
+      [c, entries.slice(0, 3)],
+    ] as const) {
+      const recovered = await FileJournal.open(copy);
+      assertEntries(await collect(recovered), expected, copy);
+      assert.equal(recovered.lastSeq, expected.length);
+      // The journal is usable again: the next append lands after the recovered head.
+      const next = makeEntry(expected.length + 1, 999);
+      await recovered.append(next);
+      await recovered.close();
+      const again = await FileJournal.open(copy);
+      assertEntries(await collect(again), [...expected, next]);
+      await again.close();
+    }
+    await journal.close();
+  });
+
+  it('SPEC 16: stale records of an earlier life after the recovered head are not replayed (epochs)', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 64 * 1024, fsync: 'always' });
+    const entries = [1, 2, 3, 4, 5].map((seq) => makeEntry(seq, 2000));
+    await appendAll(journal, entries);
+    // Crash copy with record 3 torn: 4 and 5 stay intact on disk behind it.
+    const crashed = join(dir, 'epochs.journal');
+    copyFileSync(path, crashed);
+    await journal.close();
+    flipByte(crashed, findRecord(crashed, 3) + RECORD_HEADER_BYTES + 10);
+    const reopened = await FileJournal.open(crashed);
+    assertEntries(await collect(reopened), entries.slice(0, 2));
+    // A new record 3 of the same size lands exactly where the torn one was; old 4 and 5 follow it on disk.
+    const three = { ...makeEntry(3, 2000), data: Buffer.alloc(2000, 0x33) };
+    await reopened.append(three);
+    await reopened.close();
+    const last = await FileJournal.open(crashed);
+    assertEntries(await collect(last), [entries[0], entries[1], three] as JournalEntry[]);
+    await last.close();
+  });
+
+  // Records of exactly 4096 ring bytes in a 16 KiB ring: every lap puts a record at the same 4 positions,
+  // so after the first lap a stale but valid record sits wherever the next one goes.
+  const LAP_RECORD = 4096 - RECORD_HEADER_BYTES;
+
+  it('SPEC 16: an empty checkpoint ignores the stale record of an earlier lap at the head', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    for (let seq = 1; seq <= 6; seq++) {
+      await journal.append(makeEntry(seq, LAP_RECORD));
+      journal.release(seq);
+    }
+    await journal.close(); // checkpoint: nothing pending, head at the stale record 3
+    journal = await FileJournal.open(path);
+    assert.deepEqual(await collect(journal), []);
+    assert.equal(journal.lastSeq, 6);
+    await journal.close();
+  });
+
+  it('SPEC 16: a checkpoint whose tail record never reached the disk does not replay the stale record there', async () => {
+    const path = freshPath();
+    const crashed = join(dir, 'unwritten-tail.journal');
+    let release8: () => void = () => undefined;
+    let copied: () => void = () => undefined;
+    const copiedPromise = new Promise<void>((resolve) => (copied = resolve));
+    const journal = await FileJournal.open(path, {
+      capacityBytes: 16 * 1024,
+      checkpointEvery: 1,
+      hooks: {
+        beforeWrite: ({ seq }) => (seq === 8 ? new Promise<void>((resolve) => (release8 = resolve)) : undefined),
+        afterCheckpoint: ({ tailSeq }) => {
+          if (tailSeq === 8 && !existsSync(crashed)) {
+            copyFileSync(path, crashed); // crash: checkpoint points at 8, 8 is not written
+            copied();
+          }
+        },
+      },
+    });
+    for (let seq = 1; seq <= 6; seq++) {
+      await journal.append(makeEntry(seq, LAP_RECORD));
+      journal.release(seq);
+    }
+    await journal.append(makeEntry(7, LAP_RECORD));
+    const eight = journal.append(makeEntry(8, LAP_RECORD)); // held before its write, over stale record 4
+    journal.release(7); // checkpoint with tail = 8
+    await copiedPromise;
+    release8();
+    await eight;
+    await journal.close();
+    const recovered = await FileJournal.open(crashed);
+    assert.deepEqual((await collect(recovered)).map((e) => e.seq), []);
+    await recovered.close();
+  });
+
+  it('SPEC 16: a wrap marker whose record at position 0 never reached the disk ends the log there', async () => {
+    const path = freshPath();
+    let checkpointed: () => void = () => undefined;
+    const tailAt3 = new Promise<void>((resolve) => (checkpointed = resolve));
+    const journal = await FileJournal.open(path, {
+      capacityBytes: 16 * 1024,
+      checkpointEvery: 1,
+      hooks: { afterCheckpoint: ({ tailSeq }) => (tailSeq === 3 ? checkpointed() : undefined) },
+    });
+    const size = 3072 - RECORD_HEADER_BYTES; // records at 0, 3072, …, 12288; the 6th needs a wrap marker at 15360
+    const entries = [1, 2, 3, 4, 5].map((seq) => makeEntry(seq, size));
+    await appendAll(journal, entries);
+    journal.release(1);
+    journal.release(2);
+    await tailAt3;
+    const before = readFileSync(path); // record 1 (released, stale) still at position 0
+    await journal.append(makeEntry(6, size)); // wrap marker at 15360, record 6 at 0
+    const afterWrap = readFileSync(path);
+    await journal.close();
+    assert.ok(findRecord(path, 6) === RING_START, 'record 6 was written at position 0');
+    // The crash: wrap marker written, record 6 not (position 0 still holds stale record 1).
+    const crashed = join(dir, 'pad-only.journal');
+    before.copy(afterWrap, RING_START, RING_START, RING_START + 3072);
+    writeFileSync(crashed, afterWrap);
+    const recovered = await FileJournal.open(crashed);
+    assert.equal(recovered.size, 3);
+    assert.equal(recovered.stats().recovered, 3);
+    assertEntries(await collect(recovered), entries.slice(2));
+    await recovered.close();
+  });
+
+  it('a record of almost the whole capacity cycles through the ring (wrap of an empty journal)', async () => {
+    const path = freshPath();
+    const capacity = 16 * 1024;
+    let journal = await FileJournal.open(path, { capacityBytes: capacity, fsync: 'batch' });
+    const big = capacity - ALIGN - RECORD_HEADER_BYTES;
+    await rejectsWith(journal.append(makeEntry(1, big + 1)), 'BM_ERR_JOURNAL_FULL');
+    for (let seq = 1; seq <= 8; seq++) {
+      const small = makeEntry(seq * 2 - 1, 1000);
+      const entry = makeEntry(seq * 2, big);
+      await journal.append(small);
+      journal.release(small.seq);
+      await journal.append(entry);
+      // Crash copy and clean reopen both find it.
+      const copy = join(dir, `big-${seq}.journal`);
+      copyFileSync(path, copy);
+      const crashed = await FileJournal.open(copy);
+      assertEntries(await collect(crashed), [entry]);
+      await crashed.close();
+      await journal.close();
+      journal = await FileJournal.open(path);
+      assertEntries(await collect(journal), [entry]);
+      journal.release(entry.seq);
+    }
+    await journal.close();
+  });
+
+  it('refuses a file that is not a journal with BM_ERR_JOURNAL_CORRUPT and leaves it untouched', async () => {
+    const path = freshPath();
+    const content = Buffer.alloc(20_000, 7);
+    writeFileSync(path, content);
+    await rejectsWith(FileJournal.open(path), 'BM_ERR_JOURNAL_CORRUPT');
+    assert.ok(readFileSync(path).equals(content));
+    // All-zero header but data further on: not taken for a new journal either.
+    const zeros = Buffer.alloc(20_000);
+    zeros[15_000] = 1;
+    writeFileSync(path, zeros);
+    await rejectsWith(FileJournal.open(path), 'BM_ERR_JOURNAL_CORRUPT');
+    assert.ok(readFileSync(path).equals(zeros));
+  });
+
+  it('refuses a journal of a newer format version with BM_ERR_NOT_SUPPORTED', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    await journal.close();
+    const file = readFileSync(path);
+    const { crc32 } = await import('node:zlib');
+    for (const at of [0, 4096]) {
+      file.writeUInt16LE(99, at + 4);
+      file.writeUInt32LE(crc32(file.subarray(at, at + 508)), at + 508);
+    }
+    writeFileSync(path, file);
+    await rejectsWith(FileJournal.open(path), 'BM_ERR_NOT_SUPPORTED');
+  });
+
+  it('keeps the capacity of a non-empty journal and re-formats an empty one to the new capacity', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    await journal.append(makeEntry(1, 100));
+    await journal.close();
+    journal = await FileJournal.open(path, { capacityBytes: 32 * 1024 });
+    assert.equal(journal.stats().capacityBytes, 16 * 1024);
+    assertEntries(await collect(journal), [makeEntry(1, 100)]);
+    journal.release(1);
+    await journal.close();
+    journal = await FileJournal.open(path, { capacityBytes: 32 * 1024 });
+    assert.equal(journal.stats().capacityBytes, 32 * 1024);
+    assert.equal(statSync(path).size, RING_START + 32 * 1024);
+    assert.equal(journal.lastSeq, 1);
+    await journal.append(makeEntry(2, 20_000));
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assertEntries(await collect(journal), [makeEntry(2, 20_000)]);
+    await journal.close();
+  });
+
+  it("fsync 'batch': N concurrent appends share fdatasync calls (group commit)", async () => {
+    const journal = await FileJournal.open(freshPath(), { capacityBytes: 4 * 1024 * 1024, fsync: 'batch' });
+    const before = journal.stats().syncs;
+    const n = 64;
+    const appends: Promise<void>[] = [];
+    for (let seq = 1; seq <= n; seq++) appends.push(journal.append(makeEntry(seq, 4096)));
+    await Promise.all(appends);
+    const syncs = journal.stats().syncs - before;
+    assert.ok(syncs >= 1 && syncs < n, `${syncs} fdatasync calls for ${n} appends`);
+    await journal.close();
+  });
+
+  it("fsync 'always': every append waits for an fdatasync of its own", async () => {
+    const journal = await FileJournal.open(freshPath(), { capacityBytes: 1024 * 1024, fsync: 'always' });
+    const before = journal.stats().syncs;
+    for (let seq = 1; seq <= 10; seq++) await journal.append(makeEntry(seq, 4096));
+    assert.equal(journal.stats().syncs - before, 10);
+    await journal.close();
+  });
+
+  it("fsync 'none': appends never call fdatasync", async () => {
+    const journal = await FileJournal.open(freshPath(), { capacityBytes: 1024 * 1024, fsync: 'none' });
+    await Promise.all([1, 2, 3, 4].map((seq) => journal.append(makeEntry(seq, 4096))));
+    assert.equal(journal.stats().syncs, 0);
+    await journal.close();
+  });
+
+  it("fsync 'batch': an append whose write completes while a sync runs waits for the next sync", async () => {
+    const gates: Array<() => void> = [];
+    const syncStarted: Array<() => void> = [];
+    const syncCalls: Promise<void>[] = [];
+    for (let i = 0; i < 4; i++) syncCalls.push(new Promise<void>((resolve) => syncStarted.push(resolve)));
+    let calls = 0;
+    const journal = await FileJournal.open(freshPath(), {
+      capacityBytes: 1024 * 1024,
+      fsync: 'batch',
+      hooks: {
+        beforeSync: () =>
+          new Promise<void>((resolve) => {
+            gates.push(resolve);
+            syncStarted[calls++]?.();
+          }),
+      },
+    });
+    let aDone = false;
+    let bDone = false;
+    const a = journal.append(makeEntry(1, 4096)).then(() => void (aDone = true));
+    await syncCalls[0]; // the sync covering A is running (held in the hook)
+    const b = journal.append(makeEntry(2, 4096)).then(() => void (bDone = true));
+    (gates[0] as () => void)();
+    await a;
+    assert.equal(bDone, false, 'B was not covered by the sync that started before its write');
+    await syncCalls[1];
+    assert.equal(bDone, false, 'B waits for the second sync');
+    (gates[1] as () => void)();
+    await b;
+    assert.equal(aDone && bDone, true);
+    assert.equal(calls, 2);
+    await journal.close();
+  });
+
+  it("fsync 'batch' with batchDelayMs: no append resolves before the delay elapsed on the injected clock", async () => {
+    const fake = FakeTimers.createClock(0);
+    const journal = await FileJournal.open(freshPath(), {
+      capacityBytes: 1024 * 1024,
+      fsync: 'batch',
+      batchDelayMs: 50,
+      clock: clockFrom(fake),
+    });
+    const resolvedAt: number[] = [];
+    const appends = [1, 2, 3].map((seq) => journal.append(makeEntry(seq, 4096)).then(() => void resolvedAt.push(fake.now)));
+    let settled = false;
+    const all = Promise.all(appends).then(() => void (settled = true));
+    while (!settled) {
+      await new Promise<void>((resolve) => setImmediate(resolve));
+      fake.tick(10);
+    }
+    await all;
+    assert.equal(resolvedAt.length, 3);
+    for (const t of resolvedAt) assert.ok(t >= 50, `resolved at fake time ${t}`);
+    await journal.close();
+  });
+
+  it('a failed write rejects that append and the later ones with a coded error; the journal refuses appends', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, {
+      capacityBytes: 256 * 1024,
+      fsync: 'batch',
+      hooks: {
+        beforeWrite: ({ seq }) => {
+          if (seq === 4) throw Object.assign(new Error('no space left on device'), { code: 'ENOSPC' });
+        },
+      },
+    });
+    const ok = [1, 2, 3].map((seq) => makeEntry(seq, 3000));
+    await appendAll(journal, ok);
+    const failing = [4, 5, 6].map((seq) => journal.append(makeEntry(seq, 3000)));
+    for (const p of failing) await rejectsWith(p, 'BM_ERR_NO_SPACE');
+    assert.equal(journal.stats().failed, true);
+    await rejectsWith(journal.append(makeEntry(7, 10)), 'BM_ERR_NO_SPACE');
+    assert.equal(journal.size, 3);
+    assertEntries(await collect(journal), ok);
+    journal.release(1);
+    await journal.close();
+    const reopened = await FileJournal.open(path);
+    assertEntries(await collect(reopened), ok.slice(1));
+    assert.equal(reopened.stats().failed, false);
+    await reopened.append(makeEntry(8, 10));
+    await reopened.close();
+  });
+
+  it('a failed sync rejects the appends it covered with BM_ERR_IO; none of them is replayed', async () => {
+    const path = freshPath();
+    let failSyncs = false;
+    const journal = await FileJournal.open(path, {
+      capacityBytes: 256 * 1024,
+      fsync: 'always',
+      hooks: {
+        beforeSync: () => {
+          if (failSyncs) throw Object.assign(new Error('i/o error'), { code: 'EIO' });
+        },
+      },
+    });
+    const ok = [1, 2].map((seq) => makeEntry(seq, 3000));
+    await appendAll(journal, ok);
+    failSyncs = true;
+    const failing = [3, 4].map((seq) => journal.append(makeEntry(seq, 3000)));
+    for (const p of failing) await rejectsWith(p, 'BM_ERR_IO');
+    await journal.close();
+    const reopened = await FileJournal.open(path);
+    assertEntries(await collect(reopened), ok);
+    await reopened.close();
+  });
+});
