@@ -7,7 +7,8 @@
 import type { BlockMirrorError } from '../errors.js';
 
 /** What happened to a request on the mirror, as far as a waiting caller is told. */
-export type MirrorOutcome = { ok: true } | { ok: false; error: BlockMirrorError };
+/** `reject`: fail the caller's write (suspend policy) instead of resolving it as `failed`. */
+export type MirrorOutcome = { ok: true } | { ok: false; error: BlockMirrorError; reject?: boolean };
 
 /** A request queued for, or in flight to, the target. */
 export interface MirrorRequest {
@@ -27,8 +28,10 @@ export interface MirrorRequest {
   createdAt: number;
   /** Failed attempts so far. */
   attempts: number;
-  /** Slot index while in flight, -1 otherwise. */
+  /** Slot index while in flight, -1 otherwise, -2 once acknowledged. */
   slot: number;
+  /** True once appended to the volume's journal (released when acknowledged). */
+  journaled: boolean;
   /** Set while a caller waits for this request (sync mode); cleared once told. */
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
 }

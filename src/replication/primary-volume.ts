@@ -6,10 +6,11 @@
  */
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
-import { BlockMirrorError } from '../errors.js';
-import type { Clock } from '../clock.js';
+import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
+import type { Journal } from '../journal/journal.js';
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { RangeLock } from './range-lock.js';
 import { SendQueue } from './send-queue.js';
@@ -27,9 +28,12 @@ export type ReplicationMode = 'sync' | 'async' | 'local';
  * - `in-sync`: nothing pending; the target holds every write.
  * - `replicating`: writes are on their way; the link is healthy.
  * - `lagging`: writes are pending and the link is down or a mirror write failed (they are retried).
+ * - `needs-full-resync`: the journal overflowed (or failed): pending writes are
+ *   still held in memory and sent, but they would not survive a crash of the
+ *   primary; it returns to `in-sync` once everything pending is acknowledged.
  * - `local`: the volume is not mirrored.
  */
-export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'local';
+export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'needs-full-resync' | 'local';
 
 /** Result of a write, zero or flush through a primary volume. */
 export interface WriteResult {
@@ -65,6 +69,11 @@ export interface PrimaryVolumeStatus {
   replicatedBytes: number;
   /** Mirror failures seen (each is retried). */
   mirrorErrors: number;
+  /** Requests held in the journal (durable when the journal is a file). */
+  journalEntries: number;
+  /** Bytes of journal space in use and in all. */
+  journalBytes: number;
+  journalCapacity: number;
   lastError?: { code: string; message: string };
 }
 
@@ -72,6 +81,8 @@ export interface PrimaryVolumeStatus {
 export interface PrimaryVolumeEvents {
   state: [state: VolumeState];
   'mirror-error': [info: { seq: number; kind: MirrorRequest['kind']; offset: number; length: number; error: BlockMirrorError }];
+  /** The journal could not take a request (full or failed): see state `needs-full-resync`. */
+  'journal-full': [info: { seq: number; error: BlockMirrorError }];
 }
 
 /** What a volume needs from its primary. @internal */
@@ -83,6 +94,8 @@ export interface ReplicationLink {
   pump(): void;
   /** Delay before retry number `attempt` (1-based). */
   retryDelay(attempt: number): number;
+  /** Sync writes while the link is down: `degrade` (complete locally) or `suspend` (hold until the link is back or the timeout). */
+  readonly outagePolicy: 'degrade' | 'suspend';
 }
 
 /** Options of write/zero. */
@@ -105,6 +118,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   index = -1;
 
   readonly #link: ReplicationLink;
+  #journal: Journal;
   readonly #lock = new RangeLock();
   /** @internal */
   readonly queue = new SendQueue();
@@ -117,13 +131,19 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #replicatedBytes = 0;
   #mirrorErrors = 0;
   #failing = false;
+  /** Highest seq appended to the journal. */
+  #journaledSeq = 0;
+  /** Set when the journal overflowed: nothing more is journaled until every pending request is acknowledged. */
+  #journalSuspended = false;
   #lastError: BlockMirrorError | undefined;
   #state: VolumeState;
   #closed = false;
+  readonly #retryTimers = new Set<TimerHandle>();
 
   /** @internal */
-  constructor(name: string, device: BlockDevice, mode: ReplicationMode, generation: string, link: ReplicationLink) {
+  constructor(name: string, device: BlockDevice, mode: ReplicationMode, generation: string, link: ReplicationLink, journal: Journal) {
     super();
+    this.#journal = journal;
     this.name = name;
     this.device = device;
     this.mode = mode;
@@ -189,7 +209,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       return { mirror: 'queued' };
     }
     const outcome = this.#waitFor(req);
-    this.#enqueue(req);
     await this.device.flush();
     return toResult(await outcome, undefined);
   }
@@ -210,13 +229,21 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const copy = data === undefined ? undefined : Buffer.from(data);
         const req = this.#request(kind, seq, offset, length, copy, fua, barrier);
         req.owned = true;
+        const journaled = this.#journalOne(req);
+        if (journaled !== undefined) {
+          try {
+            await journaled;
+          } catch (error) {
+            this.#enqueue(req);
+            return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
+          }
+        }
         this.#enqueue(req);
         return { mirror: 'queued', seq };
       }
       const seq = ++this.#lastSeq;
       const req = this.#request(kind, seq, offset, length, data, fua, this.#completedSeq);
       const outcome = this.#waitFor(req);
-      this.#enqueue(req);
       try {
         await this.#local(kind, offset, length, data, fua);
       } catch (error) {
@@ -260,17 +287,21 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       createdAt: this.#link.clock.now(),
       attempts: 0,
       slot: -1,
+      journaled: false,
       onDone: undefined,
     };
   }
 
+  /** Queues `req` with a waiting caller; degrades it at once when the link is down (degrade policy). */
   #waitFor(req: MirrorRequest): Promise<MirrorOutcome> {
-    return new Promise<MirrorOutcome>((resolve) => {
+    const outcome = new Promise<MirrorOutcome>((resolve) => {
       req.onDone = resolve;
-      if (!this.#link.up) {
-        this.#degrade(req, new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'no connection to the mirror target is up'));
-      }
     });
+    this.#enqueue(req);
+    if (!this.#link.up && this.#link.outagePolicy === 'degrade') {
+      this.#degrade(req, new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'no connection to the mirror target is up'));
+    }
+    return outcome;
   }
 
   #enqueue(req: MirrorRequest): void {
@@ -280,7 +311,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#pendingBytes += req.kind === 'write' ? req.length : 0;
     }
     this.queue.push(req);
-    if (this.#state === 'in-sync') this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+    if (this.#state === 'in-sync') this.#updateState();
     this.#link.pump();
   }
 
@@ -292,18 +323,73 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
   }
 
-  /** Tells a waiting caller the mirror failed; the request stays queued. */
-  #degrade(req: MirrorRequest, error: BlockMirrorError): void {
+  /**
+   * Tells a waiting caller the mirror failed; the request stays queued. The
+   * caller is told only once the request (and every older pending one) is in
+   * the journal: the write is then acknowledged locally but not by the target.
+   */
+  #degrade(req: MirrorRequest, error: BlockMirrorError, reject = false): void {
     const done = req.onDone;
     if (done === undefined) return;
     req.onDone = undefined;
     this.#own(req);
-    done({ ok: false, error });
+    const journaled = req.kind === 'flush' ? undefined : this.#journalThrough(req.seq);
+    if (journaled === undefined) done({ ok: false, error, reject });
+    else
+      journaled.then(
+        () => done({ ok: false, error, reject }),
+        (jerr: unknown) => done({ ok: false, error: toBlockMirrorError(jerr), reject }),
+      );
+  }
+
+  /**
+   * Appends `req` to the journal (sync registration, in seq order). Returns
+   * undefined when the journal is suspended after an overflow (the request
+   * then lives in memory only), else the append's completion, which rejects
+   * (after the volume was marked `needs-full-resync`) if it did not fit.
+   */
+  #journalOne(req: MirrorRequest): Promise<void> | undefined {
+    if (this.#journalSuspended || req.journaled || req.seq <= this.#journaledSeq) return undefined;
+    this.#journaledSeq = req.seq;
+    req.journaled = true;
+    const data = req.kind === 'write' ? (req.data as Buffer) : Buffer.alloc(req.length);
+    return this.#journal.append({ seq: req.seq, offset: req.offset, data, fua: req.fua, timestamp: Date.now() }).then(
+      () => {
+        if (req.slot === -2) this.#journal.release(req.seq);
+      },
+      (error: unknown) => {
+        req.journaled = false;
+        this.#overflow(req.seq, toBlockMirrorError(error));
+        throw error;
+      },
+    );
+  }
+
+  /** Journals every pending request with seq ≤ `seq` not journaled yet; resolves when all are in. */
+  #journalThrough(seq: number): Promise<void> | undefined {
+    const appends: Promise<void>[] = [];
+    for (const req of this.#outstanding.values()) {
+      if (req.seq > seq) break;
+      const p = this.#journalOne(req);
+      if (p !== undefined) appends.push(p);
+    }
+    if (appends.length === 0) return undefined;
+    return Promise.all(appends).then(() => undefined);
+  }
+
+  #overflow(seq: number, error: BlockMirrorError): void {
+    if (this.#journalSuspended) return;
+    this.#journalSuspended = true;
+    this.#lastError = error;
+    this.emit('journal-full', { seq, error });
+    this.#updateState();
   }
 
   /** The target acknowledged `req`. @internal */
   acknowledged(req: MirrorRequest): void {
-    req.slot = -1;
+    // -2 marks "acknowledged": a journal append still in progress releases it when done
+    req.slot = -2;
+    if (req.journaled) this.#journal.release(req.seq);
     if (req.kind === 'flush') this.#flushes.delete(req);
     else if (this.#outstanding.delete(req.seq)) {
       if (req.kind === 'write') {
@@ -325,15 +411,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#mirrorErrors++;
     this.#lastError = error;
     this.#failing = true;
-    this.#degrade(req, error);
+    if (this.#link.outagePolicy === 'degrade') this.#degrade(req, error);
     this.emit('mirror-error', { seq: req.seq, kind: req.kind, offset: req.offset, length: req.length, error });
     this.#setState('lagging');
-    const clock = this.#link.clock;
-    clock.setTimeout(() => {
+    const timer = this.#link.clock.setTimeout(() => {
+      this.#retryTimers.delete(timer);
       if (this.#closed) return;
       this.queue.reinsert(req);
       this.#link.pump();
     }, this.#link.retryDelay(req.attempts));
+    this.#retryTimers.add(timer);
   }
 
   /** `req` was in flight on a connection that closed: send it again. @internal */
@@ -352,19 +439,24 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** Fails waiting sync callers whose request is older than `timeout` ms (they stay queued). @internal */
   expireWaiters(now: number, timeout: number): void {
+    const reject = this.#link.outagePolicy === 'suspend';
     for (const req of this.#outstanding.values()) {
       if (now - req.createdAt < timeout) break;
-      this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge seq ${req.seq} within ${timeout} ms`));
+      this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge seq ${req.seq} within ${timeout} ms`), reject);
     }
     for (const req of this.#flushes) {
-      if (now - req.createdAt >= timeout) this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge a flush within ${timeout} ms`));
+      if (now - req.createdAt >= timeout) {
+        this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge a flush within ${timeout} ms`), reject);
+      }
     }
   }
 
   /** The link went down: tell waiting sync callers now (degrade). @internal */
   linkDown(error: BlockMirrorError): void {
-    for (const req of this.#outstanding.values()) this.#degrade(req, error);
-    for (const req of this.#flushes) this.#degrade(req, error);
+    if (this.#link.outagePolicy === 'degrade') {
+      for (const req of this.#outstanding.values()) this.#degrade(req, error);
+      for (const req of this.#flushes) this.#degrade(req, error);
+    }
     this.#updateState();
   }
 
@@ -380,7 +472,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   #updateState(): void {
     if (this.mode === 'local') return;
-    if (this.idle) this.#setState('in-sync');
+    if (this.idle) {
+      this.#journalSuspended = false;
+      this.#setState('in-sync');
+    } else if (this.#journalSuspended) this.#setState('needs-full-resync');
     else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
   }
 
@@ -411,6 +506,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       pendingBytes: this.#pendingBytes,
       replicatedBytes: this.#replicatedBytes,
       mirrorErrors: this.#mirrorErrors,
+      journalEntries: this.#journal.size,
+      journalBytes: this.#journal.stats().usedBytes,
+      journalCapacity: this.#journal.stats().capacityBytes,
     };
     if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };
     return s;
@@ -419,7 +517,41 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Stops accepting requests; waiting callers are told the mirror failed. @internal */
   shutdown(): void {
     this.#closed = true;
-    this.linkDown(closedError(this.name));
+    for (const t of this.#retryTimers) this.#link.clock.clearTimeout(t);
+    this.#retryTimers.clear();
+    for (const req of this.#outstanding.values()) this.#degrade(req, closedError(this.name));
+    for (const req of this.#flushes) this.#degrade(req, closedError(this.name));
+  }
+
+  /** The volume's journal. @internal */
+  get journal(): Journal {
+    return this.#journal;
+  }
+
+  /**
+   * Switches to `journal` (before the first write) and recovers its pending
+   * entries: they are queued again, oldest first, to be sent before any new
+   * write, and sequence numbers continue after the journal's last one.
+   * @internal
+   */
+  async useJournal(journal: Journal, stream: string): Promise<number> {
+    this.#journal = journal;
+    this.stream = stream;
+    let recovered = 0;
+    for await (const entry of journal.pending()) {
+      const req = this.#request('write', entry.seq, entry.offset, entry.data.length, entry.data, entry.fua, entry.seq - 1);
+      req.owned = true;
+      req.journaled = true;
+      this.#outstanding.set(req.seq, req);
+      this.#pendingBytes += req.length;
+      this.queue.push(req);
+      recovered++;
+    }
+    this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq);
+    this.#journaledSeq = this.#lastSeq;
+    this.#completedSeq = this.#lastSeq;
+    if (recovered > 0) this.#updateState();
+    return recovered;
   }
 }
 
@@ -428,6 +560,7 @@ function closedError(name: string): BlockMirrorError {
 }
 
 function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult {
+  if (!outcome.ok && outcome.reject === true) throw outcome.error;
   const r: WriteResult = outcome.ok ? { mirror: 'acknowledged' } : { mirror: 'failed', error: outcome.error };
   if (seq !== undefined) r.seq = seq;
   return r;

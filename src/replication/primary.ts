@@ -5,6 +5,7 @@
  * @module
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
 import { BlockMirrorError, isErrorCode, toBlockMirrorError, type ErrorCode } from '../errors.js';
@@ -20,6 +21,10 @@ import { clientHandshake } from '../link/handshake.js';
 import type { MirrorRequest } from './mirror-request.js';
 import { PrimaryVolume, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
 import { secretBytes, positiveInt, checkVolumeName } from './options.js';
+import { MemoryJournal } from '../journal/memory-journal.js';
+import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
+import type { JournalFsyncPolicy } from '../journal/file-journal.js';
+import { loadStream } from './stream-file.js';
 
 const log = createDebug('blockmirror:primary');
 
@@ -62,6 +67,27 @@ export interface PrimaryOptions {
   retryDelay?: { min: number; max: number };
   /** `createPrimary` resolves only once all n connections are up, and rejects if the first attempt fails (default true). */
   waitForConnection?: boolean;
+  /**
+   * Per-volume journal of requests acknowledged locally but not yet by the
+   * target (async writes always; sync writes when the mirror could not confirm
+   * them). With `dir`, a crash-safe ring file per volume (`<dir>/<volume>.journal`)
+   * whose unacknowledged records are replayed after a restart; without, in memory.
+   */
+  journal?: {
+    dir?: string;
+    /** Ring size per volume in bytes (default 256 MiB). */
+    capacityBytes?: number;
+    /** File journal durability: `always` (fdatasync per append), `batch` (group commit, default) or `none`. */
+    fsync?: JournalFsyncPolicy;
+  };
+  /**
+   * Sync writes the mirror cannot confirm (link down, target error, timeout):
+   * `degrade` (default) resolves them as `mirror: 'failed'` once journaled
+   * (the volume is `lagging`); `suspend` holds them until the target
+   * acknowledges or `mirrorTimeout` passes, then rejects with `BM_ERR_TIMEOUT`.
+   * Either way the request stays queued until the target has it.
+   */
+  outagePolicy?: 'degrade' | 'suspend';
 }
 
 /** Link state of the primary towards its target. */
@@ -93,6 +119,8 @@ export interface PrimaryEvents {
   'volume-state': [info: { volume: string; state: PrimaryVolumeStatus['state'] }];
   /** A connection attempt failed (it is retried). */
   'connect-error': [error: BlockMirrorError];
+  /** A volume's journal could not take a request (full or failed); the volume is `needs-full-resync`. */
+  'journal-full': [info: { volume: string; seq: number; error: BlockMirrorError }];
 }
 
 interface Sent {
@@ -126,6 +154,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #handshakeTimeout: number;
   readonly #mirrorTimeout: number;
   readonly #retry: { min: number; max: number };
+  readonly #journalOptions: NonNullable<PrimaryOptions['journal']>;
   readonly #slots: ConnectionArray;
   /** Requests in flight per slot, by request id. */
   readonly #inFlight: Map<number, Sent>[];
@@ -133,6 +162,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #mirrored: PrimaryVolume[] = [];
   readonly #reconnectTimers = new Set<TimerHandle>();
   readonly #sweep: TimerHandle;
+  readonly #keepAlive: NodeJS.Timeout;
   #attempts: number[];
   #nextId = 0;
   #worker = 0;
@@ -159,6 +189,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#mirrorTimeout = positiveInt(options.mirrorTimeout ?? 30000, 'mirrorTimeout');
     const retry = options.retryDelay ?? { min: 100, max: 5000 };
     this.#retry = { min: positiveInt(retry.min, 'retryDelay.min'), max: positiveInt(retry.max, 'retryDelay.max') };
+    const journal = options.journal ?? {};
+    if (journal === null || typeof journal !== 'object') throw invalid('journal must be an object');
+    if (journal.dir !== undefined && (typeof journal.dir !== 'string' || journal.dir === '')) throw invalid('journal.dir must be a non-empty string');
+    if (journal.fsync !== undefined && !['always', 'batch', 'none'].includes(journal.fsync)) throw invalid('journal.fsync must be always, batch or none');
+    this.#journalOptions = { ...journal, capacityBytes: positiveInt(journal.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY, 'journal.capacityBytes') };
+    const outagePolicy = options.outagePolicy ?? 'degrade';
+    if (outagePolicy !== 'degrade' && outagePolicy !== 'suspend') throw invalid('outagePolicy must be degrade or suspend');
     this.nodeId = options.nodeId ?? `primary-${randomBytes(4).toString('hex')}`;
     this.session = randomUUID();
     this.#slots = new ConnectionArray(n);
@@ -173,6 +210,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       },
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
+      outagePolicy,
     };
 
     if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
@@ -185,9 +223,17 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
         throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
       }
-      const volume = new PrimaryVolume(cfg.name, cfg.device, mode, cfg.generation ?? randomBytes(8).toString('hex'), this.#link_);
+      const volume = new PrimaryVolume(
+        cfg.name,
+        cfg.device,
+        mode,
+        cfg.generation ?? randomBytes(8).toString('hex'),
+        this.#link_,
+        new MemoryJournal({ capacityBytes: this.#journalOptions.capacityBytes! }),
+      );
       volume.on('mirror-error', (info) => this.emit('mirror-error', { volume: volume.name, ...info }));
       volume.on('state', (state) => this.emit('volume-state', { volume: volume.name, state }));
+      volume.on('journal-full', (info) => this.emit('journal-full', { volume: volume.name, ...info }));
       if (mode !== 'local') {
         volume.index = this.#mirrored.length;
         this.#mirrored.push(volume);
@@ -195,6 +241,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#volumes.set(cfg.name, volume);
     }
     this.#sweep = this.#clock.setInterval(() => this.#expire(), Math.max(10, Math.floor(this.#mirrorTimeout / 4)));
+    // A running primary keeps the process alive, like a listening server, until close().
+    this.#keepAlive = setInterval(() => {}, 1 << 30);
   }
 
   /** The volume called `name`; throws `BM_ERR_UNKNOWN_VOLUME`. */
@@ -220,6 +268,23 @@ export class Primary extends EventEmitter<PrimaryEvents> {
    * @internal called by {@link createPrimary}
    */
   async start(wait: boolean): Promise<void> {
+    const dir = this.#journalOptions.dir;
+    if (dir !== undefined) {
+      try {
+        for (const v of this.#mirrored) {
+          const journal = await FileJournal.open(join(dir, `${v.name}.journal`), {
+            capacityBytes: this.#journalOptions.capacityBytes!,
+            fsync: this.#journalOptions.fsync ?? 'batch',
+          });
+          const stream = await loadStream(join(dir, `${v.name}.stream`), journal.size > 0);
+          const recovered = await v.useJournal(journal, stream);
+          if (recovered > 0) log('volume %s: %d journaled requests recovered (stream %s)', v.name, recovered, stream);
+        }
+      } catch (error) {
+        await this.close({ drain: false });
+        throw toBlockMirrorError(error);
+      }
+    }
     if (this.#mirrored.length === 0) {
       this.#setLink('up');
       return;
@@ -478,6 +543,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
     this.#closed = true;
     this.#clock.clearInterval(this.#sweep);
+    clearInterval(this.#keepAlive);
     for (const t of this.#reconnectTimers) this.#clock.clearTimeout(t);
     this.#reconnectTimers.clear();
     for (const v of this.#volumes.values()) v.shutdown();
@@ -490,6 +556,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       }
     }
     await Promise.all(closing);
+    for (const v of this.#volumes.values()) await v.journal.close();
   }
 }
 
