@@ -5,6 +5,7 @@
  * @module
  */
 import { randomBytes, randomUUID } from 'node:crypto';
+import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
@@ -271,6 +272,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const dir = this.#journalOptions.dir;
     if (dir !== undefined) {
       try {
+        await mkdir(dir, { recursive: true });
         for (const v of this.#mirrored) {
           const journal = await FileJournal.open(join(dir, `${v.name}.journal`), {
             capacityBytes: this.#journalOptions.capacityBytes!,
