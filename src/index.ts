@@ -77,3 +77,10 @@ export { NbdServer } from './nbd/server.js';
 export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats } from './nbd/server.js';
 export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
 export type { NbdExport, NbdBackend, NbdWriteZeroesOptions } from './nbd/export.js';
+
+// journal
+export type { Journal, JournalEntry, JournalStats } from './journal/journal.js';
+export { MemoryJournal, MEMORY_RECORD_OVERHEAD } from './journal/memory-journal.js';
+export type { MemoryJournalOptions } from './journal/memory-journal.js';
+export { FileJournal, DEFAULT_JOURNAL_CAPACITY } from './journal/file-journal.js';
+export type { FileJournalOptions, FileJournalStats, FileJournalHooks, JournalFsyncPolicy } from './journal/file-journal.js';
