@@ -1,0 +1,128 @@
+/**
+ * The document served by the admin endpoint's `GET /status`: one shape for
+ * primaries and mirror targets.
+ *
+ * @module
+ */
+import { BlockMirrorError } from '../errors.js';
+
+/** One peer in {@link AdminStatus.peers}. */
+export interface AdminPeerStatus {
+  /** `host:port` of the mirror target (primary), or the primary's address (target). */
+  address: string;
+  /** `up`, `down`, `connecting` (and `probation` once link health is in). */
+  link: string;
+  /** Peer node id, when known. */
+  node?: string;
+  [key: string]: unknown;
+}
+
+/** One volume in {@link AdminStatus.volumes}. */
+export interface AdminVolumeStatus {
+  /** `sync`, `async`, `local` on a primary; `target` on a mirror target. */
+  mode: string;
+  /**
+   * Primary: the target is identical as far as the primary knows (nothing pending).
+   * Target: a primary is connected and mirroring into the volume (the target cannot
+   * see what the primary has not sent yet: ask the primary's endpoint for the truth).
+   */
+  inSync: boolean;
+  /** Primary: bytes written locally and not yet acknowledged by the target. Target: always 0. */
+  pendingBytes: number;
+  /**
+   * Primary: `in-sync`, `replicating`, `lagging`, `local`.
+   * Target: `mirroring` (a primary is connected), `disconnected` (it was, is not now),
+   * `unclaimed` (no primary since start).
+   */
+  state: string;
+  /** Size in bytes. */
+  size: number;
+  /** Primary: bytes the target acknowledged. Target: bytes applied from the primary. */
+  replicatedBytes: number;
+  /** Primary: mirror failures seen (each retried). Target: requests it failed to apply. */
+  mirrorErrors: number;
+  [key: string]: unknown;
+}
+
+/** The `GET /status` document. Extra fields of the source's status are kept. */
+export interface AdminStatus {
+  /** `primary` or `target`. */
+  role: string;
+  /** This node's id. */
+  node?: string;
+  peers: AdminPeerStatus[];
+  volumes: Record<string, AdminVolumeStatus>;
+  [key: string]: unknown;
+}
+
+type Obj = Record<string, unknown>;
+
+function isObj(v: unknown): v is Obj {
+  return v !== null && typeof v === 'object' && !Array.isArray(v);
+}
+
+function num(v: unknown): number {
+  return typeof v === 'number' && Number.isFinite(v) ? v : 0;
+}
+
+function bad(message: string): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `status source: ${message}`);
+}
+
+/**
+ * Maps a status object to the {@link AdminStatus} shape.
+ *
+ * - `role: 'primary'` (`PrimaryStatus`): already in shape; fields are
+ *   kept as they are.
+ * - `role: 'target'` (`MirrorTargetStatus`): each volume gets
+ *   `mode: 'target'`, `inSync` = a primary is connected to it,
+ *   `pendingBytes: 0`, `state` as documented on {@link AdminVolumeStatus},
+ *   `replicatedBytes` = `bytesWritten`, `mirrorErrors` = `errors`.
+ * - anything else: must carry `role`, `peers` and `volumes`; missing numeric
+ *   fields become 0.
+ *
+ * @throws {BlockMirrorError} `BM_ERR_INVALID_ARGUMENT` when the object lacks `role`, `peers` or `volumes`.
+ */
+export function normalizeStatus(raw: unknown): AdminStatus {
+  if (!isObj(raw)) throw bad('status() did not return an object');
+  const { role, peers, volumes } = raw;
+  if (typeof role !== 'string') throw bad('status has no role');
+  if (!Array.isArray(peers)) throw bad('status has no peers array');
+  if (!isObj(volumes)) throw bad('status has no volumes object');
+
+  const outPeers: AdminPeerStatus[] = peers.map((p: unknown) => {
+    const peer = isObj(p) ? p : {};
+    return { ...peer, address: String(peer.address ?? ''), link: String(peer.link ?? 'unknown') };
+  });
+
+  const outVolumes: Record<string, AdminVolumeStatus> = {};
+  for (const [name, v] of Object.entries(volumes)) {
+    const vol = isObj(v) ? v : {};
+    if (role === 'target' && vol.mode === undefined) {
+      const connections = num(vol.connections);
+      const owned = typeof vol.primary === 'string';
+      outVolumes[name] = {
+        ...vol,
+        mode: 'target',
+        inSync: owned && connections > 0,
+        pendingBytes: 0,
+        state: connections > 0 ? 'mirroring' : owned ? 'disconnected' : 'unclaimed',
+        size: num(vol.size),
+        replicatedBytes: num(vol.bytesWritten),
+        mirrorErrors: num(vol.errors),
+      };
+    } else {
+      outVolumes[name] = {
+        ...vol,
+        mode: String(vol.mode ?? 'unknown'),
+        inSync: vol.inSync === true,
+        pendingBytes: num(vol.pendingBytes),
+        state: String(vol.state ?? 'unknown'),
+        size: num(vol.size),
+        replicatedBytes: num(vol.replicatedBytes),
+        mirrorErrors: num(vol.mirrorErrors),
+      };
+    }
+  }
+  return { ...raw, role, peers: outPeers, volumes: outVolumes };
+}

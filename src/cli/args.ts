@@ -1,0 +1,432 @@
+/**
+ * Command-line parsing for `blockmirror` (`node:util` `parseArgs`, strict):
+ * turns argv into a validated command, or throws a usage error.
+ *
+ * @module
+ */
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { isBlockMirrorError } from '../errors.js';
+import { parseSize } from '../device/size.js';
+import { checkVolumeName } from '../replication/options.js';
+import { usageError } from './errors.js';
+
+/** A host and a port. */
+export interface HostPort {
+  host: string;
+  port: number;
+}
+
+/** One `--volume NAME=PATH[:SIZE]`. */
+export interface VolumeSpec {
+  name: string;
+  path: string;
+  /** Bytes; required to create a missing file, checked against an existing one. */
+  size?: number;
+  /** Replication mode of this volume on a primary (default: the primary's `--mode`; not settable from the command line). */
+  mode?: 'sync' | 'async';
+}
+
+/** Flags shared by `mirror` and `primary`. */
+export interface ServerConfig {
+  volumes: VolumeSpec[];
+  nbd?: HostPort;
+  admin?: HostPort;
+  secretFile?: string;
+}
+
+/** `blockmirror mirror …` */
+export interface MirrorConfig extends ServerConfig {
+  listen: HostPort;
+}
+
+/** `blockmirror primary …` */
+export interface PrimaryConfig extends ServerConfig {
+  peer: HostPort;
+  /** Replication mode of every volume. */
+  mode: 'sync' | 'async';
+  /** Connections in the connection array (1…64; library default when absent). */
+  connections?: number;
+  /** `--journal DIR`. */
+  journalDir?: string;
+  /** `--heartbeat-interval MS`. */
+  heartbeatInterval?: number;
+  /** `--stale-after MS`. */
+  staleAfter?: number;
+  /** `--probation MS`. */
+  probation?: number;
+  /** `--drain-timeout MS`: how long shutdown waits for pending mirror requests (default 10000). */
+  drainTimeout: number;
+}
+
+/** `blockmirror status …` */
+export interface StatusConfig {
+  admin: HostPort;
+  json: boolean;
+}
+
+/** A parsed command line. */
+export type Command =
+  | { kind: 'help'; text: string }
+  | { kind: 'version' }
+  | { kind: 'mirror'; config: MirrorConfig }
+  | { kind: 'primary'; config: PrimaryConfig }
+  | { kind: 'status'; config: StatusConfig }
+  | { kind: 'demo' };
+
+/** Default `--drain-timeout`, ms. */
+export const DEFAULT_DRAIN_TIMEOUT = 10_000;
+
+export const MAIN_HELP = `Usage: blockmirror <command> [options]
+
+Mirror block volumes between storage servers over IP.
+
+Commands:
+  mirror    run a mirror target: receive a primary's writes into local volume files
+  primary   run a primary: serve volumes (NBD) and mirror every write to a mirror target
+  status    show the status of a running node (via its --admin endpoint)
+  demo      run a self-contained demonstration on loopback (no arguments)
+
+Options:
+  -h, --help       show help (also: blockmirror <command> --help)
+  -V, --version    show the version
+
+Errors go to stderr as one line "blockmirror: <code>: <message>"; exit status 2
+for usage errors, 1 for runtime errors. DEBUG=blockmirror:* turns on logs (and
+stack traces).
+`;
+
+const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PATH (repeatable). SIZE
+                             (e.g. 64M, 1G, 4096) creates a missing file sparse and
+                             must match an existing one; without SIZE the file must exist.`;
+
+export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
+                          [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
+
+Runs a mirror target. A primary connects to --listen (TCP; heartbeats will use
+UDP on the same port number) and mirrors its volumes into the volume files
+here; the primary's volumes must have the same names and sizes.
+
+  --listen HOST:PORT         where primaries connect (PORT alone: 127.0.0.1:PORT)
+${VOLUME_HELP}
+  --nbd HOST:PORT            serve the volumes read-only over NBD (export name = volume name)
+  --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
+  --secret-file FILE         shared secret (first line of FILE); primaries must prove it
+
+Prints "listening mirror=HOST:PORT [nbd=HOST:PORT] [admin=HOST:PORT]" once ready.
+SIGINT/SIGTERM: flush and close everything, exit 0.
+`;
+
+export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
+                          [--mode sync|async|cycle] [--connections N] [--journal DIR]
+                          [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
+                          [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
+                          [--drain-timeout MS]
+
+Runs a primary: owns the volumes, serves them over NBD and mirrors every write
+to the mirror target at --peer (which must host volumes of the same names and
+sizes; a mismatch stops the primary with BM_ERR_VOLUME_MISMATCH). When the
+mirror is unreachable, the primary keeps serving and retries with backoff.
+
+  --peer HOST:PORT           the mirror target (its --listen address)
+${VOLUME_HELP}
+  --mode sync|async|cycle    sync (default): a write completes once the mirror has it;
+                             async: once written locally, the mirror follows in order;
+                             cycle: not implemented yet
+  --connections N            connections to the mirror (1-64, default 4)
+  --journal DIR              keep each volume's journal of not-yet-mirrored writes in
+                             DIR/<volume>.journal (survives a restart; default: memory)
+  --nbd HOST:PORT            serve the volumes over NBD (export name = volume name)
+  --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
+  --secret-file FILE         shared secret (first line of FILE)
+  --heartbeat-interval MS    heartbeat period (UDP, to the peer's port number)
+  --stale-after MS           a link without heartbeats for MS is down
+  --probation MS             a returning link is on probation for MS
+  --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
+
+Prints "listening [nbd=HOST:PORT] [admin=HOST:PORT] peer=HOST:PORT" once ready and
+"link up|down|… peer=HOST:PORT" when the link changes.
+SIGINT/SIGTERM: stop NBD, drain (bounded), flush and close, exit 0.
+`;
+
+export const STATUS_HELP = `Usage: blockmirror status --admin HOST:PORT [--json]
+
+Fetches GET /status from a node's admin endpoint and prints it as a table
+(or as JSON with --json).
+`;
+
+export const DEMO_HELP = `Usage: blockmirror demo
+
+Starts a mirror target and a primary in this process on loopback, with file
+volumes in a temporary directory and an NBD export; writes through NBD, cuts
+the replication link, keeps writing, heals it, waits for in-sync, compares
+both images by SHA-256, prints a status table, cleans up and exits 0.
+`;
+
+type Values = Record<string, string | boolean | string[] | boolean[] | undefined>;
+
+/** Runs parseArgs (strict) and turns its errors into usage errors; refuses repeated single-value flags. */
+function parse(command: string, argv: string[], options: NonNullable<ParseArgsConfig['options']>): Values {
+  let result;
+  try {
+    result = parseArgs({ args: argv, options, strict: true, allowPositionals: false, tokens: true });
+  } catch (error) {
+    const code = (error as { code?: unknown }).code;
+    const message = error instanceof Error ? error.message : String(error);
+    const first = message.split('. ')[0]!.replace(/\.$/, '');
+    let text: string;
+    if (code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION') {
+      const m = /'([^']+)'/.exec(message);
+      text = `unknown option ${m?.[1] ?? first}`;
+    } else if (code === 'ERR_PARSE_ARGS_UNEXPECTED_POSITIONAL') {
+      const m = /'([^']+)'/.exec(message);
+      text = `unexpected argument ${m === null ? '' : JSON.stringify(m[1])}`.trim();
+    } else {
+      text = first;
+    }
+    throw usageError(`${text} (see: blockmirror ${command} --help)`);
+  }
+  const seen = new Set<string>();
+  for (const token of result.tokens ?? []) {
+    if (token.kind !== 'option') continue;
+    const spec = options[token.name];
+    if (spec?.multiple === true) continue;
+    if (seen.has(token.name)) throw usageError(`--${token.name} given more than once`);
+    seen.add(token.name);
+  }
+  return result.values as Values;
+}
+
+function str(values: Values, name: string): string | undefined {
+  const v = values[name];
+  return typeof v === 'string' ? v : undefined;
+}
+
+function required(values: Values, name: string, command: string): string {
+  const v = str(values, name);
+  if (v === undefined) throw usageError(`missing --${name} (see: blockmirror ${command} --help)`);
+  return v;
+}
+
+/**
+ * Parses `HOST:PORT`, `[IPv6]:PORT` or `PORT` (host `defaultHost`).
+ * `allowZero`: port 0 means "any free port" (for listening addresses).
+ */
+export function parseHostPort(value: string, flag: string, allowZero: boolean, defaultHost = '127.0.0.1'): HostPort {
+  let host: string;
+  let portText: string;
+  const v6 = /^\[([^\]]+)\]:(\d+)$/.exec(value);
+  if (v6 !== null) {
+    host = v6[1]!;
+    portText = v6[2]!;
+  } else if (/^\d+$/.test(value)) {
+    host = defaultHost;
+    portText = value;
+  } else {
+    const i = value.lastIndexOf(':');
+    if (i <= 0 || value.indexOf(':') !== i) throw usageError(`${flag}: expected HOST:PORT, [IPv6]:PORT or PORT, got ${JSON.stringify(value)}`);
+    host = value.slice(0, i);
+    portText = value.slice(i + 1);
+  }
+  if (!/^\d{1,5}$/.test(portText)) throw usageError(`${flag}: invalid port in ${JSON.stringify(value)}`);
+  const port = Number(portText);
+  const min = allowZero ? 0 : 1;
+  if (port < min || port > 65535) throw usageError(`${flag}: port must be from ${min} to 65535, got ${port}`);
+  if (host.length === 0 || /\s/.test(host)) throw usageError(`${flag}: invalid host in ${JSON.stringify(value)}`);
+  return { host, port };
+}
+
+/** `host:port`, with brackets around IPv6 hosts. */
+export function formatHostPort(a: HostPort): string {
+  return a.host.includes(':') ? `[${a.host}]:${a.port}` : `${a.host}:${a.port}`;
+}
+
+/** Block size of CLI volume files. */
+export const CLI_BLOCK_SIZE = 512;
+
+/**
+ * Parses `NAME=PATH[:SIZE]`. The text after the last `:` of PATH[:SIZE] is the
+ * SIZE (so a path must not contain `:`).
+ */
+export function parseVolumeSpec(value: string): VolumeSpec {
+  const eq = value.indexOf('=');
+  if (eq <= 0) throw usageError(`--volume: expected NAME=PATH[:SIZE], got ${JSON.stringify(value)}`);
+  const name = value.slice(0, eq);
+  try {
+    checkVolumeName(name);
+  } catch (error) {
+    throw usageError(`--volume: ${isBlockMirrorError(error) ? error.message : String(error)}`);
+  }
+  let rest = value.slice(eq + 1);
+  let size: number | undefined;
+  const colon = rest.lastIndexOf(':');
+  if (colon >= 0) {
+    const sizeText = rest.slice(colon + 1);
+    rest = rest.slice(0, colon);
+    try {
+      size = parseSize(sizeText);
+    } catch (error) {
+      throw usageError(`--volume ${name}: ${isBlockMirrorError(error) ? error.message : String(error)}`);
+    }
+    if (size === 0) throw usageError(`--volume ${name}: size must be greater than 0`);
+    if (size % CLI_BLOCK_SIZE !== 0) throw usageError(`--volume ${name}: size ${size} is not a multiple of ${CLI_BLOCK_SIZE} bytes`);
+  }
+  if (rest.length === 0) throw usageError(`--volume ${name}: missing PATH (expected NAME=PATH[:SIZE])`);
+  const spec: VolumeSpec = { name, path: rest };
+  if (size !== undefined) spec.size = size;
+  return spec;
+}
+
+function volumes(values: Values, command: string): VolumeSpec[] {
+  const raw = values.volume;
+  const list = Array.isArray(raw) ? raw.filter((v): v is string => typeof v === 'string') : [];
+  if (list.length === 0) throw usageError(`at least one --volume NAME=PATH[:SIZE] is required (see: blockmirror ${command} --help)`);
+  const out = list.map(parseVolumeSpec);
+  const names = new Set<string>();
+  const paths = new Set<string>();
+  for (const v of out) {
+    if (names.has(v.name)) throw usageError(`--volume ${v.name} given more than once`);
+    if (paths.has(v.path)) throw usageError(`--volume ${v.name}: path ${v.path} is used by another volume`);
+    names.add(v.name);
+    paths.add(v.path);
+  }
+  return out;
+}
+
+/** A positive integer of milliseconds (1 … 2^31−1). */
+export function parseMs(value: string, flag: string): number {
+  if (!/^\d+$/.test(value)) throw usageError(`${flag}: expected a whole number of milliseconds, got ${JSON.stringify(value)}`);
+  const n = Number(value);
+  if (n < 1 || n > 2 ** 31 - 1) throw usageError(`${flag}: must be from 1 to ${2 ** 31 - 1} ms, got ${value}`);
+  return n;
+}
+
+function serverConfig(values: Values, command: string): ServerConfig {
+  const config: ServerConfig = { volumes: volumes(values, command) };
+  const nbd = str(values, 'nbd');
+  if (nbd !== undefined) config.nbd = parseHostPort(nbd, '--nbd', true);
+  const admin = str(values, 'admin');
+  if (admin !== undefined) config.admin = parseHostPort(admin, '--admin', true);
+  const secretFile = str(values, 'secret-file');
+  if (secretFile !== undefined) {
+    if (secretFile.length === 0) throw usageError('--secret-file: empty path');
+    config.secretFile = secretFile;
+  }
+  return config;
+}
+
+const SERVER_OPTIONS = {
+  volume: { type: 'string', multiple: true },
+  nbd: { type: 'string' },
+  admin: { type: 'string' },
+  'secret-file': { type: 'string' },
+  help: { type: 'boolean', short: 'h' },
+} as const;
+
+function parseMirror(argv: string[]): Command {
+  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' } });
+  if (values.help === true) return { kind: 'help', text: MIRROR_HELP };
+  const listen = parseHostPort(required(values, 'listen', 'mirror'), '--listen', true);
+  return { kind: 'mirror', config: { ...serverConfig(values, 'mirror'), listen } };
+}
+
+function parsePrimary(argv: string[]): Command {
+  const values = parse('primary', argv, {
+    ...SERVER_OPTIONS,
+    peer: { type: 'string' },
+    mode: { type: 'string' },
+    connections: { type: 'string' },
+    journal: { type: 'string' },
+    'heartbeat-interval': { type: 'string' },
+    'stale-after': { type: 'string' },
+    probation: { type: 'string' },
+    'drain-timeout': { type: 'string' },
+  });
+  if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
+  const peer = parseHostPort(required(values, 'peer', 'primary'), '--peer', false);
+  const modeText = str(values, 'mode') ?? 'sync';
+  if (modeText === 'cycle') {
+    throw usageError('--mode cycle is not implemented yet (use sync or async)', 'BM_ERR_NOT_SUPPORTED');
+  }
+  if (modeText !== 'sync' && modeText !== 'async') throw usageError(`--mode must be sync, async or cycle, got ${JSON.stringify(modeText)}`);
+  const config: PrimaryConfig = {
+    ...serverConfig(values, 'primary'),
+    peer,
+    mode: modeText,
+    drainTimeout: DEFAULT_DRAIN_TIMEOUT,
+  };
+  const connections = str(values, 'connections');
+  if (connections !== undefined) {
+    if (!/^\d+$/.test(connections) || Number(connections) < 1 || Number(connections) > 64) {
+      throw usageError(`--connections must be a whole number from 1 to 64, got ${JSON.stringify(connections)}`);
+    }
+    config.connections = Number(connections);
+  }
+  const journal = str(values, 'journal');
+  if (journal !== undefined) {
+    if (journal.length === 0) throw usageError('--journal: empty directory path');
+    config.journalDir = journal;
+  }
+  const hb = str(values, 'heartbeat-interval');
+  if (hb !== undefined) config.heartbeatInterval = parseMs(hb, '--heartbeat-interval');
+  const stale = str(values, 'stale-after');
+  if (stale !== undefined) config.staleAfter = parseMs(stale, '--stale-after');
+  const probation = str(values, 'probation');
+  if (probation !== undefined) config.probation = parseMs(probation, '--probation');
+  if (config.heartbeatInterval !== undefined && config.staleAfter !== undefined && config.staleAfter <= config.heartbeatInterval) {
+    throw usageError(`--stale-after (${config.staleAfter} ms) must be longer than --heartbeat-interval (${config.heartbeatInterval} ms)`);
+  }
+  const drain = str(values, 'drain-timeout');
+  if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');
+  return { kind: 'primary', config };
+}
+
+function parseStatus(argv: string[]): Command {
+  const values = parse('status', argv, {
+    admin: { type: 'string' },
+    json: { type: 'boolean' },
+    help: { type: 'boolean', short: 'h' },
+  });
+  if (values.help === true) return { kind: 'help', text: STATUS_HELP };
+  const admin = parseHostPort(required(values, 'admin', 'status'), '--admin', false);
+  return { kind: 'status', config: { admin, json: values.json === true } };
+}
+
+function parseDemo(argv: string[]): Command {
+  const values = parse('demo', argv, { help: { type: 'boolean', short: 'h' } });
+  if (values.help === true) return { kind: 'help', text: DEMO_HELP };
+  return { kind: 'demo' };
+}
+
+/**
+ * Parses the arguments after `blockmirror`.
+ * @throws {BlockMirrorError} a usage error (`details.usage`), code `BM_ERR_INVALID_ARGUMENT`
+ *   (or `BM_ERR_NOT_SUPPORTED` for `--mode cycle`).
+ */
+export function parseCommandLine(argv: readonly string[]): Command {
+  const [first, ...rest] = argv;
+  switch (first) {
+    case undefined:
+      throw usageError('missing command: mirror, primary, status or demo (see: blockmirror --help)');
+    case '-h':
+    case '--help':
+    case 'help':
+      if (argv.length > 1 && first !== 'help') throw usageError('--help takes no arguments');
+      if (first === 'help' && rest.length > 0) return parseCommandLine([rest[0]!, '--help']);
+      return { kind: 'help', text: MAIN_HELP };
+    case '-V':
+    case '--version':
+      if (argv.length > 1) throw usageError('--version takes no arguments');
+      return { kind: 'version' };
+    case 'mirror':
+      return parseMirror(rest);
+    case 'primary':
+      return parsePrimary(rest);
+    case 'status':
+      return parseStatus(rest);
+    case 'demo':
+      return parseDemo(rest);
+    default:
+      if (first.startsWith('-')) throw usageError(`unknown option ${first} before the command (see: blockmirror --help)`);
+      throw usageError(`unknown command ${JSON.stringify(first)}: use mirror, primary, status or demo (see: blockmirror --help)`);
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * CLI argument parsing and the flags → PrimaryOptions mapping, in process.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { MemoryBlockDevice } from '../../src/device/memory-device.js';
+import { BlockMirrorError } from '../../src/errors.js';
+import { parseCommandLine, parseHostPort, parseVolumeSpec, DEFAULT_DRAIN_TIMEOUT, type PrimaryConfig } from '../../src/cli/args.js';
+import { EXIT_FAILURE, EXIT_USAGE, exitCodeFor, formatError } from '../../src/cli/errors.js';
+import { mirrorTargetOptionsFrom, primaryOptionsFrom } from '../../src/cli/options.js';
+
+function usage(fn: () => unknown, code = 'BM_ERR_INVALID_ARGUMENT', message?: RegExp): void {
+  assert.throws(fn, (e: unknown) => {
+    assert.ok(e instanceof BlockMirrorError);
+    assert.equal(e.code, code);
+    assert.equal(exitCodeFor(e), EXIT_USAGE);
+    if (message !== undefined) assert.match(e.message, message);
+    return true;
+  });
+}
+
+describe('CLI arguments', () => {
+  test('--volume NAME=PATH[:SIZE]: sizes with suffixes, path without size, bad specs', () => {
+    assert.deepEqual(parseVolumeSpec('vol0=/data/v0.img:64M'), { name: 'vol0', path: '/data/v0.img', size: 64 * 1024 * 1024 });
+    assert.deepEqual(parseVolumeSpec('v=rel/v.img:1G'), { name: 'v', path: 'rel/v.img', size: 2 ** 30 });
+    assert.deepEqual(parseVolumeSpec('v=/a=b/v.img:4096'), { name: 'v', path: '/a=b/v.img', size: 4096 });
+    assert.deepEqual(parseVolumeSpec('v=/data/v.img'), { name: 'v', path: '/data/v.img' });
+    usage(() => parseVolumeSpec('v=/x:64Q'), 'BM_ERR_INVALID_ARGUMENT', /invalid size "64Q"/);
+    usage(() => parseVolumeSpec('v=/x:0'), 'BM_ERR_INVALID_ARGUMENT', /greater than 0/);
+    usage(() => parseVolumeSpec('v=/x:1000'), 'BM_ERR_INVALID_ARGUMENT', /multiple of 512/);
+    usage(() => parseVolumeSpec('/x:1M'), 'BM_ERR_INVALID_ARGUMENT', /NAME=PATH/);
+    usage(() => parseVolumeSpec('v=:1M'), 'BM_ERR_INVALID_ARGUMENT', /missing PATH/);
+    usage(() => parseVolumeSpec('a/b=/x:1M'), 'BM_ERR_INVALID_ARGUMENT', /invalid volume name/);
+  });
+
+  test('HOST:PORT, [IPv6]:PORT and PORT', () => {
+    assert.deepEqual(parseHostPort('10.0.0.2:7000', '--peer', false), { host: '10.0.0.2', port: 7000 });
+    assert.deepEqual(parseHostPort('[::1]:7000', '--peer', false), { host: '::1', port: 7000 });
+    assert.deepEqual(parseHostPort('9100', '--admin', true), { host: '127.0.0.1', port: 9100 });
+    assert.deepEqual(parseHostPort('0.0.0.0:0', '--listen', true), { host: '0.0.0.0', port: 0 });
+    usage(() => parseHostPort('host:0', '--peer', false), 'BM_ERR_INVALID_ARGUMENT', /--peer: port must be from 1/);
+    usage(() => parseHostPort('::1:7000', '--peer', false), 'BM_ERR_INVALID_ARGUMENT', /expected HOST:PORT/);
+    usage(() => parseHostPort('host:http', '--peer', false), 'BM_ERR_INVALID_ARGUMENT', /invalid port/);
+    usage(() => parseHostPort(':7000', '--peer', false));
+  });
+
+  test('primary: every flag parsed and validated; defaults', () => {
+    const cmd = parseCommandLine([
+      'primary', '--peer', 'mirror.example:7000', '--volume', 'a=/a.img:1M', '--volume', 'b=/b.img',
+      '--mode', 'async', '--connections', '8', '--journal', '/var/lib/bm', '--nbd', '0.0.0.0:10809', '--admin', '9100',
+      '--secret-file', '/etc/bm.secret', '--heartbeat-interval', '1500', '--stale-after', '4000', '--probation', '10000',
+      '--drain-timeout', '2000',
+    ]);
+    assert.equal(cmd.kind, 'primary');
+    assert.deepEqual(cmd.kind === 'primary' ? cmd.config : undefined, {
+      volumes: [{ name: 'a', path: '/a.img', size: 1024 * 1024 }, { name: 'b', path: '/b.img' }],
+      nbd: { host: '0.0.0.0', port: 10809 },
+      admin: { host: '127.0.0.1', port: 9100 },
+      secretFile: '/etc/bm.secret',
+      peer: { host: 'mirror.example', port: 7000 },
+      mode: 'async',
+      connections: 8,
+      journalDir: '/var/lib/bm',
+      heartbeatInterval: 1500,
+      staleAfter: 4000,
+      probation: 10000,
+      drainTimeout: 2000,
+    });
+    const minimal = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img']);
+    assert.deepEqual(minimal.kind === 'primary' ? minimal.config : undefined, {
+      volumes: [{ name: 'a', path: '/a.img' }],
+      peer: { host: '127.0.0.1', port: 7000 },
+      mode: 'sync',
+      drainTimeout: DEFAULT_DRAIN_TIMEOUT,
+    });
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle']), 'BM_ERR_NOT_SUPPORTED');
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--stale-after', '0']), 'BM_ERR_INVALID_ARGUMENT', /--stale-after/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--connections', '65']));
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--volume', 'b=/a.img']), 'BM_ERR_INVALID_ARGUMENT', /used by another volume/);
+    usage(() => parseCommandLine(['primary', '--peer']), 'BM_ERR_INVALID_ARGUMENT', /--peer/);
+    usage(() => parseCommandLine(['primary', 'extra']), 'BM_ERR_INVALID_ARGUMENT', /unexpected argument "extra"/);
+  });
+
+  test('mirror, status, demo, help and version', () => {
+    const m = parseCommandLine(['mirror', '--listen', '0.0.0.0:7000', '--volume', 'a=/a.img:1M', '--nbd', '127.0.0.1:0']);
+    assert.deepEqual(m.kind === 'mirror' ? m.config : undefined, {
+      volumes: [{ name: 'a', path: '/a.img', size: 1024 * 1024 }],
+      nbd: { host: '127.0.0.1', port: 0 },
+      listen: { host: '0.0.0.0', port: 7000 },
+    });
+    const s = parseCommandLine(['status', '--admin', '127.0.0.1:9100', '--json']);
+    assert.deepEqual(s, { kind: 'status', config: { admin: { host: '127.0.0.1', port: 9100 }, json: true } });
+    assert.deepEqual(parseCommandLine(['demo']), { kind: 'demo' });
+    usage(() => parseCommandLine(['demo', '--fast']), 'BM_ERR_INVALID_ARGUMENT', /unknown option --fast/);
+    assert.equal(parseCommandLine(['--help']).kind, 'help');
+    assert.equal(parseCommandLine(['mirror', '-h']).kind, 'help');
+    assert.deepEqual(parseCommandLine(['-V']), { kind: 'version' });
+  });
+
+  test('primaryOptionsFrom: the single place flags become PrimaryOptions; link-health/journal flags kept until wired', () => {
+    const a = new MemoryBlockDevice(1 << 20);
+    const b = new MemoryBlockDevice(1 << 20);
+    const config: PrimaryConfig = {
+      volumes: [{ name: 'a', path: '/a' }, { name: 'b', path: '/b', mode: 'async' }],
+      peer: { host: '127.0.0.1', port: 7000 },
+      mode: 'sync',
+      connections: 2,
+      journalDir: '/j',
+      heartbeatInterval: 100,
+      staleAfter: 400,
+      probation: 50,
+      drainTimeout: 1000,
+    };
+    const { options, notWired } = primaryOptionsFrom(config, { devices: new Map([['a', a], ['b', b]]), secret: 's3cret' });
+    assert.deepEqual(options.peer, { host: '127.0.0.1', port: 7000 });
+    assert.deepEqual(options.volumes.map((v) => [v.name, v.device, v.mode]), [['a', a, 'sync'], ['b', b, 'async']]);
+    assert.equal(options.connections, 2);
+    assert.equal(options.secret, 's3cret');
+    assert.equal(options.waitForConnection, false, 'serve while connecting');
+    assert.deepEqual(options.journal, { dir: '/j' });
+    // Whatever is not passed yet is reported, so the CLI can warn; wired options drop out of this list.
+    for (const flag of notWired) assert.ok(['--heartbeat-interval', '--stale-after', '--probation'].includes(flag));
+    const t = mirrorTargetOptionsFrom(
+      { listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'a', path: '/a' }] },
+      { devices: new Map([['a', a]]) },
+    );
+    assert.deepEqual(t.listen, { host: '127.0.0.1', port: 0 });
+    assert.equal(t.volumes[0]!.device, a);
+    assert.equal(t.secret, undefined);
+  });
+
+  test('error lines: one line, code first; stack only with debug; exit statuses', () => {
+    const e = new BlockMirrorError('BM_ERR_ADDRESS_IN_USE', 'cannot listen on 127.0.0.1:7000:\n  EADDRINUSE');
+    assert.equal(formatError(e), 'blockmirror: BM_ERR_ADDRESS_IN_USE: cannot listen on 127.0.0.1:7000: EADDRINUSE\n');
+    assert.equal(exitCodeFor(e), EXIT_FAILURE);
+    assert.match(formatError(e, true), /^blockmirror: BM_ERR_ADDRESS_IN_USE: .*\nBlockMirrorError: [^]*\n\s+at /);
+    assert.equal(formatError(new TypeError('boom')), 'blockmirror: internal error: boom\n');
+    assert.equal(formatError(Object.assign(new Error('gone'), { code: 'ENOENT' })), 'blockmirror: ENOENT: gone\n');
+  });
+});
