@@ -44,6 +44,8 @@ export const MessageType = {
   ERROR: 5,
   PING: 6,
   PONG: 7,
+  /** Link heartbeat datagram (UDP), see `link/heartbeat.ts`. */
+  HEARTBEAT: 8,
   WRITE: 16,
   WRITE_ACK: 17,
   FLUSH: 18,
