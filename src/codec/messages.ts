@@ -45,6 +45,8 @@ export interface HelloHeader {
   features: string[];
   /** 32 random bytes. */
   nonce: Uint8Array;
+  /** UDP port of the sender's heartbeat socket (absent: no heartbeats). */
+  hb?: number;
 }
 
 /** CHALLENGE (server → client). */
@@ -157,6 +159,7 @@ export function parseHello(h: unknown): HelloHeader {
   if (!uint(r.slots) || r.slots < 1 || r.slots > 1024 || !uint(r.slot) || r.slot >= r.slots) throw bad(t, 'slot');
   if (!strings(r.features)) throw bad(t, 'features');
   if (!bytes(r.nonce, 32)) throw bad(t, 'nonce');
+  if (r.hb !== undefined && (!uint(r.hb) || r.hb < 1 || r.hb > 65535)) throw bad(t, 'hb');
   return r as unknown as HelloHeader;
 }
 

@@ -112,6 +112,8 @@ export interface ClientHandshakeOptions {
   volumes: VolumeOffer[];
   timeout: number;
   clock: Clock;
+  /** UDP port of the client's heartbeat socket, if it sends heartbeats. */
+  heartbeatPort?: number | undefined;
 }
 
 /** What the client learns from a successful handshake. */
@@ -135,6 +137,7 @@ export async function clientHandshake(conn: FramedConnection, o: ClientHandshake
     features: [...FEATURES],
     nonce: nonceC,
   };
+  if (o.heartbeatPort !== undefined) hello.hb = o.heartbeatPort;
   const framePromise = nextFrame(conn, o.clock, deadline);
   conn.send(MessageType.HELLO, hello);
   const cf = await framePromise;

@@ -5,7 +5,7 @@
  *
  * @module
  */
-import { randomBytes } from 'node:crypto';
+import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
@@ -18,9 +18,14 @@ import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Fr
 import { parseFlush, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
+import { ConnectionArray } from '../link/connection-array.js';
+import { LinkMonitor, type LinkState } from '../link/link-monitor.js';
+import { IdleWatch } from '../link/idle-watch.js';
+import { DatagramDemux } from '../link/datagram-demux.js';
+import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
 import { ApplyOrder } from './apply-order.js';
 import { checkAddress } from './primary.js';
-import { checkVolumeName, positiveInt, secretBytes } from './options.js';
+import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
 import { zeroDevice } from './primary-volume.js';
 
 const log = createDebug('blockmirror:target');
@@ -47,6 +52,16 @@ export interface MirrorTargetOptions {
   handshakeTimeout?: number;
   /** Requests applied concurrently per connection before reading pauses (default 128). */
   maxInFlightPerConnection?: number;
+  /** UDP heartbeats on the listening port number, towards each primary that sends them (default: on when the transport has datagrams). */
+  heartbeats?: boolean;
+  /** Milliseconds between heartbeats (default 1500). */
+  heartbeatInterval?: number;
+  /** A primary's link is down after this many milliseconds without its heartbeat (default 4000). */
+  staleAfter?: number;
+  /** Heartbeats must flow this long without a gap before a primary's link counts as healthy again (default 10000). */
+  probation?: number;
+  /** A connection idle this long checks its slot and exits if it was closed (T3, default 5000). */
+  idleTimeout?: number;
 }
 
 /** Plain-object status of a target volume. */
@@ -70,7 +85,8 @@ export interface MirrorTargetStatus {
   role: 'target';
   node: string;
   address: string;
-  peers: Array<{ address: string; node: string; session: string; link: 'up' }>;
+  /** One entry per primary session; `link` follows its heartbeats (or `up` while connected, without heartbeats). */
+  peers: Array<{ address: string; node: string; session: string; link: LinkState; connections: number }>;
   volumes: Record<string, TargetVolumeStatus>;
 }
 
@@ -135,12 +151,23 @@ export class TargetVolume {
   }
 }
 
-interface Session {
+/** One connection of a primary, after its handshake. */
+interface Handler {
   conn: FramedConnection;
   hello: HelloHeader;
   volumes: TargetVolume[];
   pending: number;
   paused: boolean;
+}
+
+/** A primary session: its connection array and link monitor. */
+interface PeerLink {
+  node: string;
+  session: string;
+  host: string;
+  slots: ConnectionArray;
+  monitor: LinkMonitor | undefined;
+  view: { close(): Promise<void> } | undefined;
 }
 
 /** A mirror target: see {@link createMirrorTarget}. */
@@ -154,7 +181,15 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #handshakeTimeout: number;
   readonly #maxInFlight: number;
   readonly #volumes = new Map<string, TargetVolume>();
-  readonly #sessions = new Set<Session>();
+  readonly #handlers = new Set<Handler>();
+  readonly #peers = new Map<string, PeerLink>();
+  readonly #heartbeats: boolean;
+  readonly #monitorOptions: { heartbeatInterval: number; staleAfter: number; probation: number };
+  readonly #idleTimeout: number;
+  #demux: DatagramDemux | undefined;
+  readonly #answerGuard = new HeartbeatReplayGuard();
+  readonly #answerSession = randomUUID();
+  #answerSeq = 0;
   readonly #connections = new Set<FramedConnection>();
   #server: TransportServer | undefined;
   #closed = false;
@@ -171,6 +206,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#handshakeTimeout = positiveInt(options.handshakeTimeout ?? 10000, 'handshakeTimeout');
     this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 128, 'maxInFlightPerConnection', 65536);
     this.nodeId = options.nodeId ?? `target-${randomBytes(4).toString('hex')}`;
+    this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
+    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalid('heartbeats need a transport with datagrams');
+    this.#monitorOptions = {
+      heartbeatInterval: positiveInt(options.heartbeatInterval ?? 1500, 'heartbeatInterval'),
+      staleAfter: positiveInt(options.staleAfter ?? 4000, 'staleAfter'),
+      probation: nonNegativeInt(options.probation ?? 10000, 'probation'),
+    };
+    this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
     if (!Array.isArray(options.volumes)) throw invalid('volumes must be an array');
     for (const cfg of options.volumes) {
       if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
@@ -206,6 +249,16 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#server = await this.#transport.listen(this.#listen);
     this.#server.on('connection', (raw) => void this.#accept(raw));
     this.#server.on('error', (error) => log('listener error: %s', error.message));
+    if (this.#heartbeats) {
+      try {
+        const channel = await this.#transport.bindDatagram!({ host: this.#listen.host, port: this.#server.address.port });
+        channel.on('error', (error) => log('heartbeat socket error: %s', error.message));
+        this.#demux = new DatagramDemux(channel, (data, from) => this.#answerUnknown(data, from));
+      } catch (error) {
+        await this.#server.close();
+        throw toBlockMirrorError(error);
+      }
+    }
     log('listening on %o', this.#server.address);
   }
 
@@ -229,16 +282,29 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           return claimed.map((v): ReadyVolume => ({ name: v.name, applied: v.order.watermark }));
         },
       });
-      const session: Session = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
+      const handler: Handler = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
       if (conn.closed) {
         this.#release(claimed);
         return;
       }
-      this.#sessions.add(session);
-      conn.on('frame', (frame) => this.#onFrame(session, frame));
+      this.#handlers.add(handler);
+      const slot = this.#attach(result.hello, raw.remoteAddress.host, conn);
+      const peer = this.#peers.get(result.hello.session)!;
+      // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
+      const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
+      conn.on('frame', (frame) => {
+        idle.touch();
+        this.#onFrame(handler, frame);
+      });
       conn.once('close', (error) => {
-        this.#sessions.delete(session);
+        idle.stop();
+        this.#handlers.delete(handler);
         this.#release(claimed);
+        if (slot.connection === conn) {
+          slot.connection = undefined;
+          slot.status = 'closed';
+          peer.monitor?.connectionsFailed(error);
+        }
         if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
       });
       this.emit('connection', { node: result.hello.node, session: result.hello.session, slot: result.hello.slot, address: raw.remoteAddress });
@@ -248,6 +314,79 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       log('handshake with %o failed: %s', raw.remoteAddress, err.message);
       this.emit('connection-error', err, raw.remoteAddress);
     }
+  }
+
+  /**
+   * Puts a handshaken connection into its session's connection array (making
+   * the session, and its link monitor, on its first connection).
+   */
+  #attach(hello: HelloHeader, host: string, conn: FramedConnection) {
+    let peer = this.#peers.get(hello.session);
+    if (peer !== undefined && peer.slots.size !== hello.slots) {
+      this.#dropPeer(peer);
+      peer = undefined;
+    }
+    if (peer === undefined) {
+      // a new session of a node is a restart: its old session is gone
+      for (const old of this.#peers.values()) if (old.node === hello.node) this.#dropPeer(old);
+      peer = { node: hello.node, session: hello.session, host, slots: new ConnectionArray(hello.slots), monitor: undefined, view: undefined };
+      this.#peers.set(hello.session, peer);
+      if (this.#demux !== undefined && hello.hb !== undefined) {
+        const address = { host, port: hello.hb };
+        const view = this.#demux.view(address);
+        const monitor = new LinkMonitor({
+          clock: this.#clock,
+          channel: view,
+          peer: address,
+          nodeId: this.nodeId,
+          secret: this.#secret,
+          slots: peer.slots,
+          expectedNode: hello.node,
+          ...this.#monitorOptions,
+        });
+        const owner = peer;
+        monitor.on('down', (_reason, error) => {
+          // SPEC 5: close all of this primary's connections
+          for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
+        });
+        peer.monitor = monitor;
+        peer.view = view;
+        monitor.start();
+      }
+    }
+    const slot = peer.slots.slots[hello.slot]!;
+    const previous = slot.connection;
+    slot.connection = conn;
+    slot.status = 'open';
+    slot.lastHeartbeat = this.#clock.now();
+    previous?.destroy();
+    if (peer.slots.openCount === peer.slots.size) peer.monitor?.connected();
+    return slot;
+  }
+
+  /**
+   * A valid heartbeat from a primary that has no connection here (typically:
+   * this target restarted while the primary was down) is answered with one of
+   * ours, so that the primary sees the link come back, runs its probation and
+   * reconnects — it is the primary's handshake that tells us where to send
+   * heartbeats afterwards.
+   */
+  #answerUnknown(data: Buffer, from: TransportAddress): void {
+    if (this.#closed || this.#demux === undefined) return;
+    try {
+      const hb = verifyHeartbeat(data, { secret: this.#secret, rejectNode: this.nodeId, guard: this.#answerGuard });
+      const answer = encodeHeartbeat({ node: this.nodeId, session: this.#answerSession, seq: ++this.#answerSeq, time: this.#clock.now(), status: 'down' }, this.#secret);
+      this.#demux.channel.send(answer, from);
+      log('answered a heartbeat of %s from %s:%d', hb.node, from.host, from.port);
+    } catch {
+      // not a valid heartbeat: ignored
+    }
+  }
+
+  #dropPeer(peer: PeerLink): void {
+    peer.monitor?.stop();
+    void peer.view?.close();
+    this.#peers.delete(peer.session);
   }
 
   /** Checks the offered volumes and claims them for the client's session. */
@@ -289,7 +428,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     volumes.length = 0;
   }
 
-  #onFrame(session: Session, frame: Frame): void {
+  #onFrame(session: Handler, frame: Frame): void {
     const conn = session.conn;
     try {
       switch (frame.type) {
@@ -338,7 +477,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     }
   }
 
-  #volumeOf(session: Session, index: number): TargetVolume {
+  #volumeOf(session: Handler, index: number): TargetVolume {
     const v = session.volumes[index];
     if (v === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `request for volume index ${index}, not offered in the handshake`);
     return v;
@@ -346,7 +485,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
 
   /** Runs a request, answers it, and applies read back-pressure to the connection. */
   #track(
-    session: Session,
+    session: Handler,
     id: number,
     seq: number,
     volume: TargetVolume,
@@ -388,17 +527,17 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   status(): MirrorTargetStatus {
     const volumes: Record<string, TargetVolumeStatus> = {};
     for (const v of this.#volumes.values()) volumes[v.name] = v.status();
-    const peers = new Map<string, MirrorTargetStatus['peers'][number]>();
-    for (const s of this.#sessions) {
-      const a = s.conn.connection.remoteAddress;
-      peers.set(s.hello.session, { address: `${a.host}`, node: s.hello.node, session: s.hello.session, link: 'up' });
+    const peers: MirrorTargetStatus['peers'] = [];
+    for (const p of this.#peers.values()) {
+      const open = p.slots.openCount;
+      peers.push({ address: p.host, node: p.node, session: p.session, link: p.monitor?.state ?? (open > 0 ? 'up' : 'down'), connections: open });
     }
     const addr = this.#server?.address;
     return {
       role: 'target',
       node: this.nodeId,
       address: addr === undefined ? '' : `${addr.host}:${addr.port}`,
-      peers: [...peers.values()],
+      peers,
       volumes,
     };
   }
@@ -407,8 +546,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const p of [...this.#peers.values()]) this.#dropPeer(p);
     for (const c of this.#connections) c.destroy();
     await this.#server?.close();
+    await this.#demux?.channel.close();
   }
 }
 

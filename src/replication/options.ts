@@ -13,6 +13,14 @@ export function positiveInt(value: unknown, name: string, max = Number.MAX_SAFE_
   return value;
 }
 
+/** A non-negative safe integer, or `BM_ERR_INVALID_ARGUMENT`. */
+export function nonNegativeInt(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
+    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `${name} must be a non-negative integer`, { details: { [name]: value } });
+  }
+  return value;
+}
+
 /** The secret as bytes (UTF-8 for strings); undefined when not set. */
 export function secretBytes(secret: unknown): Uint8Array | undefined {
   if (secret === undefined) return undefined;

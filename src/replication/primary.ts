@@ -19,9 +19,12 @@ import { parseAck, parseError, type VolumeOffer } from '../codec/messages.js';
 import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
+import { LinkMonitor } from '../link/link-monitor.js';
+import { IdleWatch } from '../link/idle-watch.js';
+import type { DatagramChannel } from '../transport/transport.js';
 import type { MirrorRequest } from './mirror-request.js';
 import { PrimaryVolume, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
-import { secretBytes, positiveInt, checkVolumeName } from './options.js';
+import { secretBytes, positiveInt, nonNegativeInt, checkVolumeName } from './options.js';
 import { MemoryJournal } from '../journal/memory-journal.js';
 import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
 import type { JournalFsyncPolicy } from '../journal/file-journal.js';
@@ -89,10 +92,31 @@ export interface PrimaryOptions {
    * Either way the request stays queued until the target has it.
    */
   outagePolicy?: 'degrade' | 'suspend';
+  /**
+   * UDP heartbeats and the link state machine of seed 000 (default: on when
+   * the transport has datagrams). Off: a broken connection is reopened with
+   * backoff (`retryDelay`) instead of after a probation.
+   */
+  heartbeats?: boolean;
+  /** Milliseconds between heartbeats (default 1500). */
+  heartbeatInterval?: number;
+  /** The link is down after this many milliseconds without a heartbeat (default 4000). */
+  staleAfter?: number;
+  /** Heartbeats must flow this long without a gap before the connections reopen (default 10000; 0 = at once). */
+  probation?: number;
+  /** A connection idle this long checks its slot and exits if it was closed (T3, default 5000). */
+  idleTimeout?: number;
+  /** Address to bind the heartbeat UDP socket to (default: any address, port 0). Its port travels in the handshake. */
+  heartbeatBind?: TransportAddress;
 }
 
-/** Link state of the primary towards its target. */
-export type LinkState = 'connecting' | 'up' | 'down';
+/**
+ * Link state of the primary towards its target: `connecting` (opening the n
+ * connections), `up`, `down` (no heartbeat for `staleAfter`, or the
+ * connections failed; writes are journaled), `probation` (heartbeats are back;
+ * the connections reopen after `probation` ms without a gap).
+ */
+export type LinkState = 'connecting' | 'up' | 'down' | 'probation';
 
 /** Plain-object status of a {@link Primary}. */
 export interface PrimaryStatus {
@@ -103,6 +127,8 @@ export interface PrimaryStatus {
     node: string | undefined;
     link: LinkState;
     connections: ConnectionSlotStatus[];
+    /** Heartbeat counters (absent without heartbeats). */
+    heartbeats?: { sent: number; received: number; rejected: number; lastReceived: number | undefined; probationEndsAt: number | undefined };
     lastError?: { code: string; message: string };
   }>;
   volumes: Record<string, PrimaryVolumeStatus>;
@@ -156,6 +182,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #mirrorTimeout: number;
   readonly #retry: { min: number; max: number };
   readonly #journalOptions: NonNullable<PrimaryOptions['journal']>;
+  readonly #heartbeats: boolean;
+  readonly #monitorOptions: { heartbeatInterval: number; staleAfter: number; probation: number };
+  readonly #idleTimeout: number;
+  readonly #heartbeatBind: TransportAddress | undefined;
+  #channel: DatagramChannel | undefined;
+  #monitor: LinkMonitor | undefined;
+  readonly #idle = new Set<IdleWatch>();
   readonly #slots: ConnectionArray;
   /** Requests in flight per slot, by request id. */
   readonly #inFlight: Map<number, Sent>[];
@@ -195,6 +228,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     if (journal.dir !== undefined && (typeof journal.dir !== 'string' || journal.dir === '')) throw invalid('journal.dir must be a non-empty string');
     if (journal.fsync !== undefined && !['always', 'batch', 'none'].includes(journal.fsync)) throw invalid('journal.fsync must be always, batch or none');
     this.#journalOptions = { ...journal, capacityBytes: positiveInt(journal.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY, 'journal.capacityBytes') };
+    this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
+    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalid('heartbeats need a transport with datagrams');
+    this.#monitorOptions = {
+      heartbeatInterval: positiveInt(options.heartbeatInterval ?? 1500, 'heartbeatInterval'),
+      staleAfter: positiveInt(options.staleAfter ?? 4000, 'staleAfter'),
+      probation: nonNegativeInt(options.probation ?? 10000, 'probation'),
+    };
+    this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
+    this.#heartbeatBind = options.heartbeatBind === undefined ? undefined : checkAddress(options.heartbeatBind, 'heartbeatBind');
     const outagePolicy = options.outagePolicy ?? 'degrade';
     if (outagePolicy !== 'degrade' && outagePolicy !== 'suspend') throw invalid('outagePolicy must be degrade or suspend');
     this.nodeId = options.nodeId ?? `primary-${randomBytes(4).toString('hex')}`;
@@ -203,11 +245,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#inFlight = Array.from({ length: n }, () => new Map<number, Sent>());
     this.#attempts = new Array<number>(n).fill(0);
 
-    const slots = this.#slots;
+    const isUp = (): boolean => (this.#monitor !== undefined ? this.#link === 'up' && this.#slots.openCount > 0 : this.#slots.openCount > 0);
     this.#link_ = {
       clock: this.#clock,
       get up() {
-        return slots.openCount > 0;
+        return isUp();
       },
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
@@ -258,6 +300,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     return [...this.#volumes.values()];
   }
 
+  /** Address of the heartbeat UDP socket (undefined without heartbeats or before start). */
+  get heartbeatAddress(): TransportAddress | undefined {
+    return this.#channel?.address;
+  }
+
   /** Current link state. */
   get link(): LinkState {
     return this.#link;
@@ -291,19 +338,67 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#setLink('up');
       return;
     }
-    const attempts = this.#slots.slots.map((slot) => this.#connect(slot, !wait));
+    if (this.#heartbeats) {
+      try {
+        await this.#startMonitor();
+      } catch (error) {
+        await this.close({ drain: false });
+        throw toBlockMirrorError(error);
+      }
+    }
+    const opening = this.#openAll(!wait);
     if (!wait) return;
-    try {
-      await Promise.all(attempts);
-    } catch (error) {
+    const errors = await opening;
+    if (errors.length > 0) {
       await this.close({ drain: false });
-      throw error;
+      throw errors.find((e) => FATAL.has(e.code)) ?? errors[0];
     }
   }
 
-  /** Opens slot `slot` (handshake included). On failure: rethrows when `fail`, else schedules a retry. */
-  async #connect(slot: ConnectionSlot, retry: boolean): Promise<void> {
-    if (this.#closed) return;
+  /** Binds the heartbeat socket and starts the link monitor (SPEC 1: heartbeats start when the mirror is engaged). */
+  async #startMonitor(): Promise<void> {
+    const bind = this.#heartbeatBind ?? { host: (this.#transport as { host?: unknown }).host === undefined ? '0.0.0.0' : String((this.#transport as { host?: unknown }).host), port: 0 };
+    this.#channel = await this.#transport.bindDatagram!(bind);
+    this.#channel.on('error', (error) => log('heartbeat socket error: %s', error.message));
+    const monitor = new LinkMonitor({
+      clock: this.#clock,
+      channel: this.#channel,
+      peer: this.peer,
+      nodeId: this.nodeId,
+      session: this.session,
+      secret: this.#secret,
+      slots: this.#slots,
+      ...this.#monitorOptions,
+    });
+    this.#monitor = monitor;
+    monitor.on('state', (state) => {
+      this.#setLink(state);
+      if (state === 'down') for (const v of this.#mirrored) v.linkDown(this.#lastError ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is down'));
+      else for (const v of this.#mirrored) v.linkChanged();
+    });
+    monitor.on('down', (reason, error) => {
+      if (error !== undefined) this.#lastError = toBlockMirrorError(error);
+      else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
+      // SPEC 5: close all n connections; their in-flight requests are requeued
+      for (const slot of this.#slots.slots) slot.connection?.destroy(this.#lastError);
+    });
+    monitor.on('reopen', () => void this.#openAll(true));
+    monitor.start();
+  }
+
+  /** Opens every closed slot; resolves with the errors of the attempts that failed. */
+  async #openAll(retry: boolean): Promise<BlockMirrorError[]> {
+    const attempts = this.#slots.slots.filter((s) => s.connection === undefined).map((slot) => this.#connect(slot, retry));
+    return (await Promise.all(attempts)).filter((e): e is BlockMirrorError => e !== undefined);
+  }
+
+  /**
+   * Opens slot `slot` (handshake included). Resolves with the error when it
+   * failed; with `retry`, a failure also takes the link down (heartbeats) or
+   * schedules a reconnect (backoff).
+   */
+  async #connect(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
+    if (this.#closed) return undefined;
     slot.status = 'connecting';
     let conn: FramedConnection | undefined;
     try {
@@ -326,24 +421,31 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         volumes: offers,
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
+        heartbeatPort: this.#channel?.address.port,
       });
       if (this.#closed) {
         conn.close();
-        return;
+        return undefined;
       }
       this.#peerNode = result.peerNode;
       this.#attempts[slot.index] = 0;
       this.#open(slot, conn);
       for (const rv of result.volumes) this.#volumes.get(rv.name)?.appliedUpTo(rv.applied);
+      return undefined;
     } catch (error) {
       const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
       conn?.destroy();
       slot.status = 'closed';
       this.#lastError = err;
       log('slot %d: connect failed: %s', slot.index, err.message);
-      if (!retry) throw err;
+      if (!retry) return err;
       this.emit('connect-error', err);
-      this.#scheduleReconnect(slot, FATAL.has(err.code));
+      if (this.#monitor !== undefined) {
+        // the link goes down; the connections reopen after the next clean probation
+        for (const other of this.#slots.slots) other.connection?.destroy(err);
+        this.#monitor.connectionsFailed(err);
+      } else this.#scheduleReconnect(slot, FATAL.has(err.code));
+      return err;
     }
   }
 
@@ -352,12 +454,23 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     slot.status = 'open';
     slot.lastHeartbeat = this.#clock.now();
     slot.inFlight = 0;
-    conn.on('frame', (frame) => this.#onFrame(slot, frame));
+    // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
+    const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
+    this.#idle.add(idle);
+    conn.on('frame', (frame) => {
+      idle.touch();
+      this.#onFrame(slot, frame);
+    });
     conn.on('drain', () => this.#pump());
-    conn.once('close', (error) => this.#onClose(slot, conn, error));
+    conn.once('close', (error) => {
+      idle.stop();
+      this.#idle.delete(idle);
+      this.#onClose(slot, conn, error);
+    });
     log('slot %d open', slot.index);
     this.emit('slot', { index: slot.index, status: 'open' });
-    this.#updateLink();
+    if (this.#monitor === undefined) this.#updateLink();
+    else if (this.#slots.openCount === this.#slots.size) this.#monitor.connected();
     this.#pump();
   }
 
@@ -374,6 +487,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     if (error !== undefined) this.#lastError = error;
     log('slot %d closed (%d requests requeued): %s', slot.index, requeued.length, err.message);
     this.emit('slot', { index: slot.index, status: 'closed', error: err });
+    if (this.#monitor !== undefined) {
+      if (!this.#closed && this.#monitor.connectionsFailed(err)) this.#lastError = err;
+      return;
+    }
     this.#updateLink(err);
     if (!this.#closed) {
       this.#pump();
@@ -468,7 +585,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         if (sent === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `acknowledgement for unknown request ${ack.id}`);
         this.#inFlight[slot.index]!.delete(ack.id);
         slot.inFlight--;
-        slot.lastHeartbeat = this.#clock.now();
         if (ack.code === undefined) sent.volume.acknowledged(sent.req);
         else {
           const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
@@ -525,6 +641,16 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       link: this.#link,
       connections: this.#slots.snapshot(),
     };
+    if (this.#monitor !== undefined) {
+      const m = this.#monitor.status();
+      peer.heartbeats = {
+        sent: m.heartbeatsSent,
+        received: m.heartbeatsReceived,
+        rejected: Object.values(m.heartbeatsRejected).reduce((a, b) => a + b, 0),
+        lastReceived: m.lastHeartbeatReceived,
+        probationEndsAt: m.probationEndsAt,
+      };
+    }
     if (this.#lastError !== undefined) peer.lastError = { code: this.#lastError.code, message: this.#lastError.message };
     return { role: 'primary', node: this.nodeId, peers: [peer], volumes };
   }
@@ -546,6 +672,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#closed = true;
     this.#clock.clearInterval(this.#sweep);
     clearInterval(this.#keepAlive);
+    this.#monitor?.stop();
+    for (const idle of this.#idle) idle.stop();
+    this.#idle.clear();
+    await this.#channel?.close();
     for (const t of this.#reconnectTimers) this.#clock.clearTimeout(t);
     this.#reconnectTimers.clear();
     for (const v of this.#volumes.values()) v.shutdown();

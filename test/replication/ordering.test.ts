@@ -24,8 +24,8 @@ async function runScenario(mode: ReplicationMode, writes: WriteStep[], seed: num
   const network = new MemoryNetwork();
   network.on('link', (link) => link.setDelay(() => Math.floor(random() * 4)));
   const pair = await startPair([{ name: 'v', mode, size: SIZE }], {
-    target: { transport: network.transport({ host: '10.0.0.2' }), listen: { host: '10.0.0.2', port: 0 } },
-    primary: { transport: network.transport({ host: '10.0.0.1' }), connections: 4, retryDelay: { min: 1, max: 4 } },
+    target: { transport: network.transport({ host: '10.0.0.2' }), listen: { host: '10.0.0.2', port: 0 }, heartbeatInterval: 5, staleAfter: 200, probation: 0 },
+    primary: { transport: network.transport({ host: '10.0.0.1' }), connections: 4, retryDelay: { min: 1, max: 4 }, heartbeatInterval: 5, staleAfter: 200, probation: 0 },
   });
   try {
     const v = pair.primary.volume('v');

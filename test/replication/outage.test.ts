@@ -13,11 +13,14 @@ const KiB = 1024;
 const P = '10.0.0.1';
 const T = '10.0.0.2';
 
+/** Link timers at millisecond scale (the state machine's timing is tested in virtual time in test/link). */
+export const FAST_LINK = { heartbeatInterval: 10, staleAfter: 60, probation: 30 };
+
 async function networkPair(mode: 'sync' | 'async', extra: Parameters<typeof startPair>[1] = {}) {
   const network = new MemoryNetwork();
   const pair = await startPair([{ name: 'v', mode, size: 1 << 20 }], {
-    target: { transport: network.transport({ host: T }), listen: { host: T, port: 0 }, ...extra.target },
-    primary: { transport: network.transport({ host: P }), retryDelay: { min: 1, max: 20 }, ...extra.primary },
+    target: { transport: network.transport({ host: T }), listen: { host: T, port: 0 }, ...FAST_LINK, ...extra.target },
+    primary: { transport: network.transport({ host: P }), retryDelay: { min: 1, max: 20 }, ...FAST_LINK, ...extra.primary },
   });
   return { network, pair };
 }
@@ -126,8 +129,8 @@ test('SPEC 16/19: a restarted primary replays its file journal; the target ends 
   const network = new MemoryNetwork();
   const pdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
   const pair = await startPair([{ name: 'v', mode: 'async', size: 1 << 20, primaryDevice: pdev }], {
-    target: { transport: network.transport({ host: T }), listen: { host: T, port: 0 } },
-    primary: { transport: network.transport({ host: P }), retryDelay: { min: 1, max: 20 }, journal: { dir, fsync: 'always' } },
+    target: { transport: network.transport({ host: T }), listen: { host: T, port: 0 }, ...FAST_LINK },
+    primary: { transport: network.transport({ host: P }), retryDelay: { min: 1, max: 20 }, journal: { dir, fsync: 'always' }, ...FAST_LINK },
   });
   try {
     const v = pair.primary.volume('v');
@@ -143,6 +146,7 @@ test('SPEC 16/19: a restarted primary replays its file journal; the target ends 
       peer: pair.target.address,
       journal: { dir, fsync: 'always' },
       volumes: [{ name: 'v', device: pdev, mode: 'async' }],
+      ...FAST_LINK,
     });
     try {
       assert.equal(again.volume('v').status().lastSeq, 10, 'sequence numbers continue');
