@@ -84,3 +84,34 @@ export { MemoryJournal, MEMORY_RECORD_OVERHEAD } from './journal/memory-journal.
 export type { MemoryJournalOptions } from './journal/memory-journal.js';
 export { FileJournal, DEFAULT_JOURNAL_CAPACITY } from './journal/file-journal.js';
 export type { FileJournalOptions, FileJournalStats, FileJournalHooks, JournalFsyncPolicy } from './journal/file-journal.js';
+
+// link health
+export { LinkMonitor, DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STALE_AFTER, DEFAULT_PROBATION } from './link/link-monitor.js';
+export type {
+  LinkMonitorOptions,
+  LinkMonitorEvents,
+  LinkMonitorStatus,
+  LinkState as LinkMonitorState,
+  LinkTransitionReason,
+  HeartbeatRejections,
+} from './link/link-monitor.js';
+export { IdleWatch, DEFAULT_IDLE_TIMEOUT } from './link/idle-watch.js';
+export type { IdleWatchOptions } from './link/idle-watch.js';
+export { ConnectionArray } from './link/connection-array.js';
+export type { ConnectionSlot } from './link/connection-array.js';
+export { encodeHeartbeat, verifyHeartbeat, parseHeartbeat, HeartbeatReplayGuard } from './link/heartbeat.js';
+export type { Heartbeat, HeartbeatFields, HeartbeatStatus, HeartbeatRejectReason, VerifyHeartbeatOptions, HeartbeatCursor, HeartbeatReplayGuardOptions } from './link/heartbeat.js';
+
+// NBD exports of volumes, admin endpoint
+export { primaryVolumeBackend, targetVolumeBackend } from './nbd/volume-backend.js';
+export type { PrimaryVolumeBackendOptions, VolumeOpInfo, VolumeOpObserver } from './nbd/volume-backend.js';
+export { createAdminServer, AdminServer } from './admin/server.js';
+export type { AdminServerOptions, StatusSource } from './admin/server.js';
+export { LatencyHistogram, DEFAULT_LATENCY_BUCKETS } from './admin/histogram.js';
+export type { HistogramSnapshot, HistogramBucket } from './admin/histogram.js';
+export { renderMetrics, escapeLabelValue, formatValue, PROMETHEUS_CONTENT_TYPE } from './admin/metrics.js';
+export type { AdminMetrics } from './admin/metrics.js';
+export { normalizeStatus } from './admin/status.js';
+export type { AdminStatus, AdminPeerStatus, AdminVolumeStatus } from './admin/status.js';
+export { FramedConnection } from './link/framed-connection.js';
+export type { FramedConnectionEvents, FramedConnectionOptions } from './link/framed-connection.js';

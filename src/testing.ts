@@ -27,3 +27,5 @@ export type {
   MemoryNetworkEvents,
   DatagramFaults,
 } from './transport/memory.js';
+export { LinkProxy } from './cli/demo-proxy.js';
+export type { LinkProxyOptions } from './cli/demo-proxy.js';

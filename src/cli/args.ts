@@ -32,6 +32,12 @@ export interface ServerConfig {
   nbd?: HostPort;
   admin?: HostPort;
   secretFile?: string;
+  /** `--heartbeat-interval MS`. */
+  heartbeatInterval?: number;
+  /** `--stale-after MS`. */
+  staleAfter?: number;
+  /** `--probation MS`. */
+  probation?: number;
 }
 
 /** `blockmirror mirror …` */
@@ -48,12 +54,6 @@ export interface PrimaryConfig extends ServerConfig {
   connections?: number;
   /** `--journal DIR`. */
   journalDir?: string;
-  /** `--heartbeat-interval MS`. */
-  heartbeatInterval?: number;
-  /** `--stale-after MS`. */
-  staleAfter?: number;
-  /** `--probation MS`. */
-  probation?: number;
   /** `--drain-timeout MS`: how long shutdown waits for pending mirror requests (default 10000). */
   drainTimeout: number;
 }
@@ -101,16 +101,20 @@ const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PA
 
 export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
+                          [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
 
-Runs a mirror target. A primary connects to --listen (TCP; heartbeats will use
-UDP on the same port number) and mirrors its volumes into the volume files
-here; the primary's volumes must have the same names and sizes.
+Runs a mirror target. A primary connects to --listen (TCP; heartbeats use UDP
+on the same port number) and mirrors its volumes into the volume files here;
+the primary's volumes must have the same names and sizes.
 
   --listen HOST:PORT         where primaries connect (PORT alone: 127.0.0.1:PORT)
 ${VOLUME_HELP}
   --nbd HOST:PORT            serve the volumes read-only over NBD (export name = volume name)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE); primaries must prove it
+  --heartbeat-interval MS    heartbeat period (UDP, default 1500)
+  --stale-after MS           a primary without heartbeats for MS is down (default 4000)
+  --probation MS             a returning primary is on probation for MS (default 10000)
 
 Prints "listening mirror=HOST:PORT [nbd=HOST:PORT] [admin=HOST:PORT]" once ready.
 SIGINT/SIGTERM: flush and close everything, exit 0.
@@ -125,7 +129,8 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
 sizes; a mismatch stops the primary with BM_ERR_VOLUME_MISMATCH). When the
-mirror is unreachable, the primary keeps serving and retries with backoff.
+mirror is unreachable, the primary keeps serving, journals what the mirror
+has not acknowledged, and reconnects after a clean heartbeat probation.
 
   --peer HOST:PORT           the mirror target (its --listen address)
 ${VOLUME_HELP}
@@ -138,9 +143,9 @@ ${VOLUME_HELP}
   --nbd HOST:PORT            serve the volumes over NBD (export name = volume name)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE)
-  --heartbeat-interval MS    heartbeat period (UDP, to the peer's port number)
-  --stale-after MS           a link without heartbeats for MS is down
-  --probation MS             a returning link is on probation for MS
+  --heartbeat-interval MS    heartbeat period (UDP, to the peer's port number; default 1500)
+  --stale-after MS           a link without heartbeats for MS is down (default 4000)
+  --probation MS             a returning link is on probation for MS (default 10000)
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
 
 Prints "listening [nbd=HOST:PORT] [admin=HOST:PORT] peer=HOST:PORT" once ready and
@@ -311,6 +316,15 @@ function serverConfig(values: Values, command: string): ServerConfig {
     if (secretFile.length === 0) throw usageError('--secret-file: empty path');
     config.secretFile = secretFile;
   }
+  const hb = str(values, 'heartbeat-interval');
+  if (hb !== undefined) config.heartbeatInterval = parseMs(hb, '--heartbeat-interval');
+  const stale = str(values, 'stale-after');
+  if (stale !== undefined) config.staleAfter = parseMs(stale, '--stale-after');
+  const probation = str(values, 'probation');
+  if (probation !== undefined) config.probation = parseMs(probation, '--probation');
+  if (config.heartbeatInterval !== undefined && config.staleAfter !== undefined && config.staleAfter <= config.heartbeatInterval) {
+    throw usageError(`--stale-after (${config.staleAfter} ms) must be longer than --heartbeat-interval (${config.heartbeatInterval} ms)`);
+  }
   return config;
 }
 
@@ -319,6 +333,9 @@ const SERVER_OPTIONS = {
   nbd: { type: 'string' },
   admin: { type: 'string' },
   'secret-file': { type: 'string' },
+  'heartbeat-interval': { type: 'string' },
+  'stale-after': { type: 'string' },
+  probation: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
@@ -336,9 +353,6 @@ function parsePrimary(argv: string[]): Command {
     mode: { type: 'string' },
     connections: { type: 'string' },
     journal: { type: 'string' },
-    'heartbeat-interval': { type: 'string' },
-    'stale-after': { type: 'string' },
-    probation: { type: 'string' },
     'drain-timeout': { type: 'string' },
   });
   if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
@@ -365,15 +379,6 @@ function parsePrimary(argv: string[]): Command {
   if (journal !== undefined) {
     if (journal.length === 0) throw usageError('--journal: empty directory path');
     config.journalDir = journal;
-  }
-  const hb = str(values, 'heartbeat-interval');
-  if (hb !== undefined) config.heartbeatInterval = parseMs(hb, '--heartbeat-interval');
-  const stale = str(values, 'stale-after');
-  if (stale !== undefined) config.staleAfter = parseMs(stale, '--stale-after');
-  const probation = str(values, 'probation');
-  if (probation !== undefined) config.probation = parseMs(probation, '--probation');
-  if (config.heartbeatInterval !== undefined && config.staleAfter !== undefined && config.staleAfter <= config.heartbeatInterval) {
-    throw usageError(`--stale-after (${config.staleAfter} ms) must be longer than --heartbeat-interval (${config.heartbeatInterval} ms)`);
   }
   const drain = str(values, 'drain-timeout');
   if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');

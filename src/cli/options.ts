@@ -7,7 +7,7 @@
 import type { BlockDevice } from '../device/block-device.js';
 import type { PrimaryOptions } from '../replication/primary.js';
 import type { MirrorTargetOptions } from '../replication/mirror-target.js';
-import type { MirrorConfig, PrimaryConfig } from './args.js';
+import type { MirrorConfig, PrimaryConfig, ServerConfig } from './args.js';
 
 /** What {@link primaryOptionsFrom} needs besides the flags. */
 export interface PrimaryOptionsInput {
@@ -19,19 +19,12 @@ export interface PrimaryOptionsInput {
   retryDelay?: { min: number; max: number };
 }
 
-/** Result of {@link primaryOptionsFrom}. */
-export interface BuiltPrimaryOptions {
-  options: PrimaryOptions;
-  /** Flags that were given and validated but are not passed to the library yet (the feature is not in). */
-  notWired: string[];
-}
-
 /**
  * Builds the {@link PrimaryOptions} for `blockmirror primary` (and the demo)
  * from parsed flags. `waitForConnection` is false: the primary serves its
  * volumes while it (re)connects to the mirror.
  */
-export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsInput): BuiltPrimaryOptions {
+export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsInput): PrimaryOptions {
   const options: PrimaryOptions = {
     peer: { host: config.peer.host, port: config.peer.port },
     volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)!, mode: v.mode ?? config.mode })),
@@ -40,13 +33,16 @@ export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsI
   if (config.connections !== undefined) options.connections = config.connections;
   if (input.secret !== undefined) options.secret = input.secret;
   if (input.retryDelay !== undefined) options.retryDelay = input.retryDelay;
-  const notWired: string[] = [];
-  // Link health (issue 3): each TODO line below becomes `options.X = config.X;` once PrimaryOptions has X.
-  if (config.heartbeatInterval !== undefined) notWired.push('--heartbeat-interval'); // TODO(issue 3): options.heartbeatInterval = config.heartbeatInterval;
-  if (config.staleAfter !== undefined) notWired.push('--stale-after'); // TODO(issue 3): options.staleAfter = config.staleAfter;
-  if (config.probation !== undefined) notWired.push('--probation'); // TODO(issue 3): options.probation = config.probation;
+  linkTimers(config, options);
   if (config.journalDir !== undefined) options.journal = { dir: config.journalDir };
-  return { options, notWired };
+  return options;
+}
+
+/** Heartbeat timers from the flags shared by both commands. */
+function linkTimers(config: ServerConfig, options: Pick<PrimaryOptions, 'heartbeatInterval' | 'staleAfter' | 'probation'>): void {
+  if (config.heartbeatInterval !== undefined) options.heartbeatInterval = config.heartbeatInterval;
+  if (config.staleAfter !== undefined) options.staleAfter = config.staleAfter;
+  if (config.probation !== undefined) options.probation = config.probation;
 }
 
 /** Builds the {@link MirrorTargetOptions} for `blockmirror mirror`. */
@@ -59,6 +55,7 @@ export function mirrorTargetOptionsFrom(
     volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)! })),
   };
   if (input.secret !== undefined) options.secret = input.secret;
-  // Heartbeats (issue 3) will answer on UDP at the same port number as `listen`: no extra flag.
+  // heartbeats use UDP on the same port number as `listen`
+  linkTimers(config, options);
   return options;
 }

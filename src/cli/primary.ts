@@ -74,10 +74,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
 
     const input: Parameters<typeof primaryOptionsFrom>[1] = { devices };
     if (secret !== undefined) input.secret = secret;
-    const { options, notWired } = primaryOptionsFrom(config, input);
-    if (notWired.length > 0) {
-      warn(io, `${notWired.join(', ')} accepted but not in effect in this build (link health is not available yet)`);
-    }
+    const options = primaryOptionsFrom(config, input);
     const primary = await createPrimary(options);
     resources.add('primary', () => primary.close({ drain: !fatal, timeout: config.drainTimeout }));
 

@@ -1,26 +1,36 @@
 /**
  * Splits one datagram channel into per-peer views: a mirror target receives
  * the heartbeats of all its primaries on its one UDP port, and gives each
- * primary's link monitor a view that only sees that primary's datagrams.
+ * primary's link monitor a view that only sees that primary's heartbeats.
+ * Datagrams are routed by the sender's node id (not by source address, which
+ * NAT or a relay may change); the monitor still verifies each one.
  *
  * @module
  */
 import { EventEmitter } from 'eventemitter3';
 import type { DatagramChannel, DatagramChannelEvents, TransportAddress } from '../transport/transport.js';
+import { decodeFrame } from '../codec/decoder.js';
+import { HEARTBEAT_CODEC_LIMITS } from './heartbeat.js';
 
-function key(a: TransportAddress): string {
-  return `${a.host}|${a.port}`;
+/** The node id a heartbeat datagram claims, or undefined when it is not one. */
+function claimedNode(data: Buffer): string | undefined {
+  try {
+    const header = decodeFrame(data, { limits: HEARTBEAT_CODEC_LIMITS })?.header as { node?: unknown } | undefined;
+    return typeof header?.node === 'string' ? header.node : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
-/** A view of a {@link DatagramChannel} limited to one remote address. */
+/** A view of a {@link DatagramChannel} limited to one peer node. */
 class PeerView extends EventEmitter<DatagramChannelEvents> implements DatagramChannel {
   readonly #demux: DatagramDemux;
-  readonly #key: string;
+  readonly #node: string;
 
-  constructor(demux: DatagramDemux, k: string) {
+  constructor(demux: DatagramDemux, node: string) {
     super();
     this.#demux = demux;
-    this.#key = k;
+    this.#node = node;
   }
 
   get address(): TransportAddress {
@@ -33,22 +43,23 @@ class PeerView extends EventEmitter<DatagramChannelEvents> implements DatagramCh
 
   /** Detaches the view (the shared channel stays open). */
   async close(): Promise<void> {
-    this.#demux.detach(this.#key, this);
+    this.#demux.detach(this.#node, this);
   }
 }
 
-/** Routes datagrams of one channel to per-peer views by source address. */
+/** Routes heartbeat datagrams of one channel to per-node views. */
 export class DatagramDemux {
   readonly channel: DatagramChannel;
   readonly #views = new Map<string, PeerView>();
-  /** Datagrams from addresses without a view. */
+  /** Datagrams for nodes without a view (or not heartbeats). */
   unrouted = 0;
 
-  /** `onUnrouted` sees datagrams from addresses without a view. */
+  /** `onUnrouted` sees datagrams for which no view exists. */
   constructor(channel: DatagramChannel, onUnrouted?: (data: Buffer, from: TransportAddress) => void) {
     this.channel = channel;
     channel.on('message', (data, from) => {
-      const view = this.#views.get(key(from));
+      const node = claimedNode(data);
+      const view = node === undefined ? undefined : this.#views.get(node);
       if (view !== undefined) view.emit('message', data, from);
       else {
         this.unrouted++;
@@ -57,16 +68,20 @@ export class DatagramDemux {
     });
   }
 
-  /** A channel that sees only datagrams from `peer` (replacing an earlier view of the same peer). */
-  view(peer: TransportAddress): DatagramChannel {
-    const k = key(peer);
-    const view = new PeerView(this, k);
-    this.#views.set(k, view);
+  /** True when a view for `node` exists. */
+  has(node: string): boolean {
+    return this.#views.has(node);
+  }
+
+  /** A channel that sees only the datagrams of `node` (replacing an earlier view of the same node). */
+  view(node: string): DatagramChannel {
+    const view = new PeerView(this, node);
+    this.#views.set(node, view);
     return view;
   }
 
   /** @internal */
-  detach(k: string, view: PeerView): void {
-    if (this.#views.get(k) === view) this.#views.delete(k);
+  detach(node: string, view: PeerView): void {
+    if (this.#views.get(node) === view) this.#views.delete(node);
   }
 }

@@ -332,12 +332,12 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       peer = { node: hello.node, session: hello.session, host, slots: new ConnectionArray(hello.slots), monitor: undefined, view: undefined };
       this.#peers.set(hello.session, peer);
       if (this.#demux !== undefined && hello.hb !== undefined) {
-        const address = { host, port: hello.hb };
-        const view = this.#demux.view(address);
+        // Heartbeats go back along the path the primary's heartbeats take
+        // (NAT, relays): the monitor learns its peer from the first one.
+        const view = this.#demux.view(hello.node);
         const monitor = new LinkMonitor({
           clock: this.#clock,
           channel: view,
-          peer: address,
           nodeId: this.nodeId,
           secret: this.#secret,
           slots: peer.slots,
@@ -345,6 +345,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           ...this.#monitorOptions,
         });
         const owner = peer;
+        monitor.on('heartbeat', (_hb, from) => {
+          const current = monitor.peer;
+          if (current === undefined || current.host !== from.host || current.port !== from.port) monitor.setPeer(from);
+        });
         monitor.on('down', (_reason, error) => {
           // SPEC 5: close all of this primary's connections
           for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
@@ -375,6 +379,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     if (this.#closed || this.#demux === undefined) return;
     try {
       const hb = verifyHeartbeat(data, { secret: this.#secret, rejectNode: this.nodeId, guard: this.#answerGuard });
+      // a primary with a session here gets heartbeats from its link monitor
+      for (const p of this.#peers.values()) if (p.node === hb.node && p.monitor !== undefined) return;
       const answer = encodeHeartbeat({ node: this.nodeId, session: this.#answerSession, seq: ++this.#answerSeq, time: this.#clock.now(), status: 'down' }, this.#secret);
       this.#demux.channel.send(answer, from);
       log('answered a heartbeat of %s from %s:%d', hb.node, from.host, from.port);

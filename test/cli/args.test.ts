@@ -97,7 +97,7 @@ describe('CLI arguments', () => {
     assert.deepEqual(parseCommandLine(['-V']), { kind: 'version' });
   });
 
-  test('primaryOptionsFrom: the single place flags become PrimaryOptions; link-health/journal flags kept until wired', () => {
+  test('primaryOptionsFrom / mirrorTargetOptionsFrom: the single place flags become library options', () => {
     const a = new MemoryBlockDevice(1 << 20);
     const b = new MemoryBlockDevice(1 << 20);
     const config: PrimaryConfig = {
@@ -111,19 +111,19 @@ describe('CLI arguments', () => {
       probation: 50,
       drainTimeout: 1000,
     };
-    const { options, notWired } = primaryOptionsFrom(config, { devices: new Map([['a', a], ['b', b]]), secret: 's3cret' });
+    const options = primaryOptionsFrom(config, { devices: new Map([['a', a], ['b', b]]), secret: 's3cret' });
     assert.deepEqual(options.peer, { host: '127.0.0.1', port: 7000 });
     assert.deepEqual(options.volumes.map((v) => [v.name, v.device, v.mode]), [['a', a, 'sync'], ['b', b, 'async']]);
     assert.equal(options.connections, 2);
     assert.equal(options.secret, 's3cret');
     assert.equal(options.waitForConnection, false, 'serve while connecting');
     assert.deepEqual(options.journal, { dir: '/j' });
-    // Whatever is not passed yet is reported, so the CLI can warn; wired options drop out of this list.
-    for (const flag of notWired) assert.ok(['--heartbeat-interval', '--stale-after', '--probation'].includes(flag));
+    assert.deepEqual([options.heartbeatInterval, options.staleAfter, options.probation], [100, 400, 50]);
     const t = mirrorTargetOptionsFrom(
-      { listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'a', path: '/a' }] },
+      { listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'a', path: '/a' }], probation: 70 },
       { devices: new Map([['a', a]]) },
     );
+    assert.equal(t.probation, 70);
     assert.deepEqual(t.listen, { host: '127.0.0.1', port: 0 });
     assert.equal(t.volumes[0]!.device, a);
     assert.equal(t.secret, undefined);

@@ -20,8 +20,8 @@ describe('blockmirror demo', () => {
     for (let i = 1; i <= 9; i++) assert.match(r.stdout, new RegExp(`^\\[ *\\d+\\.\\d\\ds\\] step ${i}/9: `, 'm'), `step ${i}`);
     assert.match(r.stdout, /step 1\/9: write a workload (through NBD with (qemu-io|nbdcopy)|through the library API)/);
     assert.match(r.stdout, /after burst 2: sync0: lagging, [\d.]+ [KM]iB pending; async0: lagging, [\d.]+ [KM]iB pending/);
-    // Which note depends on whether the primary has link health (heartbeats) in this build.
-    assert.match(r.stdout, /^note: (heartbeats and probation come with the link-health feature|link health is on)/m);
+    assert.match(r.stdout, /^note: the primary sends UDP heartbeats/m);
+    assert.match(r.stdout, /link up \d+ ms after the heal/);
     // Two hash rows per volume; each mirror row says identical and repeats the primary's hash.
     for (const vol of ['sync0 \\(sync\\)', 'async0 \\(async\\)']) {
       const m = new RegExp(`^ +${vol} +primary +([0-9a-f]{64})\\s*\\n +mirror +([0-9a-f]{64}) +identical$`, 'm').exec(r.stdout);
