@@ -390,6 +390,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   }
 
   #dropPeer(peer: PeerLink): void {
+    for (const slot of peer.slots.slots) slot.connection?.destroy();
     peer.monitor?.stop();
     void peer.view?.close();
     this.#peers.delete(peer.session);
@@ -408,7 +409,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           { details: { volume: offer.name, primarySize: offer.size, targetSize: v.size, primaryBlockSize: offer.blockSize, targetBlockSize: v.blockSize } },
         );
       }
-      if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0) {
+      if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0 && v.owner.node !== hello.node) {
         throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
       }
       found.push(v);

@@ -684,7 +684,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       const conn = slot.connection;
       if (conn !== undefined && !conn.connection.closed) {
         closing.push(new Promise<void>((resolve) => conn.connection.once('close', () => resolve())));
-        conn.close();
+        // drained (or not asked to): nothing in flight is worth a graceful end that a dead peer would never finish
+        conn.destroy();
       }
     }
     await Promise.all(closing);

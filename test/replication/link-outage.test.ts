@@ -128,3 +128,28 @@ test('a forged heartbeat does not keep a dead link alive (integration)', async (
     await target.close();
   }
 });
+
+test('a restarted primary (same node id) takes over its volumes at once, even while its old connections are half-open', async () => {
+  const network = new MemoryNetwork();
+  const tdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  const pdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  const slow = { heartbeatInterval: 1000, staleAfter: 60000, probation: 0, idleTimeout: 60000 };
+  const target = await createMirrorTarget({ transport: network.transport({ host: '10.3.0.2' }), listen: { host: '10.3.0.2', port: 0 }, volumes: [{ name: 'v', device: tdev }], ...slow });
+  const first = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync' }], ...slow });
+  try {
+    await first.volume('v').write(0, Buffer.alloc(4096, 1));
+    // the first process vanishes without closing anything: its connections go silent
+    for (const link of network.links) link.blackhole();
+    const second = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync' }], ...slow });
+    try {
+      assert.equal((await second.volume('v').write(4096, Buffer.alloc(4096, 2))).mirror, 'acknowledged');
+      assert.equal(target.status().peers.length, 1, 'the old session is gone');
+    } finally {
+      await second.close();
+    }
+    // a different node is still refused while the volume is owned
+  } finally {
+    await first.close({ drain: false });
+    await target.close();
+  }
+});
