@@ -19,7 +19,16 @@ import { join } from 'node:path';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../src/replication/primary.js';
-import { fillPattern, formatTable } from './util.js';
+
+/** A buffer of pseudo-random bytes (cheap LCG; incompressible enough for loopback). */
+function fillPattern(buf: Buffer, seed: number): Buffer {
+  let x = seed >>> 0 || 1;
+  for (let i = 0; i < buf.length; i += 4) {
+    x = (Math.imul(x, 1664525) + 1013904223) >>> 0;
+    buf.writeUInt32LE(x, i);
+  }
+  return buf;
+}
 
 const MiB = 1024 * 1024;
 const LINK = { heartbeatInterval: 50, staleAfter: 200, probation: 0 };
@@ -144,5 +153,5 @@ export async function runReplayBenchmark(options: { sizeMiB?: number } = {}): Pr
 
 if (import.meta.url === `file://${process.argv[1]}`) {
   const rows = await runReplayBenchmark({ sizeMiB: Number(process.argv[2] ?? 512) });
-  console.log(formatTable(rows as unknown as Record<string, unknown>[]));
+  console.table(rows);
 }
