@@ -52,6 +52,20 @@ export const MessageType = {
   FLUSH_ACK: 19,
   /** Zero a range (trim / write-zeroes): after it, the range reads as zeroes. Acknowledged with WRITE_ACK. */
   ZERO: 20,
+  /** Hash a range of the target's image once every seq ≤ barrier is applied (checksum resync, online verify). */
+  HASH: 21,
+  /** The digest asked by HASH. */
+  HASH_ACK: 22,
+  /** Freeze/copy cycle (src/cycle, SPEC 28–35): opens the transfer of one freeze to a target. Types 32–39 are reserved for cycles. */
+  CYCLE_BEGIN: 32,
+  /** Cycle: changed blocks of one volume (payload = raw granules, slot-addressed as in the freeze table). */
+  CYCLE_DATA: 33,
+  /** Cycle: a part of one volume's freeze table (payload = binary table entries). */
+  CYCLE_TABLE: 34,
+  /** Cycle: everything of the transfer was sent; the target commits (stage, journal, merge). */
+  CYCLE_COMMIT: 35,
+  /** Cycle: the target's answer to a transfer (committed, or a coded failure). */
+  CYCLE_ACK: 36,
 } as const;
 
 /** One of {@link MessageType}'s values. */

@@ -1,0 +1,247 @@
+/**
+ * {@link CycleLink}: the source's connection to one cycle target. It keeps
+ * itself connected (reconnecting with exponential backoff after a failure),
+ * learns from the handshake which freeze the target holds of each volume,
+ * and runs transfers one at a time.
+ *
+ * @module
+ */
+import { randomUUID } from 'node:crypto';
+import { EventEmitter } from 'eventemitter3';
+import createDebug from 'debug';
+import { BlockMirrorError, isErrorCode, toBlockMirrorError } from '../errors.js';
+import type { Clock, TimerHandle } from '../clock.js';
+import type { Transport, TransportAddress } from '../transport/transport.js';
+import { MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
+import { parseError, type VolumeOffer } from '../codec/messages.js';
+import { FramedConnection } from '../link/framed-connection.js';
+import { clientHandshake } from '../link/handshake.js';
+import { parseCycleAck } from './messages.js';
+import { RateLimiter } from './rate-limiter.js';
+import { sendTransfer, type TransferPlan, type TransferStats } from './transfer.js';
+
+const log = createDebug('blockmirror:cycle');
+
+/** State of a {@link CycleLink}. */
+export type CycleLinkState = 'connecting' | 'up' | 'down' | 'closed';
+
+/** Options of a {@link CycleLink}. */
+export interface CycleLinkOptions {
+  /** A name for status and events. */
+  name: string;
+  address: TransportAddress;
+  transport: Transport;
+  nodeId: string;
+  secret: Uint8Array | undefined;
+  clock: Clock;
+  limits: CodecLimits;
+  payloadChecksum: boolean;
+  handshakeTimeout: number;
+  retryDelay: { min: number; max: number };
+  /** The volumes to offer in each handshake. */
+  offers: () => VolumeOffer[];
+  /** Bytes per second (undefined: no cap). */
+  bandwidth?: number | undefined;
+  /** Largest payload per frame. */
+  maxPayload?: number;
+}
+
+/** Events of a {@link CycleLink}. */
+export interface CycleLinkEvents {
+  state: [state: CycleLinkState, error?: BlockMirrorError];
+}
+
+/** Errors after which reconnecting cannot help until the configuration changes. */
+const FATAL = new Set<string>(['BM_ERR_AUTH_FAILED', 'BM_ERR_VOLUME_MISMATCH', 'BM_ERR_UNKNOWN_VOLUME', 'BM_ERR_PROTOCOL_VERSION']);
+
+/** One target of a cycle source: see the module notes. */
+export class CycleLink extends EventEmitter<CycleLinkEvents> {
+  readonly name: string;
+  readonly address: TransportAddress;
+  readonly #o: CycleLinkOptions;
+  readonly #session = randomUUID();
+  readonly #limiter: RateLimiter | undefined;
+  #conn: FramedConnection | undefined;
+  #state: CycleLinkState = 'connecting';
+  #attempt = 0;
+  #timer: TimerHandle | undefined;
+  #nextId = 0;
+  #busy = false;
+  readonly #pending = new Map<number, { to: number; resolve: () => void; reject: (e: BlockMirrorError) => void }>();
+  /** Freeze held by the target per volume name (from the handshake, then from acknowledged transfers). */
+  readonly images = new Map<string, number>();
+  /** Node id of the target (after a handshake). */
+  peerNode: string | undefined;
+  lastError: BlockMirrorError | undefined;
+
+  constructor(options: CycleLinkOptions) {
+    super();
+    this.#o = options;
+    this.name = options.name;
+    this.address = options.address;
+    this.#limiter = options.bandwidth === undefined ? undefined : new RateLimiter(options.bandwidth, options.clock);
+  }
+
+  get state(): CycleLinkState {
+    return this.#state;
+  }
+
+  /** Starts connecting (and keeps reconnecting until {@link close}). */
+  start(): void {
+    if (this.#state === 'closed') return;
+    void this.#connect();
+  }
+
+  async #connect(): Promise<void> {
+    if (this.#state === 'closed') return;
+    let conn: FramedConnection | undefined;
+    try {
+      const raw = await this.#o.transport.connect(this.address, { timeout: this.#o.handshakeTimeout });
+      conn = new FramedConnection(raw, { limits: this.#o.limits, payloadChecksum: this.#o.payloadChecksum });
+      if (this.#isClosed()) {
+        conn.destroy();
+        return;
+      }
+      const result = await clientHandshake(conn, {
+        nodeId: this.#o.nodeId,
+        session: this.#session,
+        slot: 0,
+        slots: 1,
+        secret: this.#o.secret,
+        volumes: this.#o.offers(),
+        timeout: this.#o.handshakeTimeout,
+        clock: this.#o.clock,
+      });
+      if (this.#isClosed()) {
+        conn.destroy();
+        return;
+      }
+      this.peerNode = result.peerNode;
+      this.images.clear();
+      for (const v of result.volumes) this.images.set(v.name, v.applied);
+      this.#attempt = 0;
+      this.#conn = conn;
+      const c = conn;
+      c.on('frame', (frame) => this.#onFrame(c, frame));
+      c.once('close', (error) => this.#onClose(c, error));
+      log('link %s up (%s): %o', this.name, result.peerNode, Object.fromEntries(this.images));
+      this.#setState('up');
+    } catch (error) {
+      const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
+      conn?.destroy();
+      this.lastError = err;
+      log('link %s: connect failed: %s', this.name, err.message);
+      this.#setState('down', err);
+      this.#scheduleReconnect(FATAL.has(err.code));
+    }
+  }
+
+  #isClosed(): boolean {
+    return this.#state === 'closed';
+  }
+
+  #scheduleReconnect(fatal: boolean): void {
+    if (this.#state === 'closed' || this.#timer !== undefined) return;
+    const attempt = ++this.#attempt;
+    const { min, max } = this.#o.retryDelay;
+    const delay = fatal ? max : Math.min(max, min * 2 ** Math.min(attempt - 1, 20));
+    this.#timer = this.#o.clock.setTimeout(() => {
+      this.#timer = undefined;
+      void this.#connect();
+    }, delay);
+  }
+
+  #onClose(conn: FramedConnection, error: BlockMirrorError | undefined): void {
+    if (this.#conn !== conn) return;
+    this.#conn = undefined;
+    const err = error ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `the connection to cycle target ${this.name} closed`);
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    this.#limiter?.cancel();
+    if (this.#state === 'closed') return;
+    this.lastError = err;
+    this.#setState('down', err);
+    this.#scheduleReconnect(FATAL.has(err.code));
+  }
+
+  #onFrame(conn: FramedConnection, frame: Frame): void {
+    try {
+      if (frame.type === MessageType.CYCLE_ACK) {
+        const ack = parseCycleAck(frame.header);
+        const p = this.#pending.get(ack.id);
+        if (p === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `acknowledgement for unknown transfer ${ack.id}`);
+        this.#pending.delete(ack.id);
+        if (ack.code === undefined) p.resolve();
+        else {
+          const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
+          p.reject(new BlockMirrorError(code, `cycle target ${this.name}: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code, to: ack.to } }));
+        }
+      } else if (frame.type === MessageType.ERROR) {
+        const e = parseError(frame.header);
+        conn.destroy(new BlockMirrorError(isErrorCode(e.code) ? e.code : 'BM_ERR_PROTOCOL', `cycle target ${this.name}: ${e.message}`));
+      } else if (frame.type === MessageType.PING) {
+        conn.send(MessageType.PONG, frame.header);
+      } else if (frame.type !== MessageType.PONG) {
+        throw new BlockMirrorError('BM_ERR_PROTOCOL', `unexpected message type ${frame.type} from a cycle target`);
+      }
+    } catch (error) {
+      conn.fail(toBlockMirrorError(error, 'BM_ERR_PROTOCOL'));
+    }
+  }
+
+  #setState(state: CycleLinkState, error?: BlockMirrorError): void {
+    if (this.#state === state) return;
+    this.#state = state;
+    this.emit('state', state, error);
+  }
+
+  /**
+   * Sends a transfer and waits for the target's acknowledgement (the target
+   * then holds freeze `plan.to` durably). The plan's `id` is assigned here.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_CONNECTION_CLOSED` when the link is not
+   *   up or dies during the transfer; the target's coded refusal or failure.
+   */
+  async transfer(plan: Omit<TransferPlan, 'id'>): Promise<TransferStats> {
+    const conn = this.#conn;
+    if (this.#state !== 'up' || conn === undefined) {
+      throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `cycle target ${this.name} is not connected`);
+    }
+    if (this.#busy) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `a transfer to ${this.name} is running`);
+    this.#busy = true;
+    try {
+      const id = ++this.#nextId;
+      const acked = new Promise<void>((resolve, reject) => this.#pending.set(id, { to: plan.to, resolve, reject }));
+      acked.catch(() => undefined);
+      const stats = await sendTransfer(conn, { ...plan, id }, {
+        limits: this.#o.limits,
+        payloadChecksum: this.#o.payloadChecksum,
+        maxPayload: this.#o.maxPayload,
+        limiter: this.#limiter,
+      }).catch((error: unknown) => {
+        this.#pending.delete(id);
+        throw toBlockMirrorError(error);
+      });
+      await acked;
+      for (const v of plan.volumes) this.images.set(v.name, plan.to);
+      return stats;
+    } finally {
+      this.#busy = false;
+    }
+  }
+
+  /** Stops reconnecting and closes the connection (a transfer in flight fails). */
+  close(): void {
+    if (this.#state === 'closed') return;
+    this.#setState('closed');
+    if (this.#timer !== undefined) this.#o.clock.clearTimeout(this.#timer);
+    this.#timer = undefined;
+    const conn = this.#conn;
+    this.#conn = undefined;
+    const err = new BlockMirrorError('BM_ERR_CLOSED', 'the cycle source is closed');
+    for (const p of this.#pending.values()) p.reject(err);
+    this.#pending.clear();
+    this.#limiter?.cancel();
+    conn?.destroy(err);
+  }
+}

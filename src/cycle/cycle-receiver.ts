@@ -1,0 +1,205 @@
+/**
+ * {@link CycleReceiver}: the target's handler of cycle messages on one
+ * handshaken connection. It is independent of the listener, so that a mirror
+ * target serving other modes on the same connection can hand frames of types
+ * 32–36 to it.
+ *
+ * @module
+ */
+import createDebug from 'debug';
+import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { MessageType, type Frame } from '../codec/frame.js';
+import type { VolumeOffer } from '../codec/messages.js';
+import type { FramedConnection } from '../link/framed-connection.js';
+import { parseCycleBegin, parseCycleCommit, parseCycleData, parseCycleTable, type CycleBeginHeader } from './messages.js';
+import type { StagedTransfer, StagingStore } from './staging-store.js';
+
+const log = createDebug('blockmirror:cycle');
+
+/** Events a {@link CycleReceiver} reports (through its `events` option). */
+export interface CycleReceiverEvents {
+  begin(info: { source: string; to: number; volumes: string[] }): void;
+  committed(info: { source: string; to: number; volumes: string[]; bytes: number }): void;
+  transferError(info: { source: string; to: number; error: BlockMirrorError }): void;
+}
+
+/** A transfer being received on a connection. */
+interface Current {
+  id: number;
+  to: number;
+  /** Settles once BEGIN was handled (undefined: refused). */
+  ready: Promise<StagedTransfer | undefined>;
+  bytes: number;
+  committing: boolean;
+}
+
+/** Options of a {@link CycleReceiver}. */
+export interface CycleReceiverOptions {
+  conn: FramedConnection;
+  store: StagingStore;
+  /** Node id of the source (from the handshake). */
+  source: string;
+  /** The volumes offered in the handshake, in their order (index = `v`). */
+  offers: readonly VolumeOffer[];
+  /** Data writes in flight before reading from the connection pauses (default 64). */
+  maxInFlight?: number;
+  events?: Partial<CycleReceiverEvents>;
+}
+
+/** Receives transfers on one connection: see the module notes. */
+export class CycleReceiver {
+  readonly #conn: FramedConnection;
+  readonly #store: StagingStore;
+  readonly #source: string;
+  readonly #offers: readonly VolumeOffer[];
+  readonly #maxInFlight: number;
+  readonly #events: Partial<CycleReceiverEvents>;
+  #current: Current | undefined;
+  #inFlight = 0;
+  #paused = false;
+
+  constructor(options: CycleReceiverOptions) {
+    this.#conn = options.conn;
+    this.#store = options.store;
+    this.#source = options.source;
+    this.#offers = options.offers;
+    this.#maxInFlight = options.maxInFlight ?? 64;
+    this.#events = options.events ?? {};
+    this.#conn.once('close', () => {
+      const cur = this.#current;
+      this.#current = undefined;
+      if (cur !== undefined && !cur.committing) void cur.ready.then((t) => t?.abort());
+    });
+  }
+
+  /** True for the frame types this receiver handles. */
+  static handles(type: number): boolean {
+    return type === MessageType.CYCLE_BEGIN || type === MessageType.CYCLE_TABLE || type === MessageType.CYCLE_DATA || type === MessageType.CYCLE_COMMIT;
+  }
+
+  /**
+   * Handles one frame. Throws a coded error for a malformed or misplaced
+   * frame (the caller closes the connection with it).
+   */
+  onFrame(frame: Frame): void {
+    switch (frame.type) {
+      case MessageType.CYCLE_BEGIN:
+        this.#begin(parseCycleBegin(frame.header));
+        return;
+      case MessageType.CYCLE_TABLE: {
+        const h = parseCycleTable(frame.header);
+        const cur = this.#for(h.id);
+        if (cur === undefined) return;
+        const payload = frame.payload;
+        void cur.ready.then((t) => {
+          if (t === undefined) return;
+          this.#guard(() => t.table(h.v, h.off, payload));
+        });
+        return;
+      }
+      case MessageType.CYCLE_DATA: {
+        const h = parseCycleData(frame.header);
+        const cur = this.#for(h.id);
+        if (cur === undefined) return;
+        const payload = frame.payload;
+        cur.bytes += payload.length;
+        this.#inFlight++;
+        if (this.#inFlight >= this.#maxInFlight && !this.#paused) {
+          this.#paused = true;
+          this.#conn.connection.pause();
+        }
+        void cur.ready
+          .then((t) => {
+            if (t === undefined || t.done) return undefined;
+            let p: Promise<void> | undefined;
+            this.#guard(() => (p = t.data(h.v, h.s, h.g, h.n, payload)));
+            return p;
+          })
+          .catch(() => undefined) // kept by the transfer and reported by its commit
+          .finally(() => {
+            this.#inFlight--;
+            if (this.#paused && this.#inFlight <= this.#maxInFlight / 2) {
+              this.#paused = false;
+              this.#conn.connection.resume();
+            }
+          });
+        return;
+      }
+      case MessageType.CYCLE_COMMIT: {
+        const h = parseCycleCommit(frame.header);
+        const cur = this.#for(h.id);
+        if (cur === undefined) return;
+        if (h.to !== cur.to) throw new BlockMirrorError('BM_ERR_PROTOCOL', `commit of freeze ${h.to} in a transfer to ${cur.to}`);
+        cur.committing = true;
+        void cur.ready.then(async (t) => {
+          if (t === undefined || t.done) return;
+          const volumes = t.volumes.map((sv) => sv.plan.name);
+          try {
+            await t.commit();
+            log('committed freeze %d from %s (%d bytes)', cur.to, this.#source, cur.bytes);
+            this.#events.committed?.({ source: this.#source, to: cur.to, volumes, bytes: cur.bytes });
+            this.#conn.send(MessageType.CYCLE_ACK, { id: cur.id, to: cur.to });
+          } catch (error) {
+            const err = toBlockMirrorError(error);
+            this.#events.transferError?.({ source: this.#source, to: cur.to, error: err });
+            this.#conn.send(MessageType.CYCLE_ACK, { id: cur.id, to: cur.to, code: err.code, message: err.message });
+          } finally {
+            if (this.#current === cur) this.#current = undefined;
+          }
+        });
+        return;
+      }
+      default:
+        throw new BlockMirrorError('BM_ERR_PROTOCOL', `unexpected message type ${frame.type} in a cycle`);
+    }
+  }
+
+  #begin(h: CycleBeginHeader): void {
+    const previous = this.#current;
+    if (previous !== undefined && previous.committing) {
+      throw new BlockMirrorError('BM_ERR_PROTOCOL', 'a new transfer began before the previous commit was answered');
+    }
+    if (previous !== undefined) void previous.ready.then((t) => t?.abort());
+    const plans = h.vols.map((p) => {
+      const offer = this.#offers[p.v];
+      if (offer === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `transfer for volume index ${p.v}, not offered in the handshake`);
+      return { name: offer.name, key: p.v, lineage: offer.generation, from: p.from, full: p.full, chunkSize: p.chunk, granularity: p.gran, tableBytes: p.tbl, granules: p.n };
+    });
+    const names = plans.map((p) => p.name);
+    const ready = (async (): Promise<StagedTransfer | undefined> => {
+      if (previous !== undefined) await previous.ready.then((t) => t?.abort());
+      try {
+        const t = await this.#store.begin(this.#source, h.to, plans);
+        this.#events.begin?.({ source: this.#source, to: h.to, volumes: names });
+        return t;
+      } catch (error) {
+        const err = toBlockMirrorError(error);
+        log('refused transfer to freeze %d from %s: %s', h.to, this.#source, err.message);
+        this.#events.transferError?.({ source: this.#source, to: h.to, error: err });
+        this.#conn.send(MessageType.CYCLE_ACK, { id: h.id, to: h.to, code: err.code, message: err.message });
+        return undefined;
+      }
+    })();
+    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false };
+  }
+
+  /** The current transfer if `id` is it; frames of an older transfer are ignored. */
+  #for(id: number): Current | undefined {
+    const cur = this.#current;
+    if (cur === undefined || cur.id !== id) return undefined;
+    return cur;
+  }
+
+  /** Runs a transfer step; a protocol error closes the connection. */
+  #guard(step: () => void): void {
+    try {
+      step();
+    } catch (error) {
+      const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
+      const cur = this.#current;
+      this.#current = undefined;
+      if (cur !== undefined) void cur.ready.then((t) => t?.abort());
+      this.#conn.fail(err);
+    }
+  }
+}

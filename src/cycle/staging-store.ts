@@ -1,0 +1,593 @@
+/**
+ * {@link StagingStore}: the target side of freeze/copy cycles (SPEC 30, 31,
+ * 33). A transfer's blocks are first written to a staging area, then merged
+ * into the target's images under a commit marker, so that the target moves
+ * from one complete freeze image to the next and never shows anything else,
+ * even across a crash.
+ *
+ * Files in the store's directory:
+ * - `cycle-target.state` — per volume: lineage, freeze held, `seeding` (JSON + CRC, replaced atomically).
+ * - `<volume>.stage.data` — staged granules, slot-addressed like the source's
+ *   layer (slot `s` at `s·chunkSize`; a sparse file).
+ * - `<volume>.stage.table` — the transfer's freeze table (binary, as sent).
+ * - `commit-<id>.marker` — the commit marker of one transfer: volumes, target
+ *   freeze, geometry and the CRC of each staged table.
+ *
+ * Commit: staging files synced → marker written (atomically, durably) →
+ * staged granules copied into the images → images flushed → state file
+ * records the new freeze for every volume of the transfer → marker and
+ * staging files removed. On open, a marker found is replayed from the start
+ * (the copy writes absolute content, so doing it twice is harmless: merges
+ * are idempotent), staging files without a marker are discarded. So a crash
+ * before the marker leaves freeze k-1, a crash after it ends as freeze k.
+ *
+ * A full copy into a volume that holds no image of the source's lineage (the
+ * first cycle) skips staging: the volume is marked `seeding` (no image) first,
+ * the blocks go straight into the image, and the commit records freeze k.
+ *
+ * @module
+ */
+import { randomBytes } from 'node:crypto';
+import { open, readdir, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { crc32 } from 'node:zlib';
+import createDebug from 'debug';
+import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import type { BlockDevice } from '../device/block-device.js';
+import { FileBlockDevice } from '../device/file-device.js';
+import { readStateFile, removeFile, syncDirectory, writeStateFile } from './atomic-file.js';
+import { FreezeTable } from './freeze-table.js';
+import { cycleGeometry, runLength, type CycleGeometry } from './geometry.js';
+
+const log = createDebug('blockmirror:cycle');
+const STATE_FORMAT = 'blockmirror-cycle-target';
+const MARKER_FORMAT = 'blockmirror-cycle-commit';
+const MERGE_PARALLEL = 4;
+const MERGE_RUN_BYTES = 1024 * 1024;
+
+/** What a target holds of one volume. */
+export interface TargetImageState {
+  /** Lineage of the source volume the image belongs to (undefined: none yet). */
+  lineage: string | undefined;
+  /** Freeze number the image equals (0: no complete image). */
+  freeze: number;
+  /** A first full copy is being written straight into the image: it is not a freeze image. */
+  seeding: boolean;
+}
+
+/** Test hooks of a {@link StagingStore}. */
+export interface StagingStoreHooks {
+  /** After the commit marker is durable, before the first image write of the merge. */
+  mergeStart?(info: { to: number; volumes: string[] }): void | Promise<void>;
+  /** Before each image write of a merge; a throw aborts the merge there (as a crash would). */
+  beforeMergeWrite?(info: { volume: string; offset: number; length: number }): void | Promise<void>;
+}
+
+/** Per-volume plan of a transfer, as the store needs it. */
+export interface StagePlan {
+  name: string;
+  /** Number by which table and data calls address this volume (default: its position in the plan list). */
+  key?: number;
+  lineage: string;
+  /** Freeze the image must hold (ignored with `full`). */
+  from: number;
+  full: boolean;
+  chunkSize: number;
+  granularity: number;
+  /** Bytes of table that will follow (0 with `full`). */
+  tableBytes: number;
+  /** Granules that will follow. */
+  granules: number;
+}
+
+interface StoreState {
+  format: string;
+  version: number;
+  volumes: Record<string, { lineage?: string; freeze: number; seeding?: boolean }>;
+}
+
+interface MarkerVolume {
+  name: string;
+  lineage: string;
+  direct: boolean;
+  size: number;
+  blockSize: number;
+  chunkSize: number;
+  granularity: number;
+  tableCrc: number;
+  tableBytes: number;
+}
+
+interface Marker {
+  format: string;
+  version: number;
+  to: number;
+  volumes: MarkerVolume[];
+}
+
+function isMarker(v: unknown): v is Marker {
+  const r = v as Record<string, unknown> | null;
+  return typeof r === 'object' && r !== null && r.format === MARKER_FORMAT && r.version === 1 && typeof r.to === 'number' && Array.isArray(r.volumes);
+}
+
+function protocol(message: string, details: Record<string, unknown> = {}): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_PROTOCOL', message, { details });
+}
+
+function stagePaths(dir: string, name: string): { data: string; table: string } {
+  return { data: join(dir, `${name}.stage.data`), table: join(dir, `${name}.stage.table`) };
+}
+
+/** One hosted volume. */
+class StoreVolume {
+  readonly name: string;
+  readonly device: BlockDevice;
+  state: TargetImageState = { lineage: undefined, freeze: 0, seeding: false };
+  /** The transfer currently receiving into this volume. */
+  owner: StagedTransfer | undefined;
+  /** Settles when the running merge of this volume ends. */
+  merging: Promise<void> | undefined;
+  /** A merge failed after its commit marker: nothing more until the store is opened again (which replays it). */
+  broken: BlockMirrorError | undefined;
+
+  constructor(name: string, device: BlockDevice) {
+    this.name = name;
+    this.device = device;
+  }
+}
+
+/** One volume of a transfer being received. */
+class StagedVolume {
+  readonly volume: StoreVolume;
+  readonly plan: StagePlan;
+  readonly geometry: CycleGeometry;
+  readonly direct: boolean;
+  readonly tableBuf: Buffer;
+  tableGot = 0;
+  table: FreezeTable | undefined;
+  readonly received: FreezeTable;
+  receivedGranules = 0;
+  staging: FileBlockDevice | undefined;
+
+  constructor(volume: StoreVolume, plan: StagePlan, geometry: CycleGeometry, direct: boolean) {
+    this.volume = volume;
+    this.plan = plan;
+    this.geometry = geometry;
+    this.direct = direct;
+    this.tableBuf = Buffer.alloc(plan.tableBytes);
+    this.received = new FreezeTable(geometry);
+    if (plan.full) this.table = FreezeTable.full(geometry);
+  }
+}
+
+/**
+ * A transfer being received: tables and data go to staging (or straight into
+ * the image for a first full copy); {@link commit} makes it the new image.
+ */
+export class StagedTransfer {
+  readonly to: number;
+  readonly source: string;
+  readonly volumes: StagedVolume[];
+  readonly #byKey = new Map<number, StagedVolume>();
+  readonly #store: StagingStore;
+  readonly #pending = new Set<Promise<void>>();
+  #error: BlockMirrorError | undefined;
+  #done = false;
+  #committing: Promise<void> | undefined;
+  /** @internal set once the commit marker is durable (staging files must then be kept until merged). */
+  marked = false;
+  /** @internal set once merged. */
+  merged = false;
+
+  /** @internal */
+  constructor(store: StagingStore, source: string, to: number, volumes: StagedVolume[]) {
+    this.#store = store;
+    this.source = source;
+    this.to = to;
+    this.volumes = volumes;
+    volumes.forEach((sv, i) => this.#byKey.set(sv.plan.key ?? i, sv));
+  }
+
+  /** True once committed or aborted. */
+  get done(): boolean {
+    return this.#done;
+  }
+
+  /** A part of the table of volume `index` (its plan key) arrived. */
+  table(index: number, offset: number, bytes: Uint8Array): void {
+    const sv = this.#volume(index);
+    if (sv.plan.full) throw protocol('a full copy carries no table');
+    if (offset !== sv.tableGot || offset + bytes.length > sv.tableBuf.length) {
+      throw protocol('table part out of order or too long', { volume: sv.plan.name, offset, expected: sv.tableGot });
+    }
+    sv.tableBuf.set(bytes, offset);
+    sv.tableGot += bytes.length;
+    if (sv.tableGot === sv.tableBuf.length) {
+      sv.table = FreezeTable.decode(sv.geometry, sv.tableBuf);
+      if (sv.table.granules !== sv.plan.granules) throw protocol('table does not hold the announced granules', { volume: sv.plan.name });
+    }
+  }
+
+  /**
+   * `count` granules of slot `slot` from granule `granule` of volume `index`
+   * arrived. Validated against the table, then written; the promise settles
+   * when written (errors are also kept for {@link commit}).
+   */
+  data(index: number, slot: number, granule: number, count: number, payload: Uint8Array): Promise<void> {
+    const sv = this.#volume(index);
+    const table = sv.table;
+    if (table === undefined) throw protocol('data before the complete table', { volume: sv.plan.name });
+    const chunk = table.chunkOf(slot);
+    if (chunk < 0 || !table.hasAll(chunk, granule, count)) throw protocol('data for granules not in the table', { volume: sv.plan.name, slot, granule, count });
+    const length = runLength(sv.geometry, chunk, granule, count);
+    if (payload.length !== length) throw protocol('data length does not match its granules', { volume: sv.plan.name, length: payload.length, expected: length });
+    if (sv.received.slotOf(chunk) < 0) sv.received.assign(chunk, slot);
+    if (sv.received.mark(chunk, granule, count) !== count) throw protocol('granules sent twice', { volume: sv.plan.name, slot, granule });
+    sv.receivedGranules += count;
+    const g = sv.geometry;
+    const write = sv.direct
+      ? sv.volume.device.write(chunk * g.chunkSize + granule * g.granularity, payload)
+      : sv.staging!.write(slot * g.chunkSize + granule * g.granularity, payload);
+    const p = write.catch((error: unknown) => {
+      this.#error ??= toBlockMirrorError(error);
+      throw this.#error;
+    });
+    this.#pending.add(p);
+    void p.then(
+      () => this.#pending.delete(p),
+      () => this.#pending.delete(p),
+    );
+    return p;
+  }
+
+  /** Writes of data in flight. */
+  get pendingWrites(): number {
+    return this.#pending.size;
+  }
+
+  /**
+   * Commits: checks completeness, makes staging durable, writes the commit
+   * marker, merges into the images, records freeze `to`. Resolves once the
+   * new images are durable.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_PROTOCOL` when something is missing (the
+   *   images are unchanged); I/O errors (before the marker: unchanged images;
+   *   after it: the merge is replayed when the store is opened again).
+   */
+  commit(): Promise<void> {
+    if (this.#done || this.#committing !== undefined) return Promise.reject(protocol('transfer already finished'));
+    this.#committing = this.#commit();
+    return this.#committing;
+  }
+
+  async #commit(): Promise<void> {
+    try {
+      while (this.#pending.size > 0) await Promise.allSettled([...this.#pending]);
+      if (this.#error !== undefined) throw this.#error;
+      for (const sv of this.volumes) {
+        if (sv.table === undefined) throw protocol('commit before the complete table', { volume: sv.plan.name });
+        if (sv.receivedGranules !== sv.table.granules || sv.receivedGranules !== sv.plan.granules) {
+          throw protocol('commit before every granule arrived', { volume: sv.plan.name, received: sv.receivedGranules, expected: sv.plan.granules });
+        }
+      }
+      await this.#store._commit(this);
+    } finally {
+      this.#done = true;
+      await this.#store._release(this);
+    }
+  }
+
+  /**
+   * Drops the transfer (the images keep their freeze; a seeding image stays
+   * seeding). A commit already started is not interrupted: this waits for it.
+   */
+  async abort(): Promise<void> {
+    if (this.#committing !== undefined) {
+      await this.#committing.catch(() => undefined);
+      return;
+    }
+    if (this.#done) return;
+    this.#done = true;
+    await Promise.allSettled([...this.#pending]);
+    await this.#store._release(this);
+  }
+
+  #volume(index: number): StagedVolume {
+    const sv = this.#byKey.get(index);
+    if (sv === undefined) throw protocol(`no volume ${index} in this transfer`);
+    if (this.#done) throw protocol('transfer already finished');
+    return sv;
+  }
+}
+
+/** The target's images, state and staging: see the module notes. */
+export class StagingStore {
+  readonly dir: string;
+  readonly #volumes = new Map<string, StoreVolume>();
+  readonly #hooks: StagingStoreHooks;
+  readonly #statePath: string;
+  #stateChain: Promise<void> = Promise.resolve();
+
+  private constructor(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, hooks: StagingStoreHooks) {
+    this.dir = dir;
+    this.#hooks = hooks;
+    this.#statePath = join(dir, 'cycle-target.state');
+    for (const v of volumes) this.#volumes.set(v.name, new StoreVolume(v.name, v.device));
+  }
+
+  /**
+   * Opens the store: loads the state, replays interrupted merges, removes
+   * stale staging files.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_JOURNAL_CORRUPT` for damaged state or
+   *   marker files; `BM_ERR_IO` on system errors.
+   */
+  static async open(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, hooks: StagingStoreHooks = {}): Promise<StagingStore> {
+    const store = new StagingStore(dir, volumes, hooks);
+    const stored = await readStateFile(store.#statePath);
+    if (stored !== undefined) {
+      const s = stored as StoreState;
+      if (s.format !== STATE_FORMAT || s.version !== 1 || typeof s.volumes !== 'object' || s.volumes === null) {
+        throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${store.#statePath} is not a cycle target state file`);
+      }
+      for (const [name, st] of Object.entries(s.volumes)) {
+        const v = store.#volumes.get(name);
+        if (v !== undefined) v.state = { lineage: st.lineage, freeze: st.freeze, seeding: st.seeding === true };
+      }
+    }
+    await store.#recover();
+    return store;
+  }
+
+  /** What the target holds of volume `name`. */
+  image(name: string): TargetImageState {
+    const v = this.#get(name);
+    return { ...v.state };
+  }
+
+  /** The image device of volume `name`. */
+  device(name: string): BlockDevice {
+    return this.#get(name).device;
+  }
+
+  /** Names of the hosted volumes. */
+  get names(): string[] {
+    return [...this.#volumes.keys()];
+  }
+
+  /** Resolves when no merge runs on volume `name` (reads wait for it: they never see a half-merged image). */
+  async whenStable(name: string): Promise<void> {
+    const v = this.#get(name);
+    while (v.merging !== undefined) await v.merging;
+  }
+
+  /**
+   * Starts receiving a transfer from `source` (a node id) into the given
+   * volumes. A transfer of the same source still open on these volumes is
+   * dropped (its connection died); a running merge is waited for.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`; `BM_ERR_VOLUME_BUSY`
+   *   when another source is transferring into a volume; `BM_ERR_PROTOCOL`
+   *   when a delta does not start at the freeze the image holds (or the
+   *   lineage differs); `BM_ERR_INVALID_ARGUMENT` for a bad geometry.
+   */
+  async begin(source: string, to: number, plans: StagePlan[]): Promise<StagedTransfer> {
+    const vols = plans.map((p) => this.#get(p.name));
+    for (const v of vols) {
+      if (v.broken !== undefined) {
+        throw new BlockMirrorError('BM_ERR_IO', `volume ${v.name} has an unfinished merge (${v.broken.message}); open the target again to replay it`, { cause: v.broken });
+      }
+      if (v.owner !== undefined && !v.owner.done) {
+        if (v.owner.source !== source) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${v.name} is receiving a transfer from ${v.owner.source}`);
+        await v.owner.abort();
+      }
+    }
+    for (const v of vols) while (v.merging !== undefined) await v.merging;
+    const staged: StagedVolume[] = [];
+    let seeding = false;
+    plans.forEach((p, i) => {
+      const v = vols[i]!;
+      const geometry = cycleGeometry(v.device.size, v.device.blockSize, p.chunkSize, p.granularity);
+      const entry = 8 + geometry.bitmapBytes;
+      if (p.tableBytes % entry !== 0 || p.tableBytes > geometry.chunkCount * entry) throw protocol('bad table size', { volume: p.name });
+      const sameLineage = v.state.lineage === p.lineage && !v.state.seeding;
+      if (!p.full && (!sameLineage || v.state.freeze !== p.from)) {
+        throw protocol(`volume ${p.name} holds freeze ${v.state.freeze} of ${v.state.lineage ?? 'nothing'}, not ${p.from} of ${p.lineage}`, {
+          volume: p.name,
+          holds: v.state.freeze,
+          from: p.from,
+        });
+      }
+      const direct = p.full && (!sameLineage || v.state.freeze === 0);
+      if (direct) seeding = true;
+      staged.push(new StagedVolume(v, p, geometry, direct));
+    });
+    const transfer = new StagedTransfer(this, source, to, staged);
+    for (const v of vols) v.owner = transfer;
+    try {
+      if (seeding) {
+        for (const sv of staged) if (sv.direct) sv.volume.state = { lineage: sv.plan.lineage, freeze: 0, seeding: true };
+        await this.#writeState();
+      }
+      for (const sv of staged) {
+        if (sv.direct) continue;
+        const paths = stagePaths(this.dir, sv.plan.name);
+        await removeFile(paths.data);
+        await removeFile(paths.table);
+        sv.staging = await FileBlockDevice.open(paths.data, { size: sv.geometry.chunkCount * sv.geometry.chunkSize, blockSize: sv.geometry.blockSize });
+      }
+    } catch (error) {
+      await transfer.abort();
+      throw toBlockMirrorError(error);
+    }
+    log('transfer from %s to freeze %d: %s', source, to, plans.map((p) => `${p.name}${p.full ? ' (full)' : ` from ${p.from}`}`).join(', '));
+    return transfer;
+  }
+
+  /** @internal the durable part of {@link StagedTransfer.commit}. */
+  async _commit(t: StagedTransfer): Promise<void> {
+    const markerVolumes: MarkerVolume[] = [];
+    const tables = new Map<string, FreezeTable>();
+    for (const sv of t.volumes) {
+      const g = sv.geometry;
+      const tableBytes = sv.plan.full ? Buffer.alloc(0) : sv.tableBuf;
+      if (sv.direct) {
+        await sv.volume.device.flush();
+      } else {
+        await sv.staging!.flush();
+        const handle = await open(stagePaths(this.dir, sv.plan.name).table, 'w', 0o644);
+        try {
+          await handle.writeFile(tableBytes);
+          await handle.sync();
+        } finally {
+          await handle.close();
+        }
+        tables.set(sv.plan.name, sv.table!);
+      }
+      markerVolumes.push({
+        name: sv.plan.name,
+        lineage: sv.plan.lineage,
+        direct: sv.direct,
+        size: g.size,
+        blockSize: g.blockSize,
+        chunkSize: g.chunkSize,
+        granularity: g.granularity,
+        tableCrc: crc32(tableBytes),
+        tableBytes: tableBytes.length,
+      });
+    }
+    const marker: Marker = { format: MARKER_FORMAT, version: 1, to: t.to, volumes: markerVolumes };
+    const markerPath = join(this.dir, `commit-${randomBytes(6).toString('hex')}.marker`);
+    await writeStateFile(markerPath, marker);
+    t.marked = true;
+    const stagings = new Map<string, BlockDevice>();
+    for (const sv of t.volumes) if (sv.staging !== undefined) stagings.set(sv.plan.name, sv.staging);
+    try {
+      await this.#apply(markerPath, marker, tables, stagings);
+    } catch (error) {
+      const err = toBlockMirrorError(error);
+      for (const sv of t.volumes) sv.volume.broken = err;
+      throw err;
+    }
+    t.merged = true;
+  }
+
+  /** @internal releases a transfer's volumes and staging files. */
+  async _release(t: StagedTransfer): Promise<void> {
+    for (const sv of t.volumes) {
+      if (sv.volume.owner === t) sv.volume.owner = undefined;
+      if (sv.staging !== undefined) {
+        const staging = sv.staging;
+        sv.staging = undefined;
+        await staging.close().catch(() => undefined);
+        // after a marker, the staged files are the merge's source until it completed
+        if (t.marked && !t.merged) continue;
+        const paths = stagePaths(this.dir, sv.plan.name);
+        await removeFile(paths.data).catch(() => undefined);
+        await removeFile(paths.table).catch(() => undefined);
+      }
+    }
+  }
+
+  /** Merges a committed transfer into the images and records it (idempotent; also the replay). */
+  async #apply(markerPath: string, marker: Marker, tables: Map<string, FreezeTable>, stagings: Map<string, BlockDevice>): Promise<void> {
+    const vols = marker.volumes.map((mv) => this.#get(mv.name));
+    let finish!: () => void;
+    const merging = new Promise<void>((resolve) => (finish = resolve));
+    for (const v of vols) v.merging = merging;
+    try {
+      await this.#hooks.mergeStart?.({ to: marker.to, volumes: marker.volumes.map((v) => v.name) });
+      for (const mv of marker.volumes) {
+        if (mv.direct) continue;
+        const v = this.#get(mv.name);
+        const table = tables.get(mv.name)!;
+        const staging = stagings.get(mv.name)!;
+        const g = table.geometry;
+        const runs = [...table.runs(Math.max(1, MERGE_RUN_BYTES / g.granularity))];
+        let next = 0;
+        const worker = async (): Promise<void> => {
+          while (next < runs.length) {
+            const run = runs[next++]!;
+            const data = await staging.read(run.slot * g.chunkSize + run.granule * g.granularity, run.length);
+            await this.#hooks.beforeMergeWrite?.({ volume: mv.name, offset: run.offset, length: run.length });
+            await v.device.write(run.offset, data);
+          }
+        };
+        const results = await Promise.allSettled(Array.from({ length: Math.min(MERGE_PARALLEL, runs.length) }, worker));
+        for (const r of results) if (r.status === 'rejected') throw r.reason;
+        await v.device.flush();
+      }
+      for (const mv of marker.volumes) this.#get(mv.name).state = { lineage: mv.lineage, freeze: marker.to, seeding: false };
+      await this.#writeState();
+      await removeFile(markerPath);
+      await syncDirectory(this.dir);
+      log('merged freeze %d into %s', marker.to, marker.volumes.map((v) => v.name).join(', '));
+    } finally {
+      for (const v of vols) if (v.merging === merging) v.merging = undefined;
+      finish();
+    }
+  }
+
+  /** Replays committed merges found on disk; removes staging files of uncommitted transfers. */
+  async #recover(): Promise<void> {
+    const entries = await readdir(this.dir);
+    for (const entry of entries.filter((e) => /^commit-[0-9a-f]+\.marker$/.test(e)).sort()) {
+      const markerPath = join(this.dir, entry);
+      const marker = await readStateFile(markerPath);
+      if (!isMarker(marker)) throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${markerPath} is not a commit marker`);
+      const tables = new Map<string, FreezeTable>();
+      const stagings = new Map<string, BlockDevice>();
+      try {
+        for (const mv of marker.volumes) {
+          const v = this.#get(mv.name);
+          if (mv.direct) continue;
+          const paths = stagePaths(this.dir, mv.name);
+          const bytes = await readFile(paths.table);
+          if (bytes.length !== mv.tableBytes || crc32(bytes) !== mv.tableCrc) {
+            throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `staged table of ${mv.name} does not match its commit marker`, { details: { path: paths.table } });
+          }
+          const geometry = cycleGeometry(v.device.size, v.device.blockSize, mv.chunkSize, mv.granularity);
+          tables.set(mv.name, FreezeTable.decode(geometry, bytes));
+          stagings.set(mv.name, await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
+        }
+        log('replaying the merge of freeze %d (%s)', marker.to, entry);
+        await this.#apply(markerPath, marker, tables, stagings);
+      } finally {
+        for (const s of stagings.values()) await s.close().catch(() => undefined);
+      }
+    }
+    for (const entry of await readdir(this.dir)) {
+      const m = /^(.*)\.stage\.(data|table)$/.exec(entry);
+      if (m !== null && this.#volumes.has(m[1]!)) await removeFile(join(this.dir, entry));
+    }
+  }
+
+  /** Writes the state file (serialised; each write records the state at its turn). */
+  #writeState(): Promise<void> {
+    const run = this.#stateChain.then(() => {
+      const volumes: StoreState['volumes'] = {};
+      for (const v of this.#volumes.values()) {
+        volumes[v.name] = { freeze: v.state.freeze, ...(v.state.lineage === undefined ? {} : { lineage: v.state.lineage }), ...(v.state.seeding ? { seeding: true } : {}) };
+      }
+      const body: StoreState = { format: STATE_FORMAT, version: 1, volumes };
+      return writeStateFile(this.#statePath, body);
+    });
+    this.#stateChain = run.catch(() => undefined);
+    return run;
+  }
+
+  #get(name: string): StoreVolume {
+    const v = this.#volumes.get(name);
+    if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `this target hosts no volume named ${JSON.stringify(name)}`);
+    return v;
+  }
+
+  /** Waits for running merges. Devices are not closed (they belong to the caller). */
+  async close(): Promise<void> {
+    for (const v of this.#volumes.values()) {
+      if (v.owner !== undefined) await v.owner.abort();
+      while (v.merging !== undefined) await v.merging;
+    }
+    await this.#stateChain;
+  }
+}
