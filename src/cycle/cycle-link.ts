@@ -18,9 +18,19 @@ import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
 import { parseCycleAck } from './messages.js';
 import { RateLimiter } from './rate-limiter.js';
-import { sendTransfer, type TransferPlan, type TransferStats } from './transfer.js';
+import { planTransfer, sendTransfer, type PlannedVolume, type TransferPlan, type TransferStats } from './transfer.js';
 
 const log = createDebug('blockmirror:cycle');
+
+/**
+ * The handshake offer of a layered volume: its lineage is the generation and
+ * the stream id; `applied` in the target's answer is the freeze it holds.
+ */
+export function cycleVolumeOffer(name: string, volume: { size: number; blockSize: number; lineage: string }): VolumeOffer {
+  // built as a variable so that it also fits VolumeOffer versions without `history`
+  const offer = { name, size: volume.size, blockSize: volume.blockSize, generation: volume.lineage, history: [] as string[], stream: volume.lineage, base: 0 };
+  return offer;
+}
 
 /** State of a {@link CycleLink}. */
 export type CycleLinkState = 'connecting' | 'up' | 'down' | 'closed';
@@ -67,7 +77,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
   #timer: TimerHandle | undefined;
   #nextId = 0;
   #busy = false;
-  readonly #pending = new Map<number, { to: number; resolve: () => void; reject: (e: BlockMirrorError) => void }>();
+  readonly #pending = new Map<number, { to: number; volumes: string[]; resolve: () => void; reject: (e: BlockMirrorError) => void }>();
   /** Freeze held by the target per volume name (from the handshake, then from acknowledged transfers). */
   readonly images = new Map<string, number>();
   /** Node id of the target (after a handshake). */
@@ -174,7 +184,15 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
         if (ack.code === undefined) p.resolve();
         else {
           const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
-          p.reject(new BlockMirrorError(code, `cycle target ${this.name}: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code, to: ack.to } }));
+          let changed = false;
+          ack.held?.forEach((k, i) => {
+            const name = p.volumes[i];
+            if (name !== undefined && this.images.get(name) !== k) {
+              this.images.set(name, k);
+              changed = true;
+            }
+          });
+          p.reject(new BlockMirrorError(code, `cycle target ${this.name}: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code, to: ack.to, replan: changed } }));
         }
       } else if (frame.type === MessageType.ERROR) {
         const e = parseError(frame.header);
@@ -211,7 +229,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     this.#busy = true;
     try {
       const id = ++this.#nextId;
-      const acked = new Promise<void>((resolve, reject) => this.#pending.set(id, { to: plan.to, resolve, reject }));
+      const acked = new Promise<void>((resolve, reject) => this.#pending.set(id, { to: plan.to, volumes: plan.volumes.map((v) => v.name), resolve, reject }));
       acked.catch(() => undefined);
       const stats = await sendTransfer(conn, { ...plan, id }, {
         limits: this.#o.limits,
@@ -227,6 +245,28 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
       return stats;
     } finally {
       this.#busy = false;
+    }
+  }
+
+  /**
+   * Brings the target to freeze `to` of `volumes` (a consistency group, in
+   * handshake order): plans the transfer from what the target holds
+   * ({@link planTransfer}) and sends it. When the target refuses because it
+   * holds other freezes than this link believed (a commit that got through
+   * just before a connection died), it plans again once from what it reported.
+   * Resolves with the stats, or undefined when the target already held `to`.
+   */
+  async sync(volumes: readonly PlannedVolume[], to: number): Promise<TransferStats | undefined> {
+    for (let attempt = 0; ; attempt++) {
+      const plan = planTransfer(volumes, (name) => this.images.get(name) ?? 0, to);
+      if (plan.length === 0) return undefined;
+      try {
+        return await this.transfer({ to, volumes: plan });
+      } catch (error) {
+        const err = toBlockMirrorError(error);
+        if (attempt > 0 || err.details.replan !== true) throw err;
+        log('link %s: target held other freezes, planning again', this.name);
+      }
     }
   }
 

@@ -31,6 +31,8 @@ interface Current {
   ready: Promise<StagedTransfer | undefined>;
   bytes: number;
   committing: boolean;
+  /** Names of the transfer's volumes. */
+  volumes: string[];
 }
 
 /** Options of a {@link CycleReceiver}. */
@@ -131,8 +133,12 @@ export class CycleReceiver {
         if (cur === undefined) return;
         if (h.to !== cur.to) throw new BlockMirrorError('BM_ERR_PROTOCOL', `commit of freeze ${h.to} in a transfer to ${cur.to}`);
         cur.committing = true;
-        void cur.ready.then(async (t) => {
-          if (t === undefined || t.done) return;
+        const work = cur.ready.then(async (t) => {
+          if (t === undefined || t.done) {
+            // refused at BEGIN (already answered) or dropped: nothing to commit
+            if (this.#current === cur) this.#current = undefined;
+            return;
+          }
           const volumes = t.volumes.map((sv) => sv.plan.name);
           try {
             await t.commit();
@@ -147,6 +153,7 @@ export class CycleReceiver {
             if (this.#current === cur) this.#current = undefined;
           }
         });
+        this.#store.hold(cur.volumes, work);
         return;
       }
       default:
@@ -176,11 +183,20 @@ export class CycleReceiver {
         const err = toBlockMirrorError(error);
         log('refused transfer to freeze %d from %s: %s', h.to, this.#source, err.message);
         this.#events.transferError?.({ source: this.#source, to: h.to, error: err });
-        this.#conn.send(MessageType.CYCLE_ACK, { id: h.id, to: h.to, code: err.code, message: err.message });
+        // what each volume holds, so that the source can plan again (its view may be stale after a cut)
+        const held = plans.map((p) => {
+          try {
+            const img = this.#store.image(p.name);
+            return img.lineage === p.lineage && !img.seeding ? img.freeze : 0;
+          } catch {
+            return 0;
+          }
+        });
+        this.#conn.send(MessageType.CYCLE_ACK, { id: h.id, to: h.to, code: err.code, message: err.message, held });
         return undefined;
       }
     })();
-    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false };
+    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names };
   }
 
   /** The current transfer if `id` is it; frames of an older transfer are ignored. */

@@ -30,10 +30,9 @@ import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import type { VolumeOffer } from '../codec/messages.js';
 import { readStateFile, writeStateFile } from './atomic-file.js';
 import { ConsistencyGroup } from './consistency-group.js';
-import { CycleLink, type CycleLinkState } from './cycle-link.js';
-import { FreezeTable } from './freeze-table.js';
+import { CycleLink, cycleVolumeOffer, type CycleLinkState } from './cycle-link.js';
 import type { LayeredVolume, LayeredVolumeStatus } from './layered-volume.js';
-import type { TransferStats, TransferVolume } from './transfer.js';
+import type { TransferStats } from './transfer.js';
 
 const log = createDebug('blockmirror:cycle');
 const TARGETS_FORMAT = 'blockmirror-cycle-targets';
@@ -414,29 +413,14 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       return { target: name, ok: false, freeze: held(), error: t.link.lastError };
     }
     for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
-    const volumes: TransferVolume[] = [];
-    this.#volumes.forEach((v, index) => {
-      const from = t.known.get(v.name) ?? 0;
-      if (from === k) return;
-      const vol = v.volume;
-      const full = from === 0 || from < vol.baseFreeze || from > k;
-      volumes.push({
-        index,
-        name: v.name,
-        from,
-        full,
-        table: full ? FreezeTable.full(vol.geometry) : vol.deltaTable(from, k),
-        read: (offset, length) => vol.readFrozen(k, offset, length),
-      });
-    });
-    if (volumes.length === 0) {
-      t.lastBytes = 0;
-      return { target: name, ok: true, freeze: k };
-    }
     const began = this.#clock.now();
     try {
-      const stats = await t.link.transfer({ to: k, volumes });
-      for (const v of volumes) t.known.set(v.name, k);
+      const stats = await t.link.sync(this.#volumes, k);
+      for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
+      if (stats === undefined) {
+        t.lastBytes = 0;
+        return { target: name, ok: true, freeze: k };
+      }
       t.lastBytes = stats.wireBytes;
       t.totalBytes += stats.wireBytes;
       t.lastError = undefined;
@@ -448,6 +432,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       const err = toBlockMirrorError(error);
       t.lastError = err;
       t.lastBytes = 0;
+      if (t.link.state === 'up') for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
       log('transfer of freeze %d to %s failed: %s', k, name, err.message);
       this.emit('target-error', { target: name, cycle: k, error: err });
       // a refusal on a live connection: retry later (a dead connection retries when it reconnects)
@@ -538,14 +523,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   }
 
   #offers(): VolumeOffer[] {
-    return this.#volumes.map((v) => ({
-      name: v.name,
-      size: v.volume.size,
-      blockSize: v.volume.blockSize,
-      generation: v.volume.lineage,
-      stream: v.volume.lineage,
-      base: 0,
-    }));
+    return this.#volumes.map((v) => cycleVolumeOffer(v.name, v.volume));
   }
 
   /** Plain-object status (JSON-serialisable). */

@@ -11,7 +11,7 @@
  *   CYCLE_DATA   {id, v, s, g, n}    payload: n granules of slot s from g →
  *   CYCLE_COMMIT {id, to}                                                  →
  *                                    ← CYCLE_ACK {id, to}   once merged and durable
- *                                    ← CYCLE_ACK {id, to, code, message}    refused / failed
+ *                                    ← CYCLE_ACK {id, to, code, message, held?}  refused / failed
  * ```
  * `v` is the index of the volume in the handshake's volume list. A full copy
  * (`full: true`) sends no table: it stands for every granule, slot = chunk.
@@ -77,6 +77,8 @@ export interface CycleAckHeader {
   to: number;
   code?: string;
   message?: string;
+  /** With a refusal: the freeze the target holds of each volume of the BEGIN (same order; 0: none of that lineage). */
+  held?: number[];
 }
 
 /** Most volumes one transfer may carry. */
@@ -151,5 +153,6 @@ export function parseCycleAck(h: unknown): CycleAckHeader {
   if (!uint(r.id) || !uint(r.to)) throw bad(t, 'fields');
   if (r.code !== undefined && !str(r.code, 64)) throw bad(t, 'code');
   if (r.message !== undefined && !str(r.message, 4096)) throw bad(t, 'message');
+  if (r.held !== undefined && (!Array.isArray(r.held) || r.held.length > MAX_TRANSFER_VOLUMES || !r.held.every(uint))) throw bad(t, 'held');
   return r as unknown as CycleAckHeader;
 }

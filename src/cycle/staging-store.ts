@@ -129,6 +129,8 @@ class StoreVolume {
   merging: Promise<void> | undefined;
   /** A merge failed after its commit marker: nothing more until the store is opened again (which replays it). */
   broken: BlockMirrorError | undefined;
+  /** Commits announced but maybe not started yet (see {@link StagingStore.hold}). */
+  readonly holds = new Set<Promise<unknown>>();
 
   constructor(name: string, device: BlockDevice) {
     this.name = name;
@@ -157,6 +159,7 @@ class StagedVolume {
     this.tableBuf = Buffer.alloc(plan.tableBytes);
     this.received = new FreezeTable(geometry);
     if (plan.full) this.table = FreezeTable.full(geometry);
+    else if (plan.tableBytes === 0) this.table = new FreezeTable(geometry); // nothing changed: no table frames follow
   }
 }
 
@@ -238,6 +241,16 @@ export class StagedTransfer {
       () => this.#pending.delete(p),
     );
     return p;
+  }
+
+  /** Resolves when a commit that was started has ended (at once if none was). */
+  settled(): Promise<void> {
+    return this.#committing === undefined ? Promise.resolve() : this.#committing.catch(() => undefined);
+  }
+
+  /** True once {@link commit} was called. */
+  get committing(): boolean {
+    return this.#committing !== undefined;
   }
 
   /** Writes of data in flight. */
@@ -355,10 +368,31 @@ export class StagingStore {
     return [...this.#volumes.keys()];
   }
 
-  /** Resolves when no merge runs on volume `name` (reads wait for it: they never see a half-merged image). */
+  /**
+   * Resolves when no commit or merge runs on volume `name` (reads wait for
+   * it: they never see a half-merged image).
+   */
   async whenStable(name: string): Promise<void> {
     const v = this.#get(name);
-    while (v.merging !== undefined) await v.merging;
+    for (;;) {
+      if (v.holds.size > 0) await Promise.allSettled([...v.holds]);
+      else if (v.owner !== undefined && v.owner.committing && !v.owner.done) await v.owner.settled();
+      else if (v.merging !== undefined) await v.merging;
+      else return;
+    }
+  }
+
+  /**
+   * Registers `work` (a commit that was requested but may wait for its
+   * transfer's setup) as pending on the volumes: {@link whenStable} waits for it.
+   */
+  hold(names: readonly string[], work: Promise<unknown>): void {
+    const vols = names.map((n) => this.#get(n));
+    for (const v of vols) v.holds.add(work);
+    const release = (): void => {
+      for (const v of vols) v.holds.delete(work);
+    };
+    work.then(release, release);
   }
 
   /**

@@ -10,7 +10,8 @@ import { BlockMirrorError } from '../errors.js';
 import { encodeFrame, frameLength } from '../codec/encoder.js';
 import { MessageType, type CodecLimits } from '../codec/frame.js';
 import type { FramedConnection } from '../link/framed-connection.js';
-import type { FreezeTable, GranuleRun } from './freeze-table.js';
+import { FreezeTable, type GranuleRun } from './freeze-table.js';
+import type { LayeredVolume } from './layered-volume.js';
 import type { CycleBeginHeader } from './messages.js';
 import type { RateLimiter } from './rate-limiter.js';
 
@@ -150,4 +151,37 @@ export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, o
   }
   await send(MessageType.CYCLE_COMMIT, { id: plan.id, to: plan.to });
   return stats;
+}
+
+/** A volume of a consistency group, as the transfer planner sees it. */
+export interface PlannedVolume {
+  name: string;
+  volume: LayeredVolume;
+}
+
+/**
+ * Plans the transfer that brings a target from what it holds (`held(name)`,
+ * 0 for nothing) to freeze `to`: per volume behind `to`, the union of the
+ * frozen layers it lacks, or a full copy when it holds nothing of this
+ * lineage or lacks layers already merged into the base. Volumes already at
+ * `to` are left out. `index` is the volume's position in `volumes` (its index
+ * in the handshake).
+ */
+export function planTransfer(volumes: readonly PlannedVolume[], held: (name: string) => number, to: number): TransferVolume[] {
+  const out: TransferVolume[] = [];
+  volumes.forEach((v, index) => {
+    const from = held(v.name);
+    if (from === to) return;
+    const vol = v.volume;
+    const full = from === 0 || from < vol.baseFreeze || from > to;
+    out.push({
+      index,
+      name: v.name,
+      from,
+      full,
+      table: full ? FreezeTable.full(vol.geometry) : vol.deltaTable(from, to),
+      read: (offset, length) => vol.readFrozen(to, offset, length),
+    });
+  });
+  return out;
 }
