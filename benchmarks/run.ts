@@ -7,7 +7,7 @@
  * information of its run; a `--quick` run does not touch latest.json).
  *
  * Options:
- * - `--only codec,journal,write,nbd`   suites to run (default: all)
+ * - `--only codec,journal,replay,write,nbd`   suites to run (default: all)
  * - `--quick`                  short smoke run (1 round, short runs, small volumes)
  * - `--journal-ms MS`          measuring time per journal-suite row (default 1500)
  * - `--rounds N`               rounds of the write and nbd suites (default 3)
@@ -29,11 +29,12 @@ import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { runCodecBenchmark } from './codec.js';
 import { runJournalBenchmark } from './journal.js';
+import { runReplayBenchmark } from './replay.js';
 import { runWriteBenchmark, WRITE_CONFIGS, type WriteBenchOptions, type WriteConfig, type WriteWorkload } from './write.js';
 import { NBD_CONFIGS, NBD_JOBS, runNbdBenchmark, type NbdBenchOptions, type NbdConfig } from './nbd.js';
 import { BENCH_DIR, formatTable, machineInfo, type MachineInfo } from './util.js';
 
-const SUITES = ['codec', 'journal', 'write', 'nbd'] as const;
+const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd'] as const;
 type Suite = (typeof SUITES)[number];
 
 /** What a suite run stores in its JSON file and in latest.json. */
@@ -145,6 +146,10 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     case 'journal': {
       const durationMs = int(values['journal-ms'], '--journal-ms') ?? (quick ? 300 : 1500);
       return { rows: await runJournalBenchmark({ durationMs }), options: { durationMs } };
+    }
+    case 'replay': {
+      const sizeMiB = quick ? 64 : 512;
+      return { rows: await runReplayBenchmark({ sizeMiB }), options: { sizeMiB } };
     }
     case 'write': {
       const r = await runWriteBenchmark(writeOptions);
