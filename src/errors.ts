@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   BM_ERR_UNKNOWN_VOLUME: 'The peer does not host a volume of that name.',
   BM_ERR_VOLUME_MISMATCH: 'The peer hosts the volume with a different size or block size; nothing was written.',
   BM_ERR_VOLUME_BUSY: 'Another primary already mirrors into this target volume (one writer per volume).',
+  BM_ERR_SPLIT_BRAIN: 'The target volume was written on its own since it last had the primary\'s data (split brain, or a promoted target); nothing was overwritten. Resolve with a policy or by hand.',
   BM_ERR_CONNECTION_CLOSED: 'The connection closed before the request was answered.',
   BM_ERR_CONNECT_FAILED: 'A connection to the peer could not be opened.',
   BM_ERR_ADDRESS_IN_USE: 'The listening address is already in use.',
@@ -40,6 +41,7 @@ export const ERROR_CODES = {
   BM_ERR_TIMEOUT: 'An operation did not complete within its configured timeout.',
   BM_ERR_JOURNAL_FULL: 'The journal has no room for the record (the oldest unacknowledged record would be overwritten); nothing was written.',
   BM_ERR_JOURNAL_CORRUPT: 'The journal file is not a blockmirror journal or its superblock is unreadable; nothing was changed.',
+  BM_ERR_BITMAP_CORRUPT: 'The dirty-bitmap file is not a blockmirror bitmap or its header is unreadable; nothing was changed.',
 } as const;
 
 /** A stable error code string, see {@link ERROR_CODES}. */

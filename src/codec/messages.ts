@@ -18,8 +18,10 @@ export interface VolumeOffer {
   name: string;
   size: number;
   blockSize: number;
-  /** Current generation id of the volume (hex string; see the resync design). */
+  /** Current generation id of the volume (see `generation.ts`). */
   generation: string;
+  /** Earlier generation ids, most recent first (absent: none). */
+  history?: string[];
   /**
    * Id of the replication stream whose sequence numbers the requests carry. It
    * survives a restart of the primary when unacknowledged requests were
@@ -70,6 +72,8 @@ export interface ReadyVolume {
   name: string;
   /** Highest sequence number the server has applied contiguously for this session (0 if new). */
   applied: number;
+  /** The target discarded its own divergent data (split-brain policy): the primary must resync the whole volume. */
+  full?: boolean;
 }
 
 /** READY (server → client): the connection carries requests from now on. */
@@ -82,6 +86,8 @@ export interface ErrorHeader {
   code: string;
   message: string;
   id?: number;
+  /** The volume the error is about, when it is about one. */
+  volume?: string;
 }
 
 /** WRITE (client → server); payload = data. FrameFlag.FUA asks for durability before the ack. */
@@ -102,6 +108,22 @@ export interface WriteHeader {
 export interface ZeroHeader extends WriteHeader {
   /** Length of the range in bytes. */
   len: number;
+}
+
+/** HASH (client → server): digest of `[off, off + len)` once every seq ≤ `bar` is applied. */
+export interface HashHeader {
+  id: number;
+  vol: number;
+  off: number;
+  len: number;
+  bar: number;
+  /** Hash algorithm: `sha256`, `sha1` or `md5`. */
+  alg: string;
+}
+
+/** HASH_ACK (server → client): the digest, or a coded failure. */
+export interface HashAckHeader extends AckHeader {
+  digest?: Uint8Array;
 }
 
 /** FLUSH (client → server): make applied writes durable, once every seq ≤ `bar` is applied. */
@@ -190,6 +212,7 @@ export function parseAuth(h: unknown): AuthHeader {
       !uint(o.size) ||
       !uint(o.blockSize) ||
       !str(o.generation, 64) ||
+      (o.history !== undefined && (!Array.isArray(o.history) || o.history.length > 64 || !o.history.every((g) => str(g, 64)))) ||
       !str(o.stream, 64) ||
       !uint(o.base)
     ) {
@@ -217,6 +240,7 @@ export function parseError(h: unknown): ErrorHeader {
   const r = header(t, h);
   if (!str(r.code, 64) || !str(r.message, 4096)) throw bad(t, 'code/message');
   if (r.id !== undefined && !uint(r.id)) throw bad(t, 'id');
+  if (r.volume !== undefined && !str(r.volume, 255)) throw bad(t, 'volume');
   return r as unknown as ErrorHeader;
 }
 
@@ -234,6 +258,27 @@ export function parseZero(h: unknown): ZeroHeader {
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.seq) || !uint(r.bar) || !uint(r.len)) throw bad(t, 'fields');
   return r as unknown as ZeroHeader;
+}
+
+/** Hash algorithms a target computes for HASH. */
+export const HASH_ALGORITHMS: readonly string[] = ['sha256', 'sha1', 'md5'];
+
+/** Validates a HASH header. */
+export function parseHash(h: unknown): HashHeader {
+  const t = MessageType.HASH;
+  const r = header(t, h);
+  if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.len) || !uint(r.bar)) throw bad(t, 'fields');
+  if (typeof r.alg !== 'string' || !HASH_ALGORITHMS.includes(r.alg)) throw bad(t, 'alg');
+  return r as unknown as HashHeader;
+}
+
+/** Validates a HASH_ACK header. */
+export function parseHashAck(h: unknown): HashAckHeader {
+  const ack = parseAck(MessageType.HASH_ACK, h) as HashAckHeader;
+  if (ack.code === undefined && !(ack.digest instanceof Uint8Array && ack.digest.length >= 16 && ack.digest.length <= 64)) {
+    throw bad(MessageType.HASH_ACK, 'digest');
+  }
+  return ack;
 }
 
 /** Validates a FLUSH header. */

@@ -95,7 +95,8 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
     if (this.#closed) return;
     log('closing connection to %o: %s %s', this.connection.remoteAddress, error.code, error.message);
     try {
-      this.send(MessageType.ERROR, { code: error.code, message: error.message });
+      const volume = error.details.volume;
+      this.send(MessageType.ERROR, typeof volume === 'string' ? { code: error.code, message: error.message, volume } : { code: error.code, message: error.message });
     } catch {
       // the error frame is best effort
     }

@@ -55,7 +55,7 @@ function nextFrame(conn: FramedConnection, clock: Clock, deadline: number): Prom
         try {
           const e = parseError(frame.header);
           err = new BlockMirrorError(isErrorCode(e.code) ? e.code : 'BM_ERR_PROTOCOL', `peer refused: ${e.message}`, {
-            details: { peerCode: e.code },
+            details: e.volume === undefined ? { peerCode: e.code } : { peerCode: e.code, volume: e.volume },
           });
         } catch (error) {
           err = error as BlockMirrorError;
@@ -178,7 +178,7 @@ export interface ServerHandshakeOptions {
    * Decides about the offered volumes of an authenticated client; returns the
    * READY answer or throws a coded error (unknown volume, mismatch, busy).
    */
-  accept(hello: HelloHeader, volumes: VolumeOffer[]): ReadyVolume[];
+  accept(hello: HelloHeader, volumes: VolumeOffer[]): ReadyVolume[] | Promise<ReadyVolume[]>;
 }
 
 /** What the server learns from a successful handshake. */
@@ -214,7 +214,13 @@ export async function serverHandshake(conn: FramedConnection, o: ServerHandshake
     conn.fail(err);
     throw err;
   }
-  const volumes = parsed(conn, () => o.accept(hello, auth.volumes));
+  let volumes: ReadyVolume[];
+  try {
+    volumes = await o.accept(hello, auth.volumes);
+  } catch (error) {
+    conn.fail(error as BlockMirrorError);
+    throw error;
+  }
   conn.send(MessageType.READY, { volumes });
   return { hello, protocol, features: hello.features.filter((f) => FEATURES.includes(f)), volumes: auth.volumes };
 }

@@ -12,7 +12,8 @@ export type MirrorOutcome = { ok: true } | { ok: false; error: BlockMirrorError;
 
 /** A request queued for, or in flight to, the target. */
 export interface MirrorRequest {
-  kind: 'write' | 'zero' | 'flush';
+  /** `write`/`zero` change data (they carry a seq); `flush` and `hash` are probes ordered by `barrier` only. */
+  kind: 'write' | 'zero' | 'flush' | 'hash';
   /** Per-volume sequence number (0 for flush, which is ordered by `barrier` only). */
   seq: number;
   offset: number;
@@ -34,4 +35,10 @@ export interface MirrorRequest {
   journaled: boolean;
   /** Set while a caller waits for this request (sync mode); cleared once told. */
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
+  /** A resync write: not journaled, nobody waits for it but the resync. */
+  resync: boolean;
+  /** Hash algorithm of a `hash` request. */
+  alg?: string;
+  /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
+  onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

@@ -15,7 +15,7 @@ import { checkRange } from '../device/range.js';
 import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
-import { parseFlush, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
+import { parseFlush, parseHash, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
 import { ConnectionArray } from '../link/connection-array.js';
@@ -24,6 +24,8 @@ import { IdleWatch } from '../link/idle-watch.js';
 import { DatagramDemux } from '../link/datagram-demux.js';
 import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
 import { ApplyOrder } from './apply-order.js';
+import { MemoryGenerationStore, compareGenerations, type GenerationState, type GenerationStore } from './generation.js';
+import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from './primary.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
 import { zeroDevice } from './primary-volume.js';
@@ -34,7 +36,24 @@ const log = createDebug('blockmirror:target');
 export interface TargetVolumeConfig {
   name: string;
   device: BlockDevice;
+  /**
+   * Where the volume's generation ids are kept (default: in memory — the
+   * volume counts as blank at every start). Give the same store to a primary
+   * that takes the volume over (role swap), so that split brain is detected.
+   */
+  generations?: GenerationStore;
 }
+
+/**
+ * What a target does when a primary's generation does not descend from the
+ * target volume's (split brain, or the target was written since):
+ * - `refuse` (default): the connection is refused with `BM_ERR_SPLIT_BRAIN`; nothing is overwritten.
+ * - `discard-target`: the target's own changes are discarded: the primary resyncs the whole volume.
+ * - `discard-younger`: the side whose current generation was created later loses; when
+ *   that is the primary, the connection is refused (resolve by hand: this library
+ *   resyncs from primary to target only).
+ */
+export type SplitBrainPolicy = 'refuse' | 'discard-target' | 'discard-younger';
 
 /** Options of {@link createMirrorTarget}. */
 export interface MirrorTargetOptions {
@@ -62,6 +81,8 @@ export interface MirrorTargetOptions {
   probation?: number;
   /** A connection idle this long checks its slot and exits if it was closed (T3, default 5000). */
   idleTimeout?: number;
+  /** See {@link SplitBrainPolicy} (default `refuse`). */
+  splitBrain?: SplitBrainPolicy;
 }
 
 /** Plain-object status of a target volume. */
@@ -75,6 +96,8 @@ export interface TargetVolumeStatus {
   connections: number;
   /** Every seq ≤ appliedSeq of the current session is applied. */
   appliedSeq: number;
+  /** Generation id of the data the volume holds (undefined: blank). */
+  generation: string | undefined;
   appliedWrites: number;
   bytesWritten: number;
   errors: number;
@@ -111,11 +134,14 @@ export class TargetVolume {
   /** @internal */ appliedWrites = 0;
   /** @internal */ bytesWritten = 0;
   /** @internal */ errors = 0;
+  /** @internal */ generations: GenerationState | undefined;
+  /** @internal */ readonly store: GenerationStore;
 
   /** @internal */
-  constructor(name: string, device: BlockDevice) {
+  constructor(name: string, device: BlockDevice, store: GenerationStore) {
     this.name = name;
     this.device = device;
+    this.store = store;
   }
 
   get size(): number {
@@ -144,6 +170,7 @@ export class TargetVolume {
       primary: this.owner?.node,
       connections: this.connections,
       appliedSeq: this.order.watermark,
+      generation: this.generations?.current,
       appliedWrites: this.appliedWrites,
       bytesWritten: this.bytesWritten,
       errors: this.errors,
@@ -187,6 +214,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #monitorOptions: { heartbeatInterval: number; staleAfter: number; probation: number };
   readonly #idleTimeout: number;
   #demux: DatagramDemux | undefined;
+  readonly #splitBrain: SplitBrainPolicy;
   readonly #answerGuard = new HeartbeatReplayGuard();
   readonly #answerSession = randomUUID();
   #answerSeq = 0;
@@ -214,6 +242,9 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       probation: nonNegativeInt(options.probation ?? 10000, 'probation'),
     };
     this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
+    const policy = options.splitBrain ?? 'refuse';
+    if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalid('splitBrain must be refuse, discard-target or discard-younger');
+    this.#splitBrain = policy;
     if (!Array.isArray(options.volumes)) throw invalid('volumes must be an array');
     for (const cfg of options.volumes) {
       if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
@@ -222,7 +253,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
         throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
       }
-      this.#volumes.set(cfg.name, new TargetVolume(cfg.name, cfg.device));
+      this.#volumes.set(cfg.name, new TargetVolume(cfg.name, cfg.device, cfg.generations ?? new MemoryGenerationStore()));
     }
   }
 
@@ -246,6 +277,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
 
   /** @internal called by {@link createMirrorTarget} */
   async start(): Promise<void> {
+    for (const v of this.#volumes.values()) v.generations = await v.store.load();
     this.#server = await this.#transport.listen(this.#listen);
     this.#server.on('connection', (raw) => void this.#accept(raw));
     this.#server.on('error', (error) => log('listener error: %s', error.message));
@@ -277,9 +309,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         secret: this.#secret,
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
-        accept: (hello, offers) => {
+        accept: async (hello, offers) => {
           claimed = this.#claim(hello, offers);
-          return claimed.map((v): ReadyVolume => ({ name: v.name, applied: v.order.watermark }));
+          const decisions = await this.#checkGenerations(offers);
+          return claimed.map((v, i): ReadyVolume => (decisions[i] === true ? { name: v.name, applied: v.order.watermark, full: true } : { name: v.name, applied: v.order.watermark }));
         },
       });
       const handler: Handler = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
@@ -396,6 +429,44 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#peers.delete(peer.session);
   }
 
+  /**
+   * Compares each offered volume's generations with ours (before anything is
+   * claimed) and adopts the primary's; resolves, per offer, whether the target
+   * discards its own data (the primary then resyncs the whole volume).
+   * Throws `BM_ERR_SPLIT_BRAIN` when the policy refuses.
+   */
+  async #checkGenerations(offers: VolumeOffer[]): Promise<boolean[]> {
+    const decisions: boolean[] = [];
+    for (const offer of offers) {
+      const v = this.#volumes.get(offer.name);
+      if (v === undefined) {
+        decisions.push(false);
+        continue;
+      }
+      const lineage = compareGenerations({ current: offer.generation, history: offer.history ?? [] }, v.generations);
+      let full = false;
+      if (lineage === 'target-ahead' || lineage === 'split-brain') {
+        const targetYounger = v.generations!.current > offer.generation;
+        if (this.#splitBrain === 'discard-target' || (this.#splitBrain === 'discard-younger' && targetYounger)) full = true;
+        else {
+          throw new BlockMirrorError(
+            'BM_ERR_SPLIT_BRAIN',
+            `volume ${offer.name}: ${lineage === 'split-brain' ? 'both sides wrote while apart (split brain)' : 'the target was written since it had the primary\'s data'}: primary generation ${offer.generation}, target generation ${v.generations!.current}; nothing was overwritten`,
+            { details: { volume: offer.name, lineage, primaryGeneration: offer.generation, targetGeneration: v.generations!.current, policy: this.#splitBrain } },
+          );
+        }
+      }
+      decisions.push(full);
+    }
+    for (const offer of offers) {
+      const v = this.#volumes.get(offer.name);
+      if (v === undefined || v.generations?.current === offer.generation) continue;
+      v.generations = { current: offer.generation, history: (offer.history ?? []).slice(0, 32) };
+      await v.store.save(v.generations);
+    }
+    return decisions;
+  }
+
   /** Checks the offered volumes and claims them for the client's session. */
   #claim(hello: HelloHeader, offers: VolumeOffer[]): TargetVolume[] {
     const found: TargetVolume[] = [];
@@ -463,6 +534,19 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           });
           return;
         }
+        case MessageType.HASH: {
+          const h = parseHash(frame.header);
+          const digest = (v: TargetVolume): Promise<Record<string, unknown>> => {
+            checkRange(v.device, h.off, h.len);
+            return new Promise((resolve, reject) =>
+              v.order.whenApplied(h.bar, () =>
+                hashRegion(v.device, h.off, h.len, h.alg as RegionHashAlgorithm).then((d) => resolve({ digest: d }), reject),
+              ),
+            );
+          };
+          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), digest, MessageType.HASH_ACK);
+          return;
+        }
         case MessageType.FLUSH: {
           const h = parseFlush(frame.header);
           const flush = (v: TargetVolume): Promise<void> =>
@@ -496,7 +580,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     id: number,
     seq: number,
     volume: TargetVolume,
-    run: (v: TargetVolume) => Promise<void>,
+    run: (v: TargetVolume) => Promise<void | Record<string, unknown>>,
     ackType: number = MessageType.WRITE_ACK,
   ): void {
     session.pending++;
@@ -504,15 +588,15 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       session.paused = true;
       session.conn.connection.pause();
     }
-    let p: Promise<void>;
+    let p: Promise<void | Record<string, unknown>>;
     try {
       p = run(volume);
     } catch (error) {
       p = Promise.reject(error);
     }
     p.then(
-      () => {
-        session.conn.send(ackType, { id });
+      (extra) => {
+        session.conn.send(ackType, extra === undefined ? { id } : { id, ...extra });
       },
       (error: unknown) => {
         const err = toBlockMirrorError(error);

@@ -11,6 +11,10 @@ import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import type { Journal } from '../journal/journal.js';
+import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
+import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
+import type { ProgressSnapshot } from '../resync/progress.js';
+import { MemoryGenerationStore, advanceGeneration, type GenerationState, type GenerationStore } from './generation.js';
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { RangeLock } from './range-lock.js';
 import { SendQueue } from './send-queue.js';
@@ -28,12 +32,17 @@ export type ReplicationMode = 'sync' | 'async' | 'local';
  * - `in-sync`: nothing pending; the target holds every write.
  * - `replicating`: writes are on their way; the link is healthy.
  * - `lagging`: writes are pending and the link is down or a mirror write failed (they are retried).
- * - `needs-full-resync`: the journal overflowed (or failed): pending writes are
- *   still held in memory and sent, but they would not survive a crash of the
- *   primary; it returns to `in-sync` once everything pending is acknowledged.
+ * - `needs-resync`: regions of the volume must be copied to the target (the
+ *   journal overflowed, the primary restarted after a crash, or an initial sync
+ *   was asked); the copy starts when the link is up.
+ * - `inconsistent`: that copy (a bitmap resync) is running: until it ends the
+ *   target image is not an image the primary ever had.
+ * - `split-brain`: the target refused the volume because it was written on its
+ *   own since it had our data (`BM_ERR_SPLIT_BRAIN`); nothing is sent until
+ *   resolved (a split-brain policy on the target, or by hand).
  * - `local`: the volume is not mirrored.
  */
-export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'needs-full-resync' | 'local';
+export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'needs-resync' | 'inconsistent' | 'split-brain' | 'local';
 
 /** Result of a write, zero or flush through a primary volume. */
 export interface WriteResult {
@@ -74,14 +83,21 @@ export interface PrimaryVolumeStatus {
   /** Bytes of journal space in use and in all. */
   journalBytes: number;
   journalCapacity: number;
+  /** Regions (and their bytes) that must be copied to the target by a resync. */
+  resyncRegions: number;
+  resyncBytes: number;
+  /** Regions marked in the write-intent bitmap. */
+  bitmapDirtyRegions: number;
   lastError?: { code: string; message: string };
+  /** A resync or verify in progress (bytes done, total, rate, ETA). */
+  progress?: { operation: 'resync' | 'verify' } & ProgressSnapshot;
 }
 
 /** Events of a {@link PrimaryVolume}. */
 export interface PrimaryVolumeEvents {
   state: [state: VolumeState];
   'mirror-error': [info: { seq: number; kind: MirrorRequest['kind']; offset: number; length: number; error: BlockMirrorError }];
-  /** The journal could not take a request (full or failed): see state `needs-full-resync`. */
+  /** The journal could not take a request (full or failed): later writes are tracked in the bitmap and resynced (state `needs-resync`). */
   'journal-full': [info: { seq: number; error: BlockMirrorError }];
 }
 
@@ -111,7 +127,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly name: string;
   readonly mode: ReplicationMode;
   readonly device: BlockDevice;
-  readonly generation: string;
+  #gen: GenerationState;
+  #genStore: GenerationStore;
+  /**
+   * The target may hold our current generation (it accepted it in a
+   * handshake, or we do not know better): the next write while it is not
+   * connected starts a new generation.
+   */
+  #genShared = true;
+  #advancing: Promise<void> | undefined;
+  #splitBrain = false;
   /** Id of this volume's replication stream (see {@link VolumeOffer.stream}). */
   stream: string = randomBytes(8).toString('hex');
   /** Position in the handshake's volume list (-1 for local volumes). @internal */
@@ -119,6 +144,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   readonly #link: ReplicationLink;
   #journal: Journal;
+  /** Write-intent bitmap: a region is marked before a write to it starts and cleared once nothing of it is pending. */
+  #bitmap: DirtyBitmap;
+  /** Regions to copy to the target by a resync. */
+  readonly #needs: MemoryDirtyBitmap;
+  /** Seq of the latest resync write (sync-mode writes are ordered after it). */
+  #lastResyncSeq = 0;
+  /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
+  #lastWriteSeq = 0;
+  /** True while a resync copies `#needs`. @internal */
+  resyncing = false;
   readonly #lock = new RangeLock();
   /** @internal */
   readonly queue = new SendQueue();
@@ -141,15 +176,70 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly #retryTimers = new Set<TimerHandle>();
 
   /** @internal */
-  constructor(name: string, device: BlockDevice, mode: ReplicationMode, generation: string, link: ReplicationLink, journal: Journal) {
+  constructor(
+    name: string,
+    device: BlockDevice,
+    mode: ReplicationMode,
+    generation: string,
+    link: ReplicationLink,
+    journal: Journal,
+    regionSize: number,
+  ) {
     super();
     this.#journal = journal;
+    this.#bitmap = new MemoryDirtyBitmap({ volumeSize: device.size, regionSize });
+    this.#needs = new MemoryDirtyBitmap({ volumeSize: device.size, regionSize });
     this.name = name;
     this.device = device;
     this.mode = mode;
-    this.generation = generation;
+    this.#gen = { current: generation, history: [] };
+    this.#genStore = new MemoryGenerationStore(this.#gen);
     this.#link = link;
     this.#state = mode === 'local' ? 'local' : 'in-sync';
+  }
+
+  /** Current generation id (see {@link GenerationState}). */
+  get generation(): string {
+    return this.#gen.current;
+  }
+
+  /** Current generation and its history. */
+  get generations(): GenerationState {
+    return { current: this.#gen.current, history: [...this.#gen.history] };
+  }
+
+  /** Loads (or creates) the volume's generations from `store`. @internal */
+  async useGenerationStore(store: GenerationStore): Promise<void> {
+    this.#genStore = store;
+    const loaded = await store.load();
+    if (loaded === undefined) await store.save(this.#gen);
+    else this.#gen = loaded;
+  }
+
+  /**
+   * The target accepted our generation in a handshake; with `full`, it
+   * discarded divergent data of its own and needs the whole volume.
+   * @internal
+   */
+  generationAccepted(full: boolean): void {
+    this.#genShared = true;
+    this.#splitBrain = false;
+    if (full) this.markForResync();
+  }
+
+  /**
+   * Before the first write while the target is not connected: a new
+   * generation, durable before the write (the target's data no longer is ours).
+   */
+  #beforeDisconnectedWrite(): Promise<void> | undefined {
+    if (this.#link.up || !this.#genShared) return this.#advancing;
+    this.#genShared = false;
+    const next = advanceGeneration(this.#gen);
+    this.#gen = next;
+    this.#advancing = this.#genStore.save(next).finally(() => {
+      this.#advancing = undefined;
+    });
+    return this.#advancing;
   }
 
   /** Size of the volume in bytes. */
@@ -222,10 +312,21 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const held = this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
+      // write intent: the region is durably dirty before the data can change
+      await this.#bitmap.markDurable(offset, length);
+      const advancing = this.#beforeDisconnectedWrite();
+      if (advancing !== undefined) await advancing;
       if (this.mode === 'async') {
         const barrier = this.#lastSeq;
         await this.#local(kind, offset, length, data, fua);
+        if (this.#journalSuspended) {
+          // the journal is full: the bitmap tracks this write; a resync sends it
+          this.#needs.mark(offset, length);
+          this.#updateState();
+          return { mirror: 'queued' };
+        }
         const seq = ++this.#lastSeq;
+        this.#lastWriteSeq = seq;
         const copy = data === undefined ? undefined : Buffer.from(data);
         const req = this.#request(kind, seq, offset, length, copy, fua, barrier);
         req.owned = true;
@@ -242,7 +343,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         return { mirror: 'queued', seq };
       }
       const seq = ++this.#lastSeq;
-      const req = this.#request(kind, seq, offset, length, data, fua, this.#completedSeq);
+      this.#lastWriteSeq = seq;
+      const req = this.#request(kind, seq, offset, length, data, fua, Math.max(this.#completedSeq, this.#lastResyncSeq));
       const outcome = this.#waitFor(req);
       try {
         await this.#local(kind, offset, length, data, fua);
@@ -289,6 +391,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       slot: -1,
       journaled: false,
       onDone: undefined,
+      resync: false,
     };
   }
 
@@ -305,7 +408,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #enqueue(req: MirrorRequest): void {
-    if (req.kind === 'flush') this.#flushes.add(req);
+    if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.add(req);
     else {
       this.#outstanding.set(req.seq, req);
       this.#pendingBytes += req.kind === 'write' ? req.length : 0;
@@ -333,7 +436,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (done === undefined) return;
     req.onDone = undefined;
     this.#own(req);
-    const journaled = req.kind === 'flush' ? undefined : this.#journalThrough(req.seq);
+    const journaled = req.kind === 'flush' || req.kind === 'hash' ? undefined : this.#journalThrough(req.seq);
     if (journaled === undefined) done({ ok: false, error, reject });
     else
       journaled.then(
@@ -349,7 +452,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * (after the volume was marked `needs-full-resync`) if it did not fit.
    */
   #journalOne(req: MirrorRequest): Promise<void> | undefined {
-    if (this.#journalSuspended || req.journaled || req.seq <= this.#journaledSeq) return undefined;
+    if (this.#journalSuspended || req.resync || req.journaled || req.seq <= this.#journaledSeq) return undefined;
     this.#journaledSeq = req.seq;
     req.journaled = true;
     const data = req.kind === 'write' ? (req.data as Buffer) : Buffer.alloc(req.length);
@@ -386,11 +489,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /** The target acknowledged `req`. @internal */
-  acknowledged(req: MirrorRequest): void {
+  acknowledged(req: MirrorRequest, digest?: Buffer): void {
     // -2 marks "acknowledged": a journal append still in progress releases it when done
     req.slot = -2;
     if (req.journaled) this.#journal.release(req.seq);
-    if (req.kind === 'flush') this.#flushes.delete(req);
+    const onAck = req.onAck;
+    req.onAck = undefined;
+    onAck?.(digest);
+    if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.delete(req);
     else if (this.#outstanding.delete(req.seq)) {
       if (req.kind === 'write') {
         this.#pendingBytes -= req.length;
@@ -470,13 +576,36 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return this.#outstanding.size === 0 && this.#flushes.size === 0;
   }
 
+  /** The target refused this volume: split brain. @internal */
+  splitBrainDetected(): void {
+    this.#splitBrain = true;
+    this.#updateState();
+  }
+
   #updateState(): void {
     if (this.mode === 'local') return;
+    if (this.#splitBrain) {
+      this.#setState('split-brain');
+      return;
+    }
     if (this.idle) {
       this.#journalSuspended = false;
-      this.#setState('in-sync');
-    } else if (this.#journalSuspended) this.#setState('needs-full-resync');
+      this.#cleanBitmap();
+    }
+    if (this.resyncing) this.#setState('inconsistent');
+    else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
+    else if (this.idle) this.#setState('in-sync');
     else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+  }
+
+  /** Nothing is pending: every write-intent bit not needed by a resync can go. */
+  #cleanBitmap(): void {
+    if (this.#bitmap.dirtyCount === 0 || this.#closed) return;
+    if (this.#needs.dirtyCount === 0) {
+      this.#bitmap.clearAll();
+      return;
+    }
+    for (const region of [...this.#bitmap.dirtyRegions()]) if (!this.#needs.isDirty(region.index)) this.#bitmap.clearRegion(region.index);
   }
 
   #setState(state: VolumeState): void {
@@ -507,6 +636,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       replicatedBytes: this.#replicatedBytes,
       mirrorErrors: this.#mirrorErrors,
       journalEntries: this.#journal.size,
+      resyncRegions: this.#needs.dirtyCount,
+      resyncBytes: this.#needs.dirtyBytes,
+      bitmapDirtyRegions: this.#bitmap.dirtyCount,
       journalBytes: this.#journal.stats().usedBytes,
       journalCapacity: this.#journal.stats().capacityBytes,
     };
@@ -550,8 +682,125 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq);
     this.#journaledSeq = this.#lastSeq;
     this.#completedSeq = this.#lastSeq;
+    this.#lastWriteSeq = this.#lastSeq;
     if (recovered > 0) this.#updateState();
     return recovered;
+  }
+
+  /**
+   * Switches to a persistent write-intent bitmap (before the first write).
+   * Every region it holds dirty may differ on the target (the primary stopped
+   * with writes to it pending): those regions are resynced.
+   * @internal
+   */
+  useBitmap(bitmap: DirtyBitmap): number {
+    this.#bitmap = bitmap;
+    const dirty = this.#needs.merge(bitmap);
+    if (dirty > 0) this.#updateState();
+    return dirty;
+  }
+
+  /** The write-intent bitmap. @internal */
+  get bitmap(): DirtyBitmap {
+    return this.#bitmap;
+  }
+
+  /** Marks a range (default: the whole volume) to be copied to the target by the next resync. */
+  markForResync(offset = 0, length = this.device.size): void {
+    checkRange(this.device, offset, length);
+    this.#bitmap.mark(offset, length);
+    this.#needs.mark(offset, length);
+    this.#updateState();
+  }
+
+  /** Regions to resync, in order (a live walk). @internal */
+  resyncRegions(): Generator<BitmapRegion, void, undefined> {
+    return this.#needs.dirtyRegions();
+  }
+
+  /** Bytes left to resync. @internal */
+  get resyncBytes(): number {
+    return this.#needs.dirtyBytes;
+  }
+
+  /** Sets whether a resync runs (state `inconsistent` vs `needs-resync`). @internal */
+  setResyncing(running: boolean): void {
+    this.resyncing = running;
+    this.#updateState();
+  }
+
+  /**
+   * Asks the target for the digest of a range, ordered after every write
+   * issued so far. Resolves with the digest; a connection loss resends it.
+   * @internal
+   */
+  probe(offset: number, length: number, alg: RegionHashAlgorithm): Promise<Buffer> {
+    const req = this.#request('hash', 0, offset, length, undefined, false, this.#lastSeq);
+    req.alg = alg;
+    return new Promise<Buffer>((resolve, reject) => {
+      req.onAck = (digest) => (digest === undefined ? reject(new BlockMirrorError('BM_ERR_PROTOCOL', 'HASH_ACK without a digest')) : resolve(digest));
+      this.#enqueue(req);
+    });
+  }
+
+  /**
+   * Copies one region to the target (resync): under the region's range lock,
+   * optionally compares digests first (checksum resync: identical regions are
+   * not sent), then reads the primary's current data and sends it as a write
+   * ordered after every earlier write. Resolves with the payload bytes sent
+   * once the target acknowledged (the region is then no longer to resync).
+   * @internal
+   */
+  async resyncRegion(region: BitmapRegion, checksum: RegionHashAlgorithm | undefined): Promise<number> {
+    const release = await this.#lock.acquire(region.offset, region.length);
+    let acked: Promise<void>;
+    let sent: number;
+    try {
+      if (this.#closed) throw closedError(this.name);
+      if (checksum !== undefined) {
+        const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, checksum), this.probe(region.offset, region.length, checksum)]);
+        if (local.equals(remote)) {
+          this.#needs.clearRegion(region.index);
+          this.#updateState();
+          return 0;
+        }
+      }
+      const data = await this.device.read(region.offset, region.length);
+      const seq = ++this.#lastSeq;
+      this.#lastResyncSeq = seq;
+      // after every earlier write (one of them may overlap the region); other
+      // regions' resync writes may be applied in any order among themselves
+      const req = this.#request('write', seq, region.offset, region.length, data, false, this.#lastWriteSeq);
+      req.owned = true;
+      req.resync = true;
+      // cleared from the resync set at once: a write to the region from now on marks it again if it must
+      this.#needs.clearRegion(region.index);
+      acked = new Promise<void>((resolve) => {
+        req.onAck = () => resolve();
+      });
+      this.#enqueue(req);
+      sent = region.length;
+    } finally {
+      release();
+    }
+    await acked;
+    return sent;
+  }
+
+  /**
+   * Online verify of one region: digests of the primary's and the target's
+   * copy, taken at the same point of the write stream (under the region's
+   * range lock). Resolves true when they match.
+   * @internal
+   */
+  async verifyRegion(region: BitmapRegion, alg: RegionHashAlgorithm): Promise<boolean> {
+    const release = await this.#lock.acquire(region.offset, region.length);
+    try {
+      const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, alg), this.probe(region.offset, region.length, alg)]);
+      return local.equals(remote);
+    } finally {
+      release();
+    }
   }
 }
 

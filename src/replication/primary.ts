@@ -15,7 +15,7 @@ import type { BlockDevice } from '../device/block-device.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
-import { parseAck, parseError, type VolumeOffer } from '../codec/messages.js';
+import { parseAck, parseError, parseHashAck, type HashAckHeader, type VolumeOffer } from '../codec/messages.js';
 import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
@@ -29,6 +29,11 @@ import { MemoryJournal } from '../journal/memory-journal.js';
 import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
 import type { JournalFsyncPolicy } from '../journal/file-journal.js';
 import { loadStream } from './stream-file.js';
+import { FileDirtyBitmap } from '../resync/file-dirty-bitmap.js';
+import { DEFAULT_REGION_SIZE } from '../resync/dirty-bitmap.js';
+import type { ProgressSnapshot } from '../resync/progress.js';
+import { FileGenerationStore, newGenerationId, type GenerationStore } from './generation.js';
+import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSettings, type VerifyResult } from './resync-runner.js';
 
 const log = createDebug('blockmirror:primary');
 
@@ -39,8 +44,17 @@ export interface PrimaryVolumeConfig {
   device: BlockDevice;
   /** Replication mode (default `sync`). */
   mode?: ReplicationMode;
-  /** Generation id (default: random per run). */
-  generation?: string;
+  /**
+   * Where the volume's generation ids are kept (default: `<journal.dir>/<volume>.gen`
+   * with a journal directory, else in memory — a new lineage per run).
+   */
+  generations?: GenerationStore;
+  /**
+   * Copy the whole volume to the target once the link is up (a new or blank
+   * target), while the volume stays writable: `full` sends every region,
+   * `checksum` only the regions whose digests differ.
+   */
+  initialSync?: 'full' | 'checksum';
 }
 
 /** Options of {@link createPrimary}. */
@@ -108,6 +122,8 @@ export interface PrimaryOptions {
   idleTimeout?: number;
   /** Address to bind the heartbeat UDP socket to (default: any address, port 0). Its port travels in the handshake. */
   heartbeatBind?: TransportAddress;
+  /** Bitmap resync, initial sync and verify settings. */
+  resync?: ResyncOptions;
 }
 
 /**
@@ -146,8 +162,16 @@ export interface PrimaryEvents {
   'volume-state': [info: { volume: string; state: PrimaryVolumeStatus['state'] }];
   /** A connection attempt failed (it is retried). */
   'connect-error': [error: BlockMirrorError];
-  /** A volume's journal could not take a request (full or failed); the volume is `needs-full-resync`. */
+  /** A volume's journal could not take a request (full or failed); later writes go to the bitmap and a resync (state `needs-resync`). */
   'journal-full': [info: { volume: string; seq: number; error: BlockMirrorError }];
+  /** Progress of a resync or verify (at most every second). */
+  progress: [info: { volume: string; operation: 'resync' | 'verify' } & ProgressSnapshot];
+  /** A resync finished: the target holds every region again. */
+  'resync-done': [info: { volume: string } & ResyncResult];
+  /** A resync stopped on an error (it resumes when the link is up again). */
+  'resync-error': [info: { volume: string; error: BlockMirrorError }];
+  /** Verify found a range that differs between the primary and the target. */
+  'verify-mismatch': [info: { volume: string; offset: number; length: number }];
 }
 
 interface Sent {
@@ -161,6 +185,7 @@ const FATAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'BM_ERR_VOLUME_MISMATCH',
   'BM_ERR_UNKNOWN_VOLUME',
   'BM_ERR_PROTOCOL_VERSION',
+  'BM_ERR_SPLIT_BRAIN',
 ]);
 
 /**
@@ -189,6 +214,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   #channel: DatagramChannel | undefined;
   #monitor: LinkMonitor | undefined;
   readonly #idle = new Set<IdleWatch>();
+  readonly #resyncOptions: Required<ResyncOptions>;
+  readonly #checksumSync = new Set<PrimaryVolume>();
+  readonly #initialSync = new Set<PrimaryVolume>();
+  readonly #generationStores = new Map<PrimaryVolume, GenerationStore>();
+  readonly #resyncs = new Map<PrimaryVolume, Promise<void>>();
+  readonly #progress = new Map<PrimaryVolume, { operation: 'resync' | 'verify'; snapshot: ProgressSnapshot }>();
   readonly #slots: ConnectionArray;
   /** Requests in flight per slot, by request id. */
   readonly #inFlight: Map<number, Sent>[];
@@ -237,6 +268,23 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     };
     this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
     this.#heartbeatBind = options.heartbeatBind === undefined ? undefined : checkAddress(options.heartbeatBind, 'heartbeatBind');
+    const rs = options.resync ?? {};
+    if (rs === null || typeof rs !== 'object') throw invalid('resync must be an object');
+    const regionSize = rs.regionSize ?? DEFAULT_REGION_SIZE;
+    if (!Number.isSafeInteger(regionSize) || regionSize < 4096 || (regionSize & (regionSize - 1)) !== 0) {
+      throw invalid('resync.regionSize must be a power of two ≥ 4096');
+    }
+    const rate = rs.rateBytesPerSecond ?? 0;
+    if (typeof rate !== 'number' || !(rate >= 0)) throw invalid('resync.rateBytesPerSecond must be a number ≥ 0 (0: unlimited)');
+    const hash = rs.hash ?? 'sha1';
+    if (!['sha1', 'sha256', 'md5'].includes(hash)) throw invalid('resync.hash must be sha1, sha256 or md5');
+    this.#resyncOptions = {
+      regionSize,
+      concurrency: positiveInt(rs.concurrency ?? 4, 'resync.concurrency', 256),
+      rateBytesPerSecond: rate,
+      checksum: rs.checksum === true,
+      hash,
+    };
     const outagePolicy = options.outagePolicy ?? 'degrade';
     if (outagePolicy !== 'degrade' && outagePolicy !== 'suspend') throw invalid('outagePolicy must be degrade or suspend');
     this.nodeId = options.nodeId ?? `primary-${randomBytes(4).toString('hex')}`;
@@ -270,16 +318,26 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         cfg.name,
         cfg.device,
         mode,
-        cfg.generation ?? randomBytes(8).toString('hex'),
+        newGenerationId(),
         this.#link_,
         new MemoryJournal({ capacityBytes: this.#journalOptions.capacityBytes! }),
+        this.#resyncOptions.regionSize,
       );
+      if (cfg.initialSync !== undefined && cfg.initialSync !== 'full' && cfg.initialSync !== 'checksum') {
+        throw invalid(`volume ${cfg.name}: initialSync must be full or checksum`);
+      }
       volume.on('mirror-error', (info) => this.emit('mirror-error', { volume: volume.name, ...info }));
-      volume.on('state', (state) => this.emit('volume-state', { volume: volume.name, state }));
+      volume.on('state', (state) => {
+        this.emit('volume-state', { volume: volume.name, state });
+        if (state === 'needs-resync') this.#startResync(volume);
+      });
       volume.on('journal-full', (info) => this.emit('journal-full', { volume: volume.name, ...info }));
       if (mode !== 'local') {
         volume.index = this.#mirrored.length;
         this.#mirrored.push(volume);
+        if (cfg.initialSync === 'checksum') this.#checksumSync.add(volume);
+        if (cfg.initialSync !== undefined) this.#initialSync.add(volume);
+        if (cfg.generations !== undefined) this.#generationStores.set(volume, cfg.generations);
       }
       this.#volumes.set(cfg.name, volume);
     }
@@ -328,6 +386,14 @@ export class Primary extends EventEmitter<PrimaryEvents> {
           const stream = await loadStream(join(dir, `${v.name}.stream`), journal.size > 0);
           const recovered = await v.useJournal(journal, stream);
           if (recovered > 0) log('volume %s: %d journaled requests recovered (stream %s)', v.name, recovered, stream);
+          const bitmap = await FileDirtyBitmap.open(join(dir, `${v.name}.bitmap`), {
+            volumeSize: v.size,
+            regionSize: this.#resyncOptions.regionSize,
+            flush: this.#journalOptions.fsync === 'none' ? 'none' : 'batch',
+          });
+          await v.useGenerationStore(this.#generationStores.get(v) ?? new FileGenerationStore(join(dir, `${v.name}.gen`)));
+          const dirty = v.useBitmap(bitmap);
+          if (dirty > 0) log('volume %s: %d regions were dirty at the last stop: they will be resynced', v.name, dirty);
         }
       } catch (error) {
         await this.close({ drain: false });
@@ -338,6 +404,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#setLink('up');
       return;
     }
+    try {
+      for (const [v, store] of this.#generationStores) if (dir === undefined) await v.useGenerationStore(store);
+    } catch (error) {
+      await this.close({ drain: false });
+      throw toBlockMirrorError(error);
+    }
+    for (const v of this.#initialSync) v.markForResync();
     if (this.#heartbeats) {
       try {
         await this.#startMonitor();
@@ -409,6 +482,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         size: v.size,
         blockSize: v.blockSize,
         generation: v.generation,
+        history: v.generations.history,
         stream: v.stream,
         base: v.ackedSeq,
       }));
@@ -430,11 +504,21 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#peerNode = result.peerNode;
       this.#attempts[slot.index] = 0;
       this.#open(slot, conn);
-      for (const rv of result.volumes) this.#volumes.get(rv.name)?.appliedUpTo(rv.applied);
+      for (const rv of result.volumes) {
+        const v = this.#volumes.get(rv.name);
+        v?.generationAccepted(rv.full === true);
+        v?.appliedUpTo(rv.applied);
+      }
       return undefined;
     } catch (error) {
       const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
       conn?.destroy();
+      if (err.code === 'BM_ERR_SPLIT_BRAIN') {
+        const name = err.details.volume;
+        const v = typeof name === 'string' ? this.#volumes.get(name) : undefined;
+        if (v !== undefined) v.splitBrainDetected();
+        else for (const m of this.#mirrored) m.splitBrainDetected();
+      }
       slot.status = 'closed';
       this.#lastError = err;
       log('slot %d: connect failed: %s', slot.index, err.message);
@@ -530,6 +614,88 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#link = state;
     log('link %s', state);
     this.emit('link', state);
+    if (state === 'up') for (const v of this.#mirrored) if (v.resyncBytes > 0) this.#startResync(v);
+  }
+
+  #settings(volume: PrimaryVolume, operation: 'resync' | 'verify', checksum: boolean): RunSettings {
+    return {
+      clock: this.#clock,
+      concurrency: this.#resyncOptions.concurrency,
+      rateBytesPerSecond: this.#resyncOptions.rateBytesPerSecond,
+      checksum,
+      hash: this.#resyncOptions.hash,
+      onProgress: (snapshot) => {
+        this.#progress.set(volume, { operation, snapshot });
+        this.emit('progress', { volume: volume.name, operation, ...snapshot });
+      },
+    };
+  }
+
+  /** Starts a resync of `volume` when the link is up and none runs. */
+  #startResync(volume: PrimaryVolume): void {
+    if (this.#closed || this.#resyncs.has(volume) || this.#link !== 'up' || volume.resyncBytes === 0) return;
+    const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume);
+    const run = runResync(volume, this.#settings(volume, 'resync', checksum)).then(
+      (result) => {
+        this.#resyncs.delete(volume);
+        this.#checksumSync.delete(volume);
+        log('volume %s: resync done, %d of %d regions sent (%d bytes)', volume.name, result.regionsSent, result.regions, result.bytesSent);
+        this.emit('resync-done', { volume: volume.name, ...result });
+        if (volume.resyncBytes > 0) this.#startResync(volume);
+      },
+      (error: unknown) => {
+        this.#resyncs.delete(volume);
+        const err = toBlockMirrorError(error);
+        log('volume %s: resync stopped: %s', volume.name, err.message);
+        if (!this.#closed) this.emit('resync-error', { volume: volume.name, error: err });
+      },
+    );
+    this.#resyncs.set(volume, run);
+  }
+
+  /**
+   * Resyncs `name` now (regions marked dirty, or the whole volume with
+   * `all`), and resolves when it is done. Waits for a resync already running.
+   */
+  async resync(name: string, options: { all?: boolean } = {}): Promise<void> {
+    const volume = this.#mirroredVolume(name);
+    if (options.all === true) volume.markForResync();
+    for (;;) {
+      const running = this.#resyncs.get(volume);
+      if (running !== undefined) await running;
+      else if (volume.resyncBytes === 0) return;
+      else if (this.#link !== 'up') throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is not up');
+      else this.#startResync(volume);
+    }
+  }
+
+  /**
+   * Online verify: compares the digests of every region (or of `offset`/`length`)
+   * on both sides while writes continue. Mismatches are reported (event
+   * `verify-mismatch` and the result); with `repair` they are marked for resync.
+   */
+  async verify(name: string, options: { offset?: number; length?: number; repair?: boolean } = {}): Promise<VerifyResult> {
+    const volume = this.#mirroredVolume(name);
+    if (this.#link !== 'up') throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is not up');
+    const offset = options.offset ?? 0;
+    const length = options.length ?? volume.size - offset;
+    const bitmap = volume.bitmap;
+    const first = bitmap.regionIndex(offset);
+    const last = bitmap.regionIndex(Math.max(offset, offset + length - 1));
+    const regions = [];
+    for (let i = first; i <= last; i++) regions.push(bitmap.region(i));
+    const result = await runVerify(volume, regions, this.#settings(volume, 'verify', false));
+    for (const m of result.mismatches) {
+      this.emit('verify-mismatch', { volume: name, ...m });
+      if (options.repair === true) volume.markForResync(m.offset, m.length);
+    }
+    return result;
+  }
+
+  #mirroredVolume(name: string): PrimaryVolume {
+    const volume = this.volume(name);
+    if (volume.mode === 'local') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `volume ${name} is not mirrored`);
+    return volume;
   }
 
   /** Sends queued requests while some slot has room. */
@@ -570,6 +736,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       conn.send(MessageType.WRITE, { id, vol, off: req.offset, seq: req.seq, bar: req.barrier }, req.data, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'zero') {
       conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
+    } else if (req.kind === 'hash') {
+      conn.send(MessageType.HASH, { id, vol, off: req.offset, len: req.length, bar: req.barrier, alg: req.alg });
     } else {
       conn.send(MessageType.FLUSH, { id, vol, bar: req.barrier });
     }
@@ -579,13 +747,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const conn = slot.connection;
     if (conn === undefined) return;
     try {
-      if (frame.type === MessageType.WRITE_ACK || frame.type === MessageType.FLUSH_ACK) {
-        const ack = parseAck(frame.type, frame.header);
+      if (frame.type === MessageType.WRITE_ACK || frame.type === MessageType.FLUSH_ACK || frame.type === MessageType.HASH_ACK) {
+        const ack = frame.type === MessageType.HASH_ACK ? parseHashAck(frame.header) : parseAck(frame.type, frame.header);
         const sent = this.#inFlight[slot.index]!.get(ack.id);
         if (sent === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `acknowledgement for unknown request ${ack.id}`);
         this.#inFlight[slot.index]!.delete(ack.id);
         slot.inFlight--;
-        if (ack.code === undefined) sent.volume.acknowledged(sent.req);
+        if (ack.code === undefined) sent.volume.acknowledged(sent.req, (ack as HashAckHeader).digest === undefined ? undefined : Buffer.from((ack as HashAckHeader).digest!));
         else {
           const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
           sent.volume.failed(sent.req, new BlockMirrorError(code, `mirror target: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code } }));
@@ -634,7 +802,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   /** Plain-object status (JSON-serialisable). */
   status(): PrimaryStatus {
     const volumes: Record<string, PrimaryVolumeStatus> = {};
-    for (const v of this.#volumes.values()) volumes[v.name] = v.status();
+    for (const v of this.#volumes.values()) {
+      volumes[v.name] = v.status();
+      const p = this.#progress.get(v);
+      if (p !== undefined && !p.snapshot.finished) volumes[v.name]!.progress = { operation: p.operation, ...p.snapshot };
+    }
     const peer: PrimaryStatus['peers'][number] = {
       address: `${this.peer.host}:${this.peer.port}`,
       node: this.#peerNode,
@@ -689,7 +861,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       }
     }
     await Promise.all(closing);
-    for (const v of this.#volumes.values()) await v.journal.close();
+    for (const v of this.#volumes.values()) {
+      await v.journal.close();
+      await v.bitmap.close();
+    }
   }
 }
 

@@ -101,7 +101,7 @@ test('sync writes during an outage with outagePolicy suspend wait for the link, 
   }
 });
 
-test('journal full: the write still completes locally, journal-full fires, the volume says needs-full-resync and converges when the link returns', async () => {
+test('SPEC 18: journal full while the link is down: writes still complete locally, journal-full fires, the bitmap takes over and a bitmap resync sends only the dirty regions', async () => {
   const { network, pair } = await networkPair('async', { primary: { journal: { capacityBytes: 16 * KiB } } });
   try {
     const v = pair.primary.volume('v');
@@ -110,15 +110,25 @@ test('journal full: the write still completes locally, journal-full fires, the v
     partition(network);
     await onceEvent(pair.primary, 'link');
     const results = [];
-    for (let i = 0; i < 8; i++) results.push(await v.write(i * 4 * KiB, Buffer.alloc(4 * KiB, i + 1)));
-    assert.ok(full.length === 1, `one journal-full event, got ${full.length}`);
-    assert.equal(v.state, 'needs-full-resync');
-    assert.ok(results.some((r) => r.mirror === 'failed' && r.error?.code === 'BM_ERR_JOURNAL_FULL'));
-    const local = await pair.devices.get('v')!.primary.read(7 * 4 * KiB, 4 * KiB);
-    assert.equal(local[0], 8, 'local write done');
+    // 40 writes of 4 KiB into 10 regions of 64 KiB (4 each)
+    for (let i = 0; i < 40; i++) results.push(await v.write(i * 16 * KiB, Buffer.alloc(4 * KiB, i + 1)));
+    assert.equal(full.length, 1, 'one journal-full event');
+    assert.equal(v.state, 'needs-resync');
+    assert.ok(results.every((r) => r.mirror === 'queued' || (r.mirror === 'failed' && r.error?.code === 'BM_ERR_JOURNAL_FULL')));
+    const local = await pair.devices.get('v')!.primary.read(39 * 16 * KiB, 4 * KiB);
+    assert.equal(local[0], 40, 'local write done');
+    const dirtyBytes = v.status().resyncBytes;
+    assert.ok(dirtyBytes > 0 && dirtyBytes <= 10 * 64 * KiB);
+    const sentBefore = network.streamBytesSent;
+    const done = onceEvent<[{ bytesSent: number }]>(pair.primary, 'resync-done');
     network.heal(P, T);
+    const [result] = await done;
     await waitState(pair, 'in-sync');
     assert.equal(await imagesEqual(pair, 'v'), true);
+    assert.ok(result.bytesSent <= dirtyBytes, `resync sent ${result.bytesSent} bytes for ${dirtyBytes} dirty bytes`);
+    const wire = network.streamBytesSent - sentBefore;
+    // journaled writes (before the overflow) + the dirty regions + framing
+    assert.ok(wire <= dirtyBytes + 16 * KiB + 64 * KiB, `bytes on the wire ${wire}`);
   } finally {
     await pair.close();
   }
@@ -149,7 +159,7 @@ test('SPEC 16/19: a restarted primary replays its file journal; the target ends 
       ...FAST_LINK,
     });
     try {
-      assert.equal(again.volume('v').status().lastSeq, 10, 'sequence numbers continue');
+      assert.ok(again.volume('v').status().lastSeq >= 10, 'sequence numbers continue after the journal');
       await again.drain();
       assert.equal(await imagesEqual(pair, 'v'), true);
       assert.equal(again.volume('v').status().journalEntries, 0);

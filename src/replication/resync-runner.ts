@@ -1,0 +1,124 @@
+/**
+ * Bitmap resync and online verify of one primary volume: walks the regions
+ * to copy (or to compare), with bounded concurrency (`p-queue`), an optional
+ * bandwidth cap and progress reporting.
+ *
+ * @module
+ */
+import PQueue from 'p-queue';
+import type { Clock } from '../clock.js';
+import { RateLimiter } from '../resync/rate-limiter.js';
+import { ProgressTracker, type ProgressSnapshot } from '../resync/progress.js';
+import type { RegionHashAlgorithm } from '../resync/region-hash.js';
+import type { BitmapRegion } from '../resync/dirty-bitmap.js';
+import type { PrimaryVolume } from './primary-volume.js';
+
+/** Resync options of a primary. */
+export interface ResyncOptions {
+  /** Region size of the dirty bitmap in bytes (default 64 KiB). */
+  regionSize?: number;
+  /** Regions copied (or compared) at once (default 4). */
+  concurrency?: number;
+  /** Bandwidth cap of resync data in bytes per second (default 0: unlimited). */
+  rateBytesPerSecond?: number;
+  /**
+   * Checksum resync: compare the region's digest on both sides first and
+   * send only regions that differ (like DRBD's csums-alg). Default false.
+   */
+  checksum?: boolean;
+  /** Hash algorithm for checksum resync and verify (default `sha1`). */
+  hash?: RegionHashAlgorithm;
+}
+
+/** What a finished resync did. */
+export interface ResyncResult {
+  /** Regions visited. */
+  regions: number;
+  /** Regions whose data was sent. */
+  regionsSent: number;
+  /** Payload bytes sent. */
+  bytesSent: number;
+  progress: ProgressSnapshot;
+}
+
+/** What a finished verify found. */
+export interface VerifyResult {
+  regions: number;
+  /** Byte ranges whose digests differ. */
+  mismatches: Array<{ offset: number; length: number }>;
+  progress: ProgressSnapshot;
+}
+
+/** Settings of one run. @internal */
+export interface RunSettings {
+  clock: Clock;
+  concurrency: number;
+  rateBytesPerSecond: number;
+  checksum: boolean;
+  hash: RegionHashAlgorithm;
+  onProgress(snapshot: ProgressSnapshot): void;
+}
+
+/**
+ * Copies every region the volume needs to resync, until none is left
+ * (regions marked during the run are picked up by further passes).
+ */
+export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<ResyncResult> {
+  const progress = new ProgressTracker({ total: volume.resyncBytes, clock: s.clock });
+  progress.on('progress', s.onProgress);
+  const limiter = new RateLimiter({ bytesPerSecond: s.rateBytesPerSecond, clock: s.clock });
+  const result = { regions: 0, regionsSent: 0, bytesSent: 0 };
+  volume.setResyncing(true);
+  try {
+    for (let pass = 0; volume.resyncBytes > 0; pass++) {
+      if (pass > 0) progress.setTotal(progress.total + volume.resyncBytes);
+      await forEachRegion([...volume.resyncRegions()], s.concurrency, async (region) => {
+        await limiter.take(region.length);
+        const sent = await volume.resyncRegion(region, s.checksum ? s.hash : undefined);
+        result.regions++;
+        if (sent > 0) result.regionsSent++;
+        result.bytesSent += sent;
+        progress.add(region.length);
+      });
+    }
+  } finally {
+    volume.setResyncing(false);
+    progress.finish();
+  }
+  return { ...result, progress: progress.snapshot() };
+}
+
+/** Compares every region of `regions` (default: the whole volume) on both sides. */
+export async function runVerify(volume: PrimaryVolume, regions: BitmapRegion[], s: RunSettings): Promise<VerifyResult> {
+  const total = regions.reduce((n, r) => n + r.length, 0);
+  const progress = new ProgressTracker({ total, clock: s.clock });
+  progress.on('progress', s.onProgress);
+  const limiter = new RateLimiter({ bytesPerSecond: s.rateBytesPerSecond, clock: s.clock });
+  const mismatches: Array<{ offset: number; length: number }> = [];
+  try {
+    await forEachRegion(regions, s.concurrency, async (region) => {
+      await limiter.take(region.length);
+      if (!(await volume.verifyRegion(region, s.hash))) mismatches.push({ offset: region.offset, length: region.length });
+      progress.add(region.length);
+    });
+  } finally {
+    progress.finish();
+  }
+  mismatches.sort((a, b) => a.offset - b.offset);
+  return { regions: regions.length, mismatches, progress: progress.snapshot() };
+}
+
+async function forEachRegion(regions: BitmapRegion[], concurrency: number, work: (r: BitmapRegion) => Promise<void>): Promise<void> {
+  const queue = new PQueue({ concurrency });
+  let failure: unknown;
+  for (const region of regions) {
+    if (failure !== undefined) break;
+    if (queue.size > concurrency * 2) await queue.onSizeLessThan(concurrency);
+    queue.add(() => work(region)).catch((error: unknown) => {
+      failure ??= error;
+      queue.clear();
+    });
+  }
+  await queue.onIdle();
+  if (failure !== undefined) throw failure;
+}

@@ -1,0 +1,121 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { MemoryNetwork } from '../../src/transport/memory.js';
+import { MemoryBlockDevice } from '../../src/device/memory-device.js';
+import { createMirrorTarget, type SplitBrainPolicy } from '../../src/replication/mirror-target.js';
+import { createPrimary, type Primary } from '../../src/replication/primary.js';
+import { MemoryGenerationStore, compareGenerations, advanceGeneration, freshGeneration } from '../../src/replication/generation.js';
+import { onceEvent } from '../helpers/events.js';
+
+const A = '10.6.0.1';
+const T = '10.6.0.2';
+const SIZE = 1 << 20;
+const LINK = { heartbeatInterval: 10, staleAfter: 80, probation: 20 };
+
+test('generations: same, target behind, target ahead, split brain, blank', () => {
+  const g0 = freshGeneration();
+  const g1 = advanceGeneration(g0);
+  const other = advanceGeneration(g0);
+  assert.equal(compareGenerations(g0, g0), 'same');
+  assert.equal(compareGenerations(g1, g0), 'target-behind');
+  assert.equal(compareGenerations(g0, g1), 'target-ahead');
+  assert.equal(compareGenerations(g1, other), 'split-brain');
+  assert.equal(compareGenerations(g1, undefined), 'blank');
+});
+
+/**
+ * A mirrors into the target; the link breaks; A keeps writing; the target's
+ * node is promoted (a primary on the same device and generations, no peer)
+ * and written; then the target comes back and A reconnects.
+ */
+async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) {
+  const network = new MemoryNetwork();
+  const aDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const tDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const tStore = new MemoryGenerationStore();
+  const startTarget = () =>
+    createMirrorTarget({ transport: network.transport({ host: T }), listen: { host: T, port: 7000 }, volumes: [{ name: 'v', device: tDev, generations: tStore }], splitBrain: policy, ...LINK });
+  let target = await startTarget();
+  const a: Primary = await createPrimary({ transport: network.transport({ host: A }), peer: { host: T, port: 7000 }, volumes: [{ name: 'v', device: aDev, mode: 'async', generations: new MemoryGenerationStore() }], ...LINK });
+  await a.volume('v').write(0, Buffer.alloc(4096, 1));
+  await a.drain();
+  const shared = (await tStore.load())!.current;
+  assert.equal(shared, a.volume('v').generation, 'the target adopted the primary generation');
+
+  network.partition(A, T);
+  for (const l of network.links) if (!l.closed) l.cut();
+  await onceEvent(a, 'link');
+  await target.close();
+
+  const writeOnA = async () => a.volume('v').write(4096, Buffer.alloc(4096, 0xaa));
+  const writeOnPromoted = async () => {
+    // role swap: the target's node becomes a primary of the volume (no peer reachable) and writes
+    const promoted = await createPrimary({ transport: network.transport({ host: T }), peer: { host: '10.6.0.99', port: 1 }, waitForConnection: false, heartbeats: false, volumes: [{ name: 'v', device: tDev, mode: 'async', generations: tStore }] });
+    await promoted.volume('v').write(8192, Buffer.alloc(4096, 0xbb));
+    await promoted.close({ drain: false });
+  };
+  if (promotedWritesFirst) {
+    await writeOnPromoted();
+    await new Promise((r) => setTimeout(r, 2)); // distinct creation times of the two generations
+    await writeOnA();
+  } else {
+    await writeOnA();
+    await new Promise((r) => setTimeout(r, 2));
+    await writeOnPromoted();
+  }
+  assert.notEqual(a.volume('v').generation, shared, 'A started a new generation when it wrote while apart');
+  assert.notEqual((await tStore.load())!.current, shared, 'so did the promoted node');
+
+  target = await startTarget();
+  const errors: string[] = [];
+  a.on('connect-error', (e) => errors.push(e.code));
+  network.heal(A, T);
+  return { network, a, target, aDev, tDev, errors, close: async () => { await a.close({ drain: false }); await target.close(); } };
+}
+
+test('split brain: both sides wrote while partitioned: detected on reconnect, nothing overwritten, clear status (policy refuse)', async () => {
+  const s = await scenario('refuse', false);
+  try {
+    while (s.a.volume('v').state !== 'split-brain') await onceEvent(s.a, 'volume-state');
+    assert.ok(s.errors.includes('BM_ERR_SPLIT_BRAIN'));
+    const status = s.a.status();
+    assert.equal(status.volumes.v!.state, 'split-brain');
+    assert.equal(status.peers[0]!.lastError?.code, 'BM_ERR_SPLIT_BRAIN');
+    assert.match(status.peers[0]!.lastError!.message, /primary generation [0-9a-f-]+, target generation [0-9a-f-]+/);
+    // the promoted node's write is still on the target, A's is not
+    assert.equal((await s.tDev.read(8192, 512))[0], 0xbb);
+    assert.equal((await s.tDev.read(4096, 512))[0], 0);
+  } finally {
+    await s.close();
+  }
+});
+
+test('split brain policy discard-target: the target drops its own changes and receives the whole volume', async () => {
+  const s = await scenario('discard-target', false);
+  try {
+    await onceEvent(s.a, 'resync-done');
+    await s.a.drain(20000);
+    assert.deepEqual(await s.tDev.read(0, SIZE), await s.aDev.read(0, SIZE));
+    assert.equal(s.a.volume('v').state, 'in-sync');
+  } finally {
+    await s.close();
+  }
+});
+
+test('split brain policy discard-younger: the side that wrote later loses; when that is the primary, the target refuses', async () => {
+  const targetYounger = await scenario('discard-younger', false);
+  try {
+    await onceEvent(targetYounger.a, 'resync-done');
+    await targetYounger.a.drain(20000);
+    assert.deepEqual(await targetYounger.tDev.read(0, SIZE), await targetYounger.aDev.read(0, SIZE));
+  } finally {
+    await targetYounger.close();
+  }
+  const primaryYounger = await scenario('discard-younger', true);
+  try {
+    while (primaryYounger.a.volume('v').state !== 'split-brain') await onceEvent(primaryYounger.a, 'volume-state');
+    assert.equal((await primaryYounger.tDev.read(8192, 512))[0], 0xbb, 'the target kept its data');
+  } finally {
+    await primaryYounger.close();
+  }
+});
