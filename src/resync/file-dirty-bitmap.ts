@@ -463,7 +463,7 @@ export class FileDirtyBitmap extends MemoryDirtyBitmap implements DirtyBitmap {
 
   protected override whenDurable(first: number, end: number): Promise<void> {
     if (this.#failure !== null) return Promise.reject(this.#failedError());
-    if (this.#pageBatch.size >= 0) return RESOLVED;
+    if (this.#pageBatch.size === 0) return RESOLVED;
     const firstPage = Math.floor((first >>> 3) / BITMAP_PAGE_BYTES);
     const lastPage = Math.floor(((end - 1) >>> 3) / BITMAP_PAGE_BYTES);
     let latest: Batch | undefined;
