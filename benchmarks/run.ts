@@ -7,10 +7,11 @@
  * information of its run; a `--quick` run does not touch latest.json).
  *
  * Options:
- * - `--only codec,journal,replay,write,nbd`   suites to run (default: all)
+ * - `--only codec,journal,replay,write,nbd,resync`   suites to run (default: all)
  * - `--quick`                  short smoke run (1 round, short runs, small volumes)
  * - `--journal-ms MS`          measuring time per journal-suite row (default 1500)
- * - `--rounds N`               rounds of the write and nbd suites (default 3)
+ * - `--rounds N`               rounds of the write and nbd suites and of the resync suite's initial-sync part (default 3)
+ * - `--resync-mib N`           volume size of the resync suite in MiB (default 1024; 128 with `--quick`)
  * - `--write-ms MS`            measuring time per write-suite run (default 3000)
  * - `--nbd-runtime S`          fio runtime per nbd job in seconds (default 5)
  * - `--write-configs a,b`      subset of unmirrored,local,sync,async,sync-inproc,async-inproc
@@ -32,9 +33,10 @@ import { runJournalBenchmark } from './journal.js';
 import { runReplayBenchmark } from './replay.js';
 import { runWriteBenchmark, WRITE_CONFIGS, type WriteBenchOptions, type WriteConfig, type WriteWorkload } from './write.js';
 import { NBD_CONFIGS, NBD_JOBS, runNbdBenchmark, type NbdBenchOptions, type NbdConfig } from './nbd.js';
+import { runResyncBenchmark } from './resync.js';
 import { BENCH_DIR, formatTable, machineInfo, type MachineInfo } from './util.js';
 
-const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd'] as const;
+const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync'] as const;
 type Suite = (typeof SUITES)[number];
 
 /** What a suite run stores in its JSON file and in latest.json. */
@@ -59,6 +61,7 @@ const { values } = parseArgs({
     'journal-ms': { type: 'string' },
     'write-ms': { type: 'string' },
     'nbd-runtime': { type: 'string' },
+    'resync-mib': { type: 'string' },
     'write-configs': { type: 'string' },
     'write-workloads': { type: 'string' },
     'nbd-configs': { type: 'string' },
@@ -158,6 +161,11 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     case 'nbd': {
       const r = await runNbdBenchmark(nbdOptions);
       return { rows: r.rows, details: { runs: r.runs, servers: r.servers }, options: r.settings };
+    }
+    case 'resync': {
+      const sizeMiB = int(values['resync-mib'], '--resync-mib') ?? (quick ? 128 : 1024);
+      const r = await runResyncBenchmark({ sizeMiB, rounds: rounds ?? (quick ? 1 : 3), log });
+      return { rows: r.rows, details: { runs: r.runs }, options: r.settings };
     }
   }
 }
