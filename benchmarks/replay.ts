@@ -19,6 +19,7 @@ import { join } from 'node:path';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../src/replication/primary.js';
+import { MemoryGenerationStore } from '../src/replication/generation.js';
 
 /** A buffer of pseudo-random bytes (cheap LCG; incompressible enough for loopback). */
 function fillPattern(buf: Buffer, seed: number): Buffer {
@@ -114,9 +115,11 @@ export async function runReplayBenchmark(options: { sizeMiB?: number } = {}): Pr
     const pdev = await FileBlockDevice.open(join(dir, 'primary.img'), { size: volumeSize });
     let target: MirrorTarget = await createMirrorTarget({ listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'v', device: tdev }], ...LINK });
     const port = target.address.port;
+    // both primaries below are the same node's volume: they share its generations
+    const generations = new MemoryGenerationStore();
     const primary = await createPrimary({
       peer: target.address,
-      volumes: [{ name: 'v', device: pdev, mode: 'async' }],
+      volumes: [{ name: 'v', device: pdev, mode: 'async', generations }],
       journal: { dir: join(dir, 'journal'), fsync: 'batch', capacityBytes: bytes + 64 * MiB },
       ...LINK,
     });
@@ -136,7 +139,7 @@ export async function runReplayBenchmark(options: { sizeMiB?: number } = {}): Pr
     const withFile = await writeAll(primary, overheadMiB * MiB, volumeSize);
     await primary.drain(600_000);
     await primary.close();
-    const memPrimary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async' }], ...LINK });
+    const memPrimary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async', generations }], ...LINK });
     const withMemory = await writeAll(memPrimary, overheadMiB * MiB, volumeSize);
     await memPrimary.drain(600_000);
     await memPrimary.close();

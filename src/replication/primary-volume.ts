@@ -148,6 +148,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #bitmap: DirtyBitmap;
   /** Regions to copy to the target by a resync. */
   readonly #needs: MemoryDirtyBitmap;
+  /** Regions written or resynced since the bitmap was last cleaned. */
+  readonly #touched = new Set<number>();
   /** Seq of the latest resync write (sync-mode writes are ordered after it). */
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
@@ -314,6 +316,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     try {
       // write intent: the region is durably dirty before the data can change
       await this.#bitmap.markDurable(offset, length);
+      this.#touch(offset, length);
       const advancing = this.#beforeDisconnectedWrite();
       if (advancing !== undefined) await advancing;
       if (this.mode === 'async') {
@@ -598,14 +601,22 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
   }
 
-  /** Nothing is pending: every write-intent bit not needed by a resync can go. */
+  /**
+   * Nothing is pending: the write-intent bits of the regions written (or
+   * resynced) since the last clean can go, unless a resync still needs them.
+   * Costs the number of regions touched, not the size of the bitmap.
+   */
   #cleanBitmap(): void {
-    if (this.#bitmap.dirtyCount === 0 || this.#closed) return;
-    if (this.#needs.dirtyCount === 0) {
-      this.#bitmap.clearAll();
-      return;
-    }
-    for (const region of [...this.#bitmap.dirtyRegions()]) if (!this.#needs.isDirty(region.index)) this.#bitmap.clearRegion(region.index);
+    if (this.#touched.size === 0 || this.#closed) return;
+    for (const index of this.#touched) if (!this.#needs.isDirty(index)) this.#bitmap.clearRegion(index);
+    this.#touched.clear();
+  }
+
+  /** Remembers the regions of `[offset, offset + length)` as written since the last clean. */
+  #touch(offset: number, length: number): void {
+    if (length === 0) return;
+    const last = this.#bitmap.regionIndex(offset + length - 1);
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#touched.add(i);
   }
 
   #setState(state: VolumeState): void {
@@ -761,6 +772,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, checksum), this.probe(region.offset, region.length, checksum)]);
         if (local.equals(remote)) {
           this.#needs.clearRegion(region.index);
+          this.#touched.add(region.index);
           this.#updateState();
           return 0;
         }
@@ -775,6 +787,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       req.resync = true;
       // cleared from the resync set at once: a write to the region from now on marks it again if it must
       this.#needs.clearRegion(region.index);
+      this.#touched.add(region.index);
       acked = new Promise<void>((resolve) => {
         req.onAck = () => resolve();
       });

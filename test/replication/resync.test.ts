@@ -55,6 +55,7 @@ test('initial sync of a blank target while writes continue: identical at the end
     assert.ok(result.bytesSent >= size, 'every region was sent');
     assert.equal(states[0], 'inconsistent', `states: ${states.join(',')}`);
     assert.equal(states.at(-1), 'in-sync', `states: ${states.join(',')}`);
+    assert.equal(primary.volume('v').status().bitmapDirtyRegions, 0, 'write-intent bits cleared once nothing is pending');
     assert.equal(primary.volume('v').state, 'in-sync');
   } finally {
     await primary.close();
@@ -74,6 +75,8 @@ test('SPEC 25: initial sync with checksums of a target that already holds the da
     assert.equal(result.regions, size / (64 * KiB));
     assert.equal(result.regionsSent, 0);
     assert.equal(result.bytesSent, 0);
+    await primary.drain();
+    assert.equal(primary.volume('v').status().bitmapDirtyRegions, 0);
     const wire = network.streamBytesSent - before;
     assert.ok(wire < size / 50, `only digests and headers on the wire: ${wire} bytes for a ${size}-byte volume`);
     // one region differs: only it is sent
