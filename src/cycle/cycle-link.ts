@@ -130,6 +130,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
       this.images.clear();
       for (const v of result.volumes) this.images.set(v.name, v.applied);
       this.#attempt = 0;
+      this.lastError = undefined;
       this.#conn = conn;
       const c = conn;
       c.on('frame', (frame) => this.#onFrame(c, frame));
@@ -238,7 +239,9 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
         limiter: this.#limiter,
       }).catch((error: unknown) => {
         this.#pending.delete(id);
-        throw toBlockMirrorError(error);
+        const err = toBlockMirrorError(error);
+        // the reason the connection closed says more than "closed during the transfer"
+        throw err.code === 'BM_ERR_CONNECTION_CLOSED' && this.lastError !== undefined ? this.lastError : err;
       });
       await acked;
       for (const v of plan.volumes) this.images.set(v.name, plan.to);

@@ -33,6 +33,8 @@ interface Current {
   committing: boolean;
   /** Names of the transfer's volumes. */
   volumes: string[];
+  /** Settles when its commit (or refusal) is finished, once COMMIT arrived. */
+  work: Promise<void> | undefined;
 }
 
 /** Options of a {@link CycleReceiver}. */
@@ -153,6 +155,7 @@ export class CycleReceiver {
             if (this.#current === cur) this.#current = undefined;
           }
         });
+        cur.work = work;
         this.#store.hold(cur.volumes, work);
         return;
       }
@@ -162,11 +165,12 @@ export class CycleReceiver {
   }
 
   #begin(h: CycleBeginHeader): void {
+    // A source sends a BEGIN only after the previous transfer was answered; the
+    // previous one may still be finishing here (a refusal is answered at BEGIN,
+    // before its COMMIT arrives): the new transfer waits for it. An unfinished
+    // transfer without COMMIT is dropped.
     const previous = this.#current;
-    if (previous !== undefined && previous.committing) {
-      throw new BlockMirrorError('BM_ERR_PROTOCOL', 'a new transfer began before the previous commit was answered');
-    }
-    if (previous !== undefined) void previous.ready.then((t) => t?.abort());
+    if (previous !== undefined && !previous.committing) void previous.ready.then((t) => t?.abort());
     const plans = h.vols.map((p) => {
       const offer = this.#offers[p.v];
       if (offer === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `transfer for volume index ${p.v}, not offered in the handshake`);
@@ -174,7 +178,10 @@ export class CycleReceiver {
     });
     const names = plans.map((p) => p.name);
     const ready = (async (): Promise<StagedTransfer | undefined> => {
-      if (previous !== undefined) await previous.ready.then((t) => t?.abort());
+      if (previous !== undefined) {
+        if (previous.work !== undefined) await previous.work;
+        else await previous.ready.then((t) => t?.abort());
+      }
       try {
         const t = await this.#store.begin(this.#source, h.to, plans);
         this.#events.begin?.({ source: this.#source, to: h.to, volumes: names });
@@ -196,7 +203,7 @@ export class CycleReceiver {
         return undefined;
       }
     })();
-    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names };
+    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names, work: undefined };
   }
 
   /** The current transfer if `id` is it; frames of an older transfer are ignored. */

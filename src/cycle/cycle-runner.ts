@@ -224,6 +224,8 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   #loop: Promise<void> | undefined;
   #breaking = false;
   #closed = false;
+  /** A running source keeps the process alive, like a listening server (the clock's timers do not). */
+  #keepAlive: NodeJS.Timeout | undefined;
 
   /** @internal use {@link createCycleSource} */
   constructor(options: CycleSourceOptions) {
@@ -315,6 +317,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   start(): void {
     if (this.#closed || this.#loop !== undefined) return;
     this.#breaking = false;
+    this.#keepAlive ??= setInterval(() => {}, 1 << 30);
     this.#setPhase('idle');
     this.#scheduleTimer(this.#lastFreezeAt ?? this.#clock.now());
     this.#loop = this.#run().finally(() => {
@@ -357,6 +360,8 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       await this.#cycle(freeze);
     }
     this.#clearTimer();
+    clearInterval(this.#keepAlive);
+    this.#keepAlive = undefined;
     const err = new BlockMirrorError('BM_ERR_CLOSED', 'the cycle source stopped before the requested cycle');
     for (const w of this.#waiters.splice(0)) w.reject(err);
     this.#setPhase('stopped');
@@ -578,6 +583,8 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     }
     this.#wake?.();
     await this.#loop;
+    clearInterval(this.#keepAlive);
+    this.#keepAlive = undefined;
     this.#setPhase('stopped');
   }
 }

@@ -90,6 +90,8 @@ interface MarkerVolume {
   name: string;
   lineage: string;
   direct: boolean;
+  /** A full copy: every granule is staged (slot = chunk); no table was sent. */
+  full: boolean;
   size: number;
   blockSize: number;
   chunkSize: number;
@@ -482,6 +484,7 @@ export class StagingStore {
         name: sv.plan.name,
         lineage: sv.plan.lineage,
         direct: sv.direct,
+        full: sv.plan.full,
         size: g.size,
         blockSize: g.blockSize,
         chunkSize: g.chunkSize,
@@ -581,7 +584,7 @@ export class StagingStore {
             throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `staged table of ${mv.name} does not match its commit marker`, { details: { path: paths.table } });
           }
           const geometry = cycleGeometry(v.device.size, v.device.blockSize, mv.chunkSize, mv.granularity);
-          tables.set(mv.name, FreezeTable.decode(geometry, bytes));
+          tables.set(mv.name, mv.full === true ? FreezeTable.full(geometry) : FreezeTable.decode(geometry, bytes));
           stagings.set(mv.name, await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
         }
         log('replaying the merge of freeze %d (%s)', marker.to, entry);
