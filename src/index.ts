@@ -115,3 +115,28 @@ export { normalizeStatus } from './admin/status.js';
 export type { AdminStatus, AdminPeerStatus, AdminVolumeStatus } from './admin/status.js';
 export { FramedConnection } from './link/framed-connection.js';
 export type { FramedConnectionEvents, FramedConnectionOptions } from './link/framed-connection.js';
+
+// resync, verify, generations
+export { MemoryDirtyBitmap, DEFAULT_REGION_SIZE, MIN_REGION_SIZE, MAX_REGION_SIZE, MAX_REGION_COUNT, BITMAP_PAGE_BYTES, resolveBitmapGeometry } from './resync/dirty-bitmap.js';
+export type { DirtyBitmap, BitmapRegion, DirtyBitmapGeometry, ResolvedBitmapGeometry } from './resync/dirty-bitmap.js';
+export { FileDirtyBitmap } from './resync/file-dirty-bitmap.js';
+export type { FileDirtyBitmapOptions, FileDirtyBitmapStats, FileDirtyBitmapHooks, BitmapFlushPolicy } from './resync/file-dirty-bitmap.js';
+export { hashRegion, hashRegions, compareDigests, digestLength, DEFAULT_REGION_HASH, MAX_HASH_CHUNK, DEFAULT_HASH_CONCURRENCY } from './resync/region-hash.js';
+export type { RegionHashAlgorithm, RegionRange, RegionHashOptions, HashRegionsOptions } from './resync/region-hash.js';
+export { RateLimiter } from './resync/rate-limiter.js';
+export type { RateLimiterOptions, RateLimiterTakeOptions } from './resync/rate-limiter.js';
+export { ProgressTracker } from './resync/progress.js';
+export type { ProgressSnapshot, ProgressTrackerEvents, ProgressTrackerOptions } from './resync/progress.js';
+export type { ResyncOptions, ResyncResult, VerifyResult } from './replication/resync-runner.js';
+export {
+  MemoryGenerationStore,
+  FileGenerationStore,
+  compareGenerations,
+  advanceGeneration,
+  freshGeneration,
+  newGenerationId,
+  isGenerationId,
+  MAX_HISTORY,
+} from './replication/generation.js';
+export type { GenerationState, GenerationStore, Lineage } from './replication/generation.js';
+export type { SplitBrainPolicy } from './replication/mirror-target.js';
