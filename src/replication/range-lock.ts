@@ -27,25 +27,7 @@ export class RangeLock {
    * and resolves with the release function.
    */
   async acquire(offset: number, length: number): Promise<() => void> {
-    const start = offset;
-    const end = offset + Math.max(length, 1);
-    const waits: Promise<void>[] = [];
-    for (const h of this.#held) {
-      if (h.start < end && start < h.end) waits.push(h.released);
-    }
-    let release!: () => void;
-    const entry: Held = {
-      start,
-      end,
-      released: new Promise<void>((resolve) => {
-        release = resolve;
-      }),
-    };
-    this.#held.add(entry);
-    if (waits.length > 0) await Promise.all(waits);
-    return () => {
-      if (this.#held.delete(entry)) release();
-    };
+    return this.tryAcquire(offset, length);
   }
 
   /**
@@ -56,8 +38,9 @@ export class RangeLock {
   tryAcquire(offset: number, length: number): (() => void) | Promise<() => void> {
     const start = offset;
     const end = offset + Math.max(length, 1);
+    let waits: Promise<void>[] | undefined;
     for (const h of this.#held) {
-      if (h.start < end && start < h.end) return this.acquire(offset, length);
+      if (h.start < end && start < h.end) (waits ??= []).push(h.released);
     }
     let release!: () => void;
     const entry: Held = {
@@ -68,8 +51,10 @@ export class RangeLock {
       }),
     };
     this.#held.add(entry);
-    return () => {
+    const unlock = (): void => {
       if (this.#held.delete(entry)) release();
     };
+    if (waits === undefined) return unlock;
+    return Promise.all(waits).then(() => unlock);
   }
 }

@@ -1,0 +1,63 @@
+/**
+ * Renders the README's benchmark section from `benchmarks/results/latest.json`
+ * and writes it between the `<!-- bench:start -->` / `<!-- bench:end -->`
+ * markers of README.md:
+ *
+ *   node --import tsx scripts/bench-table.ts
+ */
+import { readFileSync, writeFileSync } from 'node:fs';
+
+type Row = Record<string, unknown>;
+interface Suite {
+  machine: { date: string; cpus: number; cpuModel: string; node: string; loadAverage: number[]; commit?: string };
+  loadAverageAfter: number[];
+  command: string;
+  rows: Row[];
+}
+
+const root = new URL('../', import.meta.url);
+const latest = JSON.parse(readFileSync(new URL('benchmarks/results/latest.json', root), 'utf8')) as { suites: Record<string, Suite> };
+
+const columns: Record<string, [string, string][]> = {
+  codec: [['benchmark', 'measure'], ['payloadBytes', 'payload B'], ['totalNs', 'ns/frame'], ['throughputGBps', 'GB/s'], ['payloadCopies', 'payload copies']],
+  journal: [['target', 'target'], ['fsync', 'fsync'], ['recordBytes', 'record B'], ['opsPerSec', 'ops/s'], ['MBps', 'MB/s'], ['vsReference', '× pwrite']],
+  replay: [['measure', 'measure'], ['mib', 'MiB'], ['seconds', 's'], ['mibPerSec', 'MiB/s'], ['ratio', 'ratio']],
+  write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op']],
+  nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsNbdkit', '× nbdkit'], ['p50VsNbdkit', 'p50 × nbdkit']],
+  resync: [],
+};
+
+const titles: Record<string, string> = {
+  codec: 'Wire codec (encode + decode per frame)',
+  journal: 'Journal appends (32 concurrent) vs plain positional writes',
+  replay: 'Journal replay after an outage vs raw TCP on the same loopback; journal append overhead',
+  write: 'Mirrored writes through the API, target in a separate process on loopback, vs unmirrored writes to the same kind of file',
+  nbd: 'fio (`--ioengine=nbd`) against `nbdkit file` and our NBD export (unmirrored, async-, sync-mirrored)',
+  resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
+};
+
+function cell(v: unknown): string {
+  if (v === null || v === undefined) return '–';
+  if (typeof v === 'number') return Number.isInteger(v) ? String(v) : String(Math.round(v * 100) / 100);
+  return String(v).replace(/\|/g, '\\|');
+}
+
+const out: string[] = [];
+for (const [name, suite] of Object.entries(latest.suites)) {
+  const cols = columns[name]?.length ? columns[name]! : Object.keys(suite.rows[0] ?? {}).map((k) => [k, k] as [string, string]);
+  const m = suite.machine;
+  out.push(`**${titles[name] ?? name}** — ${m.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpus} × ${m.cpuModel}, Node ${m.node}, load ${m.loadAverage[0]} → ${suite.loadAverageAfter[0]}${m.commit ? `, commit ${m.commit.slice(0, 7)}` : ''}`);
+  out.push('');
+  out.push(`| ${cols.map((c) => c[1]).join(' | ')} |`);
+  out.push(`|${cols.map(() => '---').join('|')}|`);
+  for (const row of suite.rows) out.push(`| ${cols.map((c) => cell(row[c[0]])).join(' | ')} |`);
+  out.push('');
+}
+
+const readmeUrl = new URL('README.md', root);
+const readme = readFileSync(readmeUrl, 'utf8');
+const start = readme.indexOf('<!-- bench:start -->');
+const end = readme.indexOf('<!-- bench:end -->');
+if (start < 0 || end < start) throw new Error('README.md lacks the bench markers');
+writeFileSync(readmeUrl, `${readme.slice(0, start)}<!-- bench:start -->\n\n${out.join('\n')}\n${readme.slice(end)}`);
+console.log(`README.md: ${Object.keys(latest.suites).length} benchmark tables`);
