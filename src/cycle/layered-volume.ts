@@ -44,7 +44,7 @@ const MANIFEST_FORMAT = 'blockmirror-layered-volume';
 /** Largest piece a merge or trim moves at once. */
 const MOVE_BYTES = 1024 * 1024;
 /** Merge reads/writes in flight. */
-const MERGE_PARALLEL = 4;
+const MERGE_PARALLEL = 8;
 let zeroChunk: Buffer | undefined;
 
 /** Test hooks of a {@link LayeredVolume}. */

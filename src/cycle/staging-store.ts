@@ -42,7 +42,7 @@ import { cycleGeometry, runLength, type CycleGeometry } from './geometry.js';
 const log = createDebug('blockmirror:cycle');
 const STATE_FORMAT = 'blockmirror-cycle-target';
 const MARKER_FORMAT = 'blockmirror-cycle-commit';
-const MERGE_PARALLEL = 4;
+const MERGE_PARALLEL = 8;
 const MERGE_RUN_BYTES = 1024 * 1024;
 
 /** What a target holds of one volume. */
