@@ -7,6 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { FileBlockDevice } from '../../src/device/file-device.js';
 import { LayeredVolume, type LayeredVolumeOptions } from '../../src/cycle/layered-volume.js';
+import type { CycleSource } from '../../src/cycle/cycle-runner.js';
 
 /** A fresh temporary directory, removed by the returned cleanup. */
 export function tempDir(prefix: string): { dir: string; cleanup: () => void } {
@@ -45,6 +46,11 @@ export function pattern(length: number, seed: number): Buffer {
     b[i] = x & 0xff;
   }
   return b;
+}
+
+/** Waits until every target link of a cycle source is up. */
+export async function linksUp(source: CycleSource): Promise<void> {
+  while (source.status().targets.some((t) => t.link !== 'up')) await waitFor(source, 'target-link', (info: { state: string }) => info.state === 'up');
 }
 
 /** Resolves with the arguments of the first `event` for which `filter` is true (rejects after `timeoutMs`). */

@@ -12,7 +12,7 @@ import { createInterface, type Interface } from 'node:readline';
 import { after, describe, it } from 'node:test';
 import { createCycleSource } from '../../src/cycle/cycle-runner.js';
 import { TcpTransport } from '../../src/transport/tcp.js';
-import { openVolume, pattern, subDir, tempDir, waitFor } from './helpers.js';
+import { linksUp, openVolume, pattern, subDir, tempDir, waitFor } from './helpers.js';
 
 const root = tempDir('sigkill');
 after(root.cleanup);
@@ -80,6 +80,7 @@ describe('cycle target crash', () => {
       for (let i = 0; i < 200; i++) await v.write(randomInt(size / 4096) * 4096, pattern(4096, seed + i));
     };
     try {
+      await linksUp(source);
       await v.write(0, pattern(size, 1));
       assert.equal((await source.freezeNow()).targets[0]!.ok, true);
       const image1 = await v.read(0, size);

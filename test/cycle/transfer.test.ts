@@ -19,7 +19,7 @@ import { isBlockMirrorError } from '../../src/errors.js';
 import { FramedConnection } from '../../src/link/framed-connection.js';
 import { clientHandshake } from '../../src/link/handshake.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
-import { openVolume, pattern, subDir, tempDir, waitFor } from './helpers.js';
+import { linksUp, openVolume, pattern, subDir, tempDir, waitFor } from './helpers.js';
 
 const root = tempDir('transfer');
 after(root.cleanup);
@@ -49,6 +49,7 @@ describe('cycle transfers', () => {
     const t = await targetOn(net, dir, size);
     const source = await createCycleSource({ volumes: [{ name: 'v', volume: v }], targets: [{ host: 't', port: 7000 }], transport: net.transport({ host: 'p' }), interval: 0, retryDelay: { min: 5, max: 50 } });
     try {
+      await linksUp(source);
       await v.write(0, pattern(size, 1));
       await source.freezeNow();
       const image1 = await v.read(0, size);
@@ -90,6 +91,7 @@ describe('cycle transfers', () => {
     const t = await targetOn(net, dir, size);
     const source = await createCycleSource({ volumes: [{ name: 'v', volume: v }], targets: [{ host: 't', port: 7000 }], transport: net.transport({ host: 'p' }), interval: 0 });
     try {
+      await linksUp(source);
       await source.freezeNow(); // cycle 1: the whole volume
       const link = net.links.find((l) => l.b.localAddress.host === 't' && !l.closed)!;
       // 1 % of the 4 KiB blocks, random, plus some small writes (a 512-byte write dirties its whole granule)
@@ -216,6 +218,7 @@ describe('cycle transfers', () => {
     const rate = 8 * MiB;
     const source = await createCycleSource({ volumes: [{ name: 'v', volume: v }], targets: [{ host: 't', port: 7000 }], transport: net.transport({ host: 'p' }), interval: 0, bandwidth: rate, maxPayload: 64 * KiB });
     try {
+      await linksUp(source);
       const started = performance.now();
       const r = await source.freezeNow();
       const elapsed = performance.now() - started;
