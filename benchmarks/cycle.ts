@@ -29,7 +29,7 @@ import { parseArgs } from 'node:util';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import type { BlockDevice } from '../src/device/block-device.js';
 import { LayeredVolume } from '../src/cycle/layered-volume.js';
-import { createCycleSource, type CycleResult } from '../src/cycle/cycle-runner.js';
+import { createCycleSource, type CycleResult, type CycleSource } from '../src/cycle/cycle-runner.js';
 import { createCycleTarget } from '../src/cycle/cycle-target.js';
 import { TcpTransport } from '../src/transport/tcp.js';
 
@@ -145,6 +145,19 @@ function syncAll(): void {
   spawnSync('sync');
 }
 
+/** Resolves once the source's (only) target link is up. */
+async function linkUp(source: CycleSource): Promise<void> {
+  if (source.status().targets[0]?.link === 'up') return;
+  await new Promise<void>((resolve) => {
+    const onLink = (info: { state: string }): void => {
+      if (info.state !== 'up') return;
+      source.off('target-link', onLink);
+      resolve();
+    };
+    source.on('target-link', onLink);
+  });
+}
+
 /** Starts the target child; resolves with its port. */
 async function startTargetChild(dir: string, size: number): Promise<{ child: ChildProcess; port: number }> {
   const child = spawn(process.execPath, ['--import', 'tsx', fileURLToPath(import.meta.url), '--serve-target', dir, String(size)], { stdio: ['ignore', 'pipe', 'inherit'] });
@@ -178,7 +191,7 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
   const rows: CycleBenchRow[] = [];
   let child: ChildProcess | undefined;
   let volume: LayeredVolume | undefined;
-  let source: Awaited<ReturnType<typeof createCycleSource>> | undefined;
+  let source: CycleSource | undefined;
   try {
     log(`cycle bench: ${size / MiB} MiB volume in ${dir}`);
     const base = await FileBlockDevice.open(basePath, { size, blockSize: 4096 });
@@ -190,6 +203,7 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
     const target = await startTargetChild(targetDir, size);
     child = target.child;
     source = await createCycleSource({ volumes: [{ name: 'v', volume }], targets: [{ host: '127.0.0.1', port: target.port }], transport: new TcpTransport(), interval: 0 });
+    await linkUp(source);
 
     // cycle 1: the whole volume
     t0 = performance.now();
@@ -309,6 +323,7 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
     const cap = 64 * MiB;
     await source.close();
     source = await createCycleSource({ volumes: [{ name: 'v', volume }], targets: [{ host: '127.0.0.1', port: target.port }], transport: new TcpTransport(), interval: 0, bandwidth: cap });
+    await linkUp(source);
     await duringCycle(`, capped at ${cap / MiB} MiB/s`);
     return {
       rows,

@@ -85,6 +85,13 @@ export interface CycleSourceOptions {
   maxPayload?: number;
   /** Start cycling when created (default true); otherwise call {@link CycleSource.start}. */
   autoStart?: boolean;
+  /**
+   * `createCycleSource` resolves only once every target link made its first
+   * connection attempt, so that a first `freezeNow()` finds the reachable
+   * targets connected (default true). A target that could not be reached is
+   * retried in the background either way.
+   */
+  waitForConnection?: boolean;
 }
 
 /** Progress of one target. */
@@ -290,8 +297,12 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     }
   }
 
-  /** @internal called by {@link createCycleSource}: opens the group (completing an interrupted freeze) and connects. */
-  async init(): Promise<void> {
+  /**
+   * @internal called by {@link createCycleSource}: opens the group (completing
+   * an interrupted freeze) and connects; with `waitForConnection`, resolves
+   * once every link's first attempt settled (up or down).
+   */
+  async init(waitForConnection = true): Promise<void> {
     this.#group = await ConsistencyGroup.open(this.#volumes, { stateFile: this.#groupFile, clock: this.#clock });
     const saved = (await readStateFile(this.#targetsFile)) as SavedTargets | undefined;
     if (saved !== undefined && saved.format === TARGETS_FORMAT && typeof saved.targets === 'object') {
@@ -301,7 +312,19 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       }
       for (const [k, date] of Object.entries(saved.freezeDates ?? {})) this.#freezeTimes.set(Number(k), { at: Number.NaN, date });
     }
+    const settled = this.#targets.map(
+      (t) =>
+        new Promise<void>((resolve) => {
+          const onState = (state: CycleLinkState): void => {
+            if (state === 'connecting') return;
+            t.link.off('state', onState);
+            resolve();
+          };
+          t.link.on('state', onState);
+        }),
+    );
     for (const t of this.#targets) t.link.start();
+    if (waitForConnection) await Promise.all(settled);
   }
 
   /** Last freeze (= cycle number). */
@@ -611,7 +634,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
  */
 export async function createCycleSource(options: CycleSourceOptions): Promise<CycleSource> {
   const source = new CycleSource(options);
-  await source.init();
+  await source.init(options.waitForConnection ?? true);
   if (options.autoStart ?? true) source.start();
   return source;
 }

@@ -292,7 +292,7 @@ const commands = [
 ];
 
 describe('cycle model', () => {
-  it('SPEC 28–33: reads match the reference; after cycle k the target is the image of freeze k; it never holds anything but a freeze image — through cut copies and crashes of both sides', async () => {
+  it('SPEC 28/29/30/31/33: reads match the reference; after cycle k the target is the image of freeze k; it never holds anything but a freeze image — through cut copies and crashes of both sides', async () => {
     await fc.assert(
       fc.asyncProperty(fc.commands(commands, { maxCommands: 40, size: 'large' }), async (cmds) => {
         const real = await setup();

@@ -369,7 +369,7 @@ describe('cycle source and targets', () => {
     }
   });
 
-  it('reports status and events: phases in order, bytes per cycle, lag and recovery point', async () => {
+  it('SPEC 30: cycle 1 copies the whole volume, the next one only the changed granule; status and events report phases, bytes, lag and recovery point', async () => {
     const dir = subDir(root.dir, `status-${++seq}`);
     const net = new MemoryNetwork();
     const size = MiB;
