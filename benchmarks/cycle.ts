@@ -41,7 +41,7 @@ export interface CycleBenchOptions {
   size?: number;
   /** Fraction of 4 KiB blocks changed before cycle 2 (default 0.01). */
   changedFraction?: number;
-  /** Measuring time of each foreground-write run in ms (default 3000). */
+  /** Measuring time of each foreground-write run in ms (default 1500). */
   writeMs?: number;
   /** Bytes the cycle copies during the overhead measurement (default 256 MiB, at most the volume). */
   overheadCopyBytes?: number;
@@ -180,7 +180,7 @@ function rsyncStats(output: string): number | null {
 export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promise<CycleBenchResult> {
   const size = options.size ?? 1024 * MiB;
   const fraction = options.changedFraction ?? 0.01;
-  const writeMs = options.writeMs ?? 3000;
+  const writeMs = options.writeMs ?? 1500;
   const overheadCopyBytes = Math.min(options.overheadCopyBytes ?? 256 * MiB, size);
   const log = options.log ?? ((line: string) => void process.stderr.write(`${line}\n`));
   const dir = options.dir ?? mkdtempSync(join(tmpdir(), 'bm-bench-cycle-'));
@@ -274,15 +274,31 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
     }
 
     // foreground write overhead
+    // bare file device vs layered volume, alternating, median of 3 rounds (the machine's noise hits both alike)
     const plain = await FileBlockDevice.open(join(dir, 'plain.img'), { size, blockSize: 4096 });
-    syncAll();
-    const bare = await writeLoad(plain, writeMs);
-    await plain.close();
-    rows.push({ measure: '64 KiB writes, bare file device', ms: Math.round(bare.elapsedMs), wireBytes: null, mbps: Math.round(bare.mbps), p50us: Math.round(bare.p50us), p99us: Math.round(bare.p99us), note: 'reference' });
     await source.freezeNow(); // a fresh active layer, as after any freeze
-    syncAll();
-    const idle = await writeLoad(volume, writeMs);
-    rows.push({ measure: '64 KiB writes, layered volume, no cycle', ms: Math.round(idle.elapsedMs), wireBytes: null, mbps: Math.round(idle.mbps), p50us: Math.round(idle.p50us), p99us: Math.round(idle.p99us), note: 'first writes into a fresh layer' });
+    const bareRuns: Array<Awaited<ReturnType<typeof writeLoad>>> = [];
+    const layeredRuns: Array<Awaited<ReturnType<typeof writeLoad>>> = [];
+    for (let round = 0; round < 3; round++) {
+      syncAll();
+      bareRuns.push(await writeLoad(plain, writeMs));
+      syncAll();
+      layeredRuns.push(await writeLoad(volume, writeMs));
+    }
+    await plain.close();
+    const med = (runs: Array<Awaited<ReturnType<typeof writeLoad>>>): Awaited<ReturnType<typeof writeLoad>> => [...runs].sort((a, b) => a.mbps - b.mbps)[1]!;
+    const bare = med(bareRuns);
+    const idle = med(layeredRuns);
+    rows.push({ measure: '64 KiB writes, bare file device', ms: Math.round(bare.elapsedMs), wireBytes: null, mbps: Math.round(bare.mbps), p50us: Math.round(bare.p50us), p99us: Math.round(bare.p99us), note: `reference; median of 3 (${bareRuns.map((r) => Math.round(r.mbps)).join(', ')} MB/s)` });
+    rows.push({
+      measure: '64 KiB writes, layered volume, no cycle',
+      ms: Math.round(idle.elapsedMs),
+      wireBytes: null,
+      mbps: Math.round(idle.mbps),
+      p50us: Math.round(idle.p50us),
+      p99us: Math.round(idle.p99us),
+      note: `median of 3 (${layeredRuns.map((r) => Math.round(r.mbps)).join(', ')} MB/s), alternating with the bare runs; first round into a fresh layer`,
+    });
     // dirty `overheadCopyBytes`, then write while a cycle copies it: uncapped, then with a bandwidth cap
     const big = Buffer.allocUnsafe(MiB);
     const dirty = async (): Promise<void> => {

@@ -17,10 +17,12 @@
  * acknowledged only after its record: so every acknowledged write is found
  * again after a process crash. Records are independent (no chain): a torn or
  * missing record (its write was never acknowledged) is skipped, and the
- * records around it still count.
+ * records around it still count. Records are group-committed: one map write
+ * in flight, the records queued meanwhile follow in the next one.
  *
  * @module
  */
+import fs from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { open } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -39,6 +41,8 @@ const MAP_MAGIC = 0x424d4c4d;
 const RECORD_MAGIC = 0x424d4c52;
 const MAP_VERSION = 1;
 const READ_STEP = 1024 * 1024;
+/** Most records one map write carries. */
+const MAX_RECORD_BATCH = 1024;
 
 /** File names of layer `n` of volume `name` in `dir`. */
 export function layerPaths(dir: string, name: string, n: number): { data: string; map: string } {
@@ -80,6 +84,8 @@ export class LayerFile {
   #unsynced = false;
   #mapWrites = 0;
   #mapIdle: Array<() => void> = [];
+  /** Records waiting for the map write in flight. */
+  readonly #records: Array<{ rec: Buffer; resolve: () => void; reject: (e: Error) => void }> = [];
   readonly #locks = new Map<number, Promise<void>>();
   #closing: Promise<void> | undefined;
 
@@ -182,8 +188,12 @@ export class LayerFile {
     return slot * this.table.geometry.chunkSize + (offset - chunk * this.table.geometry.chunkSize);
   }
 
-  /** Appends the record "granules `[granule, granule+count)` of `chunk` are in `slot`". */
-  async appendRecord(chunk: number, slot: number, granule: number, count: number): Promise<void> {
+  /**
+   * Appends the record "granules `[granule, granule+count)` of `chunk` are in
+   * `slot`"; resolves once it is written. Group commit: one map write at a
+   * time; records that arrive meanwhile go out together in the next one.
+   */
+  appendRecord(chunk: number, slot: number, granule: number, count: number): Promise<void> {
     const rec = Buffer.allocUnsafe(MAP_RECORD_BYTES);
     rec.writeUInt32BE(RECORD_MAGIC, 0);
     rec.writeUInt32BE(this.number % 2 ** 32, 4);
@@ -193,22 +203,42 @@ export class LayerFile {
     rec.writeUInt32BE(granule, 20);
     rec.writeUInt32BE(count, 24);
     rec.writeUInt32BE(crc32(rec.subarray(0, 28)), 28);
-    const at = this.#mapEnd;
-    this.#mapEnd += MAP_RECORD_BYTES;
     this.#unsynced = true;
-    this.#mapWrites++;
-    try {
-      let done = 0;
-      while (done < MAP_RECORD_BYTES) {
-        const { bytesWritten } = await this.#map.write(rec, done, MAP_RECORD_BYTES - done, at + done);
-        if (bytesWritten === 0) throw Object.assign(new Error('short write to the layer map'), { code: 'EIO' });
-        done += bytesWritten;
-      }
-    } catch (error) {
-      throw toBlockMirrorError(error);
-    } finally {
-      if (--this.#mapWrites === 0) for (const f of this.#mapIdle.splice(0)) f();
+    return new Promise<void>((resolve, reject) => {
+      this.#records.push({ rec, resolve, reject });
+      if (this.#mapWrites === 0) this.#writeRecords();
+    });
+  }
+
+  /** Writes every queued record in one positional write, then the next batch. */
+  #writeRecords(): void {
+    const batch = this.#records.splice(0, MAX_RECORD_BATCH);
+    if (batch.length === 0) {
+      for (const f of this.#mapIdle.splice(0)) f();
+      return;
     }
+    const buf = batch.length === 1 ? batch[0]!.rec : Buffer.concat(batch.map((b) => b.rec));
+    const at = this.#mapEnd;
+    this.#mapEnd += buf.length;
+    this.#mapWrites++;
+    let done = 0;
+    const finish = (error: NodeJS.ErrnoException | null): void => {
+      this.#mapWrites--;
+      if (error === null) for (const b of batch) b.resolve();
+      else {
+        const err = toBlockMirrorError(error);
+        for (const b of batch) b.reject(err);
+      }
+      this.#writeRecords();
+    };
+    const onWrite = (error: NodeJS.ErrnoException | null, written: number): void => {
+      if (error !== null) return finish(error);
+      done += written;
+      if (done === buf.length) return finish(null);
+      if (written === 0) return finish(Object.assign(new Error('short write to the layer map'), { code: 'EIO' }));
+      fs.write(this.#map.fd, buf, done, buf.length - done, at + done, onWrite);
+    };
+    fs.write(this.#map.fd, buf, 0, buf.length, at, onWrite);
   }
 
   /** Marks that data was written (a later {@link sync} must flush it). */
@@ -262,7 +292,7 @@ export class LayerFile {
   close(): Promise<void> {
     this.#closing ??= (async () => {
       await this.drained();
-      if (this.#mapWrites > 0) await new Promise<void>((resolve) => this.#mapIdle.push(resolve));
+      if (this.#mapWrites > 0 || this.#records.length > 0) await new Promise<void>((resolve) => this.#mapIdle.push(resolve));
       await this.data.close();
       await this.#map.close();
     })();
