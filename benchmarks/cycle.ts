@@ -13,6 +13,8 @@
  *    plus the same workload on the bare file device for reference.
  *
  * Run: `node --import tsx benchmarks/cycle.ts [--size-mib N] [--write-ms MS] [--keep]`
+ * (`UV_THREADPOOL_SIZE=16` in the environment: the copy's reads and the
+ * foreground writes share libuv's thread pool, 4 threads by default)
  * or through `runCycleBenchmark()`. The target child is this file started with
  * `--serve-target <dir> <size>`.
  *
@@ -68,7 +70,7 @@ export interface CycleBenchRow {
 /** Result of {@link runCycleBenchmark}. */
 export interface CycleBenchResult {
   rows: CycleBenchRow[];
-  settings: { size: number; changedFraction: number; changedBlocks: number; changedBytes: number; writeMs: number; overheadCopyBytes: number; cpus: number; load: number[] };
+  settings: { size: number; changedFraction: number; changedBlocks: number; changedBytes: number; writeMs: number; overheadCopyBytes: number; cpus: number; load: number[]; uvThreadpoolSize: number };
   /**
    * Ratios the issue sets goals for: time to bring the target up to date / rsync time (goal ≤ 0.5; also
    * against rsync followed by a sync, and for the whole cycle), wire bytes / changed bytes (goal ≤ 1.1).
@@ -275,13 +277,14 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
 
     // foreground write overhead
     // bare file device vs layered volume, alternating, median of 3 rounds (the machine's noise hits both alike)
+    // every layered run starts on a fresh active layer, as the writes during a cycle copy do
     const plain = await FileBlockDevice.open(join(dir, 'plain.img'), { size, blockSize: 4096 });
-    await source.freezeNow(); // a fresh active layer, as after any freeze
     const bareRuns: Array<Awaited<ReturnType<typeof writeLoad>>> = [];
     const layeredRuns: Array<Awaited<ReturnType<typeof writeLoad>>> = [];
     for (let round = 0; round < 3; round++) {
       syncAll();
       bareRuns.push(await writeLoad(plain, writeMs));
+      await source.freezeNow(); // a fresh active layer (and a copy of what the previous round wrote)
       syncAll();
       layeredRuns.push(await writeLoad(volume, writeMs));
     }
@@ -297,7 +300,7 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
       mbps: Math.round(idle.mbps),
       p50us: Math.round(idle.p50us),
       p99us: Math.round(idle.p99us),
-      note: `median of 3 (${layeredRuns.map((r) => Math.round(r.mbps)).join(', ')} MB/s), alternating with the bare runs; first round into a fresh layer`,
+      note: `median of 3 (${layeredRuns.map((r) => Math.round(r.mbps)).join(', ')} MB/s), each into a fresh layer, alternating with the bare runs`,
     });
     // dirty `overheadCopyBytes`, then write while a cycle copies it: uncapped, then with a bandwidth cap
     const big = Buffer.allocUnsafe(MiB);
@@ -343,7 +346,7 @@ export async function runCycleBenchmark(options: CycleBenchOptions = {}): Promis
     await duringCycle(`, capped at ${cap / MiB} MiB/s`);
     return {
       rows,
-      settings: { size, changedFraction: fraction, changedBlocks: changed.size, changedBytes, writeMs, overheadCopyBytes, cpus: cpus().length, load: loadavg() },
+      settings: { size, changedFraction: fraction, changedBlocks: changed.size, changedBytes, writeMs, overheadCopyBytes, cpus: cpus().length, load: loadavg(), uvThreadpoolSize: Number(process.env.UV_THREADPOOL_SIZE ?? 4) },
       goals: {
         timeVsRsync: ratio(committedMs, rsyncMs),
         timeVsDurableRsync: ratio(committedMs, durableRsyncMs),
