@@ -20,7 +20,7 @@
 import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
-import { readStateFile, writeStateFile } from './atomic-file.js';
+import { readStateFile, writeStateFile } from '../storage/state-file.js';
 import type { LayeredVolume } from './layered-volume.js';
 
 const log = createDebug('blockmirror:cycle');

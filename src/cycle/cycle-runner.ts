@@ -28,7 +28,7 @@ import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import type { VolumeOffer } from '../codec/messages.js';
-import { readStateFile, writeStateFile } from './atomic-file.js';
+import { readStateFile, writeStateFile } from '../storage/state-file.js';
 import { ConsistencyGroup } from './consistency-group.js';
 import { CycleLink, cycleVolumeOffer, type CycleLinkState } from './cycle-link.js';
 import type { LayeredVolume, LayeredVolumeStatus } from './layered-volume.js';

@@ -31,7 +31,7 @@ import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { FileBlockDevice } from '../device/file-device.js';
 import { FreezeTable } from './freeze-table.js';
 import type { CycleGeometry } from './geometry.js';
-import { removeFile, syncDirectory } from './atomic-file.js';
+import { removeFile, syncDirectory } from '../storage/state-file.js';
 
 /** Bytes of the map file header. */
 export const MAP_HEADER_BYTES = 4096;

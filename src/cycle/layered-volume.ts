@@ -32,7 +32,7 @@ import { BlockMirrorError } from '../errors.js';
 import type { BlockDevice, BlockDeviceSupports, WriteOptions } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
 import { checkRange, checkWriteData } from '../device/range.js';
-import { readStateFile, removeFile, writeStateFile } from './atomic-file.js';
+import { readStateFile, removeFile, writeStateFile } from '../storage/state-file.js';
 import { FreezeTable } from './freeze-table.js';
 import { DEFAULT_CHUNK_SIZE, cycleGeometry, type CycleGeometry } from './geometry.js';
 import { LayerFile, layerPaths } from './layer-file.js';

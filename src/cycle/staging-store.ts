@@ -35,7 +35,7 @@ import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
-import { readStateFile, removeFile, syncDirectory, writeStateFile } from './atomic-file.js';
+import { readStateFile, removeFile, syncDirectory, writeStateFile } from '../storage/state-file.js';
 import { FreezeTable } from './freeze-table.js';
 import { cycleGeometry, runLength, type CycleGeometry } from './geometry.js';
 

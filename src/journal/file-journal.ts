@@ -27,6 +27,7 @@
  * @module
  */
 
+import { syncDirectory } from '../storage/state-file.js';
 import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
 import { dirname } from 'node:path';
@@ -232,14 +233,10 @@ function closeFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
 }
 
-async function syncDirectory(path: string): Promise<void> {
+/** Makes the creation of `path` durable (best effort: some file systems refuse a directory fsync). */
+async function syncParent(path: string): Promise<void> {
   try {
-    const handle = await fs.promises.open(dirname(path), 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncDirectory(dirname(path));
   } catch (error) {
     debug('directory fsync of %s not possible: %s', path, (error as Error).message);
   }
@@ -433,7 +430,7 @@ export class FileJournal implements Journal {
           }
         }
       }
-      if (created) await syncDirectory(path);
+      if (created) await syncParent(path);
       const journal = new FileJournal(path, fd, superblock, recovery, settings);
       debug('%s: open, epoch %d, %d records recovered, lastSeq %d', path, journal.#epoch, recovery.records.length, recovery.lastSeq);
       // The new epoch must be durable before any record of it is written.

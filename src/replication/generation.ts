@@ -9,7 +9,7 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { open, readFile, rename } from 'node:fs/promises';
+import { readStateFile, writeStateFile } from '../storage/state-file.js';
 import { BlockMirrorError } from '../errors.js';
 
 /** The generations of a volume. */
@@ -89,7 +89,7 @@ export class MemoryGenerationStore implements GenerationStore {
   }
 }
 
-/** Generations in a small JSON file, replaced atomically (temporary file, fsync, rename). */
+/** Generations in a small state file (JSON + CRC), replaced atomically and durably. */
 export class FileGenerationStore implements GenerationStore {
   readonly path: string;
 
@@ -99,35 +99,15 @@ export class FileGenerationStore implements GenerationStore {
   }
 
   async load(): Promise<GenerationState | undefined> {
-    let text: string;
-    try {
-      text = await readFile(this.path, 'utf8');
-    } catch (error) {
-      if ((error as { code?: string }).code === 'ENOENT') return undefined;
-      throw error;
-    }
-    let parsed: unknown;
-    try {
-      parsed = JSON.parse(text);
-    } catch (error) {
-      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `generation file ${this.path} is not valid JSON`, { cause: error });
-    }
-    const p = parsed as Partial<GenerationState> | null;
-    if (p === null || !isGenerationId(p.current) || !Array.isArray(p.history) || !p.history.every(isGenerationId)) {
+    const p = (await readStateFile(this.path)) as Partial<GenerationState> | undefined;
+    if (p === undefined) return undefined;
+    if (p === null || typeof p !== 'object' || !isGenerationId(p.current) || !Array.isArray(p.history) || !p.history.every(isGenerationId)) {
       throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `generation file ${this.path} has no valid generation ids`);
     }
     return { current: p.current, history: p.history.slice(0, MAX_HISTORY) };
   }
 
-  async save(state: GenerationState): Promise<void> {
-    const tmp = `${this.path}.tmp`;
-    const fh = await open(tmp, 'w');
-    try {
-      await fh.writeFile(`${JSON.stringify({ current: state.current, history: state.history })}\n`);
-      await fh.sync();
-    } finally {
-      await fh.close();
-    }
-    await rename(tmp, this.path);
+  save(state: GenerationState): Promise<void> {
+    return writeStateFile(this.path, { current: state.current, history: state.history });
   }
 }

@@ -6,31 +6,23 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { open, readFile, rename } from 'node:fs/promises';
+import { readStateFile, writeStateFile } from '../storage/state-file.js';
 
 /**
  * Returns the stream id stored at `path` when `keep` (the journal holds
  * requests of that stream) and the file is valid; otherwise creates a new id
- * and stores it durably (write to a temporary file, fsync, rename).
+ * and stores it durably.
  */
 export async function loadStream(path: string, keep: boolean): Promise<string> {
   if (keep) {
     try {
-      const stored = JSON.parse(await readFile(path, 'utf8')) as { stream?: unknown };
-      if (typeof stored.stream === 'string' && /^[0-9a-f]{16,64}$/.test(stored.stream)) return stored.stream;
+      const stored = (await readStateFile(path)) as { stream?: unknown } | undefined;
+      if (typeof stored?.stream === 'string' && /^[0-9a-f]{16,64}$/.test(stored.stream)) return stored.stream;
     } catch {
-      // missing or unreadable: start a new stream
+      // damaged: start a new stream (the target then starts from the acknowledged base)
     }
   }
   const stream = randomBytes(8).toString('hex');
-  const tmp = `${path}.tmp`;
-  const fh = await open(tmp, 'w');
-  try {
-    await fh.writeFile(JSON.stringify({ stream, created: new Date().toISOString() }));
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  await rename(tmp, path);
+  await writeStateFile(path, { stream, created: new Date().toISOString() });
   return stream;
 }

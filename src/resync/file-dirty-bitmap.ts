@@ -27,6 +27,7 @@
  * @module
  */
 
+import { syncDirectory } from '../storage/state-file.js';
 import { randomInt } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
@@ -181,14 +182,10 @@ async function allZeroFrom(fd: FileHandle, position: number, end: number): Promi
   return true;
 }
 
-async function syncDirectory(path: string): Promise<void> {
+/** Makes the creation of `path` durable (best effort: some file systems refuse a directory fsync). */
+async function syncParent(path: string): Promise<void> {
   try {
-    const handle = await fsp.open(dirname(path), 'r');
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncDirectory(dirname(path));
   } catch (error) {
     debug('directory fsync of %s not possible: %s', path, (error as Error).message);
   }
@@ -406,7 +403,7 @@ export class FileDirtyBitmap extends MemoryDirtyBitmap implements DirtyBitmap {
       }
       // Marks the file in use (not cleanly closed) and makes size, pages and header durable.
       await bitmap.#writeHeader(false);
-      if (created) await syncDirectory(path);
+      if (created) await syncParent(path);
       debug('%s: open, generation %d, %d dirty regions, clean %s', path, bitmap.#generation, bitmap.dirtyCount, bitmap.#cleanOpen);
       return bitmap;
     } catch (error) {
