@@ -31,12 +31,13 @@ import { parseArgs } from 'node:util';
 import { runCodecBenchmark } from './codec.js';
 import { runJournalBenchmark } from './journal.js';
 import { runReplayBenchmark } from './replay.js';
+import { runCycleBenchmark } from './cycle.js';
 import { runWriteBenchmark, WRITE_CONFIGS, type WriteBenchOptions, type WriteConfig, type WriteWorkload } from './write.js';
 import { NBD_CONFIGS, NBD_JOBS, runNbdBenchmark, type NbdBenchOptions, type NbdConfig } from './nbd.js';
 import { runResyncBenchmark } from './resync.js';
 import { BENCH_DIR, formatTable, machineInfo, type MachineInfo } from './util.js';
 
-const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync'] as const;
+const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync', 'cycle'] as const;
 type Suite = (typeof SUITES)[number];
 
 /** What a suite run stores in its JSON file and in latest.json. */
@@ -149,6 +150,10 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     case 'journal': {
       const durationMs = int(values['journal-ms'], '--journal-ms') ?? (quick ? 300 : 1500);
       return { rows: await runJournalBenchmark({ durationMs }), options: { durationMs } };
+    }
+    case 'cycle': {
+      const r = await runCycleBenchmark(quick ? { size: 128 * 2 ** 20, writeMs: 500 } : {});
+      return { rows: r.rows, details: { goals: r.goals }, options: r.settings };
     }
     case 'replay': {
       const sizeMiB = quick ? 64 : 512;

@@ -140,3 +140,32 @@ export {
 } from './replication/generation.js';
 export type { GenerationState, GenerationStore, Lineage } from './replication/generation.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
+
+// freeze/copy cycles (standalone source/target; not yet a Primary mode)
+export { LayeredVolume } from './cycle/layered-volume.js';
+export type { LayeredVolumeOptions, LayeredVolumeStatus, LayerStatus, LayeredVolumeHooks } from './cycle/layered-volume.js';
+export { FreezeTable } from './cycle/freeze-table.js';
+export type { GranuleRun } from './cycle/freeze-table.js';
+export { cycleGeometry, DEFAULT_CHUNK_SIZE, DEFAULT_GRANULARITY } from './cycle/geometry.js';
+export type { CycleGeometry } from './cycle/geometry.js';
+export { ConsistencyGroup } from './cycle/consistency-group.js';
+export type { GroupMember, GroupFreeze, ConsistencyGroupOptions } from './cycle/consistency-group.js';
+export { createCycleSource, CycleSource } from './cycle/cycle-runner.js';
+export type {
+  CycleSourceOptions,
+  CycleSourceStatus,
+  CycleSourceEvents,
+  CycleTargetConfig,
+  CycleTargetProgress,
+  CycleResult,
+  CycleTargetResult,
+  CyclePhase,
+} from './cycle/cycle-runner.js';
+export { createCycleTarget, CycleTarget, CycleTargetVolume } from './cycle/cycle-target.js';
+export type { CycleTargetOptions, CycleTargetStatus, CycleTargetVolumeStatus, CycleTargetEvents } from './cycle/cycle-target.js';
+
+export type { TargetImageState, StagingStoreHooks } from './cycle/staging-store.js';
+
+export type { CycleLinkState } from './cycle/cycle-link.js';
+export type { TransferStats } from './cycle/transfer.js';
+export type { CycleBeginHeader, CycleVolumePlan, CycleTableHeader, CycleDataHeader, CycleCommitHeader, CycleAckHeader } from './cycle/messages.js';

@@ -32,7 +32,7 @@ export function cycleVolumeOffer(name: string, volume: { size: number; blockSize
   return offer;
 }
 
-/** State of a {@link CycleLink}. */
+/** State of a `CycleLink` (one source-to-target connection of a cycle source). */
 export type CycleLinkState = 'connecting' | 'up' | 'down' | 'closed';
 
 /** Options of a {@link CycleLink}. */

@@ -55,7 +55,7 @@ export interface TargetImageState {
   seeding: boolean;
 }
 
-/** Test hooks of a {@link StagingStore}. */
+/** Test hooks of a `StagingStore` (the target-side staging area of a cycle). */
 export interface StagingStoreHooks {
   /** After the commit marker is durable, before the first image write of the merge. */
   mergeStart?(info: { to: number; volumes: string[] }): void | Promise<void>;
