@@ -25,6 +25,7 @@ const columns: Record<string, [string, string][]> = {
   write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op']],
   nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsNbdkit', '× nbdkit'], ['p50VsNbdkit', 'p50 × nbdkit']],
   resync: [],
+  cycle: [['measure', 'measure'], ['ms', 'ms'], ['wireBytes', 'bytes on the wire'], ['mbps', 'MB/s'], ['note', 'note']],
 };
 
 const titles: Record<string, string> = {
@@ -34,6 +35,7 @@ const titles: Record<string, string> = {
   write: 'Mirrored writes through the API, target in a separate process on loopback, vs unmirrored writes to the same kind of file',
   nbd: 'fio (`--ioengine=nbd`) against `nbdkit file` and our NBD export (unmirrored, async-, sync-mirrored)',
   resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
+  cycle: 'Freeze/copy cycle: 1 GiB volume, 1 % random 4 KiB blocks changed, vs rsync of the same images; foreground writes during a cycle',
 };
 
 function cell(v: unknown): string {
