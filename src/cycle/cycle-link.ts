@@ -17,7 +17,7 @@ import { parseError, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
 import { parseCycleAck } from './messages.js';
-import { RateLimiter } from './rate-limiter.js';
+import { RateLimiter } from '../resync/rate-limiter.js';
 import { planTransfer, sendTransfer, type PlannedVolume, type TransferPlan, type TransferStats } from './transfer.js';
 
 const log = createDebug('blockmirror:cycle');
@@ -71,6 +71,8 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
   readonly #o: CycleLinkOptions;
   readonly #session = randomUUID();
   readonly #limiter: RateLimiter | undefined;
+  /** Aborted (and replaced) when the connection goes: bandwidth waits of the dead transfer end. */
+  #waits = new AbortController();
   #conn: FramedConnection | undefined;
   #state: CycleLinkState = 'connecting';
   #attempt = 0;
@@ -89,7 +91,10 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     this.#o = options;
     this.name = options.name;
     this.address = options.address;
-    this.#limiter = options.bandwidth === undefined ? undefined : new RateLimiter(options.bandwidth, options.clock);
+    this.#limiter =
+      options.bandwidth === undefined
+        ? undefined
+        : new RateLimiter({ bytesPerSecond: options.bandwidth, burst: Math.max(64 * 1024, options.bandwidth / 10), clock: options.clock });
   }
 
   get state(): CycleLinkState {
@@ -168,7 +173,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     const err = error ?? new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `the connection to cycle target ${this.name} closed`);
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
-    this.#limiter?.cancel();
+    this.#cancelWaits(err);
     if (this.#state === 'closed') return;
     this.lastError = err;
     this.#setState('down', err);
@@ -236,7 +241,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
         limits: this.#o.limits,
         payloadChecksum: this.#o.payloadChecksum,
         maxPayload: this.#o.maxPayload,
-        limiter: this.#limiter,
+        limiter: this.#limiter === undefined ? undefined : { take: (bytes: number) => this.#limiter!.take(bytes, { signal: this.#waits.signal }) },
       }).catch((error: unknown) => {
         this.#pending.delete(id);
         const err = toBlockMirrorError(error);
@@ -284,7 +289,14 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     const err = new BlockMirrorError('BM_ERR_CLOSED', 'the cycle source is closed');
     for (const p of this.#pending.values()) p.reject(err);
     this.#pending.clear();
-    this.#limiter?.cancel();
+    this.#cancelWaits(err);
+    this.#limiter?.close();
     conn?.destroy(err);
+  }
+
+  /** Ends every bandwidth wait of the current transfer with `error`. */
+  #cancelWaits(error: BlockMirrorError): void {
+    this.#waits.abort(error);
+    this.#waits = new AbortController();
   }
 }

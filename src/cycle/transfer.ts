@@ -13,7 +13,6 @@ import type { FramedConnection } from '../link/framed-connection.js';
 import { FreezeTable, type GranuleRun } from './freeze-table.js';
 import type { LayeredVolume } from './layered-volume.js';
 import type { CycleBeginHeader } from './messages.js';
-import type { RateLimiter } from './rate-limiter.js';
 
 /** One volume of a transfer. */
 export interface TransferVolume {
@@ -60,7 +59,7 @@ export interface SendTransferOptions {
   maxPayload?: number;
   /** Reads in flight ahead of the sends (default 8). */
   readAhead?: number;
-  limiter?: RateLimiter | undefined;
+  limiter?: { take(bytes: number): Promise<void> } | undefined;
 }
 
 function closed(): BlockMirrorError {
