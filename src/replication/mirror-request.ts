@@ -37,6 +37,8 @@ export interface MirrorRequest {
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
   /** A resync write: not journaled, nobody waits for it but the resync. */
   resync: boolean;
+  /** Bytes this request holds of the volume's async lag budget (0 if none). */
+  lag?: number;
   /** Hash algorithm of a `hash` request. */
   alg?: string;
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */

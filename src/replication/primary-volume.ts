@@ -112,6 +112,8 @@ export interface ReplicationLink {
   retryDelay(attempt: number): number;
   /** Sync writes while the link is down: `degrade` (complete locally) or `suspend` (hold until the link is back or the timeout). */
   readonly outagePolicy: 'degrade' | 'suspend';
+  /** Async mode: bytes written locally and not yet acknowledged by the target before new writes wait (0: no limit). */
+  readonly maxAsyncLag: number;
 }
 
 /** Options of write/zero. */
@@ -150,6 +152,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly #needs: MemoryDirtyBitmap;
   /** Regions written or resynced since the bitmap was last cleaned. */
   readonly #touched = new Set<number>();
+  /** Async bytes admitted and not yet acknowledged (back-pressure budget). */
+  #lagBytes = 0;
+  #lagWaiters: Array<() => void> = [];
   /** Seq of the latest resync write (sync-mode writes are ordered after it). */
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
@@ -311,6 +316,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       await this.#local(kind, offset, length, data, fua);
       return { mirror: 'not-mirrored' };
     }
+    let lag = 0;
+    if (this.mode === 'async' && kind === 'write') {
+      const waiting = this.#lagGate();
+      if (waiting !== undefined) await waiting;
+      lag = length;
+      this.#lagBytes += lag;
+    }
+    let enqueued = false;
     const held = this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
@@ -333,6 +346,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const copy = data === undefined ? undefined : Buffer.from(data);
         const req = this.#request(kind, seq, offset, length, copy, fua, barrier);
         req.owned = true;
+        req.lag = lag;
+        enqueued = true;
         const journaled = this.#journalOne(req);
         if (journaled !== undefined) {
           try {
@@ -363,6 +378,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       return result;
     } finally {
       release();
+      if (lag > 0 && !enqueued) this.#returnLag(lag);
     }
   }
 
@@ -499,6 +515,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const onAck = req.onAck;
     req.onAck = undefined;
     onAck?.(digest);
+    if (req.lag !== undefined && req.lag > 0) {
+      this.#returnLag(req.lag);
+      req.lag = 0;
+    }
     if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.delete(req);
     else if (this.#outstanding.delete(req.seq)) {
       if (req.kind === 'write') {
@@ -585,7 +605,33 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#updateState();
   }
 
+  /**
+   * Async back-pressure: while the link is up and more than `maxAsyncLag`
+   * bytes wait for the target, a new write waits (resolves undefined when it
+   * need not). While the link is down writes never wait: the journal (then the
+   * bitmap) absorbs them.
+   */
+  #lagGate(): Promise<void> | undefined {
+    const limit = this.#link.maxAsyncLag;
+    if (limit === 0 || this.#lagBytes < limit || !this.#link.up || this.#closed) return undefined;
+    return new Promise<void>((resolve) => this.#lagWaiters.push(resolve)).then(() => this.#lagGate());
+  }
+
+  #returnLag(bytes: number): void {
+    this.#lagBytes -= bytes;
+    this.#openLagGate();
+  }
+
+  #openLagGate(): void {
+    if (this.#lagWaiters.length === 0) return;
+    if (this.#lagBytes >= this.#link.maxAsyncLag && this.#link.up && !this.#closed) return;
+    const waiters = this.#lagWaiters;
+    this.#lagWaiters = [];
+    for (const w of waiters) w();
+  }
+
   #updateState(): void {
+    this.#openLagGate();
     if (this.mode === 'local') return;
     if (this.#splitBrain) {
       this.#setState('split-brain');
@@ -660,6 +706,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Stops accepting requests; waiting callers are told the mirror failed. @internal */
   shutdown(): void {
     this.#closed = true;
+    this.#openLagGate();
     for (const t of this.#retryTimers) this.#link.clock.clearTimeout(t);
     this.#retryTimers.clear();
     for (const req of this.#outstanding.values()) this.#degrade(req, closedError(this.name));

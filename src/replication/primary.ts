@@ -124,6 +124,13 @@ export interface PrimaryOptions {
   heartbeatBind?: TransportAddress;
   /** Bitmap resync, initial sync and verify settings. */
   resync?: ResyncOptions;
+  /**
+   * Async volumes: when this many bytes wait for the target's acknowledgement
+   * while the link is up, new writes wait (back-pressure), so the mirror lags
+   * by a bounded amount instead of filling the journal. 0 = no limit. Default
+   * 64 MiB. While the link is down writes never wait.
+   */
+  maxAsyncLag?: number;
 }
 
 /**
@@ -302,6 +309,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
       outagePolicy,
+      maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
     };
 
     if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');

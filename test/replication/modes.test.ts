@@ -181,3 +181,37 @@ test('requests out of range or misaligned are refused before anything is written
     await pair.close();
   }
 });
+
+test('async back-pressure: with maxAsyncLag, writes wait while that many bytes wait for the target (link up), and never while the link is down', async () => {
+  const held = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  const network = new MemoryNetwork();
+  const link = { heartbeatInterval: 10, staleAfter: 60, probation: 20 };
+  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: held }], {
+    target: { transport: network.transport({ host: '10.9.0.2' }), listen: { host: '10.9.0.2', port: 0 }, ...link },
+    primary: { transport: network.transport({ host: '10.9.0.1' }), maxAsyncLag: 64 * KiB, ...link },
+  });
+  try {
+    held.hold();
+    let resolved = 0;
+    const writes = Array.from({ length: 32 }, (_, i) => pair.primary.volume('v').write(i * 4 * KiB, Buffer.alloc(4 * KiB, i + 1)).then(() => resolved++));
+    while (held.count('write') < 16) await once(held, 'op');
+    for (let i = 0; i < 20; i++) await turn();
+    assert.equal(resolved, 16, '64 KiB of 4 KiB writes admitted, the rest wait for acknowledgements');
+    held.release();
+    await Promise.all(writes);
+    await pair.primary.drain();
+    assert.equal(await imagesEqual(pair, 'v'), true);
+    // link down: the journal absorbs, nobody waits
+    network.partition('10.9.0.1', '10.9.0.2');
+    for (const l of network.links) if (!l.closed) l.cut();
+    while (pair.primary.link !== 'down') await once(pair.primary, 'link');
+    for (let i = 0; i < 64; i++) await pair.primary.volume('v').write(i * 4 * KiB, Buffer.alloc(4 * KiB, 0xcc));
+    assert.ok(pair.primary.volume('v').status().pendingBytes >= 256 * KiB);
+    network.heal('10.9.0.1', '10.9.0.2');
+    await pair.primary.drain(20000);
+    assert.equal(await imagesEqual(pair, 'v'), true);
+  } finally {
+    held.release();
+    await pair.close();
+  }
+});
