@@ -54,6 +54,8 @@ export interface PrimaryConfig extends ServerConfig {
   connections?: number;
   /** `--journal DIR`. */
   journalDir?: string;
+  /** `--no-payload-checksum`: send mirrored data without CRC-32. */
+  noPayloadChecksum?: boolean;
   /** `--drain-timeout MS`: how long shutdown waits for pending mirror requests (default 10000). */
   drainTimeout: number;
 }
@@ -124,7 +126,7 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--mode sync|async|cycle] [--connections N] [--journal DIR]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
-                          [--drain-timeout MS]
+                          [--drain-timeout MS] [--no-payload-checksum]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
@@ -147,6 +149,8 @@ ${VOLUME_HELP}
   --stale-after MS           a link without heartbeats for MS is down (default 4000)
   --probation MS             a returning link is on probation for MS (default 10000)
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
+  --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
+                             TCP checksums still apply; headers keep their CRC)
 
 Prints "listening [nbd=HOST:PORT] [admin=HOST:PORT] peer=HOST:PORT" once ready and
 "link up|down|… peer=HOST:PORT" when the link changes.
@@ -354,6 +358,7 @@ function parsePrimary(argv: string[]): Command {
     connections: { type: 'string' },
     journal: { type: 'string' },
     'drain-timeout': { type: 'string' },
+    'no-payload-checksum': { type: 'boolean' },
   });
   if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
   const peer = parseHostPort(required(values, 'peer', 'primary'), '--peer', false);
@@ -380,6 +385,7 @@ function parsePrimary(argv: string[]): Command {
     if (journal.length === 0) throw usageError('--journal: empty directory path');
     config.journalDir = journal;
   }
+  if (values['no-payload-checksum'] === true) config.noPayloadChecksum = true;
   const drain = str(values, 'drain-timeout');
   if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');
   return { kind: 'primary', config };

@@ -35,6 +35,7 @@ export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsI
   if (input.retryDelay !== undefined) options.retryDelay = input.retryDelay;
   linkTimers(config, options);
   if (config.journalDir !== undefined) options.journal = { dir: config.journalDir };
+  if (config.noPayloadChecksum === true) options.payloadChecksum = false;
   return options;
 }
 

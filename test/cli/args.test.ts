@@ -66,6 +66,8 @@ describe('CLI arguments', () => {
       probation: 10000,
       drainTimeout: 2000,
     });
+    const noCrc = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--no-payload-checksum']);
+    assert.equal(noCrc.kind === 'primary' ? noCrc.config.noPayloadChecksum : undefined, true);
     const minimal = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img']);
     assert.deepEqual(minimal.kind === 'primary' ? minimal.config : undefined, {
       volumes: [{ name: 'a', path: '/a.img' }],
@@ -119,6 +121,8 @@ describe('CLI arguments', () => {
     assert.equal(options.waitForConnection, false, 'serve while connecting');
     assert.deepEqual(options.journal, { dir: '/j' });
     assert.deepEqual([options.heartbeatInterval, options.staleAfter, options.probation], [100, 400, 50]);
+    assert.equal(options.payloadChecksum, undefined, 'payload CRC on by default');
+    assert.equal(primaryOptionsFrom({ ...config, noPayloadChecksum: true }, { devices: new Map([['a', a], ['b', b]]) }).payloadChecksum, false);
     const t = mirrorTargetOptionsFrom(
       { listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'a', path: '/a' }], probation: 70 },
       { devices: new Map([['a', a]]) },
