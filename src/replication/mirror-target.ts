@@ -26,7 +26,7 @@ import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/
 import { ApplyOrder } from './apply-order.js';
 import { MemoryGenerationStore, compareGenerations, type GenerationState, type GenerationStore } from './generation.js';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
-import { checkAddress } from './primary.js';
+import { checkAddress } from '../transport/address.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
 import { zeroDevice } from './primary-volume.js';
 

@@ -14,6 +14,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
+import { checkAddress } from '../transport/address.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
 import { parseAck, parseError, parseHashAck, type HashAckHeader, type VolumeOffer } from '../codec/messages.js';
 import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
@@ -879,16 +880,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
 function invalid(message: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
 }
-
-function checkAddress(a: unknown, what: string): TransportAddress {
-  const r = a as TransportAddress | null;
-  if (r === null || typeof r !== 'object' || typeof r.host !== 'string' || !Number.isInteger(r.port) || r.port < 0 || r.port > 65535) {
-    throw invalid(`${what} must be { host: string, port: 0…65535 }`);
-  }
-  return { host: r.host, port: r.port };
-}
-
-export { checkAddress };
 
 /**
  * Creates a primary and opens its connection array to `options.peer`.

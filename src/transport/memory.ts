@@ -42,6 +42,7 @@ import type {
   TransportServerEvents,
   TransportSupports,
 } from './transport.js';
+import { checkAddress } from './address.js';
 
 const log = debug('blockmirror:transport');
 
@@ -209,15 +210,6 @@ export function seededRandom(seed: number): () => number {
 
 function invalid(message: string, details?: Record<string, unknown>): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message, details === undefined ? {} : { details });
-}
-
-function checkAddress(address: TransportAddress, what: string): void {
-  if (address === null || typeof address !== 'object' || typeof address.host !== 'string' || address.host === '') {
-    throw invalid(`${what}: address.host must be a non-empty string`);
-  }
-  if (!Number.isInteger(address.port) || address.port < 0 || address.port > 65535) {
-    throw invalid(`${what}: address.port must be an integer in 0..65535`, { port: address.port });
-  }
 }
 
 function checkRate(value: number | undefined, name: string): number {

@@ -29,6 +29,7 @@ import type {
   TransportServerEvents,
   TransportSupports,
 } from './transport.js';
+import { checkAddress } from './address.js';
 
 const log = debug('blockmirror:transport');
 
@@ -67,17 +68,6 @@ export interface SocketSettings {
   readonly noDelay: boolean;
   readonly keepAlive: boolean | number;
   readonly highWaterMark: number;
-}
-
-function checkAddress(address: TransportAddress, what: string): void {
-  if (address === null || typeof address !== 'object' || typeof address.host !== 'string' || address.host === '') {
-    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `${what}: address.host must be a non-empty string`);
-  }
-  if (!Number.isInteger(address.port) || address.port < 0 || address.port > 65535) {
-    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `${what}: address.port must be an integer in 0..65535`, {
-      details: { port: address.port },
-    });
-  }
 }
 
 function checkNonNegative(value: number | undefined, name: string): void {
