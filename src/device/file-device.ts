@@ -4,6 +4,7 @@
  * @module
  */
 
+import { zeroBuffer } from './zero.js';
 import fs from 'node:fs';
 import { promisify } from 'node:util';
 import createDebug from 'debug';
@@ -21,14 +22,6 @@ const unlinkAsync = promisify(fs.unlink);
 
 const FILE_SUPPORTS: BlockDeviceSupports = Object.freeze({ trim: true, flush: true, fua: true, reopen: true });
 
-/** Largest zero buffer `trim()` writes at once. */
-const TRIM_CHUNK = 1024 * 1024;
-let zeroChunk: Buffer | undefined;
-/** A shared, never-modified buffer of zeroes (allocated on the first trim). */
-function zeroes(): Buffer {
-  zeroChunk ??= Buffer.alloc(TRIM_CHUNK);
-  return zeroChunk;
-}
 
 /** Options of {@link FileBlockDevice.open}. */
 /** Largest write done inline (see {@link FileBlockDeviceOptions.inlineWrites}). */
@@ -300,7 +293,7 @@ export class FileBlockDevice implements BlockDevice {
     }
     if (this.readOnly) return Promise.reject(this.#readOnlyError('trim', offset, length));
     if (length === 0) return Promise.resolve();
-    const zero = zeroes();
+    const zero = zeroBuffer();
     this.#inFlight++;
     return new Promise<void>((resolve, reject) => {
       let done = 0;

@@ -7,6 +7,7 @@
  *
  * @module
  */
+import { writeZeroes } from '../device/zero.js';
 import net from 'node:net';
 import createDebug from 'debug';
 import { EventEmitter } from 'eventemitter3';
@@ -198,18 +199,10 @@ const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 const DEFAULT_MAX_IN_FLIGHT = 64;
 const DEFAULT_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_TIMEOUT = 5_000;
-/** Largest buffer of zeroes written at once when a backend lacks `writeZeroes`. */
-const ZERO_CHUNK = 1024 * 1024;
 /** Largest error message sent in a structured error chunk or option error reply. */
 const MAX_MESSAGE = 1024;
 
 const EMPTY = Buffer.alloc(0);
-let zeroChunk: Buffer | undefined;
-/** A shared buffer of zeroes that is never modified. */
-function zeroes(): Buffer {
-  zeroChunk ??= Buffer.alloc(ZERO_CHUNK);
-  return zeroChunk;
-}
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
@@ -1152,12 +1145,7 @@ class NbdConnection {
           await backend.writeZeroes(req.offset, req.length, { fua, noHole });
           if (fua && backend.supports?.fua === false) await backend.flush();
         } else {
-          const zero = zeroes();
-          const end = req.offset + req.length;
-          for (let pos = req.offset; pos < end; pos += ZERO_CHUNK) {
-            await backend.write(pos, zero.subarray(0, Math.min(ZERO_CHUNK, end - pos)));
-          }
-          if (fua) await backend.flush();
+          await writeZeroes(backend, req.offset, req.length, fua);
         }
         counters.bytesZeroed += req.length;
         return undefined;

@@ -28,7 +28,7 @@ import { MemoryGenerationStore, compareGenerations, type GenerationState, type G
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
-import { zeroDevice } from './primary-volume.js';
+import { zeroDevice } from '../device/zero.js';
 
 const log = createDebug('blockmirror:target');
 

@@ -10,6 +10,7 @@ import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
+import { zeroDevice } from '../device/zero.js';
 import type { Journal } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
@@ -875,19 +876,3 @@ function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult 
   return r;
 }
 
-const ZERO_CHUNK = 1024 * 1024;
-let zeroes: Buffer | undefined;
-
-/** Zeroes a device range: `trim` when the device supports it, else writes of zeroes. */
-export async function zeroDevice(device: BlockDevice, offset: number, length: number, fua: boolean): Promise<void> {
-  if (device.supports.trim && device.trim !== undefined) {
-    await device.trim(offset, length);
-    if (fua) await device.flush();
-    return;
-  }
-  zeroes ??= Buffer.alloc(ZERO_CHUNK);
-  for (let pos = 0; pos < length; pos += ZERO_CHUNK) {
-    const n = Math.min(ZERO_CHUNK, length - pos);
-    await device.write(offset + pos, zeroes.subarray(0, n), { fua: fua && pos + n >= length });
-  }
-}
