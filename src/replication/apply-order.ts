@@ -34,11 +34,6 @@ export class ApplyOrder {
     return this.#watermark;
   }
 
-  /** Requests waiting for their barrier or running. */
-  get pending(): number {
-    return this.#pending.size;
-  }
-
   /** True if `seq` was applied already. */
   isApplied(seq: number): boolean {
     return seq <= this.#watermark || this.#applied.has(seq);

@@ -16,11 +16,6 @@ interface Held {
 export class RangeLock {
   readonly #held = new Set<Held>();
 
-  /** Number of ranges currently held or waiting. */
-  get size(): number {
-    return this.#held.size;
-  }
-
   /**
    * Registers `[offset, offset + length)` at once (so later overlapping
    * requests queue behind it), waits for every earlier overlapping holder,

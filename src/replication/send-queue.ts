@@ -46,14 +46,6 @@ export class SendQueue {
     this.#items.splice(lo, 0, req);
   }
 
-  /** Removes and returns everything queued. */
-  drain(): MirrorRequest[] {
-    const all = this.#items.slice(this.#head);
-    this.#items = [];
-    this.#head = 0;
-    return all;
-  }
-
   #compact(): void {
     if (this.#head === 0) return;
     this.#items = this.#items.slice(this.#head);
