@@ -31,7 +31,7 @@ import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { formatTable, freePort, median, processCpuMs, round, spawnTsFixture, waitForPort, type JsonChild } from './util.js';
+import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, type JsonChild } from './util.js';
 
 /** Configurations of the NBD benchmark. */
 export const NBD_CONFIGS = ['nbdkit', 'device', 'async', 'sync'] as const;
@@ -219,29 +219,6 @@ interface Server {
   stop: () => Promise<void>;
 }
 
-async function startNbdkit(image: string): Promise<Server> {
-  const port = await freePort();
-  const p = spawn('nbdkit', ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(port), 'file', `file=${image}`], {
-    stdio: ['ignore', 'ignore', 'pipe'],
-  });
-  let stderr = '';
-  p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
-  try {
-    await waitForPort(port);
-  } catch (error) {
-    p.kill('SIGKILL');
-    throw new Error(`nbdkit did not start: ${stderr}`, { cause: error });
-  }
-  return {
-    uri: `nbd://127.0.0.1:${port}`,
-    pid: p.pid,
-    stop: async () => {
-      if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
 
 /**
  * Runs the NBD benchmark. Creates its images under a fresh temp directory
@@ -286,7 +263,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const image = join(dir, 'nbdkit.img');
         writeFileSync(image, '');
         truncateSync(image, imageSize);
-        servers.set(config, await startNbdkit(image));
+        servers.set(config, await startNbdkit(image, false));
         continue;
       }
       const { child, ready } = await spawnTsFixture<{ port: number; adapter: string }>(

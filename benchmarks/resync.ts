@@ -34,7 +34,7 @@ import { Primary, type PrimaryOptions } from '../src/replication/primary.js';
 import { TcpConnection, TcpTransport } from '../src/transport/tcp.js';
 import type { ConnectOptions, DatagramChannel, Transport, TransportAddress, TransportServer, TransportSupports } from '../src/transport/transport.js';
 import type { ResyncResult } from '../src/replication/resync-runner.js';
-import { formatTable, freePort, median, processCpuMs, round, spawnTsFixture, waitForPort, type JsonChild } from './util.js';
+import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, type JsonChild } from './util.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -229,32 +229,6 @@ function run(cmd: string, args: string[]): Promise<string> {
   });
 }
 
-/** Starts `nbdkit file` on a free loopback port; resolves with its URI and a stop function. */
-async function startNbdkit(image: string, readonly: boolean): Promise<{ uri: string; pid: number | undefined; stop: () => Promise<void> }> {
-  const port = await freePort();
-  const args = ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(port)];
-  if (readonly) args.push('--readonly');
-  args.push('file', `file=${image}`);
-  const p = spawn('nbdkit', args, { stdio: ['ignore', 'ignore', 'pipe'] });
-  let stderr = '';
-  p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
-  const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
-  p.once('error', () => {});
-  try {
-    await waitForPort(port);
-  } catch (error) {
-    p.kill('SIGKILL');
-    throw new Error(`nbdkit did not start: ${stderr}`, { cause: error });
-  }
-  return {
-    uri: `nbd://127.0.0.1:${port}`,
-    pid: p.pid,
-    stop: async () => {
-      if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
-      await exited;
-    },
-  };
-}
 
 /** Parses the children's line of bash's `times` ("0m1.234s 0m0.567s"); CPU seconds. */
 function childTimes(out: string): number | null {

@@ -323,3 +323,30 @@ export function formatTable(rows: ReadonlyArray<Record<string, unknown>>, column
   for (const r of rows) out.push(line(cols.map((c) => cell(r[c])), numericCols));
   return out.join('\n');
 }
+
+/** Starts `nbdkit file` on a free loopback port (the C reference server); resolves with its URI and a stop function. */
+export async function startNbdkit(image: string, readonly: boolean): Promise<{ uri: string; pid: number | undefined; stop: () => Promise<void> }> {
+  const port = await freePort();
+  const args = ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(port)];
+  if (readonly) args.push('--readonly');
+  args.push('file', `file=${image}`);
+  const p = spawn('nbdkit', args, { stdio: ['ignore', 'ignore', 'pipe'] });
+  let stderr = '';
+  p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+  const exited = new Promise<void>((resolve) => p.once('exit', () => resolve()));
+  p.once('error', () => {});
+  try {
+    await waitForPort(port);
+  } catch (error) {
+    p.kill('SIGKILL');
+    throw new Error(`nbdkit did not start: ${stderr}`, { cause: error });
+  }
+  return {
+    uri: `nbd://127.0.0.1:${port}`,
+    pid: p.pid,
+    stop: async () => {
+      if (p.exitCode === null && p.signalCode === null) p.kill('SIGTERM');
+      await exited;
+    },
+  };
+}
