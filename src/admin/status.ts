@@ -78,6 +78,8 @@ function bad(message: string): BlockMirrorError {
  *   `mode: 'target'`, `inSync` = a primary is connected to it,
  *   `pendingBytes: 0`, `state` as documented on {@link AdminVolumeStatus},
  *   `replicatedBytes` = `bytesWritten`, `mirrorErrors` = `errors`.
+ * - `role: 'cycle-source'` (`CycleSourceStatus`): becomes a primary's
+ *   status with `mode: 'cycle'` volumes (see `cycleSourceStatus` below).
  * - anything else: must carry `role`, `peers` and `volumes`; missing numeric
  *   fields become 0.
  *
@@ -87,6 +89,7 @@ export function normalizeStatus(raw: unknown): AdminStatus {
   if (!isObj(raw)) throw bad('status() did not return an object');
   const { role, peers, volumes } = raw;
   if (typeof role !== 'string') throw bad('status has no role');
+  if (role === 'cycle-source' && isObj(volumes)) return cycleSourceStatus(raw, volumes);
   if (!Array.isArray(peers)) throw bad('status has no peers array');
   if (!isObj(volumes)) throw bad('status has no volumes object');
 
@@ -99,16 +102,17 @@ export function normalizeStatus(raw: unknown): AdminStatus {
   for (const [name, v] of Object.entries(volumes)) {
     const vol = isObj(v) ? v : {};
     if (role === 'target' && vol.mode === undefined) {
-      const connections = num(vol.connections);
-      const owned = typeof vol.primary === 'string';
+      const cycle = isObj(vol.cycle) ? vol.cycle : {};
+      const connected = num(vol.connections) > 0 || typeof cycle.source === 'string';
+      const owned = typeof vol.primary === 'string' || num(cycle.freeze) > 0 || cycle.seeding === true;
       outVolumes[name] = {
         ...vol,
         mode: 'target',
-        inSync: owned && connections > 0,
+        inSync: owned && connected,
         pendingBytes: 0,
-        state: connections > 0 ? 'mirroring' : owned ? 'disconnected' : 'unclaimed',
+        state: connected ? 'mirroring' : owned ? 'disconnected' : 'unclaimed',
         size: num(vol.size),
-        replicatedBytes: num(vol.bytesWritten),
+        replicatedBytes: num(vol.bytesWritten) + num(cycle.bytesReceived),
         mirrorErrors: num(vol.errors),
       };
     } else {
@@ -125,4 +129,48 @@ export function normalizeStatus(raw: unknown): AdminStatus {
     }
   }
   return { ...raw, role, peers: outPeers, volumes: outVolumes };
+}
+
+/**
+ * A `CycleSourceStatus` as a primary's status: role `primary`, one peer per
+ * target (`link` up/down/connecting; `closed` shows as `down`), and per
+ * volume `mode: 'cycle'`, `inSync` (every target holds the last freeze and
+ * nothing was written since), `pendingBytes` (bytes in layers some target
+ * does not hold yet: an upper bound, a block rewritten in two layers counts
+ * twice), `state` (`in-sync`, `replicating`, or `lagging` while a target is
+ * unreachable), `replicatedBytes` (bytes sent to the targets) and
+ * `mirrorErrors` (failed transfers, each retried). The source's cycle
+ * fields stay at the top level; each volume keeps its layer status.
+ */
+function cycleSourceStatus(raw: Obj, volumes: Obj): AdminStatus {
+  const targets = (Array.isArray(raw.targets) ? raw.targets : []).filter(isObj);
+  const cycle = num(raw.cycle);
+  const held = targets.length === 0 ? 0 : Math.min(...targets.map((t) => num(t.freeze)));
+  const reachable = targets.every((t) => t.link === 'up');
+  const sent = targets.reduce((n, t) => n + num(t.bytesSentTotal), 0);
+  const errors = targets.reduce((n, t) => n + num(t.transferErrors), 0);
+  const outPeers = targets.map((t): AdminPeerStatus => {
+    const peer: AdminPeerStatus = { ...t, address: String(t.address ?? ''), link: t.link === 'closed' ? 'down' : String(t.link ?? 'unknown') };
+    if (typeof t.node === 'string') peer.node = t.node;
+    return peer;
+  });
+  const outVolumes: Record<string, AdminVolumeStatus> = {};
+  for (const [name, v] of Object.entries(volumes)) {
+    const vol = isObj(v) ? v : {};
+    const active = isObj(vol.active) ? num(vol.active.bytes) : 0;
+    const frozen = (Array.isArray(vol.frozen) ? vol.frozen : []).filter(isObj);
+    const pendingBytes = active + frozen.filter((l) => num(l.layer) > held).reduce((n, l) => n + num(l.bytes), 0);
+    const inSync = targets.length > 0 && held === cycle && active === 0 && cycle > 0;
+    outVolumes[name] = {
+      ...vol,
+      mode: 'cycle',
+      inSync,
+      pendingBytes,
+      state: inSync ? 'in-sync' : reachable ? 'replicating' : 'lagging',
+      size: num(vol.size),
+      replicatedBytes: sent,
+      mirrorErrors: errors,
+    };
+  }
+  return { ...raw, role: 'primary', peers: outPeers, volumes: outVolumes };
 }

@@ -43,16 +43,22 @@ export interface ServerConfig {
 /** `blockmirror mirror …` */
 export interface MirrorConfig extends ServerConfig {
   listen: HostPort;
+  /** `--state-dir DIR`: where received freeze/copy cycles are staged (default `<first volume path>.mirror-state`). */
+  stateDir?: string;
 }
 
 /** `blockmirror primary …` */
 export interface PrimaryConfig extends ServerConfig {
   peer: HostPort;
   /** Replication mode of every volume. */
-  mode: 'sync' | 'async';
+  mode: 'sync' | 'async' | 'cycle';
+  /** `--cycle-interval MS` (cycle mode): milliseconds from one freeze to the next. */
+  cycleInterval?: number;
+  /** `--bandwidth SIZE` (cycle mode): bytes per second a cycle may send. */
+  bandwidth?: number;
   /** Connections in the connection array (1…64; library default when absent). */
   connections?: number;
-  /** `--journal DIR`. */
+  /** `--journal DIR` (cycle mode: where the layer files are kept). */
   journalDir?: string;
   /** `--no-payload-checksum`: send mirrored data without CRC-32. */
   noPayloadChecksum?: boolean;
@@ -104,10 +110,12 @@ const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PA
 export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
+                          [--state-dir DIR]
 
 Runs a mirror target. A primary connects to --listen (TCP; heartbeats use UDP
 on the same port number) and mirrors its volumes into the volume files here;
-the primary's volumes must have the same names and sizes.
+the primary's volumes must have the same names and sizes. A primary in
+--mode cycle sends freeze/copy cycles to the same port instead.
 
   --listen HOST:PORT         where primaries connect (PORT alone: 127.0.0.1:PORT)
 ${VOLUME_HELP}
@@ -117,6 +125,8 @@ ${VOLUME_HELP}
   --heartbeat-interval MS    heartbeat period (UDP, default 1500)
   --stale-after MS           a primary without heartbeats for MS is down (default 4000)
   --probation MS             a returning primary is on probation for MS (default 10000)
+  --state-dir DIR            where cycles are staged and committed (created if missing;
+                             default: <first volume path>.mirror-state)
 
 Prints "listening mirror=HOST:PORT [nbd=HOST:PORT] [admin=HOST:PORT]" once ready.
 SIGINT/SIGTERM: flush and close everything, exit 0.
@@ -127,6 +137,7 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
                           [--drain-timeout MS] [--no-payload-checksum]
+                          [--cycle-interval MS] [--bandwidth SIZE]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
@@ -138,10 +149,13 @@ has not acknowledged, and reconnects after a clean heartbeat probation.
 ${VOLUME_HELP}
   --mode sync|async|cycle    sync (default): a write completes once the mirror has it;
                              async: once written locally, the mirror follows in order;
-                             cycle: not implemented yet
+                             cycle: writes complete locally; every --cycle-interval the
+                             volumes are frozen together and the changed blocks copied
+                             (the mirror only ever holds a complete freeze image)
   --connections N            connections to the mirror (1-64, default 4)
   --journal DIR              keep each volume's journal of not-yet-mirrored writes in
-                             DIR/<volume>.journal (survives a restart; default: memory)
+                             DIR/<volume>.journal (survives a restart; default: memory);
+                             cycle: the layer files (default: beside each volume file)
   --nbd HOST:PORT            serve the volumes over NBD (export name = volume name)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE)
@@ -151,6 +165,9 @@ ${VOLUME_HELP}
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
   --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
                              TCP checksums still apply; headers keep their CRC)
+  --cycle-interval MS        cycle mode: time from one freeze to the next (default 60000;
+                             a cycle that takes longer delays the next freeze)
+  --bandwidth SIZE           cycle mode: cap on the bytes per second a cycle sends (64M, 1G)
 
 Prints "listening [nbd=HOST:PORT] [admin=HOST:PORT] peer=HOST:PORT" once ready and
 "link up|down|… peer=HOST:PORT" when the link changes.
@@ -344,10 +361,16 @@ const SERVER_OPTIONS = {
 } as const;
 
 function parseMirror(argv: string[]): Command {
-  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' } });
+  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' }, 'state-dir': { type: 'string' } });
   if (values.help === true) return { kind: 'help', text: MIRROR_HELP };
   const listen = parseHostPort(required(values, 'listen', 'mirror'), '--listen', true);
-  return { kind: 'mirror', config: { ...serverConfig(values, 'mirror'), listen } };
+  const config: MirrorConfig = { ...serverConfig(values, 'mirror'), listen };
+  const stateDir = str(values, 'state-dir');
+  if (stateDir !== undefined) {
+    if (stateDir.length === 0) throw usageError('--state-dir: empty directory path');
+    config.stateDir = stateDir;
+  }
+  return { kind: 'mirror', config };
 }
 
 function parsePrimary(argv: string[]): Command {
@@ -359,14 +382,13 @@ function parsePrimary(argv: string[]): Command {
     journal: { type: 'string' },
     'drain-timeout': { type: 'string' },
     'no-payload-checksum': { type: 'boolean' },
+    'cycle-interval': { type: 'string' },
+    bandwidth: { type: 'string' },
   });
   if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
   const peer = parseHostPort(required(values, 'peer', 'primary'), '--peer', false);
   const modeText = str(values, 'mode') ?? 'sync';
-  if (modeText === 'cycle') {
-    throw usageError('--mode cycle is not implemented yet (use sync or async)', 'BM_ERR_NOT_SUPPORTED');
-  }
-  if (modeText !== 'sync' && modeText !== 'async') throw usageError(`--mode must be sync, async or cycle, got ${JSON.stringify(modeText)}`);
+  if (modeText !== 'sync' && modeText !== 'async' && modeText !== 'cycle') throw usageError(`--mode must be sync, async or cycle, got ${JSON.stringify(modeText)}`);
   const config: PrimaryConfig = {
     ...serverConfig(values, 'primary'),
     peer,
@@ -388,7 +410,32 @@ function parsePrimary(argv: string[]): Command {
   if (values['no-payload-checksum'] === true) config.noPayloadChecksum = true;
   const drain = str(values, 'drain-timeout');
   if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');
+  cycleFlags(values, config);
   return { kind: 'primary', config };
+}
+
+/** `--cycle-interval` and `--bandwidth` (cycle mode only); refuses the per-write flags in cycle mode. */
+function cycleFlags(values: Values, config: PrimaryConfig): void {
+  const interval = str(values, 'cycle-interval');
+  const bandwidth = str(values, 'bandwidth');
+  if (config.mode !== 'cycle') {
+    const stray = interval !== undefined ? '--cycle-interval' : bandwidth !== undefined ? '--bandwidth' : undefined;
+    if (stray !== undefined) throw usageError(`${stray} applies to --mode cycle only`);
+    return;
+  }
+  const perWrite = (['connections', 'heartbeat-interval', 'stale-after', 'probation'] as const).find((f) => values[f] !== undefined);
+  if (perWrite !== undefined) throw usageError(`--${perWrite} applies to --mode sync and async only (a cycle source uses one connection and reconnects by itself)`);
+  if (interval !== undefined) config.cycleInterval = parseMs(interval, '--cycle-interval');
+  if (bandwidth !== undefined) {
+    let bytes: number;
+    try {
+      bytes = parseSize(bandwidth);
+    } catch (error) {
+      throw usageError(`--bandwidth: ${error instanceof Error ? error.message : String(error)}`);
+    }
+    if (bytes < 1) throw usageError('--bandwidth must be at least 1 byte per second');
+    config.bandwidth = bytes;
+  }
 }
 
 function parseStatus(argv: string[]): Command {
@@ -410,8 +457,7 @@ function parseDemo(argv: string[]): Command {
 
 /**
  * Parses the arguments after `blockmirror`.
- * @throws {BlockMirrorError} a usage error (`details.usage`), code `BM_ERR_INVALID_ARGUMENT`
- *   (or `BM_ERR_NOT_SUPPORTED` for `--mode cycle`).
+ * @throws {BlockMirrorError} a usage error (`details.usage`), code `BM_ERR_INVALID_ARGUMENT`.
  */
 export function parseCommandLine(argv: readonly string[]): Command {
   const [first, ...rest] = argv;

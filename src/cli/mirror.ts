@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { mkdir } from 'node:fs/promises';
 import createDebug from 'debug';
 import { createAdminServer } from '../admin/server.js';
 import { NbdServer } from '../nbd/server.js';
@@ -27,7 +28,13 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     resources.add('volumes', () => closeDevices(devices.values()));
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size}`);
 
-    const input: { devices: typeof devices; secret?: string } = { devices };
+    const stateDir = config.stateDir ?? `${config.volumes[0]!.path}.mirror-state`;
+    try {
+      await mkdir(stateDir, { recursive: true });
+    } catch (error) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `cannot create --state-dir ${stateDir}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    }
+    const input: { devices: typeof devices; secret?: string; stateDir: string } = { devices, stateDir };
     if (secret !== undefined) input.secret = secret;
     const target = await createMirrorTarget(mirrorTargetOptionsFrom(config, input));
     resources.add('mirror target', () => target.close());
@@ -39,6 +46,8 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     });
     target.on('connection-error', (error, address) => log('connection from %s failed: %s: %s', address.host, error.code, error.message));
     target.on('write-error', (info) => log('volume %s seq %d: write failed: %s', info.volume, info.seq, info.error.message));
+    target.on('cycle-committed', (info) => say(io, `cycle ${info.to} committed volumes=${info.volumes.join(',')} bytes=${info.bytes} source=${info.source}`));
+    target.on('cycle-error', (info) => log('cycle %d from %s failed: %s', info.to, info.source, info.error.message));
 
     const parts = [`mirror=${formatHostPort(target.address)}`];
     if (config.admin !== undefined) {

@@ -5,6 +5,7 @@
  * @module
  */
 import type { BlockDevice } from '../device/block-device.js';
+import { BlockMirrorError } from '../errors.js';
 import type { PrimaryOptions } from '../replication/primary.js';
 import type { MirrorTargetOptions } from '../replication/mirror-target.js';
 import type { MirrorConfig, PrimaryConfig, ServerConfig } from './args.js';
@@ -25,9 +26,11 @@ export interface PrimaryOptionsInput {
  * volumes while it (re)connects to the mirror.
  */
 export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsInput): PrimaryOptions {
+  const mode = config.mode;
+  if (mode === 'cycle') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', '--mode cycle runs a cycle source, not a per-write primary');
   const options: PrimaryOptions = {
     peer: { host: config.peer.host, port: config.peer.port },
-    volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)!, mode: v.mode ?? config.mode })),
+    volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)!, mode: v.mode ?? mode })),
     waitForConnection: false,
   };
   if (config.connections !== undefined) options.connections = config.connections;
@@ -49,12 +52,13 @@ function linkTimers(config: ServerConfig, options: Pick<PrimaryOptions, 'heartbe
 /** Builds the {@link MirrorTargetOptions} for `blockmirror mirror`. */
 export function mirrorTargetOptionsFrom(
   config: MirrorConfig,
-  input: { devices: ReadonlyMap<string, BlockDevice>; secret?: string },
+  input: { devices: ReadonlyMap<string, BlockDevice>; secret?: string; stateDir?: string },
 ): MirrorTargetOptions {
   const options: MirrorTargetOptions = {
     listen: { host: config.listen.host, port: config.listen.port },
     volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)! })),
   };
+  if (input.stateDir !== undefined) options.cycle = { dir: input.stateDir };
   if (input.secret !== undefined) options.secret = input.secret;
   // heartbeats use UDP on the same port number as `listen`
   linkTimers(config, options);

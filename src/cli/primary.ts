@@ -38,6 +38,7 @@ export const FATAL_PEER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'BM_ERR_UNKNOWN_VOLUME',
   'BM_ERR_AUTH_FAILED',
   'BM_ERR_PROTOCOL_VERSION',
+  'BM_ERR_NOT_SUPPORTED',
 ]);
 
 /** Per-volume write-latency histograms and the observer that feeds them (NBD WRITE only). */

@@ -10,6 +10,7 @@ import { runDemo } from './demo.js';
 import { exitCodeFor, formatError } from './errors.js';
 import { runMirror } from './mirror.js';
 import { runPrimary } from './primary.js';
+import { runCyclePrimary } from './cycle-primary.js';
 import { packageVersion, type CliIo } from './runtime.js';
 import { runStatus } from './status.js';
 
@@ -35,7 +36,7 @@ export async function run(argv: readonly string[], io: CliIo): Promise<number> {
       case 'mirror':
         return await runMirror(command.config, io);
       case 'primary':
-        return await runPrimary(command.config, io);
+        return await (command.config.mode === 'cycle' ? runCyclePrimary(command.config, io) : runPrimary(command.config, io));
       case 'status':
         return await runStatus(command.config, io);
       case 'demo':

@@ -17,6 +17,7 @@ import { parseError, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
 import { parseCycleAck } from './messages.js';
+import { CYCLE_FEATURE } from './cycle-host.js';
 import { RateLimiter } from '../resync/rate-limiter.js';
 import { planTransfer, sendTransfer, type PlannedVolume, type TransferPlan, type TransferStats } from './transfer.js';
 
@@ -62,7 +63,7 @@ export interface CycleLinkEvents {
 }
 
 /** Errors after which reconnecting cannot help until the configuration changes. */
-const FATAL = new Set<string>(['BM_ERR_AUTH_FAILED', 'BM_ERR_VOLUME_MISMATCH', 'BM_ERR_UNKNOWN_VOLUME', 'BM_ERR_PROTOCOL_VERSION']);
+const FATAL = new Set<string>(['BM_ERR_AUTH_FAILED', 'BM_ERR_VOLUME_MISMATCH', 'BM_ERR_UNKNOWN_VOLUME', 'BM_ERR_PROTOCOL_VERSION', 'BM_ERR_NOT_SUPPORTED']);
 
 /** One target of a cycle source: see the module notes. */
 export class CycleLink extends EventEmitter<CycleLinkEvents> {
@@ -126,6 +127,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
         volumes: this.#o.offers(),
         timeout: this.#o.handshakeTimeout,
         clock: this.#o.clock,
+        features: [CYCLE_FEATURE],
       });
       if (this.#isClosed()) {
         conn.destroy();

@@ -112,6 +112,8 @@ export interface CycleTargetProgress {
   bytesSentLastCycle: number;
   /** Bytes sent to it since start. */
   bytesSentTotal: number;
+  /** Transfers to it that failed since start (each is retried). */
+  transferErrors: number;
   lastError?: { code: string; message: string };
 }
 
@@ -193,6 +195,7 @@ interface TargetEntry {
   known: Map<string, number>;
   lastBytes: number;
   totalBytes: number;
+  errors: number;
   lastError: BlockMirrorError | undefined;
   retryTimer: TimerHandle | undefined;
 }
@@ -291,7 +294,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
         bandwidth: options.bandwidth,
         ...(options.maxPayload === undefined ? {} : { maxPayload: options.maxPayload }),
       });
-      const entry: TargetEntry = { config: { address: link.address, name }, link, known: new Map(), lastBytes: 0, totalBytes: 0, lastError: undefined, retryTimer: undefined };
+      const entry: TargetEntry = { config: { address: link.address, name }, link, known: new Map(), lastBytes: 0, totalBytes: 0, errors: 0, lastError: undefined, retryTimer: undefined };
       link.on('state', (state, error) => this.#onLinkState(entry, state, error));
       this.#targets.push(entry);
     }
@@ -460,6 +463,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       const err = toBlockMirrorError(error);
       t.lastError = err;
       t.lastBytes = 0;
+      t.errors++;
       if (t.link.state === 'up') for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
       log('transfer of freeze %d to %s failed: %s', k, name, err.message);
       this.emit('target-error', { target: name, cycle: k, error: err });
@@ -573,6 +577,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
         lagCycles: Math.max(0, k - freeze),
         bytesSentLastCycle: t.lastBytes,
         bytesSentTotal: t.totalBytes,
+        transferErrors: t.errors,
       };
       if (t.lastError !== undefined) p.lastError = { code: t.lastError.code, message: t.lastError.message };
       return p;

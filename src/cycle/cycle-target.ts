@@ -13,12 +13,11 @@ import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
-import { DEFAULT_CODEC_LIMITS, MessageType, type CodecLimits } from '../codec/frame.js';
-import type { ReadyVolume, VolumeOffer } from '../codec/messages.js';
+import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
-import { CycleReceiver } from './cycle-receiver.js';
-import { StagingStore, type StagingStoreHooks, type TargetImageState } from './staging-store.js';
+import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from './cycle-host.js';
+import type { StagingStoreHooks, TargetImageState } from './staging-store.js';
 
 const log = createDebug('blockmirror:cycle');
 
@@ -47,15 +46,9 @@ export interface CycleTargetOptions {
 }
 
 /** Plain-object status of a target volume. */
-export interface CycleTargetVolumeStatus extends TargetImageState {
+export interface CycleTargetVolumeStatus extends CycleVolumeStatus {
   name: string;
   size: number;
-  /** Node id of the source sending into it, if connected. */
-  source: string | undefined;
-  /** Transfers committed since the target started. */
-  committed: number;
-  /** Bytes of data received by the last committed transfer. */
-  lastTransferBytes: number;
 }
 
 /** Plain-object status of a {@link CycleTarget}. */
@@ -86,17 +79,17 @@ export interface CycleTargetEvents {
 export class CycleTargetVolume {
   readonly name: string;
   readonly #target: CycleTarget;
-  readonly #store: StagingStore;
+  readonly #host: CycleHost;
 
   /** @internal */
-  constructor(name: string, target: CycleTarget, store: StagingStore) {
+  constructor(name: string, target: CycleTarget, host: CycleHost) {
     this.name = name;
     this.#target = target;
-    this.#store = store;
+    this.#host = host;
   }
 
   get device(): BlockDevice {
-    return this.#store.device(this.name);
+    return this.#host.device(this.name);
   }
 
   get size(): number {
@@ -109,13 +102,13 @@ export class CycleTargetVolume {
 
   /** What the image holds: lineage, freeze number, seeding. */
   image(): TargetImageState {
-    return this.#store.image(this.name);
+    return this.#host.image(this.name);
   }
 
   /** Reads the image; waits while a merge runs, so it never returns a half-merged image. */
   async read(offset: number, length: number): Promise<Buffer> {
     checkRange(this.device, offset, length);
-    await this.#store.whenStable(this.name);
+    await this.#host.whenStable(this.name);
     return this.device.read(offset, length);
   }
 
@@ -139,9 +132,7 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
   readonly #limits: CodecLimits;
   readonly #handshakeTimeout: number;
   readonly #connections = new Set<FramedConnection>();
-  readonly #owners = new Map<string, { node: string; conn: FramedConnection }>();
-  readonly #counters = new Map<string, { committed: number; lastBytes: number }>();
-  #store: StagingStore | undefined;
+  #host: CycleHost | undefined;
   #server: TransportServer | undefined;
   #closed = false;
 
@@ -160,7 +151,6 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
       if (names.has(v.name)) throw invalid(`volume ${v.name} is listed twice`);
       if (v.device === null || typeof v.device !== 'object' || typeof v.device.write !== 'function') throw invalid(`volume ${v.name}: device must be a BlockDevice`);
       names.add(v.name);
-      this.#counters.set(v.name, { committed: 0, lastBytes: 0 });
     }
     this.#options = options;
     this.#transport = options.transport ?? new TcpTransport();
@@ -179,21 +169,24 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
 
   /** The hosted volume called `name`; throws `BM_ERR_UNKNOWN_VOLUME`. */
   volume(name: string): CycleTargetVolume {
-    const store = this.#requireStore();
-    store.image(name);
-    return new CycleTargetVolume(name, this, store);
+    const host = this.#requireHost();
+    host.image(name);
+    return new CycleTargetVolume(name, this, host);
   }
 
   /** @internal called by {@link createCycleTarget}: recovers the store (replaying interrupted merges), then listens. */
   async start(): Promise<void> {
-    const hooks = this.#options.hooks ?? {};
-    this.#store = await StagingStore.open(this.#options.dir, this.#options.volumes, {
-      beforeMergeWrite: hooks.beforeMergeWrite,
-      mergeStart: async (info) => {
-        this.emit('merge-start', info);
-        await hooks.mergeStart?.(info);
-      },
+    const host = await CycleHost.open({
+      dir: this.#options.dir,
+      volumes: this.#options.volumes,
+      ...(this.#options.maxInFlight === undefined ? {} : { maxInFlight: this.#options.maxInFlight }),
+      ...(this.#options.hooks === undefined ? {} : { hooks: this.#options.hooks }),
     });
+    host.on('begin', (info) => this.emit('begin', info));
+    host.on('merge-start', (info) => this.emit('merge-start', info));
+    host.on('committed', (info) => this.emit('committed', info));
+    host.on('transfer-error', (info) => this.emit('transfer-error', info));
+    this.#host = host;
     this.#server = await this.#transport.listen(this.#options.listen);
     this.#server.on('connection', (raw) => void this.#accept(raw));
     this.#server.on('error', (error) => log('listener error: %s', error.message));
@@ -205,63 +198,30 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
       raw.destroy();
       return;
     }
-    const store = this.#requireStore();
+    const host = this.#requireHost();
     const conn = new FramedConnection(raw, { limits: this.#limits });
     this.#connections.add(conn);
-    let claimed: string[] = [];
-    conn.once('close', () => {
-      this.#connections.delete(conn);
-      for (const name of claimed) if (this.#owners.get(name)?.conn === conn) this.#owners.delete(name);
-    });
+    conn.once('close', () => this.#connections.delete(conn));
     try {
       const result = await serverHandshake(conn, {
         nodeId: this.nodeId,
         secret: this.#secret,
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
+        features: [CYCLE_FEATURE],
         accept: (hello, offers) => {
-          const answer = offers.map((offer) => this.#check(hello.node, offer));
-          claimed = offers.map((o) => o.name);
-          for (const name of claimed) {
-            const previous = this.#owners.get(name);
-            // the same source reconnecting replaces its old connection
-            if (previous !== undefined && previous.conn !== conn) previous.conn.destroy();
-            this.#owners.set(name, { node: hello.node, conn });
+          if (!hello.features.includes(CYCLE_FEATURE)) {
+            throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', 'this is a cycle target: it accepts freeze/copy cycles only, not per-write mirroring');
           }
-          return answer;
+          return host.accept(hello, offers, conn);
         },
       });
       if (conn.closed) return;
-      const receiver = new CycleReceiver({
-        conn,
-        store,
-        source: result.hello.node,
-        offers: result.volumes,
-        events: {
-          begin: (info) => this.emit('begin', info),
-          committed: (info) => {
-            for (const name of info.volumes) this.#counters.set(name, { committed: (this.#counters.get(name)?.committed ?? 0) + 1, lastBytes: info.bytes });
-            this.emit('committed', info);
-          },
-          transferError: (info) => this.emit('transfer-error', info),
-        },
-        ...(this.#options.maxInFlight === undefined ? {} : { maxInFlight: this.#options.maxInFlight }),
-      });
-      conn.on('frame', (frame) => {
-        try {
-          if (CycleReceiver.handles(frame.type)) receiver.onFrame(frame);
-          else if (frame.type === MessageType.PING) conn.send(MessageType.PONG, frame.header);
-          else if (frame.type !== MessageType.PONG && frame.type !== MessageType.ERROR) {
-            throw new BlockMirrorError('BM_ERR_PROTOCOL', `unexpected message type ${frame.type} on a cycle connection`);
-          }
-        } catch (error) {
-          conn.fail(toBlockMirrorError(error, 'BM_ERR_PROTOCOL'));
-        }
-      });
+      host.serve(conn, result.hello.node, result.volumes);
       conn.once('close', (error) => {
         if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
       });
-      this.emit('connection', { node: result.hello.node, address: raw.remoteAddress, volumes: claimed });
+      this.emit('connection', { node: result.hello.node, address: raw.remoteAddress, volumes: result.volumes.map((v) => v.name) });
     } catch (error) {
       const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
       log('handshake with %o failed: %s', raw.remoteAddress, err.message);
@@ -269,48 +229,17 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
     }
   }
 
-  /** Checks an offered volume; the answer's `applied` is the freeze the image holds of the offered lineage (0: none). */
-  #check(node: string, offer: VolumeOffer): ReadyVolume {
-    const store = this.#requireStore();
-    if (!store.names.includes(offer.name)) {
-      throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `this target hosts no volume named ${JSON.stringify(offer.name)}`);
-    }
-    const device = store.device(offer.name);
-    if (device.size !== offer.size || device.blockSize !== offer.blockSize) {
-      throw new BlockMirrorError('BM_ERR_VOLUME_MISMATCH', `volume ${offer.name}: source has ${offer.size} bytes / block ${offer.blockSize}, target has ${device.size} / ${device.blockSize}`, {
-        details: { volume: offer.name, sourceSize: offer.size, targetSize: device.size },
-      });
-    }
-    const owner = this.#owners.get(offer.name);
-    if (owner !== undefined && owner.node !== node && !owner.conn.closed) {
-      throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${owner.node}`);
-    }
-    const image = store.image(offer.name);
-    const applied = image.lineage === offer.generation && !image.seeding ? image.freeze : 0;
-    return { name: offer.name, applied };
-  }
-
   /** @internal */
   _volumeStatus(name: string): CycleTargetVolumeStatus {
-    const store = this.#requireStore();
-    const device = store.device(name);
-    const counters = this.#counters.get(name) ?? { committed: 0, lastBytes: 0 };
-    const owner = this.#owners.get(name);
-    return {
-      name,
-      size: device.size,
-      ...store.image(name),
-      source: owner !== undefined && !owner.conn.closed ? owner.node : undefined,
-      committed: counters.committed,
-      lastTransferBytes: counters.lastBytes,
-    };
+    const host = this.#requireHost();
+    return { name, size: host.device(name).size, ...host.volumeStatus(name) };
   }
 
   /** Plain-object status (JSON-serialisable). */
   status(): CycleTargetStatus {
-    const store = this.#requireStore();
+    const host = this.#requireHost();
     const volumes: Record<string, CycleTargetVolumeStatus> = {};
-    for (const name of store.names) volumes[name] = this._volumeStatus(name);
+    for (const name of host.names) volumes[name] = this._volumeStatus(name);
     const addr = this.#server?.address;
     return { role: 'cycle-target', node: this.nodeId, address: addr === undefined ? '' : `${addr.host}:${addr.port}`, volumes };
   }
@@ -324,12 +253,12 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
     this.#closed = true;
     for (const c of this.#connections) c.destroy();
     await this.#server?.close();
-    await this.#store?.close();
+    await this.#host?.close();
   }
 
-  #requireStore(): StagingStore {
-    if (this.#store === undefined) throw new BlockMirrorError('BM_ERR_CLOSED', 'the target is not started');
-    return this.#store;
+  #requireHost(): CycleHost {
+    if (this.#host === undefined) throw new BlockMirrorError('BM_ERR_CLOSED', 'the target is not started');
+    return this.#host;
   }
 }
 

@@ -114,6 +114,8 @@ export interface ClientHandshakeOptions {
   clock: Clock;
   /** UDP port of the client's heartbeat socket, if it sends heartbeats. */
   heartbeatPort?: number | undefined;
+  /** Features to announce (default {@link FEATURES}: a per-write mirroring primary). */
+  features?: readonly string[];
 }
 
 /** What the client learns from a successful handshake. */
@@ -128,13 +130,14 @@ export interface ClientHandshakeResult {
 export async function clientHandshake(conn: FramedConnection, o: ClientHandshakeOptions): Promise<ClientHandshakeResult> {
   const deadline = o.clock.now() + o.timeout;
   const nonceC = createNonce();
+  const features = o.features ?? FEATURES;
   const hello: HelloHeader = {
     protocol: [PROTOCOL_MIN, PROTOCOL_MAX],
     node: o.nodeId,
     session: o.session,
     slot: o.slot,
     slots: o.slots,
-    features: [...FEATURES],
+    features: [...features],
     nonce: nonceC,
   };
   if (o.heartbeatPort !== undefined) hello.hb = o.heartbeatPort;
@@ -163,7 +166,7 @@ export async function clientHandshake(conn: FramedConnection, o: ClientHandshake
   return {
     peerNode: challenge.node,
     protocol: challenge.protocol,
-    features: challenge.features.filter((f) => FEATURES.includes(f)),
+    features: challenge.features.filter((f) => features.includes(f)),
     volumes: ready.volumes,
   };
 }
@@ -174,6 +177,8 @@ export interface ServerHandshakeOptions {
   secret?: Uint8Array | undefined;
   timeout: number;
   clock: Clock;
+  /** Features this server supports (default {@link FEATURES}). */
+  features?: readonly string[];
   /**
    * Decides about the offered volumes of an authenticated client; returns the
    * READY answer or throws a coded error (unknown volume, mismatch, busy).
@@ -202,7 +207,8 @@ export async function serverHandshake(conn: FramedConnection, o: ServerHandshake
     throw err;
   }
   const nonceS = createNonce();
-  const challenge: Record<string, unknown> = { protocol, node: o.nodeId, features: [...FEATURES], nonce: nonceS };
+  const features = o.features ?? FEATURES;
+  const challenge: Record<string, unknown> = { protocol, node: o.nodeId, features: [...features], nonce: nonceS };
   if (o.secret !== undefined) challenge.proof = computeProof(o.secret, 'server', hello.nonce, nonceS);
   const authPromise = nextFrame(conn, o.clock, deadline);
   conn.send(MessageType.CHALLENGE, challenge);
@@ -222,5 +228,5 @@ export async function serverHandshake(conn: FramedConnection, o: ServerHandshake
     throw error;
   }
   conn.send(MessageType.READY, { volumes });
-  return { hello, protocol, features: hello.features.filter((f) => FEATURES.includes(f)), volumes: auth.volumes };
+  return { hello, protocol, features: hello.features.filter((f) => features.includes(f)), volumes: auth.volumes };
 }

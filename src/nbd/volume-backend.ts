@@ -7,7 +7,7 @@
  */
 import createDebug from 'debug';
 import { systemClock, type Clock } from '../clock.js';
-import type { BlockDeviceSupports } from '../device/block-device.js';
+import type { BlockDevice } from '../device/block-device.js';
 import { BlockMirrorError } from '../errors.js';
 import type { PrimaryVolume, WriteResult } from '../replication/primary-volume.js';
 import type { TargetVolume } from '../replication/mirror-target.js';
@@ -71,11 +71,67 @@ export interface PrimaryVolumeBackendOptions {
  * FUA, the NBD server follows a FUA request with a `flush`.
  */
 export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolumeBackendOptions = {}): NbdBackend {
+  const name = volume.name;
+  const settle = settler(name, options, (op, result) => {
+    if (result.mirror === 'failed') {
+      // Done locally; the mirror catches up (see the documentation above).
+      log('volume %s: %s done locally, mirror failed (%s): replying success, the volume lags', name, op, result.error?.code);
+    }
+  });
+  return {
+    get size() {
+      return volume.size;
+    },
+    get blockSize() {
+      return volume.blockSize;
+    },
+    supports: { fua: volume.device.supports.fua },
+    read: (offset, length) => volume.read(offset, length),
+    write: (offset, data, opts) => settle('write', data.length, () => volume.write(offset, data, { fua: opts?.fua === true })),
+    flush: () => settle('flush', 0, () => volume.flush()),
+    trim: (offset, length) => settle('zero', length, () => volume.zero(offset, length)),
+    writeZeroes: (offset: number, length: number, opts?: NbdWriteZeroesOptions) =>
+      settle('zero', length, () => volume.zero(offset, length, { fua: opts?.fua === true })),
+  };
+}
+
+/**
+ * Serves a volume replicated by freeze/copy cycles (a `LayeredVolume`, or any
+ * {@link BlockDevice}) over NBD: every operation goes to the device and is done
+ * when the device says so; the next cycle ships it. The observer sees each
+ * write, trim and flush with `result.mirror: 'queued'`.
+ */
+export function cycleVolumeBackend(name: string, volume: BlockDevice, options: PrimaryVolumeBackendOptions = {}): NbdBackend {
+  const settle = settler(name, options);
+  const queued = (run: () => Promise<void>) => async (): Promise<WriteResult> => {
+    await run();
+    return { mirror: 'queued' };
+  };
+  const backend: NbdBackend = {
+    get size() {
+      return volume.size;
+    },
+    get blockSize() {
+      return volume.blockSize;
+    },
+    supports: { fua: volume.supports.fua },
+    read: (offset, length) => volume.read(offset, length),
+    write: (offset, data, opts) => settle('write', data.length, queued(() => volume.write(offset, data, { fua: opts?.fua === true }))),
+    flush: () => settle('flush', 0, queued(() => volume.flush())),
+  };
+  const trim = volume.trim?.bind(volume);
+  if (volume.supports.trim && trim !== undefined) backend.trim = (offset, length) => settle('zero', length, queued(() => trim(offset, length)));
+  return backend;
+}
+
+/** Runs an operation and tells the observer its latency and outcome. */
+function settler(
+  name: string,
+  options: PrimaryVolumeBackendOptions,
+  onResult?: (op: VolumeOpInfo['op'], result: WriteResult) => void,
+): (op: VolumeOpInfo['op'], bytes: number, run: () => Promise<WriteResult>) => Promise<void> {
   const observer = options.observer;
   const clock = options.clock ?? systemClock;
-  const name = volume.name;
-  const supports: Partial<BlockDeviceSupports> = { fua: volume.device.supports.fua };
-
   const notify = (info: VolumeOpInfo): void => {
     if (observer === undefined) return;
     try {
@@ -84,8 +140,7 @@ export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolu
       log('volume %s: observer threw: %O', name, error);
     }
   };
-
-  const settle = async (op: VolumeOpInfo['op'], bytes: number, run: () => Promise<WriteResult>): Promise<void> => {
+  return async (op, bytes, run) => {
     const started = clock.now();
     let result: WriteResult;
     try {
@@ -94,27 +149,8 @@ export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolu
       notify({ op, volume: name, bytes, seconds: (clock.now() - started) / 1000, error });
       throw error;
     }
-    if (result.mirror === 'failed') {
-      // Done locally; the mirror catches up (see the documentation above).
-      log('volume %s: %s done locally, mirror failed (%s): replying success, the volume lags', name, op, result.error?.code);
-    }
+    onResult?.(op, result);
     notify({ op, volume: name, bytes, seconds: (clock.now() - started) / 1000, result });
-  };
-
-  return {
-    get size() {
-      return volume.size;
-    },
-    get blockSize() {
-      return volume.blockSize;
-    },
-    supports,
-    read: (offset, length) => volume.read(offset, length),
-    write: (offset, data, opts) => settle('write', data.length, () => volume.write(offset, data, { fua: opts?.fua === true })),
-    flush: () => settle('flush', 0, () => volume.flush()),
-    trim: (offset, length) => settle('zero', length, () => volume.zero(offset, length)),
-    writeZeroes: (offset: number, length: number, opts?: NbdWriteZeroesOptions) =>
-      settle('zero', length, () => volume.zero(offset, length, { fua: opts?.fua === true })),
   };
 }
 

@@ -17,7 +17,8 @@ import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
 import { parseFlush, parseHash, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
-import { serverHandshake } from '../link/handshake.js';
+import { FEATURES, serverHandshake } from '../link/handshake.js';
+import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from '../cycle/cycle-host.js';
 import { ConnectionArray } from '../link/connection-array.js';
 import { LinkMonitor, type LinkState } from '../link/link-monitor.js';
 import { IdleWatch } from '../link/idle-watch.js';
@@ -83,6 +84,17 @@ export interface MirrorTargetOptions {
   idleTimeout?: number;
   /** See {@link SplitBrainPolicy} (default `refuse`). */
   splitBrain?: SplitBrainPolicy;
+  /**
+   * Also receive freeze/copy cycles (a cycle source, `blockmirror primary
+   * --mode cycle`) on the same port. `dir` (must exist) holds the cycle
+   * state, staging files and commit markers; at start an interrupted merge
+   * is replayed there, so each volume holds one complete freeze image. A
+   * volume is written by one kind of source at a time: while a primary
+   * mirrors into it per write, a cycle source is refused with
+   * `BM_ERR_VOLUME_BUSY`, and the other way round. Without this option
+   * cycle sources are refused with `BM_ERR_NOT_SUPPORTED`.
+   */
+  cycle?: { dir: string; maxInFlight?: number };
 }
 
 /** Plain-object status of a target volume. */
@@ -101,6 +113,8 @@ export interface TargetVolumeStatus {
   appliedWrites: number;
   bytesWritten: number;
   errors: number;
+  /** With the `cycle` option: the freeze image the volume holds and its cycle source. */
+  cycle?: CycleVolumeStatus;
 }
 
 /** Plain-object status of a {@link MirrorTarget}. */
@@ -108,8 +122,8 @@ export interface MirrorTargetStatus {
   role: 'target';
   node: string;
   address: string;
-  /** One entry per primary session; `link` follows its heartbeats (or `up` while connected, without heartbeats). */
-  peers: Array<{ address: string; node: string; session: string; link: LinkState; connections: number }>;
+  /** One entry per primary session (`link` follows its heartbeats, or `up` while connected without heartbeats), and one per connected cycle source (`mode: 'cycle'`). */
+  peers: Array<{ address: string; node: string; session: string; link: LinkState; connections: number; mode?: 'cycle' }>;
   volumes: Record<string, TargetVolumeStatus>;
 }
 
@@ -121,6 +135,10 @@ export interface MirrorTargetEvents {
   'connection-error': [error: BlockMirrorError, address: TransportAddress];
   /** Writing a mirror request to the device failed (the primary is told and retries). */
   'write-error': [info: { volume: string; seq: number; error: BlockMirrorError }];
+  /** With the `cycle` option: the volumes hold freeze `to` of a cycle source (durably). */
+  'cycle-committed': [info: { source: string; to: number; volumes: string[]; bytes: number }];
+  /** With the `cycle` option: a cycle transfer was refused or failed; the images kept their freeze. */
+  'cycle-error': [info: { source: string; to: number; error: BlockMirrorError }];
 }
 
 /** A volume hosted by a target; read-only for everyone but its primary. */
@@ -136,6 +154,7 @@ export class TargetVolume {
   /** @internal */ errors = 0;
   /** @internal */ generations: GenerationState | undefined;
   /** @internal */ readonly store: GenerationStore;
+  /** Receives cycles into this volume (the target's `cycle` option). @internal */ cycle: CycleHost | undefined;
 
   /** @internal */
   constructor(name: string, device: BlockDevice, store: GenerationStore) {
@@ -152,8 +171,12 @@ export class TargetVolume {
     return this.device.blockSize;
   }
 
-  /** Reads the mirror image. */
-  read(offset: number, length: number): Promise<Buffer> {
+  /** Reads the mirror image (while a cycle merges into it, after the merge: never a half-merged image). */
+  async read(offset: number, length: number): Promise<Buffer> {
+    if (this.cycle !== undefined) {
+      checkRange(this.device, offset, length);
+      await this.cycle.whenStable(this.name);
+    }
     return this.device.read(offset, length);
   }
 
@@ -174,6 +197,7 @@ export class TargetVolume {
       appliedWrites: this.appliedWrites,
       bytesWritten: this.bytesWritten,
       errors: this.errors,
+      ...(this.cycle === undefined ? {} : { cycle: this.cycle.volumeStatus(this.name) }),
     };
   }
 }
@@ -219,6 +243,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #answerSession = randomUUID();
   #answerSeq = 0;
   readonly #connections = new Set<FramedConnection>();
+  readonly #cycleOptions: MirrorTargetOptions['cycle'];
+  #cycle: CycleHost | undefined;
   #server: TransportServer | undefined;
   #closed = false;
 
@@ -245,6 +271,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     const policy = options.splitBrain ?? 'refuse';
     if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalid('splitBrain must be refuse, discard-target or discard-younger');
     this.#splitBrain = policy;
+    if (options.cycle !== undefined && (options.cycle === null || typeof options.cycle !== 'object' || typeof options.cycle.dir !== 'string' || options.cycle.dir === '')) {
+      throw invalid('cycle.dir must be a non-empty string');
+    }
+    this.#cycleOptions = options.cycle;
     if (!Array.isArray(options.volumes)) throw invalid('volumes must be an array');
     for (const cfg of options.volumes) {
       if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
@@ -278,7 +308,13 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   /** @internal called by {@link createMirrorTarget} */
   async start(): Promise<void> {
     for (const v of this.#volumes.values()) v.generations = await v.store.load();
-    this.#server = await this.#transport.listen(this.#listen);
+    if (this.#cycleOptions !== undefined) await this.#openCycleHost(this.#cycleOptions);
+    try {
+      this.#server = await this.#transport.listen(this.#listen);
+    } catch (error) {
+      await this.#cycle?.close();
+      throw error;
+    }
     this.#server.on('connection', (raw) => void this.#accept(raw));
     this.#server.on('error', (error) => log('listener error: %s', error.message));
     if (this.#heartbeats) {
@@ -288,6 +324,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         this.#demux = new DatagramDemux(channel, (data, from) => this.#answerUnknown(data, from));
       } catch (error) {
         await this.#server.close();
+        await this.#cycle?.close();
         throw toBlockMirrorError(error);
       }
     }
@@ -303,18 +340,33 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#connections.add(conn);
     conn.once('close', () => this.#connections.delete(conn));
     let claimed: TargetVolume[] = [];
+    let cycleSource = false;
     try {
       const result = await serverHandshake(conn, {
         nodeId: this.nodeId,
         secret: this.#secret,
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
+        features: this.#cycle === undefined ? FEATURES : [...FEATURES, CYCLE_FEATURE],
         accept: async (hello, offers) => {
+          if (hello.features.includes(CYCLE_FEATURE)) {
+            cycleSource = true;
+            return this.#acceptCycleSource(hello, offers, conn);
+          }
           claimed = this.#claim(hello, offers);
           const decisions = await this.#checkGenerations(offers);
           return claimed.map((v, i): ReadyVolume => (decisions[i] === true ? { name: v.name, applied: v.order.watermark, full: true } : { name: v.name, applied: v.order.watermark }));
         },
       });
+      if (cycleSource) {
+        if (conn.closed) return;
+        this.#cycle!.serve(conn, result.hello.node, result.volumes);
+        conn.once('close', (error) => {
+          if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
+        });
+        this.emit('connection', { node: result.hello.node, session: result.hello.session, slot: 0, address: raw.remoteAddress });
+        return;
+      }
       const handler: Handler = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
       if (conn.closed) {
         this.#release(claimed);
@@ -483,6 +535,15 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0 && v.owner.node !== hello.node) {
         throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
       }
+      const source = this.#cycle?.sourceOf(v.name);
+      if (source !== undefined) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} receives freeze/copy cycles from ${source}`);
+      if (v.generations === undefined && this.#cycle !== undefined && this.#cycle.image(v.name).lineage !== undefined && this.#splitBrain !== 'discard-target') {
+        throw new BlockMirrorError(
+          'BM_ERR_SPLIT_BRAIN',
+          `volume ${offer.name} holds freeze ${this.#cycle.image(v.name).freeze} of a cycle source, not data of primary generation ${offer.generation}; nothing was overwritten (splitBrain: 'discard-target' lets the primary resync it)`,
+          { details: { volume: offer.name, primaryGeneration: offer.generation, policy: this.#splitBrain } },
+        );
+      }
       found.push(v);
     }
     offers.forEach((offer, i) => {
@@ -614,6 +675,40 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     });
   }
 
+  async #openCycleHost(options: NonNullable<MirrorTargetOptions['cycle']>): Promise<void> {
+    const host = await CycleHost.open({
+      dir: options.dir,
+      volumes: [...this.#volumes.values()].map((v) => ({ name: v.name, device: v.device })),
+      ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight }),
+      heldBy: (name) => {
+        const v = this.#volumes.get(name);
+        return v !== undefined && v.connections > 0 ? v.owner?.node : undefined;
+      },
+    });
+    host.on('committed', (info) => this.emit('cycle-committed', info));
+    host.on('transfer-error', (info) => this.emit('cycle-error', info));
+    for (const v of this.#volumes.values()) v.cycle = host;
+    this.#cycle = host;
+  }
+
+  /** The handshake answer to a cycle source (see the `cycle` option). */
+  #acceptCycleSource(hello: HelloHeader, offers: VolumeOffer[], conn: FramedConnection): ReadyVolume[] {
+    if (this.#cycle === undefined) {
+      throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', 'this mirror target does not receive freeze/copy cycles (start it with a cycle state directory)');
+    }
+    for (const offer of offers) {
+      const v = this.#volumes.get(offer.name);
+      if (v?.generations !== undefined && this.#splitBrain !== 'discard-target' && this.#cycle.image(v.name).lineage !== offer.generation) {
+        throw new BlockMirrorError(
+          'BM_ERR_SPLIT_BRAIN',
+          `volume ${offer.name} holds data of primary generation ${v.generations.current}, not of cycle lineage ${offer.generation}; nothing was overwritten (splitBrain: 'discard-target' lets the cycle source copy it whole)`,
+          { details: { volume: offer.name, targetGeneration: v.generations.current, policy: this.#splitBrain } },
+        );
+      }
+    }
+    return this.#cycle.accept(hello, offers, conn);
+  }
+
   /** Plain-object status (JSON-serialisable). */
   status(): MirrorTargetStatus {
     const volumes: Record<string, TargetVolumeStatus> = {};
@@ -623,6 +718,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       const open = p.slots.openCount;
       peers.push({ address: p.host, node: p.node, session: p.session, link: p.monitor?.state ?? (open > 0 ? 'up' : 'down'), connections: open });
     }
+    for (const c of this.#cycle?.sources() ?? []) peers.push({ address: c.address, node: c.node, session: c.session, link: 'up', connections: 1, mode: 'cycle' });
     const addr = this.#server?.address;
     return {
       role: 'target',
@@ -641,6 +737,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     for (const c of this.#connections) c.destroy();
     await this.#server?.close();
     await this.#demux?.channel.close();
+    await this.#cycle?.close();
   }
 }
 

@@ -75,7 +75,16 @@ describe('CLI arguments', () => {
       mode: 'sync',
       drainTimeout: DEFAULT_DRAIN_TIMEOUT,
     });
-    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle']), 'BM_ERR_NOT_SUPPORTED');
+    const cycle = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--cycle-interval', '2500', '--bandwidth', '64M']);
+    assert.equal(cycle.kind === 'primary' ? cycle.config.mode : undefined, 'cycle');
+    assert.equal(cycle.kind === 'primary' ? cycle.config.cycleInterval : undefined, 2500);
+    assert.equal(cycle.kind === 'primary' ? cycle.config.bandwidth : undefined, 64 * 1024 * 1024);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--cycle-interval', '100']), 'BM_ERR_INVALID_ARGUMENT', /--cycle-interval applies to --mode cycle only/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--connections', '2']), 'BM_ERR_INVALID_ARGUMENT', /--connections applies to --mode sync and async only/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--bandwidth', 'fast']), 'BM_ERR_INVALID_ARGUMENT', /--bandwidth/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--bandwidth', '0']), 'BM_ERR_INVALID_ARGUMENT', /at least 1 byte/);
+    const mirrorState = parseCommandLine(['mirror', '--listen', '7000', '--volume', 'a=/a.img', '--state-dir', '/srv/state']);
+    assert.equal(mirrorState.kind === 'mirror' ? mirrorState.config.stateDir : undefined, '/srv/state');
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--stale-after', '0']), 'BM_ERR_INVALID_ARGUMENT', /--stale-after/);
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--connections', '65']));
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--volume', 'b=/a.img']), 'BM_ERR_INVALID_ARGUMENT', /used by another volume/);

@@ -62,7 +62,7 @@ describe('blockmirror CLI', () => {
       { args: ['mirror', '--listen', 'nohost', '--volume', vol], code: 'BM_ERR_INVALID_ARGUMENT', message: /--listen: expected HOST:PORT/ },
       { args: ['mirror', '--listen', '127.0.0.1:70000', '--volume', vol], code: 'BM_ERR_INVALID_ARGUMENT', message: /port must be/ },
       { args: ['mirror', '--listen', '127.0.0.1:0', '--volume', vol, '--volume', vol], code: 'BM_ERR_INVALID_ARGUMENT', message: /more than once/ },
-      { args: ['primary', '--peer', '127.0.0.1:7000', '--volume', vol, '--mode', 'cycle'], code: 'BM_ERR_NOT_SUPPORTED', message: /cycle is not implemented/ },
+      { args: ['primary', '--peer', '127.0.0.1:7000', '--volume', vol, '--mode', 'cycle', '--probation', '10'], code: 'BM_ERR_INVALID_ARGUMENT', message: /--probation applies to --mode sync and async only/ },
       { args: ['primary', '--peer', '127.0.0.1:7000', '--volume', vol, '--mode', 'fast'], code: 'BM_ERR_INVALID_ARGUMENT', message: /--mode must be/ },
       { args: ['primary', '--peer', '127.0.0.1:7000', '--volume', vol, '--connections', '0'], code: 'BM_ERR_INVALID_ARGUMENT', message: /--connections/ },
       {

@@ -18,6 +18,7 @@ import { RateLimiter } from '../../src/resync/rate-limiter.js';
 import { isBlockMirrorError } from '../../src/errors.js';
 import { FramedConnection } from '../../src/link/framed-connection.js';
 import { clientHandshake } from '../../src/link/handshake.js';
+import { CYCLE_FEATURE } from '../../src/cycle/cycle-host.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { linksUp, openVolume, pattern, subDir, tempDir, waitFor } from './helpers.js';
 
@@ -135,7 +136,7 @@ describe('cycle transfers', () => {
     const open = async (): Promise<{ conn: FramedConnection; frames: Frame[] }> => {
       const raw = await net.transport({ host: 'evil' }).connect({ host: 't', port: 7000 });
       const conn = new FramedConnection(raw);
-      await clientHandshake(conn, { nodeId: 'evil', session: 's', slot: 0, slots: 1, volumes: [cycleVolumeOffer('v', v)], timeout: 5000, clock: systemClock });
+      await clientHandshake(conn, { nodeId: 'evil', session: 's', slot: 0, slots: 1, volumes: [cycleVolumeOffer('v', v)], timeout: 5000, clock: systemClock, features: [CYCLE_FEATURE] });
       const frames: Frame[] = [];
       conn.on('frame', (f) => frames.push(f));
       return { conn, frames };
@@ -168,6 +169,25 @@ describe('cycle transfers', () => {
       assert.equal(t.target.volume('v').image().freeze, 0);
       assert.equal(t.target.volume('v').image().seeding, true, 'an incomplete first copy leaves no image');
       conn.close();
+    } finally {
+      await t.close();
+      await v.close();
+    }
+  });
+
+  it('a cycle target refuses a per-write primary (no cycle feature in its HELLO) with BM_ERR_NOT_SUPPORTED', async () => {
+    const dir = subDir(root.dir, `per-write-${++seq}`);
+    const net = new MemoryNetwork();
+    const v = await openVolume(dir, 'p.img', MiB, { chunkSize: 64 * KiB });
+    const t = await targetOn(net, dir, MiB);
+    try {
+      const conn = new FramedConnection(await net.transport({ host: 'p' }).connect({ host: 't', port: 7000 }));
+      await assert.rejects(
+        clientHandshake(conn, { nodeId: 'p', session: 's', slot: 0, slots: 1, volumes: [cycleVolumeOffer('v', v)], timeout: 5000, clock: systemClock }),
+        (e) => isBlockMirrorError(e, 'BM_ERR_NOT_SUPPORTED'),
+      );
+      conn.destroy();
+      assert.equal(t.target.status().volumes.v!.source, undefined, 'the volume was not claimed');
     } finally {
       await t.close();
       await v.close();

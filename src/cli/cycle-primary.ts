@@ -1,0 +1,136 @@
+/**
+ * `blockmirror primary --mode cycle`: file volumes as layered volumes,
+ * frozen together every `--cycle-interval` and copied to `--peer` (a
+ * `blockmirror mirror`), served over NBD, with an optional admin endpoint.
+ *
+ * @module
+ */
+import { mkdir } from 'node:fs/promises';
+import createDebug from 'debug';
+import type { AdminMetrics } from '../admin/metrics.js';
+import { createAdminServer } from '../admin/server.js';
+import { createCycleSource, type CycleSourceOptions } from '../cycle/cycle-runner.js';
+import { LayeredVolume } from '../cycle/layered-volume.js';
+import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import type { NbdExport } from '../nbd/export.js';
+import { NbdServer } from '../nbd/server.js';
+import { cycleVolumeBackend } from '../nbd/volume-backend.js';
+import { formatHostPort, type PrimaryConfig } from './args.js';
+import { relabel } from './mirror.js';
+import { FATAL_PEER_ERRORS, latencyRecorder } from './primary.js';
+import { closeDevices, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
+
+const log = createDebug('blockmirror:cli');
+
+/** Runs `blockmirror primary --mode cycle` until SIGINT/SIGTERM or a fatal peer error; resolves with the exit status. */
+export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise<number> {
+  const lifecycle = new Lifecycle(io);
+  const resources = new Resources();
+  const peer = formatHostPort(config.peer);
+  let reason: StopReason;
+  try {
+    const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
+    const devices = await openVolumes(config.volumes);
+    resources.add('volumes', () => closeDevices(devices.values()));
+    if (config.journalDir !== undefined) await makeDir(config.journalDir);
+
+    const layered: Array<{ name: string; volume: LayeredVolume }> = [];
+    resources.add('layered volumes', async () => {
+      for (const { volume } of layered) await volume.close();
+    });
+    for (const spec of config.volumes) {
+      const device = devices.get(spec.name)!;
+      try {
+        const volume = await LayeredVolume.open(device, config.journalDir === undefined ? {} : { dir: config.journalDir });
+        layered.push({ name: spec.name, volume });
+        say(io, `volume ${spec.name} path=${spec.path} size=${device.size} mode=cycle layers=${volume.dir}`);
+      } catch (error) {
+        const err = toBlockMirrorError(error);
+        throw new BlockMirrorError(err.code, `volume ${spec.name}: ${err.message}`, { cause: error, details: err.details });
+      }
+    }
+
+    const options: CycleSourceOptions = {
+      volumes: layered,
+      targets: [{ address: config.peer, name: peer }],
+      interval: config.cycleInterval ?? 60000,
+      waitForConnection: false,
+    };
+    if (config.journalDir !== undefined) options.stateDir = config.journalDir;
+    if (secret !== undefined) options.secret = secret;
+    if (config.bandwidth !== undefined) options.bandwidth = config.bandwidth;
+    if (config.noPayloadChecksum === true) options.payloadChecksum = false;
+    const source = await createCycleSource(options);
+    resources.add('cycle source', () => source.close());
+
+    const warned = new Set<string>();
+    source.on('target-link', ({ state, error }) => {
+      if (error !== undefined && FATAL_PEER_ERRORS.has(error.code)) {
+        lifecycle.fail(error);
+        return;
+      }
+      if (state === 'up') warned.clear();
+      if (state === 'up' || state === 'down') say(io, `link ${state} peer=${peer}`);
+      if (state === 'down' && error !== undefined && !warned.has(error.code)) {
+        warned.add(error.code);
+        warn(io, `mirror ${peer} not reachable (${error.code}: ${error.message}); retrying`);
+      }
+    });
+    source.on('target-committed', ({ cycle, stats, durationMs }) => say(io, `cycle ${cycle} committed peer=${peer} bytes=${stats.wireBytes} ms=${Math.round(durationMs)}`));
+    source.on('target-error', ({ cycle, error }) => {
+      if (FATAL_PEER_ERRORS.has(error.code)) lifecycle.fail(error);
+      else warn(io, `cycle ${cycle} to ${peer} failed (${error.code}: ${error.message}); the mirror keeps its previous freeze, retrying`);
+    });
+    source.on('error', (error) => warn(io, `cycle: ${error.code}: ${error.message}`));
+    source.on('merged', (info) => log('merged into the bases: %o', info));
+
+    const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
+    const metrics: AdminMetrics = { writeLatency: histograms };
+    let nbd: NbdServer | undefined;
+    let nbdAddress: string | undefined;
+    const parts: string[] = [];
+    if (config.admin !== undefined) {
+      const statusSource = {
+        status: () => ({ ...source.status(), nbd: nbd === undefined ? null : { address: nbdAddress, connections: nbd.stats().connections } }),
+      };
+      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: statusSource, metrics, version: packageVersion() });
+      resources.add('admin endpoint', () => admin.close());
+      parts.push(`admin=${formatHostPort(admin.address)}`);
+    }
+    if (config.nbd !== undefined) {
+      const exports: NbdExport[] = layered.map(({ name, volume }) => ({
+        name,
+        description: `blockmirror primary volume ${name} (cycle)`,
+        readOnly: false,
+        backend: cycleVolumeBackend(name, volume, { observer }),
+      }));
+      const server = new NbdServer({ exports, defaultExport: config.volumes[0]!.name });
+      server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
+      let address: { host: string; port: number };
+      try {
+        address = await server.listen({ host: config.nbd.host, port: config.nbd.port });
+      } catch (error) {
+        await server.close();
+        throw relabel(error, 'NBD');
+      }
+      resources.add('NBD server', () => server.close());
+      nbd = server;
+      nbdAddress = formatHostPort(address);
+      metrics.nbd = () => server.stats();
+      parts.unshift(`nbd=${nbdAddress}`);
+    }
+    say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
+    reason = await lifecycle.stopped;
+  } catch (error) {
+    reason = { kind: 'error', error };
+  }
+  return shutdown(io, lifecycle, resources, reason);
+}
+
+async function makeDir(dir: string): Promise<void> {
+  try {
+    await mkdir(dir, { recursive: true });
+  } catch (error) {
+    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `cannot create --journal ${dir}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+  }
+}
