@@ -146,6 +146,39 @@ describe('mirror target receiving cycles', () => {
     }
   });
 
+  it('a volume holding a per-write primary\'s data refuses a cycle source with BM_ERR_SPLIT_BRAIN and keeps its data', async () => {
+    const s = await setup();
+    try {
+      await s.source.close();
+      const primary = await createPrimary({
+        peer: { host: 'm', port: 7000 },
+        volumes: [{ name: 'v', device: new MemoryBlockDevice(MiB, { blockSize: 512 }), mode: 'sync' }],
+        transport: s.net.transport({ host: 'q' }),
+        heartbeats: false,
+      });
+      const result = await primary.volume('v').write(0, pattern(64 * KiB, 6));
+      assert.equal(result.mirror, 'acknowledged');
+      await primary.close();
+      const again = await createCycleSource({
+        volumes: [{ name: 'v', volume: s.volume }],
+        targets: [{ host: 'm', port: 7000 }],
+        transport: s.net.transport({ host: 'p' }),
+        interval: 0,
+        group: 'again',
+        retryDelay: { min: 10, max: 50 },
+      });
+      try {
+        const t = again.status().targets[0]!;
+        assert.equal(t.lastError?.code, 'BM_ERR_SPLIT_BRAIN', JSON.stringify(t));
+        assert.deepEqual(await s.device.read(0, 64 * KiB), pattern(64 * KiB, 6), 'nothing was overwritten');
+      } finally {
+        await again.close();
+      }
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a mirror target without a cycle state directory refuses a cycle source with BM_ERR_NOT_SUPPORTED', async () => {
     const s = await setup({ cycle: false });
     try {
