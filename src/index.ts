@@ -103,7 +103,7 @@ export { encodeHeartbeat, verifyHeartbeat, parseHeartbeat, HeartbeatReplayGuard 
 export type { Heartbeat, HeartbeatFields, HeartbeatStatus, HeartbeatRejectReason, VerifyHeartbeatOptions, HeartbeatCursor, HeartbeatReplayGuardOptions } from './link/heartbeat.js';
 
 // NBD exports of volumes, admin endpoint
-export { primaryVolumeBackend, targetVolumeBackend } from './nbd/volume-backend.js';
+export { cycleVolumeBackend, primaryVolumeBackend, targetVolumeBackend } from './nbd/volume-backend.js';
 export type { PrimaryVolumeBackendOptions, VolumeOpInfo, VolumeOpObserver } from './nbd/volume-backend.js';
 export { createAdminServer, AdminServer } from './admin/server.js';
 export type { AdminServerOptions, StatusSource } from './admin/server.js';
@@ -141,7 +141,7 @@ export {
 export type { GenerationState, GenerationStore, Lineage } from './replication/generation.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
 
-// freeze/copy cycles (standalone source/target; not yet a Primary mode)
+// freeze/copy cycles (cycle source; received by a MirrorTarget with `cycle`, or a standalone CycleTarget)
 export { LayeredVolume } from './cycle/layered-volume.js';
 export type { LayeredVolumeOptions, LayeredVolumeStatus, LayerStatus, LayeredVolumeHooks } from './cycle/layered-volume.js';
 export { FreezeTable } from './cycle/freeze-table.js';
@@ -162,6 +162,8 @@ export type {
   CyclePhase,
 } from './cycle/cycle-runner.js';
 export { createCycleTarget, CycleTarget, CycleTargetVolume } from './cycle/cycle-target.js';
+export { CycleHost, CYCLE_FEATURE } from './cycle/cycle-host.js';
+export type { CycleHostOptions, CycleHostEvents, CycleVolumeStatus, CycleSourcePeer } from './cycle/cycle-host.js';
 export type { CycleTargetOptions, CycleTargetStatus, CycleTargetVolumeStatus, CycleTargetEvents } from './cycle/cycle-target.js';
 
 export type { TargetImageState, StagingStoreHooks } from './cycle/staging-store.js';
