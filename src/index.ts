@@ -48,7 +48,7 @@ export type { FrameDecoderOptions, DecodeFrameOptions } from './codec/decoder.js
 export { MAGIC, WIRE_VERSION, PREFIX_LENGTH, MessageType, FrameFlag, DEFAULT_CODEC_LIMITS } from './codec/frame.js';
 export type { Frame, CodecLimits, MessageTypeValue } from './codec/frame.js';
 export { PROTOCOL_MIN, PROTOCOL_MAX } from './codec/messages.js';
-export type { VolumeOffer } from './codec/messages.js';
+export type { VolumeOffer, HelloHeader, ReadyVolume } from './codec/messages.js';
 
 // replication
 export { createPrimary, Primary } from './replication/primary.js';
