@@ -21,6 +21,8 @@
  * - `--connections N`          mirror connections per primary (write and nbd suites; default 4)
  * - `--uv-threadpool N`        UV_THREADPOOL_SIZE of the nbd suite's server and target processes
  * - `--cpu-prof-dir DIR`       CPU profiles of the child processes (target; NBD servers) into DIR
+ * - `--child-node-args "FLAGS"` Node flags of the server processes (default: the
+ *                              README's recommended `--initial-old-space-size=256`; '' for none)
  * - `--no-save`                print only, write no JSON
  *
  * @module
@@ -70,6 +72,7 @@ const { values } = parseArgs({
     'uv-threadpool': { type: 'string' },
     connections: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
+    'child-node-args': { type: 'string' },
     'no-save': { type: 'boolean', default: false },
   },
   strict: true,
@@ -125,6 +128,7 @@ if (connections !== undefined) {
 }
 const uv = int(values['uv-threadpool'], '--uv-threadpool');
 if (uv !== undefined) nbdOptions.uvThreadpoolSize = uv;
+if (values['child-node-args'] !== undefined) process.env.BM_BENCH_CHILD_NODE_ARGS = values['child-node-args'];
 if (values['cpu-prof-dir'] !== undefined) {
   mkdirSync(values['cpu-prof-dir'], { recursive: true });
   writeOptions.cpuProfDir = values['cpu-prof-dir'];

@@ -9,7 +9,7 @@ import { readFileSync, writeFileSync } from 'node:fs';
 
 type Row = Record<string, unknown>;
 interface Suite {
-  machine: { date: string; cpus: number; cpuModel: string; node: string; loadAverage: number[]; commit?: string };
+  machine: { date: string; cpus: number; cpuModel: string; node: string; loadAverage: number[]; commit?: string; childNodeArgs?: string };
   loadAverageAfter: number[];
   command: string;
   rows: Row[];
@@ -48,7 +48,7 @@ const out: string[] = [];
 for (const [name, suite] of Object.entries(latest.suites)) {
   const cols = columns[name]?.length ? columns[name]! : Object.keys(suite.rows[0] ?? {}).map((k) => [k, k] as [string, string]);
   const m = suite.machine;
-  out.push(`**${titles[name] ?? name}** — ${m.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpus} × ${m.cpuModel}, Node ${m.node}, load ${m.loadAverage[0]} → ${suite.loadAverageAfter[0]}${m.commit ? `, commit ${m.commit.slice(0, 7)}` : ''}`);
+  out.push(`**${titles[name] ?? name}** — ${m.date.slice(0, 16).replace('T', ' ')} UTC, ${m.cpus} × ${m.cpuModel}, Node ${m.node}, load ${m.loadAverage[0]} → ${suite.loadAverageAfter[0]}${m.commit ? `, commit ${m.commit.slice(0, 7)}` : ''}${m.childNodeArgs ? `, servers run with \`node ${m.childNodeArgs}\`` : ''}`);
   out.push('');
   out.push(`| ${cols.map((c) => c[1]).join(' | ')} |`);
   out.push(`|${cols.map(() => '---').join('|')}|`);
