@@ -7,18 +7,14 @@
  */
 import { mkdir } from 'node:fs/promises';
 import createDebug from 'debug';
-import type { AdminMetrics } from '../admin/metrics.js';
-import { createAdminServer } from '../admin/server.js';
 import { createCycleSource, type CycleSourceOptions } from '../cycle/cycle-runner.js';
 import { LayeredVolume } from '../cycle/layered-volume.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
-import type { NbdExport } from '../nbd/export.js';
-import { NbdServer } from '../nbd/server.js';
 import { cycleVolumeBackend } from '../nbd/volume-backend.js';
 import { formatHostPort, type PrimaryConfig } from './args.js';
-import { relabel } from './mirror.js';
-import { FATAL_PEER_ERRORS, latencyRecorder } from './primary.js';
-import { closeDevices, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
+import { servePrimaryFronts } from './nbd-front.js';
+import { FATAL_PEER_ERRORS } from './primary.js';
+import { closeDevices, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
 
@@ -84,41 +80,14 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     source.on('error', (error) => warn(io, `cycle: ${error.code}: ${error.message}`));
     source.on('merged', (info) => log('merged into the bases: %o', info));
 
-    const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
-    const metrics: AdminMetrics = { writeLatency: histograms };
-    let nbd: NbdServer | undefined;
-    let nbdAddress: string | undefined;
-    const parts: string[] = [];
-    if (config.admin !== undefined) {
-      const statusSource = {
-        status: () => ({ ...source.status(), nbd: nbd === undefined ? null : { address: nbdAddress, connections: nbd.stats().connections } }),
-      };
-      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: statusSource, metrics, version: packageVersion() });
-      resources.add('admin endpoint', () => admin.close());
-      parts.push(`admin=${formatHostPort(admin.address)}`);
-    }
-    if (config.nbd !== undefined) {
-      const exports: NbdExport[] = layered.map(({ name, volume }) => ({
+    const parts = await servePrimaryFronts(config, resources, () => source.status(), (observer) =>
+      layered.map(({ name, volume }) => ({
         name,
         description: `blockmirror primary volume ${name} (cycle)`,
         readOnly: false,
         backend: cycleVolumeBackend(name, volume, { observer }),
-      }));
-      const server = new NbdServer({ exports, defaultExport: config.volumes[0]!.name });
-      server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
-      let address: { host: string; port: number };
-      try {
-        address = await server.listen({ host: config.nbd.host, port: config.nbd.port });
-      } catch (error) {
-        await server.close();
-        throw relabel(error, 'NBD');
-      }
-      resources.add('NBD server', () => server.close());
-      nbd = server;
-      nbdAddress = formatHostPort(address);
-      metrics.nbd = () => server.stats();
-      parts.unshift(`nbd=${nbdAddress}`);
-    }
+      })),
+    );
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;
   } catch (error) {

@@ -24,7 +24,8 @@ import { createPrimary, type LinkState, type Primary } from '../replication/prim
 import { formatHostPort, type HostPort, type PrimaryConfig } from './args.js';
 import { LinkProxy } from './demo-proxy.js';
 import { primaryOptionsFrom } from './options.js';
-import { latencyRecorder, primaryExports } from './primary.js';
+import { primaryExports } from './primary.js';
+import { latencyRecorder } from './nbd-front.js';
 import { closeDevices, openVolumes, packageVersion, Resources, say, type CliIo } from './runtime.js';
 import { fetchStatus } from './status.js';
 import { formatBytes, renderColumns, renderStatusTable } from './table.js';

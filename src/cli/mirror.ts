@@ -7,7 +7,7 @@
 import { mkdir } from 'node:fs/promises';
 import createDebug from 'debug';
 import { createAdminServer } from '../admin/server.js';
-import { NbdServer } from '../nbd/server.js';
+import { serveNbd } from './nbd-front.js';
 import { targetVolumeBackend } from '../nbd/volume-backend.js';
 import { createMirrorTarget } from '../replication/mirror-target.js';
 import { BlockMirrorError } from '../errors.js';
@@ -56,25 +56,14 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
       parts.push(`admin=${formatHostPort(admin.address)}`);
     }
     if (config.nbd !== undefined) {
-      const nbd = new NbdServer({
-        exports: target.volumes.map((v) => ({
-          name: v.name,
-          description: `blockmirror mirror target volume ${v.name} (read-only)`,
-          readOnly: true,
-          backend: targetVolumeBackend(v),
-        })),
-        defaultExport: config.volumes[0]!.name,
-      });
-      nbd.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
-      let address: { host: string; port: number };
-      try {
-        address = await nbd.listen({ host: config.nbd.host, port: config.nbd.port });
-      } catch (error) {
-        await nbd.close();
-        throw relabel(error, 'NBD');
-      }
-      resources.add('NBD server', () => nbd.close());
-      parts.splice(1, 0, `nbd=${formatHostPort(address)}`);
+      const exports = target.volumes.map((v) => ({
+        name: v.name,
+        description: `blockmirror mirror target volume ${v.name} (read-only)`,
+        readOnly: true,
+        backend: targetVolumeBackend(v),
+      }));
+      const { address } = await serveNbd(exports, config.nbd, resources);
+      parts.splice(1, 0, `nbd=${address}`);
     }
     say(io, `listening ${parts.join(' ')}`);
     reason = await lifecycle.stopped;
@@ -82,12 +71,4 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     reason = { kind: 'error', error };
   }
   return shutdown(io, lifecycle, resources, reason);
-}
-
-/** Adds which listener failed to a listen error. */
-export function relabel(error: unknown, what: string): unknown {
-  if (error instanceof BlockMirrorError && !error.message.includes(`(${what})`)) {
-    return new BlockMirrorError(error.code, `${what}: ${error.message}`, { cause: error.cause, details: error.details });
-  }
-  return error;
 }

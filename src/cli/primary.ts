@@ -5,22 +5,17 @@
  * @module
  */
 import createDebug from 'debug';
-import { LatencyHistogram } from '../admin/histogram.js';
-import type { AdminMetrics } from '../admin/metrics.js';
-import { createAdminServer } from '../admin/server.js';
 import type { ErrorCode } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
-import { NbdServer } from '../nbd/server.js';
 import { primaryVolumeBackend, type VolumeOpObserver } from '../nbd/volume-backend.js';
 import { createPrimary, type Primary } from '../replication/primary.js';
 import { formatHostPort, type PrimaryConfig } from './args.js';
-import { relabel } from './mirror.js';
+import { servePrimaryFronts } from './nbd-front.js';
 import { primaryOptionsFrom } from './options.js';
 import {
   closeDevices,
   Lifecycle,
   openVolumes,
-  packageVersion,
   readSecret,
   Resources,
   say,
@@ -40,15 +35,6 @@ export const FATAL_PEER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
   'BM_ERR_PROTOCOL_VERSION',
   'BM_ERR_NOT_SUPPORTED',
 ]);
-
-/** Per-volume write-latency histograms and the observer that feeds them (NBD WRITE only). */
-export function latencyRecorder(names: readonly string[]): { histograms: Map<string, LatencyHistogram>; observer: VolumeOpObserver } {
-  const histograms = new Map<string, LatencyHistogram>(names.map((n) => [n, new LatencyHistogram()]));
-  const observer: VolumeOpObserver = (info) => {
-    if (info.op === 'write' && info.error === undefined) histograms.get(info.volume)?.observe(info.seconds);
-  };
-  return { histograms, observer };
-}
 
 /** NBD exports (read-write, export name = volume name) of a primary's volumes. */
 export function primaryExports(primary: Primary, observer?: VolumeOpObserver): NbdExport[] {
@@ -98,38 +84,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     primary.on('mirror-error', (info) => log('volume %s seq %d: mirror failed: %s', info.volume, info.seq, info.error.message));
     primary.on('volume-state', (info) => log('volume %s: %s', info.volume, info.state));
 
-    const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
-    const metrics: AdminMetrics = { writeLatency: histograms };
-    let nbd: NbdServer | undefined;
-    let nbdAddress: string | undefined;
-    const parts: string[] = [];
-    if (config.admin !== undefined) {
-      const source = {
-        status: () => ({
-          ...primary.status(),
-          nbd: nbd === undefined ? null : { address: nbdAddress, connections: nbd.stats().connections },
-        }),
-      };
-      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion() });
-      resources.add('admin endpoint', () => admin.close());
-      parts.push(`admin=${formatHostPort(admin.address)}`);
-    }
-    if (config.nbd !== undefined) {
-      const server = new NbdServer({ exports: primaryExports(primary, observer), defaultExport: config.volumes[0]!.name });
-      server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
-      let address: { host: string; port: number };
-      try {
-        address = await server.listen({ host: config.nbd.host, port: config.nbd.port });
-      } catch (error) {
-        await server.close();
-        throw relabel(error, 'NBD');
-      }
-      resources.add('NBD server', () => server.close());
-      nbd = server;
-      nbdAddress = formatHostPort(address);
-      metrics.nbd = () => server.stats();
-      parts.unshift(`nbd=${nbdAddress}`);
-    }
+    const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer));
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;
   } catch (error) {

@@ -43,6 +43,12 @@ export interface PrimaryVolumeBackendOptions {
   observer?: VolumeOpObserver;
   /** Time source for the latency (default {@link systemClock}). */
   clock?: Clock;
+  /**
+   * Hand each write's payload over to the volume (`transfer` of
+   * {@link PrimaryVolume.write}; default true): the NBD server never reuses
+   * a payload buffer, so an async volume keeps it without copying.
+   */
+  transfer?: boolean;
 }
 
 /**
@@ -87,7 +93,8 @@ export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolu
     },
     supports: { fua: volume.device.supports.fua },
     read: (offset, length) => volume.read(offset, length),
-    write: (offset, data, opts) => settle('write', data.length, () => volume.write(offset, data, { fua: opts?.fua === true })),
+    // the server hands each request's payload over: nothing reuses it
+    write: (offset, data, opts) => settle('write', data.length, () => volume.write(offset, data, { fua: opts?.fua === true, transfer: options.transfer !== false })),
     flush: () => settle('flush', 0, () => volume.flush()),
     trim: (offset, length) => settle('zero', length, () => volume.zero(offset, length)),
     writeZeroes: (offset: number, length: number, opts?: NbdWriteZeroesOptions) =>

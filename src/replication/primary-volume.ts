@@ -121,6 +121,12 @@ export interface ReplicationLink {
 export interface VolumeWriteOptions {
   /** Durable on the primary, and (sync mode) on the target, when it resolves. */
   fua?: boolean;
+  /**
+   * Hands `data` over: the caller never modifies it afterwards, so the volume
+   * may keep it (async mode then queues it without a copy, and a sync write
+   * whose mirror fails keeps it instead of copying). Default false.
+   */
+  transfer?: boolean;
 }
 
 /**
@@ -279,7 +285,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, data.length);
-    return this.#apply('write', offset, data.length, data, options.fua === true);
+    return this.#apply('write', offset, data.length, data, options.fua === true, options.transfer === true);
   }
 
   /** Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered like a write. */
@@ -311,7 +317,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return toResult(await outcome, undefined);
   }
 
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean): Promise<WriteResult> {
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false): Promise<WriteResult> {
     if (this.#closed) throw closedError(this.name);
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
@@ -344,8 +350,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         }
         const seq = ++this.#lastSeq;
         this.#lastWriteSeq = seq;
-        const copy = data === undefined ? undefined : Buffer.from(data);
-        const req = this.#request(kind, seq, offset, length, copy, fua, barrier);
+        const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
+        const req = this.#request(kind, seq, offset, length, kept, fua, barrier);
         req.owned = true;
         req.lag = lag;
         enqueued = true;
@@ -364,6 +370,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const seq = ++this.#lastSeq;
       this.#lastWriteSeq = seq;
       const req = this.#request(kind, seq, offset, length, data, fua, Math.max(this.#completedSeq, this.#lastResyncSeq));
+      req.owned = transfer;
       const outcome = this.#waitFor(req);
       try {
         await this.#local(kind, offset, length, data, fua);

@@ -215,3 +215,33 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
     await pair.close();
   }
 });
+
+test('async writes copy the caller\'s buffer unless it is handed over with transfer: true', async () => {
+  const network = new MemoryNetwork();
+  const link = { heartbeatInterval: 10, staleAfter: 60, probation: 20 };
+  const pair = await startPair([{ name: 'v', mode: 'async' }], {
+    target: { transport: network.transport({ host: '10.9.1.2' }), listen: { host: '10.9.1.2', port: 0 }, ...link },
+    primary: { transport: network.transport({ host: '10.9.1.1' }), ...link },
+  });
+  try {
+    // link down: the requests stay queued with whatever buffer the volume kept
+    network.partition('10.9.1.1', '10.9.1.2');
+    for (const l of network.links) if (!l.closed) l.cut();
+    while (pair.primary.link !== 'down') await once(pair.primary, 'link');
+    const copied = Buffer.alloc(4 * KiB, 0x11);
+    const handedOver = Buffer.alloc(4 * KiB, 0x22);
+    const volume = pair.primary.volume('v');
+    assert.equal((await volume.write(0, copied)).mirror, 'queued');
+    assert.equal((await volume.write(8 * KiB, handedOver, { transfer: true })).mirror, 'queued');
+    // a caller breaking the transfer contract shows that no copy was taken
+    copied.fill(0x33);
+    handedOver.fill(0x44);
+    network.heal('10.9.1.1', '10.9.1.2');
+    await pair.primary.drain(20000);
+    const target = pair.target.volume('v');
+    assert.equal((await target.read(0, 4 * KiB)).every((b) => b === 0x11), true, 'default: the volume mirrored its own copy');
+    assert.equal((await target.read(8 * KiB, 4 * KiB)).every((b) => b === 0x44), true, 'transfer: the volume kept the caller\'s buffer');
+  } finally {
+    await pair.close();
+  }
+});

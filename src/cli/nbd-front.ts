@@ -1,0 +1,86 @@
+/**
+ * The fronts of the server commands: `--nbd HOST:PORT` (an {@link NbdServer}
+ * over the command's exports) and, for primaries, `--admin HOST:PORT` with the
+ * write-latency histograms of the NBD writes; both registered for shutdown.
+ *
+ * @module
+ */
+import createDebug from 'debug';
+import { BlockMirrorError } from '../errors.js';
+import type { NbdExport } from '../nbd/export.js';
+import { NbdServer } from '../nbd/server.js';
+import { LatencyHistogram } from '../admin/histogram.js';
+import type { AdminMetrics } from '../admin/metrics.js';
+import { createAdminServer } from '../admin/server.js';
+import type { VolumeOpObserver } from '../nbd/volume-backend.js';
+import { formatHostPort, type HostPort, type PrimaryConfig } from './args.js';
+import { packageVersion, type Resources } from './runtime.js';
+
+const log = createDebug('blockmirror:cli');
+
+/**
+ * Listens on `at` with `exports` (the first volume is the default export) and
+ * registers the server with `resources`. A listen failure closes the server
+ * and is relabelled `NBD: …`.
+ */
+export async function serveNbd(exports: NbdExport[], at: HostPort, resources: Resources): Promise<{ server: NbdServer; address: string }> {
+  const server = new NbdServer({ exports, defaultExport: exports[0]!.name });
+  server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
+  let address: HostPort;
+  try {
+    address = await server.listen({ host: at.host, port: at.port });
+  } catch (error) {
+    await server.close();
+    throw relabel(error, 'NBD');
+  }
+  resources.add('NBD server', () => server.close());
+  return { server, address: formatHostPort(address) };
+}
+
+/** Adds which listener failed to a listen error. */
+export function relabel(error: unknown, what: string): unknown {
+  if (error instanceof BlockMirrorError && !error.message.includes(`(${what})`)) {
+    return new BlockMirrorError(error.code, `${what}: ${error.message}`, { cause: error.cause, details: error.details });
+  }
+  return error;
+}
+
+/** Per-volume write-latency histograms and the observer that feeds them (NBD WRITE only). */
+export function latencyRecorder(names: readonly string[]): { histograms: Map<string, LatencyHistogram>; observer: VolumeOpObserver } {
+  const histograms = new Map<string, LatencyHistogram>(names.map((n) => [n, new LatencyHistogram()]));
+  const observer: VolumeOpObserver = (info) => {
+    if (info.op === 'write' && info.error === undefined) histograms.get(info.volume)?.observe(info.seconds);
+  };
+  return { histograms, observer };
+}
+
+/**
+ * Starts a primary's `--admin` (status from `status()`, plus the NBD front's
+ * address and connections) and `--nbd` (the exports `exports(observer)`
+ * returns) when configured. Resolves with the `key=HOST:PORT` parts of the
+ * `listening` line.
+ */
+export async function servePrimaryFronts(
+  config: PrimaryConfig,
+  resources: Resources,
+  status: () => object,
+  exports: (observer: VolumeOpObserver) => NbdExport[],
+): Promise<string[]> {
+  const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
+  const metrics: AdminMetrics = { writeLatency: histograms };
+  let nbd: { server: NbdServer; address: string } | undefined;
+  const parts: string[] = [];
+  if (config.admin !== undefined) {
+    const source = { status: () => ({ ...status(), nbd: nbd === undefined ? null : { address: nbd.address, connections: nbd.server.stats().connections } }) };
+    const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion() });
+    resources.add('admin endpoint', () => admin.close());
+    parts.push(`admin=${formatHostPort(admin.address)}`);
+  }
+  if (config.nbd !== undefined) {
+    const served = await serveNbd(exports(observer), config.nbd, resources);
+    nbd = served;
+    metrics.nbd = () => served.server.stats();
+    parts.unshift(`nbd=${served.address}`);
+  }
+  return parts;
+}
