@@ -91,8 +91,11 @@ export interface MirrorTargetOptions {
    * is replayed there, so each volume holds one complete freeze image. A
    * volume is written by one kind of source at a time: while a primary
    * mirrors into it per write, a cycle source is refused with
-   * `BM_ERR_VOLUME_BUSY`, and the other way round. Without this option
-   * cycle sources are refused with `BM_ERR_NOT_SUPPORTED`.
+   * `BM_ERR_VOLUME_BUSY`, and the other way round; a volume holding the
+   * other kind's data (a cycle image, or a primary's generation) refuses the
+   * newcomer with `BM_ERR_SPLIT_BRAIN` unless `splitBrain` is
+   * `discard-target`. Without this option cycle sources are refused with
+   * `BM_ERR_NOT_SUPPORTED`.
    */
   cycle?: { dir: string; maxInFlight?: number };
 }
