@@ -21,7 +21,7 @@
  * - `--connections N`          mirror connections per primary (write and nbd suites; default 4)
  * - `--uv-threadpool N`        UV_THREADPOOL_SIZE of the nbd suite's server and target processes
  * - `--cpu-prof-dir DIR`       CPU profiles of the child processes (target; NBD servers) into DIR
- * - `--child-node-args "FLAGS"` Node flags of the server processes (default: the
+ * - `--child-node-args=FLAGS`  Node flags of the server processes (default: the
  *                              README's recommended `--initial-old-space-size=256`; '' for none)
  * - `--no-save`                print only, write no JSON
  *
