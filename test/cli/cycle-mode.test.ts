@@ -9,7 +9,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { describe, test, type TestContext } from 'node:test';
 import { requireTool, runTool, type ToolResult } from '../helpers/tools.js';
-import { CliProcess, listeningAddresses, runCli, tmpDir } from './cli-helpers.js';
+import { CliProcess, listeningAddresses, oneErrorLine, runCli, tmpDir } from './cli-helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -111,5 +111,19 @@ describe('blockmirror primary --mode cycle', () => {
     assert.equal((await primary.stop('SIGTERM')).code, 0, primary.stderr);
     assert.equal((await mirror.stop('SIGTERM')).code, 0, mirror.stderr);
     assert.match(primary.stdout, /^stopped$/m);
+  });
+
+  test('a size mismatch or an unknown volume at the mirror stops a cycle primary with one coded line, exit 1', async (t) => {
+    const dir = await tmpDir(t);
+    const mirror = new CliProcess(t, ['mirror', '--listen', '127.0.0.1:0', '--volume', `disk=${path.join(dir, 'mirror.img')}:8M`]);
+    const m = listeningAddresses(await mirror.waitForLine(/^listening /));
+    const peer = `127.0.0.1:${m.mirror!.port}`;
+    const mismatch = await runCli(t, ['primary', '--peer', peer, '--volume', `disk=${path.join(dir, 'a.img')}:16M`, '--mode', 'cycle']);
+    assert.equal(mismatch.code, 1);
+    assert.equal(oneErrorLine(mismatch.stderr).code, 'BM_ERR_VOLUME_MISMATCH');
+    const unknown = await runCli(t, ['primary', '--peer', peer, '--volume', `other=${path.join(dir, 'b.img')}:8M`, '--mode', 'cycle']);
+    assert.equal(unknown.code, 1);
+    assert.equal(oneErrorLine(unknown.stderr).code, 'BM_ERR_UNKNOWN_VOLUME');
+    assert.equal((await mirror.stop('SIGTERM')).code, 0, mirror.stderr);
   });
 });
