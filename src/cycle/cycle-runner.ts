@@ -29,6 +29,7 @@ import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import type { VolumeOffer } from '../codec/messages.js';
 import { readStateFile, writeStateFile } from '../storage/state-file.js';
+import { nonNegativeInt, secretBytes } from '../replication/options.js';
 import { ConsistencyGroup } from './consistency-group.js';
 import { CycleLink, cycleVolumeOffer, type CycleLinkState } from './cycle-link.js';
 import type { LayeredVolume, LayeredVolumeStatus } from './layered-volume.js';
@@ -204,11 +205,6 @@ function invalid(message: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
 }
 
-function nonNegativeInt(v: unknown, name: string): number {
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) throw invalid(`${name} must be a non-negative integer`);
-  return v;
-}
-
 /** The cycle engine of a primary: see the module notes. */
 export class CycleSource extends EventEmitter<CycleSourceEvents> {
   readonly nodeId: string;
@@ -259,13 +255,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(group)) throw invalid('group must be 1–128 characters of A-Z a-z 0-9 . _ -');
     this.#groupFile = join(stateDir, `${group}.group`);
     this.#targetsFile = join(stateDir, `${group}.targets`);
-    const secret = options.secret;
-    let secretBytes: Uint8Array | undefined;
-    if (secret !== undefined) {
-      if (typeof secret === 'string' && secret.length > 0) secretBytes = Buffer.from(secret, 'utf8');
-      else if (secret instanceof Uint8Array && secret.length > 0) secretBytes = secret;
-      else throw invalid('secret must be a non-empty string or Uint8Array');
-    }
+    const secret = secretBytes(options.secret);
     if (options.bandwidth !== undefined && !(typeof options.bandwidth === 'number' && options.bandwidth > 0)) throw invalid('bandwidth must be a positive number');
     const transport = options.transport ?? new TcpTransport();
     const limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
@@ -284,7 +274,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
         address: { host: a.host, port: a.port },
         transport,
         nodeId: this.nodeId,
-        secret: secretBytes,
+        secret,
         clock: this.#clock,
         limits,
         payloadChecksum: options.payloadChecksum ?? true,

@@ -16,6 +16,7 @@ import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
+import { checkVolumeName, secretBytes } from '../replication/options.js';
 import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from './cycle-host.js';
 import type { StagingStoreHooks, TargetImageState } from './staging-store.js';
 
@@ -144,10 +145,8 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
     if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
     const names = new Set<string>();
     for (const v of options.volumes) {
-      // eslint-disable-next-line no-control-regex
-      if (v === null || typeof v !== 'object' || typeof v.name !== 'string' || v.name === '' || /[\u0000-\u001f\u007f/]/.test(v.name) || v.name.length > 255) {
-        throw invalid('each volume needs a name (1–255 characters, no "/" or control characters)');
-      }
+      if (v === null || typeof v !== 'object') throw invalid('each volume must be an object');
+      checkVolumeName(v.name);
       if (names.has(v.name)) throw invalid(`volume ${v.name} is listed twice`);
       if (v.device === null || typeof v.device !== 'object' || typeof v.device.write !== 'function') throw invalid(`volume ${v.name}: device must be a BlockDevice`);
       names.add(v.name);
@@ -264,13 +263,6 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
 
 function invalid(message: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
-}
-
-function secretBytes(secret: unknown): Uint8Array | undefined {
-  if (secret === undefined) return undefined;
-  if (typeof secret === 'string' && secret.length > 0) return Buffer.from(secret, 'utf8');
-  if (secret instanceof Uint8Array && secret.length > 0) return secret;
-  throw invalid('secret must be a non-empty string or Uint8Array');
 }
 
 /**
