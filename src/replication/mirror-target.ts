@@ -19,6 +19,7 @@ import { parseFlush, parseHash, parseWrite, parseZero, type HelloHeader, type Re
 import { FramedConnection } from '../link/framed-connection.js';
 import { FEATURES, serverHandshake } from '../link/handshake.js';
 import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from '../cycle/cycle-host.js';
+import type { StagingStoreHooks } from '../cycle/staging-store.js';
 import { ConnectionArray } from '../link/connection-array.js';
 import { LinkMonitor, type LinkState } from '../link/link-monitor.js';
 import { IdleWatch } from '../link/idle-watch.js';
@@ -97,7 +98,7 @@ export interface MirrorTargetOptions {
    * `discard-target`. Without this option cycle sources are refused with
    * `BM_ERR_NOT_SUPPORTED`.
    */
-  cycle?: { dir: string; maxInFlight?: number };
+  cycle?: { dir: string; maxInFlight?: number; hooks?: StagingStoreHooks };
 }
 
 /** Plain-object status of a target volume. */
@@ -683,6 +684,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       dir: options.dir,
       volumes: [...this.#volumes.values()].map((v) => ({ name: v.name, device: v.device })),
       ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight }),
+      ...(options.hooks === undefined ? {} : { hooks: options.hooks }),
       heldBy: (name) => {
         const v = this.#volumes.get(name);
         return v !== undefined && v.connections > 0 ? v.owner?.node : undefined;

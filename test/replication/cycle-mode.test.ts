@@ -12,6 +12,7 @@ import { createMirrorTarget, type MirrorTarget } from '../../src/replication/mir
 import { createPrimary } from '../../src/replication/primary.js';
 import { createCycleSource, type CycleSource } from '../../src/cycle/cycle-runner.js';
 import type { LayeredVolume } from '../../src/cycle/layered-volume.js';
+import type { StagingStoreHooks } from '../../src/cycle/staging-store.js';
 import { normalizeStatus } from '../../src/admin/status.js';
 import { isBlockMirrorError, type BlockMirrorError } from '../../src/errors.js';
 import { linksUp, openVolume, pattern, subDir, tempDir, waitFor } from '../cycle/helpers.js';
@@ -31,7 +32,7 @@ interface Setup {
   close(): Promise<void>;
 }
 
-async function setup(options: { cycle?: boolean; size?: number } = {}): Promise<Setup> {
+async function setup(options: { cycle?: boolean; size?: number; hooks?: StagingStoreHooks } = {}): Promise<Setup> {
   const dir = subDir(root.dir, `case-${++seq}`);
   const size = options.size ?? MiB;
   const net = new MemoryNetwork();
@@ -41,7 +42,7 @@ async function setup(options: { cycle?: boolean; size?: number } = {}): Promise<
     volumes: [{ name: 'v', device }],
     transport: net.transport({ host: 'm' }),
     heartbeats: false,
-    ...(options.cycle === false ? {} : { cycle: { dir: subDir(dir, 'state') } }),
+    ...(options.cycle === false ? {} : { cycle: { dir: subDir(dir, 'state'), ...(options.hooks === undefined ? {} : { hooks: options.hooks }) } }),
   });
   const volume = await openVolume(dir, 'primary.img', size, { chunkSize: 64 * KiB });
   const source = await createCycleSource({
@@ -108,6 +109,47 @@ describe('mirror target receiving cycles', () => {
       const dirty = normalizeStatus(s.source.status()).volumes.v!;
       assert.deepEqual({ inSync: dirty.inSync, pending: dirty.pendingBytes, state: dirty.state }, { inSync: false, pending: 8 * KiB, state: 'replicating' });
     } finally {
+      await s.close();
+    }
+  });
+
+  it('SPEC 31: a read of the target volume while a cycle merges into it waits for the merge: it sees freeze k-1 or freeze k, never a mix', async () => {
+    let pause: { reached: () => void; go: Promise<void> } | undefined;
+    let release!: () => void;
+    const s = await setup({
+      hooks: {
+        beforeMergeWrite: async () => {
+          if (pause === undefined) return;
+          const p = pause;
+          pause = undefined;
+          p.reached();
+          await p.go;
+        },
+      },
+    });
+    try {
+      await linksUp(s.source);
+      await s.volume.write(0, pattern(MiB, 7));
+      await s.source.freezeNow();
+      const before = await s.target.volume('v').read(0, MiB);
+      for (let i = 0; i < 4; i++) await s.volume.write(i * 256 * KiB, pattern(64 * KiB, 10 + i));
+      const after = await s.volume.read(0, MiB);
+      const reached = new Promise<void>((resolve) => {
+        pause = { reached: resolve, go: new Promise<void>((r) => (release = r)) };
+      });
+      const cycle = s.source.freezeNow();
+      await reached; // the merge into the image is under way and held
+      let read: Buffer | undefined;
+      const reading = s.target.volume('v').read(0, MiB).then((b) => (read = b));
+      for (let i = 0; i < 20; i++) await new Promise<void>((r) => setImmediate(r));
+      assert.equal(read, undefined, 'the read waits for the merge');
+      release();
+      await reading;
+      await cycle;
+      assert.notDeepEqual(before, after);
+      assert.deepEqual(read, after, 'the read sees the complete new image');
+    } finally {
+      release?.();
       await s.close();
     }
   });
