@@ -64,6 +64,8 @@ export interface PrimaryConfig extends ServerConfig {
   noPayloadChecksum?: boolean;
   /** `--drain-timeout MS`: how long shutdown waits for pending mirror requests (default 10000). */
   drainTimeout: number;
+  /** `--initial-sync full|checksum` (sync/async): copy the whole volumes to the mirror at start. */
+  initialSync?: 'full' | 'checksum';
 }
 
 /** `blockmirror status …` */
@@ -137,7 +139,7 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
                           [--drain-timeout MS] [--no-payload-checksum]
-                          [--cycle-interval MS] [--bandwidth SIZE]
+                          [--initial-sync full|checksum] [--cycle-interval MS] [--bandwidth SIZE]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
@@ -165,6 +167,10 @@ ${VOLUME_HELP}
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
   --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
                              TCP checksums still apply; headers keep their CRC)
+  --initial-sync full|checksum
+                             at start, copy each whole volume to the mirror while serving it
+                             (a new mirror: full; an image copied by other means: checksum
+                             sends only the regions that differ); progress on stderr
   --cycle-interval MS        cycle mode: time from one freeze to the next (default 60000;
                              a cycle that takes longer delays the next freeze)
   --bandwidth SIZE           cycle mode: cap on the bytes per second a cycle sends (64M, 1G)
@@ -384,6 +390,7 @@ function parsePrimary(argv: string[]): Command {
     'no-payload-checksum': { type: 'boolean' },
     'cycle-interval': { type: 'string' },
     bandwidth: { type: 'string' },
+    'initial-sync': { type: 'string' },
   });
   if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
   const peer = parseHostPort(required(values, 'peer', 'primary'), '--peer', false);
@@ -410,6 +417,12 @@ function parsePrimary(argv: string[]): Command {
   if (values['no-payload-checksum'] === true) config.noPayloadChecksum = true;
   const drain = str(values, 'drain-timeout');
   if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');
+  const initialSync = str(values, 'initial-sync');
+  if (initialSync !== undefined) {
+    if (initialSync !== 'full' && initialSync !== 'checksum') throw usageError(`--initial-sync must be full or checksum, got ${JSON.stringify(initialSync)}`);
+    if (config.mode === 'cycle') throw usageError('--initial-sync applies to --mode sync and async only (the first cycle copies the whole volume)');
+    config.initialSync = initialSync;
+  }
   cycleFlags(values, config);
   return { kind: 'primary', config };
 }

@@ -13,10 +13,14 @@ import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { cycleVolumeBackend } from '../nbd/volume-backend.js';
 import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
+import { OperationProgress } from './operation-progress.js';
 import { FATAL_PEER_ERRORS } from './primary.js';
 import { closeDevices, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
+
+/** Cycle transfers of at least this many bytes show progress on stderr. */
+const PROGRESS_MIN_BYTES = 4 * 1024 * 1024;
 
 /** Runs `blockmirror primary --mode cycle` until SIGINT/SIGTERM or a fatal peer error; resolves with the exit status. */
 export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise<number> {
@@ -72,8 +76,17 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
         warn(io, `mirror ${peer} not reachable (${error.code}: ${error.message}); retrying`);
       }
     });
-    source.on('target-committed', ({ cycle, stats, durationMs }) => say(io, `cycle ${cycle} committed peer=${peer} bytes=${stats.wireBytes} ms=${Math.round(durationMs)}`));
+    const progress = new OperationProgress(io.stderr);
+    resources.add('progress', async () => progress.close());
+    source.on('transfer-progress', ({ cycle, done, total }) => {
+      if (total >= PROGRESS_MIN_BYTES) progress.report(`cycle ${cycle} to ${peer}`, done, total);
+    });
+    source.on('target-committed', ({ cycle, stats, durationMs }) => {
+      progress.finish(`cycle ${cycle} to ${peer}`);
+      say(io, `cycle ${cycle} committed peer=${peer} bytes=${stats.wireBytes} ms=${Math.round(durationMs)}`);
+    });
     source.on('target-error', ({ cycle, error }) => {
+      progress.finish(`cycle ${cycle} to ${peer}`, true);
       if (FATAL_PEER_ERRORS.has(error.code)) lifecycle.fail(error);
       else warn(io, `cycle ${cycle} to ${peer} failed (${error.code}: ${error.message}); the mirror keeps its previous freeze, retrying`);
     });

@@ -30,7 +30,12 @@ export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsI
   if (mode === 'cycle') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', '--mode cycle runs a cycle source, not a per-write primary');
   const options: PrimaryOptions = {
     peer: { host: config.peer.host, port: config.peer.port },
-    volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)!, mode: v.mode ?? mode })),
+    volumes: config.volumes.map((v) => ({
+      name: v.name,
+      device: input.devices.get(v.name)!,
+      mode: v.mode ?? mode,
+      ...(config.initialSync === undefined ? {} : { initialSync: config.initialSync }),
+    })),
     waitForConnection: false,
   };
   if (config.connections !== undefined) options.connections = config.connections;

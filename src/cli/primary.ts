@@ -11,6 +11,7 @@ import { primaryVolumeBackend, type VolumeOpObserver } from '../nbd/volume-backe
 import { createPrimary, type Primary } from '../replication/primary.js';
 import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
+import { OperationProgress } from './operation-progress.js';
 import { primaryOptionsFrom } from './options.js';
 import {
   closeDevices,
@@ -83,6 +84,21 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     });
     primary.on('mirror-error', (info) => log('volume %s seq %d: mirror failed: %s', info.volume, info.seq, info.error.message));
     primary.on('volume-state', (info) => log('volume %s: %s', info.volume, info.state));
+    const progress = new OperationProgress(io.stderr);
+    resources.add('progress', async () => progress.close());
+    primary.on('progress', (info) => {
+      const label = `${info.operation} ${info.volume}`;
+      if (info.finished) progress.finish(label);
+      else progress.report(label, info.done, info.total);
+    });
+    primary.on('resync-done', (info) => {
+      progress.finish(`resync ${info.volume}`);
+      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
+    });
+    primary.on('resync-error', (info) => {
+      progress.finish(`resync ${info.volume}`, true);
+      warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);
+    });
 
     const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer));
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);

@@ -55,6 +55,8 @@ export interface Progress {
   update(done: number): void;
   /** Adds `n` to the amount done. */
   add(n: number): void;
+  /** Changes the total (work can grow while it runs, e.g. new dirty regions). */
+  setTotal(total: number): void;
   /** Current amount done. */
   readonly done: number;
   /** Writes the final state (100 % unless `aborted`) and stops the timer. Idempotent. */
@@ -83,7 +85,7 @@ export function createProgress(options: ProgressOptions): Progress {
   const tty = stream.isTTY === true;
   const clock = options.clock ?? systemClock;
   const interval = options.interval ?? (tty ? 100 : 1000);
-  const total = Math.max(0, options.total);
+  let total = Math.max(0, options.total);
   const bytes = (options.unit ?? 'bytes') === 'bytes';
   const started = clock.now();
   let done = 0;
@@ -134,6 +136,11 @@ export function createProgress(options: ProgressOptions): Progress {
   return {
     update: set,
     add: (n) => set(done + n),
+    setTotal(n) {
+      if (finished || Number.isNaN(n)) return;
+      total = Math.max(0, n);
+      done = Math.min(done, total);
+    },
     get done() {
       return done;
     },

@@ -228,7 +228,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
    * @throws {BlockMirrorError} `BM_ERR_CONNECTION_CLOSED` when the link is not
    *   up or dies during the transfer; the target's coded refusal or failure.
    */
-  async transfer(plan: Omit<TransferPlan, 'id'>): Promise<TransferStats> {
+  async transfer(plan: Omit<TransferPlan, 'id'>, onProgress?: (done: number, total: number) => void): Promise<TransferStats> {
     const conn = this.#conn;
     if (this.#state !== 'up' || conn === undefined) {
       throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `cycle target ${this.name} is not connected`);
@@ -244,6 +244,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
         payloadChecksum: this.#o.payloadChecksum,
         maxPayload: this.#o.maxPayload,
         limiter: this.#limiter === undefined ? undefined : { take: (bytes: number) => this.#limiter!.take(bytes, { signal: this.#waits.signal }) },
+        onProgress,
       }).catch((error: unknown) => {
         this.#pending.delete(id);
         const err = toBlockMirrorError(error);
@@ -266,12 +267,12 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
    * just before a connection died), it plans again once from what it reported.
    * Resolves with the stats, or undefined when the target already held `to`.
    */
-  async sync(volumes: readonly PlannedVolume[], to: number): Promise<TransferStats | undefined> {
+  async sync(volumes: readonly PlannedVolume[], to: number, onProgress?: (done: number, total: number) => void): Promise<TransferStats | undefined> {
     for (let attempt = 0; ; attempt++) {
       const plan = planTransfer(volumes, (name) => this.images.get(name) ?? 0, to);
       if (plan.length === 0) return undefined;
       try {
-        return await this.transfer({ to, volumes: plan });
+        return await this.transfer({ to, volumes: plan }, onProgress);
       } catch (error) {
         const err = toBlockMirrorError(error);
         if (attempt > 0 || err.details.replan !== true) throw err;

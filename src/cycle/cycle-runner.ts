@@ -165,6 +165,8 @@ export interface CycleSourceEvents {
   frozen: [info: { cycle: number; at: number }];
   /** A target holds freeze `cycle` now. */
   'target-committed': [info: { target: string; cycle: number; stats: TransferStats; durationMs: number }];
+  /** Granule bytes of a running transfer sent to a target so far, after each data frame (≤ 1 MiB by default). */
+  'transfer-progress': [info: { target: string; cycle: number; done: number; total: number }];
   /** A transfer to a target failed (it keeps its previous image; retried later). */
   'target-error': [info: { target: string; cycle: number; error: BlockMirrorError }];
   /** A target's link changed state. */
@@ -436,7 +438,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
     const began = this.#clock.now();
     try {
-      const stats = await t.link.sync(this.#volumes, k);
+      const stats = await t.link.sync(this.#volumes, k, (done, total) => this.emit('transfer-progress', { target: name, cycle: k, done, total }));
       for (const v of this.#volumes) t.known.set(v.name, t.link.images.get(v.name) ?? 0);
       if (stats === undefined) {
         t.lastBytes = 0;

@@ -60,6 +60,13 @@ export interface SendTransferOptions {
   /** Reads in flight ahead of the sends (default 8). */
   readAhead?: number;
   limiter?: { take(bytes: number): Promise<void> } | undefined;
+  /** Called after each data frame with the granule bytes sent so far and in all ({@link transferDataBytes}). */
+  onProgress?: ((done: number, total: number) => void) | undefined;
+}
+
+/** Granule bytes a transfer of `volumes` sends (an upper bound: the last granule of a volume may be short). */
+export function transferDataBytes(volumes: readonly TransferVolume[]): number {
+  return volumes.reduce((n, v) => n + v.table.granules * v.table.geometry.granularity, 0);
 }
 
 function closed(): BlockMirrorError {
@@ -103,6 +110,7 @@ export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, o
   };
 
   const tables = plan.volumes.map((v) => (v.full ? Buffer.alloc(0) : v.table.encode()));
+  const total = options.onProgress === undefined ? 0 : transferDataBytes(plan.volumes);
   const begin: CycleBeginHeader = {
     id: plan.id,
     to: plan.to,
@@ -146,6 +154,7 @@ export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, o
       stats.dataBytes += payload.length;
       stats.granules += run.count;
       stats.dataFrames++;
+      options.onProgress?.(stats.dataBytes, Math.max(total, stats.dataBytes));
     }
   }
   await send(MessageType.CYCLE_COMMIT, { id: plan.id, to: plan.to });

@@ -83,6 +83,10 @@ describe('CLI arguments', () => {
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--connections', '2']), 'BM_ERR_INVALID_ARGUMENT', /--connections applies to --mode sync and async only/);
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--bandwidth', 'fast']), 'BM_ERR_INVALID_ARGUMENT', /--bandwidth/);
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--bandwidth', '0']), 'BM_ERR_INVALID_ARGUMENT', /at least 1 byte/);
+    const initial = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'async', '--initial-sync', 'checksum']);
+    assert.equal(initial.kind === 'primary' ? initial.config.initialSync : undefined, 'checksum');
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--initial-sync', 'fast']), 'BM_ERR_INVALID_ARGUMENT', /--initial-sync must be full or checksum/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--initial-sync', 'full']), 'BM_ERR_INVALID_ARGUMENT', /--initial-sync applies to --mode sync and async only/);
     const mirrorState = parseCommandLine(['mirror', '--listen', '7000', '--volume', 'a=/a.img', '--state-dir', '/srv/state']);
     assert.equal(mirrorState.kind === 'mirror' ? mirrorState.config.stateDir : undefined, '/srv/state');
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--stale-after', '0']), 'BM_ERR_INVALID_ARGUMENT', /--stale-after/);

@@ -272,6 +272,24 @@ describe('blockmirror CLI', () => {
     assert.equal(oneErrorLine(r.stderr).code, 'BM_ERR_AUTH_FAILED');
     await mirror.proc.stop();
   });
+
+  test('--initial-sync full: a filled primary volume is copied to a blank mirror; progress JSON on stderr, a "resync done" line, identical files', async (t) => {
+    const dir = await tmpDir(t);
+    const image = randomBytes(16 * MiB);
+    const pPath = path.join(dir, 'primary.img');
+    const mPath = path.join(dir, 'mirror.img');
+    await fs.writeFile(pPath, image);
+    const mirror = await startMirror(t, ['--volume', `v=${mPath}:16M`]);
+    const primary = new CliProcess(t, ['primary', '--peer', `127.0.0.1:${mirror.addrs.mirror!.port}`, '--volume', `v=${pPath}`, '--mode', 'async', '--initial-sync', 'full']);
+    const done = await primary.waitForLine(/^resync done volume=v /);
+    assert.match(done, /^resync done volume=v bytes=16777216 regions=256\/256 ms=\d+$/);
+    const progress = primary.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { label: string; done: number; total: number; finished?: boolean });
+    const last = progress.at(-1);
+    assert.deepEqual(last === undefined ? undefined : [last.label, last.done, last.total, last.finished], ['resync v', 16 * MiB, 16 * MiB, true]);
+    assert.equal((await primary.stop('SIGTERM')).code, 0, primary.stderr);
+    assert.equal((await mirror.proc.stop('SIGTERM')).code, 0, mirror.proc.stderr);
+    assert.ok((await fs.readFile(mPath)).equals(image), 'the mirror file holds the primary image');
+  });
 });
 
 async function freePort(): Promise<number> {

@@ -74,6 +74,12 @@ describe('blockmirror primary --mode cycle', () => {
     await mirrorCatchesUp(primary, p.admin!.port);
     ok(await runTool(t, 'qemu-img', ['compare', '-f', 'raw', '-F', 'raw', `nbd://127.0.0.1:${m.nbd!.port}/disk`, src]), 'qemu-img compare mirror vs source image');
     assert.match(mirror.stdout, /^cycle \d+ committed volumes=disk bytes=\d+ source=cycle-source-/m);
+    // the first cycle copies the whole 8 MiB: its progress goes to stderr (JSON lines: not a TTY)
+    const progress = primary.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { label: string; done: number; total: number; finished?: boolean });
+    assert.ok(
+      progress.some((r) => /^cycle 1 to 127\.0\.0\.1:\d+$/.test(r.label) && r.finished === true && r.done === 8 * MiB && r.total === 8 * MiB),
+      `a finished progress line for cycle 1: ${primary.stderr}`,
+    );
 
     // the primary's status: a primary with a cycle volume and the mirror as its peer
     let s = await status(p.admin!.port);

@@ -6,6 +6,7 @@ import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
 import FakeTimers from '@sinonjs/fake-timers';
 import { clockFrom } from '../../src/clock.js';
+import { OperationProgress } from '../../src/cli/operation-progress.js';
 import { createProgress, type ProgressRecord } from '../../src/cli/progress.js';
 
 const MiB = 1024 * 1024;
@@ -90,3 +91,26 @@ describe('createProgress', () => {
     assert.equal(p.done, 250, 'no updates after finish');
   });
 });
+
+describe('OperationProgress', () => {
+  test('one display per label: the total can grow, finish ends it once (aborted keeps the amount), close ends the rest', () => {
+    const timers = FakeTimers.createClock(0);
+    const out = sink(false);
+    const ops = new OperationProgress(out, clockFrom(timers));
+    ops.report('resync vol0', 1 * MiB, 4 * MiB);
+    ops.report('resync vol0', 3 * MiB, 8 * MiB); // new dirty regions: the total grew
+    ops.report('verify vol1', 1 * MiB, 2 * MiB);
+    ops.finish('resync vol0');
+    ops.finish('resync vol0'); // no second final line
+    ops.close();
+    const recs = out.chunks.join('').split('\n').filter((l) => l !== '').map((l) => JSON.parse(l) as ProgressRecord);
+    assert.deepEqual(
+      recs.map((r) => [r.label, r.done, r.total, r.finished]),
+      [
+        ['resync vol0', 8 * MiB, 8 * MiB, true],
+        ['verify vol1', 1 * MiB, 2 * MiB, true],
+      ],
+    );
+  });
+});
+
