@@ -134,17 +134,18 @@ export function normalizeStatus(raw: unknown): AdminStatus {
 /**
  * A `CycleSourceStatus` as a primary's status: role `primary`, one peer per
  * target (`link` up/down/connecting; `closed` shows as `down`), and per
- * volume `mode: 'cycle'`, `inSync` (every target holds the last freeze and
- * nothing was written since), `pendingBytes` (bytes in layers some target
- * does not hold yet: an upper bound, a block rewritten in two layers counts
- * twice), `state` (`in-sync`, `replicating`, or `lagging` while a target is
- * unreachable), `replicatedBytes` (bytes sent to the targets) and
- * `mirrorErrors` (failed transfers, each retried). The source's cycle
- * fields stay at the top level; each volume keeps its layer status.
+ * volume `mode: 'cycle'`, `pendingBytes` (the bytes some target lacks: the
+ * whole volume while it holds no freeze of it or one older than the base,
+ * else the bytes of the active layer and of the frozen layers newer than its
+ * freeze — an upper bound, a block rewritten in two layers counts twice),
+ * `inSync` (every target reachable and nothing pending: freezes without
+ * changes do not count), `state` (`in-sync`, `replicating`, or `lagging`
+ * while a target is unreachable), `replicatedBytes` (bytes sent to the
+ * targets) and `mirrorErrors` (failed transfers, each retried). The source's
+ * cycle fields stay at the top level; each volume keeps its layer status.
  */
 function cycleSourceStatus(raw: Obj, volumes: Obj): AdminStatus {
   const targets = (Array.isArray(raw.targets) ? raw.targets : []).filter(isObj);
-  const cycle = num(raw.cycle);
   const held = targets.length === 0 ? 0 : Math.min(...targets.map((t) => num(t.freeze)));
   const reachable = targets.every((t) => t.link === 'up');
   const sent = targets.reduce((n, t) => n + num(t.bytesSentTotal), 0);
@@ -159,8 +160,9 @@ function cycleSourceStatus(raw: Obj, volumes: Obj): AdminStatus {
     const vol = isObj(v) ? v : {};
     const active = isObj(vol.active) ? num(vol.active.bytes) : 0;
     const frozen = (Array.isArray(vol.frozen) ? vol.frozen : []).filter(isObj);
-    const pendingBytes = active + frozen.filter((l) => num(l.layer) > held).reduce((n, l) => n + num(l.bytes), 0);
-    const inSync = targets.length > 0 && held === cycle && active === 0 && cycle > 0;
+    const needsFull = held === 0 || held < num(vol.baseFreeze);
+    const pendingBytes = needsFull ? num(vol.size) : active + frozen.filter((l) => num(l.layer) > held).reduce((n, l) => n + num(l.bytes), 0);
+    const inSync = targets.length > 0 && reachable && pendingBytes === 0;
     outVolumes[name] = {
       ...vol,
       mode: 'cycle',

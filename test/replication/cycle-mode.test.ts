@@ -72,6 +72,8 @@ describe('mirror target receiving cycles', () => {
     const s = await setup();
     try {
       await linksUp(s.source);
+      const blank = normalizeStatus(s.source.status()).volumes.v!;
+      assert.deepEqual({ inSync: blank.inSync, pending: blank.pendingBytes }, { inSync: false, pending: MiB }, 'a target without any freeze lacks the whole volume');
       await s.volume.write(0, pattern(MiB, 1));
       const first = await s.source.freezeNow();
       assert.equal(first.targets[0]!.ok, true);
