@@ -4,7 +4,9 @@
  * - `nbdkit`: `nbdkit file` (C reference, unmirrored);
  * - `device`: our {@link NbdServer} serving a {@link FileBlockDevice} (unmirrored);
  * - `async`: our NbdServer serving an async-mirrored primary volume;
- * - `sync`: the same, sync-mirrored.
+ * - `sync`: the same, sync-mirrored;
+ * - `cycle`: our NbdServer serving a layered volume frozen every second and
+ *   copied to the same target process (cycles run during the job).
  *
  * Every server runs in its own process (ours: `benchmarks/fixtures/nbd-primary.ts`);
  * the mirror target of `async` and `sync` is one more process on loopback
@@ -27,14 +29,14 @@
  * @module
  */
 import { spawn, execFileSync } from 'node:child_process';
-import { mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, type JsonChild } from './util.js';
 
 /** Configurations of the NBD benchmark. */
-export const NBD_CONFIGS = ['nbdkit', 'device', 'async', 'sync'] as const;
+export const NBD_CONFIGS = ['nbdkit', 'device', 'async', 'sync', 'cycle'] as const;
 /** One configuration of the NBD benchmark. */
 export type NbdConfig = (typeof NBD_CONFIGS)[number];
 
@@ -245,13 +247,20 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   const runs: NbdRun[] = [];
   let adapter: string | null = null;
   try {
-    const mirrored = configs.filter((c): c is 'sync' | 'async' => c === 'sync' || c === 'async');
+    const mirrored = configs.filter((c): c is 'sync' | 'async' | 'cycle' => c === 'sync' || c === 'async' || c === 'cycle');
     let targetPort = 0;
     let targetPid: number | undefined;
     if (mirrored.length > 0) {
+      const cycleDir = join(dir, 'target-cycle-state');
+      mkdirSync(cycleDir);
       const { child, ready } = await spawnTsFixture<{ port: number }>(
         'mirror-target.ts',
-        { size: imageSize, blockSize: 4096, volumes: mirrored.map((m) => ({ name: m, image: join(dir, `target-${m}.img`) })) },
+        {
+          size: imageSize,
+          blockSize: 4096,
+          volumes: mirrored.map((m) => ({ name: m, image: join(dir, `target-${m}.img`) })),
+          ...(mirrored.includes('cycle') ? { cycleDir } : {}),
+        },
         { env, ...prof('target') },
       );
       children.push(child);
@@ -295,7 +304,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const order = configs.map((_, i) => configs[(i + r) % configs.length]!);
         for (const config of order) {
           const s = servers.get(config)!;
-          const mirrored = config === 'sync' || config === 'async';
+          const mirrored = config === 'sync' || config === 'async' || config === 'cycle';
           const cpu0 = [processCpuMs(s.pid), mirrored ? processCpuMs(targetPid) : null];
           const t0 = performance.now();
           const figures = await fio(s.uri, job, imageSize, runtimeSec, rampSec);
@@ -305,7 +314,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           const serverCpuPct = pct(0);
           const targetCpuPct = pct(1);
           const cpuUsPerOp = serverCpuPct === null ? null : ((serverCpuPct + (targetCpuPct ?? 0)) * 1e4) / figures.iops;
-          const drainMs = s.drain !== undefined && config === 'async' ? await s.drain() : null;
+          const drainMs = s.drain !== undefined && (config === 'async' || config === 'cycle') ? await s.drain() : null;
           const run: NbdRun = { config, job: job.name, round: r + 1, ...figures, drainMs, serverCpuPct, targetCpuPct, cpuUsPerOp };
           runs.push(run);
           log(
@@ -341,7 +350,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           p99us: round(median(rs.map((x) => x.p99us)), 1),
           vsNbdkit: round(mbps / refMBps, 2),
           p50VsNbdkit: round(p50 / refP50, 2),
-          drainMs: config === 'async' ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
+          drainMs: config === 'async' || config === 'cycle' ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
           serverCpuPct: round(median(rs.map((x) => x.serverCpuPct ?? Number.NaN))),
           targetCpuPct: round(median(rs.map((x) => x.targetCpuPct ?? Number.NaN))),
           cpuUsPerOp: round(median(rs.map((x) => x.cpuUsPerOp ?? Number.NaN)), 1),
