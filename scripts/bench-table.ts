@@ -33,7 +33,7 @@ const titles: Record<string, string> = {
   journal: 'Journal appends (32 concurrent) vs plain positional writes',
   replay: 'Journal replay after an outage vs raw TCP on the same loopback; journal append overhead',
   write: 'Mirrored writes through the API, target in a separate process on loopback, vs unmirrored writes to the same kind of file',
-  nbd: 'fio (`--ioengine=nbd`) against `nbdkit file` and our NBD export (unmirrored, async-, sync-mirrored)',
+  nbd: 'fio (`--ioengine=nbd`) against `nbdkit file` and our NBD export (unmirrored, async-, sync-mirrored, cycle mode with a freeze every second)',
   resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
   cycle: 'Freeze/copy cycle: 1 GiB volume, 1 % random 4 KiB blocks changed, vs rsync of the same images; foreground writes during a cycle',
 };
