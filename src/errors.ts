@@ -110,3 +110,8 @@ export function toBlockMirrorError(error: unknown, fallback: ErrorCode = 'BM_ERR
       return new BlockMirrorError(fallback, message, { cause: error });
   }
 }
+
+/** A `BM_ERR_INVALID_ARGUMENT` error: a bad option or argument of an API call. @internal */
+export function invalidArgument(message: string, details?: Record<string, unknown>): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message, details === undefined ? {} : { details });
+}

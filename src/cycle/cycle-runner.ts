@@ -22,7 +22,7 @@ import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
@@ -203,9 +203,6 @@ interface TargetEntry {
   retryTimer: TimerHandle | undefined;
 }
 
-function invalid(message: string): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
-}
 
 /** The cycle engine of a primary: see the module notes. */
 export class CycleSource extends EventEmitter<CycleSourceEvents> {
@@ -238,12 +235,12 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   /** @internal use {@link createCycleSource} */
   constructor(options: CycleSourceOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
-    if (!Array.isArray(options.targets) || options.targets.length === 0) throw invalid('targets must be a non-empty array');
+    if (options === null || typeof options !== 'object') throw invalidArgument('options must be an object');
+    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalidArgument('volumes must be a non-empty array');
+    if (!Array.isArray(options.targets) || options.targets.length === 0) throw invalidArgument('targets must be a non-empty array');
     for (const v of options.volumes) {
-      if (v === null || typeof v !== 'object' || typeof v.name !== 'string' || v.name === '' || v.name.length > 255) throw invalid('each volume needs a name');
-      if (v.volume === null || typeof v.volume !== 'object' || typeof v.volume.freeze !== 'function') throw invalid(`volume ${v.name}: volume must be a LayeredVolume`);
+      if (v === null || typeof v !== 'object' || typeof v.name !== 'string' || v.name === '' || v.name.length > 255) throw invalidArgument('each volume needs a name');
+      if (v.volume === null || typeof v.volume !== 'object' || typeof v.volume.freeze !== 'function') throw invalidArgument(`volume ${v.name}: volume must be a LayeredVolume`);
     }
     this.#volumes = options.volumes.map((v) => ({ name: v.name, volume: v.volume }));
     this.#clock = options.clock ?? systemClock;
@@ -254,11 +251,11 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     this.nodeId = options.nodeId ?? `cycle-source-${randomBytes(4).toString('hex')}`;
     const stateDir = options.stateDir ?? this.#volumes[0]!.volume.dir;
     const group = options.group ?? 'cycle-group';
-    if (!/^[A-Za-z0-9._-]{1,128}$/.test(group)) throw invalid('group must be 1–128 characters of A-Z a-z 0-9 . _ -');
+    if (!/^[A-Za-z0-9._-]{1,128}$/.test(group)) throw invalidArgument('group must be 1–128 characters of A-Z a-z 0-9 . _ -');
     this.#groupFile = join(stateDir, `${group}.group`);
     this.#targetsFile = join(stateDir, `${group}.targets`);
     const secret = secretBytes(options.secret);
-    if (options.bandwidth !== undefined && !(typeof options.bandwidth === 'number' && options.bandwidth > 0)) throw invalid('bandwidth must be a positive number');
+    if (options.bandwidth !== undefined && !(typeof options.bandwidth === 'number' && options.bandwidth > 0)) throw invalidArgument('bandwidth must be a positive number');
     const transport = options.transport ?? new TcpTransport();
     const limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
     const names = new Set<string>();
@@ -266,10 +263,10 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       const cfg = 'address' in t ? t : { address: t };
       const a = cfg.address;
       if (a === null || typeof a !== 'object' || typeof a.host !== 'string' || !Number.isInteger(a.port) || a.port < 1 || a.port > 65535) {
-        throw invalid('each target needs an address { host, port: 1…65535 }');
+        throw invalidArgument('each target needs an address { host, port: 1…65535 }');
       }
       const name = cfg.name ?? `${a.host}:${a.port}`;
-      if (names.has(name)) throw invalid(`target ${name} is listed twice`);
+      if (names.has(name)) throw invalidArgument(`target ${name} is listed twice`);
       names.add(name);
       const link = new CycleLink({
         name,

@@ -7,7 +7,7 @@
 import { randomBytes } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
@@ -140,15 +140,15 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
   /** @internal use {@link createCycleTarget} */
   constructor(options: CycleTargetOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
-    if (typeof options.dir !== 'string' || options.dir === '') throw invalid('dir must be a non-empty string');
-    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
+    if (options === null || typeof options !== 'object') throw invalidArgument('options must be an object');
+    if (typeof options.dir !== 'string' || options.dir === '') throw invalidArgument('dir must be a non-empty string');
+    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalidArgument('volumes must be a non-empty array');
     const names = new Set<string>();
     for (const v of options.volumes) {
-      if (v === null || typeof v !== 'object') throw invalid('each volume must be an object');
+      if (v === null || typeof v !== 'object') throw invalidArgument('each volume must be an object');
       checkVolumeName(v.name);
-      if (names.has(v.name)) throw invalid(`volume ${v.name} is listed twice`);
-      if (v.device === null || typeof v.device !== 'object' || typeof v.device.write !== 'function') throw invalid(`volume ${v.name}: device must be a BlockDevice`);
+      if (names.has(v.name)) throw invalidArgument(`volume ${v.name} is listed twice`);
+      if (v.device === null || typeof v.device !== 'object' || typeof v.device.write !== 'function') throw invalidArgument(`volume ${v.name}: device must be a BlockDevice`);
       names.add(v.name);
     }
     this.#options = options;
@@ -261,9 +261,6 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
   }
 }
 
-function invalid(message: string): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
-}
 
 /**
  * Creates a cycle target: opens its store in `dir` (replaying a merge that a

@@ -13,7 +13,7 @@ import createDebug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import type { Clock, TimerHandle } from '../clock.js';
 import { systemClock } from '../clock.js';
-import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import type { NbdBackend, NbdExport } from './export.js';
 import { nbdErrorFor, validateNbdExport } from './export.js';
 import {
@@ -206,14 +206,11 @@ const EMPTY = Buffer.alloc(0);
 
 const utf8 = new TextDecoder('utf-8', { fatal: true });
 
-function invalid(message: string, details: Record<string, unknown> = {}): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message, { details });
-}
 
 function intOption(value: unknown, name: string, def: number, min: number, max: number): number {
   if (value === undefined) return def;
   if (typeof value !== 'number' || !Number.isInteger(value) || value < min || value > max) {
-    throw invalid(`NbdServer: ${name} must be an integer from ${min} to ${max}, got ${String(value)}`, { [name]: value });
+    throw invalidArgument(`NbdServer: ${name} must be an integer from ${min} to ${max}, got ${String(value)}`, { [name]: value });
   }
   return value;
 }
@@ -312,23 +309,23 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   /** @throws {BlockMirrorError} `BM_ERR_INVALID_ARGUMENT` for bad options or exports. */
   constructor(options: NbdServerOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('NbdServer: options are required');
+    if (options === null || typeof options !== 'object') throw invalidArgument('NbdServer: options are required');
     const { exports } = options;
     if (Array.isArray(exports)) {
       const names = new Set<string>();
       for (const exp of exports as readonly NbdExport[]) {
         validateNbdExport(exp);
-        if (names.has(exp.name)) throw invalid(`NbdServer: duplicate export name ${JSON.stringify(exp.name)}`);
+        if (names.has(exp.name)) throw invalidArgument(`NbdServer: duplicate export name ${JSON.stringify(exp.name)}`);
         names.add(exp.name);
       }
       this.#exports = [...(exports as readonly NbdExport[])];
     } else if (typeof exports === 'function') {
       this.#exports = exports;
     } else {
-      throw invalid('NbdServer: exports must be an array or a function');
+      throw invalidArgument('NbdServer: exports must be an array or a function');
     }
     if (options.defaultExport !== undefined && typeof options.defaultExport !== 'string') {
-      throw invalid('NbdServer: defaultExport must be a string');
+      throw invalidArgument('NbdServer: defaultExport must be a string');
     }
     this.#defaultExport = options.defaultExport;
     const maxPayload = intOption(options.maxPayload, 'maxPayload', DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, MAX_MAX_PAYLOAD);
@@ -380,11 +377,11 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
    */
   async listen(address: NbdListenAddress): Promise<{ host: string; port: number }> {
     if (this.#closing !== undefined) throw new BlockMirrorError('BM_ERR_CLOSED', 'NbdServer is closed');
-    if (this.#server !== undefined) throw invalid('NbdServer: listen() was already called');
+    if (this.#server !== undefined) throw invalidArgument('NbdServer: listen() was already called');
     const host = address?.host ?? '127.0.0.1';
     const port = address?.port;
     if (typeof port !== 'number' || !Number.isInteger(port) || port < 0 || port > 65535) {
-      throw invalid(`NbdServer: port must be an integer from 0 to 65535, got ${String(port)}`);
+      throw invalidArgument(`NbdServer: port must be an integer from 0 to 65535, got ${String(port)}`);
     }
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
     this.#server = server;
@@ -476,7 +473,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   async #listExports(): Promise<readonly NbdExport[]> {
     if (typeof this.#exports !== 'function') return this.#exports;
     const list = await this.#exports();
-    if (!Array.isArray(list)) throw invalid('NbdServer: the exports lookup did not return an array');
+    if (!Array.isArray(list)) throw invalidArgument('NbdServer: the exports lookup did not return an array');
     for (const exp of list as readonly NbdExport[]) validateNbdExport(exp);
     return list as readonly NbdExport[];
   }

@@ -8,7 +8,7 @@
 import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
@@ -255,7 +255,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   /** @internal use {@link createMirrorTarget} */
   constructor(options: MirrorTargetOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
+    if (options === null || typeof options !== 'object') throw invalidArgument('options must be an object');
     this.#listen = checkAddress(options.listen, 'listen');
     this.#transport = options.transport ?? new TcpTransport();
     this.#clock = options.clock ?? systemClock;
@@ -265,7 +265,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 128, 'maxInFlightPerConnection', 65536);
     this.nodeId = options.nodeId ?? `target-${randomBytes(4).toString('hex')}`;
     this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
-    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalid('heartbeats need a transport with datagrams');
+    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalidArgument('heartbeats need a transport with datagrams');
     this.#monitorOptions = {
       heartbeatInterval: positiveInt(options.heartbeatInterval ?? 1500, 'heartbeatInterval'),
       staleAfter: positiveInt(options.staleAfter ?? 4000, 'staleAfter'),
@@ -273,19 +273,19 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     };
     this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
     const policy = options.splitBrain ?? 'refuse';
-    if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalid('splitBrain must be refuse, discard-target or discard-younger');
+    if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalidArgument('splitBrain must be refuse, discard-target or discard-younger');
     this.#splitBrain = policy;
     if (options.cycle !== undefined && (options.cycle === null || typeof options.cycle !== 'object' || typeof options.cycle.dir !== 'string' || options.cycle.dir === '')) {
-      throw invalid('cycle.dir must be a non-empty string');
+      throw invalidArgument('cycle.dir must be a non-empty string');
     }
     this.#cycleOptions = options.cycle;
-    if (!Array.isArray(options.volumes)) throw invalid('volumes must be an array');
+    if (!Array.isArray(options.volumes)) throw invalidArgument('volumes must be an array');
     for (const cfg of options.volumes) {
-      if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
+      if (cfg === null || typeof cfg !== 'object') throw invalidArgument('each volume must be an object');
       checkVolumeName(cfg.name);
-      if (this.#volumes.has(cfg.name)) throw invalid(`volume ${cfg.name} is listed twice`);
+      if (this.#volumes.has(cfg.name)) throw invalidArgument(`volume ${cfg.name} is listed twice`);
       if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
-        throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
+        throw invalidArgument(`volume ${cfg.name}: device must be a BlockDevice`);
       }
       this.#volumes.set(cfg.name, new TargetVolume(cfg.name, cfg.device, cfg.generations ?? new MemoryGenerationStore()));
     }
@@ -746,9 +746,6 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   }
 }
 
-function invalid(message: string): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
-}
 
 /**
  * Creates a mirror target and starts listening.

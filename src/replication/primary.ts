@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, isErrorCode, toBlockMirrorError, type ErrorCode } from '../errors.js';
+import { BlockMirrorError, invalidArgument, isErrorCode, toBlockMirrorError, type ErrorCode } from '../errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
@@ -249,7 +249,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   /** @internal use {@link createPrimary} */
   constructor(options: PrimaryOptions) {
     super();
-    if (options === null || typeof options !== 'object') throw invalid('options must be an object');
+    if (options === null || typeof options !== 'object') throw invalidArgument('options must be an object');
     this.peer = checkAddress(options.peer, 'peer');
     this.#transport = options.transport ?? new TcpTransport();
     this.#clock = options.clock ?? systemClock;
@@ -263,12 +263,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const retry = options.retryDelay ?? { min: 100, max: 5000 };
     this.#retry = { min: positiveInt(retry.min, 'retryDelay.min'), max: positiveInt(retry.max, 'retryDelay.max') };
     const journal = options.journal ?? {};
-    if (journal === null || typeof journal !== 'object') throw invalid('journal must be an object');
-    if (journal.dir !== undefined && (typeof journal.dir !== 'string' || journal.dir === '')) throw invalid('journal.dir must be a non-empty string');
-    if (journal.fsync !== undefined && !['always', 'batch', 'none'].includes(journal.fsync)) throw invalid('journal.fsync must be always, batch or none');
+    if (journal === null || typeof journal !== 'object') throw invalidArgument('journal must be an object');
+    if (journal.dir !== undefined && (typeof journal.dir !== 'string' || journal.dir === '')) throw invalidArgument('journal.dir must be a non-empty string');
+    if (journal.fsync !== undefined && !['always', 'batch', 'none'].includes(journal.fsync)) throw invalidArgument('journal.fsync must be always, batch or none');
     this.#journalOptions = { ...journal, capacityBytes: positiveInt(journal.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY, 'journal.capacityBytes') };
     this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
-    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalid('heartbeats need a transport with datagrams');
+    if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalidArgument('heartbeats need a transport with datagrams');
     this.#monitorOptions = {
       heartbeatInterval: positiveInt(options.heartbeatInterval ?? 1500, 'heartbeatInterval'),
       staleAfter: positiveInt(options.staleAfter ?? 4000, 'staleAfter'),
@@ -277,15 +277,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
     this.#heartbeatBind = options.heartbeatBind === undefined ? undefined : checkAddress(options.heartbeatBind, 'heartbeatBind');
     const rs = options.resync ?? {};
-    if (rs === null || typeof rs !== 'object') throw invalid('resync must be an object');
+    if (rs === null || typeof rs !== 'object') throw invalidArgument('resync must be an object');
     const regionSize = rs.regionSize ?? DEFAULT_REGION_SIZE;
     if (!Number.isSafeInteger(regionSize) || regionSize < 4096 || (regionSize & (regionSize - 1)) !== 0) {
-      throw invalid('resync.regionSize must be a power of two ≥ 4096');
+      throw invalidArgument('resync.regionSize must be a power of two ≥ 4096');
     }
     const rate = rs.rateBytesPerSecond ?? 0;
-    if (typeof rate !== 'number' || !(rate >= 0)) throw invalid('resync.rateBytesPerSecond must be a number ≥ 0 (0: unlimited)');
+    if (typeof rate !== 'number' || !(rate >= 0)) throw invalidArgument('resync.rateBytesPerSecond must be a number ≥ 0 (0: unlimited)');
     const hash = rs.hash ?? 'sha1';
-    if (!['sha1', 'sha256', 'md5'].includes(hash)) throw invalid('resync.hash must be sha1, sha256 or md5');
+    if (!['sha1', 'sha256', 'md5'].includes(hash)) throw invalidArgument('resync.hash must be sha1, sha256 or md5');
     this.#resyncOptions = {
       regionSize,
       concurrency: positiveInt(rs.concurrency ?? 4, 'resync.concurrency', 256),
@@ -294,7 +294,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       hash,
     };
     const outagePolicy = options.outagePolicy ?? 'degrade';
-    if (outagePolicy !== 'degrade' && outagePolicy !== 'suspend') throw invalid('outagePolicy must be degrade or suspend');
+    if (outagePolicy !== 'degrade' && outagePolicy !== 'suspend') throw invalidArgument('outagePolicy must be degrade or suspend');
     this.nodeId = options.nodeId ?? `primary-${randomBytes(4).toString('hex')}`;
     this.session = randomUUID();
     this.#slots = new ConnectionArray(n);
@@ -313,15 +313,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
     };
 
-    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalid('volumes must be a non-empty array');
+    if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalidArgument('volumes must be a non-empty array');
     for (const cfg of options.volumes) {
-      if (cfg === null || typeof cfg !== 'object') throw invalid('each volume must be an object');
+      if (cfg === null || typeof cfg !== 'object') throw invalidArgument('each volume must be an object');
       checkVolumeName(cfg.name);
-      if (this.#volumes.has(cfg.name)) throw invalid(`volume ${cfg.name} is listed twice`);
+      if (this.#volumes.has(cfg.name)) throw invalidArgument(`volume ${cfg.name} is listed twice`);
       const mode = cfg.mode ?? 'sync';
-      if (mode !== 'sync' && mode !== 'async' && mode !== 'local') throw invalid(`volume ${cfg.name}: mode must be sync, async or local`);
+      if (mode !== 'sync' && mode !== 'async' && mode !== 'local') throw invalidArgument(`volume ${cfg.name}: mode must be sync, async or local`);
       if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
-        throw invalid(`volume ${cfg.name}: device must be a BlockDevice`);
+        throw invalidArgument(`volume ${cfg.name}: device must be a BlockDevice`);
       }
       const volume = new PrimaryVolume(
         cfg.name,
@@ -333,7 +333,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         this.#resyncOptions.regionSize,
       );
       if (cfg.initialSync !== undefined && cfg.initialSync !== 'full' && cfg.initialSync !== 'checksum') {
-        throw invalid(`volume ${cfg.name}: initialSync must be full or checksum`);
+        throw invalidArgument(`volume ${cfg.name}: initialSync must be full or checksum`);
       }
       volume.on('mirror-error', (info) => this.emit('mirror-error', { volume: volume.name, ...info }));
       volume.on('state', (state) => {
@@ -877,9 +877,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   }
 }
 
-function invalid(message: string): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message);
-}
 
 /**
  * Creates a primary and opens its connection array to `options.peer`.

@@ -29,7 +29,7 @@ import debug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import { activeClock } from '../clock.js';
 import type { Clock, TimerHandle } from '../clock.js';
-import { BlockMirrorError } from '../errors.js';
+import { BlockMirrorError, invalidArgument } from '../errors.js';
 import type {
   ConnectOptions,
   DatagramChannel,
@@ -208,20 +208,17 @@ export function seededRandom(seed: number): () => number {
   };
 }
 
-function invalid(message: string, details?: Record<string, unknown>): BlockMirrorError {
-  return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message, details === undefined ? {} : { details });
-}
 
 function checkRate(value: number | undefined, name: string): number {
   if (value === undefined) return 0;
-  if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw invalid(`${name} must be in 0..1`, { [name]: value });
+  if (typeof value !== 'number' || !(value >= 0 && value <= 1)) throw invalidArgument(`${name} must be in 0..1`, { [name]: value });
   return value;
 }
 
 function checkMs(value: number | undefined, name: string, fallback: number): number {
   if (value === undefined) return fallback;
   if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
-    throw invalid(`${name} must be a non-negative finite number`, { [name]: value });
+    throw invalidArgument(`${name} must be a non-negative finite number`, { [name]: value });
   }
   return value;
 }
@@ -229,7 +226,7 @@ function checkMs(value: number | undefined, name: string, fallback: number): num
 function checkDelay(delay: MemoryDelay): void {
   if (typeof delay === 'function') return;
   if (typeof delay !== 'number' || !Number.isFinite(delay) || delay < 0) {
-    throw invalid('delay must be a non-negative finite number or a function', { delay });
+    throw invalidArgument('delay must be a non-negative finite number or a function', { delay });
   }
 }
 
@@ -797,7 +794,7 @@ class Link implements MemoryLink {
 
   #each(direction: MemoryLinkDirectionName, action: (pipe: Pipe) => void): void {
     if (direction !== 'aToB' && direction !== 'bToA' && direction !== 'both') {
-      throw invalid(`direction must be 'aToB', 'bToA' or 'both'`, { direction });
+      throw invalidArgument(`direction must be 'aToB', 'bToA' or 'both'`, { direction });
     }
     if (direction !== 'bToA') action(this.aToB);
     if (direction !== 'aToB') action(this.bToA);
@@ -952,7 +949,7 @@ export class MemoryNetwork extends EventEmitter<MemoryNetworkEvents> {
   /** A transport whose outgoing connections come from `options.host` (default `'127.0.0.1'`). */
   transport(options: MemoryTransportOptions = {}): MemoryTransport {
     const host = options.host ?? '127.0.0.1';
-    if (typeof host !== 'string' || host === '') throw invalid('host must be a non-empty string');
+    if (typeof host !== 'string' || host === '') throw invalidArgument('host must be a non-empty string');
     return new MemoryTransportImpl(this, this.#core, host);
   }
 
