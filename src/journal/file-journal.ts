@@ -27,10 +27,9 @@
  * @module
  */
 
-import { syncDirectory } from '../storage/state-file.js';
+import { syncParent } from '../storage/state-file.js';
 import { randomInt } from 'node:crypto';
 import * as fs from 'node:fs';
-import { dirname } from 'node:path';
 import createDebug from 'debug';
 import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
@@ -233,14 +232,6 @@ function closeFd(fd: number): Promise<void> {
   return new Promise((resolve, reject) => fs.close(fd, (e) => (e ? reject(e) : resolve())));
 }
 
-/** Makes the creation of `path` durable (best effort: some file systems refuse a directory fsync). */
-async function syncParent(path: string): Promise<void> {
-  try {
-    await syncDirectory(dirname(path));
-  } catch (error) {
-    debug('directory fsync of %s not possible: %s', path, (error as Error).message);
-  }
-}
 
 /** What the recovery scan found. */
 interface Recovery {

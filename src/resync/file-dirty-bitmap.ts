@@ -27,11 +27,10 @@
  * @module
  */
 
-import { syncDirectory } from '../storage/state-file.js';
+import { syncParent } from '../storage/state-file.js';
 import { randomInt } from 'node:crypto';
 import { promises as fsp } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
-import { dirname } from 'node:path';
 import createDebug from 'debug';
 import type { Clock, TimerHandle } from '../clock.js';
 import { systemClock } from '../clock.js';
@@ -182,14 +181,6 @@ async function allZeroFrom(fd: FileHandle, position: number, end: number): Promi
   return true;
 }
 
-/** Makes the creation of `path` durable (best effort: some file systems refuse a directory fsync). */
-async function syncParent(path: string): Promise<void> {
-  try {
-    await syncDirectory(dirname(path));
-  } catch (error) {
-    debug('directory fsync of %s not possible: %s', path, (error as Error).message);
-  }
-}
 
 /**
  * A {@link DirtyBitmap} persisted to a sidecar file (one process at a time per

@@ -10,7 +10,10 @@ import { randomBytes } from 'node:crypto';
 import { open, readFile, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { crc32 } from 'node:zlib';
+import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+
+const log = createDebug('blockmirror:storage');
 
 /** Makes a directory entry change (create, rename, unlink) durable. */
 export async function syncDirectory(dir: string): Promise<void> {
@@ -19,6 +22,18 @@ export async function syncDirectory(dir: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/**
+ * Makes the creation of `path` durable: syncs its directory. Best effort:
+ * some file systems refuse a directory fsync (logged, not thrown).
+ */
+export async function syncParent(path: string): Promise<void> {
+  try {
+    await syncDirectory(dirname(path));
+  } catch (error) {
+    log('directory fsync of %s not possible: %s', path, (error as Error).message);
   }
 }
 
