@@ -115,3 +115,16 @@ export function toBlockMirrorError(error: unknown, fallback: ErrorCode = 'BM_ERR
 export function invalidArgument(message: string, details?: Record<string, unknown>): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', message, details === undefined ? {} : { details });
 }
+
+/**
+ * Refusals by a peer that retrying cannot fix until someone changes the
+ * configuration: links reconnect at their slowest pace after them. @internal
+ */
+export const CONFIGURATION_REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
+  'BM_ERR_AUTH_FAILED',
+  'BM_ERR_VOLUME_MISMATCH',
+  'BM_ERR_UNKNOWN_VOLUME',
+  'BM_ERR_PROTOCOL_VERSION',
+  'BM_ERR_NOT_SUPPORTED',
+  'BM_ERR_SPLIT_BRAIN',
+]);

@@ -5,7 +5,7 @@
  * @module
  */
 import createDebug from 'debug';
-import type { ErrorCode } from '../errors.js';
+import { CONFIGURATION_REFUSALS, type ErrorCode } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
 import { primaryVolumeBackend, type VolumeOpObserver } from '../nbd/volume-backend.js';
 import { createPrimary, type Primary } from '../replication/primary.js';
@@ -28,14 +28,12 @@ import {
 
 const log = createDebug('blockmirror:cli');
 
-/** Connection errors after which retrying cannot help: the primary exits with them. */
-export const FATAL_PEER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'BM_ERR_VOLUME_MISMATCH',
-  'BM_ERR_UNKNOWN_VOLUME',
-  'BM_ERR_AUTH_FAILED',
-  'BM_ERR_PROTOCOL_VERSION',
-  'BM_ERR_NOT_SUPPORTED',
-]);
+/**
+ * Connection errors after which retrying cannot help: the primary exits with
+ * them. Split brain is not among them: the primary keeps serving its volumes
+ * (their state says `split-brain`) until someone resolves it.
+ */
+export const FATAL_PEER_ERRORS: ReadonlySet<ErrorCode> = new Set<ErrorCode>([...CONFIGURATION_REFUSALS].filter((code) => code !== 'BM_ERR_SPLIT_BRAIN'));
 
 /** NBD exports (read-write, export name = volume name) of a primary's volumes. */
 export function primaryExports(primary: Primary, observer?: VolumeOpObserver): NbdExport[] {

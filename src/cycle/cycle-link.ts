@@ -9,7 +9,7 @@
 import { randomUUID } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, isErrorCode, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, CONFIGURATION_REFUSALS, isErrorCode, toBlockMirrorError } from '../errors.js';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
 import { MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
@@ -61,9 +61,6 @@ export interface CycleLinkOptions {
 export interface CycleLinkEvents {
   state: [state: CycleLinkState, error?: BlockMirrorError];
 }
-
-/** Errors after which reconnecting cannot help until the configuration changes. */
-const FATAL = new Set<string>(['BM_ERR_AUTH_FAILED', 'BM_ERR_VOLUME_MISMATCH', 'BM_ERR_UNKNOWN_VOLUME', 'BM_ERR_PROTOCOL_VERSION', 'BM_ERR_NOT_SUPPORTED']);
 
 /** One target of a cycle source: see the module notes. */
 export class CycleLink extends EventEmitter<CycleLinkEvents> {
@@ -150,7 +147,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
       this.lastError = err;
       log('link %s: connect failed: %s', this.name, err.message);
       this.#setState('down', err);
-      this.#scheduleReconnect(FATAL.has(err.code));
+      this.#scheduleReconnect(CONFIGURATION_REFUSALS.has(err.code));
     }
   }
 
@@ -179,7 +176,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     if (this.#state === 'closed') return;
     this.lastError = err;
     this.#setState('down', err);
-    this.#scheduleReconnect(FATAL.has(err.code));
+    this.#scheduleReconnect(CONFIGURATION_REFUSALS.has(err.code));
   }
 
   #onFrame(conn: FramedConnection, frame: Frame): void {

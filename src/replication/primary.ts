@@ -9,7 +9,7 @@ import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
-import { BlockMirrorError, invalidArgument, isErrorCode, toBlockMirrorError, type ErrorCode } from '../errors.js';
+import { BlockMirrorError, CONFIGURATION_REFUSALS, invalidArgument, isErrorCode, toBlockMirrorError } from '../errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
@@ -186,15 +186,6 @@ interface Sent {
   volume: PrimaryVolume;
   req: MirrorRequest;
 }
-
-/** Errors after which reconnecting cannot help until someone changes the configuration. */
-const FATAL: ReadonlySet<ErrorCode> = new Set<ErrorCode>([
-  'BM_ERR_AUTH_FAILED',
-  'BM_ERR_VOLUME_MISMATCH',
-  'BM_ERR_UNKNOWN_VOLUME',
-  'BM_ERR_PROTOCOL_VERSION',
-  'BM_ERR_SPLIT_BRAIN',
-]);
 
 /**
  * A primary: see {@link createPrimary}.
@@ -433,7 +424,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const errors = await opening;
     if (errors.length > 0) {
       await this.close({ drain: false });
-      throw errors.find((e) => FATAL.has(e.code)) ?? errors[0];
+      throw errors.find((e) => CONFIGURATION_REFUSALS.has(e.code)) ?? errors[0];
     }
   }
 
@@ -537,7 +528,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         // the link goes down; the connections reopen after the next clean probation
         for (const other of this.#slots.slots) other.connection?.destroy(err);
         this.#monitor.connectionsFailed(err);
-      } else this.#scheduleReconnect(slot, FATAL.has(err.code));
+      } else this.#scheduleReconnect(slot, CONFIGURATION_REFUSALS.has(err.code));
       return err;
     }
   }
@@ -587,7 +578,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#updateLink(err);
     if (!this.#closed) {
       this.#pump();
-      this.#scheduleReconnect(slot, error !== undefined && FATAL.has(error.code));
+      this.#scheduleReconnect(slot, error !== undefined && CONFIGURATION_REFUSALS.has(error.code));
     }
   }
 
@@ -876,7 +867,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
   }
 }
-
 
 /**
  * Creates a primary and opens its connection array to `options.peer`.
