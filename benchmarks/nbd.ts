@@ -2,6 +2,11 @@
  * NBD benchmark (issue 6, item 6): the same fio jobs (`--ioengine=nbd`)
  * against
  * - `nbdkit`: `nbdkit file` (C reference, unmirrored);
+ * - `nbdkit-proxy`: `nbdkit nbd` forwarding to another `nbdkit file` on
+ *   loopback: a C reference for one network hop (no local write, no
+ *   checksum), i.e. a lower bound of the work a mirrored write does;
+ * - `nbdkit-null`: `nbdkit null` (discards writes): C reference for the NBD layer alone;
+ * - `null`: our {@link NbdServer} with a backend that discards writes (compared with `nbdkit-null`);
  * - `device`: our {@link NbdServer} serving a {@link FileBlockDevice} (unmirrored);
  * - `async`: our NbdServer serving an async-mirrored primary volume;
  * - `sync`: the same, sync-mirrored;
@@ -33,12 +38,29 @@ import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, type JsonChild } from './util.js';
+import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, startNbdkitPlugin, type JsonChild } from './util.js';
 
 /** Configurations of the NBD benchmark. */
-export const NBD_CONFIGS = ['nbdkit', 'device', 'async', 'sync', 'cycle'] as const;
+export const NBD_CONFIGS = ['nbdkit', 'nbdkit-proxy', 'nbdkit-null', 'null', 'device', 'async', 'sync', 'cycle'] as const;
 /** One configuration of the NBD benchmark. */
 export type NbdConfig = (typeof NBD_CONFIGS)[number];
+
+/** The nbdkit configuration each one is compared with (`vsNbdkit`). */
+export const NBD_REFERENCE: Readonly<Record<NbdConfig, NbdConfig>> = {
+  nbdkit: 'nbdkit',
+  'nbdkit-proxy': 'nbdkit',
+  'nbdkit-null': 'nbdkit-null',
+  null: 'nbdkit-null',
+  device: 'nbdkit',
+  async: 'nbdkit',
+  sync: 'nbdkit',
+  cycle: 'nbdkit',
+};
+
+/** Configurations served by nbdkit (C). */
+const NBDKIT_CONFIGS: ReadonlySet<NbdConfig> = new Set(['nbdkit', 'nbdkit-proxy', 'nbdkit-null']);
+/** Configurations whose writes go to a second process (our mirror target, or the proxy's nbdkit file). */
+const TWO_PROCESS_CONFIGS: ReadonlySet<NbdConfig> = new Set(['async', 'sync', 'cycle', 'nbdkit-proxy']);
 
 /** One fio job. */
 export interface NbdJob {
@@ -102,7 +124,7 @@ export interface NbdRun {
   drainMs: number | null;
   /** CPU used by the NBD server process during the job (ramp included), % of one core. */
   serverCpuPct: number | null;
-  /** CPU used by the mirror target process during the job, % of one core (mirrored configurations). */
+  /** CPU used by the second process during the job, % of one core (mirror target; the proxy's nbdkit file). */
   targetCpuPct: number | null;
   /** Server + target CPU time per I/O, µs (approximate: CPU over the whole job / (IOPS × job time)). */
   cpuUsPerOp: number | null;
@@ -117,10 +139,14 @@ export interface NbdBenchRow {
   iops: number | null;
   p50us: number | null;
   p99us: number | null;
-  /** MB/s relative to nbdkit (medians). */
+  /** The reference configuration of `vsNbdkit` / `p50VsNbdkit` ({@link NBD_REFERENCE}). */
+  ref: NbdConfig;
+  /** MB/s relative to the reference (medians). */
   vsNbdkit: number | null;
-  /** p50 latency relative to nbdkit. */
+  /** p50 latency relative to the reference. */
   p50VsNbdkit: number | null;
+  /** Mirrored configurations: MB/s relative to `nbdkit-proxy` (one C network hop), when measured. */
+  vsProxy: number | null;
   drainMs: number | null;
   serverCpuPct: number | null;
   targetCpuPct: number | null;
@@ -216,6 +242,8 @@ async function fio(uri: string, job: NbdJob, size: number, runtimeSec: number, r
 interface Server {
   uri: string;
   pid: number | undefined;
+  /** The second process of a two-process configuration. */
+  helperPid?: number | undefined;
   stats?: () => Promise<unknown>;
   drain?: () => Promise<number>;
   stop: () => Promise<void>;
@@ -268,11 +296,8 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
       targetPid = child.process.pid;
     }
     for (const config of configs) {
-      if (config === 'nbdkit') {
-        const image = join(dir, 'nbdkit.img');
-        writeFileSync(image, '');
-        truncateSync(image, imageSize);
-        servers.set(config, await startNbdkit(image, false));
+      if (NBDKIT_CONFIGS.has(config)) {
+        servers.set(config, await startReference(config, dir, imageSize));
         continue;
       }
       const { child, ready } = await spawnTsFixture<{ port: number; adapter: string }>(
@@ -281,7 +306,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         { env, ...prof(config) },
       );
       children.push(child);
-      if (config !== 'device') adapter = ready.adapter;
+      if (config !== 'device' && config !== 'null') adapter = ready.adapter;
       servers.set(config, {
         uri: `nbd://127.0.0.1:${ready.port}/${config}`,
         pid: child.process.pid,
@@ -304,12 +329,12 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const order = configs.map((_, i) => configs[(i + r) % configs.length]!);
         for (const config of order) {
           const s = servers.get(config)!;
-          const mirrored = config === 'sync' || config === 'async' || config === 'cycle';
-          const cpu0 = [processCpuMs(s.pid), mirrored ? processCpuMs(targetPid) : null];
+          const helperPid = TWO_PROCESS_CONFIGS.has(config) ? (s.helperPid ?? targetPid) : undefined;
+          const cpu0 = [processCpuMs(s.pid), helperPid !== undefined ? processCpuMs(helperPid) : null];
           const t0 = performance.now();
           const figures = await fio(s.uri, job, imageSize, runtimeSec, rampSec);
           const wallMs = performance.now() - t0;
-          const cpu1 = [processCpuMs(s.pid), mirrored ? processCpuMs(targetPid) : null];
+          const cpu1 = [processCpuMs(s.pid), helperPid !== undefined ? processCpuMs(helperPid) : null];
           const pct = (i: number): number | null => (cpu0[i] == null || cpu1[i] == null ? null : (100 * (cpu1[i]! - cpu0[i]!)) / wallMs);
           const serverCpuPct = pct(0);
           const targetCpuPct = pct(1);
@@ -334,12 +359,15 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
     const rows: NbdBenchRow[] = [];
     for (const job of jobs) {
       const of = (config: NbdConfig): NbdRun[] => runs.filter((x) => x.config === config && x.job === job.name);
-      const refMBps = median(of('nbdkit').map((x) => x.MBps));
-      const refP50 = median(of('nbdkit').map((x) => x.p50us));
+      const proxyMBps = median(of('nbdkit-proxy').map((x) => x.MBps));
       for (const config of configs) {
         const rs = of(config);
+        const ref = NBD_REFERENCE[config];
+        const refMBps = median(of(ref).map((x) => x.MBps));
+        const refP50 = median(of(ref).map((x) => x.p50us));
         const mbps = median(rs.map((x) => x.MBps));
         const p50 = median(rs.map((x) => x.p50us));
+        const mirrored = config === 'async' || config === 'sync' || config === 'cycle';
         rows.push({
           job: job.name,
           config,
@@ -348,8 +376,10 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           iops: round(median(rs.map((x) => x.iops))),
           p50us: round(p50, 1),
           p99us: round(median(rs.map((x) => x.p99us)), 1),
+          ref,
           vsNbdkit: round(mbps / refMBps, 2),
           p50VsNbdkit: round(p50 / refP50, 2),
+          vsProxy: mirrored ? round(mbps / proxyMBps, 2) : null,
           drainMs: config === 'async' || config === 'cycle' ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
           serverCpuPct: round(median(rs.map((x) => x.serverCpuPct ?? Number.NaN))),
           targetCpuPct: round(median(rs.map((x) => x.targetCpuPct ?? Number.NaN))),
@@ -378,12 +408,41 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   } finally {
     // Our NBD servers first (they drain into the target), then the target, then nbdkit.
     for (const [config, s] of servers) {
-      if (config === 'nbdkit') continue;
+      if (NBDKIT_CONFIGS.has(config)) continue;
       await s.stop().catch((e: unknown) => log(`stopping ${config}: ${String(e)}`));
     }
     for (const c of children) await c.stop().catch((e: unknown) => log(`stopping ${c.name}: ${String(e)}`));
-    await servers.get('nbdkit')?.stop();
+    for (const [config, s] of servers) if (NBDKIT_CONFIGS.has(config)) await s.stop();
     rmSync(dir, { recursive: true, force: true });
+  }
+}
+
+/** Starts an nbdkit reference configuration with its own image under `dir`. */
+async function startReference(config: NbdConfig, dir: string, imageSize: number): Promise<Server> {
+  if (config === 'nbdkit-null') {
+    const s = await startNbdkitPlugin(['null', `size=${imageSize}`]);
+    return { uri: s.uri, pid: s.pid, stop: s.stop };
+  }
+  const image = join(dir, `${config}.img`);
+  writeFileSync(image, '');
+  truncateSync(image, imageSize);
+  const file = await startNbdkit(image, false);
+  if (config === 'nbdkit') return { uri: file.uri, pid: file.pid, stop: file.stop };
+  const port = new URL(file.uri).port;
+  try {
+    const proxy = await startNbdkitPlugin(['nbd', 'hostname=127.0.0.1', `port=${port}`]);
+    return {
+      uri: proxy.uri,
+      pid: proxy.pid,
+      helperPid: file.pid,
+      stop: async () => {
+        await proxy.stop();
+        await file.stop();
+      },
+    };
+  } catch (error) {
+    await file.stop();
+    throw error;
   }
 }
 

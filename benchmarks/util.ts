@@ -337,11 +337,27 @@ export function formatTable(rows: ReadonlyArray<Record<string, unknown>>, column
 }
 
 /** Starts `nbdkit file` on a free loopback port (the C reference server); resolves with its URI and a stop function. */
-export async function startNbdkit(image: string, readonly: boolean): Promise<{ uri: string; pid: number | undefined; stop: () => Promise<void> }> {
+export function startNbdkit(image: string, readonly: boolean): Promise<NbdkitServer> {
+  return startNbdkitPlugin(['file', `file=${image}`], readonly);
+}
+
+/** A running nbdkit process. */
+export interface NbdkitServer {
+  uri: string;
+  pid: number | undefined;
+  stop: () => Promise<void>;
+}
+
+/**
+ * Starts nbdkit with `plugin` (plugin name and its `key=value` parameters,
+ * e.g. `['null', 'size=1G']` or `['nbd', 'hostname=127.0.0.1', 'port=…']`)
+ * on a free loopback port.
+ */
+export async function startNbdkitPlugin(plugin: readonly string[], readonly = false): Promise<NbdkitServer> {
   const port = await freePort();
   const args = ['--foreground', '--exit-with-parent', '--ipaddr', '127.0.0.1', '--port', String(port)];
   if (readonly) args.push('--readonly');
-  args.push('file', `file=${image}`);
+  args.push(...plugin);
   const p = spawn('nbdkit', args, { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   p.stderr.on('data', (c: Buffer) => (stderr += c.toString()));

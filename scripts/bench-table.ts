@@ -23,7 +23,7 @@ const columns: Record<string, [string, string][]> = {
   journal: [['target', 'target'], ['fsync', 'fsync'], ['recordBytes', 'record B'], ['opsPerSec', 'ops/s'], ['MBps', 'MB/s'], ['vsReference', '× pwrite']],
   replay: [['measure', 'measure'], ['mib', 'MiB'], ['seconds', 's'], ['mibPerSec', 'MiB/s'], ['ratio', 'ratio']],
   write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op']],
-  nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsNbdkit', '× nbdkit'], ['p50VsNbdkit', 'p50 × nbdkit']],
+  nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['ref', 'reference'], ['vsNbdkit', '× ref'], ['p50VsNbdkit', 'p50 × ref'], ['vsProxy', '× nbdkit-proxy']],
   resync: [],
   cycle: [['measure', 'measure'], ['ms', 'ms'], ['wireBytes', 'bytes on the wire'], ['mbps', 'MB/s'], ['note', 'note']],
 };
@@ -33,7 +33,7 @@ const titles: Record<string, string> = {
   journal: 'Journal appends (32 concurrent) vs plain positional writes',
   replay: 'Journal replay after an outage vs raw TCP on the same loopback; journal append overhead',
   write: 'Mirrored writes through the API, target in a separate process on loopback, vs unmirrored writes to the same kind of file',
-  nbd: 'fio (`--ioengine=nbd`) against `nbdkit file` and our NBD export (unmirrored, async-, sync-mirrored, cycle mode with a freeze every second)',
+  nbd: 'fio (`--ioengine=nbd`) against nbdkit (`file`; `nbd` forwarding to `file`, one C network hop; `null`) and our NBD export (discarding backend, unmirrored file, async-, sync-mirrored, cycle mode with a freeze every second)',
   resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
   cycle: 'Freeze/copy cycle: 1 GiB volume, 1 % random 4 KiB blocks changed, vs rsync of the same images; foreground writes during a cycle',
 };
