@@ -145,7 +145,7 @@ export interface NbdBenchRow {
   vsNbdkit: number | null;
   /** p50 latency relative to the reference. */
   p50VsNbdkit: number | null;
-  /** Mirrored configurations: MB/s relative to `nbdkit-proxy` (one C network hop), when measured. */
+  /** Mirrored configurations, write jobs: MB/s relative to `nbdkit-proxy` (one C network hop), when measured. */
   vsProxy: number | null;
   drainMs: number | null;
   serverCpuPct: number | null;
@@ -367,7 +367,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const refP50 = median(of(ref).map((x) => x.p50us));
         const mbps = median(rs.map((x) => x.MBps));
         const p50 = median(rs.map((x) => x.p50us));
-        const mirrored = config === 'async' || config === 'sync' || config === 'cycle';
+        const mirroredWrite = (config === 'async' || config === 'sync' || config === 'cycle') && job.rw.endsWith('write');
         rows.push({
           job: job.name,
           config,
@@ -379,7 +379,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           ref,
           vsNbdkit: round(mbps / refMBps, 2),
           p50VsNbdkit: round(p50 / refP50, 2),
-          vsProxy: mirrored ? round(mbps / proxyMBps, 2) : null,
+          vsProxy: mirroredWrite ? round(mbps / proxyMBps, 2) : null,
           drainMs: config === 'async' || config === 'cycle' ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
           serverCpuPct: round(median(rs.map((x) => x.serverCpuPct ?? Number.NaN))),
           targetCpuPct: round(median(rs.map((x) => x.targetCpuPct ?? Number.NaN))),
