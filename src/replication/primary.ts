@@ -65,7 +65,11 @@ export interface PrimaryOptions {
   volumes: PrimaryVolumeConfig[];
   /** Transport (default: a new {@link TcpTransport}). */
   transport?: Transport;
-  /** Number n of connections in the connection array (default 4, 1…64). */
+  /**
+   * Number n of connections in the connection array (default 4, 1…64). The
+   * requests queued in one tick travel together on one worker's connection;
+   * the next tick's go to the next worker.
+   */
   connections?: number;
   /** Shared secret (HMAC-SHA256 challenge–response on every connection). */
   secret?: string | Uint8Array;
@@ -230,6 +234,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   #attempts: number[];
   #nextId = 0;
   #worker = 0;
+  /** Requests sent in this tick go on the same worker's connection (one write per tick). */
+  #batchOpen = false;
+  readonly #closeBatch = (): void => {
+    this.#batchOpen = false;
+  };
   #pumping = false;
   #link: LinkState = 'connecting';
   #peerNode: string | undefined;
@@ -698,22 +707,32 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     return volume;
   }
 
-  /** Sends queued requests while some slot has room. */
+  /**
+   * Sends queued requests while some slot has room. The requests of one tick
+   * go to one worker's connection (the next worker's in the next tick), so
+   * that the transport writes them with one system call and wakes the target
+   * once, instead of once per connection (measured on loopback: +13–20 % at
+   * 4 KiB × 32 sync, +6–13 % at 64 KiB × 8, against one request per worker
+   * in turn).
+   */
   #pump(): void {
     if (this.#pumping || this.#closed) return;
     this.#pumping = true;
     try {
       const volumes = this.#mirrored;
-      const n = this.#slots.size;
       for (;;) {
         let sent = false;
         for (const volume of volumes) {
           const req = volume.queue.peek();
           if (req === undefined) continue;
+          if (!this.#batchOpen) {
+            this.#batchOpen = true;
+            this.#worker = (this.#worker + 1) % this.#slots.size;
+            process.nextTick(this.#closeBatch);
+          }
           const slot = this.#slots.pick(this.#worker, this.#maxInFlight);
           if (slot === undefined) return;
           volume.queue.shift();
-          this.#worker = (this.#worker + 1) % n;
           this.#send(slot, volume, req);
           sent = true;
         }

@@ -52,10 +52,20 @@ test('SPEC 2: engaging a mirror with n workers opens n connections; worker m use
     assert.deepEqual(status.peers[0]!.connections.map((c) => [c.index, c.status]), [[0, 'open'], [1, 'open'], [2, 'open']]);
     assert.equal(pair.target.status().volumes.v!.connections, 3);
     pair.target.on('connection', (c) => seen.push(c.slot));
-    for (let i = 0; i < 9; i++) await pair.primary.volume('v').write(i * 4096, Buffer.alloc(4096, i));
+    const sent = (): number[] => pair.primary.status().peers[0]!.connections.map((c) => c.sent);
+    // one write per tick: the workers take turns
+    for (let i = 0; i < 9; i++) {
+      await pair.primary.volume('v').write(i * 4096, Buffer.alloc(4096, i));
+      await new Promise<void>((resolve) => setImmediate(resolve));
+    }
     await pair.primary.drain();
-    const sent = pair.primary.status().peers[0]!.connections.map((c) => c.sent);
-    assert.deepEqual(sent, [3, 3, 3], 'round-robin over the workers');
+    assert.deepEqual(sent(), [3, 3, 3], 'round-robin over the workers');
+    // the writes of one tick travel together on one worker's connection
+    const before = sent();
+    await Promise.all(Array.from({ length: 6 }, (_, i) => pair.primary.volume('v').write((16 + i) * 4096, Buffer.alloc(4096, i))));
+    await pair.primary.drain();
+    const delta = sent().map((n, i) => n - before[i]!);
+    assert.deepEqual([...delta].sort(), [0, 0, 6], `one connection for the batch, got ${delta.join(',')}`);
     assert.deepEqual(seen, [], 'no extra connections');
   } finally {
     await pair.close();
