@@ -59,10 +59,16 @@ describe('cycle transfers', () => {
       const link = net.links.find((l) => l.b.localAddress.host === 't' && !l.closed)!;
       const expected = (await v.status()).active.bytes;
       let sent = 0;
+      let cutting = false;
       link.setDelay((chunk) => {
         sent += chunk.length;
-        if (sent > expected / 2 && !link.closed) setImmediate(() => link.cut());
-        return 0;
+        if (sent <= expected / 2) return 0;
+        // Past the half-way mark nothing is delivered: held back, then discarded by the cut.
+        if (!cutting) {
+          cutting = true;
+          setImmediate(() => link.cut());
+        }
+        return 3_600_000;
       }, 'aToB');
       const retried = waitFor(source, 'target-committed', (info: { cycle: number }) => info.cycle === 2);
       const r = await source.freezeNow();

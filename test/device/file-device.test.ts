@@ -21,6 +21,14 @@ blockDeviceSuite({
   supports: { trim: true, flush: true, fua: true, reopen: true },
 });
 
+blockDeviceSuite({
+  name: 'FileBlockDevice (thread pool only)',
+  create: (size, blockSize) => FileBlockDevice.open(freshPath(), { size, blockSize, inlineReads: false, inlineWrites: false }),
+  reopen: (device: BlockDevice) =>
+    FileBlockDevice.open((device as FileBlockDevice).path, { blockSize: device.blockSize, inlineReads: false, inlineWrites: false }),
+  supports: { trim: true, flush: true, fua: true, reopen: true },
+});
+
 function isCode(code: ErrorCode): (error: unknown) => boolean {
   return (error: unknown) => {
     assert.ok(error instanceof BlockMirrorError, `expected BlockMirrorError ${code}, got ${String(error)}`);
@@ -30,6 +38,21 @@ function isCode(code: ErrorCode): (error: unknown) => boolean {
 }
 
 describe('FileBlockDevice', () => {
+  for (const inlineReads of [true, false]) {
+    it(`reads zeroes past the end of a file truncated behind its back (inlineReads ${inlineReads})`, async () => {
+      const file = freshPath();
+      const device = await FileBlockDevice.open(file, { size: 65536, blockSize: 4096, inlineReads });
+      try {
+        await device.write(0, Buffer.alloc(16384, 0xab));
+        fs.truncateSync(file, 8192);
+        const data = await device.read(4096, 8192);
+        assert.deepEqual(data, Buffer.concat([Buffer.alloc(4096, 0xab), Buffer.alloc(4096)]));
+      } finally {
+        await device.close();
+      }
+    });
+  }
+
   it('creates a sparse file: a 1 GiB device occupies almost no disk until written', async () => {
     const file = freshPath();
     const device = await FileBlockDevice.open(file, { size: 2 ** 30, blockSize: 4096 });

@@ -1,0 +1,55 @@
+import assert from 'node:assert/strict';
+import { afterEach, beforeEach, describe, it } from 'node:test';
+import FakeTimers from '@sinonjs/fake-timers';
+import { INLINE_BACKOFF_OPS, INLINE_MAX_BYTES, INLINE_SLOW_MS, InlineGate } from '../../src/device/inline-gate.js';
+
+describe('InlineGate', () => {
+  let clock: FakeTimers.InstalledClock;
+  beforeEach(() => {
+    clock = FakeTimers.install({ toFake: ['performance'] });
+  });
+  afterEach(() => clock.uninstall());
+
+  it('runs small operations inline and leaves large or empty ones to the thread pool', () => {
+    const gate = new InlineGate(true);
+    assert.equal(gate.run(4096, () => 7), 7);
+    assert.equal(gate.run(INLINE_MAX_BYTES, () => 8), 8);
+    let ran = false;
+    assert.equal(gate.run(INLINE_MAX_BYTES + 1, () => (ran = true)), undefined);
+    assert.equal(gate.run(0, () => (ran = true)), undefined);
+    assert.equal(ran, false);
+  });
+
+  it('a disabled gate never runs anything inline', () => {
+    const gate = new InlineGate(false);
+    let ran = false;
+    assert.equal(gate.run(512, () => (ran = true)), undefined);
+    assert.equal(ran, false);
+  });
+
+  it('after a slow operation the next ones go to the thread pool, then one probes again', () => {
+    const gate = new InlineGate(true);
+    assert.equal(gate.run(4096, () => clock.tick(INLINE_SLOW_MS)), clock.now, 'exactly the limit is not slow');
+    assert.equal(gate.backingOff, false);
+    gate.run(4096, () => clock.tick(INLINE_SLOW_MS + 0.5));
+    assert.equal(gate.backingOff, true);
+    let inline = 0;
+    for (let i = 0; i < INLINE_BACKOFF_OPS; i++) if (gate.run(4096, () => ++inline) !== undefined) assert.fail(`op ${i} ran inline`);
+    assert.equal(inline, 0);
+    assert.equal(gate.backingOff, false);
+    assert.equal(gate.run(4096, () => 'probe'), 'probe');
+  });
+
+  it('an operation that throws still counts: its error propagates and a slow failure backs off', () => {
+    const gate = new InlineGate(true);
+    assert.throws(
+      () =>
+        gate.run(4096, () => {
+          clock.tick(5);
+          throw Object.assign(new Error('EIO'), { code: 'EIO' });
+        }),
+      { code: 'EIO' },
+    );
+    assert.equal(gate.backingOff, true);
+  });
+});
