@@ -22,7 +22,7 @@ const columns: Record<string, [string, string][]> = {
   codec: [['benchmark', 'measure'], ['payloadBytes', 'payload B'], ['totalNs', 'ns/frame'], ['throughputGBps', 'GB/s'], ['payloadCopies', 'payload copies']],
   journal: [['target', 'target'], ['fsync', 'fsync'], ['recordBytes', 'record B'], ['opsPerSec', 'ops/s'], ['MBps', 'MB/s'], ['vsReference', '× pwrite']],
   replay: [['measure', 'measure'], ['mib', 'MiB'], ['seconds', 's'], ['mibPerSec', 'MiB/s'], ['ratio', 'ratio']],
-  write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op']],
+  write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op'], ['failed', 'failed writes']],
   nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['ref', 'reference'], ['vsNbdkit', '× ref'], ['p50VsNbdkit', 'p50 × ref'], ['vsProxy', '× nbdkit-proxy']],
   resync: [],
   cycle: [['measure', 'measure'], ['ms', 'ms'], ['wireBytes', 'bytes on the wire'], ['mbps', 'MB/s'], ['note', 'note']],

@@ -4,7 +4,7 @@ import FakeTimers from '@sinonjs/fake-timers';
 import { INLINE_BACKOFF_OPS, INLINE_MAX_BYTES, INLINE_SLOW_MS, InlineGate } from '../../src/device/inline-gate.js';
 
 describe('InlineGate', () => {
-  let clock: FakeTimers.InstalledClock;
+  let clock: ReturnType<typeof FakeTimers.install>;
   beforeEach(() => {
     clock = FakeTimers.install({ toFake: ['performance'] });
   });
