@@ -24,6 +24,13 @@ const unlinkAsync = promisify(fs.unlink);
 const FILE_SUPPORTS: BlockDeviceSupports = Object.freeze({ trim: true, flush: true, fua: true, reopen: true });
 
 
+/**
+ * Inline reads back off when their running mean exceeds this (ms): reads from
+ * the page cache take 1–9 µs (4–64 KiB), reads that wait for a fast disk tens
+ * of microseconds.
+ */
+const INLINE_READ_MEAN_LIMIT_MS = 0.025;
+
 /** Options of {@link FileBlockDevice.open}. */
 export interface FileBlockDeviceOptions {
   /**
@@ -47,11 +54,11 @@ export interface FileBlockDeviceOptions {
   /**
    * Read requests of at most 64 KiB on the event-loop thread (`fs.readSync`
    * from the page cache) instead of the libuv thread pool: 2.6–2.9× the 4 KiB
-   * random-read rate over NBD when the data is cached. Adaptive like
-   * {@link inlineWrites}: a read that takes longer than 1 ms (a page-cache
-   * miss waiting for the disk) sends the next 1024 reads to the thread pool,
-   * then one inline read probes again. Default true; set false to never block
-   * the event loop on a read.
+   * random-read rate over NBD when the data is cached. Adaptive: a read that
+   * takes longer than 1 ms, or inline reads averaging more than 25 µs (reads
+   * missing the page cache, which the thread pool overlaps), send the next
+   * 1024 reads to the thread pool, then inline reads probe again. Default
+   * true; set false to never block the event loop on a read.
    */
   inlineReads?: boolean;
   /** Open read-only: `write()` and `trim()` reject with `BM_ERR_READ_ONLY`. Default false. */
@@ -351,7 +358,7 @@ export class FileBlockDevice implements BlockDevice {
 
   static #configured(device: FileBlockDevice, options: FileBlockDeviceOptions | undefined): FileBlockDevice {
     device.#inlineWrites = new InlineGate(options?.inlineWrites !== false);
-    device.#inlineReads = new InlineGate(options?.inlineReads !== false);
+    device.#inlineReads = new InlineGate(options?.inlineReads !== false, INLINE_READ_MEAN_LIMIT_MS);
     return device;
   }
 

@@ -6,9 +6,13 @@
  * operation that has to wait for the disk (a page-cache miss, the kernel
  * throttling dirty pages) would block every other connection of the process.
  * The gate lets operations of at most {@link INLINE_MAX_BYTES} run inline and
- * watches how long each takes: one slower than {@link INLINE_SLOW_MS} sends the
+ * watches how long each takes: one slower than {@link INLINE_SLOW_MS}, or
+ * (when the gate has a mean limit) a running mean above that limit, sends the
  * next {@link INLINE_BACKOFF_OPS} operations to the thread pool, after which
- * an inline one probes again.
+ * inline ones probe again. The mean catches reads that miss the page cache
+ * on a fast disk (tens of microseconds each: not slow one by one, but run
+ * inline they would wait for the disk one at a time where the thread pool
+ * overlaps them).
  *
  * @module
  */
@@ -19,14 +23,24 @@ export const INLINE_MAX_BYTES = 64 * 1024;
 export const INLINE_SLOW_MS = 1;
 /** Operations sent to the thread pool after a slow inline one. */
 export const INLINE_BACKOFF_OPS = 1024;
+/** Weight of the newest duration in the running mean (1/16). */
+const MEAN_WEIGHT = 1 / 16;
 
 /** The inline/thread-pool decision for one kind of operation on one file. */
 export class InlineGate {
   readonly #enabled: boolean;
+  readonly #meanLimitMs: number;
   #backoff = 0;
+  #meanMs = 0;
 
-  constructor(enabled: boolean) {
+  /**
+   * @param enabled - false: nothing runs inline.
+   * @param meanLimitMs - back off when the running mean of inline durations
+   *   (weight 1/16 for the newest) exceeds this; default: no mean limit.
+   */
+  constructor(enabled: boolean, meanLimitMs = Infinity) {
     this.#enabled = enabled;
+    this.#meanLimitMs = meanLimitMs;
   }
 
   /** True while the gate sends operations to the thread pool after a slow one. */
@@ -49,7 +63,12 @@ export class InlineGate {
     try {
       return operation();
     } finally {
-      if (performance.now() - started > INLINE_SLOW_MS) this.#backoff = INLINE_BACKOFF_OPS;
+      const ms = performance.now() - started;
+      this.#meanMs += (ms - this.#meanMs) * MEAN_WEIGHT;
+      if (ms > INLINE_SLOW_MS || this.#meanMs > this.#meanLimitMs) {
+        this.#backoff = INLINE_BACKOFF_OPS;
+        this.#meanMs = 0;
+      }
     }
   }
 }

@@ -40,6 +40,32 @@ describe('InlineGate', () => {
     assert.equal(gate.run(4096, () => 'probe'), 'probe');
   });
 
+  it('with a mean limit, operations that are each fast enough but slow on average (disk reads) back off', () => {
+    const gate = new InlineGate(true, 0.025);
+    let ran = 0;
+    while (!gate.backingOff) {
+      assert.notEqual(gate.run(4096, () => clock.tick(0.04)), undefined, `op ${ran} ran inline`);
+      ran++;
+      assert.ok(ran < 100, 'never backed off');
+    }
+    assert.ok(ran > 1, `one 40-µs operation alone must not back off (backed off after ${ran})`);
+    // page-cache speed with one outlier: stays inline
+    const warm = new InlineGate(true, 0.025);
+    for (let i = 0; i < 5000; i++) {
+      const ms = i === 2500 ? 0.3 : 0.002;
+      assert.notEqual(
+        warm.run(4096, () => clock.tick(ms)),
+        undefined,
+        `op ${i} went to the thread pool`,
+      );
+    }
+    assert.equal(warm.backingOff, false);
+    // without a mean limit the same 40-µs operations stay inline
+    const plain = new InlineGate(true);
+    for (let i = 0; i < 200; i++) plain.run(4096, () => clock.tick(0.04));
+    assert.equal(plain.backingOff, false);
+  });
+
   it('an operation that throws still counts: its error propagates and a slow failure backs off', () => {
     const gate = new InlineGate(true);
     assert.throws(
