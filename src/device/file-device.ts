@@ -112,7 +112,7 @@ export class FileBlockDevice implements BlockDevice {
   /** When small writes run on the event-loop thread. */
   #inlineWrites = new InlineGate(true);
   /** When small reads run on the event-loop thread. */
-  #inlineReads = new InlineGate(true);
+  #inlineReads = new InlineGate(true, INLINE_READ_MEAN_LIMIT_MS);
 
   private constructor(path: string, fd: number, size: number, blockSize: number, readOnly: boolean) {
     this.path = path;
