@@ -84,6 +84,17 @@ function changes(image: Buffer, granules: number[], seed: number): { table: Free
   return { table, next };
 }
 
+/** Hooks whose merge throws 'injected crash' before image write number `crash.after` (0 = the next one; -1 = never). */
+function mergeCrash(): { hooks: StagingStoreHooks; crash: { after: number } } {
+  const crash = { after: -1 };
+  const hooks: StagingStoreHooks = {
+    beforeMergeWrite: () => {
+      if (crash.after >= 0 && crash.after-- === 0) throw new Error('injected crash');
+    },
+  };
+  return { hooks, crash };
+}
+
 describe('StagingStore', () => {
   it('SPEC 30/31: a first full copy goes straight into the image; a delta is staged, then merged under a commit marker', async () => {
     const f = await fixture();
@@ -103,22 +114,17 @@ describe('StagingStore', () => {
   });
 
   it('SPEC 33: a crash in the merge is replayed on open (twice is harmless); staging without a marker is discarded', async () => {
-    let crashIn = -1;
-    const hooks: StagingStoreHooks = {
-      beforeMergeWrite: () => {
-        if (crashIn >= 0 && crashIn-- === 0) throw new Error('injected crash');
-      },
-    };
+    const { hooks, crash } = mergeCrash();
     const f = await fixture(hooks);
     try {
       const image1 = pattern(SIZE, 2);
       await fullCopy(f.store, 1, image1);
       const { table, next } = changes(image1, [1, 5, 9, 30, 50, 61], 20);
-      crashIn = 2;
+      crash.after = 2;
       await assert.rejects(delta(f.store, 1, 2, table, next), /injected crash/);
       await assert.rejects(f.store.begin('src', 3, [plan({ from: 2 })]), (e) => isBlockMirrorError(e, 'BM_ERR_IO'), 'nothing more until replayed');
       // the replay crashes too, then succeeds
-      crashIn = 1;
+      crash.after = 1;
       await assert.rejects(f.reopen(hooks), /injected crash/);
       f.store = await StagingStore.open(f.dir, [{ name: 'v', device: f.device }]);
       assert.equal(f.store.image('v').freeze, 2);
@@ -140,17 +146,12 @@ describe('StagingStore', () => {
   });
 
   it('replays a staged full copy (a target that fell behind the merged base) with every granule', async () => {
-    let crashIn = -1;
-    const hooks: StagingStoreHooks = {
-      beforeMergeWrite: () => {
-        if (crashIn >= 0 && crashIn-- === 0) throw new Error('injected crash');
-      },
-    };
+    const { hooks, crash } = mergeCrash();
     const f = await fixture(hooks);
     try {
       await fullCopy(f.store, 1, pattern(SIZE, 3));
       const image5 = pattern(SIZE, 4);
-      crashIn = 1;
+      crash.after = 1;
       // the image holds freeze 1 of this lineage: the full copy to 5 is staged, not written in place
       await assert.rejects(fullCopy(f.store, 5, image5), /injected crash/);
       await f.reopen();
