@@ -11,11 +11,14 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { accessSync, constants as fsConstants, createReadStream, statSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import createDebug from 'debug';
 import { createAdminServer } from '../admin/server.js';
+import { createCycleSource, type CycleResult } from '../cycle/cycle-runner.js';
+import { LayeredVolume } from '../cycle/layered-volume.js';
+import { FileBlockDevice } from '../device/file-device.js';
 import type { AdminStatus } from '../admin/status.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { NbdServer } from '../nbd/server.js';
@@ -42,6 +45,11 @@ const WRITE_SIZE = 256 * 1024;
 /** Writes per volume in step 1, and per burst in step 4 (two bursts). */
 const STEP1_WRITES = 32;
 const BURST_WRITES = 12;
+/** Bytes written to the cycle volume before its first freeze. */
+const CYCLE_FIRST_BYTES = 8 * MiB;
+/** Size and number of the writes between the two freezes of the cycle volume. */
+const CYCLE_BLOCK = 4096;
+const CYCLE_CHANGED_BLOCKS = 64;
 /** Longest wait for a link state or for in-sync. */
 const WAIT_TIMEOUT = 20_000;
 /** Longest run of one NBD client process. */
@@ -116,13 +124,13 @@ export async function runDemo(io: CliIo): Promise<number> {
     signals.off('SIGINT', interrupt);
     signals.off('SIGTERM', interrupt);
   }
-  step('step 9/9: clean up (close NBD, admin, primary, target, proxy, volume files; remove the temporary directory)');
+  step('step 10/10: clean up (close the cycle source, NBD, admin, primary, target, proxy, volume files; remove the temporary directory)');
   const errors = await resources.closeAll();
   if (errors.length > 0) {
     const e = errors[0]!;
     throw new BlockMirrorError(e.error.code, `cleanup: ${e.name}: ${e.error.message}`);
   }
-  say(io, `demo ok: primary and mirror images identical (2 volumes) in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
+  say(io, `demo ok: primary and mirror images identical (3 volumes) in ${((performance.now() - t0) / 1000).toFixed(1)}s`);
   return 0;
 }
 
@@ -156,7 +164,7 @@ function waitForLink(primary: Primary, state: LinkState, timeout: number): Promi
 
 async function demoFlow(ctx: DemoContext): Promise<void> {
   const { io, dir, resources, step, detail } = ctx;
-  say(io, `blockmirror ${packageVersion()} demo: mirror two file volumes over loopback, cut the link, heal it, verify`);
+  say(io, `blockmirror ${packageVersion()} demo: mirror two file volumes over loopback, cut the link, heal it, verify; then freeze/copy cycles of a third`);
   say(io, `working directory ${dir}`);
   say(io, '');
 
@@ -166,15 +174,23 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
   ];
 
   // --- setup -----------------------------------------------------------
-  const mirrorDevices = await openVolumes(volumes.map((v) => ({ name: v.name, path: v.mirrorPath, size: VOLUME_SIZE })));
+  const cycleVolume = { name: 'cycle0', primaryPath: path.join(dir, 'primary-cycle0.img'), mirrorPath: path.join(dir, 'mirror-cycle0.img') };
+  const mirrorDevices = await openVolumes(
+    [...volumes, cycleVolume].map((v) => ({ name: v.name, path: v.mirrorPath, size: VOLUME_SIZE })),
+  );
   resources.add('mirror volume files', () => closeDevices(mirrorDevices.values()));
+  const cycleStateDir = path.join(dir, 'mirror-cycle-state');
+  await mkdir(cycleStateDir);
   const target = await createMirrorTarget({
     listen: { host: '127.0.0.1', port: 0 },
-    volumes: volumes.map((v) => ({ name: v.name, device: mirrorDevices.get(v.name)! })),
+    volumes: [...volumes, cycleVolume].map((v) => ({ name: v.name, device: mirrorDevices.get(v.name)! })),
+    cycle: { dir: cycleStateDir },
     ...DEMO_LINK_TIMERS,
   });
   resources.add('mirror target', () => target.close());
-  step(`setup: mirror target on ${formatHostPort(target.address)}, volumes sync0 and async0 (${formatBytes(VOLUME_SIZE)} files, sparse)`);
+  step(
+    `setup: mirror target on ${formatHostPort(target.address)}, volumes sync0, async0 and cycle0 (${formatBytes(VOLUME_SIZE)} files, sparse)`,
+  );
 
   const proxy = await LinkProxy.start({ target: target.address });
   resources.add('link proxy', () => proxy.close());
@@ -265,7 +281,7 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
     volumes.map((v) => `${v.name}: ${s.volumes[v.name]!.state}, ${formatBytes(s.volumes[v.name]!.pendingBytes)} pending`).join('; ');
 
   // --- 1 ---------------------------------------------------------------
-  step(`step 1/9: write a workload ${how}: ${STEP1_WRITES} x ${formatBytes(WRITE_SIZE)} at random offsets per volume`);
+  step(`step 1/10: write a workload ${how}: ${STEP1_WRITES} x ${formatBytes(WRITE_SIZE)} at random offsets per volume`);
   let t = performance.now();
   const wrote = await workload(STEP1_WRITES);
   detail(`wrote ${formatBytes(wrote)} in ${((performance.now() - t) / 1000).toFixed(2)}s`);
@@ -278,7 +294,7 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
 
   // --- 2 ---------------------------------------------------------------
   await primary.drain(WAIT_TIMEOUT); // the async volume may still be catching up
-  step('step 2/9: status from the admin endpoint (both volumes in sync)');
+  step('step 2/10: status from the admin endpoint (both volumes in sync)');
   const s2 = await adminStatus();
   detail(renderStatusTable(s2));
   for (const v of volumes) {
@@ -286,14 +302,14 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
   }
 
   // --- 3 ---------------------------------------------------------------
-  step('step 3/9: cut the link (the proxy destroys every connection and refuses new ones)');
+  step('step 3/10: cut the link (the proxy destroys every connection and refuses new ones)');
   t = performance.now();
   proxy.cut();
   await waitForLink(primary, 'down', WAIT_TIMEOUT);
   detail(`the primary saw the link go down after ${(performance.now() - t).toFixed(0)} ms`);
 
   // --- 4 ---------------------------------------------------------------
-  step(`step 4/9: keep writing while the link is down (${how}; the NBD clients still get success)`);
+  step(`step 4/10: keep writing while the link is down (${how}; the NBD clients still get success)`);
   let last = 0;
   for (let burst = 1; burst <= 2; burst++) {
     await workload(BURST_WRITES);
@@ -311,12 +327,12 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
   detail(renderStatusTable(await adminStatus()));
 
   // --- 5 ---------------------------------------------------------------
-  step('step 5/9: heal the link');
+  step('step 5/10: heal the link');
   const healed = performance.now();
   proxy.heal();
 
   // --- 6 ---------------------------------------------------------------
-  step('step 6/9: wait for in-sync (link events, then every volume idle)');
+  step('step 6/10: wait for in-sync (link events, then every volume idle)');
   await waitForLink(primary, 'up', WAIT_TIMEOUT);
   detail(
     `link up ${(performance.now() - healed).toFixed(0)} ms after the heal ` +
@@ -326,7 +342,7 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
   detail(`in sync ${(performance.now() - healed).toFixed(0)} ms after the heal`);
 
   // --- 7 ---------------------------------------------------------------
-  step('step 7/9: verify both images by SHA-256 (primary file vs mirror file)');
+  step('step 7/10: verify both images by SHA-256 (primary file vs mirror file)');
   await Promise.all([...primaryDevices.values(), ...mirrorDevices.values()].map((d) => d.flush()));
   const rows: string[][] = [['VOLUME', 'IMAGE', 'SHA-256', 'RESULT']];
   let mismatch: string | undefined;
@@ -340,7 +356,38 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
   if (mismatch !== undefined) throw new BlockMirrorError('BM_ERR_IO', `volume ${mismatch}: the mirror image differs from the primary image`);
 
   // --- 8 ---------------------------------------------------------------
-  step('step 8/9: final status');
+  step('step 8/10: freeze/copy cycles: volume cycle0 in cycle mode (cycle 1 copies it whole, cycle 2 only what changed)');
+  const cycleBase = await FileBlockDevice.open(cycleVolume.primaryPath, { size: VOLUME_SIZE });
+  resources.add('cycle volume file', () => cycleBase.close());
+  const layered = await LayeredVolume.open(cycleBase);
+  resources.add('layered volume', () => layered.close());
+  const source = await createCycleSource({ volumes: [{ name: cycleVolume.name, volume: layered }], targets: [target.address], interval: 0 });
+  resources.add('cycle source', () => source.close());
+  const cycleLine = (r: CycleResult): string => {
+    const failed = r.targets.find((x) => !x.ok);
+    if (failed !== undefined) throw new BlockMirrorError(failed.error?.code ?? 'BM_ERR_IO', `cycle ${r.cycle} failed: ${failed.error?.message ?? 'unknown'}`);
+    return `cycle ${r.cycle}: ${formatBytes(r.bytesSent)} on the wire in ${r.durationMs.toFixed(0)} ms`;
+  };
+  await layered.write(0, randomBytes(CYCLE_FIRST_BYTES));
+  detail(`${cycleLine(await source.freezeNow())} (first freeze: the whole ${formatBytes(VOLUME_SIZE)} volume)`);
+  const changed = new Set<number>();
+  while (changed.size < CYCLE_CHANGED_BLOCKS) changed.add(randomInt(VOLUME_SIZE / CYCLE_BLOCK));
+  for (const block of changed) await layered.write(block * CYCLE_BLOCK, randomBytes(CYCLE_BLOCK));
+  detail(`${cycleLine(await source.freezeNow())} after ${changed.size} writes of ${formatBytes(CYCLE_BLOCK)} (${formatBytes(changed.size * CYCLE_BLOCK)} changed)`);
+  await mirrorDevices.get(cycleVolume.name)!.flush();
+  const cycleImage = createHash('sha256').update(await layered.read(0, VOLUME_SIZE)).digest('hex');
+  const cycleMirror = await sha256File(cycleVolume.mirrorPath);
+  detail(
+    renderColumns([
+      ['VOLUME', 'IMAGE', 'SHA-256', 'RESULT'],
+      ['cycle0 (cycle)', 'primary', cycleImage, ''],
+      ['', 'mirror', cycleMirror, cycleImage === cycleMirror ? 'identical' : 'DIFFERENT'],
+    ]),
+  );
+  if (cycleImage !== cycleMirror) throw new BlockMirrorError('BM_ERR_IO', 'volume cycle0: the mirror image differs from the frozen image');
+
+  // --- 9 ---------------------------------------------------------------
+  step('step 9/10: final status');
   const s8 = await adminStatus();
   detail(renderStatusTable(s8));
 }
