@@ -71,8 +71,12 @@ type SysError = NodeJS.ErrnoException | null;
  * A {@link BlockDevice} on a regular file, with positional I/O on one file
  * descriptor.
  *
- * - Requests run in libuv's thread pool and are independent, so concurrent
- *   requests proceed in parallel (up to `UV_THREADPOOL_SIZE`).
+ * - Reads and writes of at most 64 KiB run on the event-loop thread while
+ *   they are served by the page cache (see {@link FileBlockDeviceOptions.inlineReads}
+ *   and {@link FileBlockDeviceOptions.inlineWrites}); larger ones, and small
+ *   ones after a slow spell, run in libuv's thread pool, where concurrent
+ *   requests proceed in parallel (up to `UV_THREADPOOL_SIZE`). Requests are
+ *   independent: the order of concurrent overlapping requests is not defined.
  * - `write()` writes the caller's buffer without copying it; `read()`
  *   allocates one buffer of exactly `length` bytes. Short reads and writes are
  *   continued until complete.
