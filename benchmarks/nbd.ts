@@ -59,8 +59,11 @@ export const NBD_REFERENCE: Readonly<Record<NbdConfig, NbdConfig>> = {
 
 /** Configurations served by nbdkit (C). */
 const NBDKIT_CONFIGS: ReadonlySet<NbdConfig> = new Set(['nbdkit', 'nbdkit-proxy', 'nbdkit-null']);
-/** Configurations whose writes go to a second process (our mirror target, or the proxy's nbdkit file). */
-const TWO_PROCESS_CONFIGS: ReadonlySet<NbdConfig> = new Set(['async', 'sync', 'cycle', 'nbdkit-proxy']);
+/** Our configurations that mirror to the target process. */
+type MirroredConfig = 'async' | 'sync' | 'cycle';
+function isMirrored(config: NbdConfig): config is MirroredConfig {
+  return config === 'async' || config === 'sync' || config === 'cycle';
+}
 
 /** One fio job. */
 export interface NbdJob {
@@ -275,7 +278,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   const runs: NbdRun[] = [];
   let adapter: string | null = null;
   try {
-    const mirrored = configs.filter((c): c is 'sync' | 'async' | 'cycle' => c === 'sync' || c === 'async' || c === 'cycle');
+    const mirrored = configs.filter(isMirrored);
     let targetPort = 0;
     let targetPid: number | undefined;
     if (mirrored.length > 0) {
@@ -306,10 +309,11 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         { env, ...prof(config) },
       );
       children.push(child);
-      if (config !== 'device' && config !== 'null') adapter = ready.adapter;
+      if (isMirrored(config)) adapter = ready.adapter;
       servers.set(config, {
         uri: `nbd://127.0.0.1:${ready.port}/${config}`,
         pid: child.process.pid,
+        helperPid: isMirrored(config) ? targetPid : undefined,
         drain: async () => (await child.request<{ ms: number }>({ cmd: 'drain' })).ms,
         stats: () => child.request({ cmd: 'stats' }),
         stop: () => child.stop(),
@@ -329,7 +333,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const order = configs.map((_, i) => configs[(i + r) % configs.length]!);
         for (const config of order) {
           const s = servers.get(config)!;
-          const helperPid = TWO_PROCESS_CONFIGS.has(config) ? (s.helperPid ?? targetPid) : undefined;
+          const helperPid = s.helperPid;
           const cpu0 = [processCpuMs(s.pid), helperPid !== undefined ? processCpuMs(helperPid) : null];
           const t0 = performance.now();
           const figures = await fio(s.uri, job, imageSize, runtimeSec, rampSec);
@@ -367,7 +371,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         const refP50 = median(of(ref).map((x) => x.p50us));
         const mbps = median(rs.map((x) => x.MBps));
         const p50 = median(rs.map((x) => x.p50us));
-        const mirroredWrite = (config === 'async' || config === 'sync' || config === 'cycle') && job.rw.endsWith('write');
+        const mirroredWrite = isMirrored(config) && job.rw.endsWith('write');
         rows.push({
           job: job.name,
           config,

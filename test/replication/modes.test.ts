@@ -7,6 +7,7 @@ import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
 import { imagesEqual, startPair, turn } from '../helpers/pair.js';
+import { cutOff } from '../helpers/network.js';
 
 const KiB = 1024;
 
@@ -202,8 +203,7 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
     await pair.primary.drain();
     assert.equal(await imagesEqual(pair, 'v'), true);
     // link down: the journal absorbs, nobody waits
-    network.partition('10.9.0.1', '10.9.0.2');
-    for (const l of network.links) if (!l.closed) l.cut();
+    cutOff(network, '10.9.0.1', '10.9.0.2');
     while (pair.primary.link !== 'down') await once(pair.primary, 'link');
     for (let i = 0; i < 64; i++) await pair.primary.volume('v').write(i * 4 * KiB, Buffer.alloc(4 * KiB, 0xcc));
     assert.ok(pair.primary.volume('v').status().pendingBytes >= 256 * KiB);
@@ -225,8 +225,7 @@ test('async writes copy the caller\'s buffer unless it is handed over with trans
   });
   try {
     // link down: the requests stay queued with whatever buffer the volume kept
-    network.partition('10.9.1.1', '10.9.1.2');
-    for (const l of network.links) if (!l.closed) l.cut();
+    cutOff(network, '10.9.1.1', '10.9.1.2');
     while (pair.primary.link !== 'down') await once(pair.primary, 'link');
     const copied = Buffer.alloc(4 * KiB, 0x11);
     const handedOver = Buffer.alloc(4 * KiB, 0x22);

@@ -11,6 +11,7 @@ import { createMirrorTarget } from '../../src/replication/mirror-target.js';
 import { createPrimary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
 import { onceEvent } from '../helpers/events.js';
+import { cutOff } from '../helpers/network.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;
@@ -102,8 +103,7 @@ test('an interrupted resync resumes where it stopped (bytes on the wire ≤ 1.1 
       // cut the link once about a third of the volume has arrived
       if (!cut && op.op === 'write' && tdev.count('write') === Math.floor(size / (64 * KiB) / 3)) {
         cut = true;
-        network.partition(P, T);
-        for (const l of network.links) if (!l.closed) l.cut();
+        cutOff(network, P, T);
         setTimeout(() => network.heal(P, T), 50);
       }
     });
@@ -158,8 +158,7 @@ test('SPEC 18: a primary that loses its journal (fsync none, crash) converges th
   try {
     const journal = { dir: join(dir, 'j'), fsync: 'none' as const };
     const first = await createPrimary({ transport: network.transport({ host: P }), peer: target.address, journal, volumes: [{ name: 'v', device: pdev, mode: 'async' }], ...LINK });
-    network.partition(P, T);
-    for (const l of network.links) if (!l.closed) l.cut();
+    cutOff(network, P, T);
     await onceEvent(first, 'link');
     for (let i = 0; i < 32; i++) await first.volume('v').write(i * 96 * KiB, Buffer.alloc(4 * KiB, i + 1));
     await first.volume('v').bitmap.flush();

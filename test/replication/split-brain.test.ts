@@ -6,6 +6,7 @@ import { createMirrorTarget, type SplitBrainPolicy } from '../../src/replication
 import { createPrimary, type Primary } from '../../src/replication/primary.js';
 import { MemoryGenerationStore, compareGenerations, advanceGeneration, freshGeneration } from '../../src/replication/generation.js';
 import { onceEvent } from '../helpers/events.js';
+import { cutOff } from '../helpers/network.js';
 
 const A = '10.6.0.1';
 const T = '10.6.0.2';
@@ -42,8 +43,7 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
   const shared = (await tStore.load())!.current;
   assert.equal(shared, a.volume('v').generation, 'the target adopted the primary generation');
 
-  network.partition(A, T);
-  for (const l of network.links) if (!l.closed) l.cut();
+  cutOff(network, A, T);
   await onceEvent(a, 'link');
   await target.close();
 
