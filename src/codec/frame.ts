@@ -56,6 +56,8 @@ export const MessageType = {
   HASH: 21,
   /** The digest asked by HASH. */
   HASH_ACK: 22,
+  /** Sequence numbers that carry nothing (see `SkipHeader`); acknowledged with WRITE_ACK. */
+  SKIP: 23,
   /** Freeze/copy cycle (src/cycle, SPEC 28–35): opens the transfer of one freeze to a target. Types 32–39 are reserved for cycles. */
   CYCLE_BEGIN: 32,
   /** Cycle: changed blocks of one volume (payload = raw granules, slot-addressed as in the freeze table). */

@@ -74,6 +74,14 @@ export interface ReadyVolume {
   applied: number;
   /** The target discarded its own divergent data (split-brain policy): the primary must resync the whole volume. */
   full?: boolean;
+  /**
+   * Id of the target's ordering state for the stream. When it differs from
+   * the one a primary saw before, the target lost its volatile state (it
+   * restarted): everything above `applied` must be sent again.
+   */
+  inc?: string;
+  /** Every seq ≤ durable of the stream is on the target's stable storage. */
+  durable?: number;
 }
 
 /** READY (server → client): the connection carries requests from now on. */
@@ -126,6 +134,19 @@ export interface HashAckHeader extends AckHeader {
   digest?: Uint8Array;
 }
 
+/**
+ * SKIP (client → server): sequence numbers `[seq, end]` of the volume's stream
+ * carry nothing (a restart of the primary left them unused, or their data
+ * reaches the target by a resync). Ordered after every seq < `seq`;
+ * acknowledged with WRITE_ACK.
+ */
+export interface SkipHeader {
+  id: number;
+  vol: number;
+  seq: number;
+  end: number;
+}
+
 /** FLUSH (client → server): make applied writes durable, once every seq ≤ `bar` is applied. */
 export interface FlushHeader {
   id: number;
@@ -138,6 +159,8 @@ export interface AckHeader {
   id: number;
   code?: string;
   message?: string;
+  /** FLUSH_ACK: every seq ≤ durable of the stream is on the target's stable storage. */
+  durable?: number;
 }
 
 function bad(type: number, what: string): BlockMirrorError {
@@ -230,6 +253,7 @@ export function parseReady(h: unknown): ReadyHeader {
   if (!Array.isArray(v) || v.length > 4096) throw bad(t, 'volumes');
   for (const o of v) {
     if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
+    if ((o.inc !== undefined && !str(o.inc, 64)) || (o.durable !== undefined && !uint(o.durable))) throw bad(t, 'volume');
   }
   return r as unknown as ReadyHeader;
 }
@@ -281,6 +305,14 @@ export function parseHashAck(h: unknown): HashAckHeader {
   return ack;
 }
 
+/** Validates a SKIP header. */
+export function parseSkip(h: unknown): SkipHeader {
+  const t = MessageType.SKIP;
+  const r = header(t, h);
+  if (!uint(r.id) || !uint(r.vol) || !uint(r.seq) || !uint(r.end) || r.seq < 1 || r.end < r.seq) throw bad(t, 'fields');
+  return r as unknown as SkipHeader;
+}
+
 /** Validates a FLUSH header. */
 export function parseFlush(h: unknown): FlushHeader {
   const t = MessageType.FLUSH;
@@ -295,5 +327,6 @@ export function parseAck(type: number, h: unknown): AckHeader {
   if (!uint(r.id)) throw bad(type, 'id');
   if (r.code !== undefined && !str(r.code, 64)) throw bad(type, 'code');
   if (r.message !== undefined && !str(r.message, 4096)) throw bad(type, 'message');
+  if (r.durable !== undefined && !uint(r.durable)) throw bad(type, 'durable');
   return r as unknown as AckHeader;
 }

@@ -6,8 +6,14 @@
  * most once: a copy of a request that is waiting or running shares its
  * outcome, and a copy of an applied one is acknowledged without writing.
  *
+ * Each instance has an `incarnation` id: a primary that sees a new one after
+ * a reconnect knows the target lost its volatile ordering state (it
+ * restarted, or it switched streams) and resends everything above the
+ * watermark the target reported.
+ *
  * @module
  */
+import { randomBytes } from 'node:crypto';
 
 interface Waiting {
   barrier: number;
@@ -16,7 +22,7 @@ interface Waiting {
 
 const done: Promise<void> = Promise.resolve();
 
-/** Per (session, volume) ordering state on the target. */
+/** Per (stream, volume) ordering state on the target. */
 export class ApplyOrder {
   #watermark: number;
   /** Applied seqs above the watermark. */
@@ -24,9 +30,12 @@ export class ApplyOrder {
   /** Seqs waiting or running, with their outcome. */
   readonly #pending = new Map<number, Promise<void>>();
   #waiting: Waiting[] = [];
+  /** Random id of this ordering state (changes when the target restarts or starts a new stream). */
+  readonly incarnation: string;
 
-  constructor(watermark = 0) {
+  constructor(watermark = 0, incarnation: string = randomBytes(6).toString('hex')) {
     this.#watermark = watermark;
+    this.incarnation = incarnation;
   }
 
   /** Every seq ≤ watermark has been applied. */
@@ -34,9 +43,19 @@ export class ApplyOrder {
     return this.#watermark;
   }
 
+  /** Requests whose barrier is not met yet. */
+  get waitingCount(): number {
+    return this.#waiting.length;
+  }
+
   /** True if `seq` was applied already. */
   isApplied(seq: number): boolean {
     return seq <= this.#watermark || this.#applied.has(seq);
+  }
+
+  /** True when a request with this barrier would have to wait. */
+  wouldWait(barrier: number): boolean {
+    return barrier > this.#watermark;
   }
 
   /**
@@ -44,15 +63,15 @@ export class ApplyOrder {
    * Resolves when it is applied (now or earlier), rejects with `apply`'s error
    * (the request may then be resent and submitted again).
    */
-  submit(seq: number, barrier: number, apply: () => Promise<void>): Promise<void> {
-    if (this.isApplied(seq)) return done;
+  submit(seq: number, barrier: number, apply: () => Promise<void>, end = seq): Promise<void> {
+    if (end === seq ? this.isApplied(seq) : end <= this.#watermark) return done;
     const pending = this.#pending.get(seq);
     if (pending !== undefined) return pending;
     const outcome = new Promise<void>((resolve, reject) => {
       this.whenApplied(barrier, () => {
         apply().then(
           () => {
-            this.#finish(seq, true);
+            this.#finish(seq, true, end);
             resolve();
           },
           (error: unknown) => {
@@ -66,13 +85,27 @@ export class ApplyOrder {
     return outcome;
   }
 
-  /** Declares every seq ≤ `watermark` applied (the primary says a target acknowledged them before). */
-  raise(watermark: number): void {
-    if (watermark <= this.#watermark) return;
-    this.#watermark = watermark;
-    for (const seq of this.#applied) if (seq <= watermark) this.#applied.delete(seq);
-    while (this.#applied.delete(this.#watermark + 1)) this.#watermark++;
-    this.#release();
+  /**
+   * Applies a skip record: sequence numbers `[from, to]` carry nothing (a
+   * restart of the primary left them unused, or their data reaches the target
+   * by a resync instead). Ordered like a request with barrier `from - 1`;
+   * once every seq below `from` is applied the watermark moves to `to`.
+   */
+  skip(from: number, to: number): Promise<void> {
+    if (to < from) return done;
+    return this.submit(from, from - 1, () => done, to);
+  }
+
+  /**
+   * Ends the requests of an earlier session: those still waiting for a barrier
+   * are dropped (their connections are gone; the primary resends what it
+   * needs), and the promise resolves once the running ones finished, so that
+   * a new session never races a stale write.
+   */
+  async settle(): Promise<void> {
+    this.#waiting = [];
+    const running = [...this.#pending.values()].map((p) => p.catch(() => undefined));
+    await Promise.all(running);
   }
 
   /** Runs `run` once every seq ≤ `barrier` is applied (at once if already so). */
@@ -81,11 +114,12 @@ export class ApplyOrder {
     else this.#waiting.push({ barrier, run });
   }
 
-  #finish(seq: number, applied: boolean): void {
+  #finish(seq: number, applied: boolean, end = seq): void {
     this.#pending.delete(seq);
     if (!applied) return;
-    if (seq === this.#watermark + 1) {
-      this.#watermark = seq;
+    if (seq <= this.#watermark + 1 && end > this.#watermark) {
+      this.#watermark = end;
+      for (const s of this.#applied) if (s <= end) this.#applied.delete(s);
       while (this.#applied.delete(this.#watermark + 1)) this.#watermark++;
       this.#release();
     } else if (seq > this.#watermark) {

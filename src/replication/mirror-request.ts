@@ -12,10 +12,24 @@ export type MirrorOutcome = { ok: true } | { ok: false; error: BlockMirrorError;
 
 /** A request queued for, or in flight to, the target. */
 export interface MirrorRequest {
-  /** `write`/`zero` change data (they carry a seq); `flush` and `hash` are probes ordered by `barrier` only. */
-  kind: 'write' | 'zero' | 'flush' | 'hash';
+  /**
+   * `write`/`zero` change data (they carry a seq); `skip` carries seqs
+   * `[seq, end]` that hold nothing (their data, if any, reaches the target by
+   * a resync); `flush` and `hash` are probes ordered by `barrier` only.
+   */
+  kind: 'write' | 'zero' | 'skip' | 'flush' | 'hash';
   /** Per-volume sequence number (0 for flush, which is ordered by `barrier` only). */
   seq: number;
+  /** Last seq the request covers (`seq` except for `skip`). */
+  end: number;
+  /**
+   * - `queued`: waits in the send queue (or for a retry);
+   * - `inflight`: sent on connection `slot`, not answered;
+   * - `acked`: the target applied it (the volume forgets it once the target says it is durable).
+   */
+  state: 'queued' | 'inflight' | 'acked';
+  /** Regions of the request count as not yet covered (journal or durable on the target). */
+  uncovered: boolean;
   offset: number;
   length: number;
   /** Data of a write; undefined for zero and flush. */
@@ -29,10 +43,12 @@ export interface MirrorRequest {
   createdAt: number;
   /** Failed attempts so far. */
   attempts: number;
-  /** Slot index while in flight, -1 otherwise, -2 once acknowledged. */
+  /** Slot index while in flight, -1 otherwise. */
   slot: number;
-  /** True once appended to the volume's journal (released when acknowledged). */
+  /** True once appended to the volume's journal (released when durable on the target). */
   journaled: boolean;
+  /** It was in flight on a connection that closed: sent again ahead of the in-flight window. */
+  resend: boolean;
   /** Set while a caller waits for this request (sync mode); cleared once told. */
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
   /** A resync write: not journaled, nobody waits for it but the resync. */

@@ -15,7 +15,7 @@ import { checkRange } from '../device/range.js';
 import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
-import { parseFlush, parseHash, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
+import { parseFlush, parseHash, parseSkip, parseWrite, parseZero, type HelloHeader, type ReadyVolume, type VolumeOffer } from '../codec/messages.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { FEATURES, serverHandshake } from '../link/handshake.js';
 import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from '../cycle/cycle-host.js';
@@ -26,7 +26,10 @@ import { IdleWatch } from '../link/idle-watch.js';
 import { DatagramDemux } from '../link/datagram-demux.js';
 import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
 import { ApplyOrder } from './apply-order.js';
-import { MemoryGenerationStore, compareGenerations, type GenerationState, type GenerationStore } from './generation.js';
+import { FileApplyStateStore, MemoryApplyStateStore, type ApplyStateStore } from './apply-state.js';
+import { decideClaim, type ClaimDecision, type ClaimView } from './claim-decision.js';
+import { FileGenerationStore, MemoryGenerationStore, type GenerationState, type GenerationStore } from './generation.js';
+import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
@@ -44,6 +47,13 @@ export interface TargetVolumeConfig {
    * that takes the volume over (role swap), so that split brain is detected.
    */
   generations?: GenerationStore;
+  /**
+   * Where the volume's durable apply state (stream and flushed watermark) is
+   * kept (default: `<stateDir>/<name>.apply` with the target's `stateDir`,
+   * else in memory). With a durable store a restarted target never applies an
+   * older resent write over a newer one.
+   */
+  applyState?: ApplyStateStore;
 }
 
 /**
@@ -85,6 +95,13 @@ export interface MirrorTargetOptions {
   idleTimeout?: number;
   /** See {@link SplitBrainPolicy} (default `refuse`). */
   splitBrain?: SplitBrainPolicy;
+  /**
+   * Directory (must exist) for each volume's durable state: generations
+   * (`<name>.gen`) and apply state (`<name>.apply`), unless a volume brings
+   * its own stores. Without it both live in memory: a restarted target then
+   * counts its volumes as blank.
+   */
+  stateDir?: string;
   /**
    * Also receive freeze/copy cycles (a cycle source, `blockmirror primary
    * --mode cycle`) on the same port. `dir` (must exist) holds the cycle
@@ -158,13 +175,46 @@ export class TargetVolume {
   /** @internal */ errors = 0;
   /** @internal */ generations: GenerationState | undefined;
   /** @internal */ readonly store: GenerationStore;
+  /** @internal */ readonly applyStore: ApplyStateStore;
+  /** Watermark of `stream` that is flushed and recorded in `applyStore`. @internal */ durable = 0;
+  #persisting: Promise<void> = Promise.resolve();
   /** Receives cycles into this volume (the target's `cycle` option). @internal */ cycle: CycleHost | undefined;
 
   /** @internal */
-  constructor(name: string, device: BlockDevice, store: GenerationStore) {
+  constructor(name: string, device: BlockDevice, store: GenerationStore, applyStore: ApplyStateStore) {
     this.name = name;
     this.device = device;
     this.store = store;
+    this.applyStore = applyStore;
+  }
+
+  /** Loads the durable state (at start). @internal */
+  async load(): Promise<void> {
+    this.generations = await this.store.load();
+    const applied = await this.applyStore.load();
+    if (applied !== undefined) {
+      this.stream = applied.stream;
+      this.order = new ApplyOrder(applied.applied);
+      this.durable = applied.applied;
+    }
+  }
+
+  /**
+   * Flushes the device and records the stream's watermark as durable: every
+   * request ≤ the returned watermark is on stable storage. @internal
+   */
+  flushDurable(): Promise<number> {
+    const stream = this.stream;
+    const order = this.order;
+    const watermark = order.watermark;
+    const run = this.#persisting.then(async () => {
+      await this.device.flush();
+      if (stream === undefined || stream !== this.stream || order !== this.order || watermark <= this.durable) return;
+      await this.applyStore.save({ stream, applied: watermark });
+      this.durable = watermark;
+    });
+    this.#persisting = run.catch(() => undefined);
+    return run.then(() => (order === this.order ? this.durable : watermark));
   }
 
   get size(): number {
@@ -212,6 +262,8 @@ interface Handler {
   hello: HelloHeader;
   volumes: TargetVolume[];
   pending: number;
+  /** Requests waiting for older ones (not counted in `pending`). */
+  waiting: number;
   paused: boolean;
 }
 
@@ -250,6 +302,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #cycleOptions: MirrorTargetOptions['cycle'];
   #cycle: CycleHost | undefined;
   #server: TransportServer | undefined;
+  #claiming: Promise<void> = Promise.resolve();
   #closed = false;
 
   /** @internal use {@link createMirrorTarget} */
@@ -275,6 +328,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     const policy = options.splitBrain ?? 'refuse';
     if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalidArgument('splitBrain must be refuse, discard-target or discard-younger');
     this.#splitBrain = policy;
+    if (options.stateDir !== undefined && (typeof options.stateDir !== 'string' || options.stateDir === '')) throw invalidArgument('stateDir must be a non-empty string');
     if (options.cycle !== undefined && (options.cycle === null || typeof options.cycle !== 'object' || typeof options.cycle.dir !== 'string' || options.cycle.dir === '')) {
       throw invalidArgument('cycle.dir must be a non-empty string');
     }
@@ -287,7 +341,16 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       if (cfg.device === null || typeof cfg.device !== 'object' || typeof cfg.device.write !== 'function') {
         throw invalidArgument(`volume ${cfg.name}: device must be a BlockDevice`);
       }
-      this.#volumes.set(cfg.name, new TargetVolume(cfg.name, cfg.device, cfg.generations ?? new MemoryGenerationStore()));
+      const dir = options.stateDir;
+      this.#volumes.set(
+        cfg.name,
+        new TargetVolume(
+          cfg.name,
+          cfg.device,
+          cfg.generations ?? (dir === undefined ? new MemoryGenerationStore() : new FileGenerationStore(join(dir, `${cfg.name}.gen`))),
+          cfg.applyState ?? (dir === undefined ? new MemoryApplyStateStore() : new FileApplyStateStore(join(dir, `${cfg.name}.apply`))),
+        ),
+      );
     }
   }
 
@@ -311,7 +374,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
 
   /** @internal called by {@link createMirrorTarget} */
   async start(): Promise<void> {
-    for (const v of this.#volumes.values()) v.generations = await v.store.load();
+    for (const v of this.#volumes.values()) await v.load();
     if (this.#cycleOptions !== undefined) await this.#openCycleHost(this.#cycleOptions);
     try {
       this.#server = await this.#transport.listen(this.#listen);
@@ -357,9 +420,9 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
             cycleSource = true;
             return this.#acceptCycleSource(hello, offers, conn);
           }
-          claimed = this.#claim(hello, offers);
-          const decisions = await this.#checkGenerations(offers);
-          return claimed.map((v, i): ReadyVolume => (decisions[i] === true ? { name: v.name, applied: v.order.watermark, full: true } : { name: v.name, applied: v.order.watermark }));
+          const ready = await this.#serialized(() => this.#claim(hello, offers));
+          claimed = ready.map((r) => this.#volumes.get(r.name)!);
+          return ready;
         },
       });
       if (cycleSource) {
@@ -371,7 +434,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         this.emit('connection', { node: result.hello.node, session: result.hello.session, slot: 0, address: raw.remoteAddress });
         return;
       }
-      const handler: Handler = { conn, hello: result.hello, volumes: claimed, pending: 0, paused: false };
+      const handler: Handler = { conn, hello: result.hello, volumes: claimed, pending: 0, waiting: 0, paused: false };
       if (conn.closed) {
         this.#release(claimed);
         return;
@@ -485,85 +548,68 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#peers.delete(peer.session);
   }
 
-  /**
-   * Compares each offered volume's generations with ours (before anything is
-   * claimed) and adopts the primary's; resolves, per offer, whether the target
-   * discards its own data (the primary then resyncs the whole volume).
-   * Throws `BM_ERR_SPLIT_BRAIN` when the policy refuses.
-   */
-  async #checkGenerations(offers: VolumeOffer[]): Promise<boolean[]> {
-    const decisions: boolean[] = [];
-    for (const offer of offers) {
-      const v = this.#volumes.get(offer.name);
-      if (v === undefined) {
-        decisions.push(false);
-        continue;
-      }
-      const lineage = compareGenerations({ current: offer.generation, history: offer.history ?? [] }, v.generations);
-      let full = false;
-      if (lineage === 'target-ahead' || lineage === 'split-brain') {
-        const targetYounger = v.generations!.current > offer.generation;
-        if (this.#splitBrain === 'discard-target' || (this.#splitBrain === 'discard-younger' && targetYounger)) full = true;
-        else {
-          throw new BlockMirrorError(
-            'BM_ERR_SPLIT_BRAIN',
-            `volume ${offer.name}: ${lineage === 'split-brain' ? 'both sides wrote while apart (split brain)' : 'the target was written since it had the primary\'s data'}: primary generation ${offer.generation}, target generation ${v.generations!.current}; nothing was overwritten`,
-            { details: { volume: offer.name, lineage, primaryGeneration: offer.generation, targetGeneration: v.generations!.current, policy: this.#splitBrain } },
-          );
-        }
-      }
-      decisions.push(full);
-    }
-    for (const offer of offers) {
-      const v = this.#volumes.get(offer.name);
-      if (v === undefined || v.generations?.current === offer.generation) continue;
-      v.generations = { current: offer.generation, history: (offer.history ?? []).slice(0, 32) };
-      await v.store.save(v.generations);
-    }
-    return decisions;
+  /** Runs `fn` after every earlier claim finished (one handshake decision at a time). */
+  #serialized<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.#claiming.then(fn);
+    this.#claiming = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
   }
 
-  /** Checks the offered volumes and claims them for the client's session. */
-  #claim(hello: HelloHeader, offers: VolumeOffer[]): TargetVolume[] {
-    const found: TargetVolume[] = [];
-    for (const offer of offers) {
-      const v = this.#volumes.get(offer.name);
-      if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `this target hosts no volume named ${JSON.stringify(offer.name)}`);
-      if (v.size !== offer.size || v.blockSize !== offer.blockSize) {
-        throw new BlockMirrorError(
-          'BM_ERR_VOLUME_MISMATCH',
-          `volume ${offer.name}: primary has ${offer.size} bytes / block ${offer.blockSize}, target has ${v.size} / ${v.blockSize}`,
-          { details: { volume: offer.name, primarySize: offer.size, targetSize: v.size, primaryBlockSize: offer.blockSize, targetBlockSize: v.blockSize } },
-        );
-      }
-      if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0 && v.owner.node !== hello.node) {
-        throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
-      }
-      const source = this.#cycle?.sourceOf(v.name);
-      if (source !== undefined) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} receives freeze/copy cycles from ${source}`);
-      if (v.generations === undefined && this.#cycle !== undefined && this.#cycle.image(v.name).lineage !== undefined && this.#splitBrain !== 'discard-target') {
-        throw new BlockMirrorError(
-          'BM_ERR_SPLIT_BRAIN',
-          `volume ${offer.name} holds freeze ${this.#cycle.image(v.name).freeze} of a cycle source, not data of primary generation ${offer.generation}; nothing was overwritten (splitBrain: 'discard-target' lets the primary resync it)`,
-          { details: { volume: offer.name, primaryGeneration: offer.generation, policy: this.#splitBrain } },
-        );
-      }
-      found.push(v);
+  /**
+   * Decides about a primary's offered volumes (a pure function of both
+   * sides' state, see `claim-decision.ts`), and only then changes anything:
+   * stores adopted generations, ends a previous session's requests, starts a
+   * new ordering state for a new stream, and claims the volumes. A refusal
+   * changes nothing.
+   */
+  async #claim(hello: HelloHeader, offers: VolumeOffer[]): Promise<ReadyVolume[]> {
+    const decisions: ClaimDecision[] = decideClaim(hello, offers, (name) => this.#claimView(name), this.#splitBrain);
+    const volumes = decisions.map((d) => this.#volumes.get(d.name)!);
+    for (const [i, d] of decisions.entries()) {
+      if (d.adopt === undefined) continue;
+      await volumes[i]!.store.save(d.adopt);
+      volumes[i]!.generations = d.adopt;
     }
-    offers.forEach((offer, i) => {
-      const v = found[i]!;
-      v.owner = { node: hello.node, session: hello.session };
-      if (v.stream !== offer.stream) {
-        // A new stream (new primary run, or a target that restarted): its
-        // sequence numbers up to `base` were acknowledged by a target before.
-        v.stream = offer.stream;
-        v.order = new ApplyOrder(offer.base);
-      } else {
-        v.order.raise(offer.base);
+    const ready: ReadyVolume[] = [];
+    for (const [i, d] of decisions.entries()) {
+      const v = volumes[i]!;
+      const offer = offers[i]!;
+      if (v.owner?.session !== hello.session) {
+        // a new session of the volume: requests of an earlier one must not race it
+        await v.order.settle();
       }
+      if (d.newStream || v.stream !== offer.stream) {
+        v.stream = offer.stream;
+        v.order = new ApplyOrder(0);
+        v.durable = 0;
+      }
+      v.owner = { node: hello.node, session: hello.session };
       v.connections++;
-    });
-    return found;
+      const r: ReadyVolume = { name: v.name, applied: v.order.watermark, inc: v.order.incarnation, durable: v.durable };
+      if (d.full) r.full = true;
+      ready.push(r);
+    }
+    return ready;
+  }
+
+  #claimView(name: string): ClaimView | undefined {
+    const v = this.#volumes.get(name);
+    if (v === undefined) return undefined;
+    const image = this.#cycle?.image(name);
+    return {
+      name,
+      size: v.size,
+      blockSize: v.blockSize,
+      owner: v.owner,
+      connections: v.connections,
+      generations: v.generations,
+      stream: v.stream,
+      cycleSource: this.#cycle?.sourceOf(name),
+      cycleImage: image?.lineage === undefined ? undefined : { lineage: image.lineage, freeze: image.freeze },
+    };
   }
 
   #release(volumes: TargetVolume[]): void {
@@ -580,12 +626,13 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           const data = frame.payload;
           this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => {
             checkRange(v.device, h.off, data.length);
+            if (data.length === 0) throw new BlockMirrorError('BM_ERR_BAD_HEADER', `write seq ${h.seq} carries no data`);
             return v.order.submit(h.seq, h.bar, async () => {
               await v.device.write(h.off, data, { fua: (frame.flags & FrameFlag.FUA) !== 0 });
               v.appliedWrites++;
               v.bytesWritten += data.length;
             });
-          });
+          }, MessageType.WRITE_ACK, h.bar);
           return;
         }
         case MessageType.ZERO: {
@@ -596,7 +643,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
               await zeroDevice(v.device, h.off, h.len, (frame.flags & FrameFlag.FUA) !== 0);
               v.appliedWrites++;
             });
-          });
+          }, MessageType.WRITE_ACK, h.bar);
           return;
         }
         case MessageType.HASH: {
@@ -609,14 +656,21 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
               ),
             );
           };
-          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), digest, MessageType.HASH_ACK);
+          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), digest, MessageType.HASH_ACK, h.bar);
+          return;
+        }
+        case MessageType.SKIP: {
+          const h = parseSkip(frame.header);
+          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => v.order.skip(h.seq, h.end), MessageType.WRITE_ACK, h.seq - 1);
           return;
         }
         case MessageType.FLUSH: {
           const h = parseFlush(frame.header);
-          const flush = (v: TargetVolume): Promise<void> =>
-            new Promise<void>((resolve, reject) => v.order.whenApplied(h.bar, () => v.device.flush().then(resolve, reject)));
-          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), flush, MessageType.FLUSH_ACK);
+          // the flush makes every applied request durable and records the
+          // stream's watermark: the primary may then forget what it covers
+          const flush = (v: TargetVolume): Promise<Record<string, unknown>> =>
+            new Promise((resolve, reject) => v.order.whenApplied(h.bar, () => v.flushDurable().then((durable) => resolve({ durable }), reject)));
+          this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), flush, MessageType.FLUSH_ACK, h.bar);
           return;
         }
         case MessageType.PING:
@@ -636,6 +690,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   #volumeOf(session: Handler, index: number): TargetVolume {
     const v = session.volumes[index];
     if (v === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `request for volume index ${index}, not offered in the handshake`);
+    // a newer session of the primary took the volume over: this one's requests are stale
+    if (v.owner?.session !== session.hello.session) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${v.name} was taken over by a newer session`);
     return v;
   }
 
@@ -647,8 +703,21 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     volume: TargetVolume,
     run: (v: TargetVolume) => Promise<void | Record<string, unknown>>,
     ackType: number = MessageType.WRITE_ACK,
+    barrier: number = Math.max(0, seq - 1),
   ): void {
-    session.pending++;
+    // A request waiting for an older one does not count against the read
+    // window: the one it waits for may be behind it on this connection (a
+    // resend), and pausing would wait forever. Such waiters are bounded by a
+    // hard limit instead; past it the connection fails and the primary
+    // resends in sequence order.
+    const waiting = volume.order.wouldWait(barrier);
+    if (waiting) {
+      session.waiting++;
+      if (session.waiting > this.#maxInFlight * 8) {
+        session.conn.fail(new BlockMirrorError('BM_ERR_PROTOCOL', `more than ${this.#maxInFlight * 8} requests wait for older ones on one connection`));
+        return;
+      }
+    } else session.pending++;
     if (session.pending >= this.#maxInFlight && !session.paused) {
       session.paused = true;
       session.conn.connection.pause();
@@ -671,7 +740,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         session.conn.send(ackType, { id, code: err.code, message: err.message });
       },
     ).finally(() => {
-      session.pending--;
+      if (waiting) session.waiting--;
+      else session.pending--;
       if (session.paused && session.pending < this.#maxInFlight / 2) {
         session.paused = false;
         session.conn.connection.resume();

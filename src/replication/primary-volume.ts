@@ -19,6 +19,7 @@ import { MemoryGenerationStore, advanceGeneration, type GenerationState, type Ge
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { RangeLock } from './range-lock.js';
 import { SendQueue } from './send-queue.js';
+import { SEQ_RESERVATION } from './stream-file.js';
 
 /**
  * How a volume is replicated.
@@ -157,8 +158,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #bitmap: DirtyBitmap;
   /** Regions to copy to the target by a resync. */
   readonly #needs: MemoryDirtyBitmap;
-  /** Regions written or resynced since the bitmap was last cleaned. */
-  readonly #touched = new Set<number>();
+  /**
+   * Per region: writes to it that are not covered yet — between the point
+   * where the region was marked and the point where the journal holds the
+   * write or the target holds it durably. The region's write-intent bit is
+   * cleared only when none is left (and no resync needs the region).
+   */
+  readonly #uncovered = new Map<number, number>();
   /** Async bytes admitted and not yet acknowledged (back-pressure budget). */
   #lagBytes = 0;
   #lagWaiters: Array<() => void> = [];
@@ -171,7 +177,29 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly #lock = new RangeLock();
   /** @internal */
   readonly queue = new SendQueue();
-  readonly #outstanding = new Map<number, MirrorRequest>();
+  /**
+   * Every request with a seq, in seq order, from the moment it takes its seq
+   * until the target reports it durable: the one owner of a request's state
+   * (queued, in flight, acknowledged). Counters derive from it.
+   */
+  #requests = new Map<number, MirrorRequest>();
+  /** Requests in `#requests` that the target has not acknowledged. */
+  #unacked = 0;
+  /** Every seq ≤ this is acknowledged by the target (exact: computed from `#requests`). */
+  #ackedThrough = 0;
+  /** Every seq ≤ this is on the target's stable storage (its FLUSH_ACK said so). */
+  #durableSeq = 0;
+  /** Incarnation of the target's ordering state seen in the last handshake. */
+  #targetInc: string | undefined;
+  /** Seqs up to this may be used (the stream file reserved them durably). */
+  #reserved = Number.MAX_SAFE_INTEGER;
+  #reserving: Promise<void> | undefined;
+  /** Appends to the journal survive a crash (its fsync policy is not `none`): a journaled write is covered. */
+  #journalDurable = true;
+  /** A durability flush in progress (see `makeDurable`). */
+  #durabilityFlush: Promise<void> | undefined;
+  /** Persists a new reservation (a restarted primary continues above it). */
+  #reserve: ((through: number) => Promise<void>) | undefined;
   /** Flushes sent or queued (no seq). */
   readonly #flushes = new Set<MirrorRequest>();
   #lastSeq = 0;
@@ -331,46 +359,53 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#lagBytes += lag;
     }
     let enqueued = false;
+    let covering = false;
     const held = this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
+      if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
       // write intent: the region is durably dirty before the data can change
+      this.#cover(offset, length);
+      covering = true;
       await this.#bitmap.markDurable(offset, length);
-      this.#touch(offset, length);
       const advancing = this.#beforeDisconnectedWrite();
       if (advancing !== undefined) await advancing;
       if (this.mode === 'async') {
         const barrier = this.#lastSeq;
         await this.#local(kind, offset, length, data, fua);
-        if (this.#journalSuspended) {
+        if (this.#journalSuspended || this.#closed) {
           // the journal is full: the bitmap tracks this write; a resync sends it
           this.#needs.mark(offset, length);
           this.#updateState();
           return { mirror: 'queued' };
         }
-        const seq = ++this.#lastSeq;
+        const seq = this.#takeSeq();
         this.#lastWriteSeq = seq;
         const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
         const req = this.#request(kind, seq, offset, length, kept, fua, barrier);
         req.owned = true;
         req.lag = lag;
+        req.uncovered = true;
+        covering = false;
         enqueued = true;
+        // queued before its journal append completes: sent in seq order, never behind a later request
+        this.#enqueue(req);
         const journaled = this.#journalOne(req);
         if (journaled !== undefined) {
           try {
             await journaled;
           } catch (error) {
-            this.#enqueue(req);
             return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
           }
         }
-        this.#enqueue(req);
         return { mirror: 'queued', seq };
       }
-      const seq = ++this.#lastSeq;
+      const seq = this.#takeSeq();
       this.#lastWriteSeq = seq;
       const req = this.#request(kind, seq, offset, length, data, fua, Math.max(this.#completedSeq, this.#lastResyncSeq));
       req.owned = transfer;
+      req.uncovered = true;
+      covering = false;
       const outcome = this.#waitFor(req);
       // The transport sends what was queued in this tick on the next one: let
       // the request leave before the local write, so that the round trip to
@@ -379,10 +414,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       try {
         await this.#local(kind, offset, length, data, fua);
       } catch (error) {
-        // The target may get a write the local device refused: keep the request
-        // (ordering) but the caller learns the local failure.
+        // The target may get a write the local device refused: the request
+        // stays (ordering: later overlapping writes come after it), the range
+        // is resynced from what the primary really holds, and the caller
+        // learns the local failure.
         req.onDone = undefined;
         this.#own(req);
+        if (seq > this.#completedSeq) this.#completedSeq = seq;
+        this.#needs.mark(offset, length);
+        this.#updateState();
         throw error;
       }
       const result = toResult(await outcome, seq);
@@ -390,8 +430,65 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       return result;
     } finally {
       release();
+      if (covering) this.#uncover(offset, length);
       if (lag > 0 && !enqueued) this.#returnLag(lag);
     }
+  }
+
+  /** The next seq of the stream (within the durable reservation). */
+  #takeSeq(): number {
+    const seq = ++this.#lastSeq;
+    if (this.#reserve !== undefined && this.#reserving === undefined && this.#reserved - seq < SEQ_RESERVATION / 2) void this.#extendReservation();
+    return seq;
+  }
+
+  /** Reserves the next block of seqs durably (a restarted primary continues above it). */
+  #extendReservation(): Promise<void> {
+    if (this.#reserve === undefined) return Promise.resolve();
+    this.#reserving ??= (async () => {
+      const through = this.#lastSeq + SEQ_RESERVATION;
+      try {
+        await this.#reserve!(through);
+        this.#reserved = through;
+      } finally {
+        this.#reserving = undefined;
+      }
+    })();
+    return this.#reserving;
+  }
+
+  /** Counts a write to `[offset, offset + length)` as not yet covered. */
+  #cover(offset: number, length: number): void {
+    if (length === 0) return;
+    const last = this.#bitmap.regionIndex(offset + length - 1);
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#uncovered.set(i, (this.#uncovered.get(i) ?? 0) + 1);
+  }
+
+  /** The write to `[offset, offset + length)` is covered: regions nothing else keeps dirty lose their write-intent bit. */
+  #uncover(offset: number, length: number): void {
+    if (length === 0) return;
+    const last = this.#bitmap.regionIndex(offset + length - 1);
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
+      const n = (this.#uncovered.get(i) ?? 1) - 1;
+      if (n > 0) this.#uncovered.set(i, n);
+      else {
+        this.#uncovered.delete(i);
+        this.#cleanRegion(i);
+      }
+    }
+  }
+
+  /** Clears region `index`'s write-intent bit when no write to it is uncovered and no resync needs it. */
+  #cleanRegion(index: number): void {
+    if (this.#closed || this.#uncovered.has(index) || this.#needs.isDirty(index)) return;
+    this.#bitmap.clearRegion(index);
+  }
+
+  /** A request's regions are covered (journal append done, or durable on the target). */
+  #covered(req: MirrorRequest): void {
+    if (!req.uncovered) return;
+    req.uncovered = false;
+    this.#uncover(req.offset, req.length);
   }
 
   #local(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean): Promise<void> {
@@ -411,6 +508,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return {
       kind,
       seq,
+      end: seq,
+      state: 'queued',
+      uncovered: false,
       offset,
       length,
       data,
@@ -421,6 +521,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       attempts: 0,
       slot: -1,
       journaled: false,
+      resend: false,
       onDone: undefined,
       resync: false,
     };
@@ -441,7 +542,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #enqueue(req: MirrorRequest): void {
     if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.add(req);
     else {
-      this.#outstanding.set(req.seq, req);
+      this.#requests.set(req.seq, req);
+      this.#unacked++;
       this.#pendingBytes += req.kind === 'write' ? req.length : 0;
     }
     this.queue.push(req);
@@ -468,6 +570,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     req.onDone = undefined;
     this.#own(req);
     const journaled = req.kind === 'flush' || req.kind === 'hash' ? undefined : this.#journalThrough(req.seq);
+    if (journaled === undefined && this.#journalSuspended) this.#spillToBitmap(req.seq);
     if (journaled === undefined) done({ ok: false, error, reject });
     else
       journaled.then(
@@ -483,13 +586,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * (after the volume was marked `needs-full-resync`) if it did not fit.
    */
   #journalOne(req: MirrorRequest): Promise<void> | undefined {
-    if (this.#journalSuspended || req.resync || req.journaled || req.seq <= this.#journaledSeq) return undefined;
+    if (this.#journalSuspended || req.resync || req.kind === 'skip' || req.journaled || req.seq <= this.#journaledSeq) return undefined;
     this.#journaledSeq = req.seq;
     req.journaled = true;
     const data = req.kind === 'write' ? (req.data as Buffer) : Buffer.alloc(req.length);
     return this.#journal.append({ seq: req.seq, offset: req.offset, data, fua: req.fua, timestamp: Date.now() }).then(
       () => {
-        if (req.slot === -2) this.#journal.release(req.seq);
+        // the journal covers it now (or the target already holds it durably)
+        if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
+        if (this.#journalDurable) this.#covered(req);
       },
       (error: unknown) => {
         req.journaled = false;
@@ -502,8 +607,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Journals every pending request with seq ≤ `seq` not journaled yet; resolves when all are in. */
   #journalThrough(seq: number): Promise<void> | undefined {
     const appends: Promise<void>[] = [];
-    for (const req of this.#outstanding.values()) {
+    for (const req of this.#requests.values()) {
       if (req.seq > seq) break;
+      if (req.state === 'acked') continue;
       const p = this.#journalOne(req);
       if (p !== undefined) appends.push(p);
     }
@@ -519,11 +625,59 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#updateState();
   }
 
+  /**
+   * The journal cannot hold more: every request with seq ≤ `through` that was
+   * not sent yet becomes a skip record and its range is resynced instead, so
+   * RAM does not fill with payloads while the link is down.
+   */
+  #spillToBitmap(through: number): void {
+    for (const req of this.#requests.values()) {
+      if (req.seq > through) break;
+      if (req.state !== 'queued' || req.journaled || (req.kind !== 'write' && req.kind !== 'zero')) continue;
+      this.#toSkip(req);
+    }
+  }
+
+  /** Turns a write/zero into a skip record whose range a resync copies instead. */
+  #toSkip(req: MirrorRequest): void {
+    if (req.kind === 'skip') return;
+    this.#bitmap.mark(req.offset, req.length);
+    this.#needs.mark(req.offset, req.length);
+    if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
+    req.kind = 'skip';
+    req.data = undefined;
+    req.owned = true;
+    if (req.lag !== undefined && req.lag > 0) {
+      this.#returnLag(req.lag);
+      req.lag = 0;
+    }
+  }
+
   /** The target acknowledged `req`. @internal */
-  acknowledged(req: MirrorRequest, digest?: Buffer): void {
-    // -2 marks "acknowledged": a journal append still in progress releases it when done
-    req.slot = -2;
-    if (req.journaled) this.#journal.release(req.seq);
+  acknowledged(req: MirrorRequest, digest?: Buffer, durable?: number): void {
+    req.slot = -1;
+    if (req.kind === 'flush' || req.kind === 'hash') {
+      if (!this.#flushes.delete(req)) return;
+      req.state = 'acked';
+      const onAck = req.onAck;
+      req.onAck = undefined;
+      onAck?.(digest);
+      const done = req.onDone;
+      req.onDone = undefined;
+      done?.({ ok: true });
+      if (durable !== undefined) this.#markDurable(durable);
+      this.#updateState();
+      return;
+    }
+    if (req.state === 'acked' || this.#requests.get(req.seq) !== req) return;
+    req.state = 'acked';
+    this.#unacked--;
+    if (req.kind === 'write') {
+      this.#pendingBytes -= req.length;
+      this.#replicatedBytes += req.length;
+    }
+    // the payload is not needed any more: a target that loses it before it is durable gets the range by a resync
+    req.data = undefined;
     const onAck = req.onAck;
     req.onAck = undefined;
     onAck?.(digest);
@@ -531,13 +685,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#returnLag(req.lag);
       req.lag = 0;
     }
-    if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.delete(req);
-    else if (this.#outstanding.delete(req.seq)) {
-      if (req.kind === 'write') {
-        this.#pendingBytes -= req.length;
-        this.#replicatedBytes += req.length;
-      }
-    }
+    this.#advanceAcked();
     const done = req.onDone;
     req.onDone = undefined;
     if (done !== undefined) done({ ok: true });
@@ -545,9 +693,38 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#updateState();
   }
 
+  /** Moves the exact acknowledged prefix forward. */
+  #advanceAcked(): void {
+    for (;;) {
+      const next = this.#requests.get(this.#ackedThrough + 1);
+      if (next === undefined || next.state !== 'acked') break;
+      this.#ackedThrough = next.end;
+    }
+    if (this.#unacked === 0) this.#ackedThrough = this.#lastSeq;
+  }
+
+  /**
+   * The target holds every seq ≤ `seq` on stable storage: their journal
+   * records are released, their regions covered, and the volume forgets them.
+   */
+  #markDurable(seq: number): void {
+    if (seq <= this.#durableSeq) return;
+    this.#durableSeq = seq;
+    for (const req of this.#requests.values()) {
+      if (req.seq > seq) break;
+      if (req.state !== 'acked') this.acknowledged(req);
+      this.#requests.delete(req.seq);
+      if (req.journaled) this.#journal.release(req.seq);
+      this.#covered(req);
+    }
+    this.#advanceAcked();
+  }
+
   /** The target answered `req` with an error: report, keep, retry later. @internal */
   failed(req: MirrorRequest, error: BlockMirrorError): void {
     req.slot = -1;
+    if (req.state === 'acked') return;
+    req.state = 'queued';
     req.attempts++;
     this.#mirrorErrors++;
     this.#lastError = error;
@@ -557,7 +734,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#setState('lagging');
     const timer = this.#link.clock.setTimeout(() => {
       this.#retryTimers.delete(timer);
-      if (this.#closed) return;
+      if (this.#closed || req.state !== 'queued') return;
+      req.resend = true;
       this.queue.reinsert(req);
       this.#link.pump();
     }, this.#link.retryDelay(req.attempts));
@@ -567,21 +745,89 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** `req` was in flight on a connection that closed: send it again. @internal */
   requeue(req: MirrorRequest): void {
     req.slot = -1;
+    if (req.state !== 'inflight') return;
+    req.state = 'queued';
+    req.resend = true;
     this.queue.reinsert(req);
   }
 
-  /** The target reported every seq ≤ `applied` as applied (after a reconnect). @internal */
-  appliedUpTo(applied: number): void {
-    for (const [seq, req] of this.#outstanding) {
-      if (seq > applied) break;
-      if (req.slot === -1) this.acknowledged(req);
+  /** `req` leaves on connection `slot`. @internal */
+  sending(req: MirrorRequest, slot: number): void {
+    req.state = 'inflight';
+    req.slot = slot;
+  }
+
+  /**
+   * The next request to send, or undefined. Requests leave in seq order:
+   * nothing is sent before every older request of the volume was sent.
+   * @internal
+   */
+  nextToSend(): MirrorRequest | undefined {
+    for (;;) {
+      const req = this.queue.peek();
+      if (req === undefined) return undefined;
+      if (req.state === 'queued' && (this.#requests.get(req.seq) === req || this.#flushes.has(req))) return req;
+      this.queue.shift();
     }
+  }
+
+  /**
+   * The handshake's answer for this volume: the target applied every seq ≤
+   * `applied` of our stream, holds every seq ≤ `durable` on stable storage,
+   * and its ordering state is incarnation `inc`. With the incarnation we saw
+   * before, requests not acknowledged are simply sent again (the target
+   * applies each at most once). With a new one (first contact, or the target
+   * restarted) everything above `applied` must reach it again: requests whose
+   * payload is gone become skip records and their ranges are resynced, and
+   * seqs we no longer hold (a restart of ours) are skipped.
+   * @internal
+   */
+  targetReady(applied: number, inc: string | undefined, durable: number | undefined): void {
+    if (applied > this.#lastSeq) this.#lastSeq = applied;
+    for (const req of this.#requests.values()) {
+      if (req.end > applied) break;
+      if (req.state !== 'acked') this.acknowledged(req);
+    }
+    if (durable !== undefined) this.#markDurable(Math.min(durable, applied));
+    if (inc !== undefined && inc === this.#targetInc) return;
+    this.#targetInc = inc;
+    const fresh = new Map<number, MirrorRequest>();
+    let next = applied + 1;
+    const hole = (from: number, to: number): void => {
+      if (to < from) return;
+      const skip = this.#request('skip', from, 0, 0, undefined, false, from - 1);
+      skip.end = to;
+      fresh.set(from, skip);
+      this.#unacked++;
+      this.queue.reinsert(skip);
+    };
+    for (const req of this.#requests.values()) {
+      if (req.end <= applied) {
+        fresh.set(req.seq, req);
+        continue;
+      }
+      if (req.seq > next) hole(next, req.seq - 1);
+      next = req.end + 1;
+      fresh.set(req.seq, req);
+      if (req.state !== 'acked') continue;
+      // the target may have lost it: send it again (a skip when its payload is gone)
+      if (req.data === undefined && req.kind !== 'zero') this.#toSkip(req);
+      req.state = 'queued';
+      this.#unacked++;
+      this.queue.reinsert(req);
+    }
+    hole(next, this.#lastSeq);
+    this.#requests = fresh;
+    this.#ackedThrough = Math.min(this.#ackedThrough, applied);
+    this.#advanceAcked();
+    this.#updateState();
   }
 
   /** Fails waiting sync callers whose request is older than `timeout` ms (they stay queued). @internal */
   expireWaiters(now: number, timeout: number): void {
     const reject = this.#link.outagePolicy === 'suspend';
-    for (const req of this.#outstanding.values()) {
+    for (const req of this.#requests.values()) {
+      if (req.onDone === undefined) continue;
       if (now - req.createdAt < timeout) break;
       this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge seq ${req.seq} within ${timeout} ms`), reject);
     }
@@ -595,7 +841,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** The link went down: tell waiting sync callers now (degrade). @internal */
   linkDown(error: BlockMirrorError): void {
     if (this.#link.outagePolicy === 'degrade') {
-      for (const req of this.#outstanding.values()) this.#degrade(req, error);
+      for (const req of this.#requests.values()) this.#degrade(req, error);
       for (const req of this.#flushes) this.#degrade(req, error);
     }
     this.#updateState();
@@ -608,7 +854,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** True when nothing is pending. */
   get idle(): boolean {
-    return this.#outstanding.size === 0 && this.#flushes.size === 0;
+    return this.#unacked === 0 && this.#flushes.size === 0;
   }
 
   /** The target refused this volume: split brain. @internal */
@@ -649,32 +895,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#setState('split-brain');
       return;
     }
-    if (this.idle) {
-      this.#journalSuspended = false;
-      this.#cleanBitmap();
-    }
+    if (this.idle && this.#journalSuspended && this.#journal.size === 0) this.#journalSuspended = false;
     if (this.resyncing) this.#setState('inconsistent');
     else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
     else if (this.idle) this.#setState('in-sync');
     else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
-  }
-
-  /**
-   * Nothing is pending: the write-intent bits of the regions written (or
-   * resynced) since the last clean can go, unless a resync still needs them.
-   * Costs the number of regions touched, not the size of the bitmap.
-   */
-  #cleanBitmap(): void {
-    if (this.#touched.size === 0 || this.#closed) return;
-    for (const index of this.#touched) if (!this.#needs.isDirty(index)) this.#bitmap.clearRegion(index);
-    this.#touched.clear();
-  }
-
-  /** Remembers the regions of `[offset, offset + length)` as written since the last clean. */
-  #touch(offset: number, length: number): void {
-    if (length === 0) return;
-    const last = this.#bitmap.regionIndex(offset + length - 1);
-    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#touched.add(i);
   }
 
   #setState(state: VolumeState): void {
@@ -685,8 +910,37 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** Every seq ≤ this was acknowledged by the target. */
   get ackedSeq(): number {
-    const first = this.#outstanding.keys().next();
-    return first.done === true ? this.#lastSeq : first.value - 1;
+    return this.#ackedThrough;
+  }
+
+  /** Every seq ≤ this is on the target's stable storage. */
+  get durableSeq(): number {
+    return this.#durableSeq;
+  }
+
+  /** True when every acknowledged request is also durable on the target. */
+  get durable(): boolean {
+    return this.#requests.size === 0;
+  }
+
+  /**
+   * Asks the target to make everything acknowledged so far durable (a
+   * flush). Resolves once it answered; journal records and write-intent bits
+   * of what it covers are then released. @internal
+   */
+  makeDurable(): Promise<void> {
+    if (this.#closed || this.#requests.size === 0) return Promise.resolve();
+    if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
+    const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
+    const flushed = new Promise<void>((resolve) => {
+      req.onDone = () => {
+        this.#durabilityFlush = undefined;
+        resolve();
+      };
+      this.#enqueue(req);
+    });
+    this.#durabilityFlush = flushed;
+    return flushed;
   }
 
   /** Plain-object status. */
@@ -700,7 +954,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       blockSize: this.device.blockSize,
       lastSeq: this.#lastSeq,
       ackedSeq: this.ackedSeq,
-      pendingRequests: this.#outstanding.size + this.#flushes.size,
+      pendingRequests: this.#unacked + this.#flushes.size,
       pendingBytes: this.#pendingBytes,
       replicatedBytes: this.#replicatedBytes,
       mirrorErrors: this.#mirrorErrors,
@@ -721,7 +975,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#openLagGate();
     for (const t of this.#retryTimers) this.#link.clock.clearTimeout(t);
     this.#retryTimers.clear();
-    for (const req of this.#outstanding.values()) this.#degrade(req, closedError(this.name));
+    for (const req of this.#requests.values()) this.#degrade(req, closedError(this.name));
     for (const req of this.#flushes) this.#degrade(req, closedError(this.name));
   }
 
@@ -731,28 +985,47 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * Switches to `journal` (before the first write) and recovers its pending
-   * entries: they are queued again, oldest first, to be sent before any new
-   * write, and sequence numbers continue after the journal's last one.
+   * Switches to `journal` and the durable stream state (before the first
+   * write) and recovers the journal's pending entries: they are queued again,
+   * oldest first, to be sent before any new write. Sequence numbers continue
+   * above every seq the previous run may have used (`stream.reserved`); the
+   * first handshake tells which of the recovered entries the target already
+   * holds and skips the seqs nobody holds any more. With a new stream (no
+   * valid stream state) the recovered entries' ranges are also resynced: the
+   * target's ordering state cannot tell what of them it applied. With
+   * `durable` false (fsync `none`) a journaled write keeps its write-intent
+   * bit until the target holds it durably.
    * @internal
    */
-  async useJournal(journal: Journal, stream: string): Promise<number> {
+  async useJournal(
+    journal: Journal,
+    stream: { id: string; reserved: number; continued: boolean },
+    reserve: (through: number) => Promise<void>,
+    durable: boolean,
+  ): Promise<number> {
     this.#journal = journal;
-    this.stream = stream;
+    this.#journalDurable = durable;
+    this.stream = stream.id;
     let recovered = 0;
     for await (const entry of journal.pending()) {
       const req = this.#request('write', entry.seq, entry.offset, entry.data.length, entry.data, entry.fua, entry.seq - 1);
       req.owned = true;
       req.journaled = true;
-      this.#outstanding.set(req.seq, req);
+      this.#requests.set(req.seq, req);
+      this.#unacked++;
       this.#pendingBytes += req.length;
       this.queue.push(req);
+      if (!stream.continued) this.markForResync(req.offset, req.length);
       recovered++;
     }
-    this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq);
+    this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq, stream.continued ? stream.reserved : 0);
     this.#journaledSeq = this.#lastSeq;
     this.#completedSeq = this.#lastSeq;
     this.#lastWriteSeq = this.#lastSeq;
+    this.#ackedThrough = 0;
+    this.#reserved = this.#lastSeq;
+    this.#reserve = reserve;
+    await this.#extendReservation();
     if (recovered > 0) this.#updateState();
     return recovered;
   }
@@ -831,13 +1104,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, checksum), this.probe(region.offset, region.length, checksum)]);
         if (local.equals(remote)) {
           this.#needs.clearRegion(region.index);
-          this.#touched.add(region.index);
+          this.#cleanRegion(region.index);
           this.#updateState();
           return 0;
         }
       }
       const data = await this.device.read(region.offset, region.length);
-      const seq = ++this.#lastSeq;
+      if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
+      if (this.#closed) throw closedError(this.name);
+      const seq = this.#takeSeq();
       this.#lastResyncSeq = seq;
       // after every earlier write (one of them may overlap the region); other
       // regions' resync writes may be applied in any order among themselves
@@ -846,7 +1121,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       req.resync = true;
       // cleared from the resync set at once: a write to the region from now on marks it again if it must
       this.#needs.clearRegion(region.index);
-      this.#touched.add(region.index);
+      // the write-intent bit stays until the target holds the copy durably
+      this.#cover(region.offset, region.length);
+      req.uncovered = true;
       acked = new Promise<void>((resolve) => {
         req.onAck = () => resolve();
       });

@@ -29,7 +29,7 @@ import { secretBytes, positiveInt, nonNegativeInt, checkVolumeName } from './opt
 import { MemoryJournal } from '../journal/memory-journal.js';
 import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
 import type { JournalFsyncPolicy } from '../journal/file-journal.js';
-import { loadStream } from './stream-file.js';
+import { FileStreamStore, newStreamId } from './stream-file.js';
 import { FileDirtyBitmap } from '../resync/file-dirty-bitmap.js';
 import { DEFAULT_REGION_SIZE } from '../resync/dirty-bitmap.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
@@ -129,6 +129,13 @@ export interface PrimaryOptions {
   heartbeatBind?: TransportAddress;
   /** Bitmap resync, initial sync and verify settings. */
   resync?: ResyncOptions;
+  /**
+   * Milliseconds between durability flushes: while the target holds
+   * acknowledged requests that it has not reported durable, the primary asks
+   * it to flush (and record how far its image is durable) this often; only
+   * then are their journal records and write-intent bits released. Default 1000.
+   */
+  durableInterval?: number;
   /**
    * Async volumes: when this many bytes wait for the target's acknowledgement
    * while the link is up, new writes wait (back-pressure), so the mirror lags
@@ -230,6 +237,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #mirrored: PrimaryVolume[] = [];
   readonly #reconnectTimers = new Set<TimerHandle>();
   readonly #sweep: TimerHandle;
+  readonly #durableTimer: TimerHandle;
   readonly #keepAlive: NodeJS.Timeout;
   #attempts: number[];
   #nextId = 0;
@@ -351,6 +359,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#volumes.set(cfg.name, volume);
     }
     this.#sweep = this.#clock.setInterval(() => this.#expire(), Math.max(10, Math.floor(this.#mirrorTimeout / 4)));
+    this.#durableTimer = this.#clock.setInterval(() => this.#askDurable(), positiveInt(options.durableInterval ?? 1000, 'durableInterval'));
     // A running primary keeps the process alive, like a listening server, until close().
     this.#keepAlive = setInterval(() => {}, 1 << 30);
   }
@@ -392,9 +401,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
             capacityBytes: this.#journalOptions.capacityBytes!,
             fsync: this.#journalOptions.fsync ?? 'batch',
           });
-          const stream = await loadStream(join(dir, `${v.name}.stream`), journal.size > 0);
-          const recovered = await v.useJournal(journal, stream);
-          if (recovered > 0) log('volume %s: %d journaled requests recovered (stream %s)', v.name, recovered, stream);
+          const streamStore = new FileStreamStore(join(dir, `${v.name}.stream`));
+          const loaded = await streamStore.load();
+          const stream = loaded === undefined ? { id: newStreamId(), reserved: 0, continued: false } : { id: loaded.stream, reserved: loaded.reserved, continued: true };
+          const recovered = await v.useJournal(journal, stream, (through) => streamStore.save({ stream: stream.id, reserved: through }), this.#journalOptions.fsync !== 'none');
+          if (recovered > 0) log('volume %s: %d journaled requests recovered (stream %s)', v.name, recovered, stream.id);
           const bitmap = await FileDirtyBitmap.open(join(dir, `${v.name}.bitmap`), {
             volumeSize: v.size,
             regionSize: this.#resyncOptions.regionSize,
@@ -470,7 +481,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
 
   /** Opens every closed slot; resolves with the errors of the attempts that failed. */
   async #openAll(retry: boolean): Promise<BlockMirrorError[]> {
-    const attempts = this.#slots.slots.filter((s) => s.connection === undefined).map((slot) => this.#connect(slot, retry));
+    const attempts = this.#slots.slots.filter((s) => s.connection === undefined && s.status !== 'connecting').map((slot) => this.#connect(slot, retry));
     return (await Promise.all(attempts)).filter((e): e is BlockMirrorError => e !== undefined);
   }
 
@@ -480,7 +491,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
    * schedules a reconnect (backoff).
    */
   async #connect(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
-    if (this.#closed) return undefined;
+    // one connection per slot: a reopen while this slot's handshake still runs does nothing
+    if (this.#closed || slot.status === 'connecting' || slot.connection !== undefined) return undefined;
     slot.status = 'connecting';
     let conn: FramedConnection | undefined;
     try {
@@ -512,12 +524,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       }
       this.#peerNode = result.peerNode;
       this.#attempts[slot.index] = 0;
-      this.#open(slot, conn);
+      // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
         const v = this.#volumes.get(rv.name);
         v?.generationAccepted(rv.full === true);
-        v?.appliedUpTo(rv.applied);
+        v?.targetReady(rv.applied, rv.inc, rv.durable);
       }
+      this.#open(slot, conn);
       return undefined;
     } catch (error) {
       const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
@@ -723,14 +736,16 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       for (;;) {
         let sent = false;
         for (const volume of volumes) {
-          const req = volume.queue.peek();
+          const req = volume.nextToSend();
           if (req === undefined) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;
             process.nextTick(this.#closeBatch);
           }
-          const slot = this.#slots.pick(this.#worker, this.#maxInFlight);
+          // a resend (its connection closed) goes ahead of the window: newer
+          // requests in flight may be waiting for it on the target
+          const slot = this.#slots.pick(this.#worker, req.resend ? Number.MAX_SAFE_INTEGER : this.#maxInFlight);
           if (slot === undefined) return;
           volume.queue.shift();
           this.#send(slot, volume, req);
@@ -746,7 +761,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   #send(slot: ConnectionSlot, volume: PrimaryVolume, req: MirrorRequest): void {
     const id = ++this.#nextId;
     const conn = slot.connection!;
-    req.slot = slot.index;
+    volume.sending(req, slot.index);
+    req.resend = false;
     slot.inFlight++;
     slot.sent++;
     this.#inFlight[slot.index]!.set(id, { volume, req });
@@ -755,6 +771,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       conn.send(MessageType.WRITE, { id, vol, off: req.offset, seq: req.seq, bar: req.barrier }, req.data, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'zero') {
       conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
+    } else if (req.kind === 'skip') {
+      conn.send(MessageType.SKIP, { id, vol, seq: req.seq, end: req.end });
     } else if (req.kind === 'hash') {
       conn.send(MessageType.HASH, { id, vol, off: req.offset, len: req.length, bar: req.barrier, alg: req.alg });
     } else {
@@ -772,7 +790,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         if (sent === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `acknowledgement for unknown request ${ack.id}`);
         this.#inFlight[slot.index]!.delete(ack.id);
         slot.inFlight--;
-        if (ack.code === undefined) sent.volume.acknowledged(sent.req, (ack as HashAckHeader).digest === undefined ? undefined : Buffer.from((ack as HashAckHeader).digest!));
+        if (ack.code === undefined) {
+          const digest = (ack as HashAckHeader).digest;
+          sent.volume.acknowledged(sent.req, digest === undefined ? undefined : Buffer.from(digest), ack.durable);
+        }
         else {
           const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
           sent.volume.failed(sent.req, new BlockMirrorError(code, `mirror target: ${ack.message ?? ack.code}`, { details: { peerCode: ack.code } }));
@@ -791,13 +812,27 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
   }
 
+  /** Asks the target to make acknowledged requests durable (see `durableInterval`). */
+  #askDurable(): void {
+    if (this.#closed || this.#link !== 'up') return;
+    for (const v of this.#mirrored) if (!v.durable) void v.makeDurable();
+  }
+
   #expire(): void {
     const now = this.#clock.now();
     for (const v of this.#mirrored) if (v.mode === 'sync') v.expireWaiters(now, this.#mirrorTimeout);
   }
 
-  /** Resolves when every mirrored volume has nothing pending, or rejects with `BM_ERR_TIMEOUT`. */
+  /**
+   * Resolves when every mirrored volume has nothing pending and the target
+   * reported everything durable, or rejects with `BM_ERR_TIMEOUT`.
+   */
   async drain(timeout = 30000): Promise<void> {
+    await this.#drainAcked(timeout);
+    if (this.#link === 'up') await Promise.all(this.#mirrored.map((v) => v.makeDurable()));
+  }
+
+  async #drainAcked(timeout: number): Promise<void> {
     const idle = (): boolean => this.#mirrored.every((v) => v.idle);
     if (idle()) return;
     await new Promise<void>((resolve, reject) => {
@@ -862,6 +897,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
     this.#closed = true;
     this.#clock.clearInterval(this.#sweep);
+    this.#clock.clearInterval(this.#durableTimer);
     clearInterval(this.#keepAlive);
     this.#monitor?.stop();
     for (const idle of this.#idle) idle.stop();

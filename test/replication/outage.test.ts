@@ -50,6 +50,8 @@ test('SPEC 7: writes accepted while the link is down are journaled, and replayed
     assert.equal(v.state, 'lagging');
     network.heal(P, T);
     await waitState(pair, 'in-sync');
+    // journal records are released once the target reports them durable (its flush)
+    await pair.primary.drain();
     assert.equal(v.status().journalEntries, 0, 'journal empty after replay');
     assert.equal(await imagesEqual(pair, 'v'), true);
   } finally {
@@ -71,6 +73,7 @@ test('SPEC 7: sync writes during an outage degrade: they complete locally once j
     network.heal(P, T);
     await waitState(pair, 'in-sync');
     assert.equal(await imagesEqual(pair, 'v'), true);
+    await pair.primary.drain();
     assert.equal(v.status().journalEntries, 0);
   } finally {
     await pair.close();

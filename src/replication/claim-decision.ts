@@ -1,0 +1,100 @@
+/**
+ * The target's decision about a primary's handshake, as a pure function of
+ * both sides' state: which offered volumes it may claim, whether the target
+ * adopts the primary's generations, whether the volume's ordering state
+ * starts over (a new stream), and whether the primary owes a full resync.
+ * Nothing is changed while deciding; a refusal (thrown coded error) leaves
+ * the target exactly as it was (DESIGN invariant 8: decide first, then mutate).
+ *
+ * @module
+ */
+import { BlockMirrorError } from '../errors.js';
+import type { HelloHeader, VolumeOffer } from '../codec/messages.js';
+import { compareGenerations, MAX_HISTORY, type GenerationState, type Lineage } from './generation.js';
+
+/** What the decision needs to know about one hosted volume. */
+export interface ClaimView {
+  name: string;
+  size: number;
+  blockSize: number;
+  /** The primary session that holds the volume, with its open connections. */
+  owner: { node: string; session: string } | undefined;
+  connections: number;
+  /** Generations of the data the volume holds (undefined: blank). */
+  generations: GenerationState | undefined;
+  /** Stream of the volume's ordering state (undefined: none yet). */
+  stream: string | undefined;
+  /** Node of a cycle source that holds the volume, if any. */
+  cycleSource: string | undefined;
+  /** Freeze image the volume holds from a cycle source (undefined: none). */
+  cycleImage: { lineage: string; freeze: number } | undefined;
+}
+
+/** See `SplitBrainPolicy` in mirror-target.ts. */
+export type ClaimPolicy = 'refuse' | 'discard-target' | 'discard-younger';
+
+/** The decision for one offered volume. */
+export interface ClaimDecision {
+  name: string;
+  /** Lineage of the target's data relative to the primary's. */
+  lineage: Lineage;
+  /** Generations the target stores for the volume (undefined: unchanged). */
+  adopt: GenerationState | undefined;
+  /** The volume's ordering state starts over for the offered stream. */
+  newStream: boolean;
+  /** The target's data is discarded: the primary resyncs the whole volume. */
+  full: boolean;
+}
+
+/**
+ * Decides about `offers` of a primary (`hello`) against the target's volumes
+ * (`view(name)`; undefined for a volume it does not host).
+ *
+ * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_VOLUME_MISMATCH`,
+ *   `BM_ERR_VOLUME_BUSY`, `BM_ERR_SPLIT_BRAIN` — and then nothing may change.
+ */
+export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], view: (name: string) => ClaimView | undefined, policy: ClaimPolicy): ClaimDecision[] {
+  const decisions: ClaimDecision[] = [];
+  const seen = new Set<string>();
+  for (const offer of offers) {
+    if (seen.has(offer.name)) throw new BlockMirrorError('BM_ERR_PROTOCOL', `volume ${offer.name} is offered twice`);
+    seen.add(offer.name);
+    const v = view(offer.name);
+    if (v === undefined) throw new BlockMirrorError('BM_ERR_UNKNOWN_VOLUME', `this target hosts no volume named ${JSON.stringify(offer.name)}`);
+    if (v.size !== offer.size || v.blockSize !== offer.blockSize) {
+      throw new BlockMirrorError(
+        'BM_ERR_VOLUME_MISMATCH',
+        `volume ${offer.name}: primary has ${offer.size} bytes / block ${offer.blockSize}, target has ${v.size} / ${v.blockSize}`,
+        { details: { volume: offer.name, primarySize: offer.size, targetSize: v.size, primaryBlockSize: offer.blockSize, targetBlockSize: v.blockSize } },
+      );
+    }
+    if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0 && v.owner.node !== hello.node) {
+      throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
+    }
+    if (v.cycleSource !== undefined) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} receives freeze/copy cycles from ${v.cycleSource}`);
+    if (v.generations === undefined && v.cycleImage !== undefined && policy !== 'discard-target') {
+      throw new BlockMirrorError(
+        'BM_ERR_SPLIT_BRAIN',
+        `volume ${offer.name} holds freeze ${v.cycleImage.freeze} of a cycle source, not data of primary generation ${offer.generation}; nothing was overwritten (splitBrain: 'discard-target' lets the primary resync it)`,
+        { details: { volume: offer.name, primaryGeneration: offer.generation, policy } },
+      );
+    }
+    const primary: GenerationState = { current: offer.generation, history: offer.history ?? [] };
+    const lineage = compareGenerations(primary, v.generations);
+    let full = false;
+    if (lineage === 'target-ahead' || lineage === 'split-brain') {
+      const targetYounger = v.generations!.current > offer.generation;
+      if (policy === 'discard-target' || (policy === 'discard-younger' && targetYounger)) full = true;
+      else {
+        throw new BlockMirrorError(
+          'BM_ERR_SPLIT_BRAIN',
+          `volume ${offer.name}: ${lineage === 'split-brain' ? 'both sides wrote while apart (split brain)' : "the target was written since it had the primary's data"}: primary generation ${offer.generation}, target generation ${v.generations!.current}; nothing was overwritten`,
+          { details: { volume: offer.name, lineage, primaryGeneration: offer.generation, targetGeneration: v.generations!.current, policy } },
+        );
+      }
+    }
+    const adopt = v.generations?.current === offer.generation ? undefined : { current: offer.generation, history: primary.history.slice(0, MAX_HISTORY) };
+    decisions.push({ name: offer.name, lineage, adopt, newStream: v.stream !== offer.stream, full });
+  }
+  return decisions;
+}
