@@ -41,14 +41,14 @@ async function fixture(hooks: StagingStoreHooks = {}): Promise<Fixture> {
       await f.store.close();
       await f.device.close();
       f.device = await FileBlockDevice.open(join(dir, 'img'));
-      f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], h);
+      f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], { hooks: h });
     },
     close: async () => {
       await f.store.close();
       await f.device.close();
     },
   };
-  f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], hooks);
+  f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], { hooks });
   return f;
 }
 
