@@ -156,6 +156,16 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
     return this.#store.whenStable(name);
   }
 
+  /**
+   * Reads the image of `name` once it is one complete freeze; a merge that
+   * starts meanwhile waits for the read (see {@link StagingStore.read}).
+   *
+   * @throws {BlockMirrorError} as {@link whenStable}.
+   */
+  read(name: string, offset: number, length: number): Promise<Buffer> {
+    return this.#store.read(name, offset, length);
+  }
+
   /** Node id of the source connected to `name`, if any. */
   sourceOf(name: string): string | undefined {
     const owner = this.#owners.get(name);

@@ -123,8 +123,7 @@ export class CycleTargetVolume {
    */
   async read(offset: number, length: number): Promise<Buffer> {
     checkRange(this.device, offset, length);
-    await this.#host.whenStable(this.name);
-    return this.device.read(offset, length);
+    return this.#host.read(this.name, offset, length);
   }
 
   /** Always refused: only cycles write a target volume. */

@@ -197,6 +197,8 @@ class StoreVolume {
   pending: PendingMerge | undefined;
   /** Commits announced but maybe not started yet (see {@link StagingStore.hold}). */
   readonly holds = new Set<Promise<unknown>>();
+  /** Reads of the image in flight through {@link StagingStore.read} (a merge waits for them before writing). */
+  readonly reads = new Set<Promise<unknown>>();
 
   constructor(name: string, device: BlockDevice) {
     this.name = name;
@@ -475,9 +477,35 @@ export class StagingStore {
    *   two freezes after `readTimeout` (a failed merge not yet retried to
    *   completion); `BM_ERR_CLOSED` when the store closes meanwhile.
    */
-  async whenStable(name: string): Promise<void> {
+  whenStable(name: string): Promise<void> {
+    return this.#whenStable(this.#get(name), this.#clock.now());
+  }
+
+  /**
+   * Reads the image of volume `name` once it is one complete freeze (see
+   * {@link whenStable}); a merge that starts meanwhile waits for the read
+   * before it writes, so the read never returns parts of two freezes.
+   *
+   * @throws {BlockMirrorError} as {@link whenStable}; the device's errors.
+   */
+  async read(name: string, offset: number, length: number): Promise<Buffer> {
     const v = this.#get(name);
     const started = this.#clock.now();
+    do await this.#whenStable(v, started);
+    while (!this.#stable(v)); // something began between the wake-up and here: wait again
+    const read = v.device.read(offset, length);
+    v.reads.add(read);
+    const done = (): void => void v.reads.delete(read);
+    read.then(done, done);
+    return read;
+  }
+
+  /** True when nothing is committing or merging into `v` and its image is one complete freeze. */
+  #stable(v: StoreVolume): boolean {
+    return v.holds.size === 0 && !(v.owner !== undefined && v.owner.committing && !v.owner.done) && v.merging === undefined && v.pending === undefined;
+  }
+
+  async #whenStable(v: StoreVolume, started: number): Promise<void> {
     for (;;) {
       if (v.holds.size > 0) await Promise.allSettled([...v.holds]);
       else if (v.owner !== undefined && v.owner.committing && !v.owner.done) await v.owner.settled();
@@ -674,6 +702,8 @@ export class StagingStore {
     let recorded = false;
     try {
       await this.#hooks.mergeStart?.({ to: marker.to, volumes: marker.volumes.map((v) => v.name) });
+      // reads that started before the merge finish on the previous image
+      await Promise.allSettled(vols.flatMap((v) => [...v.reads]));
       for (const mv of marker.volumes) {
         if (mv.direct) continue;
         const v = this.#get(mv.name);

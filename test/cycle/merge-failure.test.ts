@@ -115,7 +115,7 @@ interface StoreFixture {
   device: FaultyBlockDevice;
   store: StagingStore;
   timers: FakeClock;
-  /** Reads the whole image as a reader of the target does: after `whenStable`. */
+  /** Reads the whole image as a reader of the target does. */
   read(): Promise<Buffer>;
   close(): Promise<void>;
 }
@@ -123,24 +123,22 @@ interface StoreFixture {
 async function storeFixture(options: Omit<StagingStoreOptions, 'clock'>): Promise<StoreFixture> {
   const dir = subDir(root.dir, `store-${++seq}`);
   const file = await FileBlockDevice.open(join(dir, 'img'), { size: SIZE });
-  const device = new FaultyBlockDevice(file);
   const timers = FakeTimers.createClock(0);
+  const device = new FaultyBlockDevice(file, { clock: clockFrom(timers) });
   const store = await StagingStore.open(dir, [{ name: 'v', device }], { ...options, clock: clockFrom(timers) });
-  return {
+  const f: StoreFixture = {
     dir,
     file,
     device,
     store,
     timers,
-    read: async () => {
-      await store.whenStable('v');
-      return device.read(0, SIZE);
-    },
+    read: () => f.store.read('v', 0, SIZE),
     close: async () => {
-      await store.close();
+      await f.store.close();
       await device.close();
     },
   };
+  return f;
 }
 
 function plan(p: Partial<StagePlan>): StagePlan {
@@ -277,6 +275,30 @@ describe('cycle target: a merge that fails with an I/O error', () => {
       f.device.clearFaults();
       f.store = await StagingStore.open(f.dir, [{ name: 'v', device: f.device }], { clock: clockFrom(f.timers) });
       assert.equal(f.store.image('v').freeze, 2);
+      assert.ok((await f.read()).equals(image2));
+    } finally {
+      await f.close();
+    }
+  });
+
+  it('SPEC 31: a read in flight when a merge starts returns the previous freeze whole; the merge writes only after it', async () => {
+    let mergeStarted!: () => void;
+    const started = new Promise<void>((resolve) => (mergeStarted = resolve));
+    const f = await storeFixture({ hooks: { mergeStart: (info) => void (info.to === 2 && mergeStarted()) } });
+    try {
+      const image1 = pattern(SIZE, 4);
+      await fullCopy(f.store, 1, image1);
+      const { table, next: image2 } = everyOtherGranule(image1, 400);
+      f.device.addLatency(50, { op: 'read', times: 1 });
+      const read = watched(f.read());
+      const writes = f.device.stats.writes;
+      const commit = watched(delta(f.store, 1, 2, table, image2));
+      await started;
+      assert.equal(await settled(commit), false);
+      assert.equal(f.device.stats.writes, writes, 'no image write while the read is in flight');
+      f.timers.tick(50);
+      assert.ok((await read).equals(image1), 'the read returns freeze 1 whole');
+      await commit;
       assert.ok((await f.read()).equals(image2));
     } finally {
       await f.close();
