@@ -108,7 +108,8 @@ export interface StagingStoreOptions {
   /**
    * How long {@link StagingStore.whenStable} waits for a failed merge to be
    * completed by a retry before it fails with `BM_ERR_IO`, in ms (default
-   * 30000; 0: fail at once). A merge that is running is always waited for.
+   * 30000; 0: fail at once; Infinity: wait for the retry however long it
+   * takes). A merge that is running is always waited for.
    */
   readTimeout?: number;
 }
@@ -520,6 +521,7 @@ export class StagingStore {
     if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', `volume ${v.name} is between freeze images and the target is closed`, { details: { volume: v.name } });
     const left = this.#readTimeout - (this.#clock.now() - started);
     if (left <= 0) throw this.#unavailable(v, p, 'reads wait for a retry to complete it');
+    if (left === Infinity) return p.settled; // readTimeout Infinity: wait as long as it takes
     let timer: TimerHandle | undefined;
     const timeout = new Promise<void>((resolve) => (timer = this.#clock.setTimeout(resolve, left)));
     try {
@@ -760,7 +762,6 @@ export class StagingStore {
       if (!isMarker(marker)) throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${markerPath} is not a commit marker`);
       const stagings = new Map<string, BlockDevice>();
       try {
-        for (const mv of marker.volumes) this.#get(mv.name);
         const tables = await this.#loadStaged(marker, stagings);
         log('replaying the merge of freeze %d (%s)', marker.to, entry);
         await this.#apply(markerPath, marker, tables, stagings, false);
