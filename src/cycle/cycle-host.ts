@@ -9,12 +9,13 @@
  */
 import { EventEmitter } from 'eventemitter3';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import type { Clock } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { MessageType } from '../codec/frame.js';
 import type { HelloHeader, ReadyVolume, VolumeOffer } from '../codec/messages.js';
 import type { FramedConnection } from '../link/framed-connection.js';
 import { CycleReceiver } from './cycle-receiver.js';
-import { StagingStore, type StagingStoreHooks, type TargetImageState } from './staging-store.js';
+import { StagingStore, type StagingStoreHooks, type StagingStoreOptions, type TargetImageState } from './staging-store.js';
 
 /** Handshake feature a cycle source announces: its connection carries cycles, not mirror requests. */
 export const CYCLE_FEATURE = 'cycle-v1';
@@ -29,6 +30,12 @@ export interface CycleHostOptions {
   maxInFlight?: number;
   /** Test hooks of the staging store (crash injection). */
   hooks?: StagingStoreHooks;
+  /** Clock of merge retries and read timeouts (default: the system clock). */
+  clock?: Clock;
+  /** Backoff between attempts of a merge that failed after its commit marker, in ms (default 500–30000; see {@link StagingStoreOptions}). */
+  mergeRetry?: { min: number; max: number };
+  /** How long a read waits for a failed merge to be retried to completion before failing with `BM_ERR_IO`, in ms (default 30000). */
+  readTimeout?: number;
   /**
    * Asked for each offered volume: the node id of another writer that holds
    * it (a mirroring primary), or undefined. A held volume is refused with
@@ -47,6 +54,12 @@ export interface CycleVolumeStatus extends TargetImageState {
   lastTransferBytes: number;
   /** Bytes of data received by all committed transfers since the host started. */
   bytesReceived: number;
+  /**
+   * A merge into the image failed after its commit marker: the image is
+   * between two freezes, reads wait (then fail with `BM_ERR_IO`) and the
+   * merge is retried until it completes. Undefined when no merge failed.
+   */
+  mergeError: { to: number; attempts: number; code: string; message: string; nextRetryInMs: number | undefined } | undefined;
 }
 
 /** A connected cycle source. */
@@ -66,8 +79,12 @@ export interface CycleHostEvents {
   'merge-start': [info: { to: number; volumes: string[] }];
   /** The images hold freeze `to` (durably). */
   committed: [info: { source: string; to: number; volumes: string[]; bytes: number }];
-  /** A transfer was refused or failed; the images kept their freeze. */
+  /** A transfer was refused or failed; the images kept their freeze (or, after a `merge-error`, move to `to` once a retry completes the merge). */
   'transfer-error': [info: { source: string; to: number; error: BlockMirrorError }];
+  /** A merge failed after its commit marker: reads wait, the merge is retried in `retryInMs`. */
+  'merge-error': [info: { to: number; volumes: string[]; error: BlockMirrorError; attempts: number; retryInMs: number | undefined }];
+  /** A retry completed a failed merge: the images hold freeze `to` (durably). */
+  'merge-recovered': [info: { to: number; volumes: string[]; attempts: number }];
 }
 
 /** See the module notes. Open with {@link CycleHost.open}. */
@@ -94,13 +111,23 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
     // the store replays an interrupted merge before the host exists: no one listens to that one
     const opened: { host?: CycleHost } = {};
     const hooks = options.hooks ?? {};
-    const store = await StagingStore.open(options.dir, options.volumes, {
-      beforeMergeWrite: hooks.beforeMergeWrite,
-      mergeStart: async (info) => {
-        opened.host?.emit('merge-start', info);
-        await hooks.mergeStart?.(info);
+    const storeOptions: StagingStoreOptions = {
+      hooks: {
+        beforeMergeWrite: hooks.beforeMergeWrite,
+        mergeStart: async (info) => {
+          opened.host?.emit('merge-start', info);
+          await hooks.mergeStart?.(info);
+        },
       },
-    });
+      events: {
+        mergeError: (info) => opened.host?.emit('merge-error', info),
+        mergeRecovered: (info) => opened.host?.emit('merge-recovered', info),
+      },
+      ...(options.clock === undefined ? {} : { clock: options.clock }),
+      ...(options.mergeRetry === undefined ? {} : { mergeRetry: options.mergeRetry }),
+      ...(options.readTimeout === undefined ? {} : { readTimeout: options.readTimeout }),
+    };
+    const store = await StagingStore.open(options.dir, options.volumes, storeOptions);
     opened.host = new CycleHost(store, options);
     return opened.host;
   }
@@ -120,9 +147,23 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
     return this.#store.image(name);
   }
 
-  /** Resolves when no merge into `name` runs (reads then see one complete image). */
+  /**
+   * Resolves when no merge into `name` runs and the image is one complete
+   * freeze (reads then see it). Rejects with `BM_ERR_IO` when a failed merge
+   * was not retried to completion within `readTimeout`.
+   */
   whenStable(name: string): Promise<void> {
     return this.#store.whenStable(name);
+  }
+
+  /**
+   * Reads the image of `name` once it is one complete freeze; a merge that
+   * starts meanwhile waits for the read (see {@link StagingStore.read}).
+   *
+   * @throws {BlockMirrorError} as {@link whenStable}.
+   */
+  read(name: string, offset: number, length: number): Promise<Buffer> {
+    return this.#store.read(name, offset, length);
   }
 
   /** Node id of the source connected to `name`, if any. */
@@ -208,12 +249,17 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
   /** Cycle status of a hosted volume. */
   volumeStatus(name: string): CycleVolumeStatus {
     const counters = this.#counters.get(name) ?? { committed: 0, lastBytes: 0, totalBytes: 0 };
+    const failure = this.#store.mergeFailure(name);
     return {
       ...this.#store.image(name),
       source: this.sourceOf(name),
       committed: counters.committed,
       lastTransferBytes: counters.lastBytes,
       bytesReceived: counters.totalBytes,
+      mergeError:
+        failure === undefined
+          ? undefined
+          : { to: failure.to, attempts: failure.attempts, code: failure.error.code, message: failure.error.message, nextRetryInMs: failure.nextRetryInMs },
     };
   }
 
@@ -232,7 +278,7 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
     return [...byConn.values()];
   }
 
-  /** Closes the store (a running merge completes). Connections are the listener's to close. */
+  /** Closes the store (a running merge completes; a failed one is no longer retried: the next open replays it). Connections are the listener's to close. */
   async close(): Promise<void> {
     await this.#store.close();
   }

@@ -44,6 +44,10 @@ export interface CycleTargetOptions {
   maxInFlight?: number;
   /** Test hooks of the staging store (crash injection). */
   hooks?: StagingStoreHooks;
+  /** Backoff between attempts of a merge that failed after its commit marker, in ms (default 500–30000). */
+  mergeRetry?: { min: number; max: number };
+  /** How long a read waits for a failed merge to be retried to completion before failing with `BM_ERR_IO`, in ms (default 30000). */
+  readTimeout?: number;
 }
 
 /** Plain-object status of a target volume. */
@@ -72,8 +76,12 @@ export interface CycleTargetEvents {
   'merge-start': [info: { to: number; volumes: string[] }];
   /** The images hold freeze `to` (durably). */
   committed: [info: { source: string; to: number; volumes: string[]; bytes: number }];
-  /** A transfer was refused or failed; the images kept their freeze. */
+  /** A transfer was refused or failed; the images kept their freeze (or, after a `merge-error`, move to `to` once a retry completes the merge). */
   'transfer-error': [info: { source: string; to: number; error: BlockMirrorError }];
+  /** A merge failed after its commit marker: reads wait, the merge is retried in `retryInMs`. */
+  'merge-error': [info: { to: number; volumes: string[]; error: BlockMirrorError; attempts: number; retryInMs: number | undefined }];
+  /** A retry completed a failed merge: the images hold freeze `to` (durably). */
+  'merge-recovered': [info: { to: number; volumes: string[]; attempts: number }];
 }
 
 /** A hosted volume, read-only (only cycles write it). */
@@ -106,11 +114,16 @@ export class CycleTargetVolume {
     return this.#host.image(this.name);
   }
 
-  /** Reads the image; waits while a merge runs, so it never returns a half-merged image. */
+  /**
+   * Reads the image; waits while a merge runs, so it never returns a
+   * half-merged image.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_IO` when a merge failed and was not
+   *   retried to completion within the target's `readTimeout`.
+   */
   async read(offset: number, length: number): Promise<Buffer> {
     checkRange(this.device, offset, length);
-    await this.#host.whenStable(this.name);
-    return this.device.read(offset, length);
+    return this.#host.read(this.name, offset, length);
   }
 
   /** Always refused: only cycles write a target volume. */
@@ -180,11 +193,16 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
       volumes: this.#options.volumes,
       ...(this.#options.maxInFlight === undefined ? {} : { maxInFlight: this.#options.maxInFlight }),
       ...(this.#options.hooks === undefined ? {} : { hooks: this.#options.hooks }),
+      ...(this.#options.mergeRetry === undefined ? {} : { mergeRetry: this.#options.mergeRetry }),
+      ...(this.#options.readTimeout === undefined ? {} : { readTimeout: this.#options.readTimeout }),
+      clock: this.#clock,
     });
     host.on('begin', (info) => this.emit('begin', info));
     host.on('merge-start', (info) => this.emit('merge-start', info));
     host.on('committed', (info) => this.emit('committed', info));
     host.on('transfer-error', (info) => this.emit('transfer-error', info));
+    host.on('merge-error', (info) => this.emit('merge-error', info));
+    host.on('merge-recovered', (info) => this.emit('merge-recovered', info));
     this.#host = host;
     this.#server = await this.#transport.listen(this.#options.listen);
     this.#server.on('connection', (raw) => void this.#accept(raw));

@@ -21,6 +21,14 @@
  * are idempotent), staging files without a marker are discarded. So a crash
  * before the marker leaves freeze k-1, a crash after it ends as freeze k.
  *
+ * A merge that fails after its marker (an I/O error writing the image) leaves
+ * the image between two freezes. The volume is then *pending*: the merge is
+ * retried from the durable marker and staging files with exponential backoff
+ * (as the replay on open would do), reads wait for it and fail with
+ * `BM_ERR_IO` once `readTimeout` passes, new transfers are refused with
+ * `BM_ERR_IO`, and {@link StagingStore.mergeFailure} tells what failed. Only a
+ * completed retry ends the pending state: the image then holds freeze k.
+ *
  * A full copy into a volume that holds no image of the source's lineage (the
  * first cycle) skips staging: the volume is marked `seeding` (no image) first,
  * the blocks go straight into the image, and the commit records freeze k.
@@ -33,6 +41,7 @@ import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
 import { readStateFile, removeFile, syncDirectory, writeStateFile } from '../storage/state-file.js';
@@ -44,6 +53,8 @@ const STATE_FORMAT = 'blockmirror-cycle-target';
 const MARKER_FORMAT = 'blockmirror-cycle-commit';
 const MERGE_PARALLEL = 8;
 const MERGE_RUN_BYTES = 1024 * 1024;
+const DEFAULT_MERGE_RETRY = { min: 500, max: 30000 };
+const DEFAULT_READ_TIMEOUT = 30000;
 
 /** What a target holds of one volume. */
 export interface TargetImageState {
@@ -61,6 +72,46 @@ export interface StagingStoreHooks {
   mergeStart?(info: { to: number; volumes: string[] }): void | Promise<void>;
   /** Before each image write of a merge; a throw aborts the merge there (as a crash would). */
   beforeMergeWrite?(info: { volume: string; offset: number; length: number }): void | Promise<void>;
+}
+
+/** What is known of a merge that failed after its commit marker (see {@link StagingStore.mergeFailure}). */
+export interface MergeFailure {
+  /** Freeze the merge brings the image to. */
+  to: number;
+  /** Volumes of the merge (a consistency group merges as one). */
+  volumes: string[];
+  /** Failed attempts so far (the first merge included). */
+  attempts: number;
+  /** The last attempt's error. */
+  error: BlockMirrorError;
+  /** Milliseconds until the next attempt (undefined: one is running, or the store is closed). */
+  nextRetryInMs: number | undefined;
+}
+
+/** Reports of a {@link StagingStore} about merges that failed after their commit marker. */
+export interface StagingStoreEvents {
+  /** An attempt failed; the next one runs in `retryInMs` (undefined: the store is closing). */
+  mergeError?(info: { to: number; volumes: string[]; error: BlockMirrorError; attempts: number; retryInMs: number | undefined }): void;
+  /** A retry completed the merge: the images hold freeze `to`. */
+  mergeRecovered?(info: { to: number; volumes: string[]; attempts: number }): void;
+}
+
+/** Options of {@link StagingStore.open}. */
+export interface StagingStoreOptions {
+  /** Test hooks (crash injection). */
+  hooks?: StagingStoreHooks;
+  events?: StagingStoreEvents;
+  /** Clock of the merge retries and read timeouts (default: the system clock). */
+  clock?: Clock;
+  /** Backoff between attempts of a merge that failed after its commit marker, in ms (doubling from `min` up to `max`; default 500–30000). */
+  mergeRetry?: { min: number; max: number };
+  /**
+   * How long {@link StagingStore.whenStable} waits for a failed merge to be
+   * completed by a retry before it fails with `BM_ERR_IO`, in ms (default
+   * 30000; 0: fail at once; Infinity: wait for the retry however long it
+   * takes). A merge that is running is always waited for.
+   */
+  readTimeout?: number;
 }
 
 /** Per-volume plan of a transfer, as the store needs it. */
@@ -120,6 +171,20 @@ function stagePaths(dir: string, name: string): { data: string; table: string } 
   return { data: join(dir, `${name}.stage.data`), table: join(dir, `${name}.stage.table`) };
 }
 
+/** A merge that failed after its commit marker, waiting for its next attempt. */
+interface PendingMerge {
+  readonly markerPath: string;
+  readonly marker: Marker;
+  attempts: number;
+  error: BlockMirrorError;
+  timer: TimerHandle | undefined;
+  /** `clock.now()` of the next attempt (undefined: none scheduled). */
+  retryAt: number | undefined;
+  /** Resolves when the merge completed or the store closed. */
+  readonly settled: Promise<void>;
+  readonly settle: () => void;
+}
+
 /** One hosted volume. */
 class StoreVolume {
   readonly name: string;
@@ -129,10 +194,12 @@ class StoreVolume {
   owner: StagedTransfer | undefined;
   /** Settles when the running merge of this volume ends. */
   merging: Promise<void> | undefined;
-  /** A merge failed after its commit marker: nothing more until the store is opened again (which replays it). */
-  broken: BlockMirrorError | undefined;
+  /** A merge failed after its commit marker: the image is between two freezes until a retry completes it. */
+  pending: PendingMerge | undefined;
   /** Commits announced but maybe not started yet (see {@link StagingStore.hold}). */
   readonly holds = new Set<Promise<unknown>>();
+  /** Reads of the image in flight through {@link StagingStore.read} (a merge waits for them before writing). */
+  readonly reads = new Set<Promise<unknown>>();
 
   constructor(name: string, device: BlockDevice) {
     this.name = name;
@@ -267,7 +334,9 @@ export class StagedTransfer {
    *
    * @throws {BlockMirrorError} `BM_ERR_PROTOCOL` when something is missing (the
    *   images are unchanged); I/O errors (before the marker: unchanged images;
-   *   after it: the merge is replayed when the store is opened again).
+   *   after it: the volumes are pending — reads wait, transfers are refused —
+   *   and the merge is retried with backoff, or replayed when the store is
+   *   opened again).
    */
   commit(): Promise<void> {
     if (this.#done || this.#committing !== undefined) return Promise.reject(protocol('transfer already finished'));
@@ -320,12 +389,26 @@ export class StagingStore {
   readonly dir: string;
   readonly #volumes = new Map<string, StoreVolume>();
   readonly #hooks: StagingStoreHooks;
+  readonly #events: StagingStoreEvents;
+  readonly #clock: Clock;
+  readonly #mergeRetry: { min: number; max: number };
+  readonly #readTimeout: number;
   readonly #statePath: string;
   #stateChain: Promise<void> = Promise.resolve();
+  #closed = false;
 
-  private constructor(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, hooks: StagingStoreHooks) {
+  private constructor(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, options: StagingStoreOptions) {
     this.dir = dir;
-    this.#hooks = hooks;
+    this.#hooks = options.hooks ?? {};
+    this.#events = options.events ?? {};
+    this.#clock = options.clock ?? systemClock;
+    const retry = options.mergeRetry ?? DEFAULT_MERGE_RETRY;
+    if (!(retry.min >= 1 && retry.max >= retry.min && Number.isFinite(retry.max))) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'mergeRetry needs 1 <= min <= max (finite, ms)', { details: { mergeRetry: retry } });
+    }
+    this.#mergeRetry = { min: retry.min, max: retry.max };
+    this.#readTimeout = options.readTimeout ?? DEFAULT_READ_TIMEOUT;
+    if (!(this.#readTimeout >= 0)) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'readTimeout must be a non-negative number of ms');
     this.#statePath = join(dir, 'cycle-target.state');
     for (const v of volumes) this.#volumes.set(v.name, new StoreVolume(v.name, v.device));
   }
@@ -335,10 +418,12 @@ export class StagingStore {
    * stale staging files.
    *
    * @throws {BlockMirrorError} `BM_ERR_JOURNAL_CORRUPT` for damaged state or
-   *   marker files; `BM_ERR_IO` on system errors.
+   *   marker files; `BM_ERR_IO` on system errors (also when a replay fails:
+   *   the marker stays, the next open replays it); `BM_ERR_INVALID_ARGUMENT`
+   *   for bad options.
    */
-  static async open(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, hooks: StagingStoreHooks = {}): Promise<StagingStore> {
-    const store = new StagingStore(dir, volumes, hooks);
+  static async open(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, options: StagingStoreOptions = {}): Promise<StagingStore> {
+    const store = new StagingStore(dir, volumes, options);
     const stored = await readStateFile(store.#statePath);
     if (stored !== undefined) {
       const s = stored as StoreState;
@@ -370,18 +455,88 @@ export class StagingStore {
     return [...this.#volumes.keys()];
   }
 
+  /** The merge of volume `name` that failed after its commit marker and is being retried (undefined: none). */
+  mergeFailure(name: string): MergeFailure | undefined {
+    const p = this.#get(name).pending;
+    if (p === undefined) return undefined;
+    return {
+      to: p.marker.to,
+      volumes: p.marker.volumes.map((mv) => mv.name),
+      attempts: p.attempts,
+      error: p.error,
+      nextRetryInMs: p.retryAt === undefined ? undefined : Math.max(0, p.retryAt - this.#clock.now()),
+    };
+  }
+
   /**
-   * Resolves when no commit or merge runs on volume `name` (reads wait for
-   * it: they never see a half-merged image).
+   * Resolves when no commit or merge runs on volume `name` and its image is
+   * one complete freeze (reads wait for it: they never see a half-merged
+   * image). A merge that failed after its commit marker is waited for until a
+   * retry completes it, at most `readTimeout` ms from the call.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_IO` when the image is still between
+   *   two freezes after `readTimeout` (a failed merge not yet retried to
+   *   completion); `BM_ERR_CLOSED` when the store closes meanwhile.
    */
-  async whenStable(name: string): Promise<void> {
+  whenStable(name: string): Promise<void> {
+    return this.#whenStable(this.#get(name), this.#clock.now());
+  }
+
+  /**
+   * Reads the image of volume `name` once it is one complete freeze (see
+   * {@link whenStable}); a merge that starts meanwhile waits for the read
+   * before it writes, so the read never returns parts of two freezes.
+   *
+   * @throws {BlockMirrorError} as {@link whenStable}; the device's errors.
+   */
+  async read(name: string, offset: number, length: number): Promise<Buffer> {
     const v = this.#get(name);
+    const started = this.#clock.now();
+    do await this.#whenStable(v, started);
+    while (!this.#stable(v)); // something began between the wake-up and here: wait again
+    const read = v.device.read(offset, length);
+    v.reads.add(read);
+    const done = (): void => void v.reads.delete(read);
+    read.then(done, done);
+    return read;
+  }
+
+  /** True when nothing is committing or merging into `v` and its image is one complete freeze. */
+  #stable(v: StoreVolume): boolean {
+    return v.holds.size === 0 && !(v.owner !== undefined && v.owner.committing && !v.owner.done) && v.merging === undefined && v.pending === undefined;
+  }
+
+  async #whenStable(v: StoreVolume, started: number): Promise<void> {
     for (;;) {
       if (v.holds.size > 0) await Promise.allSettled([...v.holds]);
       else if (v.owner !== undefined && v.owner.committing && !v.owner.done) await v.owner.settled();
       else if (v.merging !== undefined) await v.merging;
+      else if (v.pending !== undefined) await this.#waitPending(v, v.pending, started);
       else return;
     }
+  }
+
+  /** Waits (until `readTimeout` from `started`) for a pending merge to end; throws when the time is up. */
+  async #waitPending(v: StoreVolume, p: PendingMerge, started: number): Promise<void> {
+    if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', `volume ${v.name} is between freeze images and the target is closed`, { details: { volume: v.name } });
+    const left = this.#readTimeout - (this.#clock.now() - started);
+    if (left <= 0) throw this.#unavailable(v, p, 'reads wait for a retry to complete it');
+    if (left === Infinity) return p.settled; // readTimeout Infinity: wait as long as it takes
+    let timer: TimerHandle | undefined;
+    const timeout = new Promise<void>((resolve) => (timer = this.#clock.setTimeout(resolve, left)));
+    try {
+      await Promise.race([p.settled, timeout]);
+    } finally {
+      this.#clock.clearTimeout(timer);
+    }
+  }
+
+  #unavailable(v: StoreVolume, p: PendingMerge, what: string): BlockMirrorError {
+    return new BlockMirrorError(
+      'BM_ERR_IO',
+      `volume ${v.name}: the merge of freeze ${p.marker.to} failed (${p.error.message}) after ${p.attempts} attempt(s) and is retried; ${what}`,
+      { cause: p.error, details: { volume: v.name, freeze: v.state.freeze, to: p.marker.to, attempts: p.attempts, mergePending: true } },
+    );
   }
 
   /**
@@ -409,16 +564,20 @@ export class StagingStore {
    */
   async begin(source: string, to: number, plans: StagePlan[]): Promise<StagedTransfer> {
     const vols = plans.map((p) => this.#get(p.name));
+    const refusePending = (): void => {
+      for (const v of vols) if (v.pending !== undefined) throw this.#unavailable(v, v.pending, 'no transfer until then');
+    };
+    if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the staging store is closed');
+    refusePending();
     for (const v of vols) {
-      if (v.broken !== undefined) {
-        throw new BlockMirrorError('BM_ERR_IO', `volume ${v.name} has an unfinished merge (${v.broken.message}); open the target again to replay it`, { cause: v.broken });
-      }
       if (v.owner !== undefined && !v.owner.done) {
         if (v.owner.source !== source) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${v.name} is receiving a transfer from ${v.owner.source}`);
         await v.owner.abort();
       }
     }
     for (const v of vols) while (v.merging !== undefined) await v.merging;
+    refusePending(); // an aborted commit or a merge waited for may have failed
+    if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the staging store is closed');
     const staged: StagedVolume[] = [];
     let seeding = false;
     plans.forEach((p, i) => {
@@ -499,13 +658,8 @@ export class StagingStore {
     t.marked = true;
     const stagings = new Map<string, BlockDevice>();
     for (const sv of t.volumes) if (sv.staging !== undefined) stagings.set(sv.plan.name, sv.staging);
-    try {
-      await this.#apply(markerPath, marker, tables, stagings);
-    } catch (error) {
-      const err = toBlockMirrorError(error);
-      for (const sv of t.volumes) sv.volume.broken = err;
-      throw err;
-    }
+    // a failure leaves the volumes pending (see #apply): retried from the marker and the kept staging files
+    await this.#apply(markerPath, marker, tables, stagings, true);
     t.merged = true;
   }
 
@@ -526,14 +680,32 @@ export class StagingStore {
     }
   }
 
-  /** Merges a committed transfer into the images and records it (idempotent; also the replay). */
-  async #apply(markerPath: string, marker: Marker, tables: Map<string, FreezeTable>, stagings: Map<string, BlockDevice>): Promise<void> {
+  /**
+   * Merges a committed transfer into the images and records it (idempotent;
+   * also the replay and the retries). With `retry`, a failure makes the
+   * volumes pending (a retry is scheduled) before the merge counts as ended,
+   * so that no reader sees the image between the failure and the pending
+   * state; a success ends a pending state of this marker (after `onDone`,
+   * a clean-up that runs still inside the merge and whose failure is only logged).
+   */
+  async #apply(
+    markerPath: string,
+    marker: Marker,
+    tables: Map<string, FreezeTable>,
+    stagings: Map<string, BlockDevice>,
+    retry: boolean,
+    onDone?: () => Promise<void>,
+  ): Promise<void> {
     const vols = marker.volumes.map((mv) => this.#get(mv.name));
     let finish!: () => void;
     const merging = new Promise<void>((resolve) => (finish = resolve));
     for (const v of vols) v.merging = merging;
+    const before = vols.map((v) => v.state);
+    let recorded = false;
     try {
       await this.#hooks.mergeStart?.({ to: marker.to, volumes: marker.volumes.map((v) => v.name) });
+      // reads that started before the merge finish on the previous image
+      await Promise.allSettled(vols.flatMap((v) => [...v.reads]));
       for (const mv of marker.volumes) {
         if (mv.direct) continue;
         const v = this.#get(mv.name);
@@ -556,9 +728,25 @@ export class StagingStore {
       }
       for (const mv of marker.volumes) this.#get(mv.name).state = { lineage: mv.lineage, freeze: marker.to, seeding: false };
       await this.#writeState();
+      recorded = true;
       await removeFile(markerPath);
       await syncDirectory(this.dir);
       log('merged freeze %d into %s', marker.to, marker.volumes.map((v) => v.name).join(', '));
+      // still inside the merge: a transfer waiting for it must not find files of this one (leftovers are removed by the next begin or open)
+      await onDone?.().catch((error: unknown) => log('cleaning up after the merge of freeze %d: %s', marker.to, toBlockMirrorError(error).message));
+      const pending = vols[0]?.pending;
+      if (pending !== undefined && pending.markerPath === markerPath) {
+        for (const v of vols) v.pending = undefined;
+        pending.settle();
+        log('the merge of freeze %d recovered after %d failed attempt(s)', marker.to, pending.attempts);
+        this.#report(() => this.#events.mergeRecovered?.({ to: marker.to, volumes: marker.volumes.map((mv) => mv.name), attempts: pending.attempts }));
+      }
+    } catch (error) {
+      const err = toBlockMirrorError(error);
+      // the state file still records the previous freeze: so does the memory (a recorded state stays: the image is complete)
+      if (!recorded) vols.forEach((v, i) => (v.state = before[i]!));
+      if (retry) this.#mergeFailed(markerPath, marker, err);
+      throw err;
     } finally {
       for (const v of vols) if (v.merging === merging) v.merging = undefined;
       finish();
@@ -572,23 +760,11 @@ export class StagingStore {
       const markerPath = join(this.dir, entry);
       const marker = await readStateFile(markerPath);
       if (!isMarker(marker)) throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${markerPath} is not a commit marker`);
-      const tables = new Map<string, FreezeTable>();
       const stagings = new Map<string, BlockDevice>();
       try {
-        for (const mv of marker.volumes) {
-          const v = this.#get(mv.name);
-          if (mv.direct) continue;
-          const paths = stagePaths(this.dir, mv.name);
-          const bytes = await readFile(paths.table);
-          if (bytes.length !== mv.tableBytes || crc32(bytes) !== mv.tableCrc) {
-            throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `staged table of ${mv.name} does not match its commit marker`, { details: { path: paths.table } });
-          }
-          const geometry = cycleGeometry(v.device.size, v.device.blockSize, mv.chunkSize, mv.granularity);
-          tables.set(mv.name, mv.full === true ? FreezeTable.full(geometry) : FreezeTable.decode(geometry, bytes));
-          stagings.set(mv.name, await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
-        }
+        const tables = await this.#loadStaged(marker, stagings);
         log('replaying the merge of freeze %d (%s)', marker.to, entry);
-        await this.#apply(markerPath, marker, tables, stagings);
+        await this.#apply(markerPath, marker, tables, stagings, false);
       } finally {
         for (const s of stagings.values()) await s.close().catch(() => undefined);
       }
@@ -596,6 +772,87 @@ export class StagingStore {
     for (const entry of await readdir(this.dir)) {
       const m = /^(.*)\.stage\.(data|table)$/.exec(entry);
       if (m !== null && this.#volumes.has(m[1]!)) await removeFile(join(this.dir, entry));
+    }
+  }
+
+  /** Makes the marker's volumes pending (or counts one more failed attempt) and schedules the next attempt. */
+  #mergeFailed(markerPath: string, marker: Marker, error: BlockMirrorError): void {
+    const vols = marker.volumes.map((mv) => this.#get(mv.name));
+    let p = vols[0]?.pending;
+    if (p === undefined || p.markerPath !== markerPath) {
+      let settle!: () => void;
+      const settled = new Promise<void>((resolve) => (settle = resolve));
+      p = { markerPath, marker, attempts: 0, error, timer: undefined, retryAt: undefined, settled, settle };
+      for (const v of vols) v.pending = p;
+    }
+    const pending = p;
+    pending.attempts++;
+    pending.error = error;
+    let delay: number | undefined;
+    if (!this.#closed) {
+      delay = Math.min(this.#mergeRetry.max, this.#mergeRetry.min * 2 ** Math.min(pending.attempts - 1, 30));
+      pending.retryAt = this.#clock.now() + delay;
+      pending.timer = this.#clock.setTimeout(() => void this.#retry(pending), delay);
+    }
+    log('the merge of freeze %d failed (attempt %d): %s; next attempt in %s ms', marker.to, pending.attempts, error.message, delay ?? '-');
+    this.#report(() =>
+      this.#events.mergeError?.({ to: marker.to, volumes: marker.volumes.map((mv) => mv.name), error, attempts: pending.attempts, retryInMs: delay }),
+    );
+  }
+
+  /** One more attempt of a pending merge, from its marker and the staging files on disk (as on open). */
+  async #retry(p: PendingMerge): Promise<void> {
+    p.timer = undefined;
+    p.retryAt = undefined;
+    if (this.#closed) return;
+    const stagings = new Map<string, BlockDevice>();
+    const paths = p.marker.volumes.filter((mv) => !mv.direct).map((mv) => stagePaths(this.dir, mv.name));
+    const closeStagings = async (): Promise<void> => {
+      for (const s of stagings.values()) await s.close().catch(() => undefined);
+      stagings.clear();
+    };
+    try {
+      const tables = await this.#loadStaged(p.marker, stagings);
+      log('retrying the merge of freeze %d (attempt %d)', p.marker.to, p.attempts + 1);
+      await this.#apply(p.markerPath, p.marker, tables, stagings, true, async () => {
+        await closeStagings();
+        for (const f of paths) {
+          await removeFile(f.data);
+          await removeFile(f.table);
+        }
+      });
+    } catch (error) {
+      // a failure inside the merge is already counted; one while loading the staged files is counted here
+      if (this.#get(p.marker.volumes[0]!.name).pending === p && p.timer === undefined && !this.#closed) this.#mergeFailed(p.markerPath, p.marker, toBlockMirrorError(error));
+    } finally {
+      await closeStagings();
+    }
+  }
+
+  /** Reads the staged tables of a marker (checked against it) and opens its staging data files into `stagings`. */
+  async #loadStaged(marker: Marker, stagings: Map<string, BlockDevice>): Promise<Map<string, FreezeTable>> {
+    const tables = new Map<string, FreezeTable>();
+    for (const mv of marker.volumes) {
+      const v = this.#get(mv.name);
+      if (mv.direct) continue;
+      const paths = stagePaths(this.dir, mv.name);
+      const bytes = await readFile(paths.table);
+      if (bytes.length !== mv.tableBytes || crc32(bytes) !== mv.tableCrc) {
+        throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `staged table of ${mv.name} does not match its commit marker`, { details: { path: paths.table } });
+      }
+      const geometry = cycleGeometry(v.device.size, v.device.blockSize, mv.chunkSize, mv.granularity);
+      tables.set(mv.name, mv.full === true ? FreezeTable.full(geometry) : FreezeTable.decode(geometry, bytes));
+      stagings.set(mv.name, await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
+    }
+    return tables;
+  }
+
+  /** Calls an event callback; its exception is logged, not thrown into the merge. */
+  #report(call: () => void): void {
+    try {
+      call();
+    } catch (error) {
+      log('merge event listener threw: %s', toBlockMirrorError(error).message);
     }
   }
 
@@ -619,11 +876,24 @@ export class StagingStore {
     return v;
   }
 
-  /** Waits for running merges. Devices are not closed (they belong to the caller). */
+  /**
+   * Waits for running merges and stops retrying failed ones (their markers
+   * stay: the next open replays them; reads waiting for them fail with
+   * `BM_ERR_CLOSED`). Devices are not closed (they belong to the caller).
+   */
   async close(): Promise<void> {
+    this.#closed = true;
     for (const v of this.#volumes.values()) {
       if (v.owner !== undefined) await v.owner.abort();
       while (v.merging !== undefined) await v.merging;
+    }
+    for (const v of this.#volumes.values()) {
+      const p = v.pending;
+      if (p === undefined) continue;
+      if (p.timer !== undefined) this.#clock.clearTimeout(p.timer);
+      p.timer = undefined;
+      p.retryAt = undefined;
+      p.settle();
     }
     await this.#stateChain;
   }

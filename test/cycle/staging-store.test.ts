@@ -7,6 +7,8 @@ import assert from 'node:assert/strict';
 import { existsSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import FakeTimers from '@sinonjs/fake-timers';
+import { clockFrom } from '../../src/clock.js';
 import { FileBlockDevice } from '../../src/device/file-device.js';
 import { FreezeTable } from '../../src/cycle/freeze-table.js';
 import { cycleGeometry } from '../../src/cycle/geometry.js';
@@ -22,6 +24,8 @@ const CHUNK = 65536;
 const GRAN = 4096;
 const LINEAGE = 'ab'.repeat(16);
 const geometry = cycleGeometry(SIZE, 512, CHUNK, GRAN);
+/** Virtual time that never advances: a failed merge is not retried behind a test's back (merge-failure.test.ts covers the retries). */
+const clock = clockFrom(FakeTimers.createClock(0));
 
 interface Fixture {
   dir: string;
@@ -41,14 +45,14 @@ async function fixture(hooks: StagingStoreHooks = {}): Promise<Fixture> {
       await f.store.close();
       await f.device.close();
       f.device = await FileBlockDevice.open(join(dir, 'img'));
-      f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], h);
+      f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], { hooks: h, clock });
     },
     close: async () => {
       await f.store.close();
       await f.device.close();
     },
   };
-  f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], hooks);
+  f.store = await StagingStore.open(dir, [{ name: 'v', device: f.device }], { hooks, clock });
   return f;
 }
 
@@ -122,11 +126,11 @@ describe('StagingStore', () => {
       const { table, next } = changes(image1, [1, 5, 9, 30, 50, 61], 20);
       crash.after = 2;
       await assert.rejects(delta(f.store, 1, 2, table, next), /injected crash/);
-      await assert.rejects(f.store.begin('src', 3, [plan({ from: 2 })]), (e) => isBlockMirrorError(e, 'BM_ERR_IO'), 'nothing more until replayed');
+      await assert.rejects(f.store.begin('src', 3, [plan({ from: 2 })]), (e) => isBlockMirrorError(e, 'BM_ERR_IO'), 'no transfer while the merge is pending');
       // the replay crashes too, then succeeds
       crash.after = 1;
       await assert.rejects(f.reopen(hooks), /injected crash/);
-      f.store = await StagingStore.open(f.dir, [{ name: 'v', device: f.device }]);
+      f.store = await StagingStore.open(f.dir, [{ name: 'v', device: f.device }], { clock });
       assert.equal(f.store.image('v').freeze, 2);
       assert.ok((await f.device.read(0, SIZE)).equals(next));
       // a transfer that never committed leaves staging files: discarded on open, image unchanged

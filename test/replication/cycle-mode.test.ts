@@ -14,7 +14,7 @@ import { createCycleSource, type CycleSource } from '../../src/cycle/cycle-runne
 import type { LayeredVolume } from '../../src/cycle/layered-volume.js';
 import type { StagingStoreHooks } from '../../src/cycle/staging-store.js';
 import { normalizeStatus } from '../../src/admin/status.js';
-import { isBlockMirrorError, type BlockMirrorError } from '../../src/errors.js';
+import { BlockMirrorError, isBlockMirrorError } from '../../src/errors.js';
 import { linksUp, openVolume, pattern, subDir, tempDir, waitFor } from '../cycle/helpers.js';
 
 const root = tempDir('mirror-cycle');
@@ -152,6 +152,48 @@ describe('mirror target receiving cycles', () => {
       assert.deepEqual(read, after, 'the read sees the complete new image');
     } finally {
       release?.();
+      await s.close();
+    }
+  });
+
+  it('SPEC 31/33: a merge that fails with an I/O error leaves the mirror target volume unreadable (reads wait) until a retry completes it; the source catches up', async () => {
+    let failing = false;
+    let writes = 0;
+    const s = await setup({
+      hooks: {
+        beforeMergeWrite: () => {
+          if (failing && ++writes > 2) throw new BlockMirrorError('BM_ERR_IO', 'injected EIO on the image');
+        },
+      },
+    });
+    try {
+      await linksUp(s.source);
+      await s.volume.write(0, pattern(MiB, 20));
+      await s.source.freezeNow();
+      const image1 = await s.target.volume('v').read(0, MiB);
+      for (let i = 0; i < 16; i++) await s.volume.write(i * 64 * KiB, pattern(4 * KiB, 30 + i));
+      failing = true;
+      const failed = await s.source.freezeNow();
+      assert.equal(failed.targets[0]!.ok, false, 'the source was told the commit did not happen');
+      const image2 = await s.volume.readFrozen(2, 0, MiB);
+      const onDisk = await s.device.read(0, MiB);
+      assert.ok(!onDisk.equals(image1) && !onDisk.equals(image2), 'the device holds a mix of freezes 1 and 2 (the scenario)');
+      const status = s.target.status().volumes.v!.cycle!;
+      assert.deepEqual({ freeze: status.freeze, to: status.mergeError?.to, code: status.mergeError?.code }, { freeze: 1, to: 2, code: 'BM_ERR_IO' });
+
+      let read: Buffer | undefined;
+      const reading = s.target.volume('v').read(0, MiB).then((b) => (read = b));
+      reading.catch(() => undefined);
+      for (let i = 0; i < 20; i++) await new Promise<void>((r) => setImmediate(r));
+      assert.equal(read, undefined, 'the read waits while the image is between freezes');
+      const caughtUp = waitFor(s.source, 'cycle', (r: { targets: Array<{ ok: boolean; freeze: number }> }) => r.targets[0]!.ok && r.targets[0]!.freeze === 2);
+      failing = false;
+      await reading;
+      assert.ok(read!.equals(image2), 'the read returns exactly freeze 2');
+      await caughtUp;
+      assert.equal(s.target.status().volumes.v!.cycle?.freeze, 2);
+      assert.equal(s.target.status().volumes.v!.cycle?.mergeError, undefined);
+    } finally {
       await s.close();
     }
   });
