@@ -257,6 +257,27 @@ describe('FileJournal', () => {
     await journal.close();
   });
 
+  it('pending() reads zero records back from the file and refuses one altered after recovery with BM_ERR_IO', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    const entries: JournalEntry[] = [makeEntry(1, 700), makeZero(2, 7 * 2 ** 30), makeEntry(3, 10)];
+    await appendAll(journal, entries);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assertEntries(await collect(journal), entries);
+    // The length of zero record 2 changes on disk under the open journal (CRC fixed up: only the
+    // cross-check against the recovered record can tell).
+    const file = readFileSync(path);
+    const at = findRecord(path, 2);
+    file.writeUInt32LE(12345, at + RECORD_HEADER_BYTES); // low word of the length
+    const payload = file.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + ZERO_PAYLOAD_BYTES);
+    file.writeUInt32LE(crc32(payload, crc32(file.subarray(at, at + 44))), at + 44);
+    writeFileSync(path, file);
+    await rejectsWith(collect(journal), 'BM_ERR_IO');
+    assertEntries(await collect(journal, 2), entries.slice(2));
+    await journal.close();
+  });
+
   it('SPEC 16: stale records of an earlier life after the recovered head are not replayed (epochs)', async () => {
     const path = freshPath();
     const journal = await FileJournal.open(path, { capacityBytes: 64 * 1024, fsync: 'always' });
