@@ -7,8 +7,10 @@
  * then a ring of `capacityBytes` holding 512-byte-aligned records (48-byte
  * header with magic, version, flags, journal id, epoch, seq, timestamp, volume
  * offset, payload length and a CRC-32 over header and payload, then the
- * payload). A record that does not fit before the end of the ring is preceded
- * by a wrap-padding marker and written at position 0.
+ * payload). A zero range is a record whose 8-byte payload is its length: it
+ * takes one 512-byte slot whatever it zeroes. A record that does not fit
+ * before the end of the ring is preceded by a wrap-padding marker and written
+ * at position 0.
  *
  * Recovery walks the ring from the checkpointed tail and accepts records while
  * they are valid (magic, version, journal id, CRC) and ordered (seq strictly
@@ -34,12 +36,13 @@ import createDebug from 'debug';
 import type { Clock } from '../clock.js';
 import { systemClock } from '../clock.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
-import type { Journal, JournalEntry, JournalStats } from './journal.js';
-import { validateCapacity, validateEntry } from './journal.js';
+import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from './journal.js';
+import { payloadLength, pendingEntry, validateCapacity, validateEntry } from './journal.js';
 import {
   ALIGN,
   FLAG_FUA,
   FLAG_PAD,
+  FLAG_ZERO,
   RECORD_HEADER_BYTES,
   RELEASE_MAP_BITS,
   RING_START,
@@ -47,10 +50,13 @@ import {
   SUPERBLOCK_SLOTS,
   decodeRecordHeader,
   decodeSuperblock,
+  decodeZeroPayload,
   encodeRecordHeader,
   encodeSuperblock,
+  encodeZeroPayload,
   recordBytes,
   recordCrcOk,
+  recordFlagsValid,
 } from './record-format.js';
 import type { Superblock } from './record-format.js';
 import { SeqQueue } from './seq-queue.js';
@@ -128,8 +134,12 @@ const MIN_CAPACITY = 4096;
 const READ_CHUNK = 1024 * 1024;
 
 interface FileRecord {
+  readonly kind: 'write' | 'zero';
   readonly seq: number;
   readonly offset: number;
+  /** Volume bytes covered: the payload length of a write, the range length of a zero record. */
+  readonly length: number;
+  /** Payload bytes in the file (8 for a zero record: its encoded length). */
   readonly dataLength: number;
   readonly fua: boolean;
   readonly timestamp: number;
@@ -149,7 +159,7 @@ interface FileRecord {
   written: boolean;
   /** The append failed; ignore late I/O completions. */
   failed: boolean;
-  /** The payload, held until the write completed. */
+  /** The payload (for a zero record: its encoded length), held until the write completed. */
   data: Buffer | null;
   /** Outstanding positional writes (record and wrap marker). */
   ioLeft: number;
@@ -174,6 +184,11 @@ function nonNegativeInteger(name: string, value: unknown, fallback: number, mini
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `journal ${name} must be an integer >= ${minimum}, got ${String(value)}`);
   }
   return value;
+}
+
+/** Bytes a record counts in `pendingBytes`: the data of a write, nothing for a zero range. */
+function pendingBytesOf(record: FileRecord): number {
+  return record.kind === 'zero' ? 0 : record.dataLength;
 }
 
 function writevAll(fd: number, buffers: Buffer[], position: number, callback: (error: Error | null) => void): void {
@@ -345,7 +360,7 @@ export class FileJournal implements Journal {
       this.#records.push(record);
       if (!record.released) {
         this.#size++;
-        this.#pendingBytes += record.dataLength;
+        this.#pendingBytes += pendingBytesOf(record);
       }
     }
     while (this.#records.first()?.released === true) this.#records.shift();
@@ -510,7 +525,7 @@ export class FileJournal implements Journal {
     for (;;) {
       const header = await read(pos, RECORD_HEADER_BYTES);
       const h = decodeRecordHeader(header);
-      if (h === undefined || h.journalId !== sb.journalId || (h.flags & ~(FLAG_FUA | FLAG_PAD)) !== 0) {
+      if (h === undefined || h.journalId !== sb.journalId || !recordFlagsValid(h.version, h.flags)) {
         discarded = `no valid record header at ${pos}`;
         break;
       }
@@ -542,13 +557,22 @@ export class FileJournal implements Journal {
         break;
       }
       const whole = await read(pos, RECORD_HEADER_BYTES + h.dataLength);
-      if (!recordCrcOk(whole, 0, whole.subarray(RECORD_HEADER_BYTES))) {
+      const payload = whole.subarray(RECORD_HEADER_BYTES);
+      if (!recordCrcOk(whole, 0, payload)) {
         discarded = `record seq ${h.seq} at ${pos} fails its CRC`;
         break;
       }
+      const zero = (h.flags & FLAG_ZERO) !== 0;
+      const zeroLength = zero ? decodeZeroPayload(payload) : 0;
+      if (zeroLength < 0) {
+        discarded = `zero record seq ${h.seq} at ${pos} has an invalid length`;
+        break;
+      }
       records.push({
+        kind: zero ? 'zero' : 'write',
         seq: h.seq,
         offset: h.offset,
+        length: zero ? zeroLength : h.dataLength,
         dataLength: h.dataLength,
         fua: (h.flags & FLAG_FUA) !== 0,
         timestamp: h.timestamp,
@@ -586,7 +610,7 @@ export class FileJournal implements Journal {
     return this.#size;
   }
 
-  /** Payload bytes of the unacknowledged entries. */
+  /** Payload bytes of the unacknowledged entries (zero ranges count 0). */
   get pendingBytes(): number {
     return this.#pendingBytes;
   }
@@ -610,7 +634,10 @@ export class FileJournal implements Journal {
       return Promise.reject(error as Error);
     }
     const ring = this.#ring;
-    const dataLength = entry.data.length;
+    const zero = entry.kind === 'zero';
+    // A zero range is stored as its length: one 512-byte slot, whatever it zeroes.
+    const data = zero ? encodeZeroPayload(entry.length) : entry.data;
+    const dataLength = data.length;
     const length = recordBytes(dataLength);
     const startAbs = this.#headAbs;
     const pos = startAbs % ring;
@@ -638,8 +665,10 @@ export class FileJournal implements Journal {
     let minCheckpointAbs = endAbs - (ring - ALIGN);
     if (wraps && empty) minCheckpointAbs = Math.max(minCheckpointAbs, recordAbs);
     const record: FileRecord = {
+      kind: zero ? 'zero' : 'write',
       seq: entry.seq,
       offset: entry.offset,
+      length: zero ? entry.length : dataLength,
       dataLength,
       fua: entry.fua,
       timestamp: entry.timestamp,
@@ -652,7 +681,7 @@ export class FileJournal implements Journal {
       released: false,
       written: false,
       failed: false,
-      data: entry.data,
+      data,
       ioLeft: 0,
       resolve: null,
       reject: null,
@@ -666,7 +695,7 @@ export class FileJournal implements Journal {
     this.#headAbs = endAbs;
     this.#lastSeq = entry.seq;
     this.#size++;
-    this.#pendingBytes += dataLength;
+    this.#pendingBytes += payloadLength(entry);
     this.#appended++;
     const used = this.#headAbs - this.#tailAbs;
     if (used > this.#highWater) this.#highWater = used;
@@ -691,7 +720,7 @@ export class FileJournal implements Journal {
     encodeRecordHeader(
       header,
       {
-        flags: record.fua ? FLAG_FUA : 0,
+        flags: (record.fua ? FLAG_FUA : 0) | (record.kind === 'zero' ? FLAG_ZERO : 0),
         journalId: this.#journalId,
         epoch: record.epoch,
         seq: record.seq,
@@ -853,7 +882,7 @@ export class FileJournal implements Journal {
         const r = this.#records.at(i) as FileRecord;
         if (!r.released) {
           this.#size--;
-          this.#pendingBytes -= r.dataLength;
+          this.#pendingBytes -= pendingBytesOf(r);
         }
       }
       this.#records.truncate(cut);
@@ -879,7 +908,7 @@ export class FileJournal implements Journal {
     if (record === undefined || record.released) return;
     record.released = true;
     this.#size--;
-    this.#pendingBytes -= record.dataLength;
+    this.#pendingBytes -= pendingBytesOf(record);
     this.#released++;
     this.#releasesSinceCheckpoint++;
     this.#advanceTail();
@@ -962,11 +991,12 @@ export class FileJournal implements Journal {
   }
 
   /**
-   * The unacknowledged entries, oldest first, read back from the file (CRC-checked) unless still in memory, see {@link Journal.pending}.
+   * The unacknowledged entries, oldest first, read back from the file (CRC-checked) unless still in memory, see
+   * {@link Journal.pending}. A zero record reads back as its header and 8-byte length, never as its range.
    *
    * @throws {BlockMirrorError} `BM_ERR_IO` when a record reads back corrupt or the read fails.
    */
-  async *pending(afterSeq = 0): AsyncGenerator<JournalEntry, void, undefined> {
+  async *pending(afterSeq = 0): AsyncGenerator<PendingJournalEntry, void, undefined> {
     let after = afterSeq;
     for (;;) {
       if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
@@ -1007,7 +1037,14 @@ export class FileJournal implements Journal {
         const at = r.recordAbs - startAbs;
         const h = decodeRecordHeader(chunk, at);
         const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + r.dataLength);
-        if (h === undefined || h.seq !== r.seq || h.dataLength !== r.dataLength || !recordCrcOk(chunk, at, payload)) {
+        if (
+          h === undefined ||
+          h.seq !== r.seq ||
+          h.dataLength !== r.dataLength ||
+          ((h.flags & FLAG_ZERO) !== 0) !== (r.kind === 'zero') ||
+          !recordCrcOk(chunk, at, payload) ||
+          (r.kind === 'zero' && decodeZeroPayload(payload) !== r.length)
+        ) {
           throw new BlockMirrorError('BM_ERR_IO', `journal record seq ${r.seq} reads back corrupt`, {
             details: { path: this.path, seq: r.seq, position: r.recordAbs % this.#ring },
           });
@@ -1017,8 +1054,8 @@ export class FileJournal implements Journal {
     }
   }
 
-  #entry(record: FileRecord, data: Buffer): JournalEntry {
-    return { seq: record.seq, offset: record.offset, data, fua: record.fua, timestamp: record.timestamp };
+  #entry(record: FileRecord, data: Buffer): PendingJournalEntry {
+    return pendingEntry(record.kind, record.seq, record.offset, record.length, data, record.fua, record.timestamp);
   }
 
   /** A snapshot of the counters, with the file-specific ones. */

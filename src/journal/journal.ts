@@ -12,26 +12,114 @@
 
 import { BlockMirrorError } from '../errors.js';
 
-/** One journaled write. */
-export interface JournalEntry {
+/** Fields shared by every kind of {@link JournalEntry}. */
+export interface JournalEntryBase {
   /**
-   * Sequence number of the write in the volume's replication stream: a
+   * Sequence number of the request in the volume's replication stream: a
    * positive safe integer, strictly increasing from one append to the next
-   * (gaps are allowed).
+   * (gaps are allowed), whatever the kind of entry.
    */
   seq: number;
-  /** Byte offset of the write in the volume (a non-negative safe integer). */
+  /** Byte offset of the request in the volume (a non-negative safe integer). */
   offset: number;
+  /** The request carried FUA (force unit access). */
+  fua: boolean;
+  /** When the request was accepted (milliseconds; any finite number, stored as a float64). */
+  timestamp: number;
+}
+
+/**
+ * A journaled write: its payload is kept in the journal. The default kind: an
+ * entry without `kind` is a write.
+ */
+export interface JournalWriteEntry extends JournalEntryBase {
+  /** `'write'` (or absent). */
+  kind?: 'write';
   /**
    * The written bytes. The journal keeps a reference (no copy): the caller must
    * not modify the buffer after `append()`. Entries yielded by
    * {@link Journal.pending} carry buffers the caller must not modify either.
    */
   data: Buffer;
-  /** The write carried FUA (force unit access). */
-  fua: boolean;
-  /** When the write was accepted (milliseconds; any finite number, stored as a float64). */
-  timestamp: number;
+}
+
+/**
+ * A journaled zero / TRIM of `length` bytes at `offset`: a range record
+ * without payload. It occupies the journal space of an empty write (its
+ * header), whatever its length, and adds nothing to
+ * {@link Journal.pendingBytes}.
+ *
+ * @example
+ * ```ts
+ * await journal.append({ kind: 'zero', seq, offset, length: 5 * 2 ** 30, fua: false, timestamp: Date.now() });
+ * ```
+ */
+export interface JournalZeroEntry extends JournalEntryBase {
+  /** `'zero'`: discriminates this kind. */
+  kind: 'zero';
+  /**
+   * Bytes zeroed from `offset`: any non-negative safe integer (up to
+   * `Number.MAX_SAFE_INTEGER`; more than 4 GiB is fine, nothing of that size
+   * is ever allocated).
+   */
+  length: number;
+  /**
+   * No payload: omit it on `append()` (an empty buffer is accepted, anything
+   * else is refused). Entries yielded by {@link Journal.pending} carry an
+   * empty buffer here only so that code reading `data` keeps compiling: test
+   * `kind` first.
+   */
+  data?: Buffer;
+}
+
+/**
+ * An entry to append: a {@link JournalWriteEntry} (`kind` absent or
+ * `'write'`) or a {@link JournalZeroEntry} (`kind: 'zero'`).
+ */
+export type JournalEntry = JournalWriteEntry | JournalZeroEntry;
+
+/** A write as yielded by {@link Journal.pending}: `kind` and `length` (= `data.length`) are always set. */
+export interface PendingWriteEntry extends JournalWriteEntry {
+  kind: 'write';
+  /** Bytes covered in the volume: `data.length`. */
+  length: number;
+}
+
+/** A zero range as yielded by {@link Journal.pending}: `data` is always an empty buffer (no payload). */
+export interface PendingZeroEntry extends JournalZeroEntry {
+  /** Always empty (see {@link JournalZeroEntry.data}). */
+  data: Buffer;
+}
+
+/**
+ * An entry yielded by {@link Journal.pending}: `kind` tells a write (payload
+ * in `data`) from a zero range (no payload, `data` empty); `length` is the
+ * number of volume bytes covered for both. A zero entry is never materialized
+ * as zero bytes.
+ */
+export type PendingJournalEntry = PendingWriteEntry | PendingZeroEntry;
+
+/** The shared empty payload of zero entries yielded by {@link Journal.pending}. @internal */
+export const NO_PAYLOAD: Buffer = Buffer.alloc(0);
+
+/** Payload bytes of an entry that passed {@link validateEntry} (0 for a zero range). @internal */
+export function payloadLength(entry: JournalEntry): number {
+  return entry.kind === 'zero' ? 0 : entry.data.length;
+}
+
+/** The {@link PendingJournalEntry} of a record. @internal */
+export function pendingEntry(
+  kind: 'write' | 'zero',
+  seq: number,
+  offset: number,
+  length: number,
+  data: Buffer,
+  fua: boolean,
+  timestamp: number,
+): PendingJournalEntry {
+  return kind === 'zero'
+    ? { kind, seq, offset, length, data: NO_PAYLOAD, fua, timestamp }
+    : { kind, seq, offset, length: data.length, data, fua, timestamp };
 }
 
 /** Counters of a {@link Journal}. */
@@ -55,8 +143,8 @@ export interface JournalStats {
 }
 
 /**
- * A durable (or volatile) FIFO of mirrored writes, freed by target
- * acknowledgements.
+ * A durable (or volatile) FIFO of mirrored writes and zero ranges, freed by
+ * target acknowledgements.
  *
  * Contract (checked by the shared suite in `test/journal/journal-suite.ts`):
  * - `append()` validates synchronously: a bad entry or a `seq` not greater
@@ -73,8 +161,10 @@ export interface JournalStats {
  */
 export interface Journal {
   /**
-   * Appends a record; resolves once it is durable per the journal's fsync
-   * policy (at once for a {@link MemoryJournal}).
+   * Appends a record: a write (`{ seq, offset, data, fua, timestamp }`, `kind`
+   * absent or `'write'`) or a zero range (`{ kind: 'zero', seq, offset,
+   * length, fua, timestamp }`, no `data`). Resolves once it is durable per the
+   * journal's fsync policy (at once for a {@link MemoryJournal}).
    *
    * @throws {BlockMirrorError} `BM_ERR_JOURNAL_FULL` when the record does not fit
    *   (nothing is written), `BM_ERR_INVALID_ARGUMENT` for a bad entry or a `seq`
@@ -89,17 +179,22 @@ export interface Journal {
    */
   release(seq: number): void;
   /**
-   * The unacknowledged entries, oldest first (FIFO), data included (read from
-   * disk for a {@link FileJournal}). The iteration is live: entries released
-   * before they are reached are skipped, entries appended meanwhile are
-   * included.
+   * The unacknowledged entries, oldest first (FIFO), writes and zero ranges
+   * interleaved as appended, write data included (read from disk for a
+   * {@link FileJournal}); a zero entry comes as `{ kind: 'zero', length }`
+   * with an empty `data`, never as a buffer of zeros. The iteration is live:
+   * entries released before they are reached are skipped, entries appended
+   * meanwhile are included.
    *
    * @param afterSeq Start after this sequence number (default 0: from the oldest).
    */
-  pending(afterSeq?: number): AsyncIterable<JournalEntry>;
-  /** Number of unacknowledged entries. */
+  pending(afterSeq?: number): AsyncIterable<PendingJournalEntry>;
+  /** Number of unacknowledged entries (zero entries included). */
   readonly size: number;
-  /** Payload bytes of the unacknowledged entries. */
+  /**
+   * Payload bytes of the unacknowledged entries: the `data` bytes of the
+   * writes; zero entries count 0, whatever their length.
+   */
   readonly pendingBytes: number;
   /** Highest `seq` ever appended (survives a restart for a {@link FileJournal}); 0 if none. */
   readonly lastSeq: number;
@@ -114,7 +209,8 @@ export function validateEntry(entry: JournalEntry, lastSeq: number): void {
   if (entry === null || typeof entry !== 'object') {
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'journal entry must be an object');
   }
-  const { seq, offset, data, fua, timestamp } = entry;
+  const { seq, offset, fua, timestamp } = entry;
+  const kind: unknown = entry.kind;
   if (!Number.isSafeInteger(seq) || seq <= 0) {
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `journal entry seq must be a positive safe integer, got ${String(seq)}`, {
       details: { seq },
@@ -130,8 +226,24 @@ export function validateEntry(entry: JournalEntry, lastSeq: number): void {
       details: { seq, offset },
     });
   }
-  if (!Buffer.isBuffer(data)) {
-    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'journal entry data must be a Buffer', { details: { seq } });
+  if (kind === 'zero') {
+    const { length, data } = entry as JournalZeroEntry;
+    if (!Number.isSafeInteger(length) || length < 0) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `journal zero entry length must be a non-negative safe integer, got ${String(length)}`, {
+        details: { seq, length },
+      });
+    }
+    if (data !== undefined && !(Buffer.isBuffer(data) && data.length === 0)) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'journal zero entry must not carry data', { details: { seq } });
+    }
+  } else if (kind === undefined || kind === 'write') {
+    if (!Buffer.isBuffer((entry as JournalWriteEntry).data)) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'journal entry data must be a Buffer', { details: { seq } });
+    }
+  } else {
+    throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `journal entry kind must be 'write' or 'zero', got ${String(kind)}`, {
+      details: { seq },
+    });
   }
   if (typeof fua !== 'boolean') {
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'journal entry fua must be a boolean', { details: { seq } });

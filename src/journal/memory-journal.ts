@@ -5,15 +5,16 @@
  */
 
 import { BlockMirrorError } from '../errors.js';
-import type { Journal, JournalEntry, JournalStats } from './journal.js';
-import { validateCapacity, validateEntry } from './journal.js';
+import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from './journal.js';
+import { NO_PAYLOAD, payloadLength, pendingEntry, validateCapacity, validateEntry } from './journal.js';
 import { SeqQueue } from './seq-queue.js';
 
 /** Options of {@link MemoryJournal}. */
 export interface MemoryJournalOptions {
   /**
-   * Journal space in bytes. Each record occupies its payload length plus
-   * {@link MEMORY_RECORD_OVERHEAD} bytes. At least 1024.
+   * Journal space in bytes. Each record occupies its payload length (0 for a
+   * zero range, whatever its length) plus {@link MEMORY_RECORD_OVERHEAD}
+   * bytes. At least 1024.
    */
   capacityBytes: number;
 }
@@ -22,8 +23,12 @@ export interface MemoryJournalOptions {
 export const MEMORY_RECORD_OVERHEAD = 64;
 
 interface MemoryRecord {
+  readonly kind: 'write' | 'zero';
   readonly seq: number;
   readonly offset: number;
+  /** Volume bytes covered (the zeroed length of a zero range). */
+  readonly length: number;
+  /** The payload (empty for a zero range). */
   readonly data: Buffer;
   readonly fua: boolean;
   readonly timestamp: number;
@@ -33,7 +38,8 @@ interface MemoryRecord {
 /**
  * A {@link Journal} kept in memory: nothing survives the process. For tests and
  * for volumes configured without a journal directory. Appends resolve at once
- * (in a microtask); the payload buffers are referenced, not copied.
+ * (in a microtask); the payload buffers are referenced, not copied; a zero
+ * range is kept as its length, never as a buffer.
  *
  * @example
  * ```ts
@@ -65,7 +71,7 @@ export class MemoryJournal implements Journal {
     return this.#size;
   }
 
-  /** Payload bytes of the unacknowledged entries. */
+  /** Payload bytes of the unacknowledged entries (zero ranges count 0). */
   get pendingBytes(): number {
     return this.#pendingBytes;
   }
@@ -79,16 +85,19 @@ export class MemoryJournal implements Journal {
   async append(entry: JournalEntry): Promise<void> {
     if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
     validateEntry(entry, this.#lastSeq);
-    const footprint = entry.data.length + MEMORY_RECORD_OVERHEAD;
+    const payload = payloadLength(entry);
+    const footprint = payload + MEMORY_RECORD_OVERHEAD;
     if (this.#usedBytes + footprint > this.#capacity) {
       throw new BlockMirrorError('BM_ERR_JOURNAL_FULL', `journal full: record of ${footprint} bytes does not fit`, {
         details: { seq: entry.seq, recordBytes: footprint, usedBytes: this.#usedBytes, capacityBytes: this.#capacity },
       });
     }
     this.#records.push({
+      kind: entry.kind === 'zero' ? 'zero' : 'write',
       seq: entry.seq,
       offset: entry.offset,
-      data: entry.data,
+      length: entry.kind === 'zero' ? entry.length : payload,
+      data: entry.kind === 'zero' ? NO_PAYLOAD : entry.data,
       fua: entry.fua,
       timestamp: entry.timestamp,
       released: false,
@@ -97,7 +106,7 @@ export class MemoryJournal implements Journal {
     this.#usedBytes += footprint;
     if (this.#usedBytes > this.#highWater) this.#highWater = this.#usedBytes;
     this.#size++;
-    this.#pendingBytes += entry.data.length;
+    this.#pendingBytes += payload;
     this.#appended++;
   }
 
@@ -117,7 +126,7 @@ export class MemoryJournal implements Journal {
   }
 
   /** The unacknowledged entries, oldest first, see {@link Journal.pending}. */
-  async *pending(afterSeq = 0): AsyncGenerator<JournalEntry, void, undefined> {
+  async *pending(afterSeq = 0): AsyncGenerator<PendingJournalEntry, void, undefined> {
     let after = afterSeq;
     for (;;) {
       if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
@@ -126,7 +135,7 @@ export class MemoryJournal implements Journal {
       while (record !== undefined && record.released) record = this.#records.at(++i);
       if (record === undefined) return;
       after = record.seq;
-      yield { seq: record.seq, offset: record.offset, data: record.data, fua: record.fua, timestamp: record.timestamp };
+      yield pendingEntry(record.kind, record.seq, record.offset, record.length, record.data, record.fua, record.timestamp);
     }
   }
 

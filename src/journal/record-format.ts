@@ -13,11 +13,25 @@
  * Record header (48 bytes), followed by the payload, the record padded to a
  * multiple of 512 bytes in the ring (padding bytes are not written):
  * ```
- *  0 u32 magic 'BMJR'     4 u16 version      6 u16 flags (1 = FUA, 2 = wrap padding)
+ *  0 u32 magic 'BMJR'     4 u16 version      6 u16 flags (1 = FUA, 2 = wrap padding, 4 = zero range)
  *  8 u32 journal id      12 u32 epoch       16 u64 seq
  * 24 f64 timestamp       32 u64 volume offset
  * 40 u32 payload length  44 u32 CRC-32 of bytes 0..43 followed by the payload
  * ```
+ *
+ * Record kinds:
+ * - write (no kind flag): the payload is the written data.
+ * - zero range (flag 4, version 2 only): a zero / TRIM of the volume without
+ *   payload bytes; its payload is 8 bytes, the u64 length of the range (so a
+ *   zero record always fits one 512-byte slot, whatever its length), covered
+ *   by the CRC like any payload.
+ * - wrap padding (flag 2): no payload; see {@link FLAG_PAD}.
+ *
+ * Versions: version 1 (no zero records) and version 2 share this layout.
+ * This build writes version 2 records and superblocks and reads both; a
+ * version-1 file is taken over as is (its records replay unchanged; its
+ * superblock is rewritten as version 2 at open, so a version-1 build then
+ * refuses the file with `BM_ERR_NOT_SUPPORTED` instead of misreading it).
  *
  * Superblock slot (512 bytes):
  * ```
@@ -48,8 +62,10 @@ export const SUPERBLOCK_SLOTS = [0, 4096] as const;
 export const SUPERBLOCK_BYTES = 512;
 /** Bytes of a record header. */
 export const RECORD_HEADER_BYTES = 48;
-/** Format version written by this build. */
-export const FORMAT_VERSION = 1;
+/** Format version written by this build (2: zero range records). */
+export const FORMAT_VERSION = 2;
+/** Oldest format version this build reads (1: writes and wrap markers only). */
+export const MIN_FORMAT_VERSION = 1;
 /** 'BMJR' as a little-endian u32. */
 export const RECORD_MAGIC = 0x524a4d42;
 /** 'BMJS' as a little-endian u32. */
@@ -58,6 +74,10 @@ export const SUPERBLOCK_MAGIC = 0x534a4d42;
 export const FLAG_FUA = 1;
 /** Record flag: wrap padding up to the end of the ring; the record with the same seq follows at position 0. */
 export const FLAG_PAD = 2;
+/** Record flag (version 2): a zero range; the payload is {@link ZERO_PAYLOAD_BYTES} bytes, the u64 range length. */
+export const FLAG_ZERO = 4;
+/** Payload bytes of a zero range record (the u64 length). */
+export const ZERO_PAYLOAD_BYTES = 8;
 
 const TWO_32 = 2 ** 32;
 const CRC_FIELD = 44;
@@ -90,6 +110,8 @@ function readU64(buf: Buffer, at: number): number {
 
 /** Fields of a record header. */
 export interface RecordHeader {
+  /** Format version of the record ({@link MIN_FORMAT_VERSION} … {@link FORMAT_VERSION}). */
+  version: number;
   flags: number;
   journalId: number;
   epoch: number;
@@ -100,13 +122,31 @@ export interface RecordHeader {
   crc: number;
 }
 
+/** True when `flags` is a valid combination for a record of format `version`. */
+export function recordFlagsValid(version: number, flags: number): boolean {
+  const known = version >= 2 ? FLAG_FUA | FLAG_PAD | FLAG_ZERO : FLAG_FUA | FLAG_PAD;
+  return (flags & ~known) === 0 && (flags & (FLAG_PAD | FLAG_ZERO)) !== (FLAG_PAD | FLAG_ZERO);
+}
+
+/** The payload of a zero range record of `length` bytes. */
+export function encodeZeroPayload(length: number): Buffer {
+  const out = Buffer.allocUnsafe(ZERO_PAYLOAD_BYTES);
+  writeU64(out, 0, length);
+  return out;
+}
+
+/** The range length stored in a zero record's payload; -1 when it is not {@link ZERO_PAYLOAD_BYTES} bytes of a safe integer. */
+export function decodeZeroPayload(payload: Buffer): number {
+  return payload.length === ZERO_PAYLOAD_BYTES ? readU64(payload, 0) : -1;
+}
+
 /**
- * Writes a record header into `out` (48 bytes at 0) with the CRC over the
- * header fields and `payload`.
+ * Writes a record header of the current {@link FORMAT_VERSION} into `out`
+ * (48 bytes at 0) with the CRC over the header fields and `payload`.
  */
 export function encodeRecordHeader(
   out: Buffer,
-  fields: Omit<RecordHeader, 'crc' | 'dataLength'>,
+  fields: Omit<RecordHeader, 'version' | 'crc' | 'dataLength'>,
   payload: Uint8Array,
 ): void {
   out.writeUInt32LE(RECORD_MAGIC, 0);
@@ -123,16 +163,19 @@ export function encodeRecordHeader(
 
 /**
  * Parses the record header at `buf[at..at+48)`; undefined when the magic,
- * version or a 64-bit field is invalid. The CRC is not checked here (see
- * {@link recordCrcOk}).
+ * version (not {@link MIN_FORMAT_VERSION} … {@link FORMAT_VERSION}) or a
+ * 64-bit field is invalid. Neither the CRC (see {@link recordCrcOk}) nor the
+ * flags (see {@link recordFlagsValid}) are checked here.
  */
 export function decodeRecordHeader(buf: Buffer, at = 0): RecordHeader | undefined {
   if (buf.length - at < RECORD_HEADER_BYTES) return undefined;
-  if (buf.readUInt32LE(at) !== RECORD_MAGIC || buf.readUInt16LE(at + 4) !== FORMAT_VERSION) return undefined;
+  const version = buf.readUInt16LE(at + 4);
+  if (buf.readUInt32LE(at) !== RECORD_MAGIC || version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) return undefined;
   const seq = readU64(buf, at + 16);
   const offset = readU64(buf, at + 32);
   if (seq <= 0 || offset < 0) return undefined;
   return {
+    version,
     flags: buf.readUInt16LE(at + 6),
     journalId: buf.readUInt32LE(at + 8),
     epoch: buf.readUInt32LE(at + 12),
@@ -197,7 +240,10 @@ export type SuperblockResult =
   | { ok: true; superblock: Superblock }
   | { ok: false; reason: 'empty' | 'invalid' | 'version'; version?: number };
 
-/** Decodes a superblock slot: `empty` when all zero, `version` for a newer format, `invalid` otherwise. */
+/**
+ * Decodes a superblock slot (version {@link MIN_FORMAT_VERSION} … {@link FORMAT_VERSION}: same layout):
+ * `empty` when all zero, `version` for another format, `invalid` otherwise.
+ */
 export function decodeSuperblock(buf: Buffer): SuperblockResult {
   if (buf.length < SUPERBLOCK_BYTES) return { ok: false, reason: buf.every((b) => b === 0) ? 'empty' : 'invalid' };
   if (buf.readUInt32LE(0) !== SUPERBLOCK_MAGIC) {
@@ -205,7 +251,7 @@ export function decodeSuperblock(buf: Buffer): SuperblockResult {
   }
   if (crc32(buf.subarray(0, SUPER_CRC_FIELD)) !== buf.readUInt32LE(SUPER_CRC_FIELD)) return { ok: false, reason: 'invalid' };
   const version = buf.readUInt16LE(4);
-  if (version !== FORMAT_VERSION) return { ok: false, reason: 'version', version };
+  if (version < MIN_FORMAT_VERSION || version > FORMAT_VERSION) return { ok: false, reason: 'version', version };
   const superblock: Superblock = {
     journalId: buf.readUInt32LE(8),
     ringBytes: readU64(buf, 16),

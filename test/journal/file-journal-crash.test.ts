@@ -9,27 +9,30 @@ import fc from 'fast-check';
 import { isBlockMirrorError } from '../../src/errors.js';
 import { FileJournal } from '../../src/journal/file-journal.js';
 import type { JournalFsyncPolicy } from '../../src/journal/file-journal.js';
-import type { JournalEntry } from '../../src/journal/journal.js';
-import { ALIGN, FLAG_PAD, RECORD_HEADER_BYTES, RING_START, decodeRecordHeader } from '../../src/journal/record-format.js';
-import { assertEntries, collect, crashEntry, makeEntry } from './helpers.js';
+import type { JournalEntry, PendingJournalEntry } from '../../src/journal/journal.js';
+import { ALIGN, FLAG_PAD, FLAG_ZERO, RECORD_HEADER_BYTES, RING_START, decodeRecordHeader } from '../../src/journal/record-format.js';
+import { assertEntries, collect, crashEntry, makeEntry, makeZero } from './helpers.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const repoRoot = resolve(here, '..', '..');
 const dir = mkdtempSync(join(tmpdir(), 'bm-journal-crash-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
-/** Records (not wrap markers) whose header parses in a journal file: file offset, seq, payload length. */
-function scanRecords(file: Buffer): Array<{ at: number; seq: number; dataLength: number }> {
-  const out: Array<{ at: number; seq: number; dataLength: number }> = [];
+/** Records (not wrap markers; zero records included, 8 payload bytes) whose header parses in a journal file: file offset, seq, payload length. */
+function scanRecords(file: Buffer): Array<{ at: number; seq: number; dataLength: number; zero: boolean }> {
+  const out: Array<{ at: number; seq: number; dataLength: number; zero: boolean }> = [];
   for (let at = RING_START; at + RECORD_HEADER_BYTES <= file.length; at += ALIGN) {
     const h = decodeRecordHeader(file, at);
-    if (h !== undefined && (h.flags & FLAG_PAD) === 0) out.push({ at, seq: h.seq, dataLength: h.dataLength });
+    if (h !== undefined && (h.flags & FLAG_PAD) === 0) {
+      out.push({ at, seq: h.seq, dataLength: h.dataLength, zero: (h.flags & FLAG_ZERO) !== 0 });
+    }
   }
   return out;
 }
 
 type Command =
   | { kind: 'append'; size: number; gap: number; fua: boolean }
+  | { kind: 'zero'; length: number; gap: number; fua: boolean }
   | { kind: 'release'; pick: number; oldest: boolean }
   | { kind: 'reopen' };
 
@@ -44,6 +47,16 @@ const commandArb: fc.Arbitrary<Command> = fc.oneof(
     arbitrary: fc.record({
       kind: fc.constant('append' as const),
       size: fc.oneof(fc.integer({ min: 0, max: 600 }), fc.integer({ min: 0, max: 7000 })),
+      gap: fc.integer({ min: 1, max: 3 }),
+      fua: fc.boolean(),
+    }),
+  },
+  {
+    weight: 2,
+    arbitrary: fc.record({
+      kind: fc.constant('zero' as const),
+      // Small ranges and ranges beyond 4 GiB, up to the largest safe integer.
+      length: fc.oneof(fc.integer({ min: 0, max: 1 << 20 }), fc.integer({ min: 2 ** 32, max: Number.MAX_SAFE_INTEGER })),
       gap: fc.integer({ min: 1, max: 3 }),
       fua: fc.boolean(),
     }),
@@ -83,13 +96,13 @@ const scenarioArb = fc.record({
   damage: damageArb,
 });
 
-/** Damages the crash copy in its newest records (the tail region of the log). */
-function damage(path: string, d: Damage): void {
-  if (d.kind === 'none') return;
+/** Damages the crash copy in its newest records (the tail region of the log); true when it hit a zero record. */
+function damage(path: string, d: Damage): boolean {
+  if (d.kind === 'none') return false;
   const file = readFileSync(path);
   const records = scanRecords(file).sort((a, b) => b.seq - a.seq);
   const target = records[Math.min(d.newest, records.length) - 1];
-  if (target === undefined) return;
+  if (target === undefined) return false;
   const span = RECORD_HEADER_BYTES + target.dataLength;
   if (d.kind === 'truncate') {
     truncateSync(path, target.at + Math.floor(d.at * span));
@@ -100,11 +113,14 @@ function damage(path: string, d: Damage): void {
     }
     writeFileSync(path, file);
   }
+  return target.zero;
 }
 
 describe('FileJournal crash recovery', () => {
-  it('SPEC 16: after a crash at any point (torn or corrupt tail) replay is an in-order run of intact records, holes only where released, no resolved unreleased record lost', async () => {
+  it('SPEC 16: after a crash at any point (torn or corrupt tail) replay is an in-order run of intact records (writes and zero ranges), holes only where released, no resolved unreleased record lost', async () => {
     let run = 0;
+    let zeroDamaged = 0;
+    let zeroReplayed = 0;
     await fc.assert(
       fc.asyncProperty(scenarioArb, async (scenario) => {
         const path = join(dir, `prop-${++run}.journal`);
@@ -117,8 +133,11 @@ describe('FileJournal crash recovery', () => {
         let seq = 0;
         const unreleased = (): JournalEntry[] => appended.filter((e) => !released.has(e.seq));
         for (const command of scenario.commands) {
-          if (command.kind === 'append') {
-            const entry = makeEntry(seq + command.gap, command.size, { fua: command.fua });
+          if (command.kind === 'append' || command.kind === 'zero') {
+            const entry =
+              command.kind === 'zero'
+                ? makeZero(seq + command.gap, command.length, { fua: command.fua })
+                : makeEntry(seq + command.gap, command.size, { fua: command.fua });
             try {
               await journal.append(entry);
               seq = entry.seq;
@@ -144,7 +163,7 @@ describe('FileJournal crash recovery', () => {
         // Appends still in flight when the process "crashes".
         const inFlight: Promise<void>[] = [];
         for (let i = 0; i < scenario.inFlight; i++) {
-          const entry = makeEntry(seq + 1, 1000 + i * 700);
+          const entry = i % 3 === 1 ? makeZero(seq + 1, 2 ** 33 + i) : makeEntry(seq + 1, 1000 + i * 700);
           const p = journal.append(entry);
           inFlight.push(p.catch(() => undefined));
           if (journal.lastSeq === entry.seq) {
@@ -156,9 +175,10 @@ describe('FileJournal crash recovery', () => {
         await Promise.all(inFlight);
         await journal.close();
 
-        damage(crashPath, scenario.damage);
+        if (damage(crashPath, scenario.damage)) zeroDamaged++;
         const recovered = await FileJournal.open(crashPath);
         const replayed = await collect(recovered);
+        if (replayed.some((e) => e.kind === 'zero')) zeroReplayed++;
         assert.equal(recovered.size, replayed.length);
         const index = new Map(appended.map((e, i) => [e.seq, i]));
         // Never garbage: every replayed record is one that was appended, with its exact content, in order,
@@ -204,9 +224,12 @@ describe('FileJournal crash recovery', () => {
       }),
       { seed: 0x5eed16, numRuns: 60 },
     );
+    // The fixed seed covers torn / corrupt zero records and recoveries that replay zero records.
+    assert.ok(zeroDamaged >= 3, `zero records damaged in ${zeroDamaged} runs`);
+    assert.ok(zeroReplayed >= 10, `zero records replayed in ${zeroReplayed} runs`);
   });
 
-  it('SPEC 16/17: a writer SIGKILLed mid-stream loses no resolved, unreleased record', async () => {
+  it('SPEC 16/17: a writer SIGKILLed mid-stream (writes and zero ranges) loses no resolved, unreleased record', async () => {
     const path = join(dir, 'killed.journal');
     const child = spawn(process.execPath, ['--import', 'tsx', join(here, 'fixtures', 'crash-writer.ts'), path], {
       cwd: repoRoot,
@@ -247,10 +270,10 @@ describe('FileJournal crash recovery', () => {
       if (!releasedSeqs.has(seq)) assert.ok(replayedSeqs.has(seq), `resolved, unreleased seq ${seq} lost`);
     }
     for (let i = 0; i < replayed.length; i++) {
-      const entry = replayed[i] as JournalEntry;
+      const entry = replayed[i] as PendingJournalEntry;
       assertEntries([entry], [crashEntry(entry.seq)]);
       if (i > 0) {
-        const previous = (replayed[i - 1] as JournalEntry).seq;
+        const previous = (replayed[i - 1] as PendingJournalEntry).seq;
         assert.ok(entry.seq > previous, 'replay is in order');
         // Holes only where the writer released (the checkpoint remembers out-of-order releases).
         for (let skipped = previous + 1; skipped < entry.seq; skipped++) {
@@ -258,6 +281,7 @@ describe('FileJournal crash recovery', () => {
         }
       }
     }
+    assert.ok(replayed.some((e) => e.kind === 'zero'), 'zero ranges are replayed too');
     assert.ok(journal.lastSeq >= Math.max(...resolvedSeqs));
     await journal.close();
   });

@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { copyFileSync, existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { crc32 } from 'node:zlib';
 import { after, describe, it } from 'node:test';
 import FakeTimers from '@sinonjs/fake-timers';
 import { clockFrom } from '../../src/clock.js';
@@ -10,8 +12,17 @@ import type { ErrorCode } from '../../src/errors.js';
 import { FileJournal } from '../../src/journal/file-journal.js';
 import type { FileJournalOptions } from '../../src/journal/file-journal.js';
 import type { JournalEntry } from '../../src/journal/journal.js';
-import { ALIGN, RECORD_HEADER_BYTES, RING_START, recordBytes } from '../../src/journal/record-format.js';
-import { assertEntries, collect, makeEntry } from './helpers.js';
+import {
+  ALIGN,
+  FLAG_ZERO,
+  FORMAT_VERSION,
+  RECORD_HEADER_BYTES,
+  RING_START,
+  ZERO_PAYLOAD_BYTES,
+  decodeRecordHeader,
+  recordBytes,
+} from '../../src/journal/record-format.js';
+import { assertEntries, collect, makeEntry, makeZero, payloadOf } from './helpers.js';
 import { journalSuite } from './journal-suite.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bm-journal-'));
@@ -88,7 +99,8 @@ describe('FileJournal', () => {
     for (let cycle = 0; cycle < 12; cycle++) {
       // Append a few, release some (in and out of order), close, reopen, compare.
       for (let i = 0; i < 4; i++) {
-        const entry = makeEntry(++seq, ((seq * 977) % 2000) + (i === 0 ? 0 : 1));
+        ++seq;
+        const entry = i === 2 ? makeZero(seq, seq * 2 ** 30 + 7) : makeEntry(seq, ((seq * 977) % 2000) + (i === 0 ? 0 : 1));
         await journal.append(entry);
         model.push(entry);
       }
@@ -104,7 +116,7 @@ describe('FileJournal', () => {
       assert.equal(journal.lastSeq, seq);
       assert.equal(journal.size, model.length);
       assert.equal(journal.stats().recovered, model.length);
-      assert.equal(journal.pendingBytes, model.reduce((n, e) => n + e.data.length, 0));
+      assert.equal(journal.pendingBytes, model.reduce((n, e) => n + payloadOf(e), 0));
       assertEntries(await collect(journal), model, `cycle ${cycle}`);
     }
     await journal.close();
@@ -123,6 +135,32 @@ describe('FileJournal', () => {
     journal = await FileJournal.open(path);
     assert.equal(journal.lastSeq, Number.MAX_SAFE_INTEGER);
     assertEntries(await collect(journal), big);
+    await journal.close();
+  });
+
+  it('keeps zero ranges of any safe length (beyond 4 GiB, up to 2^53 - 1) exactly across a restart, one slot each', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    const lengths = [0, 1, 2 ** 32 - 1, 2 ** 32, 2 ** 32 + 1, 5 * 2 ** 30, 2 ** 52 + 3, Number.MAX_SAFE_INTEGER];
+    const zeros = lengths.map((length, i) => makeZero(i + 1, length, { offset: i * 2 ** 41, fua: i % 2 === 0 }));
+    await appendAll(journal, zeros);
+    assert.equal(journal.stats().usedBytes, lengths.length * ALIGN);
+    assert.equal(journal.pendingBytes, 0);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assert.equal(journal.size, lengths.length);
+    assert.equal(journal.pendingBytes, 0);
+    assert.equal(journal.stats().usedBytes, lengths.length * ALIGN);
+    assertEntries(await collect(journal), zeros);
+    // On disk: a zero record is its header plus the 8-byte length, flagged 4.
+    const file = readFileSync(path);
+    const at = findRecord(path, 6);
+    const h = decodeRecordHeader(file, at);
+    assert.ok(h !== undefined);
+    assert.equal(h.version, FORMAT_VERSION);
+    assert.equal(h.flags & FLAG_ZERO, FLAG_ZERO);
+    assert.equal(h.dataLength, ZERO_PAYLOAD_BYTES);
+    assert.equal(file.readUInt32LE(at + RECORD_HEADER_BYTES) + file.readUInt32LE(at + RECORD_HEADER_BYTES + 4) * 2 ** 32, 5 * 2 ** 30);
     await journal.close();
   });
 
@@ -177,6 +215,66 @@ describe('FileJournal', () => {
       assertEntries(await collect(again), [...expected, next]);
       await again.close();
     }
+    await journal.close();
+  });
+
+  it('SPEC 16: a torn or corrupt zero record is discarded like a write, never replayed', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 64 * 1024, fsync: 'always' });
+    const entries: JournalEntry[] = [makeEntry(1, 1500), makeZero(2, 2 ** 40), makeEntry(3, 100), makeZero(4, 6 * 2 ** 30)];
+    await appendAll(journal, entries);
+    const copies: Array<[string, JournalEntry[]]> = [];
+    const damaged = (name: string, expected: JournalEntry[], change: (file: Buffer) => Buffer): void => {
+      const copy = join(dir, `torn-zero-${name}.journal`);
+      writeFileSync(copy, change(readFileSync(path)));
+      copies.push([copy, expected]);
+    };
+    const zero4 = findRecord(path, 4);
+    const zero2 = findRecord(path, 2);
+    // A bit of the newest zero record's length: its CRC fails.
+    damaged('length', entries.slice(0, 3), (file) => {
+      file[zero4 + RECORD_HEADER_BYTES + 4] = (file[zero4 + RECORD_HEADER_BYTES + 4] as number) ^ 1;
+      return file;
+    });
+    // Its header written, its length not (torn inside the record).
+    damaged('cut', entries.slice(0, 3), (file) => file.subarray(0, zero4 + RECORD_HEADER_BYTES + 3));
+    // The zero flag of a middle record cleared: no longer a valid record, 2 and later are lost.
+    damaged('flag', entries.slice(0, 1), (file) => {
+      file.writeUInt16LE(file.readUInt16LE(zero2 + 6) & ~FLAG_ZERO, zero2 + 6);
+      return file;
+    });
+    for (const [copy, expected] of copies) {
+      const recovered = await FileJournal.open(copy);
+      assertEntries(await collect(recovered), expected, copy);
+      assert.equal(recovered.lastSeq, expected.at(-1)?.seq);
+      const next = makeZero(recovered.lastSeq + 1, 2 ** 45);
+      await recovered.append(next);
+      await recovered.close();
+      const again = await FileJournal.open(copy);
+      assertEntries(await collect(again), [...expected, next]);
+      await again.close();
+    }
+    await journal.close();
+  });
+
+  it('pending() reads zero records back from the file and refuses one altered after recovery with BM_ERR_IO', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    const entries: JournalEntry[] = [makeEntry(1, 700), makeZero(2, 7 * 2 ** 30), makeEntry(3, 10)];
+    await appendAll(journal, entries);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    assertEntries(await collect(journal), entries);
+    // The length of zero record 2 changes on disk under the open journal (CRC fixed up: only the
+    // cross-check against the recovered record can tell).
+    const file = readFileSync(path);
+    const at = findRecord(path, 2);
+    file.writeUInt32LE(12345, at + RECORD_HEADER_BYTES); // low word of the length
+    const payload = file.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + ZERO_PAYLOAD_BYTES);
+    file.writeUInt32LE(crc32(payload, crc32(file.subarray(at, at + 44))), at + 44);
+    writeFileSync(path, file);
+    await rejectsWith(collect(journal), 'BM_ERR_IO');
+    assertEntries(await collect(journal, 2), entries.slice(2));
     await journal.close();
   });
 
@@ -323,6 +421,101 @@ describe('FileJournal', () => {
     writeFileSync(path, zeros);
     await rejectsWith(FileJournal.open(path), 'BM_ERR_JOURNAL_CORRUPT');
     assert.ok(readFileSync(path).equals(zeros));
+  });
+
+  describe('version-1 journal files (written before zero records)', () => {
+    const fixtures = join(dirname(fileURLToPath(import.meta.url)), 'fixtures');
+    // Written by the FileJournal of commit 0e8ba6f (format version 1) with fsync 'always', capacity 8192:
+    // append 1, 2, 3 (fua) of 1000 bytes and 4 of 400; release 1, 2; append 5 (1000 bytes) and 6 (1500 bytes,
+    // wrapped: marker at the ring end, record at 0); release 4 (out of order); append 8 (0 bytes, fua, offset 2^40).
+    // `crashed` is a copy taken before close() (release 4 not checkpointed), `closed` one taken after it.
+    const v1 = {
+      1: makeEntry(1, 1000),
+      3: makeEntry(3, 1000, { fua: true }),
+      4: makeEntry(4, 400),
+      5: makeEntry(5, 1000),
+      6: makeEntry(6, 1500),
+      8: makeEntry(8, 0, { fua: true, offset: 2 ** 40 }),
+    };
+    const cases = [
+      { name: 'closed', expected: [v1[3], v1[5], v1[6], v1[8]] },
+      { name: 'crashed', expected: [v1[3], v1[4], v1[5], v1[6], v1[8]] },
+    ];
+    const ringRecords = (path: string): Array<{ seq: number; version: number; flags: number }> => {
+      const file = readFileSync(path);
+      const out: Array<{ seq: number; version: number; flags: number }> = [];
+      for (let at = RING_START; at + RECORD_HEADER_BYTES <= file.length; at += ALIGN) {
+        const h = decodeRecordHeader(file, at);
+        if (h !== undefined) out.push({ seq: h.seq, version: h.version, flags: h.flags });
+      }
+      return out;
+    };
+
+    for (const { name, expected } of cases) {
+      it(`replays the ${name} version-1 file exactly, then takes zero records and writes after its records`, async () => {
+        const path = freshPath();
+        copyFileSync(join(fixtures, `v1-journal-${name}.bin`), path);
+        assert.ok(ringRecords(path).every((r) => r.version === 1), 'the fixture holds version-1 records only');
+        assert.equal(readFileSync(path).readUInt16LE(4) | readFileSync(path).readUInt16LE(4096 + 4), 1);
+
+        let journal = await FileJournal.open(path);
+        assert.equal(journal.stats().capacityBytes, 8192);
+        assert.equal(journal.lastSeq, 8);
+        assert.equal(journal.size, expected.length);
+        assert.equal(journal.pendingBytes, expected.reduce((n, e) => n + e.data.length, 0));
+        assertEntries(await collect(journal), expected);
+
+        // The fixture's ring is full: free the oldest record, then put version-2 records (a zero range and a
+        // write) behind the version-1 ones.
+        await rejectsWith(journal.append(makeZero(9, 5 * 2 ** 30)), 'BM_ERR_JOURNAL_FULL');
+        journal.release(3);
+        const kept = expected.slice(1);
+        const added: JournalEntry[] = [makeZero(9, 5 * 2 ** 30), makeEntry(10, 300)];
+        await appendAll(journal, added);
+        const mixed = ringRecords(path);
+        assert.ok(mixed.some((r) => r.version === 1) && mixed.some((r) => r.version === FORMAT_VERSION));
+        await journal.close();
+        // The superblock is version 2 now: a version-1 build refuses the file instead of misreading it.
+        const file = readFileSync(path);
+        assert.ok([0, 4096].some((at) => file.readUInt16LE(at + 4) === FORMAT_VERSION));
+
+        journal = await FileJournal.open(path);
+        assertEntries(await collect(journal), [...kept, ...added]);
+        for (const entry of kept) journal.release(entry.seq);
+        // Up to the end of the ring and on at position 0 (zero record 14).
+        const more: JournalEntry[] = [
+          makeEntry(11, 2000),
+          makeZero(12, Number.MAX_SAFE_INTEGER),
+          makeEntry(13, 1600),
+          makeZero(14, 2 ** 33),
+          makeEntry(15, 400),
+        ];
+        await appendAll(journal, more);
+        assert.equal(findRecord(path, 14), RING_START, 'zero record 14 starts the next lap');
+        await journal.close();
+        journal = await FileJournal.open(path);
+        assertEntries(await collect(journal), [...added, ...more]);
+        await journal.close();
+      });
+    }
+
+    it('a version-1 record flagged as a zero range is not a valid record: the log ends before it', async () => {
+      const path = freshPath();
+      copyFileSync(join(fixtures, 'v1-journal-closed.bin'), path);
+      const file = readFileSync(path);
+      const at = findRecord(path, 8);
+      // Make record 8 a (version-1) zero record with a correct CRC: 8-byte payload, flag 4.
+      file.writeUInt16LE(file.readUInt16LE(at + 6) | FLAG_ZERO, at + 6);
+      file.writeUInt32LE(ZERO_PAYLOAD_BYTES, at + 40);
+      file.fill(0, at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + ZERO_PAYLOAD_BYTES);
+      file[at + RECORD_HEADER_BYTES] = 1;
+      const payload = file.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + ZERO_PAYLOAD_BYTES);
+      file.writeUInt32LE(crc32(payload, crc32(file.subarray(at, at + 44))), at + 44);
+      writeFileSync(path, file);
+      const journal = await FileJournal.open(path);
+      assertEntries(await collect(journal), [v1[3], v1[5], v1[6]]);
+      await journal.close();
+    });
   });
 
   it('refuses a journal of a newer format version with BM_ERR_NOT_SUPPORTED', async () => {

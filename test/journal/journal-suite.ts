@@ -7,7 +7,7 @@ import { describe, it } from 'node:test';
 import { isBlockMirrorError } from '../../src/errors.js';
 import type { ErrorCode } from '../../src/errors.js';
 import type { Journal, JournalEntry } from '../../src/journal/journal.js';
-import { assertEntries, collect, makeEntry, prng } from './helpers.js';
+import { assertEntries, collect, makeEntry, makeZero, payloadOf, prng } from './helpers.js';
 
 /** Options of {@link journalSuite}. */
 export interface JournalSuiteOptions {
@@ -15,7 +15,7 @@ export interface JournalSuiteOptions {
   name: string;
   /** Creates an empty journal of (about) `capacityBytes` of space. */
   create(capacityBytes: number): Promise<Journal>;
-  /** Journal space occupied by a record with `dataLength` payload bytes. */
+  /** Journal space occupied by a write record with `dataLength` payload bytes (a zero range takes `footprint(0)`). */
   footprint(dataLength: number): number;
   /** Space that always stays free (the file ring keeps one 512-byte slot free: head = tail - 1). */
   reserveBytes: number;
@@ -60,12 +60,17 @@ export function journalSuite(options: JournalSuiteOptions): void {
         let seq = 0;
         for (let i = 0; i < 60; i++) {
           seq += 1 + Math.floor(random() * 3); // gaps are allowed
-          entries.push(makeEntry(seq, Math.floor(random() * 3000)));
+          // A quarter are zero ranges, some of them beyond 4 GiB.
+          const r = random();
+          if (r < 0.15) entries.push(makeZero(seq, Math.floor(random() * 1_000_000)));
+          else if (r < 0.25) entries.push(makeZero(seq, 2 ** 32 + Math.floor(random() * 2 ** 40)));
+          else entries.push(makeEntry(seq, Math.floor(random() * 3000)));
         }
         entries.push(makeEntry(++seq, 0)); // empty payload
+        entries.push(makeZero(++seq, 0)); // empty range
         for (const entry of entries) await journal.append(entry);
         assert.equal(journal.size, entries.length);
-        assert.equal(journal.pendingBytes, entries.reduce((n, e) => n + e.data.length, 0));
+        assert.equal(journal.pendingBytes, entries.reduce((n, e) => n + payloadOf(e), 0));
         assert.equal(journal.lastSeq, seq);
         assertEntries(await collect(journal), entries);
         // pending() can be read again and can start after a seq.
@@ -101,6 +106,7 @@ export function journalSuite(options: JournalSuiteOptions): void {
       try {
         await journal.append(makeEntry(5, 100));
         const good = makeEntry(6, 100);
+        const zero = makeZero(6, 4096);
         const bad: unknown[] = [
           makeEntry(5, 100), // not increasing
           makeEntry(4, 100),
@@ -115,6 +121,20 @@ export function journalSuite(options: JournalSuiteOptions): void {
           { ...good, fua: 1 },
           { ...good, timestamp: Number.NaN },
           { ...good, timestamp: '1' },
+          { ...good, kind: 'skip' },
+          { ...good, kind: null },
+          { ...zero, length: -1 },
+          { ...zero, length: 1.5 },
+          { ...zero, length: Number.MAX_SAFE_INTEGER + 1 },
+          { ...zero, length: Number.NaN },
+          { ...zero, length: '4096' },
+          { ...zero, length: undefined },
+          { ...zero, data: Buffer.alloc(1) },
+          { ...zero, data: 'x' },
+          { ...zero, seq: 5 },
+          { ...zero, offset: -1 },
+          { ...zero, fua: 'yes' },
+          { ...zero, timestamp: Number.POSITIVE_INFINITY },
           null,
         ];
         for (const entry of bad) {
@@ -124,7 +144,10 @@ export function journalSuite(options: JournalSuiteOptions): void {
         assert.equal(journal.lastSeq, 5);
         assert.equal(journal.stats().appended, 1);
         await journal.append(good);
-        assertEntries(await collect(journal), [makeEntry(5, 100), good]);
+        // A zero entry may carry an empty buffer; 'write' may be spelled out.
+        await journal.append({ ...makeZero(7, 512), data: Buffer.alloc(0) });
+        await journal.append({ ...makeEntry(8, 10), kind: 'write' });
+        assertEntries(await collect(journal), [makeEntry(5, 100), good, makeZero(7, 512), makeEntry(8, 10)]);
       } finally {
         await journal.close();
       }
@@ -233,11 +256,12 @@ export function journalSuite(options: JournalSuiteOptions): void {
         while (appendedBytes < 25 * capacity) {
           const r = random();
           if (r < 0.6 || model.length === 0) {
-            const entry = makeEntry(seq + 1, Math.floor(random() * 5000));
+            const entry =
+              random() < 0.2 ? makeZero(seq + 1, Math.floor(random() * 2 ** 34)) : makeEntry(seq + 1, Math.floor(random() * 5000));
             try {
               await journal.append(entry);
               seq++;
-              appendedBytes += entry.data.length;
+              appendedBytes += Math.max(payloadOf(entry), 500);
               model.push(entry);
             } catch (error) {
               assert.ok(isBlockMirrorError(error, 'BM_ERR_JOURNAL_FULL'), String(error));
@@ -264,7 +288,78 @@ export function journalSuite(options: JournalSuiteOptions): void {
         assert.equal(stats.released, released.size);
         assert.equal(stats.highWaterBytes, highWater);
         assert.ok(stats.highWaterBytes <= stats.capacityBytes - options.reserveBytes);
-        assert.equal(journal.pendingBytes, model.reduce((n, e) => n + e.data.length, 0));
+        assert.equal(journal.pendingBytes, model.reduce((n, e) => n + payloadOf(e), 0));
+      } finally {
+        await journal.close();
+      }
+    });
+
+    it('zero entries: a 5 GiB range is a header-sized record without payload, FIFO with the writes around it', async () => {
+      const journal = await create(64 * 1024);
+      try {
+        const entries: JournalEntry[] = [
+          makeEntry(1, 1000),
+          makeZero(2, 5 * 2 ** 30, { fua: true, offset: 2 ** 33 }),
+          makeEntry(3, 200),
+          makeZero(4, Number.MAX_SAFE_INTEGER, { offset: 0 }),
+          makeZero(5, 0),
+          makeZero(6, 2 ** 32),
+          makeEntry(7, 0),
+        ];
+        for (const entry of entries) await journal.append(entry);
+        assert.equal(journal.size, 7);
+        assert.equal(journal.pendingBytes, 1200, 'zero ranges count no payload bytes');
+        assert.equal(journal.lastSeq, 7);
+        const used = footprint(1000) + footprint(200) + 5 * footprint(0);
+        assert.equal(journal.stats().usedBytes, used, 'a zero range takes the space of an empty write');
+        assert.equal(journal.stats().highWaterBytes, used);
+        const replayed = await collect(journal);
+        assertEntries(replayed, entries);
+        const big = replayed[1];
+        assert.ok(big?.kind === 'zero');
+        assert.equal(big.length, 5 * 2 ** 30);
+        assert.equal(big.data.length, 0);
+        assert.equal(replayed[0]?.length, 1000, 'a write reports its length too');
+        assertEntries(await collect(journal, 2), entries.slice(2));
+        assertEntries(await collect(journal, 3), entries.slice(3));
+      } finally {
+        await journal.close();
+      }
+    });
+
+    it('zero entries: release and reclaim as for writes, also out of order; a full journal refuses them', async () => {
+      const journal = await create(16 * 1024);
+      try {
+        const capacityBytes = journal.stats().capacityBytes;
+        const fits = Math.floor((capacityBytes - options.reserveBytes) / footprint(0));
+        const entries: JournalEntry[] = [];
+        for (let seq = 1; seq <= fits; seq++) {
+          const entry = seq % 4 === 0 ? makeEntry(seq, 0) : makeZero(seq, seq * 2 ** 31);
+          await journal.append(entry);
+          entries.push(entry);
+        }
+        assert.equal(journal.stats().usedBytes, fits * footprint(0));
+        assert.equal(journal.pendingBytes, 0);
+        const next = makeZero(fits + 1, 2 ** 40);
+        await rejectsWith(journal.append(next), 'BM_ERR_JOURNAL_FULL');
+        assert.equal(journal.lastSeq, fits, 'a refused zero entry consumes no seq');
+
+        journal.release(2); // out of order: frees nothing
+        assert.equal(journal.size, fits - 1);
+        assert.equal(journal.stats().entries, fits);
+        await rejectsWith(journal.append(next), 'BM_ERR_JOURNAL_FULL');
+        journal.release(1); // frees 1 and 2
+        assert.equal(journal.stats().entries, fits - 2);
+        assert.equal(journal.stats().usedBytes, (fits - 2) * footprint(0));
+        await journal.append(next);
+        assertEntries(await collect(journal), [...entries.slice(2), next]);
+
+        for (const entry of [...entries, next]) journal.release(entry.seq);
+        assert.equal(journal.size, 0);
+        assert.equal(journal.stats().entries, 0);
+        assert.equal(journal.stats().usedBytes, 0);
+        assert.equal(journal.stats().released, fits + 1);
+        assert.deepEqual(await collect(journal), []);
       } finally {
         await journal.close();
       }
@@ -280,9 +375,10 @@ export function journalSuite(options: JournalSuiteOptions): void {
           if (entry.seq === 1) {
             journal.release(3);
             await journal.append(makeEntry(6, 500));
+            await journal.append(makeZero(7, 2 ** 33));
           }
         }
-        assert.deepEqual(seen, [1, 2, 4, 5, 6]);
+        assert.deepEqual(seen, [1, 2, 4, 5, 6, 7]);
       } finally {
         await journal.close();
       }
@@ -294,22 +390,23 @@ export function journalSuite(options: JournalSuiteOptions): void {
         await journal.append(makeEntry(1, 100));
         await journal.append(makeEntry(2, 2000));
         await journal.append(makeEntry(3, 0));
-        const used = footprint(100) + footprint(2000) + footprint(0);
+        await journal.append(makeZero(4, 2 ** 36));
+        const used = footprint(100) + footprint(2000) + 2 * footprint(0);
         const full = journal.stats();
-        assert.equal(full.entries, 3);
+        assert.equal(full.entries, 4);
         assert.equal(full.usedBytes, used);
         assert.equal(full.highWaterBytes, used);
-        assert.equal(full.appended, 3);
+        assert.equal(full.appended, 4);
         assert.equal(full.released, 0);
         journal.release(1);
         journal.release(2);
         const stats = journal.stats();
-        assert.equal(stats.entries, 1);
-        assert.equal(stats.usedBytes, footprint(0));
+        assert.equal(stats.entries, 2);
+        assert.equal(stats.usedBytes, 2 * footprint(0));
         assert.equal(stats.highWaterBytes, used);
         assert.equal(stats.released, 2);
         assert.equal(journal.pendingBytes, 0);
-        assert.equal(journal.size, 1);
+        assert.equal(journal.size, 2);
       } finally {
         await journal.close();
       }
@@ -329,9 +426,11 @@ export function journalSuite(options: JournalSuiteOptions): void {
     it('close() waits for appends in progress', async () => {
       const journal = await create(256 * 1024);
       let resolved = 0;
-      const appends = [1, 2, 3, 4].map((seq) => journal.append(makeEntry(seq, 8000)).then(() => void resolved++));
+      const appends = [1, 2, 3, 4, 5].map((seq) =>
+        journal.append(seq === 3 ? makeZero(seq, 2 ** 35) : makeEntry(seq, 8000)).then(() => void resolved++),
+      );
       await journal.close();
-      assert.equal(resolved, 4, 'every append resolved before close() did');
+      assert.equal(resolved, 5, 'every append resolved before close() did');
       await Promise.all(appends);
     });
   });
