@@ -115,6 +115,8 @@ export interface ReplicationLink {
   readonly outagePolicy: 'degrade' | 'suspend';
   /** Async mode: bytes written locally and not yet acknowledged by the target before new writes wait (0: no limit). */
   readonly maxAsyncLag: number;
+  /** Largest payload one mirror request can carry (the codec's `maxPayloadLength`): {@link PrimaryVolume.write} splits longer writes. */
+  readonly maxPayload: number;
 }
 
 /** Options of write/zero. */
@@ -282,10 +284,28 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * the volume's mode. In async mode the data is copied (you may reuse your
    * buffer once the promise resolves); in sync mode do not modify it until the
    * promise resolves.
+   *
+   * A write longer than one mirror request can carry (the link's payload
+   * limit, `limits.maxPayloadLength` of the primary) is applied and mirrored
+   * as consecutive parts of at most that size, each with its own seq, in
+   * order; it resolves once every part did, with one result: `failed` if any
+   * part failed (sync: `acknowledged` only if every part is), `seq` the last
+   * part's.
    */
   async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, data.length);
-    return this.#apply('write', offset, data.length, data, options.fua === true, options.transfer === true);
+    const fua = options.fua === true;
+    const transfer = options.transfer === true;
+    // one mirror request carries at most maxPayload bytes: a longer write goes as consecutive parts
+    const part = this.mode === 'local' ? data.length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
+    if (data.length <= part) return this.#apply('write', offset, data.length, data, fua, transfer);
+    if (part === 0) throw tooLarge(this.name, data.length, this.#link.maxPayload);
+    let result: WriteResult | undefined;
+    for (let pos = 0; pos < data.length; pos += part) {
+      const n = Math.min(part, data.length - pos);
+      result = combineResults(result, await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer));
+    }
+    return result!;
   }
 
   /** Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered like a write. */
@@ -323,6 +343,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       await this.#local(kind, offset, length, data, fua);
       return { mirror: 'not-mirrored' };
     }
+    if (kind === 'write' && length > this.#link.maxPayload) throw tooLarge(this.name, length, this.#link.maxPayload);
     let lag = 0;
     if (this.mode === 'async' && kind === 'write') {
       const waiting = this.#lagGate();
@@ -836,6 +857,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
           return 0;
         }
       }
+      if (region.length > this.#link.maxPayload) throw tooLarge(this.name, region.length, this.#link.maxPayload);
       const data = await this.device.read(region.offset, region.length);
       const seq = ++this.#lastSeq;
       this.#lastResyncSeq = seq;
@@ -878,6 +900,27 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
 function closedError(name: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);
+}
+
+/** A write that no mirror request can carry (its payload exceeds the link's limit): refused before it takes a seq. */
+function tooLarge(name: string, length: number, maxPayload: number): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_FRAME_TOO_LARGE', `volume ${name}: a mirror request of ${length} bytes exceeds the link's payload limit of ${maxPayload}`, {
+    details: { volume: name, payloadLength: length, maxPayloadLength: maxPayload },
+  });
+}
+
+/**
+ * Result of a write sent as parts: `failed` (with the first part's error) if
+ * any part failed, else the parts' common answer; `seq` is the last part's
+ * (once `ackedSeq` reaches it, every part is acknowledged).
+ */
+function combineResults(sofar: WriteResult | undefined, part: WriteResult): WriteResult {
+  if (sofar === undefined) return part;
+  const r: WriteResult = sofar.mirror === 'failed' ? { ...sofar } : { ...part };
+  const seq = part.seq ?? sofar.seq;
+  if (seq !== undefined) r.seq = seq;
+  else delete r.seq;
+  return r;
 }
 
 function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult {
