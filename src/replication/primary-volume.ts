@@ -294,24 +294,30 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, data.length);
-    const fua = options.fua === true;
-    const transfer = options.transfer === true;
-    // one mirror request carries at most maxPayload bytes: a longer write goes as consecutive parts
-    const part = this.mode === 'local' ? data.length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
-    if (data.length <= part) return this.#apply('write', offset, data.length, data, fua, transfer);
-    if (part === 0) throw tooLarge(this.name, data.length, this.#link.maxPayload);
-    let result: WriteResult | undefined;
-    for (let pos = 0; pos < data.length; pos += part) {
-      const n = Math.min(part, data.length - pos);
-      result = combineResults(result, await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer));
-    }
-    return result!;
+    return this.#inParts('write', offset, data.length, data, options.fua === true, options.transfer === true);
   }
 
-  /** Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered like a write. */
+  /**
+   * Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered
+   * like a write, in parts like a write (the journal keeps a zeroed range as
+   * a record of its length, replayed as a write).
+   */
   async zero(offset: number, length: number, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, length);
-    return this.#apply('zero', offset, length, undefined, options.fua === true);
+    return this.#inParts('zero', offset, length, undefined, options.fua === true, false);
+  }
+
+  /** {@link write} and {@link zero}: one request, or consecutive parts of at most the link's payload limit (rounded down to the block size). */
+  async #inParts(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer: boolean): Promise<WriteResult> {
+    const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
+    if (length <= part || (part === 0 && kind === 'zero')) return this.#apply(kind, offset, length, data, fua, transfer);
+    if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
+    let result: WriteResult | undefined;
+    for (let pos = 0; pos < length; pos += part) {
+      const n = Math.min(part, length - pos);
+      result = combineResults(result, await this.#apply(kind, offset + pos, n, data?.subarray(pos, pos + n), fua, transfer));
+    }
+    return result!;
   }
 
   /**
