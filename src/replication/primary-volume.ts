@@ -116,6 +116,8 @@ export interface ReplicationLink {
   readonly outagePolicy: 'degrade' | 'suspend';
   /** Async mode: bytes written locally and not yet acknowledged by the target before new writes wait (0: no limit). */
   readonly maxAsyncLag: number;
+  /** Largest payload one mirror request can carry (the codec's `maxPayloadLength`): {@link PrimaryVolume.write} splits longer writes. */
+  readonly maxPayload: number;
 }
 
 /** Options of write/zero. */
@@ -310,16 +312,40 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * the volume's mode. In async mode the data is copied (you may reuse your
    * buffer once the promise resolves); in sync mode do not modify it until the
    * promise resolves.
+   *
+   * A write longer than one mirror request can carry (the link's payload
+   * limit, `limits.maxPayloadLength` of the primary) is applied and mirrored
+   * as consecutive parts of at most that size, each with its own seq, in
+   * order; it resolves once every part did, with one result: `failed` if any
+   * part failed (sync: `acknowledged` only if every part is), `seq` the last
+   * part's.
    */
   async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, data.length);
-    return this.#apply('write', offset, data.length, data, options.fua === true, options.transfer === true);
+    return this.#inParts('write', offset, data.length, data, options.fua === true, options.transfer === true);
   }
 
-  /** Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered like a write. */
+  /**
+   * Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered
+   * like a write, in parts like a write (the journal keeps a zeroed range as
+   * a record of its length, replayed as a write).
+   */
   async zero(offset: number, length: number, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, length);
-    return this.#apply('zero', offset, length, undefined, options.fua === true);
+    return this.#inParts('zero', offset, length, undefined, options.fua === true, false);
+  }
+
+  /** {@link write} and {@link zero}: one request, or consecutive parts of at most the link's payload limit (rounded down to the block size). */
+  async #inParts(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer: boolean): Promise<WriteResult> {
+    const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
+    if (length <= part || (part === 0 && kind === 'zero')) return this.#apply(kind, offset, length, data, fua, transfer);
+    if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
+    let result: WriteResult | undefined;
+    for (let pos = 0; pos < length; pos += part) {
+      const n = Math.min(part, length - pos);
+      result = combineResults(result, await this.#apply(kind, offset + pos, n, data?.subarray(pos, pos + n), fua, transfer));
+    }
+    return result!;
   }
 
   /**
@@ -351,6 +377,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       await this.#local(kind, offset, length, data, fua);
       return { mirror: 'not-mirrored' };
     }
+    if (kind === 'write' && length > this.#link.maxPayload) throw tooLarge(this.name, length, this.#link.maxPayload);
     let lag = 0;
     if (this.mode === 'async' && kind === 'write') {
       const waiting = this.#lagGate();
@@ -1109,6 +1136,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
           return 0;
         }
       }
+      if (region.length > this.#link.maxPayload) throw tooLarge(this.name, region.length, this.#link.maxPayload);
       const data = await this.device.read(region.offset, region.length);
       if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
       if (this.#closed) throw closedError(this.name);
@@ -1155,6 +1183,27 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
 function closedError(name: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);
+}
+
+/** A write that no mirror request can carry (its payload exceeds the link's limit): refused before it takes a seq. */
+function tooLarge(name: string, length: number, maxPayload: number): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_FRAME_TOO_LARGE', `volume ${name}: a mirror request of ${length} bytes exceeds the link's payload limit of ${maxPayload}`, {
+    details: { volume: name, payloadLength: length, maxPayloadLength: maxPayload },
+  });
+}
+
+/**
+ * Result of a write sent as parts: `failed` (with the first part's error) if
+ * any part failed, else the parts' common answer; `seq` is the last part's
+ * (once `ackedSeq` reaches it, every part is acknowledged).
+ */
+function combineResults(sofar: WriteResult | undefined, part: WriteResult): WriteResult {
+  if (sofar === undefined) return part;
+  const r: WriteResult = sofar.mirror === 'failed' ? { ...sofar } : { ...part };
+  const seq = part.seq ?? sofar.seq;
+  if (seq !== undefined) r.seq = seq;
+  else delete r.seq;
+  return r;
 }
 
 function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult {

@@ -290,6 +290,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     if (!Number.isSafeInteger(regionSize) || regionSize < 4096 || (regionSize & (regionSize - 1)) !== 0) {
       throw invalidArgument('resync.regionSize must be a power of two ≥ 4096');
     }
+    if (regionSize > this.#limits.maxPayloadLength) throw invalidArgument('resync.regionSize must not exceed limits.maxPayloadLength (one resync write is one mirror request)');
     const rate = rs.rateBytesPerSecond ?? 0;
     if (typeof rate !== 'number' || !(rate >= 0)) throw invalidArgument('resync.rateBytesPerSecond must be a number ≥ 0 (0: unlimited)');
     const hash = rs.hash ?? 'sha1';
@@ -319,6 +320,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       retryDelay: (attempt) => this.#backoff(attempt),
       outagePolicy,
       maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
+      maxPayload: this.#limits.maxPayloadLength,
     };
 
     if (!Array.isArray(options.volumes) || options.volumes.length === 0) throw invalidArgument('volumes must be a non-empty array');

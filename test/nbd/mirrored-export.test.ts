@@ -127,4 +127,34 @@ describe('mirrored exports with real NBD clients', () => {
     assert.ok(a.equals(b), 'mirror == primary after drain');
     assert.equal(m.pair.primary.volume('async0').status().replicatedBytes, 16 * MiB);
   });
+
+  // Issue 11, scenario 12: the export accepts 32 MiB requests, the link carries 8 MiB per frame.
+  for (const mode of ['sync', 'async'] as const) {
+    test(`SPEC 10: qemu-io 16 MiB and 32 MiB writes on a ${mode}-mirrored export succeed, a later write on a new connection still reaches the mirror, mirror == primary`, async (t) => {
+      if (!requireTool('qemu-io', t)) return;
+      const m = await mirrored(t, [{ name: 'big', mode, size: 64 * MiB }]);
+      const big = await runTool(t, 'qemu-io', ['-f', 'raw', m.uri('big'), '-c', 'write -P 0x5a 0 16M', '-c', 'write -P 0xa5 16M 32M'], { timeout: 60_000 });
+      ok(big, 'qemu-io 16M + 32M writes');
+      assert.doesNotMatch(big.stdout + big.stderr, /error|failed/i);
+      // a later, small write on another connection: must not hang behind a lost seq
+      const small = await runTool(t, 'qemu-io', ['-f', 'raw', m.uri('big'), '-c', 'write -P 0x77 60M 4k', '-c', 'read -P 0x5a 0 16M'], { timeout: 60_000 });
+      ok(small, 'qemu-io small write');
+      assert.doesNotMatch(small.stdout + small.stderr, /error|failed/i);
+      const v = m.pair.primary.volume('big');
+      if (mode === 'async') await m.pair.primary.drain(60_000);
+      // sync: every reply came after the mirror had the data, no drain
+      const f = m.files.get('big')!;
+      const [a, b] = await Promise.all([fs.readFile(f.primary), fs.readFile(f.mirror)]);
+      assert.ok(b.subarray(0, 16 * MiB).every((x) => x === 0x5a), 'mirror: the 16 MiB write');
+      assert.ok(b.subarray(16 * MiB, 48 * MiB).every((x) => x === 0xa5), 'mirror: the 32 MiB write');
+      assert.ok(b.subarray(60 * MiB, 60 * MiB + 4096).every((x) => x === 0x77), 'mirror: the later small write');
+      assert.ok(a.equals(b), 'mirror file == primary file');
+      const s = v.status();
+      assert.equal(s.inSync, true);
+      assert.equal(s.mirrorErrors, 0);
+      assert.equal(s.replicatedBytes, 48 * MiB + 4096);
+      assert.equal(s.lastSeq, 2 + 4 + 1, '16 MiB = 2 parts, 32 MiB = 4 parts, then the small write');
+      assert.equal(m.server.stats().errors, 0);
+    });
+  }
 });
