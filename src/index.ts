@@ -79,7 +79,17 @@ export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
 export type { NbdExport, NbdBackend, NbdWriteZeroesOptions } from './nbd/export.js';
 
 // journal
-export type { Journal, JournalEntry, JournalStats } from './journal/journal.js';
+export type {
+  Journal,
+  JournalEntry,
+  JournalEntryBase,
+  JournalStats,
+  JournalWriteEntry,
+  JournalZeroEntry,
+  PendingJournalEntry,
+  PendingWriteEntry,
+  PendingZeroEntry,
+} from './journal/journal.js';
 export { MemoryJournal, MEMORY_RECORD_OVERHEAD } from './journal/memory-journal.js';
 export type { MemoryJournalOptions } from './journal/memory-journal.js';
 export { FileJournal, DEFAULT_JOURNAL_CAPACITY } from './journal/file-journal.js';

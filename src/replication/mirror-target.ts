@@ -229,7 +229,8 @@ export class TargetVolume {
   async read(offset: number, length: number): Promise<Buffer> {
     if (this.cycle !== undefined) {
       checkRange(this.device, offset, length);
-      await this.cycle.whenStable(this.name);
+      // one complete freeze image: waits for a running or failed merge, and a merge waits for reads in flight
+      return this.cycle.read(this.name, offset, length);
     }
     return this.device.read(offset, length);
   }

@@ -11,7 +11,7 @@ import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import { zeroDevice } from '../device/zero.js';
-import type { Journal } from '../journal/journal.js';
+import type { Journal, JournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
@@ -327,12 +327,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /**
    * Zeroes a range (trim / write-zeroes) locally and on the mirror, ordered
-   * like a write, in parts like a write (the journal keeps a zeroed range as
-   * a record of its length, replayed as a write).
+   * like a write. A zero is a range record end to end (journal, queue, wire):
+   * any length the device accepts, and nothing of its length in memory.
    */
   async zero(offset: number, length: number, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, length);
-    return this.#inParts('zero', offset, length, undefined, options.fua === true, false);
+    return this.#apply('zero', offset, length, undefined, options.fua === true);
   }
 
   /** {@link write} and {@link zero}: one request, or consecutive parts of at most the link's payload limit (rounded down to the block size). */
@@ -616,8 +616,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.#journalSuspended || req.resync || req.kind === 'skip' || req.journaled || req.seq <= this.#journaledSeq) return undefined;
     this.#journaledSeq = req.seq;
     req.journaled = true;
-    const data = req.kind === 'write' ? (req.data as Buffer) : Buffer.alloc(req.length);
-    return this.#journal.append({ seq: req.seq, offset: req.offset, data, fua: req.fua, timestamp: Date.now() }).then(
+    const entry: JournalEntry =
+      req.kind === 'write'
+        ? { seq: req.seq, offset: req.offset, data: req.data as Buffer, fua: req.fua, timestamp: Date.now() }
+        : { kind: 'zero', seq: req.seq, offset: req.offset, length: req.length, fua: req.fua, timestamp: Date.now() };
+    return this.#journal.append(entry).then(
       () => {
         // the journal covers it now (or the target already holds it durably)
         if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
@@ -1035,12 +1038,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.stream = stream.id;
     let recovered = 0;
     for await (const entry of journal.pending()) {
-      const req = this.#request('write', entry.seq, entry.offset, entry.data.length, entry.data, entry.fua, entry.seq - 1);
+      const zero = entry.kind === 'zero';
+      const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, zero ? undefined : entry.data, entry.fua, entry.seq - 1);
       req.owned = true;
       req.journaled = true;
       this.#requests.set(req.seq, req);
       this.#unacked++;
-      this.#pendingBytes += req.length;
+      if (!zero) this.#pendingBytes += req.length;
       this.queue.push(req);
       if (!stream.continued) this.markForResync(req.offset, req.length);
       recovered++;
