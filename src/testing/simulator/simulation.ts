@@ -202,6 +202,16 @@ export class Simulation {
     this.#log(`VIOLATION ${invariant}: ${message}`);
   }
 
+  readonly #labels = new Map<string, string>();
+
+  /** A stable label for a random id (stream, generation), so that traces do not depend on it. */
+  #label(id: string | undefined): string {
+    if (id === undefined) return 'none';
+    let l = this.#labels.get(id);
+    if (l === undefined) this.#labels.set(id, (l = `#${this.#labels.size + 1}`));
+    return l;
+  }
+
   // ---- virtual time helpers ------------------------------------------------
 
   /** Runs virtual time until `p` settles (or `timeout` ms passed): resolves its value, or undefined on timeout. */
@@ -390,7 +400,7 @@ export class Simulation {
     const mode = this.#mode(op.volume);
     if (r.seq !== undefined) {
       const key = `${op.volume}:${op.pv.stream}:${r.seq}`;
-      if (this.#seqs.has(key)) this.#violate('I9-seq-reused', `${what} got seq ${r.seq}, already used in stream ${op.pv.stream} of volume ${op.volume}`);
+      if (this.#seqs.has(key)) this.#violate('I9-seq-reused', `${what} got seq ${r.seq}, already used in stream ${this.#label(op.pv.stream)} of volume ${op.volume}`);
       this.#seqs.add(key);
     }
     if (mode === 'sync' && r.mirror === 'acknowledged' && op.targetLosses === this.#targetLosses) {
@@ -640,7 +650,7 @@ export class Simulation {
       target.volumes.map((v) => {
         const st = v.status();
         const image = this.targetNode.disks.get(v.name)!.device.peek();
-        return `${v.name} applied=${st.appliedSeq} stream=${v.stream} gen=${st.generation} primary=${st.primary} image=${hash(image)}`;
+        return `${v.name} applied=${st.appliedSeq} stream=${this.#label(v.stream)} gen=${this.#label(st.generation)} primary=${st.primary} image=${hash(image)}`;
       });
     const before = snapshot();
     const rogue = createPrimary({
