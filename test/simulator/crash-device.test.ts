@@ -7,7 +7,7 @@ import { VirtualTime } from '../../src/testing/simulator/virtual-time.js';
 
 blockDeviceSuite({
   name: 'CrashableMemoryDevice',
-  create: (size, blockSize) => new CrashableMemoryDevice(size, { blockSize, sectorSize: Math.min(512, blockSize) }),
+  create: async (size, blockSize) => new CrashableMemoryDevice(size, { blockSize, sectorSize: Math.min(512, blockSize) }),
   supports: { trim: true },
 });
 
