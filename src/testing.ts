@@ -29,3 +29,6 @@ export type {
 } from './transport/memory.js';
 export { LinkProxy } from './cli/demo-proxy.js';
 export type { LinkProxyOptions } from './cli/demo-proxy.js';
+export { CrashableMemoryDevice, DeviceSession } from './device/crashable-memory-device.js';
+export type { CrashableMemoryDeviceOptions, CrashableOp, CrashOptions, CrashReport } from './device/crashable-memory-device.js';
+export * from './testing/simulator/index.js';

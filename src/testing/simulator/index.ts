@@ -1,0 +1,20 @@
+/**
+ * The deterministic simulator: real replication code, virtual time, seeded
+ * faults, invariant checks.
+ *
+ * @module
+ */
+export { Simulation, simulate, replayCommand } from './simulation.js';
+export type { SimulationOptions, SimulationResult, Violation, InvariantId } from './simulation.js';
+export { runCampaign, parseFaults } from './campaign.js';
+export type { CampaignOptions, CampaignResult } from './campaign.js';
+export { ALL_FAULTS, drawConfig, describeConfig } from './config.js';
+export type { FaultKind, SimConfig, SimVolumeConfig } from './config.js';
+export { VirtualTime } from './virtual-time.js';
+export { Rng } from './rng.js';
+export { prefixPoint } from './prefix-check.js';
+export type { HistoryWrite, PrefixResult } from './prefix-check.js';
+export { PrimaryNode, TargetNode, SIM_TIMERS, PRIMARY_HOST, TARGET_HOST, TARGET_PORT } from './nodes.js';
+export type { StopKind, NodeContext, PrimaryVolumeDisk, TargetVolumeDisk } from './nodes.js';
+export { JournalView, GenerationStoreView, TransportView, bitmapView, frozen } from './fences.js';
+export type { Revocable } from './fences.js';

@@ -1,0 +1,261 @@
+/**
+ * The simulated processes: a node has a durable "disk" (devices, journal,
+ * bitmap, generation store — what survives a crash) and at most one running
+ * incarnation of the real replication code, which holds revocable views of
+ * that disk and of the network.
+ *
+ * @module
+ */
+import type { Clock } from '../../clock.js';
+import { CrashableMemoryDevice, type DeviceSession } from '../../device/crashable-memory-device.js';
+import { MemoryJournal } from '../../journal/memory-journal.js';
+import { MemoryGenerationStore } from '../../replication/generation.js';
+import { Primary, type PrimaryOptions } from '../../replication/primary.js';
+import { createMirrorTarget, type MirrorTarget, type MirrorTargetOptions } from '../../replication/mirror-target.js';
+import { MemoryDirtyBitmap } from '../../resync/dirty-bitmap.js';
+import type { MemoryNetwork } from '../../transport/memory.js';
+import type { TransportAddress } from '../../transport/transport.js';
+import type { SimConfig } from './config.js';
+import { GenerationStoreView, JournalView, TransportView, bitmapView, type Revocable } from './fences.js';
+import type { Rng } from './rng.js';
+
+/** Host names of the simulated topology. */
+export const PRIMARY_HOST = 'primary';
+export const TARGET_HOST = 'target';
+/** Port the target listens on (stable across its restarts). */
+export const TARGET_PORT = 7000;
+
+/** How a running incarnation ends. */
+export type StopKind = 'clean' | 'kill' | 'power-loss';
+
+/** The durable state of one volume on the primary. */
+export interface PrimaryVolumeDisk {
+  device: CrashableMemoryDevice;
+  journal: MemoryJournal;
+  bitmap: MemoryDirtyBitmap;
+  generations: MemoryGenerationStore;
+  /** Replication stream id kept beside the journal (as `<volume>.stream`). */
+  stream: string | undefined;
+}
+
+/** Timer settings shared by both nodes (small, so schedules are short). */
+export const SIM_TIMERS = {
+  heartbeatInterval: 50,
+  staleAfter: 200,
+  probation: 300,
+  idleTimeout: 1000,
+  handshakeTimeout: 500,
+} as const;
+
+/** What both node kinds need from the simulation. */
+export interface NodeContext {
+  config: SimConfig;
+  clock: Clock;
+  network: MemoryNetwork;
+  rng: Rng;
+  /** Device latency in ms per operation. */
+  latency: () => number;
+}
+
+function revokeAll(items: Revocable[]): void {
+  for (const r of items) r.revoke();
+  items.length = 0;
+}
+
+/**
+ * The primary node. {@link start} runs a new incarnation of the real
+ * {@link Primary} on the node's disk; {@link stop} ends it cleanly or as a
+ * crash.
+ */
+export class PrimaryNode {
+  readonly ctx: NodeContext;
+  readonly disks = new Map<string, PrimaryVolumeDisk>();
+  primary: Primary | undefined;
+  incarnation = 0;
+  readonly #views: Revocable[] = [];
+  #transport: TransportView | undefined;
+
+  constructor(ctx: NodeContext) {
+    this.ctx = ctx;
+    for (const v of ctx.config.volumes) {
+      this.disks.set(v.name, {
+        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency }),
+        journal: new MemoryJournal({ capacityBytes: ctx.config.journalCapacity }),
+        bitmap: new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: ctx.config.regionSize }),
+        generations: new MemoryGenerationStore(),
+        stream: undefined,
+      });
+    }
+  }
+
+  get running(): boolean {
+    return this.primary !== undefined;
+  }
+
+  /** Options of the next incarnation (extend here when the core gains injection points). */
+  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>): PrimaryOptions {
+    const c = this.ctx.config;
+    return {
+      peer: { host: TARGET_HOST, port: TARGET_PORT },
+      nodeId: 'primary',
+      transport,
+      clock: this.ctx.clock,
+      connections: c.connections,
+      heartbeats: c.heartbeats,
+      heartbeatBind: { host: PRIMARY_HOST, port: 0 },
+      ...SIM_TIMERS,
+      mirrorTimeout: 1000,
+      retryDelay: { min: 10, max: 200 },
+      maxInFlightPerConnection: c.maxInFlightPerConnection,
+      outagePolicy: c.outagePolicy,
+      maxAsyncLag: c.maxAsyncLag,
+      journal: { capacityBytes: c.journalCapacity },
+      resync: { regionSize: c.regionSize, concurrency: c.resyncConcurrency },
+      waitForConnection: false,
+      volumes: c.volumes.map((v) => ({ name: v.name, mode: v.mode, device: devices.get(v.name)!, generations: stores.get(v.name)! })),
+    };
+  }
+
+  /**
+   * Starts an incarnation. The journal, bitmap and stream are attached the way
+   * `Primary.start()` attaches its file journal when `journal.dir` is set
+   * (`useJournal`, `useBitmap`), because `PrimaryOptions` cannot inject them:
+   * when it can, pass them in {@link options} instead.
+   */
+  async start(): Promise<Primary> {
+    this.incarnation++;
+    const transport = new TransportView(this.ctx.network.transport({ host: PRIMARY_HOST }));
+    this.#transport = transport;
+    this.#views.push(transport);
+    const devices = new Map<string, DeviceSession>();
+    const stores = new Map<string, GenerationStoreView>();
+    for (const [name, disk] of this.disks) {
+      const session = disk.device.session();
+      const store = new GenerationStoreView(disk.generations);
+      this.#views.push(session, store);
+      devices.set(name, session);
+      stores.set(name, store);
+    }
+    const primary = new Primary(this.options(transport, devices, stores));
+    for (const [name, disk] of this.disks) {
+      const volume = primary.volume(name);
+      const journal = new JournalView(disk.journal);
+      const bitmap = bitmapView(disk.bitmap);
+      this.#views.push(journal, bitmap);
+      // as loadStream(): keep the stream while the journal holds requests of it
+      if (disk.stream === undefined || disk.journal.size === 0) disk.stream = hexId(this.ctx.rng);
+      await volume.useJournal(journal, disk.stream);
+      volume.useBitmap(bitmap);
+    }
+    await primary.start(false);
+    this.primary = primary;
+    return primary;
+  }
+
+  /** Ends the running incarnation: `clean` closes it; `kill`/`power-loss` freeze it first (power loss also crashes the devices). */
+  async stop(kind: StopKind): Promise<void> {
+    const primary = this.primary;
+    if (primary === undefined) return;
+    this.primary = undefined;
+    if (kind === 'clean') {
+      await primary.close({ drain: true, timeout: 2000 });
+      revokeAll(this.#views);
+      return;
+    }
+    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (c) => this.ctx.network.linkOf(c)?.blackhole();
+    revokeAll(this.#views);
+    if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
+    // releases the dead incarnation's timers; everything it could touch is revoked
+    void primary.close({ drain: false });
+  }
+}
+
+/** The durable state of one volume on the target. */
+export interface TargetVolumeDisk {
+  device: CrashableMemoryDevice;
+  generations: MemoryGenerationStore;
+}
+
+/** The target node (see {@link PrimaryNode}). */
+export class TargetNode {
+  readonly ctx: NodeContext;
+  readonly disks = new Map<string, TargetVolumeDisk>();
+  target: MirrorTarget | undefined;
+  incarnation = 0;
+  readonly #views: Revocable[] = [];
+  #transport: TransportView | undefined;
+
+  constructor(ctx: NodeContext) {
+    this.ctx = ctx;
+    for (const v of ctx.config.volumes) {
+      this.disks.set(v.name, {
+        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency }),
+        generations: new MemoryGenerationStore(),
+      });
+    }
+  }
+
+  get address(): TransportAddress {
+    return { host: TARGET_HOST, port: TARGET_PORT };
+  }
+
+  get running(): boolean {
+    return this.target !== undefined;
+  }
+
+  /**
+   * Options of the next incarnation. The target's apply state (stream,
+   * applied prefix) cannot be injected: it starts empty at every restart.
+   */
+  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>): MirrorTargetOptions {
+    return {
+      listen: this.address,
+      nodeId: 'target',
+      transport,
+      clock: this.ctx.clock,
+      heartbeats: this.ctx.config.heartbeats,
+      ...SIM_TIMERS,
+      volumes: this.ctx.config.volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!, generations: stores.get(v.name)! })),
+    };
+  }
+
+  async start(): Promise<MirrorTarget> {
+    this.incarnation++;
+    const transport = new TransportView(this.ctx.network.transport({ host: TARGET_HOST }));
+    this.#transport = transport;
+    this.#views.push(transport);
+    const devices = new Map<string, DeviceSession>();
+    const stores = new Map<string, GenerationStoreView>();
+    for (const [name, disk] of this.disks) {
+      const session = disk.device.session();
+      const store = new GenerationStoreView(disk.generations);
+      this.#views.push(session, store);
+      devices.set(name, session);
+      stores.set(name, store);
+    }
+    const target = await createMirrorTarget(this.options(transport, devices, stores));
+    this.target = target;
+    return target;
+  }
+
+  async stop(kind: StopKind): Promise<void> {
+    const target = this.target;
+    if (target === undefined) return;
+    this.target = undefined;
+    if (kind === 'clean') {
+      await target.close();
+      revokeAll(this.#views);
+      return;
+    }
+    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (c) => this.ctx.network.linkOf(c)?.blackhole();
+    revokeAll(this.#views);
+    if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
+    void target.close();
+  }
+}
+
+function hexId(rng: Rng): string {
+  let s = '';
+  for (let i = 0; i < 16; i++) s += rng.int(0, 15).toString(16);
+  return s;
+}

@@ -1,0 +1,757 @@
+/**
+ * A deterministic simulation of one primary and one mirror target running the
+ * real replication code in virtual time, with a seeded random workload and
+ * seeded faults, checked against the replication invariants.
+ *
+ * @module
+ */
+import { createHash } from 'node:crypto';
+import { BlockMirrorError } from '../../errors.js';
+import { CrashableMemoryDevice } from '../../device/crashable-memory-device.js';
+import { createPrimary, type Primary } from '../../replication/primary.js';
+import type { PrimaryVolume, WriteResult } from '../../replication/primary-volume.js';
+import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
+import { describeConfig, drawConfig, type FaultKind, type SimConfig, type SimVolumeConfig } from './config.js';
+import { PRIMARY_HOST, PrimaryNode, TARGET_HOST, TargetNode, type StopKind } from './nodes.js';
+import { prefixPoint, type HistoryWrite } from './prefix-check.js';
+import { Rng } from './rng.js';
+import { VirtualTime } from './virtual-time.js';
+
+/** Invariants the simulator checks. */
+export type InvariantId =
+  | 'I1-sync-ack-on-target'
+  | 'I2-acked-write-lost'
+  | 'I3-in-sync-images-differ'
+  | 'I4-async-prefix'
+  | 'I5-refused-peer-changed-target'
+  | 'I7-memory-budget'
+  | 'I9-seq-reused'
+  | 'liveness'
+  | 'unhandled-rejection';
+
+/** One broken invariant. */
+export interface Violation {
+  invariant: InvariantId;
+  /** Virtual time (ms) when it was seen. */
+  time: number;
+  message: string;
+}
+
+/** Options of {@link Simulation}. */
+export interface SimulationOptions {
+  seed: number;
+  /** Overrides of the settings drawn from the seed. */
+  config?: Partial<SimConfig>;
+  /** Called with every trace line as it happens (e.g. `console.log` for `--verbose`). */
+  onTrace?: (line: string) => void;
+}
+
+/** Outcome of one schedule. */
+export interface SimulationResult {
+  seed: number;
+  ok: boolean;
+  violations: Violation[];
+  /** The schedule and what happened, one line per event (identical for identical seeds). */
+  trace: string[];
+  /** Fault kinds injected during the schedule. */
+  faultsInjected: FaultKind[];
+  /** Virtual milliseconds simulated. */
+  virtualTime: number;
+  /** User requests issued / completed. */
+  requests: { issued: number; completed: number };
+  /** Description of the drawn settings. */
+  config: string;
+  /** The command that replays this schedule. */
+  replay: string;
+}
+
+interface OpRecord {
+  id: number;
+  volume: string;
+  kind: 'write' | 'zero' | 'flush';
+  offset: number;
+  length: number;
+  data: Buffer | undefined;
+  fua: boolean;
+  incarnation: number;
+  /** Target power losses seen when it was issued. */
+  targetLosses: number;
+  pv: PrimaryVolume;
+  done: boolean;
+}
+
+interface Epoch {
+  base: Buffer;
+  fromSeq: number;
+  history: HistoryWrite[];
+}
+
+/** The command line that replays `seed` (with non-default fault kinds, if any). */
+export function replayCommand(seed: number, faults?: ReadonlySet<FaultKind>): string {
+  const extra = faults === undefined ? '' : ` --faults ${[...faults].join(',') || 'none'}`;
+  return `npm run sim -- --seed ${seed}${extra}`;
+}
+
+/**
+ * One schedule: builds the topology from the seed, runs the workload and the
+ * faults in virtual time, heals everything, waits for in-sync (liveness) and
+ * checks the invariants. Create one per seed and call {@link run} once.
+ *
+ * While it runs, the global `setTimeout`/`setInterval`/`Date.now` are routed
+ * to the virtual clock (see {@link VirtualTime.installGlobals}): run one
+ * simulation at a time per process.
+ */
+export class Simulation {
+  readonly seed: number;
+  readonly config: SimConfig;
+  readonly vt = new VirtualTime();
+  readonly network: MemoryNetwork;
+  readonly primaryNode: PrimaryNode;
+  readonly targetNode: TargetNode;
+  readonly #sched: Rng;
+  readonly #work: Rng;
+  readonly #net: Rng;
+  readonly #onTrace: ((line: string) => void) | undefined;
+  readonly #faultsOverridden: boolean;
+  readonly trace: string[] = [];
+  readonly violations: Violation[] = [];
+  readonly #faultsInjected = new Set<FaultKind>();
+  readonly #inflight = new Set<OpRecord>();
+  readonly #seqs = new Set<string>();
+  readonly #epochs = new Map<string, Epoch | undefined>();
+  readonly #timers = new Set<unknown>();
+  #nextOp = 1;
+  #issued = 0;
+  #completed = 0;
+  #paused = false;
+  #stopped = false;
+  #targetLosses = 0;
+  #partitioned = false;
+  #stallNext = 0;
+  #ran = false;
+
+  constructor(options: SimulationOptions) {
+    this.seed = options.seed >>> 0;
+    const rng = new Rng(this.seed);
+    this.config = drawConfig(rng.fork('config'), options.config);
+    this.#faultsOverridden = options.config?.faults !== undefined;
+    this.#sched = rng.fork('schedule');
+    this.#work = rng.fork('workload');
+    this.#net = rng.fork('network');
+    const dev = rng.fork('devices');
+    this.#onTrace = options.onTrace;
+    this.network = new MemoryNetwork({ clock: this.vt, random: this.#net.random, highWaterMark: 256 * 1024 });
+    this.network.setDatagramFaults({ delayMs: 1, reorder: true, reorderWindowMs: 3 });
+    this.network.on('link', (link) => this.#onLink(link));
+    const ctx = { config: this.config, clock: this.vt, network: this.network, rng: rng.fork('nodes'), latency: () => dev.int(0, 2) };
+    this.primaryNode = new PrimaryNode(ctx);
+    this.targetNode = new TargetNode(ctx);
+  }
+
+  /** Runs the schedule (once) and checks the invariants. */
+  async run(): Promise<SimulationResult> {
+    if (this.#ran) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'a Simulation runs once');
+    this.#ran = true;
+    const restore = this.vt.installGlobals();
+    const onUnhandled = (reason: unknown): void => {
+      this.#violate('unhandled-rejection', reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason));
+    };
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      this.#log(`config ${describeConfig(this.config)}`);
+      await this.#startTarget();
+      await this.#startPrimary();
+      this.#scheduleWorkload();
+      for (let step = 0; step < this.config.steps; step++) {
+        await this.#step(step);
+        await this.vt.runFor(this.#sched.int(1, 150));
+        this.#checkDuring();
+      }
+      await this.#finish();
+    } catch (error) {
+      this.#violate('unhandled-rejection', `simulator: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
+    } finally {
+      await this.#teardown();
+      process.off('unhandledRejection', onUnhandled);
+      restore();
+    }
+    return {
+      seed: this.seed,
+      ok: this.violations.length === 0,
+      violations: this.violations,
+      trace: this.trace,
+      faultsInjected: [...this.#faultsInjected],
+      virtualTime: this.vt.now(),
+      requests: { issued: this.#issued, completed: this.#completed },
+      config: describeConfig(this.config),
+      replay: replayCommand(this.seed, this.#faultsOverridden ? this.config.faults : undefined),
+    };
+  }
+
+  // ---- trace and violations ----------------------------------------------
+
+  #log(line: string): void {
+    const text = `t=${this.vt.now()} ${line}`;
+    this.trace.push(text);
+    this.#onTrace?.(text);
+  }
+
+  #violate(invariant: InvariantId, message: string): void {
+    if (this.violations.some((v) => v.invariant === invariant)) return;
+    this.violations.push({ invariant, time: this.vt.now(), message });
+    this.#log(`VIOLATION ${invariant}: ${message}`);
+  }
+
+  readonly #labels = new Map<string, string>();
+
+  /** A stable label for a random id (stream, generation), so that traces do not depend on it. */
+  #label(id: string | undefined): string {
+    if (id === undefined) return 'none';
+    let l = this.#labels.get(id);
+    if (l === undefined) this.#labels.set(id, (l = `#${this.#labels.size + 1}`));
+    return l;
+  }
+
+  // ---- virtual time helpers ------------------------------------------------
+
+  /** Runs virtual time until `p` settles (or `timeout` ms passed): resolves its value, or undefined on timeout. */
+  async #drive<T>(p: Promise<T>, timeout = 10_000): Promise<{ value?: T; error?: unknown; done: boolean }> {
+    const out: { value?: T; error?: unknown; done: boolean } = { done: false };
+    p.then(
+      (value) => {
+        out.value = value;
+        out.done = true;
+      },
+      (error: unknown) => {
+        out.error = error;
+        out.done = true;
+      },
+    );
+    await this.vt.runUntilTrue(() => out.done, timeout);
+    return out;
+  }
+
+  #later(ms: number, fn: () => void | Promise<void>): void {
+    const handle = this.vt.setTimeout(() => {
+      this.#timers.delete(handle);
+      if (this.#stopped) return;
+      void Promise.resolve()
+        .then(fn)
+        .catch((error: unknown) => this.#log(`timer action failed: ${String(error)}`));
+    }, ms);
+    this.#timers.add(handle);
+  }
+
+  // ---- nodes ---------------------------------------------------------------
+
+  async #startTarget(): Promise<void> {
+    if (this.targetNode.running) return;
+    const r = await this.#drive(this.targetNode.start());
+    if (r.error !== undefined || !r.done) {
+      this.#log(`target start failed: ${String(r.error)}`);
+      return;
+    }
+    this.#log(`target started (incarnation ${this.targetNode.incarnation})`);
+  }
+
+  async #startPrimary(): Promise<void> {
+    if (this.primaryNode.running) return;
+    const r = await this.#drive(this.primaryNode.start());
+    if (r.error !== undefined || !r.done || r.value === undefined) {
+      this.#log(`primary start failed: ${String(r.error)}`);
+      return;
+    }
+    const primary = r.value;
+    const inc = this.primaryNode.incarnation;
+    this.#log(`primary started (incarnation ${inc})`);
+    primary.on('link', (state) => {
+      if (this.primaryNode.primary === primary) this.#log(`primary link ${state}`);
+    });
+    primary.on('volume-state', ({ volume, state }) => {
+      if (this.primaryNode.primary !== primary) return;
+      this.#log(`volume ${volume} ${state}`);
+      if (state === 'needs-resync' || state === 'inconsistent' || state === 'split-brain') this.#invalidate(volume, state);
+    });
+    primary.on('verify-mismatch', ({ volume, offset, length }) => this.#log(`verify mismatch ${volume} @${offset}+${length}`));
+    for (const v of primary.volumes) {
+      if (v.state === 'needs-resync' || v.state === 'inconsistent') this.#invalidate(v.name, v.state);
+    }
+  }
+
+  async #stopPrimary(kind: StopKind): Promise<void> {
+    if (!this.primaryNode.running) return;
+    this.#abandon(this.primaryNode.incarnation);
+    await this.#drive(this.primaryNode.stop(kind));
+    if (kind !== 'clean') for (const v of this.config.volumes) this.#invalidate(v.name, `primary ${kind}`);
+    this.#log(`primary stopped (${kind})`);
+  }
+
+  async #stopTarget(kind: StopKind): Promise<void> {
+    if (!this.targetNode.running) return;
+    if (kind === 'power-loss') {
+      this.#targetLosses++;
+      for (const v of this.config.volumes) this.#invalidate(v.name, 'target power loss');
+    }
+    await this.#drive(this.targetNode.stop(kind));
+    this.#log(`target stopped (${kind})`);
+  }
+
+  /** Requests of a dead incarnation never complete: stop counting them. */
+  #abandon(incarnation: number): void {
+    for (const op of this.#inflight) {
+      if (op.incarnation === incarnation) {
+        op.done = true;
+        this.#inflight.delete(op);
+      }
+    }
+  }
+
+  // ---- network ---------------------------------------------------------------
+
+  #linkDelay = (): number => 1 + this.#net.int(0, 2);
+
+  #onLink(link: MemoryLink): void {
+    link.setDelay(() => this.#linkDelay(), 'both');
+    if (this.#stallNext > 0) {
+      this.#stallNext--;
+      const direction = this.#net.pick(['aToB', 'bToA', 'both'] as const);
+      const ms = this.#net.int(50, 1500);
+      link.stall(direction);
+      this.#log(`link ${link.id} handshake stalled ${direction} for ${ms} ms`);
+      this.#later(ms, () => link.unstall(direction));
+    }
+  }
+
+  #pairLinks(): MemoryLink[] {
+    return this.network.links.filter((l) => {
+      const hosts = [l.a.localAddress.host, l.b.localAddress.host];
+      return !l.closed && hosts.includes(PRIMARY_HOST) && hosts.includes(TARGET_HOST);
+    });
+  }
+
+  #heal(): void {
+    if (this.#partitioned) {
+      this.network.heal(PRIMARY_HOST, TARGET_HOST);
+      this.#partitioned = false;
+      this.#log('partition healed');
+    }
+  }
+
+  // ---- workload --------------------------------------------------------------
+
+  #scheduleWorkload(): void {
+    const tick = (): void => {
+      if (this.#stopped) return;
+      this.#issue();
+      this.vt.setTimeout(tick, this.#work.int(1, 25));
+    };
+    this.vt.setTimeout(tick, 1);
+  }
+
+  #issue(): void {
+    const primary = this.primaryNode.primary;
+    if (this.#paused || this.#stopped || primary === undefined || this.#inflight.size >= this.config.concurrency) return;
+    const vcfg = this.#work.pick(this.config.volumes);
+    const pv = primary.volume(vcfg.name);
+    const kind = this.#work.weighted({ write: 10, zero: 1, flush: 1 });
+    const bs = this.config.blockSize;
+    const blocks = vcfg.size / bs;
+    const n = this.#work.int(1, this.config.maxWriteBlocks);
+    const first = this.#work.int(0, blocks - n);
+    const fua = this.#work.chance(0.1);
+    const id = this.#nextOp++;
+    const op: OpRecord = {
+      id,
+      volume: vcfg.name,
+      kind,
+      offset: kind === 'flush' ? 0 : first * bs,
+      length: kind === 'flush' ? 0 : n * bs,
+      data: kind === 'write' ? pattern(id, n * bs) : undefined,
+      fua,
+      incarnation: this.primaryNode.incarnation,
+      targetLosses: this.#targetLosses,
+      pv,
+      done: false,
+    };
+    this.#inflight.add(op);
+    this.#issued++;
+    const p: Promise<WriteResult> =
+      kind === 'write' ? pv.write(op.offset, op.data!, { fua }) : kind === 'zero' ? pv.zero(op.offset, op.length, { fua }) : pv.flush();
+    p.then(
+      (r) => this.#onResult(op, r),
+      (error: unknown) => this.#onResult(op, undefined, error),
+    );
+  }
+
+  #onResult(op: OpRecord, r: WriteResult | undefined, error?: unknown): void {
+    if (op.done) return;
+    op.done = true;
+    this.#inflight.delete(op);
+    this.#completed++;
+    const what = `op#${op.id} ${op.volume} ${op.kind}${op.fua ? '+fua' : ''} @${op.offset}+${op.length}`;
+    if (r === undefined) {
+      const code = error instanceof BlockMirrorError ? error.code : String(error);
+      this.#log(`${what} -> error ${code}`);
+      if (op.kind !== 'flush') this.#invalidate(op.volume, 'a request failed');
+      return;
+    }
+    this.#log(`${what} -> ${r.mirror}${r.seq === undefined ? '' : ` seq ${r.seq}`}`);
+    if (op.kind === 'flush') return;
+    const mode = this.#mode(op.volume);
+    if (r.seq !== undefined) {
+      const key = `${op.volume}:${op.pv.stream}:${r.seq}`;
+      if (this.#seqs.has(key)) this.#violate('I9-seq-reused', `${what} got seq ${r.seq}, already used in stream ${this.#label(op.pv.stream)} of volume ${op.volume}`);
+      this.#seqs.add(key);
+    }
+    if (mode === 'sync' && r.mirror === 'acknowledged' && op.targetLosses === this.#targetLosses) {
+      const expected = op.data ?? Buffer.alloc(op.length);
+      const onTarget = this.targetNode.disks.get(op.volume)!.device.peek(op.offset, op.length);
+      if (!onTarget.equals(expected)) this.#violate('I1-sync-ack-on-target', `${what} resolved acknowledged but the target does not hold it`);
+    }
+    if (mode === 'async') {
+      if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
+      else this.#epochs.get(op.volume)?.history.push({ seq: r.seq, offset: op.offset, length: op.length, data: op.data });
+    }
+  }
+
+  #mode(volume: string): SimVolumeConfig['mode'] {
+    return this.config.volumes.find((v) => v.name === volume)!.mode;
+  }
+
+  #invalidate(volume: string, why: string): void {
+    if (this.#epochs.get(volume) !== undefined) this.#log(`prefix check of ${volume} suspended (${why})`);
+    this.#epochs.set(volume, undefined);
+  }
+
+  // ---- steps -------------------------------------------------------------
+
+  #enabled(kind: FaultKind): boolean {
+    return this.config.faults.has(kind);
+  }
+
+  async #step(step: number): Promise<void> {
+    const weights: Partial<Record<FaultKind | 'none' | 'check', number>> = { none: 6, check: 2 };
+    const base: Record<FaultKind, number> = {
+      cut: 3,
+      partition: 2,
+      delay: 2,
+      'stall-handshake': 1,
+      'primary-kill': 1,
+      'primary-power-loss': 1,
+      'primary-restart': 1,
+      'target-kill': 1,
+      'target-power-loss': 1,
+      'target-restart': 1,
+      'device-error': 1,
+      resync: 1,
+      verify: 1,
+      'rogue-primary': 1,
+    };
+    for (const [k, w] of Object.entries(base) as [FaultKind, number][]) if (this.#enabled(k)) weights[k] = w;
+    const action = this.#sched.weighted(weights as Record<string, number>);
+    if (action !== 'none' && action !== 'check') this.#faultsInjected.add(action as FaultKind);
+    const primary = this.primaryNode.primary;
+    switch (action) {
+      case 'none':
+        return;
+      case 'check':
+        this.#log(`step ${step}: quiescent check`);
+        await this.#quiescentCheck();
+        return;
+      case 'cut': {
+        const links = this.#pairLinks();
+        if (links.length === 0) return;
+        const link = this.#sched.pick(links);
+        this.#log(`step ${step}: cut link ${link.id}`);
+        link.cut();
+        return;
+      }
+      case 'partition': {
+        if (this.#partitioned) return;
+        const hard = this.#sched.chance(0.5);
+        const ms = this.#sched.int(20, 1500);
+        this.#log(`step ${step}: partition primary/target for ${ms} ms${hard ? ' (links cut)' : ' (half-open)'}`);
+        this.network.partition(PRIMARY_HOST, TARGET_HOST);
+        this.#partitioned = true;
+        if (hard) for (const l of this.#pairLinks()) l.cut();
+        this.#later(ms, () => this.#heal());
+        return;
+      }
+      case 'delay': {
+        const links = this.#pairLinks();
+        if (links.length === 0) return;
+        const link = this.#sched.pick(links);
+        const max = this.#sched.int(5, 80);
+        this.#log(`step ${step}: link ${link.id} delay 1..${max} ms (reordering across connections)`);
+        link.setDelay(() => 1 + this.#net.int(0, max), 'both');
+        return;
+      }
+      case 'stall-handshake': {
+        this.#stallNext = this.#sched.int(1, 3);
+        this.#log(`step ${step}: the next ${this.#stallNext} connection(s) stall`);
+        const links = this.#pairLinks();
+        if (links.length > 0 && this.#sched.chance(0.5)) this.#sched.pick(links).cut();
+        return;
+      }
+      case 'primary-kill':
+      case 'primary-power-loss': {
+        if (!this.primaryNode.running) return;
+        const ms = this.#sched.int(0, 800);
+        this.#log(`step ${step}: ${action}, restart in ${ms} ms`);
+        await this.#stopPrimary(action === 'primary-kill' ? 'kill' : 'power-loss');
+        this.#later(ms, () => this.#startPrimary());
+        return;
+      }
+      case 'primary-restart':
+        if (!this.primaryNode.running) return;
+        this.#log(`step ${step}: clean primary restart`);
+        await this.#stopPrimary('clean');
+        await this.#startPrimary();
+        return;
+      case 'target-kill':
+      case 'target-power-loss': {
+        if (!this.targetNode.running) return;
+        const ms = this.#sched.int(0, 800);
+        this.#log(`step ${step}: ${action}, restart in ${ms} ms`);
+        await this.#stopTarget(action === 'target-kill' ? 'kill' : 'power-loss');
+        this.#later(ms, () => this.#startTarget());
+        return;
+      }
+      case 'target-restart':
+        if (!this.targetNode.running) return;
+        this.#log(`step ${step}: clean target restart`);
+        await this.#stopTarget('clean');
+        await this.#startTarget();
+        return;
+      case 'device-error': {
+        const side = this.#sched.pick(['primary', 'target'] as const);
+        const vol = this.#sched.pick(this.config.volumes).name;
+        const op = this.#sched.pick(['write', 'write', 'read', 'flush'] as const);
+        const times = this.#sched.int(1, 3);
+        this.#log(`step ${step}: ${times} ${op} error(s) on the ${side} device of ${vol}`);
+        const disk = side === 'primary' ? this.primaryNode.disks.get(vol)! : this.targetNode.disks.get(vol)!;
+        disk.device.injectError(op, times);
+        return;
+      }
+      case 'resync':
+      case 'verify': {
+        if (primary === undefined) return;
+        const vol = this.#sched.pick(this.config.volumes).name;
+        if (action === 'resync') {
+          const all = this.#sched.chance(0.5);
+          this.#log(`step ${step}: resync ${vol}${all ? ' (all)' : ''}`);
+          primary.resync(vol, { all }).then(
+            () => this.#log(`resync ${vol} done`),
+            (e: unknown) => this.#log(`resync ${vol} failed: ${e instanceof BlockMirrorError ? e.code : String(e)}`),
+          );
+        } else {
+          this.#log(`step ${step}: verify ${vol}`);
+          primary.verify(vol).then(
+            (r) => this.#log(`verify ${vol}: ${r.mismatches.length} mismatch(es)`),
+            (e: unknown) => this.#log(`verify ${vol} failed: ${e instanceof BlockMirrorError ? e.code : String(e)}`),
+          );
+        }
+        return;
+      }
+      case 'rogue-primary':
+        await this.#rogue(step);
+        return;
+    }
+  }
+
+  // ---- checks ----------------------------------------------------------------
+
+  /** Checks that need no quiescence: I4 (async prefix) and I7 (memory). */
+  #checkDuring(): void {
+    const primary = this.primaryNode.primary;
+    for (const v of this.config.volumes) {
+      const state = primary?.volume(v.name).state;
+      if (state === 'needs-resync' || state === 'inconsistent' || state === 'split-brain') this.#invalidate(v.name, state);
+      const epoch = this.#epochs.get(v.name);
+      if (v.mode === 'async' && epoch !== undefined) {
+        const image = this.targetNode.disks.get(v.name)!.device.peek();
+        const r = prefixPoint(epoch.base, image, epoch.history, this.config.blockSize, epoch.fromSeq);
+        if (!r.ok) {
+          this.#violate('I4-async-prefix', `target image of ${v.name} is no prefix of the primary's history after seq ${epoch.fromSeq} (block ${r.block}; state ${state ?? 'primary down'})`);
+          this.#invalidate(v.name, 'I4 broken');
+        }
+      }
+    }
+    if (primary !== undefined && primary.link !== 'up') {
+      const c = this.config;
+      const budget = c.journalCapacity + c.concurrency * c.maxWriteBlocks * c.blockSize + c.regionSize * c.resyncConcurrency + c.maxAsyncLag;
+      for (const v of primary.volumes) {
+        const st = v.status();
+        if (st.pendingBytes > budget) {
+          this.#violate('I7-memory-budget', `volume ${v.name}: ${st.pendingBytes} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: journal ${c.journalCapacity} + requests in flight)`);
+        }
+      }
+    }
+  }
+
+  /** Pauses the workload until no request is in flight, then checks I3 and restarts the async prefix check. */
+  async #quiescentCheck(): Promise<void> {
+    this.#paused = true;
+    await this.vt.runUntilTrue(() => this.#inflight.size === 0, 5000);
+    this.#compareIfInSync(false);
+    this.#paused = false;
+  }
+
+  #compareIfInSync(final: boolean): boolean {
+    const primary = this.primaryNode.primary;
+    if (primary === undefined || this.#inflight.size > 0) return true;
+    let equal = true;
+    for (const v of this.config.volumes) {
+      const st = primary.volume(v.name).status();
+      if (!st.inSync || st.state !== 'in-sync') continue;
+      const a = this.primaryNode.disks.get(v.name)!.device.peek();
+      const b = this.targetNode.disks.get(v.name)!.device.peek();
+      const diff = firstDiff(a, b, this.config.blockSize);
+      if (diff === undefined) {
+        if (v.mode === 'async') this.#epochs.set(v.name, { base: b, fromSeq: st.lastSeq, history: [] });
+        continue;
+      }
+      equal = false;
+      const offset = diff * this.config.blockSize;
+      const last = this.#lastAckedWriter(v.name, offset);
+      const acked = last !== undefined && last.onPrimary;
+      const inv: InvariantId = final && acked ? 'I2-acked-write-lost' : 'I3-in-sync-images-differ';
+      this.#violate(
+        inv,
+        `volume ${v.name} (${v.mode}) is in-sync but the images differ at block ${diff} (offset ${offset})` +
+          (last === undefined ? '' : `; last request there: op#${last.id}${acked ? ', acknowledged, held by the primary, missing on the target' : ''}`),
+      );
+    }
+    return equal;
+  }
+
+  /** The last completed request that wrote `offset` of `volume`, and whether the primary holds its data there. */
+  #lastAckedWriter(volume: string, offset: number): { id: number; onPrimary: boolean } | undefined {
+    const line = [...this.trace].reverse().find((l) => l.includes(` ${volume} write`) && coversOffset(l, offset) && /-> (acknowledged|queued)/.test(l));
+    if (line === undefined) return undefined;
+    const id = Number(/op#(\d+)/.exec(line)![1]);
+    const onPrimary = this.primaryNode.disks.get(volume)!.device.peek(offset, 512).equals(pattern(id, this.config.blockSize).subarray(offset % this.config.blockSize, (offset % this.config.blockSize) + 512));
+    return { id, onPrimary };
+  }
+
+  async #rogue(step: number): Promise<void> {
+    const target = this.targetNode.target;
+    if (target === undefined || target.volumes.every((v) => v.status().generation === undefined)) return;
+    this.#log(`step ${step}: a second primary with another lineage connects (the real one is cut off)`);
+    if (!this.#partitioned) {
+      this.network.partition(PRIMARY_HOST, TARGET_HOST);
+      this.#partitioned = true;
+      this.#later(this.#sched.int(50, 1000), () => this.#heal());
+    }
+    for (const l of this.#pairLinks()) l.cut();
+    await this.vt.runUntilTrue(() => target.volumes.every((v) => v.status().connections === 0), 2000);
+    if (this.targetNode.target !== target) return;
+    const snapshot = (): string[] =>
+      target.volumes.map((v) => {
+        const st = v.status();
+        const image = this.targetNode.disks.get(v.name)!.device.peek();
+        return `${v.name} applied=${st.appliedSeq} stream=${this.#label(v.stream)} gen=${this.#label(st.generation)} primary=${st.primary} image=${hash(image)}`;
+      });
+    const before = snapshot();
+    const rogue = createPrimary({
+      peer: this.targetNode.address,
+      nodeId: 'rogue',
+      transport: this.network.transport({ host: 'rogue' }),
+      clock: this.vt,
+      connections: 1,
+      heartbeats: false,
+      handshakeTimeout: 500,
+      volumes: this.config.volumes.map((v) => ({
+        name: v.name,
+        mode: v.mode,
+        device: new CrashableMemoryDevice(v.size, { blockSize: this.config.blockSize }),
+      })),
+    });
+    const r = await this.#drive(rogue, 3000);
+    if (r.value !== undefined) {
+      const accepted: Primary = r.value;
+      this.#log('rogue primary accepted');
+      await this.#drive(accepted.close({ drain: false }));
+      this.#violate('I5-refused-peer-changed-target', 'a primary of an unrelated lineage was accepted by a target holding another lineage');
+      return;
+    }
+    this.#log(`rogue primary refused: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
+    await this.vt.runFor(10);
+    if (this.targetNode.target !== target) return;
+    const after = snapshot();
+    for (let i = 0; i < before.length; i++) {
+      if (before[i] !== after[i]) this.#violate('I5-refused-peer-changed-target', `refused peer changed the target: ${before[i]} -> ${after[i]}`);
+    }
+  }
+
+  async #finish(): Promise<void> {
+    this.#log('healing: faults off, nodes up');
+    for (const h of this.#timers) this.vt.clearTimeout(h);
+    this.#timers.clear();
+    this.#heal();
+    this.#linkDelay = () => 1;
+    for (const l of this.network.links) {
+      l.unstall();
+      l.setDelay(1);
+    }
+    for (const node of [this.primaryNode, this.targetNode]) for (const d of node.disks.values()) d.device.clearErrors();
+    this.#stallNext = 0;
+    await this.#startTarget();
+    await this.#startPrimary();
+    this.#paused = true;
+    const settled = await this.vt.runUntilTrue(() => this.#inflight.size === 0, 30_000);
+    if (!settled) this.#violate('liveness', `${this.#inflight.size} user request(s) still pending 30 s after the faults healed`);
+    const primary = this.primaryNode.primary;
+    if (primary === undefined) return;
+    const inSync = (): boolean => primary.link === 'up' && primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync');
+    const ok = await this.vt.runUntilTrue(inSync, this.config.livenessTimeout);
+    if (!ok) {
+      const states = primary.volumes.map((v) => {
+        const s = v.status();
+        return `${v.name}:${s.state} pending=${s.pendingRequests} acked=${s.ackedSeq}/${s.lastSeq} resync=${s.resyncBytes}`;
+      });
+      this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: link ${primary.link}, ${states.join(', ')}`);
+    }
+    this.#compareIfInSync(true);
+  }
+
+  async #teardown(): Promise<void> {
+    this.#stopped = true;
+    try {
+      await this.#drive(this.primaryNode.stop('kill'), 1000);
+      await this.#drive(this.targetNode.stop('kill'), 1000);
+      await this.vt.runFor(100);
+    } finally {
+      this.vt.clearAll();
+    }
+  }
+}
+
+/** Runs one schedule: `new Simulation(options).run()`. */
+export function simulate(options: SimulationOptions): Promise<SimulationResult> {
+  return new Simulation(options).run();
+}
+
+/** Payload of request `id`: every 512-byte sector starts with the id, the rest is a byte derived from it. */
+function pattern(id: number, length: number): Buffer {
+  const b = Buffer.alloc(length, (id * 37) % 251 + 1);
+  for (let i = 0; i + 4 <= length; i += 512) b.writeUInt32LE(id, i);
+  return b;
+}
+
+function firstDiff(a: Buffer, b: Buffer, blockSize: number): number | undefined {
+  if (a.equals(b)) return undefined;
+  for (let i = 0; i < a.length; i += blockSize) if (!a.subarray(i, i + blockSize).equals(b.subarray(i, i + blockSize))) return i / blockSize;
+  return undefined;
+}
+
+function coversOffset(line: string, offset: number): boolean {
+  const m = /@(\d+)\+(\d+)/.exec(line);
+  if (m === null) return false;
+  const start = Number(m[1]);
+  return offset >= start && offset < start + Number(m[2]);
+}
+
+function hash(buf: Buffer): string {
+  return createHash('sha1').update(buf).digest('hex').slice(0, 12);
+}
