@@ -7,7 +7,7 @@
  *
  * @module
  */
-import type { Journal, JournalEntry, JournalStats } from '../../journal/journal.js';
+import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from '../../journal/journal.js';
 import type { GenerationState, GenerationStore } from '../../replication/generation.js';
 import type { DirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type {
@@ -62,7 +62,7 @@ export class JournalView implements Journal, Revocable {
     if (!this.#revoked && !this.#closed) this.#journal.release(seq);
   }
 
-  async *pending(afterSeq?: number): AsyncGenerator<JournalEntry, void, undefined> {
+  async *pending(afterSeq?: number): AsyncGenerator<PendingJournalEntry, void, undefined> {
     for await (const entry of this.#journal.pending(afterSeq)) {
       if (this.#revoked) await frozen();
       yield entry;
@@ -91,12 +91,15 @@ export class JournalView implements Journal, Revocable {
   }
 }
 
-/** A generation store view for one process (saves are durable when they resolve). */
-export class GenerationStoreView implements GenerationStore, Revocable {
-  readonly #store: GenerationStore;
+/**
+ * A small-state store (generations, stream, apply state) seen by one
+ * process: forwards until revoked; afterwards its calls never settle.
+ */
+export class StoreView<T> implements Revocable {
+  readonly #store: { load(): Promise<T | undefined>; save(state: T): Promise<void> };
   #revoked = false;
 
-  constructor(store: GenerationStore) {
+  constructor(store: { load(): Promise<T | undefined>; save(state: T): Promise<void> }) {
     this.#store = store;
   }
 
@@ -104,16 +107,19 @@ export class GenerationStoreView implements GenerationStore, Revocable {
     this.#revoked = true;
   }
 
-  load(): Promise<GenerationState | undefined> {
+  load(): Promise<T | undefined> {
     if (this.#revoked) return frozen();
     return this.#store.load();
   }
 
-  save(state: GenerationState): Promise<void> {
+  save(state: T): Promise<void> {
     if (this.#revoked) return frozen();
     return this.#store.save(state);
   }
 }
+
+/** A generation store seen by one process (see {@link StoreView}). */
+export class GenerationStoreView extends StoreView<GenerationState> implements GenerationStore {}
 
 /**
  * A dirty bitmap view for one process: a proxy that forwards everything

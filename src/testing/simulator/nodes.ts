@@ -10,13 +10,15 @@ import type { Clock } from '../../clock.js';
 import { CrashableMemoryDevice, type DeviceSession } from '../../device/crashable-memory-device.js';
 import { MemoryJournal } from '../../journal/memory-journal.js';
 import { MemoryGenerationStore } from '../../replication/generation.js';
+import { MemoryApplyStateStore, type ApplyState } from '../../replication/apply-state.js';
+import { MemoryStreamStore, type StreamState } from '../../replication/stream-file.js';
 import { Primary, type PrimaryOptions } from '../../replication/primary.js';
 import { createMirrorTarget, type MirrorTarget, type MirrorTargetOptions } from '../../replication/mirror-target.js';
 import { MemoryDirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type { MemoryNetwork } from '../../transport/memory.js';
 import type { TransportAddress } from '../../transport/transport.js';
 import type { SimConfig } from './config.js';
-import { GenerationStoreView, JournalView, TransportView, bitmapView, type Revocable } from './fences.js';
+import { GenerationStoreView, JournalView, StoreView, TransportView, bitmapView, type Revocable } from './fences.js';
 import type { Rng } from './rng.js';
 
 /** Host names of the simulated topology. */
@@ -34,8 +36,8 @@ export interface PrimaryVolumeDisk {
   journal: MemoryJournal;
   bitmap: MemoryDirtyBitmap;
   generations: MemoryGenerationStore;
-  /** Replication stream id kept beside the journal (as `<volume>.stream`). */
-  stream: string | undefined;
+  /** Replication stream and seq reservation kept beside the journal (as `<volume>.stream`). */
+  stream: MemoryStreamStore;
 }
 
 /** Timer settings shared by both nodes (small, so schedules are short). */
@@ -83,7 +85,7 @@ export class PrimaryNode {
         journal: new MemoryJournal({ capacityBytes: ctx.config.journalCapacity }),
         bitmap: new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: ctx.config.regionSize }),
         generations: new MemoryGenerationStore(),
-        stream: undefined,
+        stream: new MemoryStreamStore(),
       });
     }
   }
@@ -142,9 +144,12 @@ export class PrimaryNode {
       const journal = new JournalView(disk.journal);
       const bitmap = bitmapView(disk.bitmap);
       this.#views.push(journal, bitmap);
-      // as loadStream(): keep the stream while the journal holds requests of it
-      if (disk.stream === undefined || disk.journal.size === 0) disk.stream = hexId(this.ctx.rng);
-      await volume.useJournal(journal, disk.stream);
+      const streamStore = new StoreView<StreamState>(disk.stream);
+      this.#views.push(streamStore);
+      // as Primary.start() with a journal directory: continue the stored stream above its reservation
+      const loaded = await streamStore.load();
+      const stream = loaded === undefined ? { id: hexId(this.ctx.rng), reserved: 0, continued: false } : { id: loaded.stream, reserved: loaded.reserved, continued: true };
+      await volume.useJournal(journal, stream, (through) => streamStore.save({ stream: stream.id, reserved: through }), true);
       volume.useBitmap(bitmap);
     }
     await primary.start(false);
@@ -174,6 +179,8 @@ export class PrimaryNode {
 export interface TargetVolumeDisk {
   device: CrashableMemoryDevice;
   generations: MemoryGenerationStore;
+  /** Durable apply state (stream, flushed watermark). */
+  applyState: MemoryApplyStateStore;
 }
 
 /** The target node (see {@link PrimaryNode}). */
@@ -191,6 +198,7 @@ export class TargetNode {
       this.disks.set(v.name, {
         device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency }),
         generations: new MemoryGenerationStore(),
+        applyState: new MemoryApplyStateStore(),
       });
     }
   }
@@ -203,11 +211,8 @@ export class TargetNode {
     return this.target !== undefined;
   }
 
-  /**
-   * Options of the next incarnation. The target's apply state (stream,
-   * applied prefix) cannot be injected: it starts empty at every restart.
-   */
-  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>): MirrorTargetOptions {
+  /** Options of the next incarnation. */
+  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>, applied: Map<string, StoreView<ApplyState>>): MirrorTargetOptions {
     return {
       listen: this.address,
       nodeId: 'target',
@@ -215,7 +220,7 @@ export class TargetNode {
       clock: this.ctx.clock,
       heartbeats: this.ctx.config.heartbeats,
       ...SIM_TIMERS,
-      volumes: this.ctx.config.volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!, generations: stores.get(v.name)! })),
+      volumes: this.ctx.config.volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!, generations: stores.get(v.name)!, applyState: applied.get(v.name)! })),
     };
   }
 
@@ -233,7 +238,13 @@ export class TargetNode {
       devices.set(name, session);
       stores.set(name, store);
     }
-    const target = await createMirrorTarget(this.options(transport, devices, stores));
+    const applied = new Map<string, StoreView<ApplyState>>();
+    for (const [name, disk] of this.disks) {
+      const view = new StoreView<ApplyState>(disk.applyState);
+      this.#views.push(view);
+      applied.set(name, view);
+    }
+    const target = await createMirrorTarget(this.options(transport, devices, stores, applied));
     this.target = target;
     return target;
   }

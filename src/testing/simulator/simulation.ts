@@ -653,6 +653,12 @@ export class Simulation {
         return `${v.name} applied=${st.appliedSeq} stream=${this.#label(v.stream)} gen=${this.#label(st.generation)} primary=${st.primary} image=${hash(image)}`;
       });
     const before = snapshot();
+    // the real primary may reconnect meanwhile (a heal timer): then the comparison proves nothing
+    let realPrimaryBack = false;
+    const onConnection = (info: { node: string }): void => {
+      if (info.node !== 'rogue') realPrimaryBack = true;
+    };
+    target.on('connection', onConnection);
     const rogue = createPrimary({
       peer: this.targetNode.address,
       nodeId: 'rogue',
@@ -669,6 +675,7 @@ export class Simulation {
     });
     const r = await this.#drive(rogue, 3000);
     if (r.value !== undefined) {
+      target.off('connection', onConnection);
       const accepted: Primary = r.value;
       this.#log('rogue primary accepted');
       await this.#drive(accepted.close({ drain: false }));
@@ -677,7 +684,12 @@ export class Simulation {
     }
     this.#log(`rogue primary refused: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
     await this.vt.runFor(10);
+    target.off('connection', onConnection);
     if (this.targetNode.target !== target) return;
+    if (realPrimaryBack) {
+      this.#log('the real primary reconnected during the attempt: no comparison');
+      return;
+    }
     const after = snapshot();
     for (let i = 0; i < before.length; i++) {
       if (before[i] !== after[i]) this.#violate('I5-refused-peer-changed-target', `refused peer changed the target: ${before[i]} -> ${after[i]}`);
