@@ -29,6 +29,12 @@ export interface IdleWatchOptions {
   connection?: ConnectionSlot['connection'];
   /** Called once when the handler must close its connection and exit. */
   onExpire(): void;
+  /**
+   * Called at each check that finds the slot still open, with the idle time
+   * (ms): a handler waiting for answers can probe its peer (PING) and give
+   * up on a connection that stays silent (a black-holed path).
+   */
+  onIdle?(idleFor: number): void;
 }
 
 /**
@@ -50,6 +56,7 @@ export class IdleWatch {
   readonly #connection: ConnectionSlot['connection'];
   readonly #checkConnection: boolean;
   readonly #onExpire: () => void;
+  readonly #onIdle: ((idleFor: number) => void) | undefined;
   #lastActivity: number;
   #timer: TimerHandle | undefined;
   #stopped = false;
@@ -70,6 +77,7 @@ export class IdleWatch {
     this.#checkConnection = 'connection' in options;
     this.#connection = options.connection;
     this.#onExpire = options.onExpire;
+    this.#onIdle = options.onIdle;
     this.#lastActivity = this.#clock.now();
     this.#arm(t);
   }
@@ -122,6 +130,7 @@ export class IdleWatch {
     if (!gone) {
       // Slot still open: keep listening; check again after another T3.
       this.#arm(this.idleTimeout);
+      this.#onIdle?.(idle);
       return;
     }
     this.#expired = true;

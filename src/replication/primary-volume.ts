@@ -943,6 +943,20 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return this.#ackedThrough;
   }
 
+  /** The oldest `n` requests not acknowledged, as `kind#seq:state@slot` (diagnostics). @internal */
+  describePending(n = 4): string[] {
+    const out: string[] = [];
+    for (const req of this.#requests.values()) {
+      if (out.length >= n) break;
+      if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}`);
+    }
+    for (const req of this.#flushes) {
+      if (out.length >= 2 * n) break;
+      out.push(`${req.kind}(bar ${req.barrier}):${req.state}@${req.slot}`);
+    }
+    return out;
+  }
+
   /** Every seq ≤ this is on the target's stable storage. */
   get durableSeq(): number {
     return this.#durableSeq;
@@ -963,8 +977,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
     const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
     const flushed = new Promise<void>((resolve) => {
-      req.onDone = () => {
+      req.onDone = (outcome) => {
         this.#durabilityFlush = undefined;
+        // nobody waits for a durability flush that failed: the next one replaces it
+        if (!outcome.ok) this.#flushes.delete(req);
         resolve();
       };
       this.#enqueue(req);

@@ -563,7 +563,21 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     slot.lastHeartbeat = this.#clock.now();
     slot.inFlight = 0;
     // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
-    const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
+    // A connection with requests in flight that stays silent for T3 is probed
+    // with a PING; silent for another T3, it is given up (a black-holed path
+    // never closes by itself) and its requests go out again on the others.
+    const idle = new IdleWatch({
+      clock: this.#clock,
+      idleTimeout: this.#idleTimeout,
+      slot,
+      connection: conn,
+      onExpire: () => conn.destroy(),
+      onIdle: (idleFor) => {
+        if (slot.connection !== conn || slot.inFlight === 0) return;
+        if (idleFor >= 2 * this.#idleTimeout) conn.destroy(new BlockMirrorError('BM_ERR_TIMEOUT', `no answer from the mirror target on connection ${slot.index} for ${idleFor} ms`));
+        else conn.send(MessageType.PING, { t: this.#clock.now() });
+      },
+    });
     this.#idle.add(idle);
     conn.on('frame', (frame) => {
       idle.touch();

@@ -652,7 +652,15 @@ export class Simulation {
         const image = this.targetNode.disks.get(v.name)!.device.peek();
         return `${v.name} applied=${st.appliedSeq} stream=${this.#label(v.stream)} gen=${this.#label(st.generation)} primary=${st.primary} image=${hash(image)}`;
       });
-    const before = snapshot();
+    // requests the real primary sent before the cut may still be applying: wait until the target is still
+    let before = snapshot();
+    for (let i = 0; i < 20; i++) {
+      await this.vt.runFor(100);
+      const again = snapshot();
+      if (again.every((line, k) => line === before[k])) break;
+      before = again;
+    }
+    if (this.targetNode.target !== target) return;
     // the real primary may reconnect meanwhile (a heal timer): then the comparison proves nothing
     let realPrimaryBack = false;
     const onConnection = (info: { node: string }): void => {
@@ -718,10 +726,14 @@ export class Simulation {
     const inSync = (): boolean => primary.link === 'up' && primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync');
     const ok = await this.vt.runUntilTrue(inSync, this.config.livenessTimeout);
     if (!ok) {
-      const states = primary.volumes.map((v) => {
+      const slots = primary.status().peers[0]!.connections.map((c) => `${c.status}/${c.inFlight}`).join(',');
+      const tgt = this.targetNode.target;
+      const targetLine = tgt === undefined ? 'target down' : tgt.volumes.map((v) => `${v.name}@target applied=${v.status().appliedSeq} waiting=${v.order.waitingCount} conns=${v.status().connections}`).join(' ');
+      const states = [`slots=${slots}`, targetLine, ...primary.volumes.map((v) => {
         const s = v.status();
-        return `${v.name}:${s.state} pending=${s.pendingRequests} acked=${s.ackedSeq}/${s.lastSeq} resync=${s.resyncBytes}`;
-      });
+        const next = v.nextToSend();
+        return `${v.name}:${s.state} pending=${s.pendingRequests} acked=${s.ackedSeq}/${s.lastSeq} resync=${s.resyncBytes} queue=${v.queue.length} next=${next === undefined ? '-' : `${next.kind}#${next.seq}`} [${v.describePending().join(' ')}]`;
+      })];
       this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: link ${primary.link}, ${states.join(', ')}`);
     }
     this.#compareIfInSync(true);
