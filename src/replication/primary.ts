@@ -229,6 +229,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #initialSync = new Set<PrimaryVolume>();
   readonly #generationStores = new Map<PrimaryVolume, GenerationStore>();
   readonly #resyncs = new Map<PrimaryVolume, Promise<void>>();
+  readonly #resyncAttempts = new Map<PrimaryVolume, number>();
   readonly #progress = new Map<PrimaryVolume, { operation: 'resync' | 'verify'; snapshot: ProgressSnapshot }>();
   readonly #slots: ConnectionArray;
   /** Requests in flight per slot, by request id. */
@@ -676,6 +677,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const run = runResync(volume, this.#settings(volume, 'resync', checksum)).then(
       (result) => {
         this.#resyncs.delete(volume);
+        this.#resyncAttempts.delete(volume);
         this.#checksumSync.delete(volume);
         log('volume %s: resync done, %d of %d regions sent (%d bytes)', volume.name, result.regionsSent, result.regions, result.bytesSent);
         this.emit('resync-done', { volume: volume.name, ...result });
@@ -685,7 +687,16 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         this.#resyncs.delete(volume);
         const err = toBlockMirrorError(error);
         log('volume %s: resync stopped: %s', volume.name, err.message);
-        if (!this.#closed) this.emit('resync-error', { volume: volume.name, error: err });
+        if (this.#closed) return;
+        this.emit('resync-error', { volume: volume.name, error: err });
+        // a failed read or write (not only a link loss) stops a resync: it is retried with backoff
+        const attempt = (this.#resyncAttempts.get(volume) ?? 0) + 1;
+        this.#resyncAttempts.set(volume, attempt);
+        const timer = this.#clock.setTimeout(() => {
+          this.#reconnectTimers.delete(timer);
+          this.#startResync(volume);
+        }, this.#backoff(attempt));
+        this.#reconnectTimers.add(timer);
       },
     );
     this.#resyncs.set(volume, run);
@@ -762,7 +773,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
           // a resend (its connection closed) goes ahead of the window: newer
           // requests in flight may be waiting for it on the target
           const slot = this.#slots.pick(this.#worker, req.resend ? Number.MAX_SAFE_INTEGER : this.#maxInFlight);
-          if (slot === undefined) return;
+          if (slot === undefined) continue; // another volume's resend may still go
           volume.queue.shift();
           this.#send(slot, volume, req);
           sent = true;
