@@ -20,6 +20,9 @@ import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { RangeLock } from './range-lock.js';
 import { SendQueue } from './send-queue.js';
 import { SEQ_RESERVATION } from './stream-file.js';
+import createDebug from 'debug';
+
+const log = createDebug('blockmirror:volume');
 
 /**
  * How a volume is replicated.
@@ -452,9 +455,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         this.#updateState();
         throw error;
       }
-      const result = toResult(await outcome, seq);
-      if (seq > this.#completedSeq) this.#completedSeq = seq;
-      return result;
+      try {
+        return toResult(await outcome, seq);
+      } finally {
+        // later overlapping writes are ordered after this one on the target, whatever its outcome
+        if (seq > this.#completedSeq) this.#completedSeq = seq;
+      }
     } finally {
       release();
       if (covering) this.#uncover(offset, length);
@@ -813,6 +819,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * @internal
    */
   targetReady(applied: number, inc: string | undefined, durable: number | undefined): void {
+    log('volume %s: target ready applied=%d inc=%s durable=%s (we: acked=%d last=%d inc=%s)', this.name, applied, inc, durable, this.#ackedThrough, this.#lastSeq, this.#targetInc);
     if (applied > this.#lastSeq) this.#lastSeq = applied;
     for (const req of this.#requests.values()) {
       if (req.end > applied) break;
