@@ -401,7 +401,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const advancing = this.#beforeDisconnectedWrite();
       if (advancing !== undefined) await advancing;
       if (this.mode === 'async') {
-        const barrier = this.#lastSeq;
         await this.#local(kind, offset, length, data, fua);
         if (this.#journalSuspended || this.#closed) {
           // the journal is full: the bitmap tracks this write; a resync sends it
@@ -412,7 +411,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const seq = this.#takeSeq();
         this.#lastWriteSeq = seq;
         const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
-        const req = this.#request(kind, seq, offset, length, kept, fua, barrier);
+        // strictly after every earlier request: the target image is always a prefix of our history (invariant 2)
+        const req = this.#request(kind, seq, offset, length, kept, fua, seq - 1);
         req.owned = true;
         req.lag = lag;
         req.uncovered = true;
