@@ -302,6 +302,8 @@ export class Simulation {
       if (op.incarnation === incarnation) {
         op.done = true;
         this.#inflight.delete(op);
+        // it may have reached the primary's device (and later the target by a resync) or not: no history can say
+        if (op.kind !== 'flush') this.#invalidate(op.volume, `op#${op.id} abandoned by a stop of the primary`);
       }
     }
   }
@@ -572,7 +574,12 @@ export class Simulation {
         const image = this.targetNode.disks.get(v.name)!.device.peek();
         const r = prefixPoint(epoch.base, image, epoch.history, this.config.blockSize, epoch.fromSeq);
         if (!r.ok) {
-          this.#violate('I4-async-prefix', `target image of ${v.name} is no prefix of the primary's history after seq ${epoch.fromSeq} (block ${r.block}; state ${state ?? 'primary down'})`);
+          const bs = this.config.blockSize;
+          const at = (buf: Buffer): string => `op#${buf.readUInt32LE(r.block! * bs)}`;
+          this.#violate(
+            'I4-async-prefix',
+            `target image of ${v.name} is no prefix of the primary's history after seq ${epoch.fromSeq} (block ${r.block}: target ${at(image)}, base ${at(epoch.base)}; state ${state ?? 'primary down'})`,
+          );
           this.#invalidate(v.name, 'I4 broken');
         }
       }
