@@ -659,6 +659,12 @@ export class Simulation {
         const image = this.targetNode.disks.get(v.name)!.device.peek();
         return `${v.name} applied=${st.appliedSeq} stream=${this.#label(v.stream)} gen=${this.#label(st.generation)} primary=${st.primary} image=${hash(image)}`;
       });
+    // the real primary may reconnect meanwhile (a heal timer): then the comparison proves nothing
+    let realPrimaryBack = false;
+    const onConnection = (info: { node: string }): void => {
+      if (info.node !== 'rogue') realPrimaryBack = true;
+    };
+    target.on('connection', onConnection);
     // requests the real primary sent before the cut may still be applying: wait until the target is still
     let before = snapshot();
     for (let i = 0; i < 20; i++) {
@@ -667,13 +673,10 @@ export class Simulation {
       if (again.every((line, k) => line === before[k])) break;
       before = again;
     }
-    if (this.targetNode.target !== target) return;
-    // the real primary may reconnect meanwhile (a heal timer): then the comparison proves nothing
-    let realPrimaryBack = false;
-    const onConnection = (info: { node: string }): void => {
-      if (info.node !== 'rogue') realPrimaryBack = true;
-    };
-    target.on('connection', onConnection);
+    if (this.targetNode.target !== target) {
+      target.off('connection', onConnection);
+      return;
+    }
     const rogue = createPrimary({
       peer: this.targetNode.address,
       nodeId: 'rogue',
