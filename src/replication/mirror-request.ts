@@ -28,8 +28,14 @@ export interface MirrorRequest {
    * - `acked`: the target applied it (the volume forgets it once the target says it is durable).
    */
   state: 'queued' | 'inflight' | 'acked';
-  /** Regions of the request count as not yet covered (journal or durable on the target). */
+  /** Regions of the request count as not yet covered (see `PrimaryVolume`'s write-intent rules). */
   uncovered: boolean;
+  /** The primary's own write of it is on stable storage (a local flush or FUA came after it). */
+  localDurable: boolean;
+  /** The journal holds it durably. */
+  journalDurable: boolean;
+  /** The target reported it durable. */
+  targetDurable: boolean;
   offset: number;
   length: number;
   /** Data of a write; undefined for zero and flush. */

@@ -34,7 +34,7 @@ export type ReplicationMode = 'sync' | 'async' | 'local';
 
 /**
  * Replication state of a volume.
- * - `in-sync`: nothing pending; the target holds every write.
+ * - `in-sync`: nothing pending; the target holds every write on stable storage (it reported them durable).
  * - `replicating`: writes are on their way; the link is healthy.
  * - `lagging`: writes are pending and the link is down or a mirror write failed (they are retried).
  * - `needs-resync`: regions of the volume must be copied to the target (the
@@ -69,7 +69,7 @@ export interface PrimaryVolumeStatus {
   name: string;
   mode: ReplicationMode;
   state: VolumeState;
-  /** True when the target is identical as far as the primary knows (nothing pending). */
+  /** True when the target is identical as far as the primary knows (nothing pending, and the target reported everything durable). */
   inSync: boolean;
   size: number;
   blockSize: number;
@@ -119,6 +119,8 @@ export interface ReplicationLink {
   readonly outagePolicy: 'degrade' | 'suspend';
   /** Async mode: bytes written locally and not yet acknowledged by the target before new writes wait (0: no limit). */
   readonly maxAsyncLag: number;
+  /** Milliseconds an idle volume waits before it asks the target to make everything durable. */
+  readonly durableDelay: number;
   /** Largest payload one mirror request can carry (the codec's `maxPayloadLength`): {@link PrimaryVolume.write} splits longer writes. */
   readonly maxPayload: number;
 }
@@ -201,6 +203,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #reserving: Promise<void> | undefined;
   /** Appends to the journal survive a crash (its fsync policy is not `none`): a journaled write is covered. */
   #journalDurable = true;
+  #durableTimer: TimerHandle | undefined;
+  /** Requests whose local write completed and is not yet known durable (a local flush releases them). */
+  readonly #localPending = new Set<MirrorRequest>();
   /** A durability flush in progress (see `makeDurable`). */
   #durabilityFlush: Promise<void> | undefined;
   /** Persists a new reservation (a restarted primary continues above it). */
@@ -366,11 +371,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const req = this.#request('flush', 0, 0, 0, undefined, false, barrier);
     if (this.mode === 'async') {
       this.#enqueue(req);
-      await this.device.flush();
+      await this.#flushLocal();
       return { mirror: 'queued' };
     }
     const outcome = this.#waitFor(req);
-    await this.device.flush();
+    await this.#flushLocal();
     return toResult(await outcome, undefined);
   }
 
@@ -401,7 +406,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const advancing = this.#beforeDisconnectedWrite();
       if (advancing !== undefined) await advancing;
       if (this.mode === 'async') {
-        await this.#local(kind, offset, length, data, fua);
+        try {
+          await this.#local(kind, offset, length, data, fua);
+        } catch (error) {
+          // a failed local write may have changed part of the range: resync it from what we hold
+          this.#needs.mark(offset, length);
+          this.#updateState();
+          throw error;
+        }
         if (this.#journalSuspended || this.#closed) {
           // the journal is full: the bitmap tracks this write; a resync sends it
           this.#needs.mark(offset, length);
@@ -416,6 +428,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         req.owned = true;
         req.lag = lag;
         req.uncovered = true;
+        this.#localDone(req, fua);
         covering = false;
         enqueued = true;
         // queued before its journal append completes: sent in seq order, never behind a later request
@@ -443,7 +456,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       await new Promise<void>((resolve) => process.nextTick(resolve));
       try {
         await this.#local(kind, offset, length, data, fua);
+        this.#localDone(req, fua);
       } catch (error) {
+        req.localDurable = true;
         // The target may get a write the local device refused: the request
         // stays (ordering: later overlapping writes come after it), the range
         // is resynced from what the primary really holds, and the caller
@@ -518,10 +533,34 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /** A request's regions are covered (journal append done, or durable on the target). */
+  /**
+   * Releases a request's write-intent bits once they are no longer needed:
+   * its own local write is on stable storage AND either the target holds it
+   * durably or the journal does (a crash then replays it). Until then a crash
+   * of either side may leave the region different, and the bit says so.
+   */
   #covered(req: MirrorRequest): void {
-    if (!req.uncovered) return;
+    if (!req.uncovered || !req.localDurable) return;
+    if (!req.targetDurable && !(req.journalDurable && this.#journalDurable)) return;
     req.uncovered = false;
     this.#uncover(req.offset, req.length);
+  }
+
+  /** The local write of `req` completed (with `fua`: durably). */
+  #localDone(req: MirrorRequest, fua: boolean): void {
+    if (fua) req.localDurable = true;
+    else if (!req.localDurable) this.#localPending.add(req);
+  }
+
+  /** Flushes the local device; requests whose local write completed before are then locally durable. */
+  async #flushLocal(): Promise<void> {
+    const batch = [...this.#localPending];
+    await this.device.flush();
+    for (const req of batch) {
+      this.#localPending.delete(req);
+      req.localDurable = true;
+      this.#covered(req);
+    }
   }
 
   #local(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean): Promise<void> {
@@ -544,6 +583,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       end: seq,
       state: 'queued',
       uncovered: false,
+      localDurable: kind === 'skip' || kind === 'flush' || kind === 'hash',
+      journalDurable: false,
+      targetDurable: false,
       offset,
       length,
       data,
@@ -630,7 +672,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       () => {
         // the journal covers it now (or the target already holds it durably)
         if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
-        if (this.#journalDurable) this.#covered(req);
+        req.journalDurable = true;
+        this.#covered(req);
       },
       (error: unknown) => {
         req.journaled = false;
@@ -751,6 +794,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (req.state !== 'acked') this.acknowledged(req);
       this.#requests.delete(req.seq);
       if (req.journaled) this.#journal.release(req.seq);
+      req.targetDurable = true;
       this.#covered(req);
     }
     this.#advanceAcked();
@@ -935,8 +979,17 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.idle && this.#journalSuspended && this.#journal.size === 0) this.#journalSuspended = false;
     if (this.resyncing) this.#setState('inconsistent');
     else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
-    else if (this.idle) this.#setState('in-sync');
-    else this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+    else if (this.idle && this.#requests.size === 0) this.#setState('in-sync');
+    else {
+      this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
+      // in-sync means durable on the target: ask for it once nothing else was pending for `durableDelay`
+      if (this.idle && this.#link.up && !this.#closed && this.#durableTimer === undefined) {
+        this.#durableTimer = this.#link.clock.setTimeout(() => {
+          this.#durableTimer = undefined;
+          if (this.idle && !this.#closed) void this.makeDurable();
+        }, this.#link.durableDelay);
+      }
+    }
   }
 
   #setState(state: VolumeState): void {
@@ -952,10 +1005,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The oldest `n` requests not acknowledged, as `kind#seq:state@slot` (diagnostics). @internal */
   describePending(n = 4): string[] {
-    const out: string[] = [];
+    const out: string[] = [`lag=${this.#lagBytes}/${this.#lagWaiters.length}`, `lock=${this.#lock.size}`];
     for (const req of this.#requests.values()) {
-      if (out.length >= n) break;
-      if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}`);
+      if (out.length >= n + 2) break;
+      if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}${req.state === 'queued' && !this.queue.includes(req) ? ':NOT-IN-QUEUE' : ''}`);
     }
     for (const req of this.#flushes) {
       if (out.length >= 2 * n) break;
@@ -980,6 +1033,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * of what it covers are then released. @internal
    */
   makeDurable(): Promise<void> {
+    if (this.#localPending.size > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
     if (this.#closed || this.#requests.size === 0) return Promise.resolve();
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
     const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
@@ -1002,7 +1056,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       name: this.name,
       mode: this.mode,
       state: this.#state,
-      inSync: this.mode !== 'local' && this.idle,
+      inSync: this.#state === 'in-sync',
       size: this.device.size,
       blockSize: this.device.blockSize,
       lastSeq: this.#lastSeq,
@@ -1026,6 +1080,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   shutdown(): void {
     this.#closed = true;
     this.#openLagGate();
+    if (this.#durableTimer !== undefined) this.#link.clock.clearTimeout(this.#durableTimer);
+    this.#durableTimer = undefined;
     for (const t of this.#retryTimers) this.#link.clock.clearTimeout(t);
     this.#retryTimers.clear();
     for (const req of this.#requests.values()) this.#degrade(req, closedError(this.name));
@@ -1065,6 +1121,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, zero ? undefined : entry.data, entry.fua, entry.seq - 1);
       req.owned = true;
       req.journaled = true;
+      req.journalDurable = true;
+      // its local write belongs to the previous run: the bitmap still marks it if it was not durable
+      req.localDurable = true;
       this.#requests.set(req.seq, req);
       this.#unacked++;
       if (!zero) this.#pendingBytes += req.length;
@@ -1174,6 +1233,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const req = this.#request('write', seq, region.offset, region.length, data, false, this.#lastWriteSeq);
       req.owned = true;
       req.resync = true;
+      req.localDurable = true;
       // cleared from the resync set at once: a write to the region from now on marks it again if it must
       this.#needs.clearRegion(region.index);
       // the write-intent bit stays until the target holds the copy durably

@@ -137,6 +137,13 @@ export interface PrimaryOptions {
    */
   durableInterval?: number;
   /**
+   * Milliseconds a volume with nothing pending waits before it asks the
+   * target for that flush (default 20): a volume is `in-sync` only once the
+   * target reported everything durable, and the short wait lets a burst of
+   * writes share one target flush.
+   */
+  durableDelay?: number;
+  /**
    * Async volumes: when this many bytes wait for the target's acknowledgement
    * while the link is up, new writes wait (back-pressure), so the mirror lags
    * by a bounded amount instead of filling the journal. 0 = no limit. Default
@@ -321,6 +328,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       retryDelay: (attempt) => this.#backoff(attempt),
       outagePolicy,
       maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
+      durableDelay: nonNegativeInt(options.durableDelay ?? 20, 'durableDelay'),
       maxPayload: this.#limits.maxPayloadLength,
     };
 
@@ -842,7 +850,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   /** Asks the target to make acknowledged requests durable (see `durableInterval`). */
   #askDurable(): void {
     if (this.#closed || this.#link !== 'up') return;
-    for (const v of this.#mirrored) if (!v.durable) void v.makeDurable();
+    for (const v of this.#mirrored) void v.makeDurable();
   }
 
   #expire(): void {

@@ -16,6 +16,11 @@ interface Held {
 export class RangeLock {
   readonly #held = new Set<Held>();
 
+  /** Ranges held or waited for. */
+  get size(): number {
+    return this.#held.size;
+  }
+
   /**
    * Registers `[offset, offset + length)` at once (so later overlapping
    * requests queue behind it), waits for every earlier overlapping holder,

@@ -19,6 +19,12 @@ export class SendQueue {
     this.#items.push(req);
   }
 
+  /** True when `req` waits in the queue (diagnostics; linear). */
+  includes(req: MirrorRequest): boolean {
+    for (let i = this.#head; i < this.#items.length; i++) if (this.#items[i] === req) return true;
+    return false;
+  }
+
   peek(): MirrorRequest | undefined {
     return this.#items[this.#head];
   }
@@ -53,7 +59,7 @@ export class SendQueue {
   }
 }
 
-/** Sort key: writes by seq; a flush right after the writes its barrier covers. */
+/** Sort key: requests with a seq by seq; a probe (flush, hash) right after the requests its barrier covers. */
 function order(req: MirrorRequest): number {
-  return req.kind === 'flush' ? req.barrier + 0.5 : req.seq;
+  return req.kind === 'flush' || req.kind === 'hash' ? req.barrier + 0.5 : req.seq;
 }

@@ -82,6 +82,8 @@ describe('admin endpoint', () => {
     assert.deepEqual(metrics.get('blockmirror_volume_in_sync')!.samples.find((x) => x.labels.volume === 'sync0')?.value, 0);
     held.release();
     assert.equal((await write).mirror, 'acknowledged');
+    // in-sync once the target reported the write durable (its flush follows the acknowledgement)
+    while (pair.primary.volume('sync0').state !== 'in-sync') await onceEvent(pair.primary, 'volume-state');
     const after = JSON.parse((await request(a, '/status')).body) as AdminStatus;
     assert.deepEqual([after.volumes.sync0!.inSync, after.volumes.sync0!.pendingBytes, after.volumes.sync0!.replicatedBytes], [true, 0, 4096]);
   });

@@ -45,8 +45,8 @@ test('SPEC 1: no mirror connections exist before a mirror is engaged', async () 
 
 test('SPEC 2: engaging a mirror with n workers opens n connections; worker m uses connection m', async () => {
   const seen: number[] = [];
-  // no durability flush in the middle of the count (durableInterval)
-  const pair = await startPair([{ name: 'v', mode: 'async' }], { primary: { connections: 3, durableInterval: 3_600_000 } });
+  // no durability flush in the middle of the count (durableInterval, durableDelay)
+  const pair = await startPair([{ name: 'v', mode: 'async' }], { primary: { connections: 3, durableInterval: 3_600_000, durableDelay: 3_600_000 } });
   try {
     const status = pair.primary.status();
     assert.equal(status.peers[0]!.link, 'up');

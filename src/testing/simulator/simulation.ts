@@ -730,7 +730,11 @@ export class Simulation {
     await this.#startPrimary();
     this.#paused = true;
     const settled = await this.vt.runUntilTrue(() => this.#inflight.size === 0, 30_000);
-    if (!settled) this.#violate('liveness', `${this.#inflight.size} user request(s) still pending 30 s after the faults healed`);
+    if (!settled) {
+      const vols = this.primaryNode.primary?.volumes.map((v) => `${v.name}: ${v.describePending().join(' ')}`).join('; ');
+      const ops = [...this.#inflight].map((op) => `op#${op.id} ${op.volume} ${op.kind}`).join(', ') + ` | ${vols ?? 'primary down'}`;
+      this.#violate('liveness', `${this.#inflight.size} user request(s) still pending 30 s after the faults healed: ${ops}`);
+    }
     const primary = this.primaryNode.primary;
     if (primary === undefined) return;
     const inSync = (): boolean => primary.link === 'up' && primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync');
