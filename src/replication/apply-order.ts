@@ -14,10 +14,13 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
+import { BlockMirrorError } from '../errors.js';
 
 interface Waiting {
   barrier: number;
   run: () => void;
+  /** Drops the waiter (a new session ends the old one's requests). */
+  cancel?: () => void;
 }
 
 const done: Promise<void> = Promise.resolve();
@@ -68,7 +71,11 @@ export class ApplyOrder {
     const pending = this.#pending.get(seq);
     if (pending !== undefined) return pending;
     const outcome = new Promise<void>((resolve, reject) => {
-      this.whenApplied(barrier, () => {
+      const cancel = (): void => {
+        this.#pending.delete(seq);
+        reject(new BlockMirrorError('BM_ERR_CLOSED', `request seq ${seq} was superseded by a new session of the primary`));
+      };
+      this.#whenApplied(barrier, cancel, () => {
         apply().then(
           () => {
             this.#finish(seq, true, end);
@@ -103,15 +110,22 @@ export class ApplyOrder {
    * a new session never races a stale write.
    */
   async settle(): Promise<void> {
+    const dropped = this.#waiting;
     this.#waiting = [];
+    for (const w of dropped) w.cancel?.();
     const running = [...this.#pending.values()].map((p) => p.catch(() => undefined));
     await Promise.all(running);
   }
 
   /** Runs `run` once every seq ≤ `barrier` is applied (at once if already so). */
   whenApplied(barrier: number, run: () => void): void {
+    this.#whenApplied(barrier, undefined, run);
+  }
+
+  #whenApplied(barrier: number, cancel: (() => void) | undefined, run: () => void): void {
     if (barrier <= this.#watermark) run();
-    else this.#waiting.push({ barrier, run });
+    else if (cancel === undefined) this.#waiting.push({ barrier, run });
+    else this.#waiting.push({ barrier, run, cancel });
   }
 
   #finish(seq: number, applied: boolean, end = seq): void {

@@ -36,6 +36,10 @@ export interface MirrorRequest {
   journalDurable: boolean;
   /** The target reported it durable. */
   targetDurable: boolean;
+  /** Bytes of `data` counted in the primary's payload budget (0: none). */
+  held: number;
+  /** Its payload was dropped from RAM (over budget): it is read back from the journal before it is sent. */
+  spilled: boolean;
   offset: number;
   length: number;
   /** Data of a write; undefined for zero and flush. */

@@ -79,6 +79,8 @@ export interface PrimaryVolumeStatus {
   ackedSeq: number;
   pendingRequests: number;
   pendingBytes: number;
+  /** Payload bytes held in RAM for requests not yet acknowledged (see `maxBufferedBytes`); the rest of `pendingBytes` waits in the journal. */
+  bufferedBytes: number;
   /** Bytes the target acknowledged. */
   replicatedBytes: number;
   /** Mirror failures seen (each is retried). */
@@ -121,6 +123,8 @@ export interface ReplicationLink {
   readonly maxAsyncLag: number;
   /** Milliseconds an idle volume waits before it asks the target to make everything durable. */
   readonly durableDelay: number;
+  /** Payload bytes the primary's queued and in-flight requests may hold in RAM (shared by its volumes). */
+  readonly payloadBudget: { used: number; limit: number };
   /** Largest payload one mirror request can carry (the codec's `maxPayloadLength`): {@link PrimaryVolume.write} splits longer writes. */
   readonly maxPayload: number;
 }
@@ -586,6 +590,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       localDurable: kind === 'skip' || kind === 'flush' || kind === 'hash',
       journalDurable: false,
       targetDurable: false,
+      held: 0,
+      spilled: false,
       offset,
       length,
       data,
@@ -620,6 +626,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#requests.set(req.seq, req);
       this.#unacked++;
       this.#pendingBytes += req.kind === 'write' ? req.length : 0;
+      this.#hold(req);
     }
     this.queue.push(req);
     if (this.#state === 'in-sync') this.#updateState();
@@ -645,7 +652,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     req.onDone = undefined;
     this.#own(req);
     const journaled = req.kind === 'flush' || req.kind === 'hash' ? undefined : this.#journalThrough(req.seq);
-    if (journaled === undefined && this.#journalSuspended) this.#spillToBitmap(req.seq);
+    if (journaled === undefined && (this.#journalSuspended || this.#link.payloadBudget.used > this.#link.payloadBudget.limit)) this.#spillToBitmap(req.seq);
     if (journaled === undefined) done({ ok: false, error, reject });
     else
       journaled.then(
@@ -674,6 +681,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
         req.journalDurable = true;
         this.#covered(req);
+        // over the payload budget: the journal holds it; it is read back when its turn to be sent comes
+        if (req.state === 'queued' && req.kind === 'write' && this.#link.payloadBudget.used > this.#link.payloadBudget.limit) {
+          this.#dropPayload(req);
+          req.spilled = true;
+        }
       },
       (error: unknown) => {
         req.journaled = false;
@@ -724,7 +736,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#needs.mark(req.offset, req.length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
-    req.data = undefined;
+    this.#dropPayload(req);
+    req.spilled = false;
     req.owned = true;
     if (req.lag !== undefined && req.lag > 0) {
       this.#returnLag(req.lag);
@@ -756,7 +769,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#replicatedBytes += req.length;
     }
     // the payload is not needed any more: a target that loses it before it is durable gets the range by a resync
-    req.data = undefined;
+    this.#dropPayload(req);
     const onAck = req.onAck;
     req.onAck = undefined;
     onAck?.(digest);
@@ -846,9 +859,71 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     for (;;) {
       const req = this.queue.peek();
       if (req === undefined) return undefined;
-      if (req.state === 'queued' && (this.#requests.get(req.seq) === req || this.#flushes.has(req))) return req;
+      if (req.state === 'queued' && (this.#requests.get(req.seq) === req || this.#flushes.has(req))) {
+        if (!req.spilled) return req;
+        // its payload is in the journal only: read it (and the next ones) back, in order
+        this.#readBack(req);
+        return undefined;
+      }
       this.queue.shift();
     }
+  }
+
+  /** Counts `req`'s payload in the budget (a write with data, once). */
+  #hold(req: MirrorRequest): void {
+    if (req.kind !== 'write' || req.data === undefined || req.held > 0) return;
+    req.held = req.data.length;
+    this.#link.payloadBudget.used += req.held;
+    this.#bufferedBytes += req.held;
+  }
+
+  /** Drops `req`'s payload from RAM and from the budget. */
+  #dropPayload(req: MirrorRequest): void {
+    req.data = undefined;
+    if (req.held === 0) return;
+    this.#link.payloadBudget.used -= req.held;
+    this.#bufferedBytes -= req.held;
+    req.held = 0;
+    this.#openLagGate();
+  }
+
+  #readingBack: Promise<void> | undefined;
+  /** Payload bytes this volume's requests hold in RAM (counted in the primary's budget). */
+  #bufferedBytes = 0;
+
+  /**
+   * Reads the payloads of spilled requests back from the journal, starting at
+   * `head`, up to a quarter of the budget; then the pump goes on. A request
+   * whose record cannot be read becomes a skip record and its range is resynced.
+   */
+  #readBack(head: MirrorRequest): void {
+    if (this.#readingBack !== undefined || this.#closed) return;
+    const budget = this.#link.payloadBudget;
+    const want = Math.max(1, Math.floor(budget.limit / 4));
+    this.#readingBack = (async () => {
+      let loaded = 0;
+      try {
+        for await (const entry of this.#journal.pending(head.seq - 1)) {
+          const req = this.#requests.get(entry.seq);
+          if (req === undefined || !req.spilled || req.state !== 'queued') {
+            if (loaded > 0) break;
+            continue;
+          }
+          if (entry.kind === 'zero') break;
+          req.data = entry.data;
+          req.spilled = false;
+          this.#hold(req);
+          loaded += entry.data.length;
+          if (loaded >= want) break;
+        }
+      } catch (error) {
+        this.#lastError = toBlockMirrorError(error);
+      }
+      if (head.spilled && head.state === 'queued') this.#toSkip(head);
+    })().finally(() => {
+      this.#readingBack = undefined;
+      this.#link.pump();
+    });
   }
 
   /**
@@ -1063,6 +1138,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       ackedSeq: this.ackedSeq,
       pendingRequests: this.#unacked + this.#flushes.size,
       pendingBytes: this.#pendingBytes,
+      bufferedBytes: this.#bufferedBytes,
       replicatedBytes: this.#replicatedBytes,
       mirrorErrors: this.#mirrorErrors,
       journalEntries: this.#journal.size,
@@ -1118,7 +1194,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     let recovered = 0;
     for await (const entry of journal.pending()) {
       const zero = entry.kind === 'zero';
-      const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, zero ? undefined : entry.data, entry.fua, entry.seq - 1);
+      // within the payload budget the record's data stays in RAM; past it, it is read back when sent
+      const keep = !zero && this.#link.payloadBudget.used + entry.length <= this.#link.payloadBudget.limit;
+      const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, keep ? entry.data : undefined, entry.fua, entry.seq - 1);
+      req.spilled = !zero && !keep;
       req.owned = true;
       req.journaled = true;
       req.journalDurable = true;
@@ -1126,6 +1205,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       req.localDurable = true;
       this.#requests.set(req.seq, req);
       this.#unacked++;
+      this.#hold(req);
       if (!zero) this.#pendingBytes += req.length;
       this.queue.push(req);
       if (!stream.continued) this.markForResync(req.offset, req.length);
@@ -1233,7 +1313,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const req = this.#request('write', seq, region.offset, region.length, data, false, this.#lastWriteSeq);
       req.owned = true;
       req.resync = true;
-      req.localDurable = true;
+      // what it copies may not be on the primary's stable storage yet: its bit stays until a local flush too
+      this.#localDone(req, false);
       // cleared from the resync set at once: a write to the region from now on marks it again if it must
       this.#needs.clearRegion(region.index);
       // the write-intent bit stays until the target holds the copy durably

@@ -38,6 +38,9 @@ import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSe
 
 const log = createDebug('blockmirror:primary');
 
+/** Default {@link PrimaryOptions.maxBufferedBytes}. */
+export const DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024;
+
 /** A volume the primary serves. */
 export interface PrimaryVolumeConfig {
   /** Name, unique per primary; the target must host a volume of this name, size and block size. */
@@ -143,6 +146,15 @@ export interface PrimaryOptions {
    * writes share one target flush.
    */
   durableDelay?: number;
+  /**
+   * The payload budget: bytes of write payloads that the primary's queued and
+   * unacknowledged requests may hold in RAM, all volumes together (default
+   * 64 MiB). Past it, a request the journal holds drops its RAM copy and is
+   * read back from the journal when its turn to be sent comes; a request the
+   * journal cannot take becomes a region of the dirty bitmap, copied later by
+   * a resync. Requests in flight keep their payload (bounded by the window).
+   */
+  maxBufferedBytes?: number;
   /**
    * Async volumes: when this many bytes wait for the target's acknowledgement
    * while the link is up, new writes wait (back-pressure), so the mirror lags
@@ -329,6 +341,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       outagePolicy,
       maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
       durableDelay: nonNegativeInt(options.durableDelay ?? 20, 'durableDelay'),
+      payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes') },
       maxPayload: this.#limits.maxPayloadLength,
     };
 

@@ -60,6 +60,8 @@ export interface SimConfig {
   resyncConcurrency: number;
   journalCapacity: number;
   maxAsyncLag: number;
+  /** The primary's payload budget (`maxBufferedBytes`). */
+  maxBufferedBytes: number;
   outagePolicy: 'degrade' | 'suspend';
   /** Fault steps of the schedule. */
   steps: number;
@@ -89,6 +91,7 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     resyncConcurrency: rng.pick([1, 4, 128]),
     journalCapacity: rng.pick([16 * 1024, 64 * 1024, 1024 * 1024]),
     maxAsyncLag: rng.pick([0, 64 * 1024]),
+    maxBufferedBytes: rng.pick([32 * 1024, 256 * 1024, 64 * 1024 * 1024]),
     outagePolicy: rng.chance(0.85) ? 'degrade' : 'suspend',
     steps: rng.int(20, 60),
     maxWriteBlocks: rng.pick([1, 4, 16]),
@@ -111,6 +114,7 @@ export function describeConfig(c: SimConfig): string {
     `resyncConcurrency=${c.resyncConcurrency}`,
     `journal=${c.journalCapacity}`,
     `maxAsyncLag=${c.maxAsyncLag}`,
+    `maxBuffered=${c.maxBufferedBytes}`,
     `outage=${c.outagePolicy}`,
     `steps=${c.steps}`,
     `maxWrite=${c.maxWriteBlocks}`,

@@ -111,6 +111,7 @@ export class PrimaryNode {
       maxInFlightPerConnection: c.maxInFlightPerConnection,
       outagePolicy: c.outagePolicy,
       maxAsyncLag: c.maxAsyncLag,
+      maxBufferedBytes: c.maxBufferedBytes,
       journal: { capacityBytes: c.journalCapacity },
       resync: { regionSize: c.regionSize, concurrency: c.resyncConcurrency },
       waitForConnection: false,

@@ -584,14 +584,14 @@ export class Simulation {
         }
       }
     }
-    if (primary !== undefined && primary.link !== 'up') {
+    if (primary !== undefined) {
       const c = this.config;
-      const budget = c.journalCapacity + c.concurrency * c.maxWriteBlocks * c.blockSize + c.regionSize * c.resyncConcurrency + c.maxAsyncLag;
-      for (const v of primary.volumes) {
-        const st = v.status();
-        if (st.pendingBytes > budget) {
-          this.#violate('I7-memory-budget', `volume ${v.name}: ${st.pendingBytes} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: journal ${c.journalCapacity} + requests in flight)`);
-        }
+      // the payload budget, plus what requests in flight and callers' sync writes may hold beyond it
+      const write = c.maxWriteBlocks * c.blockSize;
+      const budget = c.maxBufferedBytes + c.connections * c.maxInFlightPerConnection * Math.max(write, c.regionSize) + c.concurrency * write + c.regionSize * c.resyncConcurrency;
+      const held = primary.volumes.reduce((sum, v) => sum + v.status().bufferedBytes, 0);
+      if (held > budget) {
+        this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + requests in flight)`);
       }
     }
   }
