@@ -281,6 +281,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#genShared = true;
     this.#splitBrain = false;
     if (full) this.markForResync();
+    else this.#updateState();
   }
 
   /**
