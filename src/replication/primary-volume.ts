@@ -733,6 +733,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Turns a write/zero into a skip record whose range a resync copies instead. */
   #toSkip(req: MirrorRequest): void {
     if (req.kind === 'skip') return;
+    log('volume %s: %s seq %d (%s) becomes a skip record', this.name, req.kind, req.seq, req.state);
     this.#bitmap.mark(req.offset, req.length);
     this.#needs.mark(req.offset, req.length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
@@ -816,6 +817,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The target answered `req` with an error: report, keep, retry later. @internal */
   failed(req: MirrorRequest, error: BlockMirrorError): void {
+    log('volume %s: %s seq %d failed on the target: %s', this.name, req.kind, req.seq, error.code);
     req.slot = -1;
     if (req.state === 'acked') return;
     req.state = 'queued';
@@ -838,6 +840,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** `req` was in flight on a connection that closed: send it again. @internal */
   requeue(req: MirrorRequest): void {
+    log('volume %s: %s seq %d requeued (was %s)', this.name, req.kind, req.seq, req.state);
     req.slot = -1;
     if (req.state !== 'inflight') return;
     req.state = 'queued';

@@ -15,8 +15,11 @@ export class SendQueue {
     return this.#items.length - this.#head;
   }
 
+  /** Appends `req`, or puts it at its place when it sorts before the last one (a probe with an older barrier). */
   push(req: MirrorRequest): void {
-    this.#items.push(req);
+    const last = this.#items.length > this.#head ? this.#items[this.#items.length - 1] : undefined;
+    if (last !== undefined && order(req) < order(last)) this.reinsert(req);
+    else this.#items.push(req);
   }
 
   /** True when `req` waits in the queue (diagnostics; linear). */
