@@ -1096,6 +1096,17 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return out;
   }
 
+  /** Payload bytes held, by request state and origin (diagnostics). @internal */
+  describeHeld(): Record<string, number> {
+    const out: Record<string, number> = {};
+    for (const req of this.#requests.values()) {
+      if (req.held === 0) continue;
+      const key = `${req.state}${req.resync ? '/resync' : ''}${req.journaled ? '/journaled' : ''}${req.journalDurable ? '/jdurable' : ''}`;
+      out[key] = (out[key] ?? 0) + req.held;
+    }
+    return out;
+  }
+
   /** Every seq ≤ this is on the target's stable storage. */
   get durableSeq(): number {
     return this.#durableSeq;

@@ -588,10 +588,10 @@ export class Simulation {
       const c = this.config;
       // the payload budget, plus what requests in flight and callers' sync writes may hold beyond it
       const write = c.maxWriteBlocks * c.blockSize;
-      const budget = c.maxBufferedBytes + c.connections * c.maxInFlightPerConnection * Math.max(write, c.regionSize) + c.concurrency * write + c.regionSize * c.resyncConcurrency;
+      const budget = c.maxBufferedBytes + c.connections * c.maxInFlightPerConnection * Math.max(write, c.regionSize) + c.concurrency * write + c.regionSize * c.resyncConcurrency * c.volumes.length;
       const held = primary.volumes.reduce((sum, v) => sum + v.status().bufferedBytes, 0);
       if (held > budget) {
-        this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + requests in flight)`);
+        this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + requests in flight) ${JSON.stringify(primary.volumes.map((v) => v.describeHeld()))}`);
       }
     }
   }
