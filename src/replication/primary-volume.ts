@@ -682,10 +682,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
         req.journalDurable = true;
         this.#covered(req);
-        // over the payload budget: the journal holds it; it is read back when its turn to be sent comes
-        if (req.state === 'queued' && req.kind === 'write' && this.#link.payloadBudget.used > this.#link.payloadBudget.limit) {
-          this.#dropPayload(req);
-          req.spilled = true;
+        // the journal holds it: over the payload budget its RAM copy can go (read back when its turn comes)
+        if (req.state === 'queued' && req.kind === 'write' && req.held > 0) {
+          this.#spillable.add(req);
+          this.#enforceBudget();
         }
       },
       (error: unknown) => {
@@ -822,6 +822,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (req.state === 'acked') return;
     req.state = 'queued';
     req.attempts++;
+    if (req.journalDurable && req.held > 0) this.#spillable.add(req);
     this.#mirrorErrors++;
     this.#lastError = error;
     this.#failing = true;
@@ -846,12 +847,17 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     req.state = 'queued';
     req.resend = true;
     this.queue.reinsert(req);
+    if (req.journalDurable && req.held > 0) {
+      this.#spillable.add(req);
+      this.#enforceBudget();
+    }
   }
 
   /** `req` leaves on connection `slot`. @internal */
   sending(req: MirrorRequest, slot: number): void {
     req.state = 'inflight';
     req.slot = slot;
+    this.#spillable.delete(req);
   }
 
   /**
@@ -879,11 +885,40 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     req.held = req.data.length;
     this.#link.payloadBudget.used += req.held;
     this.#bufferedBytes += req.held;
+    this.#enforceBudget();
   }
+
+  /** Over the payload budget: queued requests whose payload the journal holds drop their RAM copy, oldest first. */
+  #enforceBudget(): void {
+    const budget = this.#link.payloadBudget;
+    if (budget.used <= budget.limit) return;
+    for (const req of this.#spillable) {
+      if (budget.used <= budget.limit) break;
+      this.#spillable.delete(req);
+      if (req.state !== 'queued' || req.held === 0 || !req.journalDurable || req.kind !== 'write') continue;
+      this.#dropPayload(req);
+      req.spilled = true;
+    }
+    if (budget.used <= budget.limit || this.#converting) return;
+    // still over it: queued requests the journal could not take, and that no caller waits for, go to the bitmap
+    this.#converting = true;
+    try {
+      for (const req of this.#requests.values()) {
+        if (budget.used <= budget.limit) break;
+        if (req.state !== 'queued' || req.held === 0 || req.journaled || req.resync || req.onDone !== undefined || req.kind !== 'write') continue;
+        this.#toSkip(req);
+      }
+    } finally {
+      this.#converting = false;
+    }
+  }
+
+  #converting = false;
 
   /** Drops `req`'s payload from RAM and from the budget. */
   #dropPayload(req: MirrorRequest): void {
     req.data = undefined;
+    this.#spillable.delete(req);
     if (req.held === 0) return;
     this.#link.payloadBudget.used -= req.held;
     this.#bufferedBytes -= req.held;
@@ -892,6 +927,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #readingBack: Promise<void> | undefined;
+  /** Queued requests whose payload the journal holds durably: their RAM copy may go when over budget. */
+  readonly #spillable = new Set<MirrorRequest>();
   /** Payload bytes this volume's requests hold in RAM (counted in the primary's budget). */
   #bufferedBytes = 0;
 
@@ -1221,6 +1258,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#requests.set(req.seq, req);
       this.#unacked++;
       this.#hold(req);
+      if (req.held > 0) this.#spillable.add(req);
       if (!zero) this.#pendingBytes += req.length;
       this.queue.push(req);
       if (!stream.continued) this.markForResync(req.offset, req.length);
