@@ -106,6 +106,8 @@ export interface PrimaryVolumeEvents {
   'mirror-error': [info: { seq: number; kind: MirrorRequest['kind']; offset: number; length: number; error: BlockMirrorError }];
   /** The journal could not take a request (full or failed): later writes are tracked in the bitmap and resynced (state `needs-resync`). */
   'journal-full': [info: { seq: number; error: BlockMirrorError }];
+  /** Nothing is pending any more: the target acknowledged every request (durability follows; see state `in-sync`). */
+  idle: [];
 }
 
 /** What a volume needs from its primary. @internal */
@@ -761,6 +763,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       done?.({ ok: true });
       if (durable !== undefined) this.#markDurable(durable);
       this.#updateState();
+      if (this.idle) this.emit('idle');
       return;
     }
     if (req.state === 'acked' || this.#requests.get(req.seq) !== req) return;
@@ -785,6 +788,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (done !== undefined) done({ ok: true });
     if (this.#failing && req.attempts > 0) this.#failing = false;
     this.#updateState();
+    if (this.idle) this.emit('idle');
   }
 
   /** Moves the exact acknowledged prefix forward. */

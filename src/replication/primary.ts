@@ -896,8 +896,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       const cleanup = (): void => {
         this.#clock.clearTimeout(timer);
         this.off('volume-state', check);
+        for (const v of this.#mirrored) v.off('idle', check);
       };
       this.on('volume-state', check);
+      for (const v of this.#mirrored) v.on('idle', check);
     });
   }
 

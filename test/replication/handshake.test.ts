@@ -60,12 +60,12 @@ test('SPEC 2: engaging a mirror with n workers opens n connections; worker m use
       await new Promise<void>((resolve) => setImmediate(resolve));
     }
     // acknowledged (drain() would add a durability flush to the count)
-    while (!pair.primary.volume('v').idle) await onceEvent(pair.primary, 'volume-state');
+    while (!pair.primary.volume('v').idle) await onceEvent(pair.primary.volume('v'), 'idle');
     assert.deepEqual(sent(), [3, 3, 3], 'round-robin over the workers');
     // the writes of one tick travel together on one worker's connection
     const before = sent();
     await Promise.all(Array.from({ length: 6 }, (_, i) => pair.primary.volume('v').write((16 + i) * 4096, Buffer.alloc(4096, i))));
-    while (!pair.primary.volume('v').idle) await onceEvent(pair.primary, 'volume-state');
+    while (!pair.primary.volume('v').idle) await onceEvent(pair.primary.volume('v'), 'idle');
     const delta = sent().map((n, i) => n - before[i]!);
     assert.deepEqual([...delta].sort(), [0, 0, 6], `one connection for the batch, got ${delta.join(',')}`);
     assert.deepEqual(seen, [], 'no extra connections');

@@ -197,7 +197,9 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
     held.hold();
     let resolved = 0;
     const writes = Array.from({ length: 32 }, (_, i) => pair.primary.volume('v').write(i * 4 * KiB, Buffer.alloc(4 * KiB, i + 1)).then(() => resolved++));
-    while (held.count('write') < 16) await once(held, 'op');
+    // the target applies async writes strictly in order: one reaches the held device, the others queue behind it
+    await once(held, 'held');
+    for (let i = 0; i < 200 && resolved < 16; i++) await turn();
     for (let i = 0; i < 20; i++) await turn();
     assert.equal(resolved, 16, '64 KiB of 4 KiB writes admitted, the rest wait for acknowledgements');
     held.release();
