@@ -254,6 +254,8 @@ export interface SpawnFixtureOptions {
    * largest is the main thread's). Use one directory per process.
    */
   cpuProfDir?: string;
+  /** Node/V8 flags of this process instead of {@link childNodeArgs} (`[]`: none). */
+  nodeArgs?: string[];
 }
 
 /**
@@ -274,7 +276,7 @@ export function childNodeArgs(): string[] {
  * argument (plus {@link childNodeArgs}); waits for its ready message.
  */
 export async function spawnTsFixture<T>(file: string, args: unknown, options: SpawnFixtureOptions = {}): Promise<{ child: JsonChild; ready: T }> {
-  const nodeArgs = ['--import', 'tsx', ...childNodeArgs()];
+  const nodeArgs = ['--import', 'tsx', ...(options.nodeArgs ?? childNodeArgs())];
   if (options.cpuProfDir !== undefined) {
     mkdirSync(options.cpuProfDir, { recursive: true });
     nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`);
