@@ -29,7 +29,8 @@ import { createReadStream, readFileSync, writeFileSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { spawnTsFixture, type JsonChild } from './util.js';
+import { symlink } from 'node:fs/promises';
+import { BENCH_DIR, ROOT_DIR, spawnTsFixture, type JsonChild } from './util.js';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../src/replication/primary.js';
@@ -199,6 +200,7 @@ export interface BacklogRunDetail {
   writes: number;
   inFlight: number;
   nodeArgs: string;
+  runtime: 'bundle' | 'tsx';
   childExecArgv: string[];
   maxBufferedBytes: number | 'default (64 MiB)';
   journalCapacityBytes: number;
@@ -227,6 +229,19 @@ async function sha256File(path: string): Promise<string> {
 }
 
 /**
+ * Compiles `fixtures/replay-primary.ts` and the sources it imports into one
+ * ES module in `dir` (esbuild, the bundler tsx itself uses; npm packages stay
+ * external and resolve through a `node_modules` link to the repository's).
+ */
+async function bundleFixture(dir: string): Promise<string> {
+  const { build } = await import('esbuild');
+  const outfile = join(dir, 'replay-primary.mjs');
+  await build({ entryPoints: [join(BENCH_DIR, 'fixtures', 'replay-primary.ts')], bundle: true, platform: 'node', format: 'esm', target: 'node20', packages: 'external', outfile, logLevel: 'warning' });
+  await symlink(join(ROOT_DIR, 'node_modules'), join(dir, 'node_modules'), 'dir');
+  return outfile;
+}
+
+/**
  * One backlog run: child primary, target here; target down → `backlogMiB`
  * of async writes journaled → target up → replay until drained → hashes.
  */
@@ -235,6 +250,9 @@ async function runBacklog(o: {
   writeSize: number;
   nodeArgs: string[];
   tcpRate: number;
+  runtime: 'bundle' | 'tsx';
+  /** The bundled fixture (runtime `bundle`). */
+  script?: string;
   maxBufferedBytes?: number;
   heapSnapshotDir?: string;
   log: (line: string) => void;
@@ -259,7 +277,7 @@ async function runBacklog(o: {
     const spawned = await spawnTsFixture<{ pid: number; execArgv: string[] }>(
       'replay-primary.ts',
       { image: primaryImage, size, port, journalDir: join(dir, 'journal'), capacityBytes: journalCapacityBytes, ...(o.maxBufferedBytes !== undefined ? { maxBufferedBytes: o.maxBufferedBytes } : {}) },
-      { nodeArgs: o.nodeArgs },
+      { nodeArgs: o.nodeArgs, ...(o.script !== undefined ? { plainScript: o.script } : {}) },
     );
     child = spawned.child;
     const rss = new ProcRssSampler(spawned.ready.pid);
@@ -308,7 +326,7 @@ async function runBacklog(o: {
     const kib = `${o.writeSize / 1024} KiB`;
     const rows: ReplayBenchRow[] = [
       {
-        measure: `backlog: async ${kib} x${inFlight} writes, target down (primary in its own process, node flags: ${flags})`,
+        measure: `backlog: async ${kib} x${inFlight} writes, target down (primary in its own process: ${o.runtime === 'bundle' ? 'compiled JS' : 'tsx'}, node flags: ${flags})`,
         mib: o.backlogMiB,
         seconds: backlog.seconds,
         mibPerSec: o.backlogMiB / backlog.seconds,
@@ -334,6 +352,7 @@ async function runBacklog(o: {
       writes,
       inFlight,
       nodeArgs: flags,
+      runtime: o.runtime,
       childExecArgv: spawned.ready.execArgv,
       maxBufferedBytes: o.maxBufferedBytes ?? 'default (64 MiB)',
       journalCapacityBytes,
@@ -371,6 +390,14 @@ export interface ReplayBenchOptions {
   backlogWriteSizes?: number[];
   /** Node flags of the primary's child process (default none: what `node` gives a user). */
   backlogNodeArgs?: string[];
+  /**
+   * How the primary's process runs the library: `bundle` (default) compiles
+   * the fixture and src/ into one JavaScript file (esbuild, packages external)
+   * run by plain `node`, as a user runs the compiled package; `tsx`: `node
+   * --import tsx` on the TypeScript sources (tsx's loader thread adds about
+   * 30–40 MiB of RSS that a user does not have).
+   */
+  backlogRuntime?: 'bundle' | 'tsx';
   /** `maxBufferedBytes` of the child's primary (default: the library's default, 64 MiB). */
   maxBufferedBytes?: number;
   /** Write a heap snapshot of the primary after the backlog phase (after a forced GC) into this directory. */
@@ -391,6 +418,7 @@ export async function runReplayBenchmark(options: ReplayBenchOptions = {}): Prom
   const backlogMiB = options.backlogMiB ?? 4096;
   const backlogWriteSizes = options.backlogWriteSizes ?? [64 * 1024];
   const backlogNodeArgs = options.backlogNodeArgs ?? [];
+  const backlogRuntime = options.backlogRuntime ?? 'bundle';
   const log = options.log ?? ((): void => {});
   const bytes = sizeMiB * MiB;
   const volumeSize = Math.max(bytes, 64 * MiB);
@@ -446,19 +474,25 @@ export async function runReplayBenchmark(options: ReplayBenchOptions = {}): Prom
 
   // --- issue 11: memory budget while a large backlog sits in the journal and is replayed
   if (backlogMiB > 0) {
-    for (const writeSize of backlogWriteSizes) {
-      log(`replay: backlog of ${backlogMiB} MiB in ${writeSize / 1024} KiB writes, primary in a child process (node flags: ${backlogNodeArgs.join(' ') || 'none'})`);
-      const r = await runBacklog({ backlogMiB, writeSize, nodeArgs: backlogNodeArgs, tcpRate, ...(options.maxBufferedBytes !== undefined ? { maxBufferedBytes: options.maxBufferedBytes } : {}), ...(options.heapSnapshotDir !== undefined ? { heapSnapshotDir: options.heapSnapshotDir } : {}), log });
-      rows.push(...r.rows);
-      backlogRuns.push(r.detail);
-      if (!r.detail.imagesEqual) throw new Error(`backlog replay (${writeSize} B writes): the target image differs from the primary's (${r.detail.primarySha256} vs ${r.detail.targetSha256})`);
+    const bundleDir = backlogRuntime === 'bundle' ? await mkdtemp(join('/tmp', 'bm-bench-bundle-')) : undefined;
+    try {
+      const script = bundleDir === undefined ? undefined : await bundleFixture(bundleDir);
+      for (const writeSize of backlogWriteSizes) {
+        log(`replay: backlog of ${backlogMiB} MiB in ${writeSize / 1024} KiB writes, primary in a child process (${backlogRuntime}, node flags: ${backlogNodeArgs.join(' ') || 'none'})`);
+        const r = await runBacklog({ backlogMiB, writeSize, nodeArgs: backlogNodeArgs, tcpRate, runtime: backlogRuntime, ...(script !== undefined ? { script } : {}), ...(options.maxBufferedBytes !== undefined ? { maxBufferedBytes: options.maxBufferedBytes } : {}), ...(options.heapSnapshotDir !== undefined ? { heapSnapshotDir: options.heapSnapshotDir } : {}), log });
+        rows.push(...r.rows);
+        backlogRuns.push(r.detail);
+        if (!r.detail.imagesEqual) throw new Error(`backlog replay (${writeSize} B writes): the target image differs from the primary's (${r.detail.primarySha256} vs ${r.detail.targetSha256})`);
+      }
+    } finally {
+      if (bundleDir !== undefined) await rm(bundleDir, { recursive: true, force: true });
     }
   }
   const rounded = rows.map((r) => ({ ...r, seconds: Number(r.seconds.toFixed(3)), mibPerSec: Number(r.mibPerSec.toFixed(1)), ratio: r.ratio === null ? null : Number(r.ratio.toFixed(2)) }));
   return {
     rows: rounded,
     details: { backlogRuns },
-    settings: { sizeMiB, backlogMiB, backlogWriteSizes, backlogNodeArgs: backlogNodeArgs.join(' '), maxBufferedBytes: options.maxBufferedBytes ?? 'default (64 MiB)', goalPeakRssMiB: GOAL_RSS_MIB },
+    settings: { sizeMiB, backlogMiB, backlogWriteSizes, backlogNodeArgs: backlogNodeArgs.join(' '), backlogRuntime, maxBufferedBytes: options.maxBufferedBytes ?? 'default (64 MiB)', goalPeakRssMiB: GOAL_RSS_MIB },
   };
 }
 

@@ -15,6 +15,8 @@
  *                              in its own process whose RSS is measured (default 4096; 128 with `--quick`; 0 to skip)
  * - `--backlog-writes 64k,1m`  replay suite: write sizes of the backlog runs, one run each (default 64k)
  * - `--backlog-node-args=FLAGS` replay suite: Node flags of the backlog primary's process (default none)
+ * - `--backlog-runtime bundle|tsx` replay suite: the backlog primary runs the library compiled to
+ *                              JavaScript under plain node (`bundle`, default, as a user) or via tsx
  * - `--max-buffered-mib N`     replay suite: `maxBufferedBytes` of the backlog primary (default: the library's, 64 MiB)
  * - `--heap-snapshot-dir DIR`  replay suite: heap snapshot of the backlog primary after the backlog phase
  * - `--resync-mib N`           volume size of the resync suite in MiB (default 1024; 128 with `--quick`)
@@ -74,6 +76,7 @@ const { values } = parseArgs({
     'backlog-mib': { type: 'string' },
     'backlog-writes': { type: 'string' },
     'backlog-node-args': { type: 'string' },
+    'backlog-runtime': { type: 'string' },
     'max-buffered-mib': { type: 'string' },
     'heap-snapshot-dir': { type: 'string' },
     'write-configs': { type: 'string' },
@@ -186,6 +189,7 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
         backlogMiB,
         ...(backlogWriteSizes !== undefined ? { backlogWriteSizes } : {}),
         ...(values['backlog-node-args'] !== undefined ? { backlogNodeArgs: values['backlog-node-args'].trim().split(/\s+/).filter((f) => f !== '') } : {}),
+        ...(values['backlog-runtime'] !== undefined ? { backlogRuntime: list(values['backlog-runtime'], ['bundle', 'tsx'] as const, '--backlog-runtime')![0]! } : {}),
         ...(maxBufferedMiB !== undefined ? { maxBufferedBytes: Math.round(maxBufferedMiB * 2 ** 20) } : {}),
         ...(heapSnapshotDir !== undefined ? { heapSnapshotDir } : {}),
         log,
