@@ -11,6 +11,14 @@
  * - `--quick`                  short smoke run (1 round, short runs, small volumes)
  * - `--journal-ms MS`          measuring time per journal-suite row (default 1500)
  * - `--rounds N`               rounds of the write and nbd suites and of the resync suite's initial-sync part (default 3)
+ * - `--backlog-mib N`          replay suite, issue 11: journaled backlog in MiB, replayed by a primary
+ *                              in its own process whose RSS is measured (default 4096; 128 with `--quick`; 0 to skip)
+ * - `--backlog-writes 64k,1m`  replay suite: write sizes of the backlog runs, one run each (default 64k)
+ * - `--backlog-node-args=FLAGS` replay suite: Node flags of the backlog primary's process (default none)
+ * - `--backlog-runtime bundle|tsx` replay suite: the backlog primary runs the library compiled to
+ *                              JavaScript under plain node (`bundle`, default, as a user) or via tsx
+ * - `--max-buffered-mib N`     replay suite: `maxBufferedBytes` of the backlog primary (default: the library's, 64 MiB)
+ * - `--heap-snapshot-dir DIR`  replay suite: heap snapshot of the backlog primary after the backlog phase
  * - `--resync-mib N`           volume size of the resync suite in MiB (default 1024; 128 with `--quick`)
  * - `--write-ms MS`            measuring time per write-suite run (default 3000)
  * - `--nbd-runtime S`          fio runtime per nbd job in seconds (default 5)
@@ -65,6 +73,12 @@ const { values } = parseArgs({
     'write-ms': { type: 'string' },
     'nbd-runtime': { type: 'string' },
     'resync-mib': { type: 'string' },
+    'backlog-mib': { type: 'string' },
+    'backlog-writes': { type: 'string' },
+    'backlog-node-args': { type: 'string' },
+    'backlog-runtime': { type: 'string' },
+    'max-buffered-mib': { type: 'string' },
+    'heap-snapshot-dir': { type: 'string' },
     'write-configs': { type: 'string' },
     'write-workloads': { type: 'string' },
     'nbd-configs': { type: 'string' },
@@ -161,7 +175,26 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     }
     case 'replay': {
       const sizeMiB = quick ? 64 : 512;
-      return { rows: await runReplayBenchmark({ sizeMiB }), options: { sizeMiB } };
+      const backlogMiB = values['backlog-mib'] === '0' ? 0 : (int(values['backlog-mib'], '--backlog-mib') ?? (quick ? 128 : 4096));
+      const backlogWriteSizes = values['backlog-writes']?.split(',').map((w) => {
+        const m = /^(\d+)([km]?)$/i.exec(w.trim());
+        if (m === null) throw new Error(`--backlog-writes: expected sizes like 64k or 1m, got ${JSON.stringify(w)}`);
+        return Number(m[1]) * (m[2]?.toLowerCase() === 'm' ? 2 ** 20 : m[2]?.toLowerCase() === 'k' ? 1024 : 1);
+      });
+      const maxBufferedMiB = int(values['max-buffered-mib'], '--max-buffered-mib');
+      const heapSnapshotDir = values['heap-snapshot-dir'];
+      if (heapSnapshotDir !== undefined) mkdirSync(heapSnapshotDir, { recursive: true });
+      const r = await runReplayBenchmark({
+        sizeMiB,
+        backlogMiB,
+        ...(backlogWriteSizes !== undefined ? { backlogWriteSizes } : {}),
+        ...(values['backlog-node-args'] !== undefined ? { backlogNodeArgs: values['backlog-node-args'].trim().split(/\s+/).filter((f) => f !== '') } : {}),
+        ...(values['backlog-runtime'] !== undefined ? { backlogRuntime: list(values['backlog-runtime'], ['bundle', 'tsx'] as const, '--backlog-runtime')![0]! } : {}),
+        ...(maxBufferedMiB !== undefined ? { maxBufferedBytes: Math.round(maxBufferedMiB * 2 ** 20) } : {}),
+        ...(heapSnapshotDir !== undefined ? { heapSnapshotDir } : {}),
+        log,
+      });
+      return { rows: r.rows, details: r.details, options: r.settings };
     }
     case 'write': {
       const r = await runWriteBenchmark(writeOptions);

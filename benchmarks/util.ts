@@ -254,6 +254,10 @@ export interface SpawnFixtureOptions {
    * largest is the main thread's). Use one directory per process.
    */
   cpuProfDir?: string;
+  /** Node/V8 flags of this process instead of {@link childNodeArgs} (`[]`: none). */
+  nodeArgs?: string[];
+  /** Run this JavaScript file (absolute path) with plain `node`, without tsx, instead of `fixtures/<file>`. */
+  plainScript?: string;
 }
 
 /**
@@ -274,12 +278,12 @@ export function childNodeArgs(): string[] {
  * argument (plus {@link childNodeArgs}); waits for its ready message.
  */
 export async function spawnTsFixture<T>(file: string, args: unknown, options: SpawnFixtureOptions = {}): Promise<{ child: JsonChild; ready: T }> {
-  const nodeArgs = ['--import', 'tsx', ...childNodeArgs()];
+  const nodeArgs = [...(options.plainScript === undefined ? ['--import', 'tsx'] : []), ...(options.nodeArgs ?? childNodeArgs())];
   if (options.cpuProfDir !== undefined) {
     mkdirSync(options.cpuProfDir, { recursive: true });
     nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${options.cpuProfDir}`);
   }
-  nodeArgs.push(join(BENCH_DIR, 'fixtures', file), JSON.stringify(args));
+  nodeArgs.push(options.plainScript ?? join(BENCH_DIR, 'fixtures', file), JSON.stringify(args));
   const proc = spawn(process.execPath, nodeArgs, {
     cwd: ROOT_DIR,
     env: { ...process.env, ...options.env },

@@ -21,7 +21,7 @@ const latest = JSON.parse(readFileSync(new URL('benchmarks/results/latest.json',
 const columns: Record<string, [string, string][]> = {
   codec: [['benchmark', 'measure'], ['payloadBytes', 'payload B'], ['totalNs', 'ns/frame'], ['throughputGBps', 'GB/s'], ['payloadCopies', 'payload copies']],
   journal: [['target', 'target'], ['fsync', 'fsync'], ['recordBytes', 'record B'], ['opsPerSec', 'ops/s'], ['MBps', 'MB/s'], ['vsReference', '× pwrite']],
-  replay: [['measure', 'measure'], ['mib', 'MiB'], ['seconds', 's'], ['mibPerSec', 'MiB/s'], ['ratio', 'ratio']],
+  replay: [['measure', 'measure'], ['mib', 'MiB'], ['seconds', 's'], ['mibPerSec', 'MiB/s'], ['ratio', 'ratio'], ['peakRssMiB', 'peak RSS MiB'], ['peakBufferedMiB', 'peak buffered MiB'], ['note', 'note']],
   write: [['workload', 'workload'], ['config', 'config'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['vsUnmirrored', '× unmirrored'], ['cpuUsPerOp', 'CPU µs/op'], ['failed', 'failed writes']],
   nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['ref', 'reference'], ['vsNbdkit', '× ref'], ['p50VsNbdkit', 'p50 × ref'], ['vsProxy', '× nbdkit-proxy']],
   resync: [],
@@ -31,7 +31,7 @@ const columns: Record<string, [string, string][]> = {
 const titles: Record<string, string> = {
   codec: 'Wire codec (encode + decode per frame)',
   journal: 'Journal appends (32 concurrent) vs plain positional writes',
-  replay: 'Journal replay after an outage vs raw TCP on the same loopback; journal append overhead',
+  replay: 'Journal replay after an outage vs raw TCP on the same loopback; journal append overhead; primary RSS while a large backlog sits in the journal and is replayed (issue 11, goal ≤ 150 MiB)',
   write: 'Mirrored writes through the API, target in a separate process on loopback, vs unmirrored writes to the same kind of file',
   nbd: 'fio (`--ioengine=nbd`) against nbdkit (`file`; `nbd` forwarding to `file`, one C network hop; `null`) and our NBD export (discarding backend, unmirrored file, async-, sync-mirrored, cycle mode with a freeze every second)',
   resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
