@@ -51,7 +51,7 @@ export { PROTOCOL_MIN, PROTOCOL_MAX } from './codec/messages.js';
 export type { VolumeOffer, HelloHeader, ReadyVolume } from './codec/messages.js';
 
 // replication
-export { createPrimary, Primary } from './replication/primary.js';
+export { createPrimary, Primary, DEFAULT_MAX_BUFFERED } from './replication/primary.js';
 export type { PrimaryOptions, PrimaryVolumeConfig, PrimaryStatus, PrimaryEvents, LinkState } from './replication/primary.js';
 export { PrimaryVolume } from './replication/primary-volume.js';
 export type {
@@ -150,6 +150,10 @@ export {
 } from './replication/generation.js';
 export type { GenerationState, GenerationStore, Lineage } from './replication/generation.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
+export { MemoryApplyStateStore, FileApplyStateStore } from './replication/apply-state.js';
+export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';
+export { FileStreamStore, MemoryStreamStore, SEQ_RESERVATION } from './replication/stream-file.js';
+export type { StreamState, StreamStore } from './replication/stream-file.js';
 
 // freeze/copy cycles (cycle source; received by a MirrorTarget with `cycle`, or a standalone CycleTarget)
 export { LayeredVolume } from './cycle/layered-volume.js';

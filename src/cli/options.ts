@@ -63,7 +63,11 @@ export function mirrorTargetOptionsFrom(
     listen: { host: config.listen.host, port: config.listen.port },
     volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)! })),
   };
-  if (input.stateDir !== undefined) options.cycle = { dir: input.stateDir };
+  if (input.stateDir !== undefined) {
+    options.cycle = { dir: input.stateDir };
+    // generations and the durable apply state of each volume survive a restart of the mirror
+    options.stateDir = input.stateDir;
+  }
   if (input.secret !== undefined) options.secret = input.secret;
   // heartbeats use UDP on the same port number as `listen`
   linkTimers(config, options);

@@ -32,7 +32,7 @@ export interface CycleHostOptions {
   hooks?: StagingStoreHooks;
   /** Clock of merge retries and read timeouts (default: the system clock). */
   clock?: Clock;
-  /** Backoff between attempts of a merge that failed after its commit marker, in ms (default 500–30000; see {@link StagingStoreOptions}). */
+  /** Backoff between attempts of a merge that failed after its commit marker, in ms (default 500–30000; see `StagingStoreOptions`). */
   mergeRetry?: { min: number; max: number };
   /** How long a read waits for a failed merge to be retried to completion before failing with `BM_ERR_IO`, in ms (default 30000). */
   readTimeout?: number;
@@ -158,7 +158,7 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
 
   /**
    * Reads the image of `name` once it is one complete freeze; a merge that
-   * starts meanwhile waits for the read (see {@link StagingStore.read}).
+   * starts meanwhile waits for the read (see `StagingStore.read`).
    *
    * @throws {BlockMirrorError} as {@link whenStable}.
    */

@@ -196,7 +196,7 @@ export interface Journal {
    * writes; zero entries count 0, whatever their length.
    */
   readonly pendingBytes: number;
-  /** Highest `seq` ever appended (survives a restart for a {@link FileJournal}); 0 if none. */
+  /** Highest `seq` ever appended (survives a restart for a `FileJournal`); 0 if none. */
   readonly lastSeq: number;
   /** A snapshot of the counters. */
   stats(): JournalStats;

@@ -812,6 +812,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#closed = true;
     for (const p of [...this.#peers.values()]) this.#dropPeer(p);
     for (const c of this.#connections) c.destroy();
+    // a clean stop records exactly how far each volume is applied (and flushed)
+    await Promise.all([...this.#volumes.values()].map((v) => v.flushDurable().catch(() => undefined)));
     await this.#server?.close();
     await this.#demux?.channel.close();
     await this.#cycle?.close();

@@ -7,7 +7,7 @@
 import type { ReplicationMode } from '../../replication/primary-volume.js';
 import type { Rng } from './rng.js';
 
-/** Fault kinds a schedule may inject (see {@link SimulationOptions.faults}). */
+/** Fault kinds a schedule may inject (see the `faults` setting of a simulation). */
 export type FaultKind =
   | 'cut'
   | 'partition'

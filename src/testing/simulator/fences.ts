@@ -49,6 +49,7 @@ export class JournalView implements Journal, Revocable {
     this.#revoked = true;
   }
 
+  /** Appends through to the journal; never settles once revoked. */
   append(entry: JournalEntry): Promise<void> {
     if (this.#revoked) return frozen();
     if (this.#closed) return Promise.reject(new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed'));
@@ -62,6 +63,7 @@ export class JournalView implements Journal, Revocable {
     if (!this.#revoked && !this.#closed) this.#journal.release(seq);
   }
 
+  /** The journal's pending entries; stalls once revoked. */
   async *pending(afterSeq?: number): AsyncGenerator<PendingJournalEntry, void, undefined> {
     for await (const entry of this.#journal.pending(afterSeq)) {
       if (this.#revoked) await frozen();
@@ -77,6 +79,7 @@ export class JournalView implements Journal, Revocable {
     return this.#journal.pendingBytes;
   }
 
+  /** The journal's highest appended seq. */
   get lastSeq(): number {
     return this.#journal.lastSeq;
   }
