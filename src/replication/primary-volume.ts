@@ -775,6 +775,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     // the payload is not needed any more: a target that loses it before it is durable gets the range by a resync
     this.#dropPayload(req);
+    this.#readAhead();
     const onAck = req.onAck;
     req.onAck = undefined;
     onAck?.(digest);
@@ -931,6 +932,25 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #readingBack: Promise<void> | undefined;
+
+  /**
+   * While spilled requests wait and the budget has room again, their payloads
+   * are read back ahead of their turn, so that reading the journal overlaps
+   * sending.
+   */
+  #readAhead(): void {
+    const budget = this.#link.payloadBudget;
+    if (this.#readingBack !== undefined || this.#closed || budget.used > budget.limit / 2) return;
+    let scanned = 0;
+    for (const req of this.#requests.values()) {
+      if (req.spilled && req.state === 'queued') {
+        this.#readBack(req);
+        return;
+      }
+      // the spilled tail follows the requests held in RAM: give up on a long scan
+      if (++scanned > 4096) return;
+    }
+  }
   /** Queued requests whose payload the journal holds durably: their RAM copy may go when over budget. */
   readonly #spillable = new Set<MirrorRequest>();
   /** Payload bytes this volume's requests hold in RAM (counted in the primary's budget). */
