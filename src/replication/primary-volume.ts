@@ -24,6 +24,9 @@ import createDebug from 'debug';
 
 const log = createDebug('blockmirror:volume');
 
+/** A covered region keeps its write-intent bit until it was not written for this long (ms), unless the volume goes idle. */
+const REGION_HOLD_MS = 2000;
+
 /**
  * How a volume is replicated.
  * - `sync`: a write resolves after the local write AND the target's acknowledgement.
@@ -516,7 +519,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #cover(offset: number, length: number): void {
     if (length === 0) return;
     const last = this.#bitmap.regionIndex(offset + length - 1);
-    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#uncovered.set(i, (this.#uncovered.get(i) ?? 0) + 1);
+    const now = this.#link.clock.now();
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
+      this.#uncovered.set(i, (this.#uncovered.get(i) ?? 0) + 1);
+      this.#lastWritten.set(i, now);
+    }
   }
 
   /** The write to `[offset, offset + length)` is covered: regions nothing else keeps dirty lose their write-intent bit. */
@@ -528,10 +535,37 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (n > 0) this.#uncovered.set(i, n);
       else {
         this.#uncovered.delete(i);
-        this.#cleanRegion(i);
+        // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
+        if (this.idle) this.#cleanRegion(i);
+        else this.#cleanable.add(i);
       }
     }
   }
+
+  /**
+   * Clears the bits of covered regions not written for `hold` ms (like DRBD's
+   * activity log: regions under constant writing stay marked, so a write to
+   * them does not wait for a bitmap write each time they were cleaned).
+   */
+  #sweepRegions(hold: number): void {
+    if (this.#cleanable.size === 0) return;
+    const now = this.#link.clock.now();
+    for (const i of this.#cleanable) {
+      if (this.#uncovered.has(i)) {
+        this.#cleanable.delete(i);
+        continue;
+      }
+      if (now - (this.#lastWritten.get(i) ?? 0) < hold) continue;
+      this.#cleanable.delete(i);
+      this.#lastWritten.delete(i);
+      this.#cleanRegion(i);
+    }
+  }
+
+  /** Covered regions whose bit waits for {@link #sweepRegions}. */
+  readonly #cleanable = new Set<number>();
+  /** Clock time of the last write to a region (for the sweep). */
+  readonly #lastWritten = new Map<number, number>();
 
   /** Clears region `index`'s write-intent bit when no write to it is uncovered and no resync needs it. */
   #cleanRegion(index: number): void {
@@ -741,7 +775,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
     this.#dropPayload(req);
-    req.spilled = false;
+    this.#setSpilled(req, false);
     req.owned = true;
     if (req.lag !== undefined && req.lag > 0) {
       this.#returnLag(req.lag);
@@ -775,6 +809,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     // the payload is not needed any more: a target that loses it before it is durable gets the range by a resync
     this.#dropPayload(req);
+    this.#setSpilled(req, false);
     this.#readAhead();
     const onAck = req.onAck;
     req.onAck = undefined;
@@ -902,7 +937,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#spillable.delete(req);
       if (req.state !== 'queued' || req.held === 0 || !req.journalDurable || req.kind !== 'write') continue;
       this.#dropPayload(req);
-      req.spilled = true;
+      this.#setSpilled(req, true);
     }
     if (budget.used <= budget.limit || this.#converting) return;
     // still over it: queued requests the journal could not take, and that no caller waits for, go to the bitmap
@@ -932,6 +967,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #readingBack: Promise<void> | undefined;
+  /** Requests whose payload was dropped to the journal and not read back yet. */
+  #spilledCount = 0;
+
+  /** Marks `req` spilled or not, keeping {@link #spilledCount}. */
+  #setSpilled(req: MirrorRequest, spilled: boolean): void {
+    if (req.spilled === spilled) return;
+    req.spilled = spilled;
+    this.#spilledCount += spilled ? 1 : -1;
+  }
 
   /**
    * While spilled requests wait and the budget has room again, their payloads
@@ -940,7 +984,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   #readAhead(): void {
     const budget = this.#link.payloadBudget;
-    if (this.#readingBack !== undefined || this.#closed || budget.used > budget.limit / 2) return;
+    if (this.#spilledCount === 0 || this.#readingBack !== undefined || this.#closed || budget.used > budget.limit / 2) return;
     let scanned = 0;
     for (const req of this.#requests.values()) {
       if (req.spilled && req.state === 'queued') {
@@ -976,7 +1020,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
           }
           if (entry.kind === 'zero') break;
           req.data = entry.data;
-          req.spilled = false;
+          this.#setSpilled(req, false);
           this.#hold(req);
           loaded += entry.data.length;
           if (loaded >= want) break;
@@ -1119,7 +1163,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.idle && this.#journalSuspended && this.#journal.size === 0) this.#journalSuspended = false;
     if (this.resyncing) this.#setState('inconsistent');
     else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
-    else if (this.idle && this.#requests.size === 0) this.#setState('in-sync');
+    else if (this.idle && this.#requests.size === 0) {
+      this.#sweepRegions(0);
+      this.#setState('in-sync');
+    }
     else {
       this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
       // in-sync means durable on the target: ask for it once nothing else was pending for `durableDelay`
@@ -1184,6 +1231,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * of what it covers are then released. @internal
    */
   makeDurable(): Promise<void> {
+    this.#sweepRegions(REGION_HOLD_MS);
     if (this.#localPending.size > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
     if (this.#closed || this.#requests.size === 0) return Promise.resolve();
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
@@ -1273,7 +1321,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       // within the payload budget the record's data stays in RAM; past it, it is read back when sent
       const keep = !zero && this.#link.payloadBudget.used + entry.length <= this.#link.payloadBudget.limit;
       const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, keep ? entry.data : undefined, entry.fua, entry.seq - 1);
-      req.spilled = !zero && !keep;
+      this.#setSpilled(req, !zero && !keep);
       req.owned = true;
       req.journaled = true;
       req.journalDurable = true;
