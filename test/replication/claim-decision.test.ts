@@ -1,0 +1,160 @@
+/**
+ * `decideClaim` is a pure function of the primary's handshake and the
+ * target's volumes: these tests call it without a network and check that a
+ * refusal is a thrown coded error (the caller then changes nothing) and that
+ * an acceptance says exactly what the target must change.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { decideClaim, type ClaimView } from '../../src/replication/claim-decision.js';
+import type { HelloHeader, VolumeOffer } from '../../src/codec/messages.js';
+import { newGenerationId, type GenerationState } from '../../src/replication/generation.js';
+
+const MiB = 1 << 20;
+
+function hello(node = 'p1', session = 's1'): HelloHeader {
+  return { protocol: [1, 1], node, session, slot: 0, slots: 1, features: [], nonce: new Uint8Array(32) };
+}
+
+function offer(name: string, generation: string, extra: Partial<VolumeOffer> = {}): VolumeOffer {
+  return { name, size: MiB, blockSize: 512, generation, history: [], stream: 'aaaaaaaaaaaaaaaa', base: 0, ...extra };
+}
+
+function view(name: string, extra: Partial<ClaimView> = {}): ClaimView {
+  return {
+    name,
+    size: MiB,
+    blockSize: 512,
+    owner: undefined,
+    connections: 0,
+    generations: undefined,
+    stream: undefined,
+    cycleSource: undefined,
+    cycleImage: undefined,
+    ...extra,
+  };
+}
+
+/** Deep-freezes the views so that a decision that tried to mutate one would throw a TypeError. */
+function views(...vs: ClaimView[]): (name: string) => ClaimView | undefined {
+  const byName = new Map(vs.map((v) => [v.name, deepFreeze(v)]));
+  return (name) => byName.get(name);
+}
+
+function deepFreeze<T>(o: T): T {
+  if (o !== null && typeof o === 'object') {
+    for (const v of Object.values(o)) deepFreeze(v);
+    Object.freeze(o);
+  }
+  return o;
+}
+
+// generation ids sort by creation time (12 hex digits of ms first)
+const OLD = newGenerationId(1_000_000);
+const MID = newGenerationId(2_000_000);
+const NEW = newGenerationId(3_000_000);
+
+test('decideClaim: an unknown volume is refused with BM_ERR_UNKNOWN_VOLUME', () => {
+  assert.throws(() => decideClaim(hello(), [offer('nope', OLD)], views(view('v')), 'refuse'), { code: 'BM_ERR_UNKNOWN_VOLUME' });
+});
+
+test('decideClaim: a size or block size mismatch is refused with BM_ERR_VOLUME_MISMATCH and its details', () => {
+  assert.throws(() => decideClaim(hello(), [offer('v', OLD, { size: 2 * MiB })], views(view('v')), 'refuse'), (e: Error & { code?: string; details?: Record<string, unknown> }) => {
+    assert.equal(e.code, 'BM_ERR_VOLUME_MISMATCH');
+    assert.equal(e.details?.primarySize, 2 * MiB);
+    assert.equal(e.details?.targetSize, MiB);
+    return true;
+  });
+  assert.throws(() => decideClaim(hello(), [offer('v', OLD, { blockSize: 4096 })], views(view('v')), 'refuse'), { code: 'BM_ERR_VOLUME_MISMATCH' });
+});
+
+test('decideClaim: a volume held by another node with open connections is busy; by the same node (a restart) it is not', () => {
+  const held = view('v', { owner: { node: 'p0', session: 's0' }, connections: 2 });
+  assert.throws(() => decideClaim(hello('p1', 's1'), [offer('v', OLD)], views(held), 'refuse'), { code: 'BM_ERR_VOLUME_BUSY' });
+  // same node, new session: a restart of that primary takes it over
+  assert.equal(decideClaim(hello('p0', 's9'), [offer('v', OLD)], views(held), 'refuse').length, 1);
+  // another node, but no connection left: free
+  assert.equal(decideClaim(hello('p1', 's1'), [offer('v', OLD)], views(view('v', { owner: { node: 'p0', session: 's0' }, connections: 0 })), 'refuse').length, 1);
+  // a cycle source holds it
+  assert.throws(() => decideClaim(hello(), [offer('v', OLD)], views(view('v', { cycleSource: 'cyc' })), 'refuse'), { code: 'BM_ERR_VOLUME_BUSY' });
+});
+
+test('decideClaim: a blank target adopts the primary generation (history included) and starts the offered stream', () => {
+  const [d] = decideClaim(hello(), [offer('v', MID, { history: [OLD] })], views(view('v')), 'refuse');
+  assert.deepEqual(d, { name: 'v', lineage: 'blank', adopt: { current: MID, history: [OLD] }, newStream: true, full: false });
+});
+
+test('decideClaim: same generation and same stream changes nothing; a new stream starts over without a full resync', () => {
+  const gens: GenerationState = { current: MID, history: [OLD] };
+  const same = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'bbbbbbbbbbbbbbbb' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb' })), 'refuse');
+  assert.deepEqual(same, [{ name: 'v', lineage: 'same', adopt: undefined, newStream: false, full: false }]);
+  const other = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'cccccccccccccccc' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb' })), 'refuse');
+  assert.deepEqual(other, [{ name: 'v', lineage: 'same', adopt: undefined, newStream: true, full: false }]);
+});
+
+test('decideClaim: a target behind the primary (its generation is in the primary history) adopts the new one, no full resync', () => {
+  const [d] = decideClaim(hello(), [offer('v', NEW, { history: [MID, OLD] })], views(view('v', { generations: { current: MID, history: [OLD] }, stream: 'aaaaaaaaaaaaaaaa' })), 'refuse');
+  assert.equal(d!.lineage, 'target-behind');
+  assert.deepEqual(d!.adopt, { current: NEW, history: [MID, OLD] });
+  assert.equal(d!.full, false);
+  assert.equal(d!.newStream, false);
+});
+
+test('decideClaim: split brain is refused with BM_ERR_SPLIT_BRAIN under refuse', () => {
+  const target = view('v', { generations: { current: MID, history: [OLD] }, stream: 'bbbbbbbbbbbbbbbb' });
+  assert.throws(() => decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'refuse'), (e: Error & { code?: string; details?: Record<string, unknown> }) => {
+    assert.equal(e.code, 'BM_ERR_SPLIT_BRAIN');
+    assert.equal(e.details?.lineage, 'split-brain');
+    assert.equal(e.details?.volume, 'v');
+    return true;
+  });
+  // a target ahead of the primary (it was written since it had our data) is refused too
+  assert.throws(() => decideClaim(hello(), [offer('v', OLD)], views(target), 'refuse'), (e: Error & { code?: string; details?: Record<string, unknown> }) => {
+    assert.equal(e.code, 'BM_ERR_SPLIT_BRAIN');
+    assert.equal(e.details?.lineage, 'target-ahead');
+    return true;
+  });
+});
+
+test('decideClaim: split brain under discard-target: the primary wins, the target adopts its generation and a full resync is owed', () => {
+  const target = view('v', { generations: { current: MID, history: [OLD] }, stream: 'bbbbbbbbbbbbbbbb' });
+  const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'discard-target');
+  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, newStream: true, full: true });
+});
+
+test('decideClaim: split brain under discard-younger: a younger target is discarded, a younger primary is refused', () => {
+  // the target's generation (NEW) is younger than the primary's (MID): the target loses
+  const youngTarget = view('v', { generations: { current: NEW, history: [OLD] } });
+  const [d] = decideClaim(hello(), [offer('v', MID, { history: [OLD] })], views(youngTarget), 'discard-younger');
+  assert.equal(d!.full, true);
+  assert.equal(d!.lineage, 'split-brain');
+  // the primary is the younger side: refused, nothing overwritten
+  const oldTarget = view('v', { generations: { current: MID, history: [OLD] } });
+  assert.throws(() => decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(oldTarget), 'discard-younger'), { code: 'BM_ERR_SPLIT_BRAIN' });
+});
+
+test('decideClaim: a cycle image on a volume without primary generations is refused unless discard-target', () => {
+  const cyc = view('v', { cycleImage: { lineage: 'lin', freeze: 3 } });
+  assert.throws(() => decideClaim(hello(), [offer('v', MID)], views(cyc), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  const [d] = decideClaim(hello(), [offer('v', MID)], views(cyc), 'discard-target');
+  assert.equal(d!.lineage, 'blank');
+});
+
+test('decideClaim: a refusal for the second of two volumes returns no decision at all (the first stays undecided, nothing to mutate)', () => {
+  const a = view('a', { generations: { current: MID, history: [] }, stream: 'bbbbbbbbbbbbbbbb', owner: { node: 'p1', session: 's0' }, connections: 0 });
+  const b = view('b', { generations: { current: MID, history: [OLD] }, stream: 'bbbbbbbbbbbbbbbb' });
+  const before = JSON.stringify([a, b]);
+  let result: unknown = 'not set';
+  assert.throws(() => {
+    // `a` alone would be accepted (blank-ish: a new generation in its history), `b` is split brain
+    result = decideClaim(hello(), [offer('a', NEW, { history: [MID] }), offer('b', NEW, { history: [OLD] })], views(a, b), 'refuse');
+  }, { code: 'BM_ERR_SPLIT_BRAIN' });
+  assert.equal(result, 'not set', 'no partial list of decisions escapes');
+  assert.equal(JSON.stringify([a, b]), before, 'the views are untouched (they are frozen: a write would have thrown)');
+  // the same `a` alone is accepted: the refusal above came from `b` only
+  assert.equal(decideClaim(hello(), [offer('a', NEW, { history: [MID] })], views(view('a', { generations: { current: MID, history: [] } })), 'refuse').length, 1);
+});
+
+test('decideClaim: a volume offered twice is a protocol error', () => {
+  assert.throws(() => decideClaim(hello(), [offer('v', OLD), offer('v', OLD)], views(view('v')), 'refuse'), { code: 'BM_ERR_PROTOCOL' });
+});
