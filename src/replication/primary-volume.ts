@@ -536,7 +536,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       else {
         this.#uncovered.delete(i);
         // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
-        if (this.idle) this.#cleanRegion(i);
+        if (this.#unacked === 0) this.#cleanRegion(i);
         else this.#cleanable.add(i);
       }
     }

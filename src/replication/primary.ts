@@ -260,6 +260,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #durableTimer: TimerHandle;
   readonly #keepAlive: NodeJS.Timeout;
   #attempts: number[];
+  /** Slots whose connect (and handshake) is running. */
+  readonly #connecting: boolean[] = [];
+  /** The connection of each slot whose handshake is running. */
+  readonly #handshaking: Array<FramedConnection | undefined> = [];
   #nextId = 0;
   #worker = 0;
   /** Requests sent in this tick go on the same worker's connection (one write per tick). */
@@ -498,6 +502,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
       // SPEC 5: close all n connections; their in-flight requests are requeued
       for (const slot of this.#slots.slots) slot.connection?.destroy(this.#lastError);
+      // handshakes still running on the dead path are as dead: the reopen after probation starts afresh
+      for (const pending of this.#handshaking) pending?.destroy(this.#lastError);
     });
     monitor.on('reopen', () => void this.#openAll(true));
     monitor.start();
@@ -505,7 +511,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
 
   /** Opens every closed slot; resolves with the errors of the attempts that failed. */
   async #openAll(retry: boolean): Promise<BlockMirrorError[]> {
-    const attempts = this.#slots.slots.filter((s) => s.connection === undefined && s.status !== 'connecting').map((slot) => this.#connect(slot, retry));
+    const attempts = this.#slots.slots.filter((s) => s.connection === undefined && this.#connecting[s.index] !== true).map((slot) => this.#connect(slot, retry));
     return (await Promise.all(attempts)).filter((e): e is BlockMirrorError => e !== undefined);
   }
 
@@ -516,12 +522,24 @@ export class Primary extends EventEmitter<PrimaryEvents> {
    */
   async #connect(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
     // one connection per slot: a reopen while this slot's handshake still runs does nothing
-    if (this.#closed || slot.status === 'connecting' || slot.connection !== undefined) return undefined;
+    // (our own flag: the link monitor may mark a connecting slot closed meanwhile)
+    if (this.#closed || this.#connecting[slot.index] === true || slot.connection !== undefined) return undefined;
+    this.#connecting[slot.index] = true;
+    try {
+      return await this.#connectOnce(slot, retry);
+    } finally {
+      this.#connecting[slot.index] = false;
+      this.#handshaking[slot.index] = undefined;
+    }
+  }
+
+  async #connectOnce(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
     slot.status = 'connecting';
     let conn: FramedConnection | undefined;
     try {
       const raw = await this.#transport.connect(this.peer, { timeout: this.#handshakeTimeout });
       conn = new FramedConnection(raw, { limits: this.#limits, payloadChecksum: this.#payloadChecksum });
+      this.#handshaking[slot.index] = conn;
       const offers: VolumeOffer[] = this.#mirrored.map((v) => ({
         name: v.name,
         size: v.size,
