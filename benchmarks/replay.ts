@@ -30,7 +30,7 @@ import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { symlink } from 'node:fs/promises';
-import { BENCH_DIR, ROOT_DIR, spawnTsFixture, type JsonChild } from './util.js';
+import { BENCH_DIR, ROOT_DIR, spawnTsFixture, waitLink, type JsonChild } from './util.js';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../src/replication/primary.js';
@@ -91,18 +91,6 @@ async function rawTcp(bytes: number): Promise<number> {
   return seconds;
 }
 
-async function waitLink(primary: Primary, state: string): Promise<void> {
-  if (primary.link === state) return;
-  await new Promise<void>((resolve) => {
-    const l = (s: string): void => {
-      if (s === state) {
-        primary.off('link', l);
-        resolve();
-      }
-    };
-    primary.on('link', l);
-  });
-}
 
 async function writeAll(primary: Primary, bytes: number, size: number, inFlight = 8): Promise<number> {
   const v = primary.volume('v');

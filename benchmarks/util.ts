@@ -8,6 +8,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, readFileSync } from 'node:fs';
 import net from 'node:net';
+import type { Primary } from '../src/replication/primary.js';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
@@ -381,4 +382,18 @@ export async function startNbdkitPlugin(plugin: readonly string[], readonly = fa
       await exited;
     },
   };
+}
+
+/** Resolves once `primary`'s link is in `state` (at once if it is). */
+export async function waitLink(primary: Primary, state: string): Promise<void> {
+  if (primary.link === state) return;
+  await new Promise<void>((resolve) => {
+    const l = (s: string): void => {
+      if (s === state) {
+        primary.off('link', l);
+        resolve();
+      }
+    };
+    primary.on('link', l);
+  });
 }
