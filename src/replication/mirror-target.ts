@@ -629,7 +629,6 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
             checkRange(v.device, h.off, data.length);
             if (data.length === 0) throw new BlockMirrorError('BM_ERR_BAD_HEADER', `write seq ${h.seq} carries no data`);
             return v.order.submit(h.seq, h.bar, async () => {
-              log('volume %s: apply write seq %d bar %d off %d len %d', v.name, h.seq, h.bar, h.off, data.length);
               await v.device.write(h.off, data, { fua: (frame.flags & FrameFlag.FUA) !== 0 });
               v.appliedWrites++;
               v.bytesWritten += data.length;

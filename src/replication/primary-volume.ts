@@ -939,8 +939,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#dropPayload(req);
       this.#setSpilled(req, true);
     }
-    if (budget.used <= budget.limit || this.#converting) return;
-    // still over it: queued requests the journal could not take, and that no caller waits for, go to the bitmap
+    // still over it: queued requests the journal could not take (it is full), and that no caller waits for, go to the bitmap
+    if (budget.used <= budget.limit || !this.#journalSuspended || this.#converting) return;
     this.#converting = true;
     try {
       for (const req of this.#requests.values()) {
@@ -1195,7 +1195,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const out: string[] = [`lag=${this.#lagBytes}/${this.#lagWaiters.length}`, `lock=${this.#lock.size}`];
     for (const req of this.#requests.values()) {
       if (out.length >= n + 2) break;
-      if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}${req.state === 'queued' && !this.queue.includes(req) ? ':NOT-IN-QUEUE' : ''}`);
+      if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}`);
     }
     for (const req of this.#flushes) {
       if (out.length >= 2 * n) break;

@@ -22,12 +22,6 @@ export class SendQueue {
     else this.#items.push(req);
   }
 
-  /** True when `req` waits in the queue (diagnostics; linear). */
-  includes(req: MirrorRequest): boolean {
-    for (let i = this.#head; i < this.#items.length; i++) if (this.#items[i] === req) return true;
-    return false;
-  }
-
   peek(): MirrorRequest | undefined {
     return this.#items[this.#head];
   }
