@@ -340,7 +340,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
     checkRange(this.device, offset, data.length);
-    return this.#inParts('write', offset, data.length, data, options.fua === true, options.transfer === true);
+    return this.#inParts(offset, data, options.fua === true, options.transfer === true);
   }
 
   /**
@@ -353,17 +353,29 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return this.#apply('zero', offset, length, undefined, options.fua === true);
   }
 
-  /** {@link write} and {@link zero}: one request, or consecutive parts of at most the link's payload limit (rounded down to the block size). */
-  async #inParts(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer: boolean): Promise<WriteResult> {
+  /**
+   * {@link write}: one request, or consecutive parts of at most the link's
+   * payload limit (rounded down to the block size). The parts are one
+   * operation: the whole range is locked while they go, so an overlapping
+   * write comes before or after all of them, never between two.
+   */
+  async #inParts(offset: number, data: Uint8Array, fua: boolean, transfer: boolean): Promise<WriteResult> {
+    const length = data.length;
     const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
-    if (length <= part || (part === 0 && kind === 'zero')) return this.#apply(kind, offset, length, data, fua, transfer);
+    if (length <= part) return this.#apply('write', offset, length, data, fua, transfer);
     if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
-    let result: WriteResult | undefined;
-    for (let pos = 0; pos < length; pos += part) {
-      const n = Math.min(part, length - pos);
-      result = combineResults(result, await this.#apply(kind, offset + pos, n, data?.subarray(pos, pos + n), fua, transfer));
+    const held = this.#lock.tryAcquire(offset, length);
+    const release = typeof held === 'function' ? held : await held;
+    try {
+      let result: WriteResult | undefined;
+      for (let pos = 0; pos < length; pos += part) {
+        const n = Math.min(part, length - pos);
+        result = combineResults(result, await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, true));
+      }
+      return result!;
+    } finally {
+      release();
     }
-    return result!;
   }
 
   /**
@@ -389,7 +401,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return toResult(await outcome, undefined);
   }
 
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false): Promise<WriteResult> {
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, locked = false): Promise<WriteResult> {
     if (this.#closed) throw closedError(this.name);
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
@@ -405,7 +417,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     let enqueued = false;
     let covering = false;
-    const held = this.#lock.tryAcquire(offset, length);
+    // `locked`: a part of a larger write, whose caller holds the lock of the whole range
+    const held = locked ? noRelease : this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
       if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
@@ -1473,6 +1486,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
   }
 }
+
+const noRelease = (): void => undefined;
 
 function closedError(name: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);

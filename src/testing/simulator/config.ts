@@ -62,6 +62,12 @@ export interface SimConfig {
   maxAsyncLag: number;
   /** The primary's payload budget (`maxBufferedBytes`). */
   maxBufferedBytes: number;
+  /**
+   * The link's payload limit (`limits.maxPayloadLength`): at the region size,
+   * a write of more blocks goes as several requests, so crashes, cuts and
+   * lost replies fall between the parts of one operation.
+   */
+  maxPayload: number;
   outagePolicy: 'degrade' | 'suspend';
   /** Fault steps of the schedule. */
   steps: number;
@@ -97,8 +103,11 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     maxWriteBlocks: rng.pick([1, 4, 16]),
     concurrency: rng.int(1, 8),
     livenessTimeout: 60_000,
+    maxPayload: 8 * 1024 * 1024,
     faults: new Set(ALL_FAULTS),
   };
+  // drawn from a stream of its own, so that the schedules of earlier seeds stay as they were
+  if (rng.fork('payload').chance(0.5)) config.maxPayload = config.regionSize;
   return { ...config, ...overrides };
 }
 
@@ -115,6 +124,7 @@ export function describeConfig(c: SimConfig): string {
     `journal=${c.journalCapacity}`,
     `maxAsyncLag=${c.maxAsyncLag}`,
     `maxBuffered=${c.maxBufferedBytes}`,
+    `maxPayload=${c.maxPayload}`,
     `outage=${c.outagePolicy}`,
     `steps=${c.steps}`,
     `maxWrite=${c.maxWriteBlocks}`,

@@ -112,6 +112,7 @@ export class PrimaryNode {
       outagePolicy: c.outagePolicy,
       maxAsyncLag: c.maxAsyncLag,
       maxBufferedBytes: c.maxBufferedBytes,
+      limits: { maxPayloadLength: c.maxPayload },
       journal: { capacityBytes: c.journalCapacity },
       resync: { regionSize: c.regionSize, concurrency: c.resyncConcurrency },
       waitForConnection: false,

@@ -412,8 +412,21 @@ export class Simulation {
     }
     if (mode === 'async') {
       if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
-      else this.#epochs.get(op.volume)?.history.push({ seq: r.seq, offset: op.offset, length: op.length, data: op.data });
+      else this.#epochs.get(op.volume)?.history.push(...this.#parts(op, r.seq));
     }
+  }
+
+  /** The requests one write went as: parts of at most the payload limit, the last one numbered `lastSeq`. */
+  #parts(op: OpRecord, lastSeq: number): HistoryWrite[] {
+    const part = op.data === undefined ? op.length : Math.floor(this.config.maxPayload / this.config.blockSize) * this.config.blockSize;
+    const count = Math.ceil(op.length / part);
+    const out: HistoryWrite[] = [];
+    for (let i = 0; i < count; i++) {
+      const at = i * part;
+      const length = Math.min(part, op.length - at);
+      out.push({ seq: lastSeq - count + 1 + i, offset: op.offset + at, length, data: op.data?.subarray(at, at + length) });
+    }
+    return out;
   }
 
   #mode(volume: string): SimVolumeConfig['mode'] {
@@ -570,7 +583,9 @@ export class Simulation {
       const state = primary?.volume(v.name).state;
       if (state === 'needs-resync' || state === 'inconsistent' || state === 'split-brain') this.#invalidate(v.name, state);
       const epoch = this.#epochs.get(v.name);
-      if (v.mode === 'async' && epoch !== undefined) {
+      // a write still in progress may already be (partly) on the target: its seqs are not in the history yet
+      const writing = [...this.#inflight].some((op) => op.volume === v.name && op.kind !== 'flush');
+      if (v.mode === 'async' && epoch !== undefined && !writing) {
         const image = this.targetNode.disks.get(v.name)!.device.peek();
         const r = prefixPoint(epoch.base, image, epoch.history, this.config.blockSize, epoch.fromSeq);
         if (!r.ok) {
