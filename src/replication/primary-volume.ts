@@ -61,8 +61,13 @@ export interface WriteResult {
    * - `not-mirrored`: local volume.
    */
   mirror: 'acknowledged' | 'queued' | 'failed' | 'not-mirrored';
-  /** Sequence number in the volume's replication stream (absent for flush and local volumes). */
+  /** Sequence number in the volume's replication stream (absent for flush and local volumes; a split write: its last part's). */
   seq?: number;
+  /**
+   * A write split into parts at the link's payload limit: the seq of each
+   * part that took one, in order (other writes may take seqs between them).
+   */
+  partSeqs?: number[];
   /** Why the mirror failed (`mirror: 'failed'`). */
   error?: BlockMirrorError;
 }
@@ -1511,6 +1516,8 @@ function combineResults(sofar: WriteResult | undefined, part: WriteResult): Writ
   const seq = part.seq ?? sofar.seq;
   if (seq !== undefined) r.seq = seq;
   else delete r.seq;
+  const seqs = sofar.partSeqs ?? (sofar.seq === undefined ? [] : [sofar.seq]);
+  r.partSeqs = part.seq === undefined ? seqs : [...seqs, part.seq];
   return r;
 }
 

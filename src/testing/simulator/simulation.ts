@@ -400,9 +400,9 @@ export class Simulation {
     this.#log(`${what} -> ${r.mirror}${r.seq === undefined ? '' : ` seq ${r.seq}`}`);
     if (op.kind === 'flush') return;
     const mode = this.#mode(op.volume);
-    if (r.seq !== undefined) {
-      const key = `${op.volume}:${op.pv.stream}:${r.seq}`;
-      if (this.#seqs.has(key)) this.#violate('I9-seq-reused', `${what} got seq ${r.seq}, already used in stream ${this.#label(op.pv.stream)} of volume ${op.volume}`);
+    for (const seq of r.partSeqs ?? (r.seq === undefined ? [] : [r.seq])) {
+      const key = `${op.volume}:${op.pv.stream}:${seq}`;
+      if (this.#seqs.has(key)) this.#violate('I9-seq-reused', `${what} got seq ${seq}, already used in stream ${this.#label(op.pv.stream)} of volume ${op.volume}`);
       this.#seqs.add(key);
     }
     if (mode === 'sync' && r.mirror === 'acknowledged' && op.targetLosses === this.#targetLosses) {
@@ -412,19 +412,28 @@ export class Simulation {
     }
     if (mode === 'async') {
       if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
-      else this.#epochs.get(op.volume)?.history.push(...this.#parts(op, r.seq));
+      else {
+        const parts = this.#parts(op, r.partSeqs ?? [r.seq]);
+        if (parts === undefined) this.#invalidate(op.volume, 'a part of a split write took no seq');
+        else this.#epochs.get(op.volume)?.history.push(...parts);
+      }
     }
   }
 
-  /** The requests one write went as: parts of at most the payload limit, the last one numbered `lastSeq`. */
-  #parts(op: OpRecord, lastSeq: number): HistoryWrite[] {
+  /**
+   * The requests one write went as: parts of at most the payload limit,
+   * numbered `seqs` (not consecutive: concurrent writes take seqs between
+   * two parts). Undefined when some part took no seq.
+   */
+  #parts(op: OpRecord, seqs: readonly number[]): HistoryWrite[] | undefined {
     const part = op.data === undefined ? op.length : Math.floor(this.config.maxPayload / this.config.blockSize) * this.config.blockSize;
     const count = Math.ceil(op.length / part);
+    if (seqs.length !== count) return undefined;
     const out: HistoryWrite[] = [];
     for (let i = 0; i < count; i++) {
       const at = i * part;
       const length = Math.min(part, op.length - at);
-      out.push({ seq: lastSeq - count + 1 + i, offset: op.offset + at, length, data: op.data?.subarray(at, at + length) });
+      out.push({ seq: seqs[i]!, offset: op.offset + at, length, data: op.data?.subarray(at, at + length) });
     }
     return out;
   }
