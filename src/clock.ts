@@ -67,3 +67,13 @@ export const activeClock: Clock = {
   setInterval: (callback, ms) => setInterval(callback, ms),
   clearInterval: (handle) => clearInterval(handle as NodeJS.Timeout),
 };
+
+/**
+ * The wall-clock time (ISO 8601, UTC) at which `clock` showed `t`: now minus
+ * the time elapsed since `t` on `clock`. Status documents use it so that their
+ * times mean something outside the process (never milliseconds since an
+ * arbitrary epoch such as the process start).
+ */
+export function wallClockIso(clock: Clock, t: number): string {
+  return new Date(Date.now() - (clock.now() - t)).toISOString();
+}

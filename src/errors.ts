@@ -33,6 +33,7 @@ export const ERROR_CODES = {
   BM_ERR_UNKNOWN_VOLUME: 'The peer does not host a volume of that name.',
   BM_ERR_VOLUME_MISMATCH: 'The peer hosts the volume with a different size or block size; nothing was written.',
   BM_ERR_VOLUME_BUSY: 'Another primary already mirrors into this target volume (one writer per volume).',
+  BM_ERR_SETTINGS_MISMATCH: 'Settings both peers must share (heartbeats: interval and stale time) could not be agreed; the handshake was refused and nothing was claimed.',
   BM_ERR_SPLIT_BRAIN: 'The target volume was written on its own since it last had the primary\'s data (split brain, or a promoted target); nothing was overwritten. Resolve with a policy or by hand.',
   BM_ERR_CONNECTION_CLOSED: 'The connection closed before the request was answered.',
   BM_ERR_CONNECT_FAILED: 'A connection to the peer could not be opened.',
@@ -127,4 +128,5 @@ export const CONFIGURATION_REFUSALS: ReadonlySet<ErrorCode> = new Set<ErrorCode>
   'BM_ERR_PROTOCOL_VERSION',
   'BM_ERR_NOT_SUPPORTED',
   'BM_ERR_SPLIT_BRAIN',
+  'BM_ERR_SETTINGS_MISMATCH',
 ]);

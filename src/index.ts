@@ -11,7 +11,7 @@
 // errors and time
 export { BlockMirrorError, ERROR_CODES, isBlockMirrorError, isErrorCode, toBlockMirrorError } from './errors.js';
 export type { ErrorCode, BlockMirrorErrorOptions } from './errors.js';
-export { systemClock, activeClock, clockFrom } from './clock.js';
+export { systemClock, activeClock, clockFrom, wallClockIso } from './clock.js';
 export type { Clock, TimerHandle } from './clock.js';
 
 // block devices
@@ -68,8 +68,11 @@ export type {
   TargetVolumeConfig,
   TargetVolumeStatus,
   MirrorTargetStatus,
+  MirrorTargetPeerStatus,
   MirrorTargetEvents,
+  RefusedPeerInfo,
 } from './replication/mirror-target.js';
+export { persistentNodeId, NODE_ID_FILE } from './storage/node-id.js';
 export type { ConnectionSlotStatus, SlotStatus } from './link/connection-array.js';
 
 // NBD front
@@ -110,6 +113,8 @@ export type { IdleWatchOptions } from './link/idle-watch.js';
 export { ConnectionArray } from './link/connection-array.js';
 export type { ConnectionSlot } from './link/connection-array.js';
 export { encodeHeartbeat, verifyHeartbeat, parseHeartbeat, HeartbeatReplayGuard } from './link/heartbeat.js';
+export { agreeHeartbeats, checkAgreedHeartbeats, describeHeartbeats } from './link/heartbeat-settings.js';
+export type { HeartbeatSettings } from './link/heartbeat-settings.js';
 export type { Heartbeat, HeartbeatFields, HeartbeatStatus, HeartbeatRejectReason, VerifyHeartbeatOptions, HeartbeatCursor, HeartbeatReplayGuardOptions } from './link/heartbeat.js';
 
 // NBD exports of volumes, admin endpoint

@@ -8,6 +8,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { isBlockMirrorError } from '../errors.js';
 import { parseSize } from '../device/size.js';
 import { checkVolumeName } from '../replication/options.js';
+import { DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STALE_AFTER } from '../link/link-monitor.js';
 import { usageError } from './errors.js';
 
 /** A host and a port. */
@@ -38,13 +39,17 @@ export interface ServerConfig {
   staleAfter?: number;
   /** `--probation MS`. */
   probation?: number;
+  /**
+   * `--state-dir DIR`: the node's state directory (its persistent node id; on a
+   * mirror also the volumes' generations and apply state, and staged cycles).
+   * Default: `<first volume path>.mirror-state` / `.primary-state`.
+   */
+  stateDir?: string;
 }
 
 /** `blockmirror mirror …` */
 export interface MirrorConfig extends ServerConfig {
   listen: HostPort;
-  /** `--state-dir DIR`: where received freeze/copy cycles are staged (default `<first volume path>.mirror-state`). */
-  stateDir?: string;
 }
 
 /** `blockmirror primary …` */
@@ -127,8 +132,13 @@ ${VOLUME_HELP}
   --heartbeat-interval MS    heartbeat period (UDP, default 1500)
   --stale-after MS           a primary without heartbeats for MS is down (default 4000)
   --probation MS             a returning primary is on probation for MS (default 10000)
-  --state-dir DIR            where cycles are staged and committed (created if missing;
+  --state-dir DIR            the mirror's state: its node id, each volume's generations
+                             and apply state, staged cycles (created if missing;
                              default: <first volume path>.mirror-state)
+
+The primary's --heartbeat-interval and --stale-after govern its session: this
+mirror follows them for that primary (its own values apply to primaries that
+do not announce theirs).
 
 Prints "listening mirror=HOST:PORT [nbd=HOST:PORT] [admin=HOST:PORT]" once ready.
 SIGINT/SIGTERM: flush and close everything, exit 0.
@@ -138,7 +148,7 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--mode sync|async|cycle] [--connections N] [--journal DIR]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
-                          [--drain-timeout MS] [--no-payload-checksum]
+                          [--drain-timeout MS] [--no-payload-checksum] [--state-dir DIR]
                           [--initial-sync full|checksum] [--cycle-interval MS] [--bandwidth SIZE]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
@@ -163,7 +173,11 @@ ${VOLUME_HELP}
   --secret-file FILE         shared secret (first line of FILE)
   --heartbeat-interval MS    heartbeat period (UDP, to the peer's port number; default 1500)
   --stale-after MS           a link without heartbeats for MS is down (default 4000)
+                             (the mirror follows both for this primary, or refuses it
+                             with BM_ERR_SETTINGS_MISMATCH)
   --probation MS             a returning link is on probation for MS (default 10000)
+  --state-dir DIR            the primary's state: its node id, kept across restarts
+                             (created if missing; default: <first volume path>.primary-state)
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
   --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
                              TCP checksums still apply; headers keep their CRC)
@@ -175,8 +189,11 @@ ${VOLUME_HELP}
                              a cycle that takes longer delays the next freeze)
   --bandwidth SIZE           cycle mode: cap on the bytes per second a cycle sends (64M, 1G)
 
-Prints "listening [nbd=HOST:PORT] [admin=HOST:PORT] peer=HOST:PORT" once ready and
-"link up|down|… peer=HOST:PORT" when the link changes.
+Binds --nbd and --admin before contacting the mirror (a port in use stops the
+primary before it claims anything there). Prints "listening [nbd=HOST:PORT]
+[admin=HOST:PORT] peer=HOST:PORT" once ready, "link up|down|… peer=HOST:PORT"
+when the link changes, and "journal replay done volume=V …" once the writes
+recovered from --journal reached the mirror.
 SIGINT/SIGTERM: stop NBD, drain (bounded), flush and close, exit 0.
 `;
 
@@ -349,8 +366,15 @@ function serverConfig(values: Values, command: string): ServerConfig {
   if (stale !== undefined) config.staleAfter = parseMs(stale, '--stale-after');
   const probation = str(values, 'probation');
   if (probation !== undefined) config.probation = parseMs(probation, '--probation');
-  if (config.heartbeatInterval !== undefined && config.staleAfter !== undefined && config.staleAfter <= config.heartbeatInterval) {
-    throw usageError(`--stale-after (${config.staleAfter} ms) must be longer than --heartbeat-interval (${config.heartbeatInterval} ms)`);
+  if ((config.heartbeatInterval !== undefined || config.staleAfter !== undefined) && (config.staleAfter ?? DEFAULT_STALE_AFTER) <= (config.heartbeatInterval ?? DEFAULT_HEARTBEAT_INTERVAL)) {
+    throw usageError(
+      `--stale-after (${config.staleAfter ?? `default ${DEFAULT_STALE_AFTER}`} ms) must be longer than --heartbeat-interval (${config.heartbeatInterval ?? `default ${DEFAULT_HEARTBEAT_INTERVAL}`} ms)`,
+    );
+  }
+  const stateDir = str(values, 'state-dir');
+  if (stateDir !== undefined) {
+    if (stateDir.length === 0) throw usageError('--state-dir: empty directory path');
+    config.stateDir = stateDir;
   }
   return config;
 }
@@ -363,19 +387,15 @@ const SERVER_OPTIONS = {
   'heartbeat-interval': { type: 'string' },
   'stale-after': { type: 'string' },
   probation: { type: 'string' },
+  'state-dir': { type: 'string' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 
 function parseMirror(argv: string[]): Command {
-  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' }, 'state-dir': { type: 'string' } });
+  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' } });
   if (values.help === true) return { kind: 'help', text: MIRROR_HELP };
   const listen = parseHostPort(required(values, 'listen', 'mirror'), '--listen', true);
   const config: MirrorConfig = { ...serverConfig(values, 'mirror'), listen };
-  const stateDir = str(values, 'state-dir');
-  if (stateDir !== undefined) {
-    if (stateDir.length === 0) throw usageError('--state-dir: empty directory path');
-    config.stateDir = stateDir;
-  }
   return { kind: 'mirror', config };
 }
 

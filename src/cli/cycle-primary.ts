@@ -15,6 +15,7 @@ import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { FATAL_PEER_ERRORS } from './primary.js';
+import { primaryNodeId } from './state-dir.js';
 import { closeDevices, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
@@ -50,11 +51,16 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
       }
     }
 
+    const nodeId = await primaryNodeId(config, 'cycle-source');
+    // the mirror is contacted only once every listener here is bound
     const options: CycleSourceOptions = {
       volumes: layered,
       targets: [{ address: config.peer, name: peer }],
       interval: config.cycleInterval ?? 60000,
       waitForConnection: false,
+      nodeId,
+      autoConnect: false,
+      autoStart: false,
     };
     if (config.journalDir !== undefined) options.stateDir = config.journalDir;
     if (secret !== undefined) options.secret = secret;
@@ -62,6 +68,7 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     if (config.noPayloadChecksum === true) options.payloadChecksum = false;
     const source = await createCycleSource(options);
     resources.add('cycle source', () => source.close());
+    say(io, `node ${nodeId}`);
 
     const warned = new Set<string>();
     source.on('target-link', ({ state, error }) => {
@@ -101,6 +108,8 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
         backend: cycleVolumeBackend(name, volume, { observer }),
       })),
     );
+    await source.connect(false);
+    source.start();
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;
   } catch (error) {

@@ -4,18 +4,51 @@
  *
  * @module
  */
-import { mkdir } from 'node:fs/promises';
 import createDebug from 'debug';
 import { createAdminServer } from '../admin/server.js';
 import { serveNbd } from './nbd-front.js';
 import { targetVolumeBackend } from '../nbd/volume-backend.js';
-import { createMirrorTarget } from '../replication/mirror-target.js';
-import { BlockMirrorError } from '../errors.js';
+import { createMirrorTarget, type MirrorTarget } from '../replication/mirror-target.js';
 import { formatHostPort, type MirrorConfig } from './args.js';
 import { mirrorTargetOptionsFrom } from './options.js';
-import { closeDevices, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, type CliIo, type StopReason } from './runtime.js';
+import { ensureStateDir, stateDirOf } from './state-dir.js';
+import { closeDevices, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
+
+/**
+ * One line per event about the primaries (not only under `DEBUG`): on stdout
+ * `peer connected …`, `peer disconnected …`, `link STATE node=… reason=…`,
+ * `peer forgotten …`; on stderr a warning per refused primary (busy,
+ * mismatch, split brain, auth failure, settings…) with its address — the
+ * same refusal of the same node is reported once until it is accepted or
+ * refused for another reason (a refused primary retries every few seconds).
+ */
+export function logPeerEvents(target: MirrorTarget, io: CliIo): void {
+  const connected = new Set<string>();
+  const refusals = new Map<string, string>();
+  target.on('connection', (info) => {
+    if (connected.has(info.session)) return;
+    connected.add(info.session);
+    refusals.delete(info.node);
+    say(io, `peer connected node=${info.node} address=${formatHostPort(info.address)}`);
+  });
+  target.on('peer-disconnected', (info) => {
+    connected.delete(info.session);
+    say(io, `peer disconnected node=${info.node} address=${info.address}${info.error === undefined ? '' : ` code=${info.error.code} reason=${JSON.stringify(info.error.message)}`}`);
+  });
+  target.on('peer-link', (info) => say(io, `link ${info.state} node=${info.node} address=${info.address} reason=${info.reason}`));
+  target.on('peer-forgotten', (info) => say(io, `peer forgotten node=${info.node} address=${info.address} (gone, owns no volume)`));
+  target.on('refused', ({ address, node, error }) => {
+    // a handshake the peer itself abandoned (it failed on another connection) refuses nothing
+    if (error.code === 'BM_ERR_CONNECTION_CLOSED') return;
+    const who = node ?? address.host;
+    if (refusals.get(who) === error.code) return;
+    if (refusals.size >= 1024) refusals.clear();
+    refusals.set(who, error.code);
+    warn(io, `refused primary node=${node ?? '-'} address=${formatHostPort(address)}: ${error.code}: ${error.message}`);
+  });
+}
 
 /** Runs `blockmirror mirror` until SIGINT/SIGTERM; resolves with the exit status. */
 export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number> {
@@ -28,22 +61,14 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     resources.add('volumes', () => closeDevices(devices.values()));
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size}`);
 
-    const stateDir = config.stateDir ?? `${config.volumes[0]!.path}.mirror-state`;
-    try {
-      await mkdir(stateDir, { recursive: true });
-    } catch (error) {
-      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `cannot create --state-dir ${stateDir}: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
-    }
+    const stateDir = stateDirOf(config, 'mirror');
+    await ensureStateDir(stateDir);
     const input: { devices: typeof devices; secret?: string; stateDir: string } = { devices, stateDir };
     if (secret !== undefined) input.secret = secret;
     const target = await createMirrorTarget(mirrorTargetOptionsFrom(config, input));
     resources.add('mirror target', () => target.close());
-    const sessions = new Set<string>();
-    target.on('connection', (info) => {
-      if (sessions.has(info.session)) return;
-      sessions.add(info.session);
-      say(io, `peer connected node=${info.node} address=${info.address.host}`);
-    });
+    say(io, `node ${target.nodeId}`);
+    logPeerEvents(target, io);
     target.on('connection-error', (error, address) => log('connection from %s failed: %s: %s', address.host, error.code, error.message));
     target.on('write-error', (info) => log('volume %s seq %d: write failed: %s', info.volume, info.seq, info.error.message));
     target.on('cycle-committed', (info) => say(io, `cycle ${info.to} committed volumes=${info.volumes.join(',')} bytes=${info.bytes} source=${info.source}`));

@@ -13,6 +13,7 @@ import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { primaryOptionsFrom } from './options.js';
+import { primaryNodeId } from './state-dir.js';
 import {
   closeDevices,
   Lifecycle,
@@ -58,11 +59,19 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     resources.add('volumes', () => closeDevices(devices.values()));
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
+    const nodeId = await primaryNodeId(config);
     const input: Parameters<typeof primaryOptionsFrom>[1] = { devices };
     if (secret !== undefined) input.secret = secret;
-    const options = primaryOptionsFrom(config, input);
+    // the mirror is contacted only once every listener here is bound: a start
+    // that fails on a port in use claims nothing on the mirror
+    const options = { ...primaryOptionsFrom(config, input), nodeId, autoConnect: false };
     const primary = await createPrimary(options);
     resources.add('primary', () => primary.close({ drain: !fatal, timeout: config.drainTimeout }));
+    say(io, `node ${nodeId}`);
+    for (const v of primary.volumes) {
+      const s = v.status();
+      if (s.journalEntries > 0) say(io, `journal replay volume=${v.name} records=${s.pendingRequests} bytes=${s.pendingBytes}`);
+    }
 
     const warned = new Set<string>();
     primary.on('link', (state) => {
@@ -89,6 +98,9 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
       if (info.finished) progress.finish(label);
       else progress.report(label, info.done, info.total);
     });
+    primary.on('journal-replayed', (info) => {
+      say(io, `journal replay done volume=${info.volume} records=${info.records} bytes=${info.bytes} ms=${Math.round(info.durationMs)}`);
+    });
     primary.on('resync-done', (info) => {
       progress.finish(`resync ${info.volume}`);
       say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
@@ -99,6 +111,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     });
 
     const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer));
+    await primary.connect();
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;
   } catch (error) {

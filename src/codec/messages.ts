@@ -49,6 +49,14 @@ export interface HelloHeader {
   nonce: Uint8Array;
   /** UDP port of the sender's heartbeat socket (absent: no heartbeats). */
   hb?: number;
+  /**
+   * With `hb`: the sender's heartbeat interval in ms. The primary's heartbeat
+   * settings govern the session: the target sends at this interval and judges
+   * the primary's heartbeats by `hbs` (or refuses with `BM_ERR_SETTINGS_MISMATCH`).
+   */
+  hbi?: number;
+  /** With `hb`: the sender's stale time in ms (no heartbeat for longer: the link is down); greater than `hbi`. */
+  hbs?: number;
 }
 
 /** CHALLENGE (server → client). */
@@ -87,6 +95,17 @@ export interface ReadyVolume {
 /** READY (server → client): the connection carries requests from now on. */
 export interface ReadyHeader {
   volumes: ReadyVolume[];
+  /** The heartbeat interval (ms) the server uses towards this client: the HELLO's `hbi` it agreed to (absent: it sends no heartbeats). */
+  hbi?: number;
+  /** The stale time (ms) the server judges this client's heartbeats by: the HELLO's `hbs`. */
+  hbs?: number;
+}
+
+/** Largest heartbeat interval or stale time carried in a handshake, ms (2^31 − 1, the longest Node timer). */
+export const MAX_HEARTBEAT_MS = 2 ** 31 - 1;
+
+function heartbeatMs(v: unknown): boolean {
+  return uint(v) && v >= 1 && v <= MAX_HEARTBEAT_MS;
 }
 
 /** ERROR (either way): a coded failure; `id` when it answers a request. */
@@ -205,6 +224,7 @@ export function parseHello(h: unknown): HelloHeader {
   if (!strings(r.features)) throw bad(t, 'features');
   if (!bytes(r.nonce, 32)) throw bad(t, 'nonce');
   if (r.hb !== undefined && (!uint(r.hb) || r.hb < 1 || r.hb > 65535)) throw bad(t, 'hb');
+  if ((r.hbi !== undefined || r.hbs !== undefined) && (r.hb === undefined || !heartbeatMs(r.hbi) || !heartbeatMs(r.hbs))) throw bad(t, 'hbi/hbs');
   return r as unknown as HelloHeader;
 }
 
@@ -255,6 +275,7 @@ export function parseReady(h: unknown): ReadyHeader {
     if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
     if ((o.inc !== undefined && !str(o.inc, 64)) || (o.durable !== undefined && !uint(o.durable))) throw bad(t, 'volume');
   }
+  if ((r.hbi !== undefined || r.hbs !== undefined) && (!heartbeatMs(r.hbi) || !heartbeatMs(r.hbs))) throw bad(t, 'hbi/hbs');
   return r as unknown as ReadyHeader;
 }
 

@@ -93,6 +93,13 @@ export interface CycleSourceOptions {
    * retried in the background either way.
    */
   waitForConnection?: boolean;
+  /**
+   * Contact the targets as part of `createCycleSource` (default true).
+   * `false`: only the local state is opened; call {@link CycleSource.connect}
+   * once the caller's own listeners are bound (then {@link CycleSource.start}
+   * when `autoStart` is false too).
+   */
+  autoConnect?: boolean;
 }
 
 /** Progress of one target. */
@@ -103,9 +110,7 @@ export interface CycleTargetProgress {
   link: CycleLinkState;
   /** Last complete freeze the target holds of every volume (0: none). */
   freeze: number;
-  /** Recovery point: `clock.now()` of that freeze (undefined if unknown). */
-  recoveryPoint: number | undefined;
-  /** Wall-clock time of that freeze (ISO 8601; undefined if unknown). */
+  /** Recovery point: wall-clock time of that freeze (ISO 8601; undefined if unknown). */
   recoveryPointDate: string | undefined;
   /** Freezes taken that the target does not hold yet. */
   lagCycles: number;
@@ -125,8 +130,8 @@ export interface CycleSourceStatus {
   /** Cycle number = number of the last freeze. */
   cycle: number;
   phase: CyclePhase;
-  /** `clock.now()` of the last freeze. */
-  lastFreezeAt: number | undefined;
+  /** Wall-clock time (ISO 8601) of the last freeze (undefined if unknown). */
+  lastFreezeAt: string | undefined;
   /** Duration of the last completed cycle in ms. */
   lastCycleMs: number | undefined;
   /** Bytes sent to all targets in the last cycle. */
@@ -228,6 +233,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   #wake: (() => void) | undefined;
   #loop: Promise<void> | undefined;
   #breaking = false;
+  #connected = false;
   #closed = false;
   /** A running source keeps the process alive, like a listening server (the clock's timers do not). */
   #keepAlive: NodeJS.Timeout | undefined;
@@ -294,7 +300,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
    * an interrupted freeze) and connects; with `waitForConnection`, resolves
    * once every link's first attempt settled (up or down).
    */
-  async init(waitForConnection = true): Promise<void> {
+  async init(waitForConnection = true, connect = true): Promise<void> {
     this.#group = await ConsistencyGroup.open(this.#volumes, { stateFile: this.#groupFile, clock: this.#clock });
     const saved = (await readStateFile(this.#targetsFile)) as SavedTargets | undefined;
     if (saved !== undefined && saved.format === TARGETS_FORMAT && typeof saved.targets === 'object') {
@@ -304,6 +310,17 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       }
       for (const [k, date] of Object.entries(saved.freezeDates ?? {})) this.#freezeTimes.set(Number(k), { at: Number.NaN, date });
     }
+    if (connect) await this.connect(waitForConnection);
+  }
+
+  /**
+   * Opens the links to the targets (once; later calls do nothing). With
+   * `waitForConnection` (default true), resolves once every link made its
+   * first connection attempt.
+   */
+  async connect(waitForConnection = true): Promise<void> {
+    if (this.#connected || this.#closed) return;
+    this.#connected = true;
     const settled = this.#targets.map(
       (t) =>
         new Promise<void>((resolve) => {
@@ -561,7 +578,6 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
         node: t.link.peerNode,
         link: t.link.state,
         freeze,
-        recoveryPoint: time === undefined || Number.isNaN(time.at) ? undefined : time.at,
         recoveryPointDate: time?.date,
         lagCycles: Math.max(0, k - freeze),
         bytesSentLastCycle: t.lastBytes,
@@ -576,7 +592,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       node: this.nodeId,
       cycle: k,
       phase: this.#phase,
-      lastFreezeAt: this.#lastFreezeAt,
+      lastFreezeAt: this.#freezeTimes.get(k)?.date,
       lastCycleMs: this.#lastCycleMs,
       bytesSentLastCycle: this.#lastBytes,
       volumes,
@@ -628,7 +644,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
  */
 export async function createCycleSource(options: CycleSourceOptions): Promise<CycleSource> {
   const source = new CycleSource(options);
-  await source.init(options.waitForConnection ?? true);
+  await source.init(options.waitForConnection ?? true, options.autoConnect ?? true);
   if (options.autoStart ?? true) source.start();
   return source;
 }

@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { wallClockIso, type Clock } from '../clock.js';
 import type { FramedConnection } from './framed-connection.js';
 
 /** Status of one slot. */
@@ -16,7 +17,7 @@ export interface ConnectionSlot {
   readonly index: number;
   /** The connection, present while `status` is `open`. */
   connection: FramedConnection | undefined;
-  /** Clock time of the last heartbeat (or handshake) seen from the peer. */
+  /** Clock time of the last heartbeat (or handshake) seen from the peer (0: none yet). */
   lastHeartbeat: number;
   status: SlotStatus;
   /** Requests sent on this connection and not yet answered. */
@@ -29,7 +30,8 @@ export interface ConnectionSlot {
 export interface ConnectionSlotStatus {
   index: number;
   status: SlotStatus;
-  lastHeartbeat: number;
+  /** Wall-clock time (ISO 8601) of the last heartbeat (or handshake) seen from the peer; absent before the first. */
+  lastHeartbeatAt?: string;
   inFlight: number;
   sent: number;
 }
@@ -84,8 +86,12 @@ export class ConnectionArray {
     return undefined;
   }
 
-  /** Plain-object snapshot. */
-  snapshot(): ConnectionSlotStatus[] {
-    return this.slots.map((s) => ({ index: s.index, status: s.status, lastHeartbeat: s.lastHeartbeat, inFlight: s.inFlight, sent: s.sent }));
+  /** Plain-object snapshot; `clock` is the one the slots' times come from (to turn them into wall-clock times). */
+  snapshot(clock: Clock): ConnectionSlotStatus[] {
+    return this.slots.map((s) => {
+      const slot: ConnectionSlotStatus = { index: s.index, status: s.status, inFlight: s.inFlight, sent: s.sent };
+      if (s.lastHeartbeat !== 0) slot.lastHeartbeatAt = wallClockIso(clock, s.lastHeartbeat);
+      return slot;
+    });
   }
 }

@@ -4,17 +4,24 @@
  * ```
  * client                                   server
  *   HELLO {protocol range, node, session,
- *          slot, slots, features, nonceC}  →
+ *          slot, slots, features, nonceC,
+ *          [hb port, hbi, hbs]}             →
  *                                          ← CHALLENGE {protocol, node, features, nonceS,
  *                                                       proofS = HMAC(secret, "bm-server", nonceC, nonceS)}
  *   (client checks proofS when it has a secret)
  *   AUTH {proofC = HMAC(secret, "bm-client",
  *         nonceS, nonceC), volumes}        →
- *                                          (server checks proofC, then the volumes)
- *                                          ← READY {volumes: [{name, applied}]}   or ERROR {code}
+ *                                          (server checks proofC, the heartbeat
+ *                                           settings, then the volumes)
+ *                                          ← READY {volumes: [{name, applied}], [hbi, hbs]}   or ERROR {code}
+ *   (client checks that hbi/hbs are its own)
  * ```
  * Volume names travel only after the server proved itself to the client, and
- * the server answers about them only after the client proved itself.
+ * the server answers about them only after the client proved itself. A client
+ * that sends heartbeats announces its interval and stale time (`hbi`, `hbs`);
+ * the server adopts them for this client and confirms them in READY, or
+ * refuses with `BM_ERR_SETTINGS_MISMATCH` before deciding about any volume
+ * (see `heartbeat-settings.ts`).
  *
  * @module
  */
@@ -31,10 +38,12 @@ import {
   parseReady,
   type AuthHeader,
   type HelloHeader,
+  type ReadyHeader,
   type ReadyVolume,
   type VolumeOffer,
 } from '../codec/messages.js';
 import { computeProof, createNonce, verifyProof } from './auth.js';
+import { checkAgreedHeartbeats, type HeartbeatSettings } from './heartbeat-settings.js';
 import type { FramedConnection } from './framed-connection.js';
 
 /** Features this build announces. */
@@ -114,6 +123,12 @@ export interface ClientHandshakeOptions {
   clock: Clock;
   /** UDP port of the client's heartbeat socket, if it sends heartbeats. */
   heartbeatPort?: number | undefined;
+  /**
+   * With `heartbeatPort`: the client's heartbeat interval and stale time,
+   * announced in HELLO; the server must confirm them in READY (else the
+   * handshake fails with `BM_ERR_SETTINGS_MISMATCH`).
+   */
+  heartbeats?: HeartbeatSettings | undefined;
   /** Features to announce (default {@link FEATURES}: a per-write mirroring primary). */
   features?: readonly string[];
 }
@@ -124,6 +139,8 @@ export interface ClientHandshakeResult {
   protocol: number;
   features: string[];
   volumes: ReadyVolume[];
+  /** The heartbeat settings the server confirmed (absent without heartbeats). */
+  heartbeats?: HeartbeatSettings;
 }
 
 /** Client side (the primary). Rejects with a coded error and closes the connection on failure. */
@@ -140,7 +157,12 @@ export async function clientHandshake(conn: FramedConnection, o: ClientHandshake
     features: [...features],
     nonce: nonceC,
   };
+  const heartbeats = o.heartbeatPort === undefined ? undefined : o.heartbeats;
   if (o.heartbeatPort !== undefined) hello.hb = o.heartbeatPort;
+  if (heartbeats !== undefined) {
+    hello.hbi = heartbeats.interval;
+    hello.hbs = heartbeats.staleAfter;
+  }
   const framePromise = nextFrame(conn, o.clock, deadline);
   conn.send(MessageType.HELLO, hello);
   const cf = await framePromise;
@@ -163,12 +185,18 @@ export async function clientHandshake(conn: FramedConnection, o: ClientHandshake
   const rf = await readyPromise;
   expect(conn, rf, MessageType.READY);
   const ready = parsed(conn, () => parseReady(rf.header));
-  return {
+  const result: ClientHandshakeResult = {
     peerNode: challenge.node,
     protocol: challenge.protocol,
     features: challenge.features.filter((f) => features.includes(f)),
     volumes: ready.volumes,
   };
+  if (heartbeats !== undefined) {
+    const answered = ready.hbi === undefined || ready.hbs === undefined ? undefined : { interval: ready.hbi, staleAfter: ready.hbs };
+    parsed(conn, () => checkAgreedHeartbeats(heartbeats, answered));
+    result.heartbeats = { ...heartbeats };
+  }
+  return result;
 }
 
 /** Options of the server side of the handshake. */
@@ -179,6 +207,15 @@ export interface ServerHandshakeOptions {
   clock: Clock;
   /** Features this server supports (default {@link FEATURES}). */
   features?: readonly string[];
+  /** Sees the HELLO as soon as it is parsed (before authentication: its node id is only a claim then). */
+  onHello?(hello: HelloHeader): void;
+  /**
+   * Decides about the heartbeat settings of an authenticated client that sends
+   * heartbeats (`hello.hb` set), before `accept`: returns the settings to use
+   * towards it (confirmed in READY) or throws `BM_ERR_SETTINGS_MISMATCH`.
+   * Not called for a client without heartbeats.
+   */
+  heartbeats?(hello: HelloHeader): HeartbeatSettings;
   /**
    * Decides about the offered volumes of an authenticated client; returns the
    * READY answer or throws a coded error (unknown volume, mismatch, busy).
@@ -192,6 +229,8 @@ export interface ServerHandshakeResult {
   protocol: number;
   features: string[];
   volumes: VolumeOffer[];
+  /** The heartbeat settings agreed with the client (absent: it sends no heartbeats). */
+  heartbeats?: HeartbeatSettings;
 }
 
 /** Server side (the mirror target). Rejects with a coded error and closes the connection on failure. */
@@ -200,6 +239,7 @@ export async function serverHandshake(conn: FramedConnection, o: ServerHandshake
   const hf = await nextFrame(conn, o.clock, deadline);
   expect(conn, hf, MessageType.HELLO);
   const hello = parsed(conn, () => parseHello(hf.header));
+  o.onHello?.(hello);
   const protocol = Math.min(PROTOCOL_MAX, hello.protocol[1]);
   if (protocol < Math.max(PROTOCOL_MIN, hello.protocol[0])) {
     const err = new BlockMirrorError('BM_ERR_PROTOCOL_VERSION', `no common protocol version with ${hello.protocol.join('..')}`);
@@ -221,12 +261,22 @@ export async function serverHandshake(conn: FramedConnection, o: ServerHandshake
     throw err;
   }
   let volumes: ReadyVolume[];
+  let heartbeats: HeartbeatSettings | undefined;
   try {
+    // settings first: a refused client claims nothing
+    if (hello.hb !== undefined && o.heartbeats !== undefined) heartbeats = o.heartbeats(hello);
     volumes = await o.accept(hello, auth.volumes);
   } catch (error) {
     conn.fail(error as BlockMirrorError);
     throw error;
   }
-  conn.send(MessageType.READY, { volumes });
-  return { hello, protocol, features: hello.features.filter((f) => features.includes(f)), volumes: auth.volumes };
+  const ready: ReadyHeader = { volumes };
+  if (heartbeats !== undefined) {
+    ready.hbi = heartbeats.interval;
+    ready.hbs = heartbeats.staleAfter;
+  }
+  conn.send(MessageType.READY, ready);
+  const result: ServerHandshakeResult = { hello, protocol, features: hello.features.filter((f) => features.includes(f)), volumes: auth.volumes };
+  if (heartbeats !== undefined) result.heartbeats = heartbeats;
+  return result;
 }

@@ -9,7 +9,7 @@ import { randomBytes, randomUUID } from 'node:crypto';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
 import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
-import { systemClock, type Clock } from '../clock.js';
+import { systemClock, wallClockIso, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
@@ -21,7 +21,9 @@ import { FEATURES, serverHandshake } from '../link/handshake.js';
 import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from '../cycle/cycle-host.js';
 import type { StagingStoreHooks } from '../cycle/staging-store.js';
 import { ConnectionArray } from '../link/connection-array.js';
-import { LinkMonitor, type LinkState } from '../link/link-monitor.js';
+import { LinkMonitor, type LinkState, type LinkTransitionReason } from '../link/link-monitor.js';
+import { agreeHeartbeats, type HeartbeatSettings } from '../link/heartbeat-settings.js';
+import { persistentNodeId } from '../storage/node-id.js';
 import { IdleWatch } from '../link/idle-watch.js';
 import { DatagramDemux } from '../link/datagram-demux.js';
 import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
@@ -76,6 +78,10 @@ export interface MirrorTargetOptions {
   transport?: Transport;
   /** Shared secret: every connection must prove it (HMAC-SHA256 challenge–response). */
   secret?: string | Uint8Array;
+  /**
+   * Node id. Default: with `stateDir`, the id kept in `<stateDir>/node-id`
+   * (generated once, the same after every restart); without, a random one.
+   */
   nodeId?: string;
   clock?: Clock;
   limits?: Partial<CodecLimits>;
@@ -85,9 +91,14 @@ export interface MirrorTargetOptions {
   maxInFlightPerConnection?: number;
   /** UDP heartbeats on the listening port number, towards each primary that sends them (default: on when the transport has datagrams). */
   heartbeats?: boolean;
-  /** Milliseconds between heartbeats (default 1500). */
+  /**
+   * Milliseconds between heartbeats (default 1500), towards a primary that
+   * does not announce its own: a primary that does (every primary of this
+   * version) governs its session — the target sends at the primary's interval
+   * and judges it by the primary's stale time.
+   */
   heartbeatInterval?: number;
-  /** A primary's link is down after this many milliseconds without its heartbeat (default 4000). */
+  /** A primary's link is down after this many milliseconds without its heartbeat (default 4000; a primary's announced stale time takes precedence, see `heartbeatInterval`). */
   staleAfter?: number;
   /** Heartbeats must flow this long without a gap before a primary's link counts as healthy again (default 10000). */
   probation?: number;
@@ -138,14 +149,48 @@ export interface TargetVolumeStatus {
   cycle?: CycleVolumeStatus;
 }
 
+/** One peer in {@link MirrorTargetStatus.peers}. */
+export interface MirrorTargetPeerStatus {
+  /** Host of the primary (cycle source: `host:port`). */
+  address: string;
+  node: string;
+  session: string;
+  /** Follows the primary's heartbeats; without heartbeats `up` while a connection is open, else `down`. */
+  link: LinkState;
+  /** Open connections. */
+  connections: number;
+  /** Wall-clock time (ISO 8601) the primary was last heard from: a heartbeat, a handshake or a closing connection. */
+  lastSeenAt?: string;
+  /** The heartbeat interval used towards this primary, agreed in the handshake (its own). */
+  heartbeatIntervalMs?: number;
+  /** The stale time this primary's heartbeats are judged by, agreed in the handshake (its own). */
+  staleAfterMs?: number;
+  mode?: 'cycle';
+}
+
 /** Plain-object status of a {@link MirrorTarget}. */
 export interface MirrorTargetStatus {
   role: 'target';
   node: string;
   address: string;
-  /** One entry per primary session (`link` follows its heartbeats, or `up` while connected without heartbeats), and one per connected cycle source (`mode: 'cycle'`). */
-  peers: Array<{ address: string; node: string; session: string; link: LinkState; connections: number; mode?: 'cycle' }>;
+  /**
+   * One entry per primary session that is connected, still heard from (its
+   * heartbeats arrive) or the owner of a volume; a session that is gone
+   * (no connection, no heartbeat for its stale time) and owns nothing is
+   * forgotten. Plus one per connected cycle source (`mode: 'cycle'`).
+   */
+  peers: MirrorTargetPeerStatus[];
   volumes: Record<string, TargetVolumeStatus>;
+}
+
+/** Why a primary's handshake was refused (see {@link MirrorTargetEvents.refused}). */
+export interface RefusedPeerInfo {
+  /** Where the connection came from. */
+  address: TransportAddress;
+  /** The node id the peer announced (undefined when it sent no valid HELLO; before authentication it is only a claim). */
+  node: string | undefined;
+  /** The refusal: `BM_ERR_VOLUME_BUSY`, `BM_ERR_VOLUME_MISMATCH`, `BM_ERR_SPLIT_BRAIN`, `BM_ERR_AUTH_FAILED`, `BM_ERR_SETTINGS_MISMATCH`, … */
+  error: BlockMirrorError;
 }
 
 /** Events of a {@link MirrorTarget}. */
@@ -154,6 +199,14 @@ export interface MirrorTargetEvents {
   connection: [info: { node: string; session: string; slot: number; address: TransportAddress }];
   /** A connection failed the handshake or was closed for a protocol error. */
   'connection-error': [error: BlockMirrorError, address: TransportAddress];
+  /** A primary's (or cycle source's) handshake failed or was refused; nothing was claimed. */
+  refused: [info: RefusedPeerInfo];
+  /** A primary session's link state changed (its heartbeats, or its connections). */
+  'peer-link': [info: { node: string; session: string; address: string; state: LinkState; previous: LinkState; reason: LinkTransitionReason }];
+  /** The last open connection of a primary session closed (`error`: why, when it was not a clean close). */
+  'peer-disconnected': [info: { node: string; session: string; address: string; error?: BlockMirrorError }];
+  /** A primary session that is gone and owns no volume was dropped from the peer list. */
+  'peer-forgotten': [info: { node: string; session: string; address: string }];
   /** Writing a mirror request to the device failed (the primary is told and retries). */
   'write-error': [info: { volume: string; seq: number; error: BlockMirrorError }];
   /** With the `cycle` option: the volumes hold freeze `to` of a cycle source (durably). */
@@ -276,11 +329,19 @@ interface PeerLink {
   slots: ConnectionArray;
   monitor: LinkMonitor | undefined;
   view: { close(): Promise<void> } | undefined;
+  /** The heartbeat settings agreed for this session (undefined: it sends no heartbeats). */
+  heartbeats: HeartbeatSettings | undefined;
+  /** Clock time the primary was last heard from on a connection (handshake, close); heartbeats count through the monitor. */
+  lastSeen: number;
+  /** Pending check whether the session is gone (see `#forgetLater`). */
+  forgetTimer: TimerHandle | undefined;
 }
 
 /** A mirror target: see {@link createMirrorTarget}. */
 export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
-  readonly nodeId: string;
+  #nodeId: string;
+  readonly #nodeIdGiven: boolean;
+  readonly #stateDir: string | undefined;
   readonly #transport: Transport;
   readonly #listen: TransportAddress;
   readonly #clock: Clock;
@@ -317,7 +378,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
     this.#handshakeTimeout = positiveInt(options.handshakeTimeout ?? 10000, 'handshakeTimeout');
     this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 128, 'maxInFlightPerConnection', 65536);
-    this.nodeId = options.nodeId ?? `target-${randomBytes(4).toString('hex')}`;
+    if (options.nodeId !== undefined && (typeof options.nodeId !== 'string' || options.nodeId === '' || options.nodeId.length > 256)) {
+      throw invalidArgument('nodeId must be a string of 1..256 characters');
+    }
+    this.#nodeIdGiven = options.nodeId !== undefined;
+    this.#nodeId = options.nodeId ?? `target-${randomBytes(4).toString('hex')}`;
     this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
     if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalidArgument('heartbeats need a transport with datagrams');
     this.#monitorOptions = {
@@ -330,6 +395,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     if (!['refuse', 'discard-target', 'discard-younger'].includes(policy)) throw invalidArgument('splitBrain must be refuse, discard-target or discard-younger');
     this.#splitBrain = policy;
     if (options.stateDir !== undefined && (typeof options.stateDir !== 'string' || options.stateDir === '')) throw invalidArgument('stateDir must be a non-empty string');
+    this.#stateDir = options.stateDir;
     if (options.cycle !== undefined && (options.cycle === null || typeof options.cycle !== 'object' || typeof options.cycle.dir !== 'string' || options.cycle.dir === '')) {
       throw invalidArgument('cycle.dir must be a non-empty string');
     }
@@ -355,6 +421,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     }
   }
 
+  /** This node's id (with `stateDir` and no `nodeId` option: the persistent one, once `createMirrorTarget` resolved). */
+  get nodeId(): string {
+    return this.#nodeId;
+  }
+
   /** The bound address (after `createMirrorTarget` resolved). */
   get address(): TransportAddress {
     if (this.#server === undefined) throw new BlockMirrorError('BM_ERR_CLOSED', 'the target is not listening');
@@ -375,6 +446,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
 
   /** @internal called by {@link createMirrorTarget} */
   async start(): Promise<void> {
+    if (!this.#nodeIdGiven && this.#stateDir !== undefined) this.#nodeId = await persistentNodeId(this.#stateDir, 'target');
     for (const v of this.#volumes.values()) await v.load();
     if (this.#cycleOptions !== undefined) await this.#openCycleHost(this.#cycleOptions);
     try {
@@ -409,6 +481,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     conn.once('close', () => this.#connections.delete(conn));
     let claimed: TargetVolume[] = [];
     let cycleSource = false;
+    let announced: string | undefined;
     try {
       const result = await serverHandshake(conn, {
         nodeId: this.nodeId,
@@ -416,6 +489,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
         features: this.#cycle === undefined ? FEATURES : [...FEATURES, CYCLE_FEATURE],
+        onHello: (hello) => {
+          announced = hello.node;
+        },
+        heartbeats: (hello) =>
+          agreeHeartbeats(
+            hello.hbi === undefined || hello.hbs === undefined ? undefined : { interval: hello.hbi, staleAfter: hello.hbs },
+            this.#demux === undefined ? undefined : { interval: this.#monitorOptions.heartbeatInterval, staleAfter: this.#monitorOptions.staleAfter },
+          ),
         accept: async (hello, offers) => {
           if (hello.features.includes(CYCLE_FEATURE)) {
             cycleSource = true;
@@ -441,7 +522,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         return;
       }
       this.#handlers.add(handler);
-      const slot = this.#attach(result.hello, raw.remoteAddress.host, conn);
+      const slot = this.#attach(result.hello, result.heartbeats, raw.remoteAddress.host, conn);
       const peer = this.#peers.get(result.hello.session)!;
       // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
       const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
@@ -456,7 +537,12 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         if (slot.connection === conn) {
           slot.connection = undefined;
           slot.status = 'closed';
+          peer.lastSeen = this.#clock.now();
           peer.monitor?.connectionsFailed(error);
+          if (peer.slots.openCount === 0 && this.#peers.get(peer.session) === peer) {
+            this.emit('peer-disconnected', { node: peer.node, session: peer.session, address: peer.host, ...(error === undefined ? {} : { error }) });
+            this.#forgetLater(peer);
+          }
         }
         if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
       });
@@ -466,6 +552,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
       log('handshake with %o failed: %s', raw.remoteAddress, err.message);
       this.emit('connection-error', err, raw.remoteAddress);
+      if (!this.#closed) this.emit('refused', { address: raw.remoteAddress, node: announced, error: err });
     }
   }
 
@@ -473,7 +560,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    * Puts a handshaken connection into its session's connection array (making
    * the session, and its link monitor, on its first connection).
    */
-  #attach(hello: HelloHeader, host: string, conn: FramedConnection) {
+  #attach(hello: HelloHeader, heartbeats: HeartbeatSettings | undefined, host: string, conn: FramedConnection) {
     let peer = this.#peers.get(hello.session);
     if (peer !== undefined && peer.slots.size !== hello.slots) {
       this.#dropPeer(peer);
@@ -482,11 +569,22 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     if (peer === undefined) {
       // a new session of a node is a restart: its old session is gone
       for (const old of this.#peers.values()) if (old.node === hello.node) this.#dropPeer(old);
-      peer = { node: hello.node, session: hello.session, host, slots: new ConnectionArray(hello.slots), monitor: undefined, view: undefined };
+      peer = {
+        node: hello.node,
+        session: hello.session,
+        host,
+        slots: new ConnectionArray(hello.slots),
+        monitor: undefined,
+        view: undefined,
+        heartbeats: undefined,
+        lastSeen: this.#clock.now(),
+        forgetTimer: undefined,
+      };
       this.#peers.set(hello.session, peer);
-      if (this.#demux !== undefined && hello.hb !== undefined) {
+      if (this.#demux !== undefined && heartbeats !== undefined) {
         // Heartbeats go back along the path the primary's heartbeats take
         // (NAT, relays): the monitor learns its peer from the first one.
+        // The primary's interval and stale time govern the session (agreed in the handshake).
         const view = this.#demux.view(hello.node);
         const monitor = new LinkMonitor({
           clock: this.#clock,
@@ -495,7 +593,9 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           secret: this.#secret,
           slots: peer.slots,
           expectedNode: hello.node,
-          ...this.#monitorOptions,
+          heartbeatInterval: heartbeats.interval,
+          staleAfter: heartbeats.staleAfter,
+          probation: this.#monitorOptions.probation,
         });
         const owner = peer;
         monitor.on('heartbeat', (_hb, from) => {
@@ -506,11 +606,21 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           // SPEC 5: close all of this primary's connections
           for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
         });
+        monitor.on('state', (state, previous, reason) => {
+          this.emit('peer-link', { node: owner.node, session: owner.session, address: owner.host, state, previous, reason });
+          if (state === 'down') this.#forgetLater(owner);
+        });
         peer.monitor = monitor;
         peer.view = view;
+        peer.heartbeats = { ...heartbeats };
         monitor.start();
       }
     }
+    if (peer.forgetTimer !== undefined) {
+      this.#clock.clearTimeout(peer.forgetTimer);
+      peer.forgetTimer = undefined;
+    }
+    peer.lastSeen = this.#clock.now();
     const slot = peer.slots.slots[hello.slot]!;
     const previous = slot.connection;
     slot.connection = conn;
@@ -542,11 +652,56 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     }
   }
 
+  /** Clock time `peer` was last heard from (a heartbeat, or a connection event). */
+  #lastSeen(peer: PeerLink): number {
+    return Math.max(peer.lastSeen, peer.monitor?.status().lastHeartbeatReceived ?? Number.NEGATIVE_INFINITY);
+  }
+
+  /** True while some volume's owner is this session (it is the last primary that mirrored into it). */
+  #owns(peer: PeerLink): boolean {
+    for (const v of this.#volumes.values()) if (v.owner?.session === peer.session) return true;
+    return false;
+  }
+
+  /**
+   * Drops `peer` from the peer list once it is gone — no open connection,
+   * nothing heard from it for its stale time (at once without heartbeats) —
+   * and owns no volume; while it has no connection, checks again when it
+   * could next be gone. A session that owns a volume stays listed (at most
+   * one per volume) until another primary claims the volume.
+   */
+  #forgetLater(peer: PeerLink): void {
+    if (this.#closed || this.#peers.get(peer.session) !== peer || peer.forgetTimer !== undefined || peer.slots.openCount > 0) return;
+    const quiet = peer.heartbeats === undefined ? 0 : peer.heartbeats.staleAfter;
+    const wait = Math.max(0, this.#lastSeen(peer) + quiet - this.#clock.now());
+    if (wait === 0 && peer.monitor === undefined) {
+      if (!this.#owns(peer)) this.#forget(peer);
+      return;
+    }
+    peer.forgetTimer = this.#clock.setTimeout(() => {
+      peer.forgetTimer = undefined;
+      if (this.#closed || this.#peers.get(peer.session) !== peer || peer.slots.openCount > 0) return;
+      if (this.#clock.now() - this.#lastSeen(peer) > quiet) {
+        if (!this.#owns(peer)) this.#forget(peer);
+        return;
+      }
+      this.#forgetLater(peer);
+    }, wait + 1);
+  }
+
+  #forget(peer: PeerLink): void {
+    log('forgetting primary %s (session %s): gone and owns nothing', peer.node, peer.session);
+    this.#dropPeer(peer);
+    this.emit('peer-forgotten', { node: peer.node, session: peer.session, address: peer.host });
+  }
+
   #dropPeer(peer: PeerLink): void {
+    if (peer.forgetTimer !== undefined) this.#clock.clearTimeout(peer.forgetTimer);
+    peer.forgetTimer = undefined;
+    this.#peers.delete(peer.session);
     for (const slot of peer.slots.slots) slot.connection?.destroy();
     peer.monitor?.stop();
     void peer.view?.close();
-    this.#peers.delete(peer.session);
   }
 
   /** Runs `fn` after every earlier claim finished (one handshake decision at a time). */
@@ -593,6 +748,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       if (d.full) r.full = true;
       ready.push(r);
     }
+    // sessions that owned these volumes before may now be gone and own nothing
+    for (const p of [...this.#peers.values()]) if (p.session !== hello.session) this.#forgetLater(p);
     return ready;
   }
 
@@ -792,7 +949,19 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     const peers: MirrorTargetStatus['peers'] = [];
     for (const p of this.#peers.values()) {
       const open = p.slots.openCount;
-      peers.push({ address: p.host, node: p.node, session: p.session, link: p.monitor?.state ?? (open > 0 ? 'up' : 'down'), connections: open });
+      const peer: MirrorTargetPeerStatus = {
+        address: p.host,
+        node: p.node,
+        session: p.session,
+        link: p.monitor?.state ?? (open > 0 ? 'up' : 'down'),
+        connections: open,
+        lastSeenAt: wallClockIso(this.#clock, this.#lastSeen(p)),
+      };
+      if (p.heartbeats !== undefined) {
+        peer.heartbeatIntervalMs = p.heartbeats.interval;
+        peer.staleAfterMs = p.heartbeats.staleAfter;
+      }
+      peers.push(peer);
     }
     for (const c of this.#cycle?.sources() ?? []) peers.push({ address: c.address, node: c.node, session: c.session, link: 'up', connections: 1, mode: 'cycle' });
     const addr = this.#server?.address;

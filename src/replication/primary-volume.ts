@@ -116,6 +116,12 @@ export interface PrimaryVolumeEvents {
   'journal-full': [info: { seq: number; error: BlockMirrorError }];
   /** Nothing is pending any more: the target acknowledged every request (durability follows; see state `in-sync`). */
   idle: [];
+  /**
+   * Journal replay done: the target acknowledged every request recovered from
+   * the journal at start (`records` of them, `bytes` of write data) —
+   * `durationMs` after the recovery.
+   */
+  replayed: [info: { records: number; bytes: number; durationMs: number }];
 }
 
 /** What a volume needs from its primary. @internal */
@@ -1334,6 +1340,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#journalDurable = durable;
     this.stream = stream.id;
     let recovered = 0;
+    let recoveredBytes = 0;
+    const started = this.#link.clock.now();
+    let remaining = 0;
+    const replayedOne = (): void => {
+      if (--remaining === 0) this.emit('replayed', { records: recovered, bytes: recoveredBytes, durationMs: this.#link.clock.now() - started });
+    };
     for await (const entry of journal.pending()) {
       const zero = entry.kind === 'zero';
       // within the payload budget the record's data stays in RAM; past it, it is read back when sent
@@ -1353,6 +1365,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.queue.push(req);
       if (!stream.continued) this.markForResync(req.offset, req.length);
       recovered++;
+      if (!zero) recoveredBytes += req.length;
+      // journal replay: done once the target acknowledged every recovered request
+      remaining++;
+      req.onAck = replayedOne;
     }
     this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq, stream.continued ? stream.reserved : 0);
     this.#journaledSeq = this.#lastSeq;

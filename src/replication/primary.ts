@@ -10,7 +10,7 @@ import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
 import { BlockMirrorError, CONFIGURATION_REFUSALS, invalidArgument, isErrorCode, toBlockMirrorError } from '../errors.js';
-import { systemClock, type Clock, type TimerHandle } from '../clock.js';
+import { systemClock, wallClockIso, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
@@ -91,8 +91,18 @@ export interface PrimaryOptions {
   mirrorTimeout?: number;
   /** Retry backoff for failed mirror writes and reconnects, ms (default 100 … 5000). */
   retryDelay?: { min: number; max: number };
-  /** `createPrimary` resolves only once all n connections are up, and rejects if the first attempt fails (default true). */
+  /** `createPrimary` (or {@link Primary.connect}) resolves only once all n connections are up, and rejects if the first attempt fails (default true). */
   waitForConnection?: boolean;
+  /**
+   * Contact the mirror target as part of `createPrimary` (default true).
+   * `false`: `createPrimary` does everything local (journals, bitmaps,
+   * generations, binding the heartbeat socket) and contacts nobody; call
+   * {@link Primary.connect} once the caller's own listeners (NBD, admin) are
+   * bound, so that a start that fails on a port in use has claimed nothing
+   * on the mirror. The volumes accept writes meanwhile (journaled as while
+   * the link is down).
+   */
+  autoConnect?: boolean;
   /**
    * Per-volume journal of requests acknowledged locally but not yet by the
    * target (async writes always; sync writes when the mirror could not confirm
@@ -120,9 +130,14 @@ export interface PrimaryOptions {
    * backoff (`retryDelay`) instead of after a probation.
    */
   heartbeats?: boolean;
-  /** Milliseconds between heartbeats (default 1500). */
+  /**
+   * Milliseconds between heartbeats (default 1500). The primary's interval and
+   * `staleAfter` govern the session: they travel in the handshake and the
+   * target uses them for this primary (a target that cannot refuses with
+   * `BM_ERR_SETTINGS_MISMATCH`).
+   */
   heartbeatInterval?: number;
-  /** The link is down after this many milliseconds without a heartbeat (default 4000). */
+  /** The link is down after this many milliseconds without a heartbeat (default 4000; must be longer than `heartbeatInterval`). */
   staleAfter?: number;
   /** Heartbeats must flow this long without a gap before the connections reopen (default 10000; 0 = at once). */
   probation?: number;
@@ -181,8 +196,12 @@ export interface PrimaryStatus {
     node: string | undefined;
     link: LinkState;
     connections: ConnectionSlotStatus[];
-    /** Heartbeat counters (absent without heartbeats). */
-    heartbeats?: { sent: number; received: number; rejected: number; lastReceived: number | undefined; probationEndsAt: number | undefined };
+    /**
+     * Heartbeat counters and settings (absent without heartbeats): times are
+     * wall-clock ISO 8601 strings (absent when there is none); the interval
+     * and stale time are the ones the target agreed to.
+     */
+    heartbeats?: { sent: number; received: number; rejected: number; lastReceivedAt?: string; probationEndsAt?: string; intervalMs: number; staleAfterMs: number };
     lastError?: { code: string; message: string };
   }>;
   volumes: Record<string, PrimaryVolumeStatus>;
@@ -204,6 +223,8 @@ export interface PrimaryEvents {
   'journal-full': [info: { volume: string; seq: number; error: BlockMirrorError }];
   /** Progress of a resync or verify (at most every second). */
   progress: [info: { volume: string; operation: 'resync' | 'verify' } & ProgressSnapshot];
+  /** Journal replay finished: the target acknowledged every request recovered from the volume's journal at start. */
+  'journal-replayed': [info: { volume: string; records: number; bytes: number; durationMs: number }];
   /** A resync finished: the target holds every region again. */
   'resync-done': [info: { volume: string } & ResyncResult];
   /** A resync stopped on an error (it resumes when the link is up again). */
@@ -273,6 +294,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   };
   #pumping = false;
   #link: LinkState = 'connecting';
+  readonly #autoConnect: boolean;
+  /** `waitForConnection` of the start: {@link connect} waits for the n connections. */
+  #wait = true;
+  #connectStarted = false;
   #peerNode: string | undefined;
   #lastError: BlockMirrorError | undefined;
   #closed = false;
@@ -306,6 +331,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       staleAfter: positiveInt(options.staleAfter ?? 4000, 'staleAfter'),
       probation: nonNegativeInt(options.probation ?? 10000, 'probation'),
     };
+    if (this.#heartbeats && this.#monitorOptions.staleAfter <= this.#monitorOptions.heartbeatInterval) {
+      throw invalidArgument(`staleAfter (${this.#monitorOptions.staleAfter} ms) must be longer than heartbeatInterval (${this.#monitorOptions.heartbeatInterval} ms)`);
+    }
+    this.#autoConnect = options.autoConnect ?? true;
     this.#idleTimeout = positiveInt(options.idleTimeout ?? 5000, 'idleTimeout');
     this.#heartbeatBind = options.heartbeatBind === undefined ? undefined : checkAddress(options.heartbeatBind, 'heartbeatBind');
     const rs = options.resync ?? {};
@@ -377,6 +406,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         if (state === 'needs-resync') this.#startResync(volume);
       });
       volume.on('journal-full', (info) => this.emit('journal-full', { volume: volume.name, ...info }));
+      volume.on('replayed', (info) => {
+        log('volume %s: journal replay done, %d requests (%d bytes) in %d ms', volume.name, info.records, info.bytes, Math.round(info.durationMs));
+        this.emit('journal-replayed', { volume: volume.name, ...info });
+      });
       if (mode !== 'local') {
         volume.index = this.#mirrored.length;
         this.#mirrored.push(volume);
@@ -415,11 +448,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   }
 
   /**
-   * Opens the n connections. With `waitForConnection` (default), resolves when
-   * all are up and rejects (closing everything) if any first attempt fails.
+   * Prepares everything local (journals, bitmaps, generations, the heartbeat
+   * socket), then — unless `autoConnect` is false — {@link connect}s.
    * @internal called by {@link createPrimary}
    */
   async start(wait: boolean): Promise<void> {
+    this.#wait = wait;
     const dir = this.#journalOptions.dir;
     if (dir !== undefined) {
       try {
@@ -460,15 +494,36 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
     for (const v of this.#initialSync) v.markForResync();
     if (this.#heartbeats) {
+      // every listener is bound before the peer is contacted
       try {
-        await this.#startMonitor();
+        const bind = this.#heartbeatBind ?? { host: (this.#transport as { host?: unknown }).host === undefined ? '0.0.0.0' : String((this.#transport as { host?: unknown }).host), port: 0 };
+        this.#channel = await this.#transport.bindDatagram!(bind);
+        this.#channel.on('error', (error) => log('heartbeat socket error: %s', error.message));
       } catch (error) {
         await this.close({ drain: false });
         throw toBlockMirrorError(error);
       }
     }
-    const opening = this.#openAll(!wait);
-    if (!wait) return;
+    if (this.#autoConnect) await this.connect();
+  }
+
+  /**
+   * Contacts the mirror target: starts the heartbeats and opens the n
+   * connections (once; later calls do nothing). With `waitForConnection`
+   * (default), resolves when all are up and rejects (closing everything) if
+   * any first attempt fails; otherwise resolves at once and keeps trying in
+   * the background. `createPrimary` calls it unless `autoConnect` is false.
+   *
+   * @throws {@link BlockMirrorError} `BM_ERR_CLOSED` after {@link close}; a connection or
+   *   handshake error (e.g. `BM_ERR_VOLUME_MISMATCH`, `BM_ERR_SETTINGS_MISMATCH`) with `waitForConnection`.
+   */
+  async connect(): Promise<void> {
+    if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the primary is closed');
+    if (this.#connectStarted || this.#mirrored.length === 0) return;
+    this.#connectStarted = true;
+    if (this.#channel !== undefined) this.#startMonitor(this.#channel);
+    const opening = this.#openAll(!this.#wait);
+    if (!this.#wait) return;
     const errors = await opening;
     if (errors.length > 0) {
       await this.close({ drain: false });
@@ -476,14 +531,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     }
   }
 
-  /** Binds the heartbeat socket and starts the link monitor (SPEC 1: heartbeats start when the mirror is engaged). */
-  async #startMonitor(): Promise<void> {
-    const bind = this.#heartbeatBind ?? { host: (this.#transport as { host?: unknown }).host === undefined ? '0.0.0.0' : String((this.#transport as { host?: unknown }).host), port: 0 };
-    this.#channel = await this.#transport.bindDatagram!(bind);
-    this.#channel.on('error', (error) => log('heartbeat socket error: %s', error.message));
+  /** Starts the link monitor on the bound heartbeat socket (SPEC 1: heartbeats start when the mirror is engaged). */
+  #startMonitor(channel: DatagramChannel): void {
     const monitor = new LinkMonitor({
       clock: this.#clock,
-      channel: this.#channel,
+      channel,
       peer: this.peer,
       nodeId: this.nodeId,
       session: this.session,
@@ -558,7 +610,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         volumes: offers,
         timeout: this.#handshakeTimeout,
         clock: this.#clock,
-        heartbeatPort: this.#channel?.address.port,
+        heartbeatPort: this.#monitor === undefined ? undefined : this.#channel?.address.port,
+        heartbeats: this.#monitor === undefined ? undefined : { interval: this.#monitorOptions.heartbeatInterval, staleAfter: this.#monitorOptions.staleAfter },
       });
       if (this.#closed) {
         conn.close();
@@ -933,7 +986,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       address: `${this.peer.host}:${this.peer.port}`,
       node: this.#peerNode,
       link: this.#link,
-      connections: this.#slots.snapshot(),
+      connections: this.#slots.snapshot(this.#clock),
     };
     if (this.#monitor !== undefined) {
       const m = this.#monitor.status();
@@ -941,9 +994,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         sent: m.heartbeatsSent,
         received: m.heartbeatsReceived,
         rejected: Object.values(m.heartbeatsRejected).reduce((a, b) => a + b, 0),
-        lastReceived: m.lastHeartbeatReceived,
-        probationEndsAt: m.probationEndsAt,
+        intervalMs: this.#monitorOptions.heartbeatInterval,
+        staleAfterMs: this.#monitorOptions.staleAfter,
       };
+      if (m.lastHeartbeatReceived !== undefined) peer.heartbeats.lastReceivedAt = wallClockIso(this.#clock, m.lastHeartbeatReceived);
+      if (m.probationEndsAt !== undefined) peer.heartbeats.probationEndsAt = wallClockIso(this.#clock, m.probationEndsAt);
     }
     if (this.#lastError !== undefined) peer.lastError = { code: this.#lastError.code, message: this.#lastError.message };
     return { role: 'primary', node: this.nodeId, peers: [peer], volumes };

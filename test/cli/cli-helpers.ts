@@ -81,9 +81,18 @@ export class CliProcess {
    * (a safety net against hangs, not a timing assumption).
    */
   waitForLine(re: RegExp, timeout = 60_000): Promise<string> {
+    return this.#waitFor(() => this.lines, re, timeout, 'printing');
+  }
+
+  /** Like {@link waitForLine}, for a whole stderr line. */
+  waitForStderrLine(re: RegExp, timeout = 60_000): Promise<string> {
+    return this.#waitFor(() => this.stderr.split('\n').slice(0, -1), re, timeout, 'printing on stderr');
+  }
+
+  #waitFor(source: () => string[], re: RegExp, timeout: number, what: string): Promise<string> {
     return new Promise((resolve, reject) => {
       const check = (): boolean => {
-        for (const line of this.lines) {
+        for (const line of source()) {
           if (re.test(line)) {
             done();
             resolve(line);
@@ -92,7 +101,7 @@ export class CliProcess {
         }
         if (this.#exit !== undefined) {
           done();
-          reject(new Error(`process exited (${this.#exit.code ?? this.#exit.signal}) before printing ${re}\nstdout: ${this.stdout}\nstderr: ${this.stderr}`));
+          reject(new Error(`process exited (${this.#exit.code ?? this.#exit.signal}) before ${what} ${re}\nstdout: ${this.stdout}\nstderr: ${this.stderr}`));
           return true;
         }
         return false;

@@ -210,7 +210,8 @@ describe('cycle source and targets', () => {
       const st = source.status().targets[1]!;
       assert.equal(st.freeze, 1);
       assert.equal(st.lagCycles, 2);
-      assert.equal(typeof st.recoveryPoint, 'number', 'the recovery point of t2 is the time of freeze 1');
+      assert.equal(typeof st.recoveryPointDate, 'string', 'the recovery point of t2 is the time of freeze 1');
+      assert.ok(st.recoveryPointDate! <= source.status().lastFreezeAt!, 'not after the last freeze');
       // while down, t2's files still hold exactly freeze 1
       const devOnDisk = await FileBlockDevice.open(join(dirs[1]!, 'v.mirror'));
       assert.ok((await devOnDisk.read(0, size)).equals(image1));
@@ -396,10 +397,10 @@ describe('cycle source and targets', () => {
       assert.equal(target.link, 'up');
       assert.equal(target.freeze, 2);
       assert.equal(target.lagCycles, 0);
-      assert.equal(target.recoveryPoint, r2.frozenAt);
+      assert.equal(target.recoveryPointDate, st.lastFreezeAt, 'the recovery point is the wall-clock time of freeze 2');
       assert.equal(target.bytesSentLastCycle, r2.bytesSent);
       assert.equal(target.bytesSentTotal, r1.bytesSent + r2.bytesSent);
-      assert.equal(typeof target.recoveryPointDate, 'string');
+      assert.match(target.recoveryPointDate!, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/);
       const ts = t.target.status().volumes.v!;
       assert.equal(ts.freeze, 2);
       assert.equal(ts.source, 'source-p');
