@@ -26,13 +26,16 @@ export interface NbdWriteZeroesOptions {
 /**
  * The storage behind an export. Structurally a subset of {@link BlockDevice}
  * (so any device, or a volume handle with the same methods, can be served)
- * plus an optional `writeZeroes`.
+ * plus an optional `writeZeroes`. An optional `blockStatus` (see
+ * {@link BlockDevice.blockStatus}) answers `NBD_CMD_BLOCK_STATUS` on
+ * `base:allocation`; without it every range is reported allocated with
+ * unknown content.
  *
  * The server validates every request (range, alignment to `blockSize`,
  * length limits, read-only) before calling the backend, so the backend sees
  * only requests that satisfy the {@link BlockDevice} contract.
  */
-export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'write' | 'flush' | 'trim'> {
+export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'write' | 'flush' | 'trim' | 'blockStatus'> {
   /**
    * Capabilities, as in {@link BlockDevice.supports}. Only `fua` is consulted:
    * when it is `false`, a FUA request is served as the operation followed by
@@ -143,6 +146,7 @@ export function validateNbdExport(exp: NbdExport): void {
     if (typeof b[m] !== 'function') fail(`backend.${m} must be a function`);
   }
   if (b.trim !== undefined && typeof b.trim !== 'function') fail('backend.trim must be a function when present');
+  if (b.blockStatus !== undefined && typeof b.blockStatus !== 'function') fail('backend.blockStatus must be a function when present');
   if (b.writeZeroes !== undefined && typeof b.writeZeroes !== 'function') {
     fail('backend.writeZeroes must be a function when present');
   }
