@@ -43,8 +43,10 @@ export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 're
    */
   readonly supports?: Partial<BlockDeviceSupports>;
   /**
-   * Writes zeroes over a range. Optional: without it the server writes
-   * buffers of zeroes in chunks of at most 1 MiB (one chunk at a time).
+   * Writes zeroes over a range. Optional: without it the server calls
+   * `trim` when the client allows a hole (no `NBD_CMD_FLAG_NO_HOLE`; a
+   * trimmed range reads as zeroes), else writes buffers of zeroes in chunks
+   * of at most 1 MiB (one chunk at a time).
    */
   writeZeroes?(offset: number, length: number, options?: NbdWriteZeroesOptions): Promise<void>;
 }

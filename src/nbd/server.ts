@@ -1231,6 +1231,10 @@ class NbdConnection {
         if (typeof backend.writeZeroes === 'function') {
           await backend.writeZeroes(req.offset, req.length, { fua, noHole });
           if (fua && backend.supports?.fua === false) await backend.flush();
+        } else if (!noHole && typeof backend.trim === 'function' && backend.supports?.trim !== false) {
+          // a trimmed range reads as zeroes and may become a hole: the cheap way when a hole is allowed
+          await backend.trim(req.offset, req.length);
+          if (fua) await backend.flush();
         } else {
           await writeZeroes(backend, req.offset, req.length, fua);
         }
