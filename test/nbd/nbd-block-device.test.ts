@@ -21,6 +21,7 @@ import { NbdBlockDevice, type NbdBlockDeviceOptions } from '../../src/nbd/nbd-bl
 import * as P from '../../src/nbd/protocol.js';
 import { NbdServer } from '../../src/nbd/server.js';
 import { onceEvent } from '../helpers/events.js';
+import { imagesEqual, startPair } from '../helpers/pair.js';
 import { startNbdkit, type RunningNbdServer } from '../helpers/nbd-servers.js';
 import { requireTool } from '../helpers/tools.js';
 import { GatedBackend } from './raw-client.js';
@@ -491,5 +492,38 @@ describe('NbdBlockDevice reconnection', () => {
     await new Promise<void>((resolve) => setImmediate(resolve));
     assert.equal(proxy.accepted, 1, 'no reconnection after close');
     await rejectsWith(device.read(0, 512), 'BM_ERR_CLOSED', 'read after close');
+  });
+});
+
+describe('NbdBlockDevice as a primary volume', () => {
+  test('while the NBD server is unreachable a sync write fails with BM_ERR_DEVICE_UNAVAILABLE as a local error (the range needs a resync); after the reconnection a resync makes the mirror equal', async (t) => {
+    const mem = new MemoryBlockDevice(MiB);
+    const { port } = await serve(t, [{ name: 'disk', readOnly: false, backend: mem }]);
+    const proxy = new CuttableProxy(port);
+    const proxyPort = await proxy.listen();
+    const { clock, tick } = fakeClock();
+    const device = await NbdBlockDevice.open(`nbd://127.0.0.1:${proxyPort}/disk`, { clock, reconnectDelay: { min: 20, max: 20 } });
+    const pair = await startPair([{ name: 'vol0', mode: 'sync', primaryDevice: device }]);
+    defer(t, () => proxy.cut());
+    defer(t, () => device.close());
+    defer(t, () => pair.close());
+    const volume = pair.primary.volume('vol0');
+    const first = pattern(8192, 1);
+    assert.equal((await volume.write(0, first)).mirror, 'acknowledged');
+
+    const disconnected = onceEvent(device, 'disconnect');
+    await proxy.cut();
+    await disconnected;
+    await rejectsWith(volume.write(64 * KiB, pattern(4096, 2)), 'BM_ERR_DEVICE_UNAVAILABLE', 'a write while the NBD server is unreachable');
+    assert.notEqual(volume.status().state, 'in-sync', 'the volume does not claim to be in sync');
+
+    await proxy.listen(proxyPort);
+    const reconnected = onceEvent(device, 'reconnect');
+    tick(20);
+    await reconnected;
+    await pair.primary.resync('vol0');
+    assert.equal((await volume.write(128 * KiB, pattern(4096, 3))).mirror, 'acknowledged');
+    assert.ok(await imagesEqual(pair, 'vol0'), 'primary (NBD) and mirror images are equal');
+    assert.deepEqual(await mem.read(0, 8192), first);
   });
 });
