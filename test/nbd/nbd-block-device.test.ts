@@ -370,6 +370,142 @@ describe('NbdBlockDevice handshake failures', () => {
   });
 });
 
+/**
+ * A scripted NBD server: a correct fixed-newstyle handshake (structured
+ * replies, no metadata contexts, a 1 MiB export), then `answer` decides the
+ * bytes sent for each request.
+ */
+async function scriptedServer(t: TestContext, answer: (request: { type: number; handle: Buffer; offset: number; length: number }) => Buffer): Promise<string> {
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    sockets.add(socket);
+    socket.on('error', () => undefined);
+    let buf = Buffer.alloc(0);
+    let phase: 'flags' | 'options' | 'requests' = 'flags';
+    const hello = Buffer.alloc(18);
+    hello.writeBigUInt64BE(P.NBD_INIT_MAGIC, 0);
+    hello.writeBigUInt64BE(P.NBD_OPTS_MAGIC, 8);
+    hello.writeUInt16BE(P.NBD_FLAG_FIXED_NEWSTYLE | P.NBD_FLAG_NO_ZEROES, 16);
+    socket.write(hello);
+    const reply = (option: number, type: number, data = Buffer.alloc(0)): void => {
+      const h = Buffer.alloc(20);
+      h.writeBigUInt64BE(P.NBD_REP_MAGIC, 0);
+      h.writeUInt32BE(option, 8);
+      h.writeUInt32BE(type, 12);
+      h.writeUInt32BE(data.length, 16);
+      socket.write(Buffer.concat([h, data]));
+    };
+    socket.on('data', (chunk: Buffer) => {
+      buf = Buffer.concat([buf, chunk]);
+      for (;;) {
+        if (phase === 'flags') {
+          if (buf.length < 4) return;
+          buf = buf.subarray(4);
+          phase = 'options';
+        } else if (phase === 'options') {
+          if (buf.length < 16 || buf.length < 16 + buf.readUInt32BE(12)) return;
+          const option = buf.readUInt32BE(8);
+          buf = buf.subarray(16 + buf.readUInt32BE(12));
+          if (option === P.NBD_OPT_GO) {
+            const info = Buffer.alloc(12);
+            info.writeUInt16BE(P.NBD_INFO_EXPORT, 0);
+            info.writeBigUInt64BE(BigInt(MiB), 2);
+            info.writeUInt16BE(P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_FLUSH, 10);
+            reply(option, P.NBD_REP_INFO, info);
+            reply(option, P.NBD_REP_ACK);
+            phase = 'requests';
+          } else {
+            reply(option, P.NBD_REP_ACK);
+          }
+        } else {
+          if (buf.length < 28) return;
+          const type = buf.readUInt16BE(6);
+          const length = buf.readUInt32BE(24);
+          const payload = type === P.NBD_CMD_WRITE ? length : 0;
+          if (buf.length < 28 + payload) return;
+          socket.write(answer({ type, handle: Buffer.from(buf.subarray(8, 16)), offset: Number(buf.readBigUInt64BE(16)), length }));
+          buf = buf.subarray(28 + payload);
+        }
+      }
+    });
+  });
+  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, resolve));
+  t.after(() => {
+    for (const s of sockets) s.destroy();
+    return new Promise<void>((resolve) => server.close(() => resolve()));
+  });
+  return `nbd://127.0.0.1:${(server.address() as net.AddressInfo).port}/`;
+}
+
+function chunk(handle: Buffer, type: number, flags: number, payload: Buffer): Buffer {
+  const h = Buffer.alloc(20);
+  h.writeUInt32BE(P.NBD_STRUCTURED_REPLY_MAGIC, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  handle.copy(h, 8);
+  h.writeUInt32BE(payload.length, 16);
+  return Buffer.concat([h, payload]);
+}
+
+describe('NbdBlockDevice against a misbehaving server', () => {
+  test('reads assembled from several data and hole chunks in any order; an error chunk fails only its request', async (t) => {
+    const uri = await scriptedServer(t, ({ type, handle, offset, length }) => {
+      if (type !== P.NBD_CMD_READ) return chunk(handle, P.NBD_REPLY_TYPE_NONE, P.NBD_REPLY_FLAG_DONE, Buffer.alloc(0));
+      if (offset === 0) {
+        const err = Buffer.alloc(6 + 4);
+        err.writeUInt32BE(P.NBD_EIO, 0);
+        err.writeUInt16BE(4, 4);
+        err.write('oops', 6);
+        return chunk(handle, P.NBD_REPLY_TYPE_ERROR, P.NBD_REPLY_FLAG_DONE, err);
+      }
+      // second half as data first, then the first half as a hole
+      const half = length / 2;
+      const data = Buffer.alloc(8 + half, 0xab);
+      data.writeBigUInt64BE(BigInt(offset + half), 0);
+      const hole = Buffer.alloc(12);
+      hole.writeBigUInt64BE(BigInt(offset), 0);
+      hole.writeUInt32BE(half, 8);
+      return Buffer.concat([chunk(handle, P.NBD_REPLY_TYPE_OFFSET_DATA, 0, data), chunk(handle, P.NBD_REPLY_TYPE_OFFSET_HOLE, P.NBD_REPLY_FLAG_DONE, hole)]);
+    });
+    const device = await open(t, uri);
+    const back = await device.read(8192, 8192);
+    assert.ok(back.subarray(0, 4096).every((b) => b === 0));
+    assert.ok(back.subarray(4096).every((b) => b === 0xab));
+    const err = await rejectsWith(device.read(0, 512), 'BM_ERR_IO', 'error chunk');
+    assert.match(err.message, /oops/);
+    assert.equal((await device.read(4096, 1024)).length, 1024, 'the connection still works');
+  });
+
+  test('a reply outside the request, or to an unknown handle, is a protocol violation: BM_ERR_PROTOCOL, connection dropped, the device reconnects', async (t) => {
+    let mode: 'outside' | 'handle' | 'ok' = 'outside';
+    const uri = await scriptedServer(t, ({ handle, offset, length }) => {
+      if (mode === 'ok') {
+        const data = Buffer.alloc(8 + length, 1);
+        data.writeBigUInt64BE(BigInt(offset), 0);
+        return chunk(handle, P.NBD_REPLY_TYPE_OFFSET_DATA, P.NBD_REPLY_FLAG_DONE, data);
+      }
+      const data = Buffer.alloc(8 + length);
+      data.writeBigUInt64BE(BigInt(offset + 512), 0);
+      const other = Buffer.from(handle);
+      if (mode === 'handle') other.writeUInt32BE(0xdead, 4);
+      return chunk(mode === 'handle' ? other : handle, P.NBD_REPLY_TYPE_OFFSET_DATA, P.NBD_REPLY_FLAG_DONE, mode === 'handle' ? data.subarray(0, 8 + 1) : data);
+    });
+    const { clock, tick } = fakeClock();
+    const device = await open(t, uri, { clock, reconnectDelay: { min: 5, max: 5 } });
+    for (const m of ['outside', 'handle'] as const) {
+      mode = m;
+      const down = onceEvent(device, 'disconnect');
+      await rejectsWith(device.read(0, 512), 'BM_ERR_PROTOCOL', m);
+      await down;
+      mode = 'ok';
+      const up = onceEvent(device, 'reconnect');
+      tick(5);
+      await up;
+      assert.ok((await device.read(0, 512)).every((b) => b === 1));
+    }
+  });
+});
+
 describe('NbdBlockDevice allocation', () => {
   test('blockStatus on nbdkit memory and on NbdServer reports written ranges as data and the rest as zero holes', async (t) => {
     const { uri } = await serve(t, [{ name: 'disk', readOnly: false, backend: new MemoryBlockDevice(4 * MiB) }]);
