@@ -501,12 +501,10 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
     });
   }
 
-  /** Counts completed writes (for the flush-after-loss rule); emulates FUA with a flush. */
+  /** Emulates FUA with a flush when the server has no FUA. */
   async #afterWrite(done: Promise<unknown>, fua: boolean, nativeFua: boolean): Promise<void> {
     await done;
-    if (!this.supports.flush) return;
-    if (!nativeFua) this.#writesDone++;
-    if (fua && !nativeFua) await this.flush();
+    if (fua && !nativeFua && this.supports.flush) await this.flush();
   }
 
   /** Sends `cmd` on the least busy connection, queues it when all are at `maxInFlight`, fails it when none is up. */
@@ -520,8 +518,15 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
 
   #sendOn(conn: NbdClientConnection, cmd: NbdCommand): Promise<RawExtent[] | undefined> {
     const p = conn.send(cmd);
-    const next = (): void => this.#pump();
-    p.then(next, next);
+    // every completed write the server may still hold in a volatile cache counts for the flush-after-loss rule
+    const volatile = (cmd.type === NBD_CMD_WRITE || cmd.type === NBD_CMD_WRITE_ZEROES) && (cmd.flags & NBD_CMD_FLAG_FUA) === 0;
+    p.then(
+      () => {
+        if (volatile) this.#writesDone++;
+        this.#pump();
+      },
+      () => this.#pump(),
+    );
     return p;
   }
 
