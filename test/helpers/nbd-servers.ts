@@ -6,14 +6,13 @@
  * socket), and the helper waits for that file with `fs.watch`.
  *
  * `stop()` sends SIGTERM and resolves when the process has exited (SIGKILL
- * after 5 s); `t.after` stops what a test started.
+ * after 5 s); tests stop what they started.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import type { TestContext } from 'node:test';
 
 /** A running NBD server. */
 export interface RunningNbdServer {
@@ -99,10 +98,4 @@ export function startQemuNbd(image: string, format: 'qcow2' | 'raw', extra: read
     ...extra,
     image,
   ]);
-}
-
-/** Stops the server when the test ends. */
-export function stopAfter(t: TestContext, server: RunningNbdServer): RunningNbdServer {
-  t.after(() => server.stop());
-  return server;
 }
