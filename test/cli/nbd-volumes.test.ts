@@ -18,7 +18,7 @@ import { CliProcess, listeningAddresses, tmpDir } from './cli-helpers.js';
 const MiB = 1024 * 1024;
 
 describe('blockmirror CLI with volumes on NBD servers', () => {
-  test('a sync write through the primary\'s NBD export lands in the mirror\'s qcow2 image (qemu-nbd) before the tool exits; qemu-img compare agrees after shutdown', async (t) => {
+  test('SPEC 10: a sync write through the primary\'s NBD export lands in the mirror\'s qcow2 image (qemu-nbd) before the tool exits; qemu-img compare agrees after shutdown', async (t) => {
     if (!requireTool(['qemu-nbd', 'qemu-img', 'nbdcopy'], t)) return;
     const dir = await tmpDir(t);
     const image = path.join(dir, 'mirror.qcow2');
