@@ -37,6 +37,7 @@ export const ERROR_CODES = {
   BM_ERR_SPLIT_BRAIN: 'The target volume was written on its own since it last had the primary\'s data (split brain, or a promoted target); nothing was overwritten. Resolve with a policy or by hand.',
   BM_ERR_CONNECTION_CLOSED: 'The connection closed before the request was answered.',
   BM_ERR_CONNECT_FAILED: 'A connection to the peer could not be opened.',
+  BM_ERR_DEVICE_UNAVAILABLE: 'The storage behind a device (an NBD server) is not reachable: the request failed (one in flight when the connection broke may have been applied in part); the device reconnects in the background.',
   BM_ERR_ADDRESS_IN_USE: 'The listening address is already in use.',
   BM_ERR_MIRROR_WRITE_FAILED: 'The mirror target could not write the data; it stays queued and is retried.',
   BM_ERR_TIMEOUT: 'An operation did not complete within its configured timeout.',

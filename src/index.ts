@@ -15,7 +15,7 @@ export { systemClock, activeClock, clockFrom, wallClockIso } from './clock.js';
 export type { Clock, TimerHandle } from './clock.js';
 
 // block devices
-export type { BlockDevice, BlockDeviceSupports, WriteOptions } from './device/block-device.js';
+export type { BlockDevice, BlockDeviceSupports, BlockExtent, WriteOptions } from './device/block-device.js';
 export { FileBlockDevice } from './device/file-device.js';
 export type { FileBlockDeviceOptions } from './device/file-device.js';
 export { MemoryBlockDevice } from './device/memory-device.js';
@@ -79,6 +79,10 @@ export type { ConnectionSlotStatus, SlotStatus } from './link/connection-array.j
 export { NbdServer } from './nbd/server.js';
 export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats } from './nbd/server.js';
 export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
+export { NbdBlockDevice } from './nbd/nbd-block-device.js';
+export type { NbdBlockDeviceOptions, NbdBlockDeviceEvents, NbdZeroOptions } from './nbd/nbd-block-device.js';
+export { parseNbdUri, formatNbdUri, isNbdUri, NBD_DEFAULT_PORT } from './nbd/uri.js';
+export type { NbdTarget } from './nbd/uri.js';
 export type { NbdExport, NbdBackend, NbdWriteZeroesOptions } from './nbd/export.js';
 
 // journal

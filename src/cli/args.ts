@@ -9,6 +9,7 @@ import { isBlockMirrorError } from '../errors.js';
 import { parseSize } from '../device/size.js';
 import { checkVolumeName } from '../replication/options.js';
 import { DEFAULT_HEARTBEAT_INTERVAL, DEFAULT_STALE_AFTER } from '../link/link-monitor.js';
+import { isNbdUri, parseNbdUri, type NbdTarget } from '../nbd/uri.js';
 import { usageError } from './errors.js';
 
 /** A host and a port. */
@@ -17,10 +18,13 @@ export interface HostPort {
   port: number;
 }
 
-/** One `--volume NAME=PATH[:SIZE]`. */
+/** One `--volume NAME=PATH[:SIZE]` or `--volume NAME=nbd://…`. */
 export interface VolumeSpec {
   name: string;
+  /** The file path, or the NBD URI as given. */
   path: string;
+  /** Set when the volume is an export on an NBD server (`path` is its URI). */
+  nbd?: NbdTarget;
   /** Bytes; required to create a missing file, checked against an existing one. */
   size?: number;
   /** Replication mode of this volume on a primary (default: the primary's `--mode`; not settable from the command line). */
@@ -42,7 +46,8 @@ export interface ServerConfig {
   /**
    * `--state-dir DIR`: the node's state directory (its persistent node id; on a
    * mirror also the volumes' generations and apply state, and staged cycles).
-   * Default: `<first volume path>.mirror-state` / `.primary-state`.
+   * Default: `<first volume file>.mirror-state` / `.primary-state`; required
+   * when every volume is on an NBD server.
    */
   stateDir?: string;
 }
@@ -112,7 +117,13 @@ stack traces).
 
 const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PATH (repeatable). SIZE
                              (e.g. 64M, 1G, 4096) creates a missing file sparse and
-                             must match an existing one; without SIZE the file must exist.`;
+                             must match an existing one; without SIZE the file must exist.
+  --volume NAME=nbd://HOST[:PORT]/EXPORT
+  --volume NAME=nbd+unix:///EXPORT?socket=PATH
+                             a volume on an export of an NBD server (qemu-nbd,
+                             qemu-storage-daemon, rbd-nbd, nbdkit…); its size is the
+                             export's. Reconnects by itself; while the server is
+                             unreachable the volume's writes fail (local errors).`;
 
 export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
@@ -134,7 +145,8 @@ ${VOLUME_HELP}
   --probation MS             a returning primary is on probation for MS (default 10000)
   --state-dir DIR            the mirror's state: its node id, each volume's generations
                              and apply state, staged cycles (created if missing;
-                             default: <first volume path>.mirror-state)
+                             default: <first volume file>.mirror-state; required
+                             when every volume is on an NBD server)
 
 The primary's --heartbeat-interval and --stale-after govern its session: this
 mirror follows them for that primary (its own values apply to primaries that
@@ -167,7 +179,8 @@ ${VOLUME_HELP}
   --connections N            connections to the mirror (1-64, default 4)
   --journal DIR              keep each volume's journal of not-yet-mirrored writes in
                              DIR/<volume>.journal (survives a restart; default: memory);
-                             cycle: the layer files (default: beside each volume file)
+                             cycle: the layer files (default: beside each volume file;
+                             required for a volume on an NBD server)
   --nbd HOST:PORT            serve the volumes over NBD (export name = volume name)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE)
@@ -177,7 +190,8 @@ ${VOLUME_HELP}
                              with BM_ERR_SETTINGS_MISMATCH)
   --probation MS             a returning link is on probation for MS (default 10000)
   --state-dir DIR            the primary's state: its node id, kept across restarts
-                             (created if missing; default: <first volume path>.primary-state)
+                             (created if missing; default: <first volume file>.primary-state;
+                             required when every volume is on an NBD server)
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
   --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
                              TCP checksums still apply; headers keep their CRC)
@@ -293,12 +307,13 @@ export function formatHostPort(a: HostPort): string {
 export const CLI_BLOCK_SIZE = 512;
 
 /**
- * Parses `NAME=PATH[:SIZE]`. The text after the last `:` of PATH[:SIZE] is the
- * SIZE (so a path must not contain `:`).
+ * Parses `NAME=PATH[:SIZE]` or `NAME=NBD-URI`. The text after the last `:` of
+ * PATH[:SIZE] is the SIZE (so a path must not contain `:`); an NBD URI
+ * (`nbd://…`, `nbd+unix://…`) is taken whole (its size is the export's).
  */
 export function parseVolumeSpec(value: string): VolumeSpec {
   const eq = value.indexOf('=');
-  if (eq <= 0) throw usageError(`--volume: expected NAME=PATH[:SIZE], got ${JSON.stringify(value)}`);
+  if (eq <= 0) throw usageError(`--volume: expected NAME=PATH[:SIZE] or NAME=nbd://HOST:PORT/EXPORT, got ${JSON.stringify(value)}`);
   const name = value.slice(0, eq);
   try {
     checkVolumeName(name);
@@ -306,6 +321,13 @@ export function parseVolumeSpec(value: string): VolumeSpec {
     throw usageError(`--volume: ${isBlockMirrorError(error) ? error.message : String(error)}`);
   }
   let rest = value.slice(eq + 1);
+  if (isNbdUri(rest)) {
+    try {
+      return { name, path: rest, nbd: parseNbdUri(rest) };
+    } catch (error) {
+      throw usageError(`--volume ${name}: ${isBlockMirrorError(error) ? error.message : String(error)}`);
+    }
+  }
   let size: number | undefined;
   const colon = rest.lastIndexOf(':');
   if (colon >= 0) {
@@ -375,6 +397,9 @@ function serverConfig(values: Values, command: string): ServerConfig {
   if (stateDir !== undefined) {
     if (stateDir.length === 0) throw usageError('--state-dir: empty directory path');
     config.stateDir = stateDir;
+  }
+  if (config.stateDir === undefined && config.volumes.every((v) => v.nbd !== undefined)) {
+    throw usageError('--state-dir DIR is required when every volume is on an NBD server (its default lies beside the first volume file)');
   }
   return config;
 }
@@ -458,6 +483,10 @@ function cycleFlags(values: Values, config: PrimaryConfig): void {
   }
   const perWrite = (['connections', 'heartbeat-interval', 'stale-after', 'probation'] as const).find((f) => values[f] !== undefined);
   if (perWrite !== undefined) throw usageError(`--${perWrite} applies to --mode sync and async only (a cycle source uses one connection and reconnects by itself)`);
+  if (config.journalDir === undefined) {
+    const remote = config.volumes.find((v) => v.nbd !== undefined);
+    if (remote !== undefined) throw usageError(`--mode cycle with volume ${remote.name} on an NBD server needs --journal DIR (where its layer files live)`);
+  }
   if (interval !== undefined) config.cycleInterval = parseMs(interval, '--cycle-interval');
   if (bandwidth !== undefined) {
     let bytes: number;

@@ -16,7 +16,7 @@ import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { FATAL_PEER_ERRORS } from './primary.js';
 import { primaryNodeId } from './state-dir.js';
-import { closeDevices, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
+import { closeDevices, logNbdVolumes, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
 
@@ -33,6 +33,7 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
+    logNbdVolumes(devices, io);
     if (config.journalDir !== undefined) await makeDir(config.journalDir);
 
     const layered: Array<{ name: string; volume: LayeredVolume }> = [];
@@ -42,7 +43,9 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     for (const spec of config.volumes) {
       const device = devices.get(spec.name)!;
       try {
-        const volume = await LayeredVolume.open(device, config.journalDir === undefined ? {} : { dir: config.journalDir });
+        // a volume on an NBD server has no file beside which to keep the layers: --journal DIR (required for it), named after the volume
+        const where = config.journalDir === undefined ? {} : spec.nbd === undefined ? { dir: config.journalDir } : { dir: config.journalDir, name: spec.name };
+        const volume = await LayeredVolume.open(device, where);
         layered.push({ name: spec.name, volume });
         say(io, `volume ${spec.name} path=${spec.path} size=${device.size} mode=cycle layers=${volume.dir}`);
       } catch (error) {

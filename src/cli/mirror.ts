@@ -12,7 +12,7 @@ import { createMirrorTarget, type MirrorTarget } from '../replication/mirror-tar
 import { formatHostPort, type MirrorConfig } from './args.js';
 import { mirrorTargetOptionsFrom } from './options.js';
 import { ensureStateDir, stateDirOf } from './state-dir.js';
-import { closeDevices, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
+import { closeDevices, logNbdVolumes, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
 
@@ -59,6 +59,7 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
+    logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size}`);
 
     const stateDir = stateDirOf(config, 'mirror');

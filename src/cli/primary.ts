@@ -16,6 +16,7 @@ import { primaryOptionsFrom } from './options.js';
 import { primaryNodeId } from './state-dir.js';
 import {
   closeDevices,
+  logNbdVolumes,
   Lifecycle,
   openVolumes,
   readSecret,
@@ -57,6 +58,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
+    logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
     const nodeId = await primaryNodeId(config);

@@ -9,7 +9,9 @@ import { readFileSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import createDebug from 'debug';
 import { BlockMirrorError, isBlockMirrorError, toBlockMirrorError } from '../errors.js';
+import type { BlockDevice } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
+import { NbdBlockDevice } from '../nbd/nbd-block-device.js';
 import type { VolumeSpec } from './args.js';
 import { CLI_BLOCK_SIZE } from './args.js';
 import { formatError } from './errors.js';
@@ -46,15 +48,21 @@ export function packageVersion(): string {
 }
 
 /**
- * Opens (creating sparse when missing and a size is given) every volume file.
- * On failure closes those already open and throws `volume NAME: …` with the
+ * Opens every volume: a file (created sparse when missing and a size is
+ * given) or an export on an NBD server (connected with 512-byte blocks). On
+ * failure closes those already open and throws `volume NAME: …` with the
  * device's code.
  */
-export async function openVolumes(specs: readonly VolumeSpec[]): Promise<Map<string, FileBlockDevice>> {
-  const devices = new Map<string, FileBlockDevice>();
+export async function openVolumes(specs: readonly VolumeSpec[]): Promise<Map<string, BlockDevice>> {
+  const devices = new Map<string, BlockDevice>();
   try {
     for (const spec of specs) {
       try {
+        if (spec.nbd !== undefined) {
+          devices.set(spec.name, await NbdBlockDevice.open(spec.nbd, { blockSize: CLI_BLOCK_SIZE }));
+          log('volume %s: NBD export %s', spec.name, spec.path);
+          continue;
+        }
         const opts: { size?: number; blockSize: number } = { blockSize: CLI_BLOCK_SIZE };
         if (spec.size !== undefined) opts.size = spec.size;
         devices.set(spec.name, await FileBlockDevice.open(spec.path, opts));
@@ -71,8 +79,22 @@ export async function openVolumes(specs: readonly VolumeSpec[]): Promise<Map<str
   return devices;
 }
 
+/**
+ * One line per connection change of the volumes on NBD servers: a stderr
+ * warning `volume NAME: NBD server unreachable (CODE: …); writes fail until it
+ * is back` and, on stdout, `volume NAME nbd reconnected`.
+ */
+export function logNbdVolumes(devices: ReadonlyMap<string, BlockDevice>, io: CliIo): void {
+  for (const [name, device] of devices) {
+    if (!(device instanceof NbdBlockDevice)) continue;
+    device.on('disconnect', (error) => warn(io, `volume ${name}: NBD server ${device.uri} unreachable (${error.code}: ${error.message}); its I/O fails until it is back`));
+    device.on('reconnect', () => say(io, `volume ${name} nbd reconnected uri=${device.uri}`));
+    device.on('connection-error', (error) => log('volume %s: %s: %s', name, error.code, error.message));
+  }
+}
+
 /** Flushes then closes every device (errors are collected, the first is thrown after all are closed). */
-export async function closeDevices(devices: Iterable<FileBlockDevice>): Promise<void> {
+export async function closeDevices(devices: Iterable<BlockDevice>): Promise<void> {
   const errors: unknown[] = [];
   await Promise.all(
     [...devices].map(async (d) => {

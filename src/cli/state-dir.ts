@@ -9,9 +9,10 @@ import { BlockMirrorError } from '../errors.js';
 import { persistentNodeId } from '../storage/node-id.js';
 import type { ServerConfig } from './args.js';
 
-/** `--state-dir`, or `<first volume path>.<role>-state`. */
+/** `--state-dir`, or `<first volume file>.<role>-state` (the parser requires `--state-dir` when no volume is a file). */
 export function stateDirOf(config: ServerConfig, role: 'mirror' | 'primary'): string {
-  return config.stateDir ?? `${config.volumes[0]!.path}.${role}-state`;
+  const file = config.volumes.find((v) => v.nbd === undefined) ?? config.volumes[0]!;
+  return config.stateDir ?? `${file.path}.${role}-state`;
 }
 
 /** Creates `dir` (and its parents) when missing; a failure is `BM_ERR_INVALID_ARGUMENT` naming `--state-dir`. */

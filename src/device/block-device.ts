@@ -14,6 +14,26 @@ export interface BlockDeviceSupports {
   readonly fua: boolean;
   /** The device can be closed and opened again on the same backing store with its content kept. */
   readonly reopen: boolean;
+  /**
+   * `blockStatus()` is implemented: the device can tell which ranges are
+   * known to read as zeroes (and which are not allocated). Absent means false.
+   */
+  readonly allocation?: boolean;
+}
+
+/**
+ * One extent of a device's allocation map, as returned by
+ * {@link BlockDevice.blockStatus}.
+ */
+export interface BlockExtent {
+  /** Start in bytes (a multiple of the device's block size). */
+  readonly offset: number;
+  /** Length in bytes (a positive multiple of the device's block size). */
+  readonly length: number;
+  /** The range certainly reads as zeroes. `false` means "may hold data" (always a correct answer). */
+  readonly zero: boolean;
+  /** The range is not allocated in the backing storage (a hole). Says nothing about the content unless `zero` is set too. */
+  readonly hole: boolean;
 }
 
 /** Options of a single write. */
@@ -50,6 +70,15 @@ export interface BlockDevice {
   flush(): Promise<void>;
   /** Discards a range (reads return zeroes afterwards). Present when `supports.trim`. */
   trim?(offset: number, length: number): Promise<void>;
+  /**
+   * The allocation status of `[offset, offset + length)`: adjacent extents in
+   * order, covering exactly that range (empty for `length` 0), each a
+   * multiple of `blockSize`. Conservative: an extent is `zero` only when it
+   * certainly reads as zeroes; data may always be reported as "not zero".
+   * A snapshot: writes running concurrently may or may not be reflected.
+   * Present when `supports.allocation`; same argument checks as `read`.
+   */
+  blockStatus?(offset: number, length: number): Promise<BlockExtent[]>;
   /** Releases the device. Idempotent. */
   close(): Promise<void>;
 }

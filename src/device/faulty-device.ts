@@ -7,7 +7,7 @@
 import { systemClock } from '../clock.js';
 import type { Clock, TimerHandle } from '../clock.js';
 import { BlockMirrorError } from '../errors.js';
-import type { BlockDevice, BlockDeviceSupports, WriteOptions } from './block-device.js';
+import type { BlockDevice, BlockDeviceSupports, BlockExtent, WriteOptions } from './block-device.js';
 import { checkRange, checkWriteData } from './range.js';
 
 /** Operations a fault rule can match. `'any'` matches all four. */
@@ -248,6 +248,26 @@ export class FaultyBlockDevice implements BlockDevice {
     this.#stats.trims++;
     return this.#apply('trim', offset, length, () => innerTrim.call(inner, offset, length));
   }
+  /**
+   * The wrapped device's allocation map (no rule applies to it: faults only
+   * fail or delay operations, so the wrapped content stays the truth).
+   * Rejects with `BM_ERR_NOT_SUPPORTED` when the wrapped device has none.
+   */
+  blockStatus(offset: number, length: number): Promise<BlockExtent[]> {
+    if (this.#closed) return Promise.reject(closedError());
+    try {
+      checkRange(this, offset, length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const inner = this.inner;
+    const innerStatus = inner.blockStatus;
+    if (inner.supports.allocation !== true || innerStatus === undefined) {
+      return Promise.reject(new BlockMirrorError('BM_ERR_NOT_SUPPORTED', 'the wrapped device does not know its allocation'));
+    }
+    return innerStatus.call(inner, offset, length);
+  }
+
 
   /**
    * Rejects operations waiting on injected latency with `BM_ERR_CLOSED`, then

@@ -5,7 +5,8 @@
  */
 
 import { BlockMirrorError } from '../errors.js';
-import type { BlockDevice, BlockDeviceSupports, WriteOptions } from './block-device.js';
+import type { BlockDevice, BlockDeviceSupports, BlockExtent, WriteOptions } from './block-device.js';
+import { ExtentBuilder } from './extents.js';
 import { checkRange, checkWriteData, validateGeometry } from './range.js';
 
 /** Bytes per lazily allocated page of a {@link MemoryBlockDevice}. */
@@ -13,6 +14,7 @@ const PAGE_SIZE = 65536;
 
 const MEMORY_SUPPORTS: BlockDeviceSupports = Object.freeze({
   trim: true,
+  allocation: true,
   // Nothing is durable: flush() and FUA are accepted but make no promise.
   flush: false,
   fua: false,
@@ -35,14 +37,15 @@ export interface MemoryBlockDeviceOptions {
  *
  * `supports`: `trim` yes; `flush` and `fua` no (nothing is durable — `flush()`
  * and `{ fua: true }` are accepted and do nothing); `reopen` no (the content
- * is dropped by `close()`).
+ * is dropped by `close()`); `allocation` yes: `blockStatus()` reports the
+ * pages never written (or trimmed whole) as zero holes, the others as data.
  */
 export class MemoryBlockDevice implements BlockDevice {
   /** Size in bytes. */
   readonly size: number;
   /** Alignment unit in bytes. */
   readonly blockSize: number;
-  /** `{ trim: true, flush: false, fua: false, reopen: false }`. */
+  /** `{ trim: true, flush: false, fua: false, reopen: false, allocation: true }`. */
   readonly supports: BlockDeviceSupports = MEMORY_SUPPORTS;
 
   #pages = new Map<number, Buffer>();
@@ -126,6 +129,25 @@ export class MemoryBlockDevice implements BlockDevice {
       else buf.fill(0, pageStart, pageEnd);
     });
     return Promise.resolve();
+  }
+
+  /**
+   * Allocation map of a range: unallocated 64 KiB pages are `zero` holes,
+   * allocated pages are data (even when they happen to hold zeroes).
+   */
+  blockStatus(offset: number, length: number): Promise<BlockExtent[]> {
+    try {
+      this.#checkOpen();
+      checkRange(this, offset, length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    const map = new ExtentBuilder(offset, this.blockSize);
+    this.#forEachPage(offset, length, (page, pageStart, pageEnd) => {
+      const absent = !this.#pages.has(page);
+      map.push(pageEnd - pageStart, absent, absent);
+    });
+    return Promise.resolve(map.extents());
   }
 
   /** Drops the content. Idempotent. */

@@ -26,13 +26,16 @@ export interface NbdWriteZeroesOptions {
 /**
  * The storage behind an export. Structurally a subset of {@link BlockDevice}
  * (so any device, or a volume handle with the same methods, can be served)
- * plus an optional `writeZeroes`.
+ * plus an optional `writeZeroes`. An optional `blockStatus` (see
+ * {@link BlockDevice.blockStatus}) answers `NBD_CMD_BLOCK_STATUS` on
+ * `base:allocation`; without it every range is reported allocated with
+ * unknown content.
  *
  * The server validates every request (range, alignment to `blockSize`,
  * length limits, read-only) before calling the backend, so the backend sees
  * only requests that satisfy the {@link BlockDevice} contract.
  */
-export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'write' | 'flush' | 'trim'> {
+export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'write' | 'flush' | 'trim' | 'blockStatus'> {
   /**
    * Capabilities, as in {@link BlockDevice.supports}. Only `fua` is consulted:
    * when it is `false`, a FUA request is served as the operation followed by
@@ -40,8 +43,10 @@ export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 're
    */
   readonly supports?: Partial<BlockDeviceSupports>;
   /**
-   * Writes zeroes over a range. Optional: without it the server writes
-   * buffers of zeroes in chunks of at most 1 MiB (one chunk at a time).
+   * Writes zeroes over a range. Optional: without it the server calls
+   * `trim` when the client allows a hole (no `NBD_CMD_FLAG_NO_HOLE`; a
+   * trimmed range reads as zeroes), else writes buffers of zeroes in chunks
+   * of at most 1 MiB (one chunk at a time).
    */
   writeZeroes?(offset: number, length: number, options?: NbdWriteZeroesOptions): Promise<void>;
 }
@@ -143,6 +148,7 @@ export function validateNbdExport(exp: NbdExport): void {
     if (typeof b[m] !== 'function') fail(`backend.${m} must be a function`);
   }
   if (b.trim !== undefined && typeof b.trim !== 'function') fail('backend.trim must be a function when present');
+  if (b.blockStatus !== undefined && typeof b.blockStatus !== 'function') fail('backend.blockStatus must be a function when present');
   if (b.writeZeroes !== undefined && typeof b.writeZeroes !== 'function') {
     fail('backend.writeZeroes must be a function when present');
   }

@@ -14,6 +14,8 @@ export const NBD_INIT_MAGIC = 0x4e42444d41474943n;
 export const NBD_OPTS_MAGIC = 0x49484156454f5054n;
 /** Magic of every fixed-newstyle option reply. */
 export const NBD_REP_MAGIC = 0x3e889045565a9n;
+/** Second 64 bits of an oldstyle greeting (`cliserv_magic`); blockmirror speaks newstyle only. */
+export const NBD_OLDSTYLE_MAGIC = 0x00420281861253n;
 /** Magic of a transmission request. */
 export const NBD_REQUEST_MAGIC = 0x25609513;
 /** Magic of a simple reply. */
@@ -169,6 +171,14 @@ export const NBD_REPLY_TYPE_BLOCK_STATUS = 5;
 export const NBD_REPLY_TYPE_ERROR = (1 << 15) + 1;
 /** Structured chunk: error, message, offset. */
 export const NBD_REPLY_TYPE_ERROR_OFFSET = (1 << 15) + 2;
+
+// Metadata contexts.
+/** The one standard metadata context: allocation status (`NBD_STATE_HOLE`, `NBD_STATE_ZERO`). */
+export const NBD_META_BASE_ALLOCATION = 'base:allocation';
+/** `base:allocation` flag: the extent is not allocated (a hole). */
+export const NBD_STATE_HOLE = 1 << 0;
+/** `base:allocation` flag: the extent reads as zeroes. */
+export const NBD_STATE_ZERO = 1 << 1;
 
 // Error values allowed in replies (`NBD_E*`).
 /** Error: operation not permitted (write to a read-only export). */

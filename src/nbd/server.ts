@@ -14,14 +14,17 @@ import { EventEmitter } from 'eventemitter3';
 import type { Clock, TimerHandle } from '../clock.js';
 import { systemClock } from '../clock.js';
 import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
+import type { BlockExtent } from '../device/block-device.js';
 import type { NbdBackend, NbdExport } from './export.js';
 import { nbdErrorFor, validateNbdExport } from './export.js';
 import {
+  NBD_CMD_BLOCK_STATUS,
   NBD_CMD_CACHE,
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
+  NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
   NBD_CMD_READ,
   NBD_CMD_TRIM,
@@ -50,11 +53,14 @@ import {
   NBD_INFO_EXPORT,
   NBD_INFO_NAME,
   NBD_INIT_MAGIC,
+  NBD_META_BASE_ALLOCATION,
   NBD_OPT_ABORT,
   NBD_OPT_EXPORT_NAME,
   NBD_OPT_GO,
   NBD_OPT_INFO,
   NBD_OPT_LIST,
+  NBD_OPT_LIST_META_CONTEXT,
+  NBD_OPT_SET_META_CONTEXT,
   NBD_OPT_STARTTLS,
   NBD_OPT_STRUCTURED_REPLY,
   NBD_OPTION_HEADER_SIZE,
@@ -66,8 +72,10 @@ import {
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
   NBD_REP_MAGIC,
+  NBD_REP_META_CONTEXT,
   NBD_REP_SERVER,
   NBD_REPLY_FLAG_DONE,
+  NBD_REPLY_TYPE_BLOCK_STATUS,
   NBD_REPLY_TYPE_ERROR,
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
@@ -76,6 +84,8 @@ import {
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_SIMPLE_REPLY_SIZE,
   NBD_STRUCTURED_REPLY_HEADER_SIZE,
+  NBD_STATE_HOLE,
+  NBD_STATE_ZERO,
   NBD_STRUCTURED_REPLY_MAGIC,
   commandName,
   optionName,
@@ -199,6 +209,10 @@ const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 const DEFAULT_MAX_IN_FLIGHT = 64;
 const DEFAULT_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
 const DEFAULT_SHUTDOWN_TIMEOUT = 5_000;
+/** Context id of `base:allocation` in `NBD_OPT_SET_META_CONTEXT` replies (ids are per connection). */
+const ALLOCATION_CONTEXT_ID = 1;
+/** Most descriptors in one BLOCK_STATUS chunk (the spec's recommended bound). */
+const MAX_STATUS_EXTENTS = 1 << 20;
 /** Largest error message sent in a structured error chunk or option error reply. */
 const MAX_MESSAGE = 1024;
 
@@ -272,12 +286,17 @@ interface Request {
  * - Handshake: fixed newstyle only (clients that do not set
  *   `NBD_FLAG_C_FIXED_NEWSTYLE` are disconnected), `NBD_FLAG_NO_ZEROES`;
  *   options `EXPORT_NAME`, `GO`, `INFO` (`NBD_INFO_EXPORT`, `NAME`,
- *   `DESCRIPTION`, `BLOCK_SIZE`), `LIST`, `ABORT`, `STRUCTURED_REPLY`; every
- *   other option gets `NBD_REP_ERR_UNSUP`.
+ *   `DESCRIPTION`, `BLOCK_SIZE`), `LIST`, `ABORT`, `STRUCTURED_REPLY`,
+ *   `LIST_META_CONTEXT` and `SET_META_CONTEXT` (the `base:allocation`
+ *   context); every other option gets `NBD_REP_ERR_UNSUP`.
  * - Transmission: `READ`, `WRITE`, `FLUSH`, `TRIM` (when the backend has
  *   `trim`), `WRITE_ZEROES` (with `NO_HOLE`), `CACHE` (accepted, no effect),
  *   `DISC`; `FUA` on every command; `DF` on reads when structured replies
- *   were negotiated (a read is always answered with a single data chunk).
+ *   were negotiated (a read is always answered with a single data chunk);
+ *   `BLOCK_STATUS` (with `REQ_ONE`) when `base:allocation` was selected,
+ *   answered from the backend's `blockStatus()` (`NBD_STATE_HOLE` and
+ *   `NBD_STATE_ZERO` for known-zero ranges), or, for a backend without it,
+ *   with one "allocated, content unknown" extent (always correct).
  *   Many requests are processed at once per connection and answered as they
  *   complete (possibly out of order); each reply is written as one unit.
  * - Hostile input never crashes the server and never touches bytes outside
@@ -525,6 +544,10 @@ class NbdConnection {
   #busy = false;
   #noZeroes = false;
   #structured = false;
+  /** Name of the export `base:allocation` was selected for by the last `NBD_OPT_SET_META_CONTEXT`. */
+  #metaExport: string | undefined;
+  /** `base:allocation` is usable in transmission (selected for the export entered). */
+  #allocation = false;
   #export: NbdExport | undefined;
   #handshakeTimer: TimerHandle | undefined;
   #shutdownTimer: TimerHandle | undefined;
@@ -867,6 +890,10 @@ class NbdConnection {
         this.#structured = true;
         this.#sendOptionReply(option, NBD_REP_ACK);
         return;
+      case NBD_OPT_LIST_META_CONTEXT:
+      case NBD_OPT_SET_META_CONTEXT:
+        await this.#onMetaContext(option, data);
+        return;
       default:
         this.#sendOptionReply(option, NBD_REP_ERR_UNSUP, message(`${optionName(option)} is not supported`));
     }
@@ -932,12 +959,70 @@ class NbdConnection {
     if (option === NBD_OPT_GO) this.#enterTransmission(exp);
   }
 
+  /**
+   * `NBD_OPT_LIST_META_CONTEXT` / `NBD_OPT_SET_META_CONTEXT`. The one context
+   * is `base:allocation`: listed for no query, `base:` or `base:allocation`;
+   * selected by `base:allocation`. Queries of other namespaces are ignored.
+   */
+  async #onMetaContext(option: number, data: Buffer): Promise<void> {
+    const set = option === NBD_OPT_SET_META_CONTEXT;
+    // SET replaces the selection, even when it fails
+    if (set) this.#metaExport = undefined;
+    if (set && !this.#structured) {
+      this.#sendOptionReply(option, NBD_REP_ERR_INVALID, message('NBD_OPT_SET_META_CONTEXT needs structured replies first'));
+      return;
+    }
+    const invalid = (why: string): void => this.#sendOptionReply(option, NBD_REP_ERR_INVALID, message(`${optionName(option)}: ${why}`));
+    // 32-bit name length, name, 32-bit query count, queries (32-bit length, string)
+    if (data.length < 8) return invalid('data too short');
+    const nameLength = data.readUInt32BE(0);
+    if (nameLength > data.length - 8) return invalid('name length too large');
+    const name = decodeName(data.subarray(4, 4 + nameLength));
+    let at = 4 + nameLength;
+    const count = data.readUInt32BE(at);
+    at += 4;
+    const queries: string[] = [];
+    for (let i = 0; i < count; i++) {
+      if (at + 4 > data.length) return invalid('query count larger than the data');
+      const length = data.readUInt32BE(at);
+      at += 4;
+      if (length > data.length - at) return invalid('query length larger than the data');
+      const query = decodeName(data.subarray(at, at + length));
+      at += length;
+      if (query === undefined || !query.includes(':')) return invalid('a query must be a UTF-8 string "namespace:leaf"');
+      queries.push(query);
+    }
+    if (at !== data.length) return invalid('data longer than its queries');
+    const exp = name === undefined ? undefined : await this.#server.findExport(name);
+    if (exp === undefined) {
+      this.#sendOptionReply(option, NBD_REP_ERR_UNKNOWN, message(`unknown export ${JSON.stringify(name ?? '')}`));
+      return;
+    }
+    const matches = set
+      ? queries.some((q) => q === NBD_META_BASE_ALLOCATION)
+      : queries.length === 0 || queries.some((q) => q === 'base:' || q === NBD_META_BASE_ALLOCATION);
+    const chunks: Buffer[] = [];
+    if (matches) {
+      const contextName = Buffer.from(NBD_META_BASE_ALLOCATION, 'utf8');
+      const body = Buffer.alloc(4 + contextName.length);
+      // LIST: the id is reserved (zero); SET: the id used in BLOCK_STATUS replies
+      body.writeUInt32BE(set ? ALLOCATION_CONTEXT_ID : 0, 0);
+      contextName.copy(body, 4);
+      chunks.push(optionReplyHeader(option, NBD_REP_META_CONTEXT, body.length), body);
+      if (set) this.#metaExport = exp.name;
+    }
+    chunks.push(optionReplyHeader(option, NBD_REP_ACK, 0));
+    this.#send(chunks);
+  }
+
   #sendOptionReply(option: number, type: number, data: Buffer = EMPTY): void {
     this.#send(data.length === 0 ? [optionReplyHeader(option, type, 0)] : [optionReplyHeader(option, type, data.length), data]);
   }
 
   #enterTransmission(exp: NbdExport): void {
     this.#export = exp;
+    // BLOCK_STATUS only for the export the context was selected on
+    this.#allocation = this.#structured && this.#metaExport === exp.name;
     this.#state = 'request';
     if (this.#handshakeTimer !== undefined) {
       this.#server.clock.clearTimeout(this.#handshakeTimer);
@@ -1055,6 +1140,11 @@ class NbdConnection {
         return (req.flags & ~allowed) !== 0 ? [NBD_EINVAL, `unsupported flags 0x${req.flags.toString(16)} for ${name}`] : [0, ''];
       case NBD_CMD_CACHE:
         break;
+      case NBD_CMD_BLOCK_STATUS:
+        if (!this.#allocation) return [NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS without a metadata context (select base:allocation first)'];
+        if (req.length === 0) return [NBD_EINVAL, 'NBD_CMD_BLOCK_STATUS of length 0'];
+        allowed |= NBD_CMD_FLAG_REQ_ONE;
+        break;
       default:
         return [NBD_EINVAL, `unknown or unsupported command ${req.type}`];
     }
@@ -1101,7 +1191,7 @@ class NbdConnection {
       });
   }
 
-  async #execute(req: Request, payload: Buffer | undefined): Promise<Buffer | undefined> {
+  async #execute(req: Request, payload: Buffer | undefined): Promise<Buffer | BlockExtent[] | undefined> {
     const exp = this.#export!;
     const { backend } = exp;
     const fua = (req.flags & NBD_CMD_FLAG_FUA) !== 0;
@@ -1141,6 +1231,10 @@ class NbdConnection {
         if (typeof backend.writeZeroes === 'function') {
           await backend.writeZeroes(req.offset, req.length, { fua, noHole });
           if (fua && backend.supports?.fua === false) await backend.flush();
+        } else if (!noHole && typeof backend.trim === 'function' && backend.supports?.trim !== false) {
+          // a trimmed range reads as zeroes and may become a hole: the cheap way when a hole is allowed
+          await backend.trim(req.offset, req.length);
+          if (fua) await backend.flush();
         } else {
           await writeZeroes(backend, req.offset, req.length, fua);
         }
@@ -1149,12 +1243,23 @@ class NbdConnection {
       }
       case NBD_CMD_CACHE:
         return undefined;
+      case NBD_CMD_BLOCK_STATUS: {
+        if (typeof backend.blockStatus !== 'function') return [{ offset: req.offset, length: req.length, zero: false, hole: false }];
+        const extents = await backend.blockStatus(req.offset, req.length);
+        checkExtents(extents, req);
+        return extents;
+      }
       default:
         throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `unexpected command ${req.type}`);
     }
   }
 
-  #replyOk(req: Request, data: Buffer | undefined): void {
+  #replyOk(req: Request, result: Buffer | BlockExtent[] | undefined): void {
+    if (Array.isArray(result)) {
+      this.#replyBlockStatus(req, result);
+      return;
+    }
+    const data = result;
     if (req.type === NBD_CMD_READ && this.#structured) {
       const header = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + (req.length > 0 ? 8 : 0));
       header.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
@@ -1177,6 +1282,28 @@ class NbdConnection {
     }
     const header = simpleReply(0, req);
     this.#send(req.type === NBD_CMD_READ && data !== undefined && data.length > 0 ? [header, data] : [header]);
+  }
+
+  /** One BLOCK_STATUS chunk for `base:allocation` (one extent with `REQ_ONE`, at most 2^20). */
+  #replyBlockStatus(req: Request, extents: readonly BlockExtent[]): void {
+    const one = (req.flags & NBD_CMD_FLAG_REQ_ONE) !== 0;
+    const count = Math.min(extents.length, one ? 1 : MAX_STATUS_EXTENTS);
+    const chunk = Buffer.allocUnsafe(NBD_STRUCTURED_REPLY_HEADER_SIZE + 4 + 8 * count);
+    chunk.writeUInt32BE(NBD_STRUCTURED_REPLY_MAGIC, 0);
+    chunk.writeUInt16BE(NBD_REPLY_FLAG_DONE, 4);
+    chunk.writeUInt16BE(NBD_REPLY_TYPE_BLOCK_STATUS, 6);
+    chunk.writeUInt32BE(req.handleHi, 8);
+    chunk.writeUInt32BE(req.handleLo, 12);
+    chunk.writeUInt32BE(4 + 8 * count, 16);
+    chunk.writeUInt32BE(ALLOCATION_CONTEXT_ID, 20);
+    let at = 24;
+    for (let i = 0; i < count; i++) {
+      const e = extents[i]!;
+      chunk.writeUInt32BE(e.length, at);
+      chunk.writeUInt32BE((e.hole ? NBD_STATE_HOLE : 0) | (e.zero ? NBD_STATE_ZERO : 0), at + 4);
+      at += 8;
+    }
+    this.#send([chunk]);
   }
 
   #replyError(req: Request, error: number, text: string): void {
@@ -1292,6 +1419,21 @@ class NbdConnection {
     // Requests still in flight settle later; the server's close() waits for them separately.
     this.#resolveClosed();
   }
+}
+
+/** A backend's allocation map must describe exactly the range asked: anything else would mislead the client. */
+function checkExtents(extents: unknown, req: Request): asserts extents is BlockExtent[] {
+  let pos = req.offset;
+  const ok =
+    Array.isArray(extents) &&
+    extents.length > 0 &&
+    extents.every((e: Partial<BlockExtent> | null) => {
+      if (e === null || typeof e !== 'object' || e.offset !== pos || typeof e.length !== 'number' || !(e.length > 0)) return false;
+      pos += e.length;
+      return true;
+    }) &&
+    pos === req.offset + req.length;
+  if (!ok) throw new BlockMirrorError('BM_ERR_IO', `backend blockStatus did not describe exactly [${req.offset}, +${req.length})`);
 }
 
 function optionReplyHeader(option: number, type: number, length: number): Buffer {

@@ -62,6 +62,8 @@ export interface PrimaryVolumeBackendOptions {
  *   write; the range reads as zeroes afterwards on both sides). `NO_HOLE` is
  *   accepted: the volume may trim or write zeroes, either way the data is zero.
  * - `flush` → `volume.flush()` (sync mode: the mirror flushes too).
+ * - `blockStatus` (NBD `base:allocation`) → the local device's, when it
+ *   knows its allocation (`supports.allocation`).
  *
  * **Sync mode and a failing mirror.** When a sync write reaches the local
  * device but the mirror cannot confirm it (link down, mirror write error,
@@ -99,7 +101,14 @@ export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolu
     trim: (offset, length) => settle('zero', length, () => volume.zero(offset, length)),
     writeZeroes: (offset: number, length: number, opts?: NbdWriteZeroesOptions) =>
       settle('zero', length, () => volume.zero(offset, length, { fua: opts?.fua === true })),
+    ...allocationOf(volume.device),
   };
+}
+
+/** `blockStatus` of a device that knows its allocation (reads of these backends come from that device). */
+function allocationOf(device: BlockDevice): Pick<NbdBackend, 'blockStatus'> {
+  const blockStatus = device.blockStatus?.bind(device);
+  return device.supports.allocation === true && blockStatus !== undefined ? { blockStatus } : {};
 }
 
 /**
@@ -167,7 +176,9 @@ function settler(
  * with `EPERM` without calling the backend). Should a write reach the
  * backend anyway, it is refused with `BM_ERR_READ_ONLY` (→ `EPERM`).
  * `flush` does nothing (nothing is written through this backend). Reads see
- * the mirror image as the target applied it so far.
+ * the mirror image as the target applied it so far (no `blockStatus`: a
+ * freeze/copy cycle may be merging into the device, and the allocation map is
+ * not ordered with that merge).
  */
 export function targetVolumeBackend(volume: TargetVolume): NbdBackend {
   const readOnly = (): Promise<never> =>

@@ -7,7 +7,7 @@
 
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { BlockDevice, BlockDeviceSupports } from '../device/block-device.js';
+import type { BlockDevice, BlockDeviceSupports, BlockExtent } from '../device/block-device.js';
 import { BlockMirrorError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 
@@ -46,8 +46,10 @@ const SUPPORT_KEYS = ['trim', 'flush', 'fua', 'reopen'] as const;
  * with nothing touched by refused requests; zero-length requests; concurrent
  * disjoint writes; buffer ownership in both directions; Uint8Array views;
  * flush; FUA writes; a seeded random sequence against a model; trim (when
- * supported); reopen (when supported); `BM_ERR_CLOSED` after `close()`,
- * idempotent close and requests in flight at close.
+ * supported); reopen (when supported); `blockStatus()` (when `allocation` is
+ * declared: aligned extents covering exactly the range, zero extents that read
+ * as zeroes, written data never reported zero, argument checks);
+ * `BM_ERR_CLOSED` after `close()`, idempotent close and requests in flight at close.
  *
  * Call it at the top level of a test file:
  * ```ts
@@ -64,6 +66,7 @@ export function blockDeviceSuite(options: BlockDeviceSuiteOptions): void {
     flush: declared.flush ?? false,
     fua: declared.fua ?? false,
     reopen: declared.reopen ?? false,
+    allocation: declared.allocation ?? false,
   };
   if (supports.reopen && options.reopen === undefined) {
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'blockDeviceSuite: supports.reopen is true but no reopen() was given');
@@ -114,6 +117,9 @@ function registerTests(
         const expected = declared[key];
         if (expected !== undefined) assert.equal(device.supports[key], expected, `supports.${key}`);
       }
+      // optional key: absent means false
+      if (declared.allocation !== undefined) assert.equal(device.supports.allocation ?? false, declared.allocation, 'supports.allocation');
+      if (device.supports.allocation === true) assert.equal(typeof device.blockStatus, 'function', 'supports.allocation is true, so blockStatus() must exist');
     }));
 
   it('reads never-written bytes as zero', () =>
@@ -361,6 +367,44 @@ function registerTests(
       }));
   }
 
+  if (supports.allocation) {
+    it('blockStatus covers exactly the range with aligned extents; zero extents read as zeroes; written data is never reported zero', () =>
+      withDevice(async (device) => {
+        const check = async (offset: number, length: number, what: string): Promise<BlockExtent[]> => {
+          const extents = await callBlockStatus(device, offset, length);
+          let pos = offset;
+          for (const e of extents) {
+            assert.equal(e.offset, pos, `${what}: extents are adjacent and in order`);
+            assert.ok(e.length > 0 && e.length % bs === 0, `${what}: extent length ${e.length} is a positive multiple of ${bs}`);
+            assert.equal(typeof e.zero, 'boolean');
+            assert.equal(typeof e.hole, 'boolean');
+            if (e.zero) assertZero(await device.read(e.offset, e.length), `${what}: extent reported zero at ${e.offset}`);
+            pos += e.length;
+          }
+          assert.equal(pos, offset + length, `${what}: extents end at the end of the range`);
+          return extents;
+        };
+        assert.deepEqual(await callBlockStatus(device, bs, 0), [], 'an empty range has no extents');
+        await check(0, size, 'fresh device');
+        const written = [bs, alignDown(size / 2, bs), size - bs];
+        for (const [i, offset] of written.entries()) await device.write(offset, pattern(bs, 40 + i));
+        const all = await check(0, size, 'after writes');
+        for (const offset of written) {
+          const e = all.find((x) => x.offset <= offset && offset < x.offset + x.length)!;
+          assert.equal(e.zero, false, `written block at ${offset} is not reported zero`);
+        }
+        await check(bs, 3 * bs, 'sub-range');
+        await check(size - 2 * bs, 2 * bs, 'tail');
+        if (supports.trim) {
+          await callTrim(device, 0, size);
+          await check(0, size, 'after a whole-device trim');
+        }
+        await rejectsWith(callBlockStatus(device, size - bs, 2 * bs), 'BM_ERR_OUT_OF_RANGE', 'blockStatus crossing the end');
+        if (bs > 1) await rejectsWith(callBlockStatus(device, 1, bs), 'BM_ERR_MISALIGNED', 'blockStatus at a misaligned offset');
+        await rejectsWith(callBlockStatus(device, -bs, bs), 'BM_ERR_INVALID_ARGUMENT', 'blockStatus at a negative offset');
+      }));
+  }
+
   const reopen = options.reopen;
   if (supports.reopen && reopen !== undefined) {
     it('keeps its content across close and reopen', async () => {
@@ -397,6 +441,7 @@ function registerTests(
       await rejectsWith(device.write(0, pattern(bs, 22), { fua: true }), 'BM_ERR_CLOSED', 'FUA write');
       await rejectsWith(device.flush(), 'BM_ERR_CLOSED', 'flush');
       if (device.trim !== undefined) await rejectsWith(device.trim(0, bs), 'BM_ERR_CLOSED', 'trim');
+      if (device.blockStatus !== undefined) await rejectsWith(device.blockStatus(0, bs), 'BM_ERR_CLOSED', 'blockStatus');
     }));
 
   it('closes idempotently, sequentially and concurrently', async () => {
@@ -421,6 +466,11 @@ function registerTests(
       if (result.status === 'rejected') assertCode(result.reason, 'BM_ERR_CLOSED', 'request in flight at close');
     }
   });
+}
+
+async function callBlockStatus(device: BlockDevice, offset: number, length: number): Promise<BlockExtent[]> {
+  assert.equal(typeof device.blockStatus, 'function', 'supports.allocation is true, so blockStatus() must exist');
+  return device.blockStatus!(offset, length);
 }
 
 async function callTrim(device: BlockDevice, offset: number, length: number): Promise<void> {

@@ -8,6 +8,7 @@ import { BlockMirrorError } from '../../src/errors.js';
 import { parseCommandLine, parseHostPort, parseVolumeSpec, DEFAULT_DRAIN_TIMEOUT, type PrimaryConfig } from '../../src/cli/args.js';
 import { EXIT_FAILURE, EXIT_USAGE, exitCodeFor, formatError } from '../../src/cli/errors.js';
 import { mirrorTargetOptionsFrom, primaryOptionsFrom } from '../../src/cli/options.js';
+import { stateDirOf } from '../../src/cli/state-dir.js';
 
 function usage(fn: () => unknown, code = 'BM_ERR_INVALID_ARGUMENT', message?: RegExp): void {
   assert.throws(fn, (e: unknown) => {
@@ -31,6 +32,36 @@ describe('CLI arguments', () => {
     usage(() => parseVolumeSpec('/x:1M'), 'BM_ERR_INVALID_ARGUMENT', /NAME=PATH/);
     usage(() => parseVolumeSpec('v=:1M'), 'BM_ERR_INVALID_ARGUMENT', /missing PATH/);
     usage(() => parseVolumeSpec('a/b=/x:1M'), 'BM_ERR_INVALID_ARGUMENT', /invalid volume name/);
+  });
+
+  test('--volume NAME=nbd://HOST:PORT/EXPORT and NAME=nbd+unix:///EXPORT?socket=PATH: the URI is taken whole; TLS and malformed URIs are usage errors', () => {
+    assert.deepEqual(parseVolumeSpec('db=nbd://storage.example:10810/db-export'), {
+      name: 'db',
+      path: 'nbd://storage.example:10810/db-export',
+      nbd: { host: 'storage.example', port: 10810, exportName: 'db-export' },
+    });
+    assert.deepEqual(parseVolumeSpec('v=nbd://[::1]/'), { name: 'v', path: 'nbd://[::1]/', nbd: { host: '::1', port: 10809, exportName: '' } });
+    assert.deepEqual(parseVolumeSpec('v=nbd+unix:///img?socket=/run/qemu-nbd.sock'), {
+      name: 'v',
+      path: 'nbd+unix:///img?socket=/run/qemu-nbd.sock',
+      nbd: { socket: '/run/qemu-nbd.sock', exportName: 'img' },
+    });
+    usage(() => parseVolumeSpec('v=nbds://h/x'), 'BM_ERR_INVALID_ARGUMENT', /--volume v: NBD over TLS/);
+    usage(() => parseVolumeSpec('v=nbd+unix:///x'), 'BM_ERR_INVALID_ARGUMENT', /needs \?socket=PATH/);
+    usage(() => parseVolumeSpec('v=nbd://h:99999/x'), 'BM_ERR_INVALID_ARGUMENT', /invalid NBD URI/);
+    usage(() => parseVolumeSpec('v=nbd://h/x?tls=1'), 'BM_ERR_INVALID_ARGUMENT', /unknown query parameter tls/);
+    // --state-dir is required when no volume is a file; cycle mode needs --journal for NBD volumes
+    usage(() => parseCommandLine(['mirror', '--listen', '7000', '--volume', 'v=nbd://h/x']), 'BM_ERR_INVALID_ARGUMENT', /--state-dir DIR is required/);
+    const mirror = parseCommandLine(['mirror', '--listen', '7000', '--volume', 'v=nbd://h/x', '--state-dir', '/var/lib/bm']);
+    assert.equal(mirror.kind === 'mirror' ? mirror.config.stateDir : undefined, '/var/lib/bm');
+    const mixed = parseCommandLine(['primary', '--peer', 'm:7000', '--volume', 'a=nbd://h/x', '--volume', 'b=/b.img:1M']);
+    assert.equal(mixed.kind === 'primary' ? mixed.config.stateDir : 'x', undefined, 'a file volume gives the default');
+    assert.equal(mixed.kind === 'primary' ? stateDirOf(mixed.config, 'primary') : undefined, '/b.img.primary-state', 'beside the first volume file');
+    usage(
+      () => parseCommandLine(['primary', '--peer', 'm:7000', '--mode', 'cycle', '--volume', 'a=nbd://h/x', '--state-dir', '/s']),
+      'BM_ERR_INVALID_ARGUMENT',
+      /--mode cycle with volume a on an NBD server needs --journal DIR/,
+    );
   });
 
   test('HOST:PORT, [IPv6]:PORT and PORT', () => {

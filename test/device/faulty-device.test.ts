@@ -16,7 +16,7 @@ import { blockDeviceSuite } from '../../src/testing/block-device-suite.js';
 blockDeviceSuite({
   name: 'FaultyBlockDevice(MemoryBlockDevice) without rules',
   create: async (size, blockSize) => new FaultyBlockDevice(new MemoryBlockDevice(size, { blockSize })),
-  supports: { trim: true, flush: false, fua: false, reopen: false },
+  supports: { trim: true, flush: false, fua: false, reopen: false, allocation: true },
 });
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'blockmirror-faulty-device-'));

@@ -7,7 +7,7 @@ import { blockDeviceSuite } from '../../src/testing/block-device-suite.js';
 blockDeviceSuite({
   name: 'MemoryBlockDevice',
   create: async (size, blockSize) => new MemoryBlockDevice(size, { blockSize }),
-  supports: { trim: true, flush: false, fua: false, reopen: false },
+  supports: { trim: true, flush: false, fua: false, reopen: false, allocation: true },
   blockSizes: [1, 512, 4096, 65536],
 });
 

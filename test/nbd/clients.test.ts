@@ -200,4 +200,55 @@ describe('NbdServer with real NBD clients', () => {
     assert.equal(stats.errors, 0);
     assert.ok(stats.bytesWritten >= 16 * MiB);
   });
+  test('base:allocation: nbdinfo lists the context; nbdinfo --map and qemu-img map show the holes and data of a memory export; nbdcopy out keeps the copy sparse', async (t) => {
+    if (!requireTool(['nbdinfo', 'qemu-img', 'nbdcopy'], t)) return;
+    const dir = await tmpDir(t);
+    const backend = new MemoryBlockDevice(4 * MiB);
+    await backend.write(MiB, Buffer.alloc(64 * 1024, 1));
+    await backend.write(3 * MiB, Buffer.alloc(128 * 1024, 2));
+    const { uri } = await serve(t, [{ name: 'disk', readOnly: false, backend }]);
+    const info = await runTool(t, 'nbdinfo', ['--json', uri('disk')]);
+    ok(info, 'nbdinfo');
+    assert.deepEqual((JSON.parse(info.stdout) as { exports: Array<{ contexts: string[] }> }).exports[0]!.contexts, ['base:allocation']);
+    // [start, length, data?]
+    const expected: Array<[number, number, boolean]> = [
+      [0, MiB, false],
+      [MiB, 64 * 1024, true],
+      [MiB + 64 * 1024, 2 * MiB - 64 * 1024, false],
+      [3 * MiB, 128 * 1024, true],
+      [3 * MiB + 128 * 1024, MiB - 128 * 1024, false],
+    ];
+    const map = await runTool(t, 'nbdinfo', ['--map', '--json', uri('disk')]);
+    ok(map, 'nbdinfo --map');
+    const extents = JSON.parse(map.stdout) as Array<{ offset: number; length: number; type: number; description: string }>;
+    assert.deepEqual(
+      extents.map((e) => [e.offset, e.length, e.description]),
+      expected.map(([o, l, data]) => [o, l, data ? 'data' : 'hole,zero']),
+    );
+    const qmap = await runTool(t, 'qemu-img', ['map', '-f', 'raw', '--output=json', uri('disk')]);
+    ok(qmap, 'qemu-img map');
+    const qextents = JSON.parse(qmap.stdout) as Array<{ start: number; length: number; zero: boolean; data: boolean }>;
+    assert.deepEqual(
+      qextents.map((e) => [e.start, e.length, e.data, e.zero]),
+      expected.map(([o, l, data]) => [o, l, data, !data]),
+    );
+    const out = path.join(dir, 'copy.img');
+    ok(await runTool(t, 'nbdcopy', [uri('disk'), out]), 'nbdcopy out');
+    const copy = await fs.readFile(out);
+    assert.deepEqual(copy, await backend.read(0, 4 * MiB));
+    const allocated = (await fs.stat(out)).blocks * 512;
+    assert.ok(allocated <= 1 * MiB, `the copy of 192 KiB of data allocates ${allocated} bytes (holes were skipped)`);
+  });
+
+  test('base:allocation on a backend that does not know its allocation (file): one data extent, never a false zero', async (t) => {
+    if (!requireTool('nbdinfo', t)) return;
+    const dir = await tmpDir(t);
+    const file = await FileBlockDevice.open(path.join(dir, 'disk.img'), { size: 2 * MiB });
+    t.after(() => file.close());
+    const { uri } = await serve(t, [{ name: 'disk', readOnly: false, backend: file }]);
+    const map = await runTool(t, 'nbdinfo', ['--map', '--json', uri('disk')]);
+    ok(map, 'nbdinfo --map');
+    const extents = JSON.parse(map.stdout) as Array<{ offset: number; length: number; description: string }>;
+    assert.deepEqual(extents.map((e) => [e.offset, e.length, e.description]), [[0, 2 * MiB, 'data']]);
+  });
 });

@@ -157,19 +157,50 @@ export class RawClient {
     }
   }
 
+  /**
+   * Sends NBD_OPT_LIST_META_CONTEXT or NBD_OPT_SET_META_CONTEXT and collects
+   * the contexts (id, name) up to the final reply.
+   */
+  async metaContext(option: number, name: string, queries: readonly string[]): Promise<{ final: number; contexts: Array<{ id: number; name: string }> }> {
+    await this.sendOption(option, RawClient.metaContextData(name, queries));
+    const contexts: Array<{ id: number; name: string }> = [];
+    for (;;) {
+      const r = await this.optionReply();
+      if (r.option !== option) throw new Error(`reply for option ${r.option}, expected ${option}`);
+      if (r.type === P.NBD_REP_META_CONTEXT) {
+        contexts.push({ id: r.data.readUInt32BE(0), name: r.data.subarray(4).toString('utf8') });
+        continue;
+      }
+      return { final: r.type, contexts };
+    }
+  }
+
+  /** Option data of the meta-context options: name, then the queries. */
+  static metaContextData(name: string, queries: readonly string[]): Buffer {
+    const parts = [u32(Buffer.byteLength(name)), Buffer.from(name, 'utf8'), u32(queries.length)];
+    for (const q of queries) parts.push(u32(Buffer.byteLength(q)), Buffer.from(q, 'utf8'));
+    return Buffer.concat(parts);
+  }
+
   /** Full handshake into transmission with NBD_OPT_GO; returns size and transmission flags. */
-  async go(name: string, opts: { structured?: boolean } = {}): Promise<{ size: number; flags: number }> {
+  async go(name: string, opts: { structured?: boolean; allocation?: boolean } = {}): Promise<{ size: number; flags: number; context?: number }> {
     await this.handshake();
-    if (opts.structured === true) {
+    if (opts.structured === true || opts.allocation === true) {
       await this.sendOption(P.NBD_OPT_STRUCTURED_REPLY);
       const r = await this.optionReply();
       if (r.type !== P.NBD_REP_ACK) throw new Error(`structured reply refused: ${r.type}`);
+    }
+    let context: number | undefined;
+    if (opts.allocation === true) {
+      const r = await this.metaContext(P.NBD_OPT_SET_META_CONTEXT, name, [P.NBD_META_BASE_ALLOCATION]);
+      if (r.final !== P.NBD_REP_ACK || r.contexts.length !== 1) throw new Error(`base:allocation not selected: ${r.final}`);
+      context = r.contexts[0]!.id;
     }
     const { final, infos } = await this.infoOrGo(P.NBD_OPT_GO, name, [P.NBD_INFO_BLOCK_SIZE]);
     if (final !== P.NBD_REP_ACK) throw new Error(`NBD_OPT_GO failed with 0x${final.toString(16)}`);
     const exp = infos.get(P.NBD_INFO_EXPORT);
     if (exp === undefined) throw new Error('no NBD_INFO_EXPORT');
-    return { size: Number(exp.readBigUInt64BE(2)), flags: exp.readUInt16BE(10) };
+    return { size: Number(exp.readBigUInt64BE(2)), flags: exp.readUInt16BE(10), ...(context === undefined ? {} : { context }) };
   }
 
   // --------------------------------------------------------- transmission
@@ -211,6 +242,30 @@ export class RawClient {
       handle: Number(h.readBigUInt64BE(8)),
       payload: Buffer.from(await this.read(length)),
     };
+  }
+
+  /**
+   * NBD_CMD_BLOCK_STATUS and its structured reply: the extents of the one
+   * BLOCK_STATUS chunk (context id, then length/flags pairs), or the error.
+   */
+  async blockStatus(handle: number, offset: number, length: number, flags = 0): Promise<{ error: number; context?: number; extents: Array<[number, number]> }> {
+    await this.sendRequest(P.NBD_CMD_BLOCK_STATUS, handle, offset, length, flags);
+    const extents: Array<[number, number]> = [];
+    let context: number | undefined;
+    let error = 0;
+    for (;;) {
+      const c = await this.structuredChunk();
+      if (c.handle !== handle) throw new Error(`chunk for handle ${c.handle}, expected ${handle}`);
+      if (c.type === P.NBD_REPLY_TYPE_BLOCK_STATUS) {
+        context = c.payload.readUInt32BE(0);
+        for (let at = 4; at < c.payload.length; at += 8) extents.push([c.payload.readUInt32BE(at), c.payload.readUInt32BE(at + 4)]);
+      } else if (c.type === P.NBD_REPLY_TYPE_ERROR) {
+        error = c.payload.readUInt32BE(0);
+      } else if (c.type !== P.NBD_REPLY_TYPE_NONE) {
+        throw new Error(`unexpected chunk type ${c.type}`);
+      }
+      if ((c.flags & P.NBD_REPLY_FLAG_DONE) !== 0) return { error, extents, ...(context === undefined ? {} : { context }) };
+    }
   }
 
   /** A write then its reply error. */

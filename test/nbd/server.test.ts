@@ -159,11 +159,11 @@ describe('NbdServer handshake', () => {
     await assertWorks(c, 1);
   });
 
-  test('unknown options, STARTTLS and meta-context options get NBD_REP_ERR_UNSUP; the next option is parsed', async (t) => {
+  test('unknown options, STARTTLS and extended headers get NBD_REP_ERR_UNSUP; the next option is parsed', async (t) => {
     const { port } = await start(t, { exports: [rw('disk', mem())] });
     const c = await client(t, port);
     await c.handshake();
-    for (const opt of [0x1234, P.NBD_OPT_STARTTLS, P.NBD_OPT_LIST_META_CONTEXT, P.NBD_OPT_SET_META_CONTEXT, P.NBD_OPT_EXTENDED_HEADERS]) {
+    for (const opt of [0x1234, P.NBD_OPT_STARTTLS, P.NBD_OPT_EXTENDED_HEADERS]) {
       await c.sendOption(opt, Buffer.from('some option data that must be skipped'));
       const r = await c.optionReply();
       assert.equal(r.option, opt);
@@ -745,6 +745,131 @@ describe('NbdServer half-close and forced shutdown', () => {
     assert.equal(resolved, false, 'close() waits for the backend call');
     backend.release();
     await closing;
+  });
+});
+
+describe('NbdServer base:allocation', () => {
+  const HOLE_ZERO = P.NBD_STATE_HOLE | P.NBD_STATE_ZERO;
+
+  test('NBD_OPT_LIST_META_CONTEXT lists base:allocation for no query, "base:" and "base:allocation"; other namespaces list nothing', async (t) => {
+    const { port } = await start(t, { exports: [rw('disk', mem())] });
+    const c = await client(t, port);
+    await c.handshake();
+    await c.sendOption(P.NBD_OPT_STRUCTURED_REPLY);
+    assert.equal((await c.optionReply()).type, P.NBD_REP_ACK);
+    for (const queries of [[], ['base:'], ['base:allocation'], ['qemu:dirty-bitmap:x', 'base:allocation']]) {
+      const r = await c.metaContext(P.NBD_OPT_LIST_META_CONTEXT, 'disk', queries);
+      assert.equal(r.final, P.NBD_REP_ACK, `queries ${JSON.stringify(queries)}`);
+      assert.deepEqual(r.contexts, [{ id: 0, name: 'base:allocation' }], `queries ${JSON.stringify(queries)}`);
+    }
+    for (const queries of [['qemu:dirty-bitmap:x'], ['base:other'], ['x-foo:']]) {
+      const r = await c.metaContext(P.NBD_OPT_LIST_META_CONTEXT, 'disk', queries);
+      assert.equal(r.final, P.NBD_REP_ACK);
+      assert.deepEqual(r.contexts, [], `queries ${JSON.stringify(queries)}`);
+    }
+    assert.equal((await c.metaContext(P.NBD_OPT_LIST_META_CONTEXT, 'nope', [])).final, P.NBD_REP_ERR_UNKNOWN);
+    assert.equal((await c.metaContext(P.NBD_OPT_LIST_META_CONTEXT, 'disk', ['no-colon'])).final, P.NBD_REP_ERR_INVALID);
+    // a query length running past the data
+    const bad = RawClient.metaContextData('disk', ['base:allocation']);
+    bad.writeUInt32BE(1000, 4 + 4 + 4);
+    await c.sendOption(P.NBD_OPT_LIST_META_CONTEXT, bad);
+    assert.equal((await c.optionReply()).type, P.NBD_REP_ERR_INVALID);
+    assert.equal((await c.infoOrGo(P.NBD_OPT_GO, 'disk')).final, P.NBD_REP_ACK);
+    assert.equal(await c.writeAt(1, 0, pattern(4096, 1)), 0, 'the session works after the refused options');
+  });
+
+  test('NBD_OPT_SET_META_CONTEXT needs structured replies, selects base:allocation with a non-zero id, and nothing for "base:" alone', async (t) => {
+    const { port } = await start(t, { exports: [rw('disk', mem())] });
+    const c = await client(t, port);
+    await c.handshake();
+    assert.equal((await c.metaContext(P.NBD_OPT_SET_META_CONTEXT, 'disk', ['base:allocation'])).final, P.NBD_REP_ERR_INVALID);
+    await c.sendOption(P.NBD_OPT_STRUCTURED_REPLY);
+    assert.equal((await c.optionReply()).type, P.NBD_REP_ACK);
+    const none = await c.metaContext(P.NBD_OPT_SET_META_CONTEXT, 'disk', ['base:']);
+    assert.equal(none.final, P.NBD_REP_ACK);
+    assert.deepEqual(none.contexts, []);
+    const one = await c.metaContext(P.NBD_OPT_SET_META_CONTEXT, 'disk', ['base:allocation', 'qemu:allocation-depth']);
+    assert.equal(one.final, P.NBD_REP_ACK);
+    assert.equal(one.contexts.length, 1);
+    assert.equal(one.contexts[0]!.name, 'base:allocation');
+    assert.notEqual(one.contexts[0]!.id, 0);
+  });
+
+  test('NBD_CMD_BLOCK_STATUS reports never-written and trimmed 64 KiB pages of a memory backend as hole+zero, written ones as data; REQ_ONE gives one extent', async (t) => {
+    const K64 = 65536;
+    const backend = mem(16 * K64);
+    await backend.write(2 * K64, pattern(4096, 1));
+    await backend.write(3 * K64, pattern(4096, 2));
+    await backend.write(8 * K64, pattern(K64, 3));
+    await backend.trim(8 * K64, K64);
+    const { port } = await start(t, { exports: [rw('disk', backend)] });
+    const c = await client(t, port);
+    const { context } = await c.go('disk', { allocation: true });
+    const all = await c.blockStatus(1, 0, 16 * K64);
+    assert.equal(all.error, 0);
+    assert.equal(all.context, context);
+    assert.deepEqual(all.extents, [
+      [2 * K64, HOLE_ZERO],
+      [2 * K64, 0],
+      [12 * K64, HOLE_ZERO],
+    ]);
+    // a sub-range starting inside the data
+    assert.deepEqual((await c.blockStatus(2, 3 * K64, 2 * K64)).extents, [
+      [K64, 0],
+      [K64, HOLE_ZERO],
+    ]);
+    // REQ_ONE: exactly one extent, no longer than the request
+    assert.deepEqual((await c.blockStatus(3, 0, K64, P.NBD_CMD_FLAG_REQ_ONE)).extents, [[K64, HOLE_ZERO]]);
+    assert.deepEqual((await c.blockStatus(4, 0, 16 * K64, P.NBD_CMD_FLAG_REQ_ONE)).extents, [[2 * K64, HOLE_ZERO]]);
+    assert.deepEqual((await c.blockStatus(5, 2 * K64, 512, P.NBD_CMD_FLAG_REQ_ONE)).extents, [[512, 0]]);
+    // a write through NBD turns a hole into data
+    assert.equal(await c.writeAt(6, 12 * K64, pattern(512, 4)), 0);
+    assert.deepEqual((await c.blockStatus(7, 11 * K64, 3 * K64)).extents, [
+      [K64, HOLE_ZERO],
+      [K64, 0],
+      [K64, HOLE_ZERO],
+    ]);
+  });
+
+  test('NBD_CMD_BLOCK_STATUS errors: no context selected, context selected for another export, length 0, beyond the end, misaligned; the stream stays in sync', async (t) => {
+    const { port } = await start(t, { exports: [rw('disk', mem()), rw('other', mem())] });
+    const plain = await client(t, port);
+    await plain.go('disk', { structured: true });
+    assert.equal((await plain.blockStatus(1, 0, 4096)).error, P.NBD_EINVAL, 'no context selected');
+    const crossed = await client(t, port);
+    await crossed.handshake();
+    await crossed.sendOption(P.NBD_OPT_STRUCTURED_REPLY);
+    await crossed.optionReply();
+    assert.equal((await crossed.metaContext(P.NBD_OPT_SET_META_CONTEXT, 'other', ['base:allocation'])).contexts.length, 1);
+    assert.equal((await crossed.infoOrGo(P.NBD_OPT_GO, 'disk')).final, P.NBD_REP_ACK);
+    assert.equal((await crossed.blockStatus(1, 0, 4096)).error, P.NBD_EINVAL, 'context selected for another export');
+    const c = await client(t, port);
+    await c.go('disk', { allocation: true });
+    assert.equal((await c.blockStatus(1, 0, 0)).error, P.NBD_EINVAL, 'length 0');
+    assert.equal((await c.blockStatus(2, MiB - 512, 1024)).error, P.NBD_EINVAL, 'beyond the end');
+    assert.equal((await c.blockStatus(3, 100, 512)).error, P.NBD_EINVAL, 'misaligned');
+    assert.equal((await c.blockStatus(4, 0, 512, 0x80)).error, P.NBD_EINVAL, 'unknown flag');
+    assert.equal((await c.blockStatus(5, 0, MiB)).error, 0, 'the stream is still in sync');
+  });
+
+  test('a backend without blockStatus answers one allocated extent of unknown content; a backend whose map does not fit the range gets EIO', async (t) => {
+    const plainBackend = new GatedBackend(mem());
+    const broken: NbdBackend = {
+      size: MiB,
+      blockSize: 512,
+      read: (o, l) => Promise.resolve(Buffer.alloc(l)),
+      write: () => Promise.resolve(),
+      flush: () => Promise.resolve(),
+      blockStatus: (offset, length) => Promise.resolve([{ offset, length: length - 512, zero: true, hole: true }]),
+    };
+    const { port } = await start(t, { exports: [rw('plain', plainBackend), rw('broken', broken)] });
+    const c = await client(t, port);
+    await c.go('plain', { allocation: true });
+    assert.deepEqual((await c.blockStatus(1, 4096, 8192)).extents, [[8192, 0]]);
+    const b = await client(t, port);
+    await b.go('broken', { allocation: true });
+    assert.equal((await b.blockStatus(1, 0, 4096)).error, P.NBD_EIO);
+    assert.equal(await b.writeAt(2, 0, pattern(4096, 2)), 0, 'the connection keeps working');
   });
 });
 

@@ -129,6 +129,24 @@ describe('primaryVolumeBackend', () => {
   });
 });
 
+describe('primaryVolumeBackend allocation', () => {
+  test('blockStatus is the local device\'s when it knows its allocation; absent for a device without blockStatus', async (t) => {
+    const pair = await startPair([{ name: 'mem' }, { name: 'plain', primaryDevice: new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 })) }]);
+    t.after(() => pair.close());
+    const mem = primaryVolumeBackend(pair.primary.volume('mem'));
+    await mem.write(128 * KiB, Buffer.alloc(4 * KiB, 7));
+    assert.deepEqual(
+      (await mem.blockStatus!(0, 1 << 20)).map((e) => [e.offset, e.length, e.zero]),
+      [
+        [0, 128 * KiB, true],
+        [128 * KiB, 64 * KiB, false],
+        [192 * KiB, (1 << 20) - 192 * KiB, true],
+      ],
+    );
+    assert.equal(primaryVolumeBackend(pair.primary.volume('plain')).blockStatus, undefined);
+  });
+});
+
 describe('targetVolumeBackend', () => {
   test('reads the mirror image; refuses writes (BM_ERR_READ_ONLY); a read-only export answers EPERM', async (t) => {
     const { pair } = await pairWith(t);
