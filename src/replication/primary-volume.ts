@@ -375,13 +375,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
     if (length <= part) return this.#apply('write', offset, length, data, fua, transfer);
     if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
+    const issued = this.#completedSeq;
     const held = this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
+      let barrier = typeof held === 'function' ? issued : this.#completedSeq;
       let result: WriteResult | undefined;
       for (let pos = 0; pos < length; pos += part) {
         const n = Math.min(part, length - pos);
-        result = combineResults(result, await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, true));
+        const r = await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, barrier);
+        // the next part is applied after this one
+        if (r.seq !== undefined && r.seq > barrier) barrier = r.seq;
+        result = combineResults(result, r);
       }
       return result!;
     } finally {
@@ -412,7 +417,17 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return toResult(await outcome, undefined);
   }
 
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, locked = false): Promise<WriteResult> {
+  /**
+   * One mirrored write or zero. Its barrier (what the target applies before
+   * it) is the happens-before order: every write that had completed to its
+   * caller when this one was issued (`#completedSeq`, a write records its seq
+   * there before it releases its range and resolves), and every overlapping
+   * earlier write (it held the range lock, so it completed before this one
+   * got the range). Concurrent writes are left unordered, so the target
+   * applies them in parallel. `partOf`: the barrier of a part of a larger
+   * write whose caller holds the lock of the whole range.
+   */
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number): Promise<WriteResult> {
     if (this.#closed) throw closedError(this.name);
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
@@ -428,9 +443,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     let enqueued = false;
     let covering = false;
-    // `locked`: a part of a larger write, whose caller holds the lock of the whole range
-    const held = locked ? noRelease : this.#lock.tryAcquire(offset, length);
+    const issued = partOf ?? this.#completedSeq;
+    const held = partOf !== undefined ? noRelease : this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
+    // waited for an overlapping write: it recorded its completion before it let go of the range
+    const barrier = typeof held === 'function' ? issued : this.#completedSeq;
     try {
       if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
       // write intent: the region is durably dirty before the data can change
@@ -457,29 +474,34 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const seq = this.#takeSeq();
         this.#lastWriteSeq = seq;
         const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
-        // strictly after every earlier request: the target image is always a prefix of our history (invariant 2)
-        const req = this.#request(kind, seq, offset, length, kept, fua, seq - 1);
+        // after what happened before it (see above): the target image is always our writes closed under happens-before (invariant 2)
+        const req = this.#request(kind, seq, offset, length, kept, fua, Math.max(barrier, this.#lastResyncSeq));
         req.owned = true;
         req.lag = lag;
         req.uncovered = true;
         this.#localDone(req, fua);
         covering = false;
         enqueued = true;
-        // queued before its journal append completes: sent in seq order, never behind a later request
-        this.#enqueue(req);
-        const journaled = this.#journalOne(req);
-        if (journaled !== undefined) {
-          try {
-            await journaled;
-          } catch (error) {
-            return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
+        try {
+          // queued before its journal append completes: sent in seq order, never behind a later request
+          this.#enqueue(req);
+          const journaled = this.#journalOne(req);
+          if (journaled !== undefined) {
+            try {
+              await journaled;
+            } catch (error) {
+              return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
+            }
           }
+          return { mirror: 'queued', seq };
+        } finally {
+          // completed: writes issued from now on are applied after it
+          if (seq > this.#completedSeq) this.#completedSeq = seq;
         }
-        return { mirror: 'queued', seq };
       }
       const seq = this.#takeSeq();
       this.#lastWriteSeq = seq;
-      const req = this.#request(kind, seq, offset, length, data, fua, Math.max(this.#completedSeq, this.#lastResyncSeq));
+      const req = this.#request(kind, seq, offset, length, data, fua, Math.max(barrier, this.#lastResyncSeq));
       req.owned = transfer;
       req.uncovered = true;
       covering = false;
