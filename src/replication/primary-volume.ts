@@ -186,12 +186,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Regions to copy to the target by a resync. */
   readonly #needs: MemoryDirtyBitmap;
   /**
-   * Per region: writes to it that are not covered yet — between the point
-   * where the region was marked and the point where the journal holds the
-   * write or the target holds it durably. The region's write-intent bit is
-   * cleared only when none is left (and no resync needs the region).
+   * Regions written lately: per region, the writes to it that are not covered
+   * yet — between the point where the region was marked and the point where
+   * the journal holds the write or the target holds it durably — and when it
+   * was last written. The region's write-intent bit is cleared only when none
+   * is left (and no resync needs the region); a region with none left stays
+   * here until {@link #sweepRegions} clears its bit (one entry per region, no
+   * churn per write).
    */
-  readonly #uncovered = new Map<number, number>();
+  readonly #regions = new Map<number, RegionUse>();
   /** Async bytes admitted and not yet acknowledged (back-pressure budget). */
   #lagBytes = 0;
   #lagWaiters: Array<() => void> = [];
@@ -225,7 +228,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #journalDurable = true;
   #durableTimer: TimerHandle | undefined;
   /** Requests whose local write completed and is not yet known durable (a local flush releases them). */
-  readonly #localPending = new Set<MirrorRequest>();
+  #localPending: MirrorRequest[] = [];
+  /**
+   * The write-intent bitmap survives a crash (`useBitmap`): a bit may be
+   * cleared only once the primary's own write is on stable storage. With the
+   * default in-memory bitmap nothing survives a crash, so a completed local
+   * write counts as durable (no local flush just to clear bits).
+   */
+  #bitmapDurable = false;
   /** A durability flush in progress (see `makeDurable`). */
   #durabilityFlush: Promise<void> | undefined;
   /** Persists a new reservation (a restarted primary continues above it). */
@@ -567,8 +577,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const last = this.#bitmap.regionIndex(offset + length - 1);
     const now = this.#link.clock.now();
     for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
-      this.#uncovered.set(i, (this.#uncovered.get(i) ?? 0) + 1);
-      this.#lastWritten.set(i, now);
+      const r = this.#regions.get(i);
+      if (r === undefined) this.#regions.set(i, { uncovered: 1, lastWritten: now });
+      else {
+        r.uncovered++;
+        r.lastWritten = now;
+      }
     }
   }
 
@@ -577,13 +591,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (length === 0) return;
     const last = this.#bitmap.regionIndex(offset + length - 1);
     for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
-      const n = (this.#uncovered.get(i) ?? 1) - 1;
-      if (n > 0) this.#uncovered.set(i, n);
-      else {
-        this.#uncovered.delete(i);
-        // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
-        if (this.#unacked === 0) this.#cleanRegion(i);
-        else this.#cleanable.add(i);
+      const r = this.#regions.get(i);
+      if (r === undefined || --r.uncovered > 0) continue;
+      // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
+      if (this.#unacked === 0) {
+        this.#regions.delete(i);
+        this.#cleanRegion(i);
       }
     }
   }
@@ -594,28 +607,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * them does not wait for a bitmap write each time they were cleaned).
    */
   #sweepRegions(hold: number): void {
-    if (this.#cleanable.size === 0) return;
+    if (this.#regions.size === 0) return;
     const now = this.#link.clock.now();
-    for (const i of this.#cleanable) {
-      if (this.#uncovered.has(i)) {
-        this.#cleanable.delete(i);
-        continue;
-      }
-      if (now - (this.#lastWritten.get(i) ?? 0) < hold) continue;
-      this.#cleanable.delete(i);
-      this.#lastWritten.delete(i);
+    for (const [i, r] of this.#regions) {
+      if (r.uncovered > 0 || now - r.lastWritten < hold) continue;
+      this.#regions.delete(i);
       this.#cleanRegion(i);
     }
   }
 
-  /** Covered regions whose bit waits for {@link #sweepRegions}. */
-  readonly #cleanable = new Set<number>();
-  /** Clock time of the last write to a region (for the sweep). */
-  readonly #lastWritten = new Map<number, number>();
-
   /** Clears region `index`'s write-intent bit when no write to it is uncovered and no resync needs it. */
   #cleanRegion(index: number): void {
-    if (this.#closed || this.#uncovered.has(index) || this.#needs.isDirty(index)) return;
+    if (this.#closed || (this.#regions.get(index)?.uncovered ?? 0) > 0 || this.#needs.isDirty(index)) return;
     this.#bitmap.clearRegion(index);
   }
 
@@ -635,16 +638,22 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The local write of `req` completed (with `fua`: durably). */
   #localDone(req: MirrorRequest, fua: boolean): void {
-    if (fua) req.localDurable = true;
-    else if (!req.localDurable) this.#localPending.add(req);
+    if (fua || !this.#bitmapDurable) req.localDurable = true;
+    else if (!req.localDurable) this.#localPending.push(req);
   }
 
   /** Flushes the local device; requests whose local write completed before are then locally durable. */
   async #flushLocal(): Promise<void> {
-    const batch = [...this.#localPending];
-    await this.device.flush();
+    const batch = this.#localPending;
+    this.#localPending = [];
+    try {
+      await this.device.flush();
+    } catch (error) {
+      // not durable after all: the next flush tries again
+      this.#localPending = batch.concat(this.#localPending);
+      throw error;
+    }
     for (const req of batch) {
-      this.#localPending.delete(req);
       req.localDurable = true;
       this.#covered(req);
     }
@@ -1278,7 +1287,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   makeDurable(): Promise<void> {
     this.#sweepRegions(REGION_HOLD_MS);
-    if (this.#localPending.size > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
+    if (this.#localPending.length > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
     if (this.#closed || this.#requests.size === 0) return Promise.resolve();
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
     const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
@@ -1412,6 +1421,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   useBitmap(bitmap: DirtyBitmap): number {
     this.#bitmap = bitmap;
+    this.#bitmapDurable = true;
     const dirty = this.#needs.merge(bitmap);
     if (dirty > 0) this.#updateState();
     return dirty;
@@ -1531,6 +1541,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 }
 
 const noRelease = (): void => undefined;
+
+/** A region written lately (see `PrimaryVolume.#regions`). */
+interface RegionUse {
+  /** Writes to it not covered yet. */
+  uncovered: number;
+  /** Clock time of its last write. */
+  lastWritten: number;
+}
 
 function closedError(name: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);
