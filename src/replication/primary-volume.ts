@@ -30,7 +30,7 @@ const REGION_HOLD_MS = 2000;
 /**
  * How a volume is replicated.
  * - `sync`: a write resolves after the local write AND the target's acknowledgement.
- * - `async`: a write resolves after the local write; the mirror follows in order.
+ * - `async`: a write resolves after the local write; the mirror follows in happens-before order (a write after every write that completed before it was issued, and after every overlapping earlier one).
  * - `local`: not mirrored; nothing is sent.
  */
 export type ReplicationMode = 'sync' | 'async' | 'local';
