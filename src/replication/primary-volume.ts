@@ -197,7 +197,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly #regions = new Map<number, RegionUse>();
   /** Async bytes admitted and not yet acknowledged (back-pressure budget). */
   #lagBytes = 0;
-  #lagWaiters: Array<() => void> = [];
+  /** Writes waiting for room in the lag budget, first come first served. */
+  #lagWaiters: Array<{ bytes: number; admit: () => void }> = [];
   /** Seq of the latest resync write (sync-mode writes are ordered after it). */
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
@@ -446,10 +447,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (kind === 'write' && length > this.#link.maxPayload) throw tooLarge(this.name, length, this.#link.maxPayload);
     let lag = 0;
     if (this.mode === 'async' && kind === 'write') {
-      const waiting = this.#lagGate();
+      const waiting = this.#lagGate(length);
       if (waiting !== undefined) await waiting;
+      // admitted: counted in #lagBytes until the target acknowledges it
       lag = length;
-      this.#lagBytes += lag;
     }
     let enqueued = false;
     let covering = false;
@@ -1184,15 +1185,28 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * Async back-pressure: while the link is up and more than `maxAsyncLag`
-   * bytes wait for the target, a new write waits (resolves undefined when it
-   * need not). While the link is down writes never wait: the journal (then the
-   * bitmap) absorbs them.
+   * Async back-pressure: admits a write of `bytes` into the lag (the bytes
+   * written locally and not yet acknowledged by the target) at once, or
+   * returns a promise that resolves once it is admitted. While the link is up
+   * the lag stays within `maxAsyncLag` (a larger write waits for an empty
+   * lag); waiting writes are admitted one by one in arrival order as room
+   * frees up, each counted at once, so a wake-up never lets a crowd past the
+   * limit (with the default limits the async backlog then fits the payload
+   * budget, and nothing is spilled to the journal only to be read back).
+   * While the link is down writes never wait: the journal (then the bitmap)
+   * absorbs them.
    */
-  #lagGate(): Promise<void> | undefined {
+  #lagGate(bytes: number): Promise<void> | undefined {
+    if (this.#lagWaiters.length === 0 && this.#lagRoom(bytes)) {
+      this.#lagBytes += bytes;
+      return undefined;
+    }
+    return new Promise<void>((resolve) => this.#lagWaiters.push({ bytes, admit: resolve }));
+  }
+
+  #lagRoom(bytes: number): boolean {
     const limit = this.#link.maxAsyncLag;
-    if (limit === 0 || this.#lagBytes < limit || !this.#link.up || this.#closed) return undefined;
-    return new Promise<void>((resolve) => this.#lagWaiters.push(resolve)).then(() => this.#lagGate());
+    return limit === 0 || !this.#link.up || this.#closed || this.#lagBytes === 0 || this.#lagBytes + bytes <= limit;
   }
 
   #returnLag(bytes: number): void {
@@ -1201,11 +1215,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #openLagGate(): void {
-    if (this.#lagWaiters.length === 0) return;
-    if (this.#lagBytes >= this.#link.maxAsyncLag && this.#link.up && !this.#closed) return;
-    const waiters = this.#lagWaiters;
-    this.#lagWaiters = [];
-    for (const w of waiters) w();
+    while (this.#lagWaiters.length > 0 && this.#lagRoom(this.#lagWaiters[0]!.bytes)) {
+      const w = this.#lagWaiters.shift()!;
+      this.#lagBytes += w.bytes;
+      w.admit();
+    }
   }
 
   #updateState(): void {
