@@ -16,11 +16,22 @@
 import { randomBytes } from 'node:crypto';
 import { BlockMirrorError } from '../errors.js';
 
+/** A request submitted and not finished: what runs it and who waits for it. */
+interface Entry {
+  seq: number;
+  end: number;
+  apply: () => Promise<void>;
+  resolve: () => void;
+  reject: (error: unknown) => void;
+}
+
+/** Something waiting for its barrier: a request, or a callback (`whenApplied`). */
 interface Waiting {
   barrier: number;
-  run: () => void;
-  /** Drops the waiter (a new session ends the old one's requests). */
-  cancel?: () => void;
+  /** Arrival order: waiters with the same barrier run first come, first served. */
+  n: number;
+  entry: Entry | undefined;
+  run: (() => void) | undefined;
 }
 
 const done: Promise<void> = Promise.resolve();
@@ -32,7 +43,9 @@ export class ApplyOrder {
   readonly #applied = new Set<number>();
   /** Seqs waiting or running, with their outcome. */
   readonly #pending = new Map<number, Promise<void>>();
+  /** Waiters, a binary min-heap on (barrier, arrival): a watermark move releases exactly those it satisfies. */
   #waiting: Waiting[] = [];
+  #arrivals = 0;
   /** Random id of this ordering state (changes when the target restarts or starts a new stream). */
   readonly incarnation: string;
 
@@ -70,25 +83,13 @@ export class ApplyOrder {
     if (end === seq ? this.isApplied(seq) : end <= this.#watermark) return done;
     const pending = this.#pending.get(seq);
     if (pending !== undefined) return pending;
+    let entry!: Entry;
     const outcome = new Promise<void>((resolve, reject) => {
-      const cancel = (): void => {
-        this.#pending.delete(seq);
-        reject(new BlockMirrorError('BM_ERR_CLOSED', `request seq ${seq} was superseded by a new session of the primary`));
-      };
-      this.#whenApplied(barrier, cancel, () => {
-        apply().then(
-          () => {
-            this.#finish(seq, true, end);
-            resolve();
-          },
-          (error: unknown) => {
-            this.#finish(seq, false);
-            reject(error);
-          },
-        );
-      });
+      entry = { seq, end, apply, resolve, reject };
     });
     this.#pending.set(seq, outcome);
+    if (barrier <= this.#watermark) this.#start(entry);
+    else this.#wait({ barrier, n: this.#arrivals++, entry, run: undefined });
     return outcome;
   }
 
@@ -110,22 +111,34 @@ export class ApplyOrder {
    * a new session never races a stale write.
    */
   async settle(): Promise<void> {
-    const dropped = this.#waiting;
+    const dropped = this.#waiting.sort((a, b) => a.n - b.n);
     this.#waiting = [];
-    for (const w of dropped) w.cancel?.();
+    for (const w of dropped) {
+      if (w.entry === undefined) continue;
+      this.#pending.delete(w.entry.seq);
+      w.entry.reject(new BlockMirrorError('BM_ERR_CLOSED', `request seq ${w.entry.seq} was superseded by a new session of the primary`));
+    }
     const running = [...this.#pending.values()].map((p) => p.catch(() => undefined));
     await Promise.all(running);
   }
 
   /** Runs `run` once every seq ≤ `barrier` is applied (at once if already so). */
   whenApplied(barrier: number, run: () => void): void {
-    this.#whenApplied(barrier, undefined, run);
+    if (barrier <= this.#watermark) run();
+    else this.#wait({ barrier, n: this.#arrivals++, entry: undefined, run });
   }
 
-  #whenApplied(barrier: number, cancel: (() => void) | undefined, run: () => void): void {
-    if (barrier <= this.#watermark) run();
-    else if (cancel === undefined) this.#waiting.push({ barrier, run });
-    else this.#waiting.push({ barrier, run, cancel });
+  #start(entry: Entry): void {
+    entry.apply().then(
+      () => {
+        this.#finish(entry.seq, true, entry.end);
+        entry.resolve();
+      },
+      (error: unknown) => {
+        this.#finish(entry.seq, false);
+        entry.reject(error);
+      },
+    );
   }
 
   #finish(seq: number, applied: boolean, end = seq): void {
@@ -133,7 +146,8 @@ export class ApplyOrder {
     if (!applied) return;
     if (seq <= this.#watermark + 1 && end > this.#watermark) {
       this.#watermark = end;
-      for (const s of this.#applied) if (s <= end) this.#applied.delete(s);
+      // a skip record covers seqs that may have been applied out of order
+      if (end > seq) for (const s of this.#applied) if (s <= end) this.#applied.delete(s);
       while (this.#applied.delete(this.#watermark + 1)) this.#watermark++;
       this.#release();
     } else if (seq > this.#watermark) {
@@ -141,13 +155,49 @@ export class ApplyOrder {
     }
   }
 
+  /** Runs every waiter whose barrier the watermark has reached, in (barrier, arrival) order. */
   #release(): void {
-    if (this.#waiting.length === 0) return;
-    const ready: Waiting[] = [];
-    const still: Waiting[] = [];
-    for (const w of this.#waiting) (w.barrier <= this.#watermark ? ready : still).push(w);
-    if (ready.length === 0) return;
-    this.#waiting = still;
-    for (const w of ready) w.run();
+    const heap = this.#waiting;
+    while (heap.length > 0 && heap[0]!.barrier <= this.#watermark) {
+      const w = heap[0]!;
+      const last = heap.pop()!;
+      if (heap.length > 0) {
+        heap[0] = last;
+        siftDown(heap, 0);
+      }
+      if (w.entry !== undefined) this.#start(w.entry);
+      else w.run!();
+    }
   }
+
+  #wait(w: Waiting): void {
+    const heap = this.#waiting;
+    heap.push(w);
+    let i = heap.length - 1;
+    while (i > 0) {
+      const parent = (i - 1) >> 1;
+      if (!before(w, heap[parent]!)) break;
+      heap[i] = heap[parent]!;
+      i = parent;
+    }
+    heap[i] = w;
+  }
+}
+
+function before(a: Waiting, b: Waiting): boolean {
+  return a.barrier < b.barrier || (a.barrier === b.barrier && a.n < b.n);
+}
+
+function siftDown(heap: Waiting[], i: number): void {
+  const w = heap[i]!;
+  const n = heap.length;
+  for (;;) {
+    let child = 2 * i + 1;
+    if (child >= n) break;
+    if (child + 1 < n && before(heap[child + 1]!, heap[child]!)) child++;
+    if (!before(heap[child]!, w)) break;
+    heap[i] = heap[child]!;
+    i = child;
+  }
+  heap[i] = w;
 }

@@ -357,7 +357,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #idleTimeout: number;
   #demux: DatagramDemux | undefined;
   readonly #splitBrain: SplitBrainPolicy;
-  readonly #answerGuard = new HeartbeatReplayGuard();
+  /**
+   * Replays of the current session of a primary are refused, but no session
+   * is retired for good: a late datagram of a primary's previous run (UDP
+   * reorders) arriving after its new run's first heartbeat must not silence
+   * the new run forever (it would never be answered, and a primary with
+   * heartbeats waits for ours before it reconnects).
+   */
+  readonly #answerGuard = new HeartbeatReplayGuard({ maxRetiredSessions: 0 });
   readonly #answerSession = randomUUID();
   #answerSeq = 0;
   readonly #connections = new Set<FramedConnection>();

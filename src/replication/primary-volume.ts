@@ -30,7 +30,7 @@ const REGION_HOLD_MS = 2000;
 /**
  * How a volume is replicated.
  * - `sync`: a write resolves after the local write AND the target's acknowledgement.
- * - `async`: a write resolves after the local write; the mirror follows in order.
+ * - `async`: a write resolves after the local write; the mirror follows in happens-before order (a write after every write that completed before it was issued, and after every overlapping earlier one).
  * - `local`: not mirrored; nothing is sent.
  */
 export type ReplicationMode = 'sync' | 'async' | 'local';
@@ -186,15 +186,19 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Regions to copy to the target by a resync. */
   readonly #needs: MemoryDirtyBitmap;
   /**
-   * Per region: writes to it that are not covered yet — between the point
-   * where the region was marked and the point where the journal holds the
-   * write or the target holds it durably. The region's write-intent bit is
-   * cleared only when none is left (and no resync needs the region).
+   * Regions written lately: per region, the writes to it that are not covered
+   * yet — between the point where the region was marked and the point where
+   * the journal holds the write or the target holds it durably — and when it
+   * was last written. The region's write-intent bit is cleared only when none
+   * is left (and no resync needs the region); a region with none left stays
+   * here until {@link #sweepRegions} clears its bit (one entry per region, no
+   * churn per write).
    */
-  readonly #uncovered = new Map<number, number>();
+  readonly #regions = new Map<number, RegionUse>();
   /** Async bytes admitted and not yet acknowledged (back-pressure budget). */
   #lagBytes = 0;
-  #lagWaiters: Array<() => void> = [];
+  /** Writes waiting for room in the lag budget, first come first served. */
+  #lagWaiters: Array<{ bytes: number; admit: () => void }> = [];
   /** Seq of the latest resync write (sync-mode writes are ordered after it). */
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
@@ -225,7 +229,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #journalDurable = true;
   #durableTimer: TimerHandle | undefined;
   /** Requests whose local write completed and is not yet known durable (a local flush releases them). */
-  readonly #localPending = new Set<MirrorRequest>();
+  #localPending: MirrorRequest[] = [];
+  /**
+   * The write-intent bitmap survives a crash (`useBitmap`): a bit may be
+   * cleared only once the primary's own write is on stable storage. With the
+   * default in-memory bitmap nothing survives a crash, so a completed local
+   * write counts as durable (no local flush just to clear bits).
+   */
+  #bitmapDurable = false;
   /** A durability flush in progress (see `makeDurable`). */
   #durabilityFlush: Promise<void> | undefined;
   /** Persists a new reservation (a restarted primary continues above it). */
@@ -375,13 +386,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
     if (length <= part) return this.#apply('write', offset, length, data, fua, transfer);
     if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
+    const issued = this.#completedSeq;
     const held = this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
     try {
+      let barrier = typeof held === 'function' ? issued : this.#completedSeq;
       let result: WriteResult | undefined;
       for (let pos = 0; pos < length; pos += part) {
         const n = Math.min(part, length - pos);
-        result = combineResults(result, await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, true));
+        const r = await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, barrier);
+        // the next part is applied after this one
+        if (r.seq !== undefined && r.seq > barrier) barrier = r.seq;
+        result = combineResults(result, r);
       }
       return result!;
     } finally {
@@ -412,7 +428,17 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return toResult(await outcome, undefined);
   }
 
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, locked = false): Promise<WriteResult> {
+  /**
+   * One mirrored write or zero. Its barrier (what the target applies before
+   * it) is the happens-before order: every write that had completed to its
+   * caller when this one was issued (`#completedSeq`, a write records its seq
+   * there before it releases its range and resolves), and every overlapping
+   * earlier write (it held the range lock, so it completed before this one
+   * got the range). Concurrent writes are left unordered, so the target
+   * applies them in parallel. `partOf`: the barrier of a part of a larger
+   * write whose caller holds the lock of the whole range.
+   */
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number): Promise<WriteResult> {
     if (this.#closed) throw closedError(this.name);
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
@@ -421,16 +447,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (kind === 'write' && length > this.#link.maxPayload) throw tooLarge(this.name, length, this.#link.maxPayload);
     let lag = 0;
     if (this.mode === 'async' && kind === 'write') {
-      const waiting = this.#lagGate();
+      const waiting = this.#lagGate(length);
       if (waiting !== undefined) await waiting;
+      // admitted: counted in #lagBytes until the target acknowledges it
       lag = length;
-      this.#lagBytes += lag;
     }
     let enqueued = false;
     let covering = false;
-    // `locked`: a part of a larger write, whose caller holds the lock of the whole range
-    const held = locked ? noRelease : this.#lock.tryAcquire(offset, length);
+    const issued = partOf ?? this.#completedSeq;
+    const held = partOf !== undefined ? noRelease : this.#lock.tryAcquire(offset, length);
     const release = typeof held === 'function' ? held : await held;
+    // waited for an overlapping write: it recorded its completion before it let go of the range
+    const barrier = typeof held === 'function' ? issued : this.#completedSeq;
     try {
       if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
       // write intent: the region is durably dirty before the data can change
@@ -457,29 +485,34 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const seq = this.#takeSeq();
         this.#lastWriteSeq = seq;
         const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
-        // strictly after every earlier request: the target image is always a prefix of our history (invariant 2)
-        const req = this.#request(kind, seq, offset, length, kept, fua, seq - 1);
+        // after what happened before it (see above): the target image is always our writes closed under happens-before (invariant 2)
+        const req = this.#request(kind, seq, offset, length, kept, fua, Math.max(barrier, this.#lastResyncSeq));
         req.owned = true;
         req.lag = lag;
         req.uncovered = true;
         this.#localDone(req, fua);
         covering = false;
         enqueued = true;
-        // queued before its journal append completes: sent in seq order, never behind a later request
-        this.#enqueue(req);
-        const journaled = this.#journalOne(req);
-        if (journaled !== undefined) {
-          try {
-            await journaled;
-          } catch (error) {
-            return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
+        try {
+          // queued before its journal append completes: sent in seq order, never behind a later request
+          this.#enqueue(req);
+          const journaled = this.#journalOne(req);
+          if (journaled !== undefined) {
+            try {
+              await journaled;
+            } catch (error) {
+              return { mirror: 'failed', seq, error: toBlockMirrorError(error) };
+            }
           }
+          return { mirror: 'queued', seq };
+        } finally {
+          // completed: writes issued from now on are applied after it
+          if (seq > this.#completedSeq) this.#completedSeq = seq;
         }
-        return { mirror: 'queued', seq };
       }
       const seq = this.#takeSeq();
       this.#lastWriteSeq = seq;
-      const req = this.#request(kind, seq, offset, length, data, fua, Math.max(this.#completedSeq, this.#lastResyncSeq));
+      const req = this.#request(kind, seq, offset, length, data, fua, Math.max(barrier, this.#lastResyncSeq));
       req.owned = transfer;
       req.uncovered = true;
       covering = false;
@@ -545,8 +578,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const last = this.#bitmap.regionIndex(offset + length - 1);
     const now = this.#link.clock.now();
     for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
-      this.#uncovered.set(i, (this.#uncovered.get(i) ?? 0) + 1);
-      this.#lastWritten.set(i, now);
+      const r = this.#regions.get(i);
+      if (r === undefined) this.#regions.set(i, { uncovered: 1, lastWritten: now });
+      else {
+        r.uncovered++;
+        r.lastWritten = now;
+      }
     }
   }
 
@@ -555,13 +592,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (length === 0) return;
     const last = this.#bitmap.regionIndex(offset + length - 1);
     for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
-      const n = (this.#uncovered.get(i) ?? 1) - 1;
-      if (n > 0) this.#uncovered.set(i, n);
-      else {
-        this.#uncovered.delete(i);
-        // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
-        if (this.#unacked === 0) this.#cleanRegion(i);
-        else this.#cleanable.add(i);
+      const r = this.#regions.get(i);
+      if (r === undefined || --r.uncovered > 0) continue;
+      // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
+      if (this.#unacked === 0) {
+        this.#regions.delete(i);
+        this.#cleanRegion(i);
       }
     }
   }
@@ -572,28 +608,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * them does not wait for a bitmap write each time they were cleaned).
    */
   #sweepRegions(hold: number): void {
-    if (this.#cleanable.size === 0) return;
+    if (this.#regions.size === 0) return;
     const now = this.#link.clock.now();
-    for (const i of this.#cleanable) {
-      if (this.#uncovered.has(i)) {
-        this.#cleanable.delete(i);
-        continue;
-      }
-      if (now - (this.#lastWritten.get(i) ?? 0) < hold) continue;
-      this.#cleanable.delete(i);
-      this.#lastWritten.delete(i);
+    for (const [i, r] of this.#regions) {
+      if (r.uncovered > 0 || now - r.lastWritten < hold) continue;
+      this.#regions.delete(i);
       this.#cleanRegion(i);
     }
   }
 
-  /** Covered regions whose bit waits for {@link #sweepRegions}. */
-  readonly #cleanable = new Set<number>();
-  /** Clock time of the last write to a region (for the sweep). */
-  readonly #lastWritten = new Map<number, number>();
-
   /** Clears region `index`'s write-intent bit when no write to it is uncovered and no resync needs it. */
   #cleanRegion(index: number): void {
-    if (this.#closed || this.#uncovered.has(index) || this.#needs.isDirty(index)) return;
+    if (this.#closed || (this.#regions.get(index)?.uncovered ?? 0) > 0 || this.#needs.isDirty(index)) return;
     this.#bitmap.clearRegion(index);
   }
 
@@ -613,16 +639,22 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The local write of `req` completed (with `fua`: durably). */
   #localDone(req: MirrorRequest, fua: boolean): void {
-    if (fua) req.localDurable = true;
-    else if (!req.localDurable) this.#localPending.add(req);
+    if (fua || !this.#bitmapDurable) req.localDurable = true;
+    else if (!req.localDurable) this.#localPending.push(req);
   }
 
   /** Flushes the local device; requests whose local write completed before are then locally durable. */
   async #flushLocal(): Promise<void> {
-    const batch = [...this.#localPending];
-    await this.device.flush();
+    const batch = this.#localPending;
+    this.#localPending = [];
+    try {
+      await this.device.flush();
+    } catch (error) {
+      // not durable after all: the next flush tries again
+      this.#localPending = batch.concat(this.#localPending);
+      throw error;
+    }
     for (const req of batch) {
-      this.#localPending.delete(req);
       req.localDurable = true;
       this.#covered(req);
     }
@@ -1153,15 +1185,28 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * Async back-pressure: while the link is up and more than `maxAsyncLag`
-   * bytes wait for the target, a new write waits (resolves undefined when it
-   * need not). While the link is down writes never wait: the journal (then the
-   * bitmap) absorbs them.
+   * Async back-pressure: admits a write of `bytes` into the lag (the bytes
+   * written locally and not yet acknowledged by the target) at once, or
+   * returns a promise that resolves once it is admitted. While the link is up
+   * the lag stays within `maxAsyncLag` (a larger write waits for an empty
+   * lag); waiting writes are admitted one by one in arrival order as room
+   * frees up, each counted at once, so a wake-up never lets a crowd past the
+   * limit (with the default limits the async backlog then fits the payload
+   * budget, and nothing is spilled to the journal only to be read back).
+   * While the link is down writes never wait: the journal (then the bitmap)
+   * absorbs them.
    */
-  #lagGate(): Promise<void> | undefined {
+  #lagGate(bytes: number): Promise<void> | undefined {
+    if (this.#lagWaiters.length === 0 && this.#lagRoom(bytes)) {
+      this.#lagBytes += bytes;
+      return undefined;
+    }
+    return new Promise<void>((resolve) => this.#lagWaiters.push({ bytes, admit: resolve }));
+  }
+
+  #lagRoom(bytes: number): boolean {
     const limit = this.#link.maxAsyncLag;
-    if (limit === 0 || this.#lagBytes < limit || !this.#link.up || this.#closed) return undefined;
-    return new Promise<void>((resolve) => this.#lagWaiters.push(resolve)).then(() => this.#lagGate());
+    return limit === 0 || !this.#link.up || this.#closed || this.#lagBytes === 0 || this.#lagBytes + bytes <= limit;
   }
 
   #returnLag(bytes: number): void {
@@ -1170,11 +1215,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #openLagGate(): void {
-    if (this.#lagWaiters.length === 0) return;
-    if (this.#lagBytes >= this.#link.maxAsyncLag && this.#link.up && !this.#closed) return;
-    const waiters = this.#lagWaiters;
-    this.#lagWaiters = [];
-    for (const w of waiters) w();
+    while (this.#lagWaiters.length > 0 && this.#lagRoom(this.#lagWaiters[0]!.bytes)) {
+      const w = this.#lagWaiters.shift()!;
+      this.#lagBytes += w.bytes;
+      w.admit();
+    }
   }
 
   #updateState(): void {
@@ -1256,7 +1301,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   makeDurable(): Promise<void> {
     this.#sweepRegions(REGION_HOLD_MS);
-    if (this.#localPending.size > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
+    if (this.#localPending.length > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
     if (this.#closed || this.#requests.size === 0) return Promise.resolve();
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
     const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
@@ -1390,6 +1435,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   useBitmap(bitmap: DirtyBitmap): number {
     this.#bitmap = bitmap;
+    this.#bitmapDurable = true;
     const dirty = this.#needs.merge(bitmap);
     if (dirty > 0) this.#updateState();
     return dirty;
@@ -1509,6 +1555,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 }
 
 const noRelease = (): void => undefined;
+
+/** A region written lately (see `PrimaryVolume.#regions`). */
+interface RegionUse {
+  /** Writes to it not covered yet. */
+  uncovered: number;
+  /** Clock time of its last write. */
+  lastWritten: number;
+}
 
 function closedError(name: string): BlockMirrorError {
   return new BlockMirrorError('BM_ERR_CLOSED', `volume ${name} is closed`);

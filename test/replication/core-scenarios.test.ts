@@ -14,6 +14,7 @@ import { createMirrorTarget, type MirrorTarget } from '../../src/replication/mir
 import { createPrimary, Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import type { BlockDevice, WriteOptions } from '../../src/device/block-device.js';
 import { MemoryJournal } from '../../src/journal/memory-journal.js';
+import { MemoryDirtyBitmap } from '../../src/resync/dirty-bitmap.js';
 import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from '../../src/journal/journal.js';
 import { newStreamId } from '../../src/replication/stream-file.js';
 import { MemoryApplyStateStore, type ApplyState } from '../../src/replication/apply-state.js';
@@ -455,7 +456,10 @@ async function primaryWithJournal(network: MemoryNetwork, t: MirrorTarget, devic
     ...LINK,
     ...extra,
   });
-  await p.volume('v').useJournal(journal, { id: newStreamId(), reserved: 0, continued: false }, async () => undefined, true);
+  const v = p.volume('v');
+  await v.useJournal(journal, { id: newStreamId(), reserved: 0, continued: false }, async () => undefined, true);
+  // as with a journal directory: the write-intent bitmap survives a crash (so its bits wait for the primary's own flush)
+  v.useBitmap(new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: 64 * 1024 }));
   await p.start(true);
   return p;
 }

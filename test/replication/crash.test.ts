@@ -17,7 +17,7 @@ test('SPEC 16/19: kill -9 of the primary mid-workload; the restarted primary rep
   const dir = await mkdtemp(join(tmpdir(), 'bm-crash-'));
   // a slow target so that the journal holds a backlog when the primary dies
   const slow = new FaultyBlockDevice(new MemoryBlockDevice(4 << 20, { blockSize: 512 }));
-  slow.addFault({ op: 'write', latencyMs: 2 });
+  slow.addFault({ op: 'write', latencyMs: 5 });
   const target = await createMirrorTarget({ listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'v', device: slow }] });
   const acked: number[] = [];
   try {

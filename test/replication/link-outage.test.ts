@@ -156,3 +156,30 @@ test('a restarted primary (same node id) takes over its volumes at once, even wh
     await target.close();
   }
 });
+
+test('a target keeps answering a restarted primary after a late heartbeat of its previous run (UDP reordering)', async () => {
+  const network = new MemoryNetwork();
+  const target = await createMirrorTarget({ transport: network.transport({ host: '10.3.0.2' }), listen: { host: '10.3.0.2', port: 0 }, secret: 's', volumes: [{ name: 'v', device: new MemoryBlockDevice(1 << 20, { blockSize: 512 }) }], ...LINK });
+  // a primary with no connection to the target (the target restarted): only its heartbeats reach it
+  const channel = await network.transport({ host: '10.3.0.1' }).bindDatagram!({ host: '10.3.0.1', port: 0 });
+  let answers = 0;
+  channel.on('message', () => answers++);
+  const send = async (session: string, seq: number): Promise<number> => {
+    const before = answers;
+    channel.send(encodeHeartbeat({ node: 'p', session, seq, time: 0, status: 'down' }, Buffer.from('s')), target.address);
+    // an answer, if any, comes back within a few turns of the memory network
+    for (let i = 0; i < 50 && answers === before; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+    return answers - before;
+  };
+  try {
+    assert.equal(await send('new-run', 1), 1);
+    // a datagram of the previous run (sent before this target started), delayed in the network, arrives after the new run's first one
+    await send('old-run', 8);
+    assert.equal(await send('new-run', 2), 1, 'the new run is still answered');
+    assert.equal(await send('new-run', 3), 1);
+    assert.equal(await send('new-run', 2), 0, 'a replay of the current run is not');
+  } finally {
+    await channel.close();
+    await target.close();
+  }
+});

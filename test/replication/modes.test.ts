@@ -3,6 +3,7 @@ import { onceEvent as once } from '../helpers/events.js';
 import assert from 'node:assert/strict';
 
 import { MemoryBlockDevice } from '../../src/device/memory-device.js';
+import type { BlockDevice, WriteOptions } from '../../src/device/block-device.js';
 import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
@@ -197,7 +198,7 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
     held.hold();
     let resolved = 0;
     const writes = Array.from({ length: 32 }, (_, i) => pair.primary.volume('v').write(i * 4 * KiB, Buffer.alloc(4 * KiB, i + 1)).then(() => resolved++));
-    // the target applies async writes strictly in order: one reaches the held device, the others queue behind it
+    // the target's device holds every write that reaches it: no acknowledgement comes back
     await once(held, 'held');
     for (let i = 0; i < 200 && resolved < 16; i++) await turn();
     for (let i = 0; i < 20; i++) await turn();
@@ -216,6 +217,83 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
     assert.equal(await imagesEqual(pair, 'v'), true);
   } finally {
     held.release();
+    await pair.close();
+  }
+});
+
+/** A target device whose writes wait until the test lets them through, one at a time. */
+class SteppedDevice implements BlockDevice {
+  readonly inner = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  readonly #held: Array<() => void> = [];
+  get size(): number {
+    return this.inner.size;
+  }
+  get blockSize(): number {
+    return this.inner.blockSize;
+  }
+  get supports(): BlockDevice['supports'] {
+    return this.inner.supports;
+  }
+  get held(): number {
+    return this.#held.length;
+  }
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.inner.read(offset, length);
+  }
+  async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+    await new Promise<void>((resolve) => this.#held.push(resolve));
+    await this.inner.write(offset, data, options);
+  }
+  /** Lets the oldest held write through. */
+  step(): void {
+    this.#held.shift()?.();
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+test('async back-pressure admits waiting writes one by one as acknowledgements free room: the lag never exceeds maxAsyncLag', async () => {
+  const stepped = new SteppedDevice();
+  const network = new MemoryNetwork();
+  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: stepped }], {
+    target: { transport: network.transport({ host: '10.9.2.2' }), listen: { host: '10.9.2.2', port: 0 }, heartbeats: false },
+    primary: { transport: network.transport({ host: '10.9.2.1' }), maxAsyncLag: 16 * KiB, heartbeats: false },
+  });
+  try {
+    const v = pair.primary.volume('v');
+    let resolved = 0;
+    const writes = Array.from({ length: 32 }, (_, i) => v.write(i * 4 * KiB, Buffer.alloc(4 * KiB, i + 1)).then(() => resolved++));
+    const settle = async (): Promise<void> => {
+      for (let i = 0; i < 20; i++) await turn();
+    };
+    await settle();
+    assert.equal(resolved, 4, '16 KiB of 4 KiB writes admitted');
+    assert.equal(stepped.held, 4, 'concurrent writes all reach the target (no order among them)');
+    // each acknowledgement frees room for exactly one more write
+    for (let acked = 1; acked <= 28; acked++) {
+      stepped.step();
+      await settle();
+      assert.equal(resolved, 4 + acked, `after ${acked} acknowledgement(s)`);
+      assert.ok(v.status().pendingBytes <= 16 * KiB, `at most maxAsyncLag bytes wait for the target (${v.status().pendingBytes})`);
+    }
+    while (stepped.held > 0 || resolved < 32) {
+      stepped.step();
+      await turn();
+    }
+    await Promise.all(writes);
+    const drained = pair.primary.drain();
+    while (!v.idle) {
+      stepped.step();
+      await turn();
+    }
+    await drained;
+    assert.equal(await imagesEqual(pair, 'v'), true);
+  } finally {
+    while (stepped.held > 0) stepped.step();
     await pair.close();
   }
 });

@@ -75,6 +75,12 @@ export interface SimConfig {
   maxWriteBlocks: number;
   /** User requests in flight at most. */
   concurrency: number;
+  /**
+   * The workload issues requests in bursts (up to `concurrency` in one tick)
+   * instead of one per tick: writes then overlap in time, so that the target
+   * may apply them in any order happens-before allows.
+   */
+  burst: boolean;
   /** Virtual ms the pair gets, after the faults heal, to reach in-sync. */
   livenessTimeout: number;
   /** Fault kinds enabled. */
@@ -104,10 +110,12 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     concurrency: rng.int(1, 8),
     livenessTimeout: 60_000,
     maxPayload: 8 * 1024 * 1024,
+    burst: false,
     faults: new Set(ALL_FAULTS),
   };
   // drawn from a stream of its own, so that the schedules of earlier seeds stay as they were
   if (rng.fork('payload').chance(0.5)) config.maxPayload = config.regionSize;
+  config.burst = rng.fork('burst').chance(0.5);
   return { ...config, ...overrides };
 }
 
@@ -129,6 +137,7 @@ export function describeConfig(c: SimConfig): string {
     `steps=${c.steps}`,
     `maxWrite=${c.maxWriteBlocks}`,
     `concurrency=${c.concurrency}`,
+    `burst=${c.burst}`,
     `faults=${[...c.faults].join(',')}`,
   ].join(' ');
 }

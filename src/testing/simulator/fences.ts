@@ -41,6 +41,9 @@ export class JournalView implements Journal, Revocable {
   #revoked = false;
   #closed = false;
 
+  /** Told of every append the running incarnation makes (the simulator learns which seq a request took). */
+  onAppend: ((entry: JournalEntry) => void) | undefined;
+
   constructor(journal: Journal) {
     this.#journal = journal;
   }
@@ -53,6 +56,7 @@ export class JournalView implements Journal, Revocable {
   append(entry: JournalEntry): Promise<void> {
     if (this.#revoked) return frozen();
     if (this.#closed) return Promise.reject(new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed'));
+    this.onAppend?.(entry);
     return this.#journal.append(entry).then(
       () => (this.#revoked ? frozen<void>() : undefined),
       (error: unknown) => (this.#revoked ? frozen<void>() : Promise.reject(error)),

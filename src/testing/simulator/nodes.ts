@@ -9,6 +9,7 @@
 import type { Clock } from '../../clock.js';
 import { CrashableMemoryDevice, type DeviceSession } from '../../device/crashable-memory-device.js';
 import { MemoryJournal } from '../../journal/memory-journal.js';
+import type { JournalEntry } from '../../journal/journal.js';
 import { MemoryGenerationStore } from '../../replication/generation.js';
 import { MemoryApplyStateStore, type ApplyState } from '../../replication/apply-state.js';
 import { MemoryStreamStore, type StreamState } from '../../replication/stream-file.js';
@@ -76,6 +77,8 @@ export class PrimaryNode {
   incarnation = 0;
   readonly #views: Revocable[] = [];
   #transport: TransportView | undefined;
+  /** Told of every journal append of a running incarnation, with its volume. */
+  onJournalAppend: ((volume: string, entry: JournalEntry) => void) | undefined;
 
   constructor(ctx: NodeContext) {
     this.ctx = ctx;
@@ -144,6 +147,7 @@ export class PrimaryNode {
     for (const [name, disk] of this.disks) {
       const volume = primary.volume(name);
       const journal = new JournalView(disk.journal);
+      journal.onAppend = (entry) => this.onJournalAppend?.(name, entry);
       const bitmap = bitmapView(disk.bitmap);
       this.#views.push(journal, bitmap);
       const streamStore = new StoreView<StreamState>(disk.stream);

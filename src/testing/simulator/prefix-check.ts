@@ -1,6 +1,8 @@
 /**
- * Prefix consistency (invariant I4): is an image equal to a base image with
- * the first k writes of a history applied, for some k?
+ * What a mirror image may hold of a primary's write history (invariant I4):
+ * {@link consistentCut} (async volumes: a set of writes closed under
+ * happens-before) and {@link prefixPoint} (a strict prefix in seq order, for
+ * histories that are totally ordered).
  *
  * @module
  */
@@ -87,6 +89,160 @@ export function prefixPoint(base: Buffer, image: Buffer, history: readonly Histo
     if (allowed.length === 0) return { ok: false, block: b };
   }
   return { ok: true, seq: allowed[0]![0] };
+}
+
+/**
+ * One write (or zeroing, `data` undefined) of a replication history, with
+ * what the caller saw of it: when it was issued and when it completed, on one
+ * logical clock (a counter the observer increments at every issue and every
+ * completion it sees).
+ */
+export interface ObservedWrite {
+  /** The primary's order among overlapping writes (its sequence number; parts of one operation may share it). */
+  seq: number;
+  offset: number;
+  length: number;
+  data: Buffer | undefined;
+  /** Logical time the caller issued the operation. */
+  issued: number;
+  /** Logical time the caller saw it complete. */
+  completed: number;
+  /** Operation it is a part of, and its index there: parts of one operation are ordered by `part`. */
+  op?: number;
+  part?: number;
+}
+
+/** Result of {@link consistentCut}. */
+export interface CutResult {
+  /** True when a set of writes closed under happens-before explains the image. */
+  ok: boolean;
+  /** When ok: the smallest such set, as indexes into the history. */
+  applied?: number[];
+  /** When not ok: a block that no such set explains together with the others. */
+  block?: number;
+  /** When not ok and known: index of a write that the image's other blocks require (happens-before) but `block` does not show. */
+  missing?: number;
+}
+
+/**
+ * Crash consistency under concurrency (invariant I4 for async volumes): is
+ * `image` equal to `base` with a set S of the writes of `history` applied,
+ * where S is closed under happens-before? Write a happens before write b when
+ *
+ * - a completed before b was issued (`a.completed < b.issued`);
+ * - they overlap (share a block) and a comes first in the primary's order
+ *   (`a.seq < b.seq`, or the same seq and `a.part < b.part`);
+ * - they are parts of one operation and a is the earlier part;
+ *
+ * and transitively. Overlapping writes of S are applied in the primary's
+ * order, so each block shows the last write of S that covers it (or `base`).
+ * Writes that were concurrent (neither happens before the other) may be
+ * present in any combination: that is what a disk that acknowledged neither
+ * yet may show after a crash. A write in S whose happens-before predecessor
+ * is missing, or an overlapping write present over a later one, is refused.
+ *
+ * Per block the writes covering it are totally ordered, so S holds a prefix of
+ * them; the check raises each block's prefix only as far as the image and
+ * the closure force it, starting from the shortest prefixes the image allows.
+ * The fixpoint is the smallest closed set that could explain the image, and
+ * it explains it exactly when any closed set does. Partial-block writes never
+ * match (their block value is not modelled).
+ */
+export function consistentCut(base: Buffer, image: Buffer, history: readonly ObservedWrite[], blockSize: number): CutResult {
+  const n = history.length;
+  // per block: indexes of the writes covering it, in the primary's order
+  const perBlock = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) {
+    const w = history[i]!;
+    if (w.length <= 0) continue;
+    const first = Math.floor(w.offset / blockSize);
+    const last = Math.floor((w.offset + w.length - 1) / blockSize);
+    for (let b = first; b <= last; b++) {
+      let list = perBlock.get(b);
+      if (list === undefined) perBlock.set(b, (list = []));
+      list.push(i);
+    }
+  }
+  const before = (a: number, b: number): number => history[a]!.seq - history[b]!.seq || (history[a]!.part ?? 0) - (history[b]!.part ?? 0);
+  // position (1-based) of each write in the list of each block it covers
+  const positions: Array<Array<[block: number, pos: number]>> = Array.from({ length: n }, () => []);
+  // per block: for each prefix length m (0…k), whether it gives the image's value
+  const allowed = new Map<number, boolean[]>();
+  const blocks = image.length / blockSize;
+  for (let b = 0; b < blocks; b++) {
+    const start = b * blockSize;
+    const got = image.subarray(start, start + blockSize);
+    const list = perBlock.get(b);
+    if (list === undefined) {
+      if (!got.equals(base.subarray(start, start + blockSize))) return { ok: false, block: b };
+      continue;
+    }
+    list.sort(before);
+    const ok: boolean[] = [got.equals(base.subarray(start, start + blockSize))];
+    for (let p = 0; p < list.length; p++) {
+      positions[list[p]!]!.push([b, p + 1]);
+      const value = blockOf(history[list[p]!]!, start, blockSize);
+      ok.push(value !== undefined && got.equals(value));
+    }
+    allowed.set(b, ok);
+  }
+  // the previous part of each part of an operation
+  const previousPart = new Array<number>(n).fill(-1);
+  const parts = new Map<number, number[]>();
+  for (let i = 0; i < n; i++) {
+    const op = history[i]!.op;
+    if (op === undefined) continue;
+    let list = parts.get(op);
+    if (list === undefined) parts.set(op, (list = []));
+    list.push(i);
+  }
+  for (const list of parts.values()) {
+    list.sort((a, b) => (history[a]!.part ?? 0) - (history[b]!.part ?? 0));
+    for (let k = 1; k < list.length; k++) previousPart[list[k]!] = list[k - 1]!;
+  }
+  const byCompletion = [...history.keys()].sort((a, b) => history[a]!.completed - history[b]!.completed);
+
+  const inSet = new Array<boolean>(n).fill(false);
+  const work: number[] = [];
+  const add = (i: number): void => {
+    if (inSet[i]) return;
+    inSet[i] = true;
+    work.push(i);
+  };
+  // prefix length per block: the shortest the image allows, raised when the closure demands
+  const prefix = new Map<number, number>();
+  /** Raises block `b`'s prefix to the shortest length ≥ `pos` the image allows (false if none), adding the writes it takes in. */
+  const raise = (b: number, pos: number): boolean => {
+    const from = prefix.get(b);
+    if (from !== undefined && pos <= from) return true;
+    const ok = allowed.get(b)!;
+    let m = pos;
+    while (m < ok.length && !ok[m]) m++;
+    if (m >= ok.length) return false;
+    prefix.set(b, m);
+    const list = perBlock.get(b)!;
+    for (let p = from ?? 0; p < m; p++) add(list[p]!);
+    return true;
+  };
+  for (const b of allowed.keys()) if (!raise(b, 0)) return { ok: false, block: b };
+  let latestIssue = Number.NEGATIVE_INFINITY;
+  let completedUpTo = 0;
+  while (work.length > 0) {
+    const i = work.pop()!;
+    const w = history[i]!;
+    if (w.issued > latestIssue) {
+      latestIssue = w.issued;
+      // every write that completed before this one was issued
+      while (completedUpTo < n && history[byCompletion[completedUpTo]!]!.completed < latestIssue) add(byCompletion[completedUpTo++]!);
+    }
+    if (previousPart[i]! >= 0) add(previousPart[i]!);
+    for (const [b, pos] of positions[i]!) {
+      if (!raise(b, pos)) return { ok: false, block: b, missing: i };
+    }
+  }
+  const applied: number[] = [];
+  for (let i = 0; i < n; i++) if (inSet[i]) applied.push(i);
+  return { ok: true, applied };
 }
 
 const ZERO_BLOCKS = new Map<number, Buffer>();

@@ -13,7 +13,8 @@ import type { PrimaryVolume, WriteResult } from '../../replication/primary-volum
 import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
 import { describeConfig, drawConfig, type FaultKind, type SimConfig, type SimVolumeConfig } from './config.js';
 import { PRIMARY_HOST, PrimaryNode, TARGET_HOST, TargetNode, type StopKind } from './nodes.js';
-import { prefixPoint, type HistoryWrite } from './prefix-check.js';
+import type { JournalEntry } from '../../journal/journal.js';
+import { consistentCut, prefixPoint, type ObservedWrite } from './prefix-check.js';
 import { Rng } from './rng.js';
 import { VirtualTime } from './virtual-time.js';
 
@@ -22,7 +23,7 @@ export type InvariantId =
   | 'I1-sync-ack-on-target'
   | 'I2-acked-write-lost'
   | 'I3-in-sync-images-differ'
-  | 'I4-async-prefix'
+  | 'I4-async-consistency'
   | 'I5-refused-peer-changed-target'
   | 'I7-memory-budget'
   | 'I9-seq-reused'
@@ -76,6 +77,10 @@ interface OpRecord {
   incarnation: number;
   /** Target power losses seen when it was issued. */
   targetLosses: number;
+  /** Logical time (see `Simulation.#tick`) it was issued. */
+  issued: number;
+  /** Async: the seq each part took, as seen in the primary's journal appends (index = part). */
+  seqs: number[];
   pv: PrimaryVolume;
   done: boolean;
 }
@@ -83,7 +88,10 @@ interface OpRecord {
 interface Epoch {
   base: Buffer;
   fromSeq: number;
-  history: HistoryWrite[];
+  /** Async writes completed since the epoch began, with when the caller issued them and saw them complete. */
+  history: ObservedWrite[];
+  /** What the last I4 check of the epoch saw (target device counters, history length). */
+  checked?: string;
 }
 
 /** The command line that replays `seed` (with non-default fault kinds, if any). */
@@ -121,6 +129,8 @@ export class Simulation {
   readonly #epochs = new Map<string, Epoch | undefined>();
   readonly #timers = new Set<unknown>();
   #nextOp = 1;
+  /** Logical clock of the workload: +1 at every issue and every completion the simulator sees. */
+  #tick = 0;
   #issued = 0;
   #completed = 0;
   #paused = false;
@@ -145,6 +155,7 @@ export class Simulation {
     this.network.on('link', (link) => this.#onLink(link));
     const ctx = { config: this.config, clock: this.vt, network: this.network, rng: rng.fork('nodes'), latency: () => dev.int(0, 2) };
     this.primaryNode = new PrimaryNode(ctx);
+    this.primaryNode.onJournalAppend = (volume, entry) => this.#onAppend(volume, entry);
     this.targetNode = new TargetNode(ctx);
   }
 
@@ -344,15 +355,19 @@ export class Simulation {
   #scheduleWorkload(): void {
     const tick = (): void => {
       if (this.#stopped) return;
+      // I4 between steps too: transient target images (concurrent applies) are seen
+      for (const v of this.config.volumes) if (v.mode === 'async') this.#checkAsyncOrder(v.name, this.primaryNode.primary?.volume(v.name).state);
       this.#issue();
+      if (this.config.burst) while (this.#issue());
       this.vt.setTimeout(tick, this.#work.int(1, 25));
     };
     this.vt.setTimeout(tick, 1);
   }
 
-  #issue(): void {
+  /** Issues one request; false when none may be issued now. */
+  #issue(): boolean {
     const primary = this.primaryNode.primary;
-    if (this.#paused || this.#stopped || primary === undefined || this.#inflight.size >= this.config.concurrency) return;
+    if (this.#paused || this.#stopped || primary === undefined || this.#inflight.size >= this.config.concurrency) return false;
     const vcfg = this.#work.pick(this.config.volumes);
     const pv = primary.volume(vcfg.name);
     const kind = this.#work.weighted({ write: 10, zero: 1, flush: 1 });
@@ -372,6 +387,8 @@ export class Simulation {
       fua,
       incarnation: this.primaryNode.incarnation,
       targetLosses: this.#targetLosses,
+      issued: ++this.#tick,
+      seqs: [],
       pv,
       done: false,
     };
@@ -383,11 +400,13 @@ export class Simulation {
       (r) => this.#onResult(op, r),
       (error: unknown) => this.#onResult(op, undefined, error),
     );
+    return true;
   }
 
   #onResult(op: OpRecord, r: WriteResult | undefined, error?: unknown): void {
     if (op.done) return;
     op.done = true;
+    const completed = ++this.#tick;
     this.#inflight.delete(op);
     this.#completed++;
     const what = `op#${op.id} ${op.volume} ${op.kind}${op.fua ? '+fua' : ''} @${op.offset}+${op.length}`;
@@ -413,27 +432,56 @@ export class Simulation {
     if (mode === 'async') {
       if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
       else {
-        const parts = this.#parts(op, r.partSeqs ?? [r.seq]);
-        if (parts === undefined) this.#invalidate(op.volume, 'a part of a split write took no seq');
-        else this.#epochs.get(op.volume)?.history.push(...parts);
+        const seqs = r.partSeqs ?? [r.seq];
+        if (seqs.length !== Math.ceil(op.length / this.#partLength(op))) this.#invalidate(op.volume, 'a part of a split write took no seq');
+        else this.#epochs.get(op.volume)?.history.push(...this.#parts(op, seqs, completed));
       }
     }
   }
 
+  /** Length of each part of a write of `op` (the payload limit, whole blocks); a zero is one request. */
+  #partLength(op: OpRecord): number {
+    return op.data === undefined ? op.length : Math.floor(this.config.maxPayload / this.config.blockSize) * this.config.blockSize;
+  }
+
   /**
-   * The requests one write went as: parts of at most the payload limit,
-   * numbered `seqs` (not consecutive: concurrent writes take seqs between
-   * two parts). Undefined when some part took no seq.
+   * An async request took its seq: the primary journals it at once, before it
+   * can reach the target. A write part is known by the op id at the start of
+   * its payload (see {@link pattern}), a zero by its range (the oldest op of
+   * that range without a seq: zeroes of one range are serialised in issue
+   * order). This is how the check knows the seqs of a write still in progress.
    */
-  #parts(op: OpRecord, seqs: readonly number[]): HistoryWrite[] | undefined {
-    const part = op.data === undefined ? op.length : Math.floor(this.config.maxPayload / this.config.blockSize) * this.config.blockSize;
+  #onAppend(volume: string, entry: JournalEntry): void {
+    if (this.#mode(volume) !== 'async') return;
+    let op: OpRecord | undefined;
+    for (const o of this.#inflight) {
+      if (o.volume !== volume) continue;
+      if (entry.kind === 'zero' ? o.kind === 'zero' && o.offset === entry.offset && o.length === entry.length && o.seqs.length === 0 : o.kind === 'write' && o.id === entry.data.readUInt32LE(0)) {
+        op = o;
+        break;
+      }
+    }
+    if (op === undefined) return;
+    const part = (entry.offset - op.offset) / this.#partLength(op);
+    if (Number.isInteger(part)) op.seqs[part] = entry.seq;
+  }
+
+  /**
+   * The requests one write went as: parts of at most the payload limit, in
+   * order (`part`), part i numbered `seqs[i]` (not consecutive: concurrent
+   * writes take seqs between two parts); a part without a seq never left the
+   * primary and is left out.
+   */
+  #parts(op: OpRecord, seqs: readonly (number | undefined)[], completed: number): ObservedWrite[] {
+    const part = this.#partLength(op);
     const count = Math.ceil(op.length / part);
-    if (seqs.length !== count) return undefined;
-    const out: HistoryWrite[] = [];
+    const out: ObservedWrite[] = [];
     for (let i = 0; i < count; i++) {
+      const seq = seqs[i];
+      if (seq === undefined) continue;
       const at = i * part;
       const length = Math.min(part, op.length - at);
-      out.push({ seq: seqs[i]!, offset: op.offset + at, length, data: op.data?.subarray(at, at + length) });
+      out.push({ seq, op: op.id, part: i, offset: op.offset + at, length, data: op.data?.subarray(at, at + length), issued: op.issued, completed });
     }
     return out;
   }
@@ -585,28 +633,13 @@ export class Simulation {
 
   // ---- checks ----------------------------------------------------------------
 
-  /** Checks that need no quiescence: I4 (async prefix) and I7 (memory). */
+  /** Checks that need no quiescence: I4 (async: writes closed under happens-before) and I7 (memory). */
   #checkDuring(): void {
     const primary = this.primaryNode.primary;
     for (const v of this.config.volumes) {
       const state = primary?.volume(v.name).state;
       if (state === 'needs-resync' || state === 'inconsistent' || state === 'split-brain') this.#invalidate(v.name, state);
-      const epoch = this.#epochs.get(v.name);
-      // a write still in progress may already be (partly) on the target: its seqs are not in the history yet
-      const writing = [...this.#inflight].some((op) => op.volume === v.name && op.kind !== 'flush');
-      if (v.mode === 'async' && epoch !== undefined && !writing) {
-        const image = this.targetNode.disks.get(v.name)!.device.peek();
-        const r = prefixPoint(epoch.base, image, epoch.history, this.config.blockSize, epoch.fromSeq);
-        if (!r.ok) {
-          const bs = this.config.blockSize;
-          const at = (buf: Buffer): string => `op#${buf.readUInt32LE(r.block! * bs)}`;
-          this.#violate(
-            'I4-async-prefix',
-            `target image of ${v.name} is no prefix of the primary's history after seq ${epoch.fromSeq} (block ${r.block}: target ${at(image)}, base ${at(epoch.base)}; state ${state ?? 'primary down'})`,
-          );
-          this.#invalidate(v.name, 'I4 broken');
-        }
-      }
+      if (v.mode === 'async') this.#checkAsyncOrder(v.name, state);
     }
     if (primary !== undefined) {
       const c = this.config;
@@ -618,6 +651,38 @@ export class Simulation {
         this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + requests in flight) ${JSON.stringify(primary.volumes.map((v) => v.describeHeld()))}`);
       }
     }
+  }
+
+  /**
+   * I4 for an async volume: the target image is the epoch's base with a set
+   * of the primary's writes closed under happens-before. Writes still in
+   * progress count with the parts that took a seq (they may be on the target
+   * already), as never completed.
+   */
+  #checkAsyncOrder(volume: string, state: string | undefined): void {
+    const epoch = this.#epochs.get(volume);
+    if (epoch === undefined) return;
+    const history = [...epoch.history];
+    for (const op of this.#inflight) if (op.volume === volume && op.kind !== 'flush') history.push(...this.#parts(op, op.seqs, Number.POSITIVE_INFINITY));
+    const device = this.targetNode.disks.get(volume)!.device;
+    // nothing changed since the last check of this epoch: same answer
+    const key = `${device.stats.writes}/${device.stats.trims}/${device.stats.crashes}/${history.length}`;
+    if (epoch.checked === key) return;
+    epoch.checked = key;
+    const image = device.peek();
+    const r0 = consistentCut(epoch.base, image, history, this.config.blockSize);
+    const strict = prefixPoint(epoch.base, image, history, this.config.blockSize, epoch.fromSeq);
+    if (r0.ok && !strict.ok) this.#log('RELAXED: image is no strict prefix but a consistent cut');
+    const r = r0;
+    if (r.ok) return;
+    const bs = this.config.blockSize;
+    const at = (buf: Buffer): string => `op#${buf.readUInt32LE(r.block! * bs)}`;
+    const missing = r.missing === undefined ? '' : `, op#${history[r.missing]!.op} must be there by happens-before and is not`;
+    this.#violate(
+      'I4-async-consistency',
+      `target image of ${volume} is not the primary's writes since seq ${epoch.fromSeq} closed under happens-before (block ${r.block}: target ${at(image)}, base ${at(epoch.base)}${missing}; state ${state ?? 'primary down'})`,
+    );
+    this.#invalidate(volume, 'I4 broken');
   }
 
   /** Pauses the workload until no request is in flight, then checks I3 and restarts the async prefix check. */
