@@ -18,3 +18,7 @@ export { PrimaryNode, TargetNode, SIM_TIMERS, PRIMARY_HOST, TARGET_HOST, TARGET_
 export type { StopKind, NodeContext, PrimaryVolumeDisk, TargetVolumeDisk } from './nodes.js';
 export { JournalView, GenerationStoreView, StoreView, TransportView, bitmapView, frozen } from './fences.js';
 export type { Revocable } from './fences.js';
+export { CycleSimulation, simulateCycle, drawCycleConfig, cycleReplayCommand, ALL_CYCLE_FAULTS } from './cycle-simulation.js';
+export type { CycleSimConfig, CycleFaultKind, CycleSimulationOptions } from './cycle-simulation.js';
+export { MemoryFileSystem, MemoryFileSystemView } from './memory-fs.js';
+export type { MemoryFileSystemOptions } from './memory-fs.js';

@@ -24,6 +24,8 @@ export type InvariantId =
   | 'I3-in-sync-images-differ'
   | 'I4-async-prefix'
   | 'I5-refused-peer-changed-target'
+  | 'I6-cycle-target-freeze'
+  | 'I6-cycle-source-freeze'
   | 'I7-memory-budget'
   | 'I9-seq-reused'
   | 'liveness'
@@ -54,7 +56,7 @@ export interface SimulationResult {
   /** The schedule and what happened, one line per event (identical for identical seeds). */
   trace: string[];
   /** Fault kinds injected during the schedule. */
-  faultsInjected: FaultKind[];
+  faultsInjected: string[];
   /** Virtual milliseconds simulated. */
   virtualTime: number;
   /** User requests issued / completed. */
