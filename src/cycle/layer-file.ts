@@ -172,7 +172,11 @@ export class LayerFile {
       }
       const recordsEnd = MAP_HEADER_BYTES + Math.ceil(Math.max(0, size - MAP_HEADER_BYTES) / MAP_RECORD_BYTES) * MAP_RECORD_BYTES;
       data = await fs.openDevice(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false });
-      return new LayerFile(fs, n, table, data, map, recordsEnd, lineage, paths);
+      const layer = new LayerFile(fs, n, table, data, map, recordsEnd, lineage, paths);
+      // the process that wrote it may have died before syncing: its writes survive in the page
+      // cache only, and the first sync (a seal, a flush) must make them durable too
+      layer.#unsynced = true;
+      return layer;
     } catch (error) {
       await map?.close().catch(() => undefined);
       await data?.close().catch(() => undefined);

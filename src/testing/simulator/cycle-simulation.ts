@@ -224,8 +224,12 @@ class SourceNode {
       idleTimeout: 1000,
       retryDelay: { min: 10, max: 200 },
       waitForConnection: false,
+      autoStart: false,
     });
     this.volumes = opened;
+    // before it cycles: what a crash left is read into the model, the events are wired
+    await this.sim._sourceOpened(this, source);
+    source.start();
     this.source = source;
     return source;
   }
@@ -490,36 +494,41 @@ export class CycleSimulation {
       return;
     }
     const source = r.value;
+    this.#log(`source started (incarnation ${node.incarnation}, freeze ${source.cycle})`);
+  }
+
+  /** @internal called by the source node once its volumes and cycle source are open, before it cycles. */
+  async _sourceOpened(node: SourceNode, source: CycleSource): Promise<void> {
     const inc = node.incarnation;
-    this.#log(`source started (incarnation ${inc}, freeze ${source.cycle})`);
     // freezes taken before a crash whose images the model did not see sealed: the recovered content is the truth
     for (const [name, volume] of node.volumes) {
       for (let k = volume.baseFreeze; k <= volume.lastFreeze; k++) {
         if (this.#freezes.get(k)?.has(name) === true) continue;
-        const data = await this.#drive(volume.readFrozen(k, 0, volume.size));
-        if (data.value === undefined) continue;
+        const data = await volume.readFrozen(k, 0, volume.size);
         let images = this.#freezes.get(k);
         if (images === undefined) this.#freezes.set(k, (images = new Map()));
-        images.set(name, { data: data.value, unknown: new Set() });
+        images.set(name, { data, unknown: new Set() });
         this.#log(`freeze ${k} of ${name} recovered after a crash`);
       }
       // the active layer as the restart found it: the next freeze builds on it
-      const now = await this.#drive(volume.read(0, volume.size));
-      if (now.value !== undefined) this.#next.set(name, { after: volume.lastFreeze, image: { data: now.value, unknown: new Set() } });
+      const now = await volume.read(0, volume.size);
+      this.#next.set(name, { after: volume.lastFreeze, image: { data: now, unknown: new Set() } });
     }
     // writes of a dead incarnation are in that content (or lost with it)
     for (let i = this.#writes.length - 1; i >= 0; i--) if (this.#writes[i]!.incarnation < inc) this.#writes.splice(i, 1);
+    // `node.source` is set once started; until then this incarnation is the current one
+    const current = (): boolean => node.incarnation === inc;
     source.on('frozen', ({ cycle }) => {
-      if (node.source === source) this.#onFrozen(cycle);
+      if (current()) this.#onFrozen(cycle);
     });
     source.on('target-committed', ({ target, cycle }) => {
-      if (node.source === source) this.#log(`target ${target} committed freeze ${cycle}`);
+      if (current()) this.#log(`target ${target} committed freeze ${cycle}`);
     });
     source.on('target-error', ({ target, cycle, error }) => {
-      if (node.source === source) this.#log(`transfer of freeze ${cycle} to ${target} failed: ${error.code}`);
+      if (current()) this.#log(`transfer of freeze ${cycle} to ${target} failed: ${error.code}`);
     });
     source.on('error', (error) => {
-      if (node.source === source) this.#log(`source error: ${error.code}`);
+      if (current()) this.#log(`source error: ${error.code}`);
     });
   }
 
@@ -877,7 +886,13 @@ export class CycleSimulation {
     for (const t of this.#targets) {
       const target = t.target;
       if (target === undefined) continue;
+      // the volumes of a group move from freeze to freeze together (one commit marker): look at one instant
       const claimed = new Set<number>();
+      for (const v of this.config.volumes) {
+        const img = target.volume(v.name).image();
+        if (!img.seeding && img.freeze > 0) claimed.add(img.freeze);
+      }
+      if (claimed.size > 1) this.#violate('I6-cycle-target-freeze', `${t.host} holds different freezes of the volumes of one consistency group: ${this.#describeTarget(target)}`);
       for (const v of this.config.volumes) {
         const vol = target.volume(v.name);
         const before = vol.image();
@@ -887,11 +902,8 @@ export class CycleSimulation {
           if (final) this.#violate('liveness', `${t.host} could not read ${v.name} after the heal: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
           continue;
         }
-        const after = vol.image();
-        this.#checkRead(`${t.host} checkpoint ${v.name}`, v.name, before, after, 0, r.value);
-        if (!after.seeding && after.freeze > 0) claimed.add(after.freeze);
+        this.#checkRead(`${t.host} checkpoint ${v.name}`, v.name, before, vol.image(), 0, r.value);
       }
-      if (claimed.size > 1) this.#violate('I6-cycle-target-freeze', `${t.host} holds different freezes of the volumes of one consistency group: ${this.#describeTarget(target)}`);
     }
   }
 

@@ -46,30 +46,62 @@ function intersect(a: Interval[], b: Interval[]): Interval[] {
  * the image's; the answer is the intersection over all blocks.
  */
 export function prefixPoint(base: Buffer, image: Buffer, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
+  const blocks = Array.from({ length: image.length / blockSize }, (_, i) => i);
+  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
+  return prefixPointOver(blocks, at(base), at(image), history, blockSize, fromSeq, false);
+}
+
+/**
+ * {@link prefixPoint} for sparse images (block index → content; a missing
+ * block is zeroes), e.g. volumes of many GiB: only the blocks that are
+ * non-zero in either image or written with data by the history are looked
+ * at (every other block is zero before, after and in every zeroing).
+ */
+export function prefixPointSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
+  const set = new Set<number>([...base.keys(), ...image.keys()]);
+  for (const w of history) {
+    if (w.data === undefined || w.seq <= fromSeq) continue;
+    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
+  }
+  const zero = Buffer.alloc(blockSize);
+  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
+  return prefixPointOver([...set].sort((x, y) => x - y), at(base), at(image), history, blockSize, fromSeq, true);
+}
+
+function prefixPointOver(
+  blocks: readonly number[],
+  baseAt: (block: number) => Buffer,
+  imageAt: (block: number) => Buffer,
+  history: readonly HistoryWrite[],
+  blockSize: number,
+  fromSeq: number,
+  sparse: boolean,
+): PrefixResult {
+  const wanted = sparse ? new Set(blocks) : undefined;
   const writes = [...history].filter((w) => w.seq > fromSeq).sort((a, b) => a.seq - b.seq);
   const perBlock = new Map<number, HistoryWrite[]>();
   for (const w of writes) {
     const first = Math.floor(w.offset / blockSize);
     const last = Math.floor((w.offset + w.length - 1) / blockSize);
-    for (let b = first; b <= last; b++) {
-      let list = perBlock.get(b);
-      if (list === undefined) perBlock.set(b, (list = []));
-      list.push(w);
+    if (wanted !== undefined && last - first + 1 > wanted.size) {
+      // a long zeroing: only the blocks looked at matter
+      for (const b of wanted) if (b >= first && b <= last) addTo(perBlock, b, w);
+      continue;
     }
+    for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) addTo(perBlock, b, w);
   }
   let allowed: Interval[] = [[fromSeq, Number.POSITIVE_INFINITY]];
-  const blocks = image.length / blockSize;
-  for (let b = 0; b < blocks; b++) {
+  for (const b of blocks) {
     const start = b * blockSize;
-    const got = image.subarray(start, start + blockSize);
+    const got = imageAt(b);
     const list = perBlock.get(b);
     if (list === undefined) {
-      if (!got.equals(base.subarray(start, start + blockSize))) return { ok: false, block: b };
+      if (!got.equals(baseAt(b))) return { ok: false, block: b };
       continue;
     }
     const mine: Interval[] = [];
     let from = fromSeq;
-    let value: Buffer | undefined = base.subarray(start, start + blockSize);
+    let value: Buffer | undefined = baseAt(b);
     const push = (to: number): void => {
       if (from < to && value !== undefined && got.equals(value)) {
         const last = mine[mine.length - 1];
@@ -87,6 +119,12 @@ export function prefixPoint(base: Buffer, image: Buffer, history: readonly Histo
     if (allowed.length === 0) return { ok: false, block: b };
   }
   return { ok: true, seq: allowed[0]![0] };
+}
+
+function addTo(perBlock: Map<number, HistoryWrite[]>, b: number, w: HistoryWrite): void {
+  let list = perBlock.get(b);
+  if (list === undefined) perBlock.set(b, (list = []));
+  list.push(w);
 }
 
 const ZERO_BLOCKS = new Map<number, Buffer>();
