@@ -462,7 +462,13 @@ class SparseImage implements Image {
     const bs = this.#bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
-    const hit = last - first + 1 > this.#blocks.size ? [...this.#blocks.keys()].filter((b) => b >= first && b <= last) : range(first, last).filter((b) => this.#blocks.has(b));
+    if (this.#blocks.size === 0) return;
+    const hit: number[] = [];
+    if (last - first + 1 > this.#blocks.size) {
+      for (const b of this.#blocks.keys()) if (b >= first && b <= last) hit.push(b);
+    } else {
+      for (let b = first; b <= last; b++) if (this.#blocks.has(b)) hit.push(b);
+    }
     for (const b of hit) {
       const start = Math.max(offset, b * bs);
       const end = Math.min(offset + length, (b + 1) * bs);
@@ -513,6 +519,3 @@ function isZeroBuf(buf: Buffer, at: number, n: number): boolean {
   return true;
 }
 
-function range(first: number, last: number): number[] {
-  return Array.from({ length: last - first + 1 }, (_, i) => first + i);
-}

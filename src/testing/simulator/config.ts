@@ -154,6 +154,7 @@ export function drawBigConfig(rng: Rng, overrides: Partial<SimConfig> = {}): Sim
     // a full journal hands every later request, a 4 GiB zero too, to the bitmap: a resync of 4 GiB per schedule
     journalCapacity: 1024 * 1024 * 1024,
     faults: new Set(BIG_FAULTS),
+    steps: rng.int(15, 40),
     bigZero: 0.25,
   };
   return { ...config, ...overrides };

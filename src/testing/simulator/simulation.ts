@@ -677,7 +677,8 @@ export class Simulation {
         if (primary === undefined) return;
         const vol = this.#sched.pick(this.config.volumes).name;
         if (action === 'resync') {
-          const all = this.#sched.chance(0.5);
+          // a full resync of a multi-GiB sparse volume would read every byte of it: dirty regions only there
+          const all = this.#sched.chance(0.5) && this.config.volumes.every((v) => v.size <= SPARSE_ABOVE);
           this.#log(`step ${step}: resync ${vol}${all ? ' (all)' : ''}`);
           primary.resync(vol, { all }).then(
             () => this.#log(`resync ${vol} done`),
