@@ -517,7 +517,7 @@ export class Simulation {
     }
     if (mode === 'sync' && r.mirror === 'acknowledged' && op.targetLosses === this.#targetLosses) {
       const held = op.heldAtResult ?? this.#targetHolds(op);
-      if (!held) this.#violate('I1-sync-ack-on-target', `${what} resolved acknowledged but the target does not hold it`);
+      if (!held) this.#violate('I1-sync-ack-on-target', `${what} resolved acknowledged but the target does not hold it${this.#whereMissing(op)}`);
     }
     if (mode === 'async') {
       if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
@@ -545,6 +545,17 @@ export class Simulation {
       out.push({ seq: seqs[i]!, offset: op.offset + at, length, data: op.data?.subarray(at, at + length) });
     }
     return out;
+  }
+
+  /** Where the target's image differs from what `op` wrote (for reports). */
+  #whereMissing(op: OpRecord): string {
+    if (op.data === undefined) return '';
+    const bs = this.config.blockSize;
+    const got = this.targetNode.disks.get(op.volume)!.device.peek(op.offset, op.length);
+    for (let at = 0; at < op.length; at += bs) {
+      if (!got.subarray(at, at + bs).equals(op.data.subarray(at, at + bs))) return ` (block ${(op.offset + at) / bs} holds op#${got.readUInt32LE(at)})`;
+    }
+    return ' (it does now)';
   }
 
   /** True when the target's image holds what `op` wrote (I1). */
