@@ -1469,9 +1469,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#lastResyncSeq = seq;
       // after every earlier write (one of them may overlap the region); other
       // regions' resync writes may be applied in any order among themselves
-      // a region that reads as zeroes (never written, trimmed) goes as a zero record: no payload on the wire
-      const zeroes = isZeroes(data);
-      const req = this.#request(zeroes ? 'zero' : 'write', seq, region.offset, region.length, zeroes ? undefined : data, false, this.#lastWriteSeq);
+      const req = this.#request('write', seq, region.offset, region.length, data, false, this.#lastWriteSeq);
       req.owned = true;
       req.resync = true;
       // what it copies may not be on the primary's stable storage yet: its bit stays until a local flush too
@@ -1528,17 +1526,6 @@ function tooLarge(name: string, length: number, maxPayload: number): BlockMirror
  * any part failed, else the parts' common answer; `seq` is the last part's
  * (once `ackedSeq` reaches it, every part is acknowledged).
  */
-const ZERO_CHUNK = Buffer.alloc(64 * 1024);
-
-/** True when `data` is all zeroes (compared natively, 64 KiB at a time). */
-function isZeroes(data: Buffer): boolean {
-  for (let at = 0; at < data.length; at += ZERO_CHUNK.length) {
-    const n = Math.min(ZERO_CHUNK.length, data.length - at);
-    if (ZERO_CHUNK.compare(data, at, at + n, 0, n) !== 0) return false;
-  }
-  return true;
-}
-
 function combineResults(sofar: WriteResult | undefined, part: WriteResult): WriteResult {
   if (sofar === undefined) return part;
   const r: WriteResult = sofar.mirror === 'failed' ? { ...sofar } : { ...part };

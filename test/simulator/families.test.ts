@@ -7,7 +7,7 @@
  * traces must be identical. Longer campaigns:
  * `npm run sim -- --family cycle|nbd|big --seeds N [--from S]`.
  *
- *   SIM_CYCLE_SEEDS=150 SIM_NBD_SEEDS=60 SIM_BIG_SEEDS=4 node --import tsx --test test/simulator/families.test.ts
+ *   SIM_CYCLE_SEEDS=120 SIM_NBD_SEEDS=50 SIM_BIG_SEEDS=4 node --import tsx --test test/simulator/families.test.ts
  */
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,8 +29,8 @@ async function campaignTwice(family: SimFamily, seeds: number): Promise<void> {
   assert.deepEqual(differ, [], `${family} seeds whose second run took another schedule: ${differ.slice(0, 10).join(' ')}`);
 }
 
-const cycleSeeds = Number(process.env.SIM_CYCLE_SEEDS ?? 150);
-const nbdSeeds = Number(process.env.SIM_NBD_SEEDS ?? 60);
+const cycleSeeds = Number(process.env.SIM_CYCLE_SEEDS ?? 120);
+const nbdSeeds = Number(process.env.SIM_NBD_SEEDS ?? 50);
 const bigSeeds = Number(process.env.SIM_BIG_SEEDS ?? 4);
 
 test(`simulator, cycle family (SPEC 29–33, invariant I6): ${cycleSeeds} freeze/copy schedules serve only complete freeze images, reach the latest freeze after the heal, and replay identically`, async () => {

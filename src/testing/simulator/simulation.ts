@@ -138,7 +138,6 @@ export class Simulation {
   readonly #big: Rng;
   readonly #net: Rng;
   readonly #nbdClients = new Map<string, SimNbdClient>();
-  #nbdServer: NbdServer | undefined;
   readonly #onTrace: ((line: string) => void) | undefined;
   readonly #faultsOverridden: boolean;
   readonly trace: string[] = [];
@@ -477,7 +476,6 @@ export class Simulation {
       clock: this.vt,
       exports: primary.volumes.map((pv) => ({ name: pv.name, readOnly: false, backend: primaryVolumeBackend(this.#nbdVolume(pv, incarnation), { clock: this.vt }) })),
     });
-    this.#nbdServer = server;
     for (const pv of primary.volumes) {
       const r = await this.#drive(SimNbdClient.connect(server, pv.name), 2000);
       if (r.value === undefined) {
@@ -492,7 +490,6 @@ export class Simulation {
   #stopNbd(): void {
     for (const c of this.#nbdClients.values()) c.destroy();
     this.#nbdClients.clear();
-    this.#nbdServer = undefined;
   }
 
   #onResult(op: OpRecord, r: WriteResult | undefined, error?: unknown): void {
