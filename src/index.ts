@@ -164,6 +164,9 @@ export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';
 export { FileStreamStore, MemoryStreamStore, SEQ_RESERVATION } from './replication/stream-file.js';
 export type { StreamState, StreamStore } from './replication/stream-file.js';
 
+// files of the cycle code (injectable: a simulation runs it on files in memory)
+export { nodeFileSystem } from './storage/file-system.js';
+export type { FileSystem, StoredFile, OpenDeviceOptions } from './storage/file-system.js';
 // freeze/copy cycles (cycle source; received by a MirrorTarget with `cycle`, or a standalone CycleTarget)
 export { LayeredVolume } from './cycle/layered-volume.js';
 export type { LayeredVolumeOptions, LayeredVolumeStatus, LayerStatus, LayeredVolumeHooks } from './cycle/layered-volume.js';

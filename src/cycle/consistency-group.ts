@@ -20,7 +20,7 @@
 import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import { systemClock, type Clock } from '../clock.js';
-import { readStateFile, writeStateFile } from '../storage/state-file.js';
+import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import type { LayeredVolume } from './layered-volume.js';
 
 const log = createDebug('blockmirror:cycle');
@@ -39,6 +39,8 @@ export interface ConsistencyGroupOptions {
   stateFile: string;
   /** Clock for freeze times (default {@link systemClock}). */
   clock?: Clock;
+  /** File system of the state file (default: the real one). */
+  fs?: FileSystem;
 }
 
 /** Result of a group freeze. */
@@ -75,10 +77,12 @@ export class ConsistencyGroup {
   readonly members: readonly GroupMember[];
   readonly #stateFile: string;
   readonly #clock: Clock;
+  readonly #fs: FileSystem;
   #freeze: number;
   #busy = false;
 
-  private constructor(members: GroupMember[], stateFile: string, clock: Clock, freeze: number) {
+  private constructor(members: GroupMember[], stateFile: string, clock: Clock, freeze: number, fs: FileSystem) {
+    this.#fs = fs;
     this.members = members;
     this.#stateFile = stateFile;
     this.#clock = clock;
@@ -100,7 +104,8 @@ export class ConsistencyGroup {
       if (names.has(m.name)) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `volume ${m.name} is listed twice`);
       names.add(m.name);
     }
-    const stored = await readStateFile(options.stateFile);
+    const fs = options.fs ?? nodeFileSystem;
+    const stored = await fs.readState(options.stateFile);
     if (stored !== undefined && !isGroupState(stored)) {
       throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${options.stateFile} is not a consistency-group state file`);
     }
@@ -126,7 +131,7 @@ export class ConsistencyGroup {
         { details: { group: k, volumes: Object.fromEntries(members.map((m) => [m.name, m.volume.lastFreeze])) } },
       );
     }
-    const group = new ConsistencyGroup([...members], options.stateFile, options.clock ?? systemClock, k);
+    const group = new ConsistencyGroup([...members], options.stateFile, options.clock ?? systemClock, k, fs);
     if (stored === undefined) await group.#record(k);
     return group;
   }
@@ -168,6 +173,6 @@ export class ConsistencyGroup {
 
   #record(k: number): Promise<void> {
     const body: GroupState = { format: GROUP_FORMAT, version: 1, freeze: k, volumes: this.members.map((m) => m.name) };
-    return writeStateFile(this.#stateFile, body);
+    return this.#fs.writeState(this.#stateFile, body);
   }
 }

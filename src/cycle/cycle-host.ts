@@ -15,6 +15,7 @@ import { MessageType } from '../codec/frame.js';
 import type { HelloHeader, ReadyVolume, VolumeOffer } from '../codec/messages.js';
 import type { FramedConnection } from '../link/framed-connection.js';
 import { CycleReceiver } from './cycle-receiver.js';
+import type { FileSystem } from '../storage/file-system.js';
 import { StagingStore, type StagingStoreHooks, type StagingStoreOptions, type TargetImageState } from './staging-store.js';
 
 /** Handshake feature a cycle source announces: its connection carries cycles, not mirror requests. */
@@ -42,6 +43,8 @@ export interface CycleHostOptions {
    * `BM_ERR_VOLUME_BUSY`.
    */
   heldBy?: (name: string) => string | undefined;
+  /** File system of the state, staging files and markers (default: the real one). */
+  fs?: FileSystem;
 }
 
 /** What a hosted volume's status adds about cycles. */
@@ -126,6 +129,7 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
       ...(options.clock === undefined ? {} : { clock: options.clock }),
       ...(options.mergeRetry === undefined ? {} : { mergeRetry: options.mergeRetry }),
       ...(options.readTimeout === undefined ? {} : { readTimeout: options.readTimeout }),
+      ...(options.fs === undefined ? {} : { fs: options.fs }),
     };
     const store = await StagingStore.open(options.dir, options.volumes, storeOptions);
     opened.host = new CycleHost(store, options);

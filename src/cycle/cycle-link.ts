@@ -55,6 +55,13 @@ export interface CycleLinkOptions {
   bandwidth?: number | undefined;
   /** Largest payload per frame. */
   maxPayload?: number;
+  /**
+   * T3 in ms: a connection that stays silent this long while a transfer runs
+   * (no frame received, no drain of what was sent) is probed with a PING;
+   * silent for twice as long, it is dropped (a black-holed path or a peer
+   * that lost power never closes by itself). Default 5000.
+   */
+  idleTimeout?: number;
 }
 
 /** Events of a {@link CycleLink}. */
@@ -77,6 +84,10 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
   #timer: TimerHandle | undefined;
   #nextId = 0;
   #busy = false;
+  /** `clock.now()` of the last sign of life of the connection (a frame received, a drain). */
+  #lastHeard = 0;
+  #watch: TimerHandle | undefined;
+  readonly #idleTimeout: number;
   readonly #pending = new Map<number, { to: number; volumes: string[]; resolve: () => void; reject: (e: BlockMirrorError) => void }>();
   /** Freeze held by the target per volume name (from the handshake, then from acknowledged transfers). */
   readonly images = new Map<string, number>();
@@ -89,6 +100,7 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     this.#o = options;
     this.name = options.name;
     this.address = options.address;
+    this.#idleTimeout = options.idleTimeout ?? 5000;
     this.#limiter =
       options.bandwidth === undefined
         ? undefined
@@ -137,7 +149,12 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
       this.lastError = undefined;
       this.#conn = conn;
       const c = conn;
-      c.on('frame', (frame) => this.#onFrame(c, frame));
+      this.#lastHeard = this.#o.clock.now();
+      c.on('drain', () => (this.#lastHeard = this.#o.clock.now()));
+      c.on('frame', (frame) => {
+        this.#lastHeard = this.#o.clock.now();
+        this.#onFrame(c, frame);
+      });
       c.once('close', (error) => this.#onClose(c, error));
       log('link %s up (%s): %o', this.name, result.peerNode, Object.fromEntries(this.images));
       this.#setState('up');
@@ -232,6 +249,8 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
     }
     if (this.#busy) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `a transfer to ${this.name} is running`);
     this.#busy = true;
+    this.#lastHeard = this.#o.clock.now();
+    this.#armWatch(conn);
     try {
       const id = ++this.#nextId;
       const acked = new Promise<void>((resolve, reject) => this.#pending.set(id, { to: plan.to, volumes: plan.volumes.map((v) => v.name), resolve, reject }));
@@ -253,7 +272,26 @@ export class CycleLink extends EventEmitter<CycleLinkEvents> {
       return stats;
     } finally {
       this.#busy = false;
+      if (this.#watch !== undefined) this.#o.clock.clearTimeout(this.#watch);
+      this.#watch = undefined;
     }
+  }
+
+  /** While a transfer runs: every T3, PING a silent connection; drop it once silent for 2×T3. */
+  #armWatch(conn: FramedConnection): void {
+    const t = this.#idleTimeout;
+    this.#watch = this.#o.clock.setTimeout(() => {
+      this.#watch = undefined;
+      if (!this.#busy || this.#conn !== conn || conn.closed) return;
+      const idleFor = this.#o.clock.now() - this.#lastHeard;
+      if (idleFor >= 2 * t) {
+        log('link %s: silent for %d ms during a transfer: dropping the connection', this.name, idleFor);
+        conn.destroy(new BlockMirrorError('BM_ERR_TIMEOUT', `no answer from cycle target ${this.name} for ${idleFor} ms`));
+        return;
+      }
+      if (idleFor >= t) conn.send(MessageType.PING, { t: this.#o.clock.now() });
+      this.#armWatch(conn);
+    }, t);
   }
 
   /**

@@ -28,7 +28,7 @@ import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
 import type { VolumeOffer } from '../codec/messages.js';
-import { readStateFile, writeStateFile } from '../storage/state-file.js';
+import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import { nonNegativeInt, secretBytes } from '../replication/options.js';
 import { ConsistencyGroup } from './consistency-group.js';
 import { CycleLink, cycleVolumeOffer, type CycleLinkState } from './cycle-link.js';
@@ -60,6 +60,8 @@ export interface CycleSourceOptions {
   group?: string;
   /** Transport (default: a new {@link TcpTransport}). */
   transport?: Transport;
+  /** File system of the group's state files (default: the real one; a simulation passes files in memory). */
+  fs?: FileSystem;
   /** Shared secret (HMAC-SHA256 challenge–response on every connection). */
   secret?: string | Uint8Array;
   /** Node id (default: random). */
@@ -70,6 +72,12 @@ export interface CycleSourceOptions {
   payloadChecksum?: boolean;
   /** Handshake timeout in ms (default 10000). */
   handshakeTimeout?: number;
+  /**
+   * A target connection silent this long (ms) while a transfer runs is probed
+   * with a PING; silent twice as long, it is dropped and reconnected, and the
+   * transfer is retried (default 5000).
+   */
+  idleTimeout?: number;
   /**
    * Milliseconds from one freeze to the next (default 60000); 0: freezes only
    * on {@link CycleSource.freezeNow}. A cycle that takes longer delays the next
@@ -220,6 +228,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
   readonly #targets: TargetEntry[] = [];
   readonly #targetsFile: string;
   readonly #groupFile: string;
+  readonly #fs: FileSystem;
   #group: ConsistencyGroup | undefined;
   #phase: CyclePhase = 'stopped';
   readonly #freezeTimes = new Map<number, { at: number; date: string }>();
@@ -260,6 +269,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     if (!/^[A-Za-z0-9._-]{1,128}$/.test(group)) throw invalidArgument('group must be 1–128 characters of A-Z a-z 0-9 . _ -');
     this.#groupFile = join(stateDir, `${group}.group`);
     this.#targetsFile = join(stateDir, `${group}.targets`);
+    this.#fs = options.fs ?? nodeFileSystem;
     const secret = secretBytes(options.secret);
     if (options.bandwidth !== undefined && !(typeof options.bandwidth === 'number' && options.bandwidth > 0)) throw invalidArgument('bandwidth must be a positive number');
     const transport = options.transport ?? new TcpTransport();
@@ -284,6 +294,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
         limits,
         payloadChecksum: options.payloadChecksum ?? true,
         handshakeTimeout: options.handshakeTimeout ?? 10000,
+        ...(options.idleTimeout === undefined ? {} : { idleTimeout: positiveTimeout(options.idleTimeout, 'idleTimeout') }),
         retryDelay: this.#retry,
         offers: () => this.#offers(),
         bandwidth: options.bandwidth,
@@ -301,8 +312,8 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
    * once every link's first attempt settled (up or down).
    */
   async init(waitForConnection = true, connect = true): Promise<void> {
-    this.#group = await ConsistencyGroup.open(this.#volumes, { stateFile: this.#groupFile, clock: this.#clock });
-    const saved = (await readStateFile(this.#targetsFile)) as SavedTargets | undefined;
+    this.#group = await ConsistencyGroup.open(this.#volumes, { stateFile: this.#groupFile, clock: this.#clock, fs: this.#fs });
+    const saved = (await this.#fs.readState(this.#targetsFile)) as SavedTargets | undefined;
     if (saved !== undefined && saved.format === TARGETS_FORMAT && typeof saved.targets === 'object') {
       for (const t of this.#targets) {
         const s = saved.targets[t.config.name];
@@ -518,7 +529,7 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
       if (time !== undefined) body.freezeDates[String(k)] = time.date;
     }
     for (const k of [...this.#freezeTimes.keys()]) if (!needed.has(k) && k !== this.cycle) this.#freezeTimes.delete(k);
-    await writeStateFile(this.#targetsFile, body);
+    await this.#fs.writeState(this.#targetsFile, body);
   }
 
   #onLinkState(t: TargetEntry, state: CycleLinkState, error: BlockMirrorError | undefined): void {
@@ -620,6 +631,11 @@ export class CycleSource extends EventEmitter<CycleSourceEvents> {
     this.#keepAlive = undefined;
     this.#setPhase('stopped');
   }
+}
+
+function positiveTimeout(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isFinite(value) || value <= 0) throw invalidArgument(`${name} must be a positive number of ms`);
+  return value;
 }
 
 /**

@@ -18,6 +18,7 @@ import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
 import { checkVolumeName, secretBytes } from '../replication/options.js';
 import { CYCLE_FEATURE, CycleHost, type CycleVolumeStatus } from './cycle-host.js';
+import type { FileSystem } from '../storage/file-system.js';
 import type { StagingStoreHooks, TargetImageState } from './staging-store.js';
 
 const log = createDebug('blockmirror:cycle');
@@ -48,6 +49,8 @@ export interface CycleTargetOptions {
   mergeRetry?: { min: number; max: number };
   /** How long a read waits for a failed merge to be retried to completion before failing with `BM_ERR_IO`, in ms (default 30000). */
   readTimeout?: number;
+  /** File system of the state, staging files and markers (default: the real one; a simulation passes files in memory). */
+  fs?: FileSystem;
 }
 
 /** Plain-object status of a target volume. */
@@ -195,6 +198,7 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
       ...(this.#options.hooks === undefined ? {} : { hooks: this.#options.hooks }),
       ...(this.#options.mergeRetry === undefined ? {} : { mergeRetry: this.#options.mergeRetry }),
       ...(this.#options.readTimeout === undefined ? {} : { readTimeout: this.#options.readTimeout }),
+      ...(this.#options.fs === undefined ? {} : { fs: this.#options.fs }),
       clock: this.#clock,
     });
     host.on('begin', (info) => this.emit('begin', info));

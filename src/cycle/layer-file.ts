@@ -22,16 +22,13 @@
  *
  * @module
  */
-import fs from 'node:fs';
-import type { FileHandle } from 'node:fs/promises';
-import { open } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
-import { FileBlockDevice } from '../device/file-device.js';
+import type { BlockDevice } from '../device/block-device.js';
+import type { FileSystem, StoredFile } from '../storage/file-system.js';
 import { FreezeTable } from './freeze-table.js';
 import type { CycleGeometry } from './geometry.js';
-import { removeFile, syncDirectory } from '../storage/state-file.js';
 
 /** Bytes of the map file header. */
 export const MAP_HEADER_BYTES = 4096;
@@ -72,11 +69,12 @@ export class LayerFile {
   /** Layer number: the freeze number this layer gets (or got) when frozen. */
   readonly number: number;
   readonly table: FreezeTable;
-  readonly data: FileBlockDevice;
+  readonly data: BlockDevice;
   readonly paths: { data: string; map: string };
+  readonly #fs: FileSystem;
   /** Set once the layer is frozen and every write into it has completed and is durable. */
   sealed = false;
-  readonly #map: FileHandle;
+  readonly #map: StoredFile;
   readonly #tag: number;
   #mapEnd: number;
   #pending = 0;
@@ -89,7 +87,8 @@ export class LayerFile {
   readonly #locks = new Map<number, Promise<void>>();
   #closing: Promise<void> | undefined;
 
-  private constructor(n: number, table: FreezeTable, data: FileBlockDevice, map: FileHandle, mapEnd: number, lineage: Buffer, paths: { data: string; map: string }) {
+  private constructor(fs: FileSystem, n: number, table: FreezeTable, data: BlockDevice, map: StoredFile, mapEnd: number, lineage: Buffer, paths: { data: string; map: string }) {
+    this.#fs = fs;
     this.number = n;
     this.table = table;
     this.data = data;
@@ -100,18 +99,18 @@ export class LayerFile {
   }
 
   /** Creates (or re-creates, empty) layer `n`, durably. */
-  static async create(dir: string, name: string, n: number, geometry: CycleGeometry, lineage: Buffer): Promise<LayerFile> {
+  static async create(fs: FileSystem, dir: string, name: string, n: number, geometry: CycleGeometry, lineage: Buffer): Promise<LayerFile> {
     const paths = layerPaths(dir, name, n);
-    await removeFile(paths.data);
-    let map: FileHandle | undefined;
-    let data: FileBlockDevice | undefined;
+    await fs.remove(paths.data);
+    let map: StoredFile | undefined;
+    let data: BlockDevice | undefined;
     try {
-      map = await open(paths.map, 'w+', 0o644);
-      await map.write(encodeHeader(n, lineage, geometry), 0, MAP_HEADER_BYTES, 0);
+      map = await fs.openFile(paths.map, 'create');
+      await map.write(0, encodeHeader(n, lineage, geometry));
       await map.sync();
-      data = await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize });
-      await syncDirectory(dir);
-      return new LayerFile(n, new FreezeTable(geometry), data, map, MAP_HEADER_BYTES, lineage, paths);
+      data = await fs.openDevice(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize });
+      await fs.syncDir(dir);
+      return new LayerFile(fs, n, new FreezeTable(geometry), data, map, MAP_HEADER_BYTES, lineage, paths);
     } catch (error) {
       await map?.close().catch(() => undefined);
       await data?.close().catch(() => undefined);
@@ -125,14 +124,14 @@ export class LayerFile {
    * @throws {BlockMirrorError} `BM_ERR_JOURNAL_CORRUPT` when the header does not
    *   match (other volume, layer or geometry) or valid records contradict each other.
    */
-  static async open(dir: string, name: string, n: number, geometry: CycleGeometry, lineage: Buffer): Promise<LayerFile> {
+  static async open(fs: FileSystem, dir: string, name: string, n: number, geometry: CycleGeometry, lineage: Buffer): Promise<LayerFile> {
     const paths = layerPaths(dir, name, n);
-    let map: FileHandle | undefined;
-    let data: FileBlockDevice | undefined;
+    let map: StoredFile | undefined;
+    let data: BlockDevice | undefined;
     try {
-      map = await open(paths.map, 'r+');
-      const head = Buffer.alloc(MAP_HEADER_BYTES);
-      const { bytesRead } = await map.read(head, 0, MAP_HEADER_BYTES, 0);
+      map = await fs.openFile(paths.map, 'open');
+      const head = await map.read(0, MAP_HEADER_BYTES);
+      const bytesRead = head.length;
       if (bytesRead < 56 || head.readUInt32BE(0) !== MAP_MAGIC || head.readUInt32BE(52) !== crc32(head.subarray(0, 52))) {
         throw corrupt(paths.map, 'bad header');
       }
@@ -150,11 +149,11 @@ export class LayerFile {
       }
       const table = new FreezeTable(geometry);
       const tag = lineage.readUInt32BE(0);
-      const size = (await map.stat()).size;
-      const buf = Buffer.alloc(READ_STEP);
+      const size = await map.size();
       let pos = MAP_HEADER_BYTES;
       while (pos < size) {
-        const { bytesRead: got } = await map.read(buf, 0, Math.min(READ_STEP, size - pos), pos);
+        const buf = await map.read(pos, Math.min(READ_STEP, size - pos));
+        const got = buf.length;
         if (got === 0) break;
         for (let at = 0; at + MAP_RECORD_BYTES <= got; at += MAP_RECORD_BYTES) {
           if (buf.readUInt32BE(at) !== RECORD_MAGIC || buf.readUInt32BE(at + 28) !== crc32(buf.subarray(at, at + 28))) continue;
@@ -172,8 +171,12 @@ export class LayerFile {
         if (got % MAP_RECORD_BYTES !== 0 && got < READ_STEP) break;
       }
       const recordsEnd = MAP_HEADER_BYTES + Math.ceil(Math.max(0, size - MAP_HEADER_BYTES) / MAP_RECORD_BYTES) * MAP_RECORD_BYTES;
-      data = await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false });
-      return new LayerFile(n, table, data, map, recordsEnd, lineage, paths);
+      data = await fs.openDevice(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false });
+      const layer = new LayerFile(fs, n, table, data, map, recordsEnd, lineage, paths);
+      // the process that wrote it may have died before syncing: its writes survive in the page
+      // cache only, and the first sync (a seal, a flush) must make them durable too
+      layer.#unsynced = true;
+      return layer;
     } catch (error) {
       await map?.close().catch(() => undefined);
       await data?.close().catch(() => undefined);
@@ -221,8 +224,7 @@ export class LayerFile {
     const at = this.#mapEnd;
     this.#mapEnd += buf.length;
     this.#mapWrites++;
-    let done = 0;
-    const finish = (error: NodeJS.ErrnoException | null): void => {
+    const finish = (error: unknown): void => {
       this.#mapWrites--;
       if (error === null) for (const b of batch) b.resolve();
       else {
@@ -231,14 +233,10 @@ export class LayerFile {
       }
       this.#writeRecords();
     };
-    const onWrite = (error: NodeJS.ErrnoException | null, written: number): void => {
-      if (error !== null) return finish(error);
-      done += written;
-      if (done === buf.length) return finish(null);
-      if (written === 0) return finish(Object.assign(new Error('short write to the layer map'), { code: 'EIO' }));
-      fs.write(this.#map.fd, buf, done, buf.length - done, at + done, onWrite);
-    };
-    fs.write(this.#map.fd, buf, 0, buf.length, at, onWrite);
+    this.#map.write(at, buf).then(
+      () => finish(null),
+      (error: unknown) => finish(error ?? new Error('layer map write failed')),
+    );
   }
 
   /** Marks that data was written (a later {@link sync} must flush it). */
@@ -252,7 +250,7 @@ export class LayerFile {
     this.#unsynced = false;
     try {
       await this.data.flush();
-      await this.#map.datasync();
+      await this.#map.sync();
     } catch (error) {
       this.#unsynced = true;
       throw toBlockMirrorError(error);
@@ -302,8 +300,8 @@ export class LayerFile {
   /** Closes and deletes both files. */
   async remove(dir: string): Promise<void> {
     await this.close();
-    await removeFile(this.paths.data);
-    await removeFile(this.paths.map);
-    await syncDirectory(dir);
+    await this.#fs.remove(this.paths.data);
+    await this.#fs.remove(this.paths.map);
+    await this.#fs.syncDir(dir);
   }
 }

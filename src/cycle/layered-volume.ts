@@ -25,14 +25,13 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { access, readdir } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import type { BlockDevice, BlockDeviceSupports, WriteOptions } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
 import { checkRange, checkWriteData } from '../device/range.js';
-import { readStateFile, removeFile, writeStateFile } from '../storage/state-file.js';
+import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import { FreezeTable } from './freeze-table.js';
 import { DEFAULT_CHUNK_SIZE, cycleGeometry, type CycleGeometry } from './geometry.js';
 import { LayerFile, layerPaths } from './layer-file.js';
@@ -65,6 +64,8 @@ export interface LayeredVolumeOptions {
   granularity?: number;
   /** Test hooks. */
   hooks?: LayeredVolumeHooks;
+  /** File system of the layer files and manifest (default: the real one; a simulation passes files in memory). */
+  fs?: FileSystem;
 }
 
 /** Counters of one layer. */
@@ -163,6 +164,7 @@ export class LayeredVolume implements BlockDevice {
   readonly #lineageBytes: Buffer;
   readonly #manifestPath: string;
   readonly #hooks: LayeredVolumeHooks;
+  readonly #fs: FileSystem;
   #frozen: LayerFile[];
   #active: LayerFile;
   #prepared: LayerFile | undefined;
@@ -177,7 +179,8 @@ export class LayeredVolume implements BlockDevice {
   #closed = false;
   #closing: Promise<void> | undefined;
 
-  private constructor(base: BlockDevice, dir: string, name: string, geometry: CycleGeometry, lineage: string, baseFreeze: number, top: number, frozen: LayerFile[], active: LayerFile, hooks: LayeredVolumeHooks) {
+  private constructor(fs: FileSystem, base: BlockDevice, dir: string, name: string, geometry: CycleGeometry, lineage: string, baseFreeze: number, top: number, frozen: LayerFile[], active: LayerFile, hooks: LayeredVolumeHooks) {
+    this.#fs = fs;
     this.base = base;
     this.size = base.size;
     this.blockSize = base.blockSize;
@@ -217,14 +220,15 @@ export class LayeredVolume implements BlockDevice {
       throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'LayeredVolume needs dir and name (a plain file name) unless the base is a FileBlockDevice');
     }
     const manifestPath = join(dir, `${name}.cycle`);
-    const stored = await readStateFile(manifestPath);
+    const fs = options.fs ?? nodeFileSystem;
+    const stored = await fs.readState(manifestPath);
     const hooks = options.hooks ?? {};
     let volume: LayeredVolume;
     if (stored === undefined) {
       const geometry = cycleGeometry(base.size, base.blockSize, options.chunkSize ?? DEFAULT_CHUNK_SIZE, options.granularity);
       const lineage = randomBytes(16).toString('hex');
-      const active = await LayerFile.create(dir, name, 1, geometry, Buffer.from(lineage, 'hex'));
-      volume = new LayeredVolume(base, dir, name, geometry, lineage, 0, 0, [], active, hooks);
+      const active = await LayerFile.create(fs, dir, name, 1, geometry, Buffer.from(lineage, 'hex'));
+      volume = new LayeredVolume(fs, base, dir, name, geometry, lineage, 0, 0, [], active, hooks);
       await volume.#writeManifest();
       log('%s: created (lineage %s, chunk %d, granule %d)', name, lineage, geometry.chunkSize, geometry.granularity);
     } else {
@@ -248,21 +252,18 @@ export class LayeredVolume implements BlockDevice {
       let active: LayerFile | undefined;
       try {
         for (let n = m.base + 1; n <= m.top; n++) {
-          const layer = await LayerFile.open(dir, name, n, geometry, lineage);
+          const layer = await LayerFile.open(fs, dir, name, n, geometry, lineage);
           layer.sealed = true;
           frozen.push(layer);
         }
         const activePaths = layerPaths(dir, name, m.top + 1);
-        const exists = await access(activePaths.map).then(
-          () => true,
-          () => false,
-        );
-        active = exists ? await LayerFile.open(dir, name, m.top + 1, geometry, lineage) : await LayerFile.create(dir, name, m.top + 1, geometry, lineage);
+        const exists = await fs.exists(activePaths.map);
+        active = exists ? await LayerFile.open(fs, dir, name, m.top + 1, geometry, lineage) : await LayerFile.create(fs, dir, name, m.top + 1, geometry, lineage);
       } catch (error) {
         for (const l of frozen) await l.close().catch(() => undefined);
         throw error;
       }
-      volume = new LayeredVolume(base, dir, name, geometry, m.lineage, m.base, m.top, frozen, active, hooks);
+      volume = new LayeredVolume(fs, base, dir, name, geometry, m.lineage, m.base, m.top, frozen, active, hooks);
       log('%s: recovered (base %d, top %d, %d granules active)', name, m.base, m.top, active.table.granules);
     }
     await volume.#removeStaleFiles();
@@ -434,7 +435,7 @@ export class LayeredVolume implements BlockDevice {
     if (this.#preparing || this.#prepared !== undefined) throw busy(this.name, 'a freeze is already being prepared');
     this.#preparing = true;
     try {
-      const next = await LayerFile.create(this.dir, this.name, this.#top + 2, this.geometry, this.#lineageBytes);
+      const next = await LayerFile.create(this.#fs, this.dir, this.name, this.#top + 2, this.geometry, this.#lineageBytes);
       this.#recordedTop = this.#top + 1;
       try {
         await this.#writeManifest();
@@ -691,7 +692,7 @@ export class LayeredVolume implements BlockDevice {
         base: this.#baseFreeze,
         top: this.#recordedTop,
       };
-      return writeStateFile(this.#manifestPath, body);
+      return this.#fs.writeState(this.#manifestPath, body);
     });
     this.#manifestChain = run.catch(() => undefined);
     return run;
@@ -700,13 +701,13 @@ export class LayeredVolume implements BlockDevice {
   /** Deletes layer files the manifest no longer refers to (interrupted freezes and merges). */
   async #removeStaleFiles(): Promise<void> {
     const pattern = new RegExp(`^${this.name.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}\\.L(\\d+)\\.(data|map)$`);
-    for (const entry of await readdir(this.dir)) {
+    for (const entry of await this.#fs.list(this.dir)) {
       const m = pattern.exec(entry);
       if (m === null) continue;
       const n = Number(m[1]);
       if (n <= this.#baseFreeze || n > this.#top + 1) {
         log('%s: removing stale layer file %s', this.name, entry);
-        await removeFile(join(this.dir, entry));
+        await this.#fs.remove(join(this.dir, entry));
       }
     }
   }

@@ -36,15 +36,13 @@
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { open, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
-import { FileBlockDevice } from '../device/file-device.js';
-import { readStateFile, removeFile, syncDirectory, writeStateFile } from '../storage/state-file.js';
+import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import { FreezeTable } from './freeze-table.js';
 import { cycleGeometry, runLength, type CycleGeometry } from './geometry.js';
 
@@ -112,6 +110,8 @@ export interface StagingStoreOptions {
    * takes). A merge that is running is always waited for.
    */
   readTimeout?: number;
+  /** File system of the state, staging files and markers (default: the real one; a simulation passes files in memory). */
+  fs?: FileSystem;
 }
 
 /** Per-volume plan of a transfer, as the store needs it. */
@@ -218,7 +218,7 @@ class StagedVolume {
   table: FreezeTable | undefined;
   readonly received: FreezeTable;
   receivedGranules = 0;
-  staging: FileBlockDevice | undefined;
+  staging: BlockDevice | undefined;
 
   constructor(volume: StoreVolume, plan: StagePlan, geometry: CycleGeometry, direct: boolean) {
     this.volume = volume;
@@ -394,6 +394,7 @@ export class StagingStore {
   readonly #mergeRetry: { min: number; max: number };
   readonly #readTimeout: number;
   readonly #statePath: string;
+  readonly #fs: FileSystem;
   #stateChain: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -410,6 +411,7 @@ export class StagingStore {
     this.#readTimeout = options.readTimeout ?? DEFAULT_READ_TIMEOUT;
     if (!(this.#readTimeout >= 0)) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'readTimeout must be a non-negative number of ms');
     this.#statePath = join(dir, 'cycle-target.state');
+    this.#fs = options.fs ?? nodeFileSystem;
     for (const v of volumes) this.#volumes.set(v.name, new StoreVolume(v.name, v.device));
   }
 
@@ -424,7 +426,7 @@ export class StagingStore {
    */
   static async open(dir: string, volumes: Array<{ name: string; device: BlockDevice }>, options: StagingStoreOptions = {}): Promise<StagingStore> {
     const store = new StagingStore(dir, volumes, options);
-    const stored = await readStateFile(store.#statePath);
+    const stored = await store.#fs.readState(store.#statePath);
     if (stored !== undefined) {
       const s = stored as StoreState;
       if (s.format !== STATE_FORMAT || s.version !== 1 || typeof s.volumes !== 'object' || s.volumes === null) {
@@ -607,9 +609,9 @@ export class StagingStore {
       for (const sv of staged) {
         if (sv.direct) continue;
         const paths = stagePaths(this.dir, sv.plan.name);
-        await removeFile(paths.data);
-        await removeFile(paths.table);
-        sv.staging = await FileBlockDevice.open(paths.data, { size: sv.geometry.chunkCount * sv.geometry.chunkSize, blockSize: sv.geometry.blockSize });
+        await this.#fs.remove(paths.data);
+        await this.#fs.remove(paths.table);
+        sv.staging = await this.#fs.openDevice(paths.data, { size: sv.geometry.chunkCount * sv.geometry.chunkSize, blockSize: sv.geometry.blockSize });
       }
     } catch (error) {
       await transfer.abort();
@@ -630,13 +632,7 @@ export class StagingStore {
         await sv.volume.device.flush();
       } else {
         await sv.staging!.flush();
-        const handle = await open(stagePaths(this.dir, sv.plan.name).table, 'w', 0o644);
-        try {
-          await handle.writeFile(tableBytes);
-          await handle.sync();
-        } finally {
-          await handle.close();
-        }
+        await this.#fs.writeFile(stagePaths(this.dir, sv.plan.name).table, tableBytes);
         tables.set(sv.plan.name, sv.table!);
       }
       markerVolumes.push({
@@ -654,7 +650,7 @@ export class StagingStore {
     }
     const marker: Marker = { format: MARKER_FORMAT, version: 1, to: t.to, volumes: markerVolumes };
     const markerPath = join(this.dir, `commit-${randomBytes(6).toString('hex')}.marker`);
-    await writeStateFile(markerPath, marker);
+    await this.#fs.writeState(markerPath, marker);
     t.marked = true;
     const stagings = new Map<string, BlockDevice>();
     for (const sv of t.volumes) if (sv.staging !== undefined) stagings.set(sv.plan.name, sv.staging);
@@ -674,8 +670,8 @@ export class StagingStore {
         // after a marker, the staged files are the merge's source until it completed
         if (t.marked && !t.merged) continue;
         const paths = stagePaths(this.dir, sv.plan.name);
-        await removeFile(paths.data).catch(() => undefined);
-        await removeFile(paths.table).catch(() => undefined);
+        await this.#fs.remove(paths.data).catch(() => undefined);
+        await this.#fs.remove(paths.table).catch(() => undefined);
       }
     }
   }
@@ -729,8 +725,8 @@ export class StagingStore {
       for (const mv of marker.volumes) this.#get(mv.name).state = { lineage: mv.lineage, freeze: marker.to, seeding: false };
       await this.#writeState();
       recorded = true;
-      await removeFile(markerPath);
-      await syncDirectory(this.dir);
+      await this.#fs.remove(markerPath);
+      await this.#fs.syncDir(this.dir);
       log('merged freeze %d into %s', marker.to, marker.volumes.map((v) => v.name).join(', '));
       // still inside the merge: a transfer waiting for it must not find files of this one (leftovers are removed by the next begin or open)
       await onDone?.().catch((error: unknown) => log('cleaning up after the merge of freeze %d: %s', marker.to, toBlockMirrorError(error).message));
@@ -755,10 +751,10 @@ export class StagingStore {
 
   /** Replays committed merges found on disk; removes staging files of uncommitted transfers. */
   async #recover(): Promise<void> {
-    const entries = await readdir(this.dir);
+    const entries = await this.#fs.list(this.dir);
     for (const entry of entries.filter((e) => /^commit-[0-9a-f]+\.marker$/.test(e)).sort()) {
       const markerPath = join(this.dir, entry);
-      const marker = await readStateFile(markerPath);
+      const marker = await this.#fs.readState(markerPath);
       if (!isMarker(marker)) throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `${markerPath} is not a commit marker`);
       const stagings = new Map<string, BlockDevice>();
       try {
@@ -769,9 +765,9 @@ export class StagingStore {
         for (const s of stagings.values()) await s.close().catch(() => undefined);
       }
     }
-    for (const entry of await readdir(this.dir)) {
+    for (const entry of await this.#fs.list(this.dir)) {
       const m = /^(.*)\.stage\.(data|table)$/.exec(entry);
-      if (m !== null && this.#volumes.has(m[1]!)) await removeFile(join(this.dir, entry));
+      if (m !== null && this.#volumes.has(m[1]!)) await this.#fs.remove(join(this.dir, entry));
     }
   }
 
@@ -817,8 +813,8 @@ export class StagingStore {
       await this.#apply(p.markerPath, p.marker, tables, stagings, true, async () => {
         await closeStagings();
         for (const f of paths) {
-          await removeFile(f.data);
-          await removeFile(f.table);
+          await this.#fs.remove(f.data);
+          await this.#fs.remove(f.table);
         }
       });
     } catch (error) {
@@ -836,13 +832,13 @@ export class StagingStore {
       const v = this.#get(mv.name);
       if (mv.direct) continue;
       const paths = stagePaths(this.dir, mv.name);
-      const bytes = await readFile(paths.table);
+      const bytes = await this.#fs.readFile(paths.table);
       if (bytes.length !== mv.tableBytes || crc32(bytes) !== mv.tableCrc) {
         throw new BlockMirrorError('BM_ERR_JOURNAL_CORRUPT', `staged table of ${mv.name} does not match its commit marker`, { details: { path: paths.table } });
       }
       const geometry = cycleGeometry(v.device.size, v.device.blockSize, mv.chunkSize, mv.granularity);
       tables.set(mv.name, mv.full === true ? FreezeTable.full(geometry) : FreezeTable.decode(geometry, bytes));
-      stagings.set(mv.name, await FileBlockDevice.open(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
+      stagings.set(mv.name, await this.#fs.openDevice(paths.data, { size: geometry.chunkCount * geometry.chunkSize, blockSize: geometry.blockSize, create: false }));
     }
     return tables;
   }
@@ -864,7 +860,7 @@ export class StagingStore {
         volumes[v.name] = { freeze: v.state.freeze, ...(v.state.lineage === undefined ? {} : { lineage: v.state.lineage }), ...(v.state.seeding ? { seeding: true } : {}) };
       }
       const body: StoreState = { format: STATE_FORMAT, version: 1, volumes };
-      return writeStateFile(this.#statePath, body);
+      return this.#fs.writeState(this.#statePath, body);
     });
     this.#stateChain = run.catch(() => undefined);
     return run;

@@ -30,6 +30,13 @@ export interface CrashableMemoryDeviceOptions {
   clock?: Clock;
   /** Latency of each operation in milliseconds (called once per operation; default 0). */
   latency?: (op: CrashableOp) => number;
+  /**
+   * Keep only the blocks that were written (non-zero), so that a volume of
+   * many GiB costs memory for its written blocks only (default false).
+   * {@link CrashableMemoryDevice.peek} then reads at most 1 GiB at once;
+   * use {@link CrashableMemoryDevice.nonZeroBlocks} to walk the content.
+   */
+  sparse?: boolean;
 }
 
 /** Options of {@link CrashableMemoryDevice.crash}. */
@@ -90,8 +97,8 @@ export class CrashableMemoryDevice implements BlockDevice {
   readonly supports: BlockDeviceSupports = CRASHABLE_SUPPORTS;
   readonly #clock: Clock | undefined;
   readonly #latency: ((op: CrashableOp) => number) | undefined;
-  #durable: Buffer;
-  #current: Buffer;
+  #durable: Image;
+  #current: Image;
   #log: LogEntry[] = [];
   #nextId = 1;
   #epoch = 0;
@@ -116,8 +123,23 @@ export class CrashableMemoryDevice implements BlockDevice {
     this.sectorSize = sectorSize;
     this.#clock = options.clock;
     this.#latency = options.latency;
-    this.#durable = Buffer.alloc(size);
-    this.#current = Buffer.alloc(size);
+    this.#durable = options.sparse === true ? new SparseImage(size, blockSize) : new FlatImage(size);
+    this.#current = this.#durable.clone();
+  }
+
+  /** True when only written blocks are kept (option `sparse`). */
+  get sparse(): boolean {
+    return this.#current instanceof SparseImage;
+  }
+
+  /** Indexes (in blocks) of the blocks that may hold non-zero data now, ascending (every block of a non-sparse device). */
+  nonZeroBlocks(): number[] {
+    return this.#current.nonZeroBlocks(this.blockSize);
+  }
+
+  /** True when `[offset, offset + length)` reads as zeroes now (synchronous; for checkers). */
+  isZero(offset: number, length: number): boolean {
+    return this.#current.isZero(offset, length, this.blockSize);
   }
 
   /** Completed writes not durable yet. */
@@ -132,14 +154,14 @@ export class CrashableMemoryDevice implements BlockDevice {
 
   /** A copy of what reads return now (synchronous; for checkers). */
   peek(offset = 0, length = this.size - offset): Buffer {
-    return Buffer.from(this.#current.subarray(offset, offset + length));
+    return this.#current.read(offset, length);
   }
 
   /** A copy of the image a crash that keeps no unflushed write would leave (FUA writes included). */
   durableImage(): Buffer {
-    const image = Buffer.from(this.#durable);
+    const image = this.#durable.clone();
     for (const e of this.#log) if (e.fua) applyEntry(image, e, e.length);
-    return image;
+    return image.read(0, this.size);
   }
 
   /** Makes the next `times` operations of kind `op` fail with `BM_ERR_IO` (nothing is written). */
@@ -176,7 +198,7 @@ export class CrashableMemoryDevice implements BlockDevice {
     for (const e of kept) applyEntry(this.#durable, e, e === tornEntry ? torn!.keptBytes : e.length);
     const report: CrashReport = { unflushed: this.#log.length, kept: kept.length, torn };
     this.#log = [];
-    this.#current = Buffer.from(this.#durable);
+    this.#current = this.#durable.clone();
     this.#epoch++;
     this.stats.crashes++;
     return report;
@@ -194,23 +216,27 @@ export class CrashableMemoryDevice implements BlockDevice {
   read(offset: number, length: number): Promise<Buffer> {
     return this.#op('read', () => checkRange(this, offset, length), () => {
       this.stats.reads++;
-      return Buffer.from(this.#current.subarray(offset, offset + length));
+      return this.#current.read(offset, length);
     });
   }
 
   write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     const fua = options?.fua === true;
     let copy: Buffer | undefined;
+    let zeroLength = 0;
     return this.#op(
       'write',
       () => {
         checkRange(this, offset, checkWriteData(data));
         // the caller may reuse its buffer once the promise settles; the data is taken now
-        copy = Buffer.from(data);
+        // (a sparse device records a write of zeroes as such: nothing of its length is kept)
+        const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+        copy = this.sparse && isZeroBuf(bytes, 0, bytes.length) ? undefined : Buffer.from(bytes);
+        zeroLength = bytes.length;
       },
       () => {
         this.stats.writes++;
-        this.#record(offset, copy!.length, copy, fua);
+        this.#record(offset, zeroLength, copy, fua);
       },
     );
   }
@@ -341,7 +367,155 @@ export class DeviceSession implements BlockDevice {
   }
 }
 
-function applyEntry(image: Buffer, e: LogEntry, bytes: number): void {
-  if (e.data === undefined) image.fill(0, e.offset, e.offset + bytes);
-  else e.data.copy(image, e.offset, 0, bytes);
+function applyEntry(image: Image, e: LogEntry, bytes: number): void {
+  if (e.data === undefined) image.zero(e.offset, bytes);
+  else image.write(e.offset, e.data.subarray(0, bytes));
 }
+
+/** The content of a device (current or durable). */
+interface Image {
+  read(offset: number, length: number): Buffer;
+  write(offset: number, data: Buffer): void;
+  zero(offset: number, length: number): void;
+  clone(): Image;
+  nonZeroBlocks(blockSize: number): number[];
+  isZero(offset: number, length: number, blockSize: number): boolean;
+}
+
+class FlatImage implements Image {
+  readonly #buf: Buffer;
+  constructor(size: number, buf?: Buffer) {
+    this.#buf = buf ?? Buffer.alloc(size);
+  }
+  read(offset: number, length: number): Buffer {
+    return Buffer.from(this.#buf.subarray(offset, offset + length));
+  }
+  write(offset: number, data: Buffer): void {
+    data.copy(this.#buf, offset);
+  }
+  zero(offset: number, length: number): void {
+    this.#buf.fill(0, offset, offset + length);
+  }
+  clone(): Image {
+    return new FlatImage(this.#buf.length, Buffer.from(this.#buf));
+  }
+  nonZeroBlocks(blockSize: number): number[] {
+    return Array.from({ length: this.#buf.length / blockSize }, (_, i) => i);
+  }
+  isZero(offset: number, length: number): boolean {
+    for (let i = offset; i < offset + length; i++) if (this.#buf[i] !== 0) return false;
+    return true;
+  }
+}
+
+/** Only non-zero blocks are kept (a missing block reads as zeroes). */
+class SparseImage implements Image {
+  readonly #size: number;
+  readonly #bs: number;
+  readonly #blocks: Map<number, Buffer>;
+  constructor(size: number, blockSize: number, blocks = new Map<number, Buffer>()) {
+    this.#size = size;
+    this.#bs = blockSize;
+    this.#blocks = blocks;
+  }
+  read(offset: number, length: number): Buffer {
+    if (length > 2 ** 30) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'a sparse device reads at most 1 GiB at once');
+    const out = Buffer.alloc(length);
+    const bs = this.#bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    const visit = (b: number, block: Buffer): void => {
+      const start = Math.max(offset, b * bs);
+      const end = Math.min(offset + length, (b + 1) * bs);
+      block.copy(out, start - offset, start - b * bs, end - b * bs);
+    };
+    if (last - first + 1 > this.#blocks.size) {
+      for (const [b, block] of this.#blocks) if (b >= first && b <= last) visit(b, block);
+    } else {
+      for (let b = first; b <= last; b++) {
+        const block = this.#blocks.get(b);
+        if (block !== undefined) visit(b, block);
+      }
+    }
+    return out;
+  }
+  write(offset: number, data: Buffer): void {
+    const bs = this.#bs;
+    for (let at = 0; at < data.length; ) {
+      const b = Math.floor((offset + at) / bs);
+      const inBlock = offset + at - b * bs;
+      const n = Math.min(bs - inBlock, data.length - at);
+      let block = this.#blocks.get(b);
+      if (block === undefined) {
+        if (isZeroBuf(data, at, n)) {
+          at += n;
+          continue;
+        }
+        this.#blocks.set(b, (block = Buffer.alloc(bs)));
+      }
+      data.copy(block, inBlock, at, at + n);
+      if (n < bs ? isZeroBuf(block, 0, bs) : isZeroBuf(data, at, n)) this.#blocks.delete(b);
+      at += n;
+    }
+  }
+  zero(offset: number, length: number): void {
+    const bs = this.#bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    if (this.#blocks.size === 0) return;
+    const hit: number[] = [];
+    if (last - first + 1 > this.#blocks.size) {
+      for (const b of this.#blocks.keys()) if (b >= first && b <= last) hit.push(b);
+    } else {
+      for (let b = first; b <= last; b++) if (this.#blocks.has(b)) hit.push(b);
+    }
+    for (const b of hit) {
+      const start = Math.max(offset, b * bs);
+      const end = Math.min(offset + length, (b + 1) * bs);
+      if (end - start === bs) this.#blocks.delete(b);
+      else {
+        const block = this.#blocks.get(b)!;
+        block.fill(0, start - b * bs, end - b * bs);
+        if (isZeroBuf(block, 0, bs)) this.#blocks.delete(b);
+      }
+    }
+  }
+  clone(): Image {
+    const copy = new Map<number, Buffer>();
+    for (const [b, block] of this.#blocks) copy.set(b, Buffer.from(block));
+    return new SparseImage(this.#size, this.#bs, copy);
+  }
+  nonZeroBlocks(blockSize: number): number[] {
+    const out = new Set<number>();
+    for (const b of this.#blocks.keys()) {
+      const first = Math.floor((b * this.#bs) / blockSize);
+      const last = Math.floor(((b + 1) * this.#bs - 1) / blockSize);
+      for (let x = first; x <= last; x++) out.add(x);
+    }
+    return [...out].sort((x, y) => x - y);
+  }
+  isZero(offset: number, length: number): boolean {
+    const bs = this.#bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    for (const [b, block] of this.#blocks) {
+      if (b < first || b > last) continue;
+      const start = Math.max(offset, b * bs);
+      const end = Math.min(offset + length, (b + 1) * bs);
+      if (!isZeroBuf(block, start - b * bs, end - start)) return false;
+    }
+    return true;
+  }
+}
+
+const ZEROES = Buffer.alloc(64 * 1024);
+
+/** True when `buf[at, at + n)` is all zeroes (compared natively, 64 KiB at a time). */
+function isZeroBuf(buf: Buffer, at: number, n: number): boolean {
+  for (let i = at; i < at + n; i += ZEROES.length) {
+    const m = Math.min(ZEROES.length, at + n - i);
+    if (ZEROES.compare(buf, i, i + m, 0, m) !== 0) return false;
+  }
+  return true;
+}
+

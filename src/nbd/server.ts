@@ -9,6 +9,7 @@
  */
 import { writeZeroes } from '../device/zero.js';
 import net from 'node:net';
+import type { Duplex } from 'node:stream';
 import createDebug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import type { Clock, TimerHandle } from '../clock.js';
@@ -467,15 +468,25 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
     log('closed');
   }
 
-  #accept(socket: net.Socket): void {
+  /**
+   * Serves one client over an already connected byte stream instead of a
+   * socket accepted by {@link listen} (an in-memory pipe in a simulation, a
+   * socket accepted elsewhere). The connection counts in {@link stats} and
+   * is closed by {@link close} like the others.
+   */
+  serve(stream: Duplex, remote: { address?: string; port?: number } = {}): void {
+    this.#accept(stream as NbdSocket, remote);
+  }
+
+  #accept(socket: NbdSocket, remote?: { address?: string; port?: number }): void {
     if (this.#closing !== undefined) {
       socket.destroy();
       return;
     }
     const info: NbdClientInfo = Object.freeze({
       id: this.#nextId++,
-      remoteAddress: socket.remoteAddress ?? '',
-      remotePort: socket.remotePort ?? 0,
+      remoteAddress: remote?.address ?? socket.remoteAddress ?? '',
+      remotePort: remote?.port ?? socket.remotePort ?? 0,
     });
     this.#ctx.counters.totalConnections++;
     const conn = new NbdConnection(this.#ctx, socket, info);
@@ -525,13 +536,16 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   }
 }
 
+/** What a connection needs of its byte stream: a socket, or any duplex stream. */
+type NbdSocket = Duplex & { setNoDelay?(noDelay: boolean): unknown; remoteAddress?: string | undefined; remotePort?: number | undefined };
+
 /** One client connection: handshake state machine, then the transmission loop. */
 class NbdConnection {
   readonly closed: Promise<void>;
   inFlight = 0;
 
   readonly #server: ServerContext;
-  readonly #socket: net.Socket;
+  readonly #socket: NbdSocket;
   readonly #info: NbdClientInfo;
   #resolveClosed!: () => void;
 
@@ -577,7 +591,7 @@ class NbdConnection {
   #ending = false;
   #isClosed = false;
 
-  constructor(server: ServerContext, socket: net.Socket, info: NbdClientInfo) {
+  constructor(server: ServerContext, socket: NbdSocket, info: NbdClientInfo) {
     this.#server = server;
     this.#socket = socket;
     this.#info = info;
@@ -588,7 +602,7 @@ class NbdConnection {
 
   start(): void {
     const socket = this.#socket;
-    socket.setNoDelay(true);
+    socket.setNoDelay?.(true);
     socket.on('data', (chunk: Buffer) => this.#onData(chunk));
     socket.on('end', () => this.#onEnd());
     socket.on('drain', () => {

@@ -804,6 +804,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     for (;;) {
       const running = this.#resyncs.get(volume);
       if (running !== undefined) await running;
+      // closed meanwhile: #startResync would start nothing and this loop would spin for good
+      else if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the primary is closed');
       else if (volume.resyncBytes === 0) return;
       else if (this.#link !== 'up') throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is not up');
       else this.#startResync(volume);

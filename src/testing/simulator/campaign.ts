@@ -5,7 +5,8 @@
  * @module
  */
 import type { FaultKind, SimConfig } from './config.js';
-import { simulate, type InvariantId, type SimulationResult } from './simulation.js';
+import { simulateCycle, type CycleSimConfig } from './cycle-simulation.js';
+import { simulate, type InvariantId, type SimFamily, type SimulationResult } from './simulation.js';
 
 /** Options of {@link runCampaign}. */
 export interface CampaignOptions {
@@ -13,8 +14,12 @@ export interface CampaignOptions {
   from?: number;
   /** Number of seeds (schedules). */
   seeds: number;
-  /** Overrides of the drawn settings for every schedule. */
+  /** The family of schedules (default `pair`). */
+  family?: SimFamily;
+  /** Overrides of the drawn settings for every schedule (`pair`, `big`, `nbd`). */
   config?: Partial<SimConfig>;
+  /** Overrides of the drawn settings for every schedule of the `cycle` family. */
+  cycleConfig?: Partial<CycleSimConfig>;
   /** Called after each schedule (progress, printing failures). */
   onResult?: (result: SimulationResult) => void;
 }
@@ -36,7 +41,11 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
   const failures: SimulationResult[] = [];
   const byInvariant: CampaignResult['byInvariant'] = {};
   for (let seed = from; seed < from + options.seeds; seed++) {
-    const result = await simulate({ seed, ...(options.config === undefined ? {} : { config: options.config }) });
+    const family = options.family ?? 'pair';
+    const result =
+      family === 'cycle'
+        ? await simulateCycle({ seed, ...(options.cycleConfig === undefined ? {} : { config: options.cycleConfig }) })
+        : await simulate({ seed, family, ...(options.config === undefined ? {} : { config: options.config }) });
     if (!result.ok) {
       failures.push({ ...result, trace: [] });
       for (const v of result.violations) (byInvariant[v.invariant] ??= []).push(seed);
@@ -47,11 +56,11 @@ export async function runCampaign(options: CampaignOptions): Promise<CampaignRes
 }
 
 /** Parses a comma-separated list of fault kinds (`none` for the empty set). */
-export function parseFaults(list: string, known: readonly FaultKind[]): Set<FaultKind> {
+export function parseFaults<K extends string = FaultKind>(list: string, known: readonly K[]): Set<K> {
   if (list === 'none' || list === '') return new Set();
-  const out = new Set<FaultKind>();
+  const out = new Set<K>();
   for (const item of list.split(',')) {
-    const k = item.trim() as FaultKind;
+    const k = item.trim() as K;
     if (!known.includes(k)) throw new Error(`unknown fault kind ${item} (known: ${known.join(', ')})`);
     out.add(k);
   }

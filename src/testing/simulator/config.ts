@@ -85,6 +85,18 @@ export interface SimConfig {
   livenessTimeout: number;
   /** Fault kinds enabled. */
   faults: ReadonlySet<FaultKind>;
+  /**
+   * Probability that a request is a zero/TRIM of more than 4 GiB (issue 11,
+   * scenario 5; needs volumes above 4 GiB, which the simulator keeps sparse).
+   * 0 in the default family.
+   */
+  bigZero: number;
+  /**
+   * How user requests reach the primary: `api` calls the volume; `nbd` sends
+   * them through the real NBD server (`primaryVolumeBackend`) over an
+   * in-memory connection (issue 11, scenario 12).
+   */
+  front: 'api' | 'nbd';
 }
 
 /** Draws a {@link SimConfig} from `rng`, then applies `overrides`. */
@@ -112,6 +124,8 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     maxPayload: 8 * 1024 * 1024,
     burst: false,
     faults: new Set(ALL_FAULTS),
+    bigZero: 0,
+    front: 'api',
   };
   // drawn from a stream of its own, so that the schedules of earlier seeds stay as they were
   if (rng.fork('payload').chance(0.5)) config.maxPayload = config.regionSize;
@@ -119,10 +133,63 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
   return { ...config, ...overrides };
 }
 
+/** Volumes above this size are kept sparse (only written blocks in memory). */
+export const SPARSE_ABOVE = 64 * 1024 * 1024;
+
+/** Fault kinds of the large-volume family (no full resync or verify of 8 GiB, no rogue primary). */
+export const BIG_FAULTS: readonly FaultKind[] = ALL_FAULTS.filter((k) => k !== 'verify' && k !== 'rogue-primary');
+
+/**
+ * The large-volume family (issue 11, scenario 5): two 8 GiB volumes (sync and
+ * async, sparse in memory), one request in eight a zero/TRIM of 4–5 GiB among
+ * ordinary writes; regions of 1 MiB so that a resync of such a range stays
+ * cheap; every fault kind but a full verify and the rogue primary.
+ */
+export function drawBigConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimConfig {
+  const base = drawConfig(rng);
+  const size = 8 * 1024 * 1024 * 1024;
+  const regionSize = 1024 * 1024;
+  const config: SimConfig = {
+    ...base,
+    volumes: [
+      { name: 's', mode: 'sync', size },
+      { name: 'a', mode: 'async', size },
+    ],
+    regionSize,
+    maxPayload: rng.pick([regionSize, 8 * 1024 * 1024]),
+    maxBufferedBytes: Math.max(base.maxBufferedBytes, 4 * regionSize),
+    resyncConcurrency: rng.pick([1, 4, 16]),
+    // a full journal hands every later request, a 4 GiB zero too, to the bitmap: a resync of 4 GiB per schedule
+    journalCapacity: 1024 * 1024 * 1024,
+    faults: new Set(BIG_FAULTS),
+    steps: rng.int(15, 40),
+    bigZero: 0.25,
+  };
+  return { ...config, ...overrides };
+}
+
+/**
+ * The NBD-front family (issue 11, scenario 12): requests go through the real
+ * NBD server; writes of up to 64 blocks against a link payload limit of 4 or
+ * 16 KiB (one request becomes up to 64 parts), with every fault kind.
+ */
+export function drawNbdConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimConfig {
+  const base = drawConfig(rng);
+  const config: SimConfig = {
+    ...base,
+    front: 'nbd',
+    maxWriteBlocks: rng.pick([16, 64]),
+    maxPayload: rng.pick([4096, 16384]),
+  };
+  // the payload limit must not be below a region (resync copies a region at once)
+  config.regionSize = Math.min(config.regionSize, config.maxPayload);
+  return { ...config, ...overrides };
+}
+
 /** Short human description of a config (for traces). */
 export function describeConfig(c: SimConfig): string {
   return [
-    `volumes=${c.volumes.map((v) => `${v.name}:${v.mode}:${v.size / 1024}K`).join(',')}`,
+    `volumes=${c.volumes.map((v) => `${v.name}:${v.mode}:${v.size >= 2 ** 30 ? `${v.size / 2 ** 30}G` : `${v.size / 1024}K`}`).join(',')}`,
     `block=${c.blockSize}`,
     `region=${c.regionSize}`,
     `connections=${c.connections}`,
@@ -139,5 +206,7 @@ export function describeConfig(c: SimConfig): string {
     `concurrency=${c.concurrency}`,
     `burst=${c.burst}`,
     `faults=${[...c.faults].join(',')}`,
+    ...(c.bigZero > 0 ? [`bigZero=${c.bigZero}`] : []),
+    ...(c.front === 'api' ? [] : [`front=${c.front}`]),
   ].join(' ');
 }

@@ -18,7 +18,7 @@ import { createMirrorTarget, type MirrorTarget, type MirrorTargetOptions } from 
 import { MemoryDirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type { MemoryNetwork } from '../../transport/memory.js';
 import type { TransportAddress } from '../../transport/transport.js';
-import type { SimConfig } from './config.js';
+import { SPARSE_ABOVE, type SimConfig } from './config.js';
 import { GenerationStoreView, JournalView, StoreView, TransportView, bitmapView, type Revocable } from './fences.js';
 import type { Rng } from './rng.js';
 
@@ -84,7 +84,7 @@ export class PrimaryNode {
     this.ctx = ctx;
     for (const v of ctx.config.volumes) {
       this.disks.set(v.name, {
-        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency }),
+        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
         journal: new MemoryJournal({ capacityBytes: ctx.config.journalCapacity }),
         bitmap: new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: ctx.config.regionSize }),
         generations: new MemoryGenerationStore(),
@@ -110,6 +110,8 @@ export class PrimaryNode {
       heartbeatBind: { host: PRIMARY_HOST, port: 0 },
       ...SIM_TIMERS,
       mirrorTimeout: 1000,
+      // a CRC-32 of every resync payload of multi-GiB volumes costs seconds per schedule
+      ...(c.volumes.some((v) => v.size > SPARSE_ABOVE) ? { payloadChecksum: false } : {}),
       retryDelay: { min: 10, max: 200 },
       maxInFlightPerConnection: c.maxInFlightPerConnection,
       outagePolicy: c.outagePolicy,
@@ -202,7 +204,7 @@ export class TargetNode {
     this.ctx = ctx;
     for (const v of ctx.config.volumes) {
       this.disks.set(v.name, {
-        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency }),
+        device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
         generations: new MemoryGenerationStore(),
         applyState: new MemoryApplyStateStore(),
       });

@@ -7,7 +7,6 @@
  * @module
  */
 
-/** One write (or zeroing, `data` undefined) of a replication history. */
 export interface HistoryWrite {
   seq: number;
   offset: number;
@@ -48,30 +47,62 @@ function intersect(a: Interval[], b: Interval[]): Interval[] {
  * the image's; the answer is the intersection over all blocks.
  */
 export function prefixPoint(base: Buffer, image: Buffer, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
+  const blocks = Array.from({ length: image.length / blockSize }, (_, i) => i);
+  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
+  return prefixPointOver(blocks, at(base), at(image), history, blockSize, fromSeq, false);
+}
+
+/**
+ * {@link prefixPoint} for sparse images (block index → content; a missing
+ * block is zeroes), e.g. volumes of many GiB: only the blocks that are
+ * non-zero in either image or written with data by the history are looked
+ * at (every other block is zero before, after and in every zeroing).
+ */
+export function prefixPointSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
+  const set = new Set<number>([...base.keys(), ...image.keys()]);
+  for (const w of history) {
+    if (w.data === undefined || w.seq <= fromSeq) continue;
+    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
+  }
+  const zero = Buffer.alloc(blockSize);
+  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
+  return prefixPointOver([...set].sort((x, y) => x - y), at(base), at(image), history, blockSize, fromSeq, true);
+}
+
+function prefixPointOver(
+  blocks: readonly number[],
+  baseAt: (block: number) => Buffer,
+  imageAt: (block: number) => Buffer,
+  history: readonly HistoryWrite[],
+  blockSize: number,
+  fromSeq: number,
+  sparse: boolean,
+): PrefixResult {
+  const wanted = sparse ? new Set(blocks) : undefined;
   const writes = [...history].filter((w) => w.seq > fromSeq).sort((a, b) => a.seq - b.seq);
   const perBlock = new Map<number, HistoryWrite[]>();
   for (const w of writes) {
     const first = Math.floor(w.offset / blockSize);
     const last = Math.floor((w.offset + w.length - 1) / blockSize);
-    for (let b = first; b <= last; b++) {
-      let list = perBlock.get(b);
-      if (list === undefined) perBlock.set(b, (list = []));
-      list.push(w);
+    if (wanted !== undefined && last - first + 1 > wanted.size) {
+      // a long zeroing: only the blocks looked at matter
+      for (const b of wanted) if (b >= first && b <= last) addTo(perBlock, b, w);
+      continue;
     }
+    for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) addTo(perBlock, b, w);
   }
   let allowed: Interval[] = [[fromSeq, Number.POSITIVE_INFINITY]];
-  const blocks = image.length / blockSize;
-  for (let b = 0; b < blocks; b++) {
+  for (const b of blocks) {
     const start = b * blockSize;
-    const got = image.subarray(start, start + blockSize);
+    const got = imageAt(b);
     const list = perBlock.get(b);
     if (list === undefined) {
-      if (!got.equals(base.subarray(start, start + blockSize))) return { ok: false, block: b };
+      if (!got.equals(baseAt(b))) return { ok: false, block: b };
       continue;
     }
     const mine: Interval[] = [];
     let from = fromSeq;
-    let value: Buffer | undefined = base.subarray(start, start + blockSize);
+    let value: Buffer | undefined = baseAt(b);
     const push = (to: number): void => {
       if (from < to && value !== undefined && got.equals(value)) {
         const last = mine[mine.length - 1];
@@ -90,6 +121,13 @@ export function prefixPoint(base: Buffer, image: Buffer, history: readonly Histo
   }
   return { ok: true, seq: allowed[0]![0] };
 }
+
+function addTo(perBlock: Map<number, HistoryWrite[]>, b: number, w: HistoryWrite): void {
+  let list = perBlock.get(b);
+  if (list === undefined) perBlock.set(b, (list = []));
+  list.push(w);
+}
+
 
 /**
  * One write (or zeroing, `data` undefined) of a replication history, with
@@ -149,36 +187,73 @@ export interface CutResult {
  * match (their block value is not modelled).
  */
 export function consistentCut(base: Buffer, image: Buffer, history: readonly ObservedWrite[], blockSize: number): CutResult {
+  const blocks = Array.from({ length: image.length / blockSize }, (_, i) => i);
+  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
+  return consistentCutOver(blocks, at(base), at(image), history, blockSize, false);
+}
+
+/**
+ * {@link consistentCut} for sparse images (block index → content; a missing
+ * block is zeroes), e.g. volumes of many GiB: only the blocks that are
+ * non-zero in either image or written with data by the history are looked
+ * at (every other block is zero before, after and in every zeroing, so it
+ * constrains nothing).
+ */
+export function consistentCutSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly ObservedWrite[], blockSize: number): CutResult {
+  const set = new Set<number>([...base.keys(), ...image.keys()]);
+  for (const w of history) {
+    if (w.data === undefined || w.length <= 0) continue;
+    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
+  }
+  const zero = Buffer.alloc(blockSize);
+  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
+  return consistentCutOver([...set].sort((x, y) => x - y), at(base), at(image), history, blockSize, true);
+}
+
+function consistentCutOver(
+  blockList: readonly number[],
+  baseAt: (block: number) => Buffer,
+  imageAt: (block: number) => Buffer,
+  history: readonly ObservedWrite[],
+  blockSize: number,
+  sparse: boolean,
+): CutResult {
   const n = history.length;
+  const wanted = sparse ? new Set(blockList) : undefined;
   // per block: indexes of the writes covering it, in the primary's order
   const perBlock = new Map<number, number[]>();
+  const cover = (b: number, i: number): void => {
+    let list = perBlock.get(b);
+    if (list === undefined) perBlock.set(b, (list = []));
+    list.push(i);
+  };
   for (let i = 0; i < n; i++) {
     const w = history[i]!;
     if (w.length <= 0) continue;
     const first = Math.floor(w.offset / blockSize);
     const last = Math.floor((w.offset + w.length - 1) / blockSize);
-    for (let b = first; b <= last; b++) {
-      let list = perBlock.get(b);
-      if (list === undefined) perBlock.set(b, (list = []));
-      list.push(i);
+    if (wanted !== undefined && last - first + 1 > wanted.size) {
+      // a long zeroing: only the blocks looked at matter
+      for (const b of wanted) if (b >= first && b <= last) cover(b, i);
+      continue;
     }
+    for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) cover(b, i);
   }
   const before = (a: number, b: number): number => history[a]!.seq - history[b]!.seq || (history[a]!.part ?? 0) - (history[b]!.part ?? 0);
   // position (1-based) of each write in the list of each block it covers
   const positions: Array<Array<[block: number, pos: number]>> = Array.from({ length: n }, () => []);
   // per block: for each prefix length m (0…k), whether it gives the image's value
   const allowed = new Map<number, boolean[]>();
-  const blocks = image.length / blockSize;
-  for (let b = 0; b < blocks; b++) {
+  for (const b of blockList) {
     const start = b * blockSize;
-    const got = image.subarray(start, start + blockSize);
+    const got = imageAt(b);
     const list = perBlock.get(b);
     if (list === undefined) {
-      if (!got.equals(base.subarray(start, start + blockSize))) return { ok: false, block: b };
+      if (!got.equals(baseAt(b))) return { ok: false, block: b };
       continue;
     }
     list.sort(before);
-    const ok: boolean[] = [got.equals(base.subarray(start, start + blockSize))];
+    const ok: boolean[] = [got.equals(baseAt(b))];
     for (let p = 0; p < list.length; p++) {
       positions[list[p]!]!.push([b, p + 1]);
       const value = blockOf(history[list[p]!]!, start, blockSize);

@@ -11,11 +11,16 @@ import { CrashableMemoryDevice } from '../../device/crashable-memory-device.js';
 import { createPrimary, type Primary } from '../../replication/primary.js';
 import type { PrimaryVolume, WriteResult } from '../../replication/primary-volume.js';
 import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
-import { describeConfig, drawConfig, type FaultKind, type SimConfig, type SimVolumeConfig } from './config.js';
+import { describeConfig, drawBigConfig, drawConfig, drawNbdConfig, SPARSE_ABOVE, type FaultKind, type SimConfig, type SimVolumeConfig } from './config.js';
+import { NbdServer } from '../../nbd/server.js';
+import { primaryVolumeBackend } from '../../nbd/volume-backend.js';
+import * as NBD from '../../nbd/protocol.js';
+import { SimNbdClient } from './nbd-client.js';
 import { PRIMARY_HOST, PrimaryNode, TARGET_HOST, TargetNode, type StopKind } from './nodes.js';
 import type { JournalEntry } from '../../journal/journal.js';
-import { consistentCut, prefixPoint, type ObservedWrite } from './prefix-check.js';
+import { consistentCut, consistentCutSparse, prefixPoint, prefixPointSparse, type ObservedWrite } from './prefix-check.js';
 import { Rng } from './rng.js';
+import { frozen } from './fences.js';
 import { VirtualTime } from './virtual-time.js';
 
 /** Invariants the simulator checks. */
@@ -25,6 +30,8 @@ export type InvariantId =
   | 'I3-in-sync-images-differ'
   | 'I4-async-consistency'
   | 'I5-refused-peer-changed-target'
+  | 'I6-cycle-target-freeze'
+  | 'I6-cycle-source-freeze'
   | 'I7-memory-budget'
   | 'I9-seq-reused'
   | 'liveness'
@@ -38,9 +45,19 @@ export interface Violation {
   message: string;
 }
 
+/**
+ * A family of schedules: `pair` (the default: small volumes, every fault),
+ * `big` (8 GiB sparse volumes, zero/TRIM above 4 GiB), `nbd` (requests
+ * through the real NBD server, writes split into many parts), `cycle`
+ * (freeze/copy cycles: see `CycleSimulation`).
+ */
+export type SimFamily = 'pair' | 'big' | 'nbd' | 'cycle';
+
 /** Options of {@link Simulation}. */
 export interface SimulationOptions {
   seed: number;
+  /** The family of the schedule (default `pair`; `cycle` runs in `CycleSimulation`). */
+  family?: Exclude<SimFamily, 'cycle'>;
   /** Overrides of the settings drawn from the seed. */
   config?: Partial<SimConfig>;
   /** Called with every trace line as it happens (e.g. `console.log` for `--verbose`). */
@@ -55,7 +72,7 @@ export interface SimulationResult {
   /** The schedule and what happened, one line per event (identical for identical seeds). */
   trace: string[];
   /** Fault kinds injected during the schedule. */
-  faultsInjected: FaultKind[];
+  faultsInjected: string[];
   /** Virtual milliseconds simulated. */
   virtualTime: number;
   /** User requests issued / completed. */
@@ -83,10 +100,17 @@ interface OpRecord {
   seqs: number[];
   pv: PrimaryVolume;
   done: boolean;
+  /** Through the NBD front: the volume's answer, seen by the backend. */
+  result?: WriteResult;
+  /** Through the NBD front: a backend call was bound to it. */
+  bound?: boolean;
+  /** Through the NBD front: whether the target held the data when the volume answered. */
+  heldAtResult?: boolean;
 }
 
 interface Epoch {
-  base: Buffer;
+  /** The target image when the epoch began (block → content for a sparse volume). */
+  base: Buffer | Map<number, Buffer>;
   fromSeq: number;
   /** Async writes completed since the epoch began, with when the caller issued them and saw them complete. */
   history: ObservedWrite[];
@@ -95,9 +119,9 @@ interface Epoch {
 }
 
 /** The command line that replays `seed` (with non-default fault kinds, if any). */
-export function replayCommand(seed: number, faults?: ReadonlySet<FaultKind>): string {
+export function replayCommand(seed: number, faults?: ReadonlySet<string>, family: SimFamily = 'pair'): string {
   const extra = faults === undefined ? '' : ` --faults ${[...faults].join(',') || 'none'}`;
-  return `npm run sim -- --seed ${seed}${extra}`;
+  return `npm run sim -- ${family === 'pair' ? '' : `--family ${family} `}--seed ${seed}${extra}`;
 }
 
 /**
@@ -111,6 +135,7 @@ export function replayCommand(seed: number, faults?: ReadonlySet<FaultKind>): st
  */
 export class Simulation {
   readonly seed: number;
+  readonly family: Exclude<SimFamily, 'cycle'>;
   readonly config: SimConfig;
   readonly vt = new VirtualTime();
   readonly network: MemoryNetwork;
@@ -118,7 +143,9 @@ export class Simulation {
   readonly targetNode: TargetNode;
   readonly #sched: Rng;
   readonly #work: Rng;
+  readonly #big: Rng;
   readonly #net: Rng;
+  readonly #nbdClients = new Map<string, SimNbdClient>();
   readonly #onTrace: ((line: string) => void) | undefined;
   readonly #faultsOverridden: boolean;
   readonly trace: string[] = [];
@@ -143,10 +170,13 @@ export class Simulation {
   constructor(options: SimulationOptions) {
     this.seed = options.seed >>> 0;
     const rng = new Rng(this.seed);
-    this.config = drawConfig(rng.fork('config'), options.config);
+    this.family = options.family ?? 'pair';
+    const draw = this.family === 'big' ? drawBigConfig : this.family === 'nbd' ? drawNbdConfig : drawConfig;
+    this.config = draw(rng.fork('config'), options.config);
     this.#faultsOverridden = options.config?.faults !== undefined;
     this.#sched = rng.fork('schedule');
     this.#work = rng.fork('workload');
+    this.#big = rng.fork('big-zero');
     this.#net = rng.fork('network');
     const dev = rng.fork('devices');
     this.#onTrace = options.onTrace;
@@ -195,7 +225,7 @@ export class Simulation {
       virtualTime: this.vt.now(),
       requests: { issued: this.#issued, completed: this.#completed },
       config: describeConfig(this.config),
-      replay: replayCommand(this.seed, this.#faultsOverridden ? this.config.faults : undefined),
+      replay: replayCommand(this.seed, this.#faultsOverridden ? this.config.faults : undefined, this.family),
     };
   }
 
@@ -275,6 +305,7 @@ export class Simulation {
     const primary = r.value;
     const inc = this.primaryNode.incarnation;
     this.#log(`primary started (incarnation ${inc})`);
+    if (this.config.front === 'nbd') await this.#startNbd(primary, inc);
     primary.on('link', (state) => {
       if (this.primaryNode.primary === primary) this.#log(`primary link ${state}`);
     });
@@ -292,6 +323,7 @@ export class Simulation {
   async #stopPrimary(kind: StopKind): Promise<void> {
     if (!this.primaryNode.running) return;
     this.#abandon(this.primaryNode.incarnation);
+    this.#stopNbd();
     await this.#drive(this.primaryNode.stop(kind));
     if (kind !== 'clean') for (const v of this.config.volumes) this.#invalidate(v.name, `primary ${kind}`);
     this.#log(`primary stopped (${kind})`);
@@ -370,11 +402,18 @@ export class Simulation {
     if (this.#paused || this.#stopped || primary === undefined || this.#inflight.size >= this.config.concurrency) return false;
     const vcfg = this.#work.pick(this.config.volumes);
     const pv = primary.volume(vcfg.name);
+    // through the NBD front: only once its connection to this incarnation is up
+    if (this.config.front === 'nbd' && this.#nbdClients.get(vcfg.name)?.closed !== false) return false;
     const kind = this.#work.weighted({ write: 10, zero: 1, flush: 1 });
     const bs = this.config.blockSize;
     const blocks = vcfg.size / bs;
-    const n = this.#work.int(1, this.config.maxWriteBlocks);
-    const first = this.#work.int(0, blocks - n);
+    let n = this.#work.int(1, this.config.maxWriteBlocks);
+    let first = this.#work.int(0, blocks - n);
+    // scenario 5: a zero/TRIM of more than 4 GiB (drawn from a stream of its own)
+    if (kind === 'zero' && this.config.bigZero > 0 && this.#big.chance(this.config.bigZero)) {
+      n = (4 * 2 ** 30 + this.#big.int(1, 1024) * this.config.regionSize) / bs;
+      first = this.#big.int(0, blocks - n);
+    }
     const fua = this.#work.chance(0.1);
     const id = this.#nextOp++;
     const op: OpRecord = {
@@ -395,12 +434,80 @@ export class Simulation {
     this.#inflight.add(op);
     this.#issued++;
     const p: Promise<WriteResult> =
-      kind === 'write' ? pv.write(op.offset, op.data!, { fua }) : kind === 'zero' ? pv.zero(op.offset, op.length, { fua }) : pv.flush();
+      this.config.front === 'nbd'
+        ? this.#viaNbd(op)
+        : kind === 'write'
+          ? pv.write(op.offset, op.data!, { fua })
+          : kind === 'zero'
+            ? pv.zero(op.offset, op.length, { fua })
+            : pv.flush();
     p.then(
       (r) => this.#onResult(op, r),
       (error: unknown) => this.#onResult(op, undefined, error),
     );
     return true;
+  }
+
+  /**
+   * Sends `op` through the NBD front (scenario 12): the reply says success or
+   * an NBD error; the volume's own answer (seq, mirror state) is what the
+   * backend saw (see {@link #nbdVolume}).
+   */
+  async #viaNbd(op: OpRecord): Promise<WriteResult> {
+    const client = this.#nbdClients.get(op.volume);
+    if (client === undefined) return frozen();
+    const flags = op.fua && op.kind !== 'flush' ? NBD.NBD_CMD_FLAG_FUA : 0;
+    const type = op.kind === 'write' ? NBD.NBD_CMD_WRITE : op.kind === 'flush' ? NBD.NBD_CMD_FLUSH : this.#work.chance(0.5) ? NBD.NBD_CMD_TRIM : NBD.NBD_CMD_WRITE_ZEROES;
+    const error = await client.request(type, op.offset, op.length, flags, op.data);
+    if (error !== 0) throw new BlockMirrorError('BM_ERR_IO', `NBD error ${error}`);
+    if (op.result === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', 'NBD success without a volume answer');
+    return op.result;
+  }
+
+  /** The volume as the NBD backend sees it: each call is bound to the oldest matching request in flight, whose answer it records. */
+  #nbdVolume(pv: PrimaryVolume, incarnation: number): PrimaryVolume {
+    const bind = (kind: OpRecord['kind'], offset: number, length: number, p: Promise<WriteResult>): Promise<WriteResult> => {
+      const op = [...this.#inflight].find((o) => !o.bound && o.incarnation === incarnation && o.volume === pv.name && o.kind === kind && (kind === 'flush' || (o.offset === offset && o.length === length)));
+      if (op !== undefined) op.bound = true;
+      return p.then((r) => {
+        if (op !== undefined) {
+          op.result = r;
+          // I1 is about the moment the volume answered (the NBD reply comes later, when an overlapping write may have followed)
+          if (op.kind !== 'flush' && r.mirror === 'acknowledged') op.heldAtResult = this.#targetHolds(op);
+        }
+        return r;
+      });
+    };
+    return new Proxy(pv, {
+      get: (target, prop, receiver) => {
+        if (prop === 'write') return (offset: number, data: Buffer, o?: { fua?: boolean }) => bind('write', offset, data.length, target.write(offset, data, o));
+        if (prop === 'zero') return (offset: number, length: number, o?: { fua?: boolean }) => bind('zero', offset, length, target.zero(offset, length, o));
+        if (prop === 'flush') return () => bind('flush', 0, 0, target.flush());
+        const value: unknown = Reflect.get(target, prop, receiver);
+        return typeof value === 'function' ? (value as (...a: unknown[]) => unknown).bind(target) : value;
+      },
+    });
+  }
+
+  async #startNbd(primary: Primary, incarnation: number): Promise<void> {
+    const server = new NbdServer({
+      clock: this.vt,
+      exports: primary.volumes.map((pv) => ({ name: pv.name, readOnly: false, backend: primaryVolumeBackend(this.#nbdVolume(pv, incarnation), { clock: this.vt }) })),
+    });
+    for (const pv of primary.volumes) {
+      const r = await this.#drive(SimNbdClient.connect(server, pv.name), 2000);
+      if (r.value === undefined) {
+        this.#log(`NBD client of ${pv.name} could not connect: ${String(r.error)}`);
+        continue;
+      }
+      this.#nbdClients.set(pv.name, r.value);
+    }
+  }
+
+  /** The NBD front dies with the primary process: its connections are dropped. */
+  #stopNbd(): void {
+    for (const c of this.#nbdClients.values()) c.destroy();
+    this.#nbdClients.clear();
   }
 
   #onResult(op: OpRecord, r: WriteResult | undefined, error?: unknown): void {
@@ -425,9 +532,8 @@ export class Simulation {
       this.#seqs.add(key);
     }
     if (mode === 'sync' && r.mirror === 'acknowledged' && op.targetLosses === this.#targetLosses) {
-      const expected = op.data ?? Buffer.alloc(op.length);
-      const onTarget = this.targetNode.disks.get(op.volume)!.device.peek(op.offset, op.length);
-      if (!onTarget.equals(expected)) this.#violate('I1-sync-ack-on-target', `${what} resolved acknowledged but the target does not hold it`);
+      const held = op.heldAtResult ?? this.#targetHolds(op);
+      if (!held) this.#violate('I1-sync-ack-on-target', `${what} resolved acknowledged but the target does not hold it${this.#whereMissing(op)}`);
     }
     if (mode === 'async') {
       if (r.mirror !== 'queued' || r.seq === undefined) this.#invalidate(op.volume, `async request not queued with a seq (${r.mirror})`);
@@ -484,6 +590,23 @@ export class Simulation {
       out.push({ seq, op: op.id, part: i, offset: op.offset + at, length, data: op.data?.subarray(at, at + length), issued: op.issued, completed });
     }
     return out;
+  }
+
+  /** Where the target's image differs from what `op` wrote (for reports). */
+  #whereMissing(op: OpRecord): string {
+    if (op.data === undefined) return '';
+    const bs = this.config.blockSize;
+    const got = this.targetNode.disks.get(op.volume)!.device.peek(op.offset, op.length);
+    for (let at = 0; at < op.length; at += bs) {
+      if (!got.subarray(at, at + bs).equals(op.data.subarray(at, at + bs))) return ` (block ${(op.offset + at) / bs} holds op#${got.readUInt32LE(at)})`;
+    }
+    return ' (it does now)';
+  }
+
+  /** True when the target's image holds what `op` wrote (I1). */
+  #targetHolds(op: OpRecord): boolean {
+    const device = this.targetNode.disks.get(op.volume)!.device;
+    return op.data === undefined ? device.isZero(op.offset, op.length) : device.peek(op.offset, op.length).equals(op.data);
   }
 
   #mode(volume: string): SimVolumeConfig['mode'] {
@@ -610,7 +733,8 @@ export class Simulation {
         if (primary === undefined) return;
         const vol = this.#sched.pick(this.config.volumes).name;
         if (action === 'resync') {
-          const all = this.#sched.chance(0.5);
+          // a full resync of a multi-GiB sparse volume would read every byte of it: dirty regions only there
+          const all = this.#sched.chance(0.5) && this.config.volumes.every((v) => v.size <= SPARSE_ABOVE);
           this.#log(`step ${step}: resync ${vol}${all ? ' (all)' : ''}`);
           primary.resync(vol, { all }).then(
             () => this.#log(`resync ${vol} done`),
@@ -669,14 +793,15 @@ export class Simulation {
     const key = `${device.stats.writes}/${device.stats.trims}/${device.stats.crashes}/${history.length}`;
     if (epoch.checked === key) return;
     epoch.checked = key;
-    const image = device.peek();
-    const r0 = consistentCut(epoch.base, image, history, this.config.blockSize);
-    const strict = prefixPoint(epoch.base, image, history, this.config.blockSize, epoch.fromSeq);
+    const image = snapshot(device);
+    const bs = this.config.blockSize;
+    const sparse = image instanceof Map && epoch.base instanceof Map;
+    const r0 = sparse ? consistentCutSparse(epoch.base as Map<number, Buffer>, image, history, bs) : consistentCut(epoch.base as Buffer, image as Buffer, history, bs);
+    const strict = sparse ? prefixPointSparse(epoch.base as Map<number, Buffer>, image, history, bs, epoch.fromSeq) : prefixPoint(epoch.base as Buffer, image as Buffer, history, bs, epoch.fromSeq);
     if (r0.ok && !strict.ok) this.#log('RELAXED: image is no strict prefix but a consistent cut');
     const r = r0;
     if (r.ok) return;
-    const bs = this.config.blockSize;
-    const at = (buf: Buffer): string => `op#${buf.readUInt32LE(r.block! * bs)}`;
+    const at = (img: Buffer | Map<number, Buffer>): string => `op#${blockOf(img, r.block!, bs).readUInt32LE(0)}`;
     const missing = r.missing === undefined ? '' : `, op#${history[r.missing]!.op} must be there by happens-before and is not`;
     this.#violate(
       'I4-async-consistency',
@@ -700,11 +825,11 @@ export class Simulation {
     for (const v of this.config.volumes) {
       const st = primary.volume(v.name).status();
       if (!st.inSync || st.state !== 'in-sync') continue;
-      const a = this.primaryNode.disks.get(v.name)!.device.peek();
-      const b = this.targetNode.disks.get(v.name)!.device.peek();
-      const diff = firstDiff(a, b, this.config.blockSize);
+      const a = this.primaryNode.disks.get(v.name)!.device;
+      const b = this.targetNode.disks.get(v.name)!.device;
+      const diff = firstDiffOf(a, b);
       if (diff === undefined) {
-        if (v.mode === 'async') this.#epochs.set(v.name, { base: b, fromSeq: st.lastSeq, history: [] });
+        if (v.mode === 'async') this.#epochs.set(v.name, { base: snapshot(b), fromSeq: st.lastSeq, history: [] });
         continue;
       }
       equal = false;
@@ -777,7 +902,7 @@ export class Simulation {
       volumes: this.config.volumes.map((v) => ({
         name: v.name,
         mode: v.mode,
-        device: new CrashableMemoryDevice(v.size, { blockSize: this.config.blockSize }),
+        device: new CrashableMemoryDevice(v.size, { blockSize: this.config.blockSize, sparse: v.size > SPARSE_ABOVE }),
       })),
     });
     const r = await this.#drive(rogue, 3000);
@@ -864,6 +989,28 @@ function pattern(id: number, length: number): Buffer {
   const b = Buffer.alloc(length, (id * 37) % 251 + 1);
   for (let i = 0; i + 4 <= length; i += 512) b.writeUInt32LE(id, i);
   return b;
+}
+
+/** The content of a device for the checks: the whole image, or its non-zero blocks when sparse. */
+function snapshot(device: CrashableMemoryDevice): Buffer | Map<number, Buffer> {
+  if (!device.sparse) return device.peek();
+  const bs = device.blockSize;
+  const out = new Map<number, Buffer>();
+  for (const b of device.nonZeroBlocks()) out.set(b, device.peek(b * bs, bs));
+  return out;
+}
+
+function blockOf(image: Buffer | Map<number, Buffer>, block: number, bs: number): Buffer {
+  return image instanceof Map ? (image.get(block) ?? Buffer.alloc(bs)) : image.subarray(block * bs, (block + 1) * bs);
+}
+
+/** The first block where two devices differ (sparse devices: only their non-zero blocks are compared). */
+function firstDiffOf(a: CrashableMemoryDevice, b: CrashableMemoryDevice): number | undefined {
+  if (!a.sparse || !b.sparse) return firstDiff(a.peek(), b.peek(), a.blockSize);
+  const bs = a.blockSize;
+  const blocks = [...new Set([...a.nonZeroBlocks(), ...b.nonZeroBlocks()])].sort((x, y) => x - y);
+  for (const block of blocks) if (!a.peek(block * bs, bs).equals(b.peek(block * bs, bs))) return block;
+  return undefined;
 }
 
 function firstDiff(a: Buffer, b: Buffer, blockSize: number): number | undefined {
