@@ -67,6 +67,10 @@ export interface MirrorRequest {
   lag?: number;
   /** Hash algorithm of a `hash` request. */
   alg?: string;
+  /** A `hash` probe: called when it is given up (the link went down), so that no resync waits for it under a range lock. */
+  onFail?: ((error: BlockMirrorError) => void) | undefined;
+  /** A `flush` that also declares the target's image up-to-date (nothing was left to resync when it was made). */
+  upToDate?: boolean;
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
   onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

@@ -16,5 +16,5 @@ export { prefixPoint } from './prefix-check.js';
 export type { HistoryWrite, PrefixResult } from './prefix-check.js';
 export { PrimaryNode, TargetNode, SIM_TIMERS, PRIMARY_HOST, TARGET_HOST, TARGET_PORT } from './nodes.js';
 export type { StopKind, NodeContext, PrimaryVolumeDisk, TargetVolumeDisk } from './nodes.js';
-export { JournalView, GenerationStoreView, StoreView, TransportView, bitmapView, frozen } from './fences.js';
+export { JournalView, PairStateStoreView, StoreView, TransportView, bitmapView, frozen } from './fences.js';
 export type { Revocable } from './fences.js';
