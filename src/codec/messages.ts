@@ -187,6 +187,8 @@ export interface SkipHeader {
   vol: number;
   seq: number;
   end: number;
+  /** 1: their data reaches the target by a resync: its image is inconsistent from here on (as with a resync write). */
+  rs?: 1;
 }
 
 /** FLUSH (client → server): make applied writes durable, once every seq ≤ `bar` is applied. */
@@ -374,6 +376,7 @@ export function parseSkip(h: unknown): SkipHeader {
   const t = MessageType.SKIP;
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.seq) || !uint(r.end) || r.seq < 1 || r.end < r.seq) throw bad(t, 'fields');
+  if (r.rs !== undefined && r.rs !== 1) throw bad(t, 'rs');
   return r as unknown as SkipHeader;
 }
 

@@ -63,6 +63,8 @@ export interface MirrorRequest {
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
   /** A resync write: not journaled, nobody waits for it but the resync. */
   resync: boolean;
+  /** A `skip` standing for writes whose data a resync brings instead (the target's image is inconsistent from it on). */
+  owed?: boolean;
   /** Bytes this request holds of the volume's async lag budget (0 if none). */
   lag?: number;
   /** Hash algorithm of a `hash` request. */

@@ -935,7 +935,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         }
         case MessageType.SKIP: {
           const h = parseSkip(frame.header);
-          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => v.order.skip(h.seq, h.end), MessageType.WRITE_ACK, h.seq - 1);
+          // a skip of data a resync brings instead (`rs`): the image is inconsistent (durably) before anything above it applies
+          const skip = (v: TargetVolume): Promise<void> =>
+            h.rs === 1 ? v.order.submit(h.seq, h.seq - 1, async () => v.beforeResyncWrite(h.end), h.end) : v.order.skip(h.seq, h.end);
+          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), skip, MessageType.WRITE_ACK, h.seq - 1);
           return;
         }
         case MessageType.FLUSH: {

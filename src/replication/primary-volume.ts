@@ -950,6 +950,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#needs.mark(req.offset, req.length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
+    req.owed = true;
     this.#dropPayload(req);
     this.#setSpilled(req, false);
     req.owned = true;

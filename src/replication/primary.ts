@@ -631,6 +631,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   async #connectOnce(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
     slot.status = 'connecting';
     let conn: FramedConnection | undefined;
+    // the generations this handshake offers (they may change while it runs)
+    const offered = this.#mirrored.map((v): [PrimaryVolume, string] => [v, v.generation]);
     try {
       const raw = await this.#transport.connect(this.peer, { timeout: this.#handshakeTimeout });
       conn = new FramedConnection(raw, { limits: this.#limits, payloadChecksum: this.#payloadChecksum });
@@ -681,8 +683,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#open(slot, conn);
       return undefined;
     } catch (error) {
-      const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
+      let err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
       conn?.destroy();
+      // A handshake that took long may offer a generation we left meanwhile
+      // (a write while no connection was up): the target, which adopted the
+      // newer one from another connection, refuses the old one. Not a split
+      // brain: the next attempt offers the current generation.
+      if (err.code === 'BM_ERR_SPLIT_BRAIN' && offered.some(([v, g]) => v.generation !== g)) {
+        err = new BlockMirrorError('BM_ERR_CONNECT_FAILED', `the handshake offered a generation the primary has left meanwhile; retrying with the current one (${err.message})`, { cause: err });
+      }
       if (err.code === 'BM_ERR_SPLIT_BRAIN') {
         const name = err.details.volume;
         const v = typeof name === 'string' ? this.#volumes.get(name) : undefined;
@@ -962,7 +971,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     } else if (req.kind === 'zero') {
       conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'skip') {
-      conn.send(MessageType.SKIP, { id, vol, seq: req.seq, end: req.end });
+      conn.send(MessageType.SKIP, req.owed === true ? { id, vol, seq: req.seq, end: req.end, rs: 1 } : { id, vol, seq: req.seq, end: req.end });
     } else if (req.kind === 'hash') {
       conn.send(MessageType.HASH, { id, vol, off: req.offset, len: req.length, bar: req.barrier, alg: req.alg });
     } else {

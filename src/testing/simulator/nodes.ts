@@ -116,7 +116,7 @@ export class PrimaryNode {
       journal: { capacityBytes: c.journalCapacity },
       resync: { regionSize: c.regionSize, concurrency: c.resyncConcurrency },
       waitForConnection: false,
-      volumes: c.volumes.map((v) => ({ name: v.name, mode: v.mode, device: devices.get(v.name)!, state: stores.get(v.name)! })),
+      volumes: c.volumes.map((v) => ({ name: v.name, mode: v.mode, device: devices.get(v.name)!, state: stores.get(v.name)!, initialSync: c.initialSync })),
     };
   }
 
