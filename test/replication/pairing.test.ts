@@ -12,6 +12,7 @@ import { createPrimary, type Primary, type PrimaryOptions } from '../../src/repl
 import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { onceEvent } from '../helpers/events.js';
+import type { BlockMirrorError } from '../../src/errors.js';
 
 const MiB = 1 << 20;
 const P = '10.12.0.1';
@@ -132,7 +133,7 @@ test('issue 12 (2): initialSync none (--assume-clean) makes a blank target up-to
     ...LINK,
   });
   try {
-    const [error] = await onceEvent(other, 'connect-error');
+    const [error] = await onceEvent<[BlockMirrorError]>(other, 'connect-error');
     assert.equal(error.code, 'BM_ERR_SPLIT_BRAIN');
     assert.match(error.message, /another lineage/);
     await until(other, () => other.volume('v').state === 'split-brain');
