@@ -24,8 +24,12 @@ import { RawClient } from '../nbd/raw-client.js';
 import { CliProcess, listeningAddresses, runCli, tmpDir } from './cli-helpers.js';
 
 const MiB = 1024 * 1024;
-/** Short link timers: a restarted peer is back within a second. */
-const FAST = ['--heartbeat-interval', '50', '--stale-after', '300', '--probation', '100'];
+/**
+ * Short link timers: a restarted peer is back within a second (a restart
+ * closes the connections; heartbeats only have to come back for the
+ * probation). The stale time tolerates event-loop stalls of a loaded machine.
+ */
+const FAST = ['--heartbeat-interval', '100', '--stale-after', '3000', '--probation', '100'];
 
 type HostPort = { host: string; port: number };
 
@@ -208,16 +212,18 @@ describe('issue 12: pairing, disk states and lineage with real processes', () =>
     // the primary's progress display (JSON lines on stderr when not a terminal): some copied, not all
     await primary.proc.waitForStderrLine(/^\{.*"label":"resync v".*"done":[1-9]/);
     const p = await volumeStatus(primary.admin);
-    assert.deepEqual([p.state, p.inSync, p.peerDisk], ['inconsistent', false, 'inconsistent']);
-    const progress = p.progress as { operation: string; done: number; total: number; percent: number };
-    assert.equal(progress.operation, 'resync');
-    assert.equal(progress.total, 8 * MiB);
-    assert.ok(progress.done > 0 && progress.done < progress.total, JSON.stringify(progress));
+    assert.deepEqual([p.inSync, p.peerDisk], [false, 'inconsistent']);
+    // copying (inconsistent), or between two runs of the copy after a hiccup of the link (needs-resync)
+    assert.ok(p.state === 'inconsistent' || p.state === 'needs-resync', String(p.state));
+    if (p.state === 'inconsistent') {
+      const progress = p.progress as { operation: string; done: number; total: number; percent: number };
+      assert.equal(progress.operation, 'resync');
+      assert.ok(progress.total > 0 && progress.total <= 8 * MiB && progress.done < progress.total, JSON.stringify(progress));
+    }
     const m = await volumeStatus(mirror.admin);
     assert.deepEqual([m.state, m.disk, m.inSync], ['mirroring', 'inconsistent', false], 'the mirror, connected and written, is not in sync');
     const sync = m.sync as { done: number; total: number; percent: number };
-    assert.equal(sync.total, 8 * MiB, 'the mirror shows the sync progress the primary sent');
-    assert.ok(sync.done < sync.total);
+    assert.ok(sync.total > 0 && sync.total <= 8 * MiB && sync.done < sync.total, `the mirror shows the sync progress the primary sent: ${JSON.stringify(sync)}`);
     const table = await runCli(t, ['status', '--admin', `${mirror.admin.host}:${mirror.admin.port}`]);
     assert.match(table.stdout, /^v +target +mirroring +no +inconsistent +up-to-date +\d+\.\d% +never /m, table.stdout);
 

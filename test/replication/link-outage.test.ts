@@ -71,8 +71,9 @@ test('SPEC 12: bi-directional mirroring: each node is primary for one volume and
   const bCopyOfA = dev();
   const targetOnA = await createMirrorTarget({ transport: network.transport({ host: A }), listen: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: aCopyOfB }], ...LINK });
   const targetOnB = await createMirrorTarget({ transport: network.transport({ host: B }), listen: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: bCopyOfA }], ...LINK });
-  const primaryOnA = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: aOwn, mode: 'async' }], ...LINK });
-  const primaryOnB = await createPrimary({ transport: network.transport({ host: B }), peer: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: bOwn, mode: 'sync' }], ...LINK });
+  // four blank devices: each pair is identical, no initial sync (as --assume-clean)
+  const primaryOnA = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: aOwn, mode: 'async', initialSync: 'none' }], ...LINK });
+  const primaryOnB = await createPrimary({ transport: network.transport({ host: B }), peer: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: bOwn, mode: 'sync', initialSync: 'none' }], ...LINK });
   try {
     await primaryOnA.volume('a-vol').write(0, Buffer.alloc(4096, 0xa1));
     assert.equal((await primaryOnB.volume('b-vol').write(0, Buffer.alloc(4096, 0xb1))).mirror, 'acknowledged');
