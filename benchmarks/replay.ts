@@ -34,7 +34,7 @@ import { BENCH_DIR, ROOT_DIR, spawnTsFixture, waitLink, type JsonChild } from '.
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../src/replication/primary.js';
-import { MemoryGenerationStore } from '../src/replication/generation.js';
+import { MemoryPairStateStore } from '../src/replication/pair-state.js';
 
 /** A buffer of pseudo-random bytes (cheap LCG; incompressible enough for loopback). */
 function fillPattern(buf: Buffer, seed: number): Buffer {
@@ -424,10 +424,11 @@ export async function runReplayBenchmark(options: ReplayBenchOptions = {}): Prom
     let target: MirrorTarget = await createMirrorTarget({ listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'v', device: tdev }], ...LINK });
     const port = target.address.port;
     // both primaries below are the same node's volume: they share its generations
-    const generations = new MemoryGenerationStore();
+    const generations = new MemoryPairStateStore();
     const primary = await createPrimary({
       peer: target.address,
-      volumes: [{ name: 'v', device: pdev, mode: 'async', generations }],
+      // two new sparse files: identical, no initial sync
+      volumes: [{ name: 'v', device: pdev, mode: 'async', state: generations, initialSync: 'none' }],
       journal: { dir: join(dir, 'journal'), fsync: 'batch', capacityBytes: bytes + 64 * MiB },
       ...LINK,
     });
@@ -447,7 +448,7 @@ export async function runReplayBenchmark(options: ReplayBenchOptions = {}): Prom
     const withFile = await writeAll(primary, overheadMiB * MiB, volumeSize);
     await primary.drain(600_000);
     await primary.close();
-    const memPrimary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async', generations }], ...LINK });
+    const memPrimary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async', state: generations }], ...LINK });
     const withMemory = await writeAll(memPrimary, overheadMiB * MiB, volumeSize);
     await memPrimary.drain(600_000);
     await memPrimary.close();

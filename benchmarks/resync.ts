@@ -332,7 +332,7 @@ async function startTarget(ctx: Ctx): Promise<{ child: JsonChild; port: number }
   return { child, port: ready.port };
 }
 
-function primaryOptions(port: number, transport: Transport, device: FileBlockDevice, extra: Partial<PrimaryOptions>, initialSync?: 'full' | 'checksum'): PrimaryOptions {
+function primaryOptions(port: number, transport: Transport, device: FileBlockDevice, extra: Partial<PrimaryOptions>, initialSync?: 'full' | 'checksum' | 'none'): PrimaryOptions {
   return {
     peer: { host: '127.0.0.1', port },
     transport,
@@ -460,7 +460,8 @@ async function dirtyResync(ctx: Ctx, regionSize: number, blocks: number[], seed:
   await rm(journalDir, { recursive: true, force: true });
   // 256 KiB of ring: ~55 records of 4 KiB, then the bitmap takes over
   const primary = new Primary(
-    primaryOptions(port, transport, device, { resync: { regionSize, concurrency }, journal: { dir: journalDir, capacityBytes: 256 * KiB, fsync: 'batch' } }),
+    // the target already holds the primary's image (part 1 copied it): no initial sync
+    primaryOptions(port, transport, device, { resync: { regionSize, concurrency }, journal: { dir: journalDir, capacityBytes: 256 * KiB, fsync: 'batch' } }, 'none'),
   );
   try {
     await primary.start(true);

@@ -264,7 +264,8 @@ export async function runWriteBenchmark(options: WriteBenchOptions = {}): Promis
       const port = config === 'local' ? 1 : config.endsWith('-inproc') ? inproc!.address.port : childPort;
       const primary = await createPrimary({
         peer: { host: '127.0.0.1', port },
-        volumes: [{ name: mode === 'local' ? 'local' : mode, device, mode }],
+        // steady-state writes are measured, not a first sync (the images are not compared)
+        volumes: [{ name: mode === 'local' ? 'local' : mode, device, mode, initialSync: 'none' }],
         connections,
         // Room for the async backlog of a whole run: an overflow would suspend the
         // journal (volume needs-full-resync) and change what later rounds measure.

@@ -34,7 +34,7 @@ export const ERROR_CODES = {
   BM_ERR_VOLUME_MISMATCH: 'The peer hosts the volume with a different size or block size; nothing was written.',
   BM_ERR_VOLUME_BUSY: 'Another primary already mirrors into this target volume (one writer per volume).',
   BM_ERR_SETTINGS_MISMATCH: 'Settings both peers must share (heartbeats: interval and stale time) could not be agreed; the handshake was refused and nothing was claimed.',
-  BM_ERR_SPLIT_BRAIN: 'The target volume was written on its own since it last had the primary\'s data (split brain, or a promoted target); nothing was overwritten. Resolve with a policy or by hand.',
+  BM_ERR_SPLIT_BRAIN: 'The target volume holds data the primary cannot prove to be an ancestor of its own: written on its own since it last had the primary\'s data (split brain, a promoted target), or of another lineage (another primary, a primary that lost its state); nothing was overwritten. Resolve with a policy or by hand.',
   BM_ERR_CONNECTION_CLOSED: 'The connection closed before the request was answered.',
   BM_ERR_CONNECT_FAILED: 'A connection to the peer could not be opened.',
   BM_ERR_DEVICE_UNAVAILABLE: 'The storage behind a device (an NBD server) is not reachable: the request failed (one in flight when the connection broke may have been applied in part); the device reconnects in the background.',

@@ -61,6 +61,7 @@ export type {
   PrimaryVolumeStatus,
   PrimaryVolumeEvents,
   VolumeWriteOptions,
+  InitialSyncMethod,
 } from './replication/primary-volume.js';
 export { createMirrorTarget, MirrorTarget, TargetVolume } from './replication/mirror-target.js';
 export type {
@@ -148,8 +149,6 @@ export { ProgressTracker } from './resync/progress.js';
 export type { ProgressSnapshot, ProgressTrackerEvents, ProgressTrackerOptions } from './resync/progress.js';
 export type { ResyncOptions, ResyncResult, VerifyResult } from './replication/resync-runner.js';
 export {
-  MemoryGenerationStore,
-  FileGenerationStore,
   compareGenerations,
   advanceGeneration,
   freshGeneration,
@@ -157,7 +156,9 @@ export {
   isGenerationId,
   MAX_HISTORY,
 } from './replication/generation.js';
-export type { GenerationState, GenerationStore, Lineage } from './replication/generation.js';
+export type { GenerationState, Lineage } from './replication/generation.js';
+export { MemoryPairStateStore, FilePairStateStore, DISK_STATES, isDiskState, checkPairState } from './replication/pair-state.js';
+export type { DiskState, PairState, PairStateStore } from './replication/pair-state.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
 export { MemoryApplyStateStore, FileApplyStateStore } from './replication/apply-state.js';
 export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';

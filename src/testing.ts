@@ -1,6 +1,6 @@
 /**
  * Compliance suites and fault-injecting adapters, for testing blockmirror and
- * your own `BlockDevice` / `Transport` implementations.
+ * your own `BlockDevice` / `Transport` / `PairStateStore` implementations.
  *
  * ```ts
  * import { blockDeviceSuite } from 'blockmirror/testing';
@@ -12,6 +12,8 @@
 export { blockDeviceSuite } from './testing/block-device-suite.js';
 export type { BlockDeviceSuiteOptions } from './testing/block-device-suite.js';
 export { transportSuite } from './testing/transport-suite.js';
+export { pairStateSuite } from './testing/pair-state-suite.js';
+export type { PairStateSuiteOptions } from './testing/pair-state-suite.js';
 export type { TransportSuiteOptions, TransportSuiteContext } from './testing/transport-suite.js';
 export { FaultyBlockDevice } from './device/faulty-device.js';
 export type { FaultRule, FaultOp, InjectedError, InjectedFault, FaultyDeviceStats, FaultyBlockDeviceOptions } from './device/faulty-device.js';

@@ -22,17 +22,20 @@ export interface AdminVolumeStatus {
   /** `sync`, `async`, `local` on a primary; `target` on a mirror target. */
   mode: string;
   /**
-   * Primary: the target is identical as far as the primary knows (nothing pending).
-   * Target: a primary is connected and mirroring into the volume (the target cannot
-   * see what the primary has not sent yet: ask the primary's endpoint for the truth).
+   * Primary: the target is identical as far as the primary knows (nothing
+   * pending, and both images `up-to-date`).
+   * Target: its image is `up-to-date` and a primary is connected and
+   * mirroring into it (the target cannot see what the primary has not sent
+   * yet: ask the primary's endpoint for the truth). A cycle target: a cycle
+   * source is connected and the volume holds one of its freeze images.
    */
   inSync: boolean;
   /** Primary: bytes written locally and not yet acknowledged by the target. Target: always 0. */
   pendingBytes: number;
   /**
    * Primary: `in-sync`, `replicating`, `lagging`, `local`.
-   * Target: `mirroring` (a primary is connected), `disconnected` (it was, is not now),
-   * `unclaimed` (no primary since start).
+   * Target: `mirroring` (a primary is connected), `disconnected` (it holds a
+   * primary's data, none is connected now), `unclaimed` (never paired).
    */
   state: string;
   /** Size in bytes. */
@@ -75,7 +78,8 @@ function bad(message: string): BlockMirrorError {
  * - `role: 'primary'` (`PrimaryStatus`): already in shape; fields are
  *   kept as they are.
  * - `role: 'target'` (`MirrorTargetStatus`): each volume gets
- *   `mode: 'target'`, `inSync` = a primary is connected to it,
+ *   `mode: 'target'`, `inSync` = its image is up-to-date and a primary is
+ *   connected to it (a cycle target: a cycle source is connected),
  *   `pendingBytes: 0`, `state` as documented on {@link AdminVolumeStatus},
  *   `replicatedBytes` = `bytesWritten`, `mirrorErrors` = `errors`.
  * - `role: 'cycle-source'` (`CycleSourceStatus`): becomes a primary's
@@ -104,11 +108,14 @@ export function normalizeStatus(raw: unknown): AdminStatus {
     if (role === 'target' && vol.mode === undefined) {
       const cycle = isObj(vol.cycle) ? vol.cycle : {};
       const connected = num(vol.connections) > 0 || typeof cycle.source === 'string';
-      const owned = typeof vol.primary === 'string' || num(cycle.freeze) > 0 || cycle.seeding === true;
+      // it holds a primary's data (a lineage, also from before a restart) or a cycle image
+      const owned = typeof vol.primary === 'string' || typeof vol.generation === 'string' || num(cycle.freeze) > 0 || cycle.seeding === true;
+      // per-write mirroring: the target's own disk state says whether its image is a copy
+      const perWrite = typeof cycle.source !== 'string' && typeof vol.inSync === 'boolean';
       outVolumes[name] = {
         ...vol,
         mode: 'target',
-        inSync: owned && connected,
+        inSync: perWrite ? vol.inSync === true : owned && connected,
         pendingBytes: 0,
         state: connected ? 'mirroring' : owned ? 'disconnected' : 'unclaimed',
         size: num(vol.size),

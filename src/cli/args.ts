@@ -44,8 +44,9 @@ export interface ServerConfig {
   /** `--probation MS`. */
   probation?: number;
   /**
-   * `--state-dir DIR`: the node's state directory (its persistent node id; on a
-   * mirror also the volumes' generations and apply state, and staged cycles).
+   * `--state-dir DIR`: the node's state directory (its persistent node id and
+   * each volume's pairing state; on a primary without a journal the
+   * write-intent bitmaps; on a mirror the apply state and staged cycles).
    * Default: `<first volume file>.mirror-state` / `.primary-state`; required
    * when every volume is on an NBD server.
    */
@@ -74,8 +75,10 @@ export interface PrimaryConfig extends ServerConfig {
   noPayloadChecksum?: boolean;
   /** `--drain-timeout MS`: how long shutdown waits for pending mirror requests (default 10000). */
   drainTimeout: number;
-  /** `--initial-sync full|checksum` (sync/async): copy the whole volumes to the mirror at start. */
-  initialSync?: 'full' | 'checksum';
+  /** `--initial-sync checksum|full|none` / `--assume-clean` (sync/async): how the first sync with a mirror that holds none of a volume's lineage is done (default checksum). */
+  initialSync?: 'full' | 'checksum' | 'none';
+  /** `--resync-rate SIZE` (sync/async): bytes per second an initial sync or resync may send. */
+  resyncRate?: number;
 }
 
 /** `blockmirror status …` */
@@ -143,9 +146,9 @@ ${VOLUME_HELP}
   --heartbeat-interval MS    heartbeat period (UDP, default 1500)
   --stale-after MS           a primary without heartbeats for MS is down (default 4000)
   --probation MS             a returning primary is on probation for MS (default 10000)
-  --state-dir DIR            the mirror's state: its node id, each volume's generations
-                             and apply state, staged cycles (created if missing;
-                             default: <first volume file>.mirror-state; required
+  --state-dir DIR            the mirror's state: its node id, each volume's pairing state
+                             (lineage, disk state) and apply state, staged cycles (created
+                             if missing; default: <first volume file>.mirror-state; required
                              when every volume is on an NBD server)
 
 The primary's --heartbeat-interval and --stale-after govern its session: this
@@ -161,7 +164,8 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
                           [--drain-timeout MS] [--no-payload-checksum] [--state-dir DIR]
-                          [--initial-sync full|checksum] [--cycle-interval MS] [--bandwidth SIZE]
+                          [--initial-sync checksum|full|none] [--assume-clean] [--resync-rate SIZE]
+                          [--cycle-interval MS] [--bandwidth SIZE]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
@@ -189,16 +193,22 @@ ${VOLUME_HELP}
                              (the mirror follows both for this primary, or refuses it
                              with BM_ERR_SETTINGS_MISMATCH)
   --probation MS             a returning link is on probation for MS (default 10000)
-  --state-dir DIR            the primary's state: its node id, kept across restarts
-                             (created if missing; default: <first volume file>.primary-state;
-                             required when every volume is on an NBD server)
+  --state-dir DIR            the primary's state: its node id, each volume's pairing state
+                             (lineage, what the mirror holds) and, without --journal, its
+                             write-intent bitmap (created if missing; default: <first volume
+                             file>.primary-state; required when every volume is on an NBD server)
   --drain-timeout MS         on shutdown, wait at most MS for pending mirror writes (default ${DEFAULT_DRAIN_TIMEOUT})
   --no-payload-checksum      do not compute CRC-32s of mirrored data (saves ~10 % CPU at 64 KiB;
                              TCP checksums still apply; headers keep their CRC)
-  --initial-sync full|checksum
-                             at start, copy each whole volume to the mirror while serving it
-                             (a new mirror: full; an image copied by other means: checksum
-                             sends only the regions that differ); progress on stderr
+  --initial-sync checksum|full|none
+                             first pairing (the mirror holds none of a volume's data, e.g. a
+                             blank mirror): copy the volume while serving it; checksum
+                             (default) sends only the regions whose digests differ, full
+                             sends every region, none skips it; the mirror is inconsistent
+                             (not in sync) until it ends; progress on stderr
+  --assume-clean             same as --initial-sync none: both images are known identical
+                             (two blank volumes, or copied by other means)
+  --resync-rate SIZE         cap on the bytes per second an initial sync or resync sends (64M)
   --cycle-interval MS        cycle mode: time from one freeze to the next (default 60000;
                              a cycle that takes longer delays the next freeze)
   --bandwidth SIZE           cycle mode: cap on the bytes per second a cycle sends (64M, 1G)
@@ -436,6 +446,8 @@ function parsePrimary(argv: string[]): Command {
     'cycle-interval': { type: 'string' },
     bandwidth: { type: 'string' },
     'initial-sync': { type: 'string' },
+    'assume-clean': { type: 'boolean' },
+    'resync-rate': { type: 'string' },
   });
   if (values.help === true) return { kind: 'help', text: PRIMARY_HELP };
   const peer = parseHostPort(required(values, 'peer', 'primary'), '--peer', false);
@@ -464,9 +476,19 @@ function parsePrimary(argv: string[]): Command {
   if (drain !== undefined) config.drainTimeout = parseMs(drain, '--drain-timeout');
   const initialSync = str(values, 'initial-sync');
   if (initialSync !== undefined) {
-    if (initialSync !== 'full' && initialSync !== 'checksum') throw usageError(`--initial-sync must be full or checksum, got ${JSON.stringify(initialSync)}`);
+    if (initialSync !== 'full' && initialSync !== 'checksum' && initialSync !== 'none') throw usageError(`--initial-sync must be checksum, full or none, got ${JSON.stringify(initialSync)}`);
     if (config.mode === 'cycle') throw usageError('--initial-sync applies to --mode sync and async only (the first cycle copies the whole volume)');
     config.initialSync = initialSync;
+  }
+  if (values['assume-clean'] === true) {
+    if (config.mode === 'cycle') throw usageError('--assume-clean applies to --mode sync and async only (the first cycle copies the whole volume)');
+    if (initialSync !== undefined && initialSync !== 'none') throw usageError(`--assume-clean contradicts --initial-sync ${initialSync}`);
+    config.initialSync = 'none';
+  }
+  const rate = str(values, 'resync-rate');
+  if (rate !== undefined) {
+    if (config.mode === 'cycle') throw usageError('--resync-rate applies to --mode sync and async only (cycle mode: --bandwidth)');
+    config.resyncRate = positiveSize(rate, '--resync-rate');
   }
   cycleFlags(values, config);
   return { kind: 'primary', config };
@@ -488,16 +510,19 @@ function cycleFlags(values: Values, config: PrimaryConfig): void {
     if (remote !== undefined) throw usageError(`--mode cycle with volume ${remote.name} on an NBD server needs --journal DIR (where its layer files live)`);
   }
   if (interval !== undefined) config.cycleInterval = parseMs(interval, '--cycle-interval');
-  if (bandwidth !== undefined) {
-    let bytes: number;
-    try {
-      bytes = parseSize(bandwidth);
-    } catch (error) {
-      throw usageError(`--bandwidth: ${error instanceof Error ? error.message : String(error)}`);
-    }
-    if (bytes < 1) throw usageError('--bandwidth must be at least 1 byte per second');
-    config.bandwidth = bytes;
+  if (bandwidth !== undefined) config.bandwidth = positiveSize(bandwidth, '--bandwidth');
+}
+
+/** A rate in bytes per second (`64M`, `1G`, `4096`), at least 1. */
+function positiveSize(value: string, flag: string): number {
+  let bytes: number;
+  try {
+    bytes = parseSize(value);
+  } catch (error) {
+    throw usageError(`${flag}: ${error instanceof Error ? error.message : String(error)}`);
   }
+  if (bytes < 1) throw usageError(`${flag} must be at least 1 byte per second`);
+  return bytes;
 }
 
 function parseStatus(argv: string[]): Command {

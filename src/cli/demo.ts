@@ -203,6 +203,8 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
     volumes: volumes.map((v) => ({ name: v.name, path: v.primaryPath, size: VOLUME_SIZE, mode: v.mode })),
     mode: 'sync',
     connections: 4,
+    // both volume files were just created blank (identical): no initial sync, as --assume-clean
+    initialSync: 'none',
     ...DEMO_LINK_TIMERS,
     drainTimeout: 5000,
   };

@@ -18,6 +18,8 @@ export interface PrimaryOptionsInput {
   secret?: string;
   /** Reconnect backoff (the CLI uses the library default; the demo shortens it). */
   retryDelay?: { min: number; max: number };
+  /** The node's state directory (the CLI: `--state-dir`, default beside the first volume). */
+  stateDir?: string;
 }
 
 /**
@@ -43,6 +45,8 @@ export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsI
   if (input.retryDelay !== undefined) options.retryDelay = input.retryDelay;
   linkTimers(config, options);
   if (config.journalDir !== undefined) options.journal = { dir: config.journalDir };
+  if (input.stateDir !== undefined) options.stateDir = input.stateDir;
+  if (config.resyncRate !== undefined) options.resync = { rateBytesPerSecond: config.resyncRate };
   if (config.noPayloadChecksum === true) options.payloadChecksum = false;
   return options;
 }

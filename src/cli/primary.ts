@@ -13,7 +13,7 @@ import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { primaryOptionsFrom } from './options.js';
-import { primaryNodeId } from './state-dir.js';
+import { primaryNodeId, stateDirOf } from './state-dir.js';
 import {
   closeDevices,
   logNbdVolumes,
@@ -61,8 +61,9 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
+    // the state directory keeps the node id, each volume's pairing state and (without --journal) its bitmap
     const nodeId = await primaryNodeId(config);
-    const input: Parameters<typeof primaryOptionsFrom>[1] = { devices };
+    const input: Parameters<typeof primaryOptionsFrom>[1] = { devices, stateDir: stateDirOf(config, 'primary') };
     if (secret !== undefined) input.secret = secret;
     // the mirror is contacted only once every listener here is bound: a start
     // that fails on a port in use claims nothing on the mirror
@@ -107,6 +108,8 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
       progress.finish(`resync ${info.volume}`);
       say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
     });
+    primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
+    primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));
     primary.on('resync-error', (info) => {
       progress.finish(`resync ${info.volume}`, true);
       warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);

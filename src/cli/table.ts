@@ -35,6 +35,25 @@ function connectionsOf(peer: AdminStatus['peers'][number]): string {
   return typeof c === 'number' ? String(c) : '-';
 }
 
+/** `lastInSyncAt` as `now` (in sync), `never`, or the time since (`42s ago`, `5m ago`, `3h ago`, `2d ago`). */
+export function formatLastInSync(v: AdminStatus['volumes'][string], now = Date.now()): string {
+  if (v.inSync) return 'now';
+  const at = typeof v.lastInSyncAt === 'string' ? Date.parse(v.lastInSyncAt) : Number.NaN;
+  if (!Number.isFinite(at)) return 'never';
+  const s = Math.max(0, Math.round((now - at) / 1000));
+  if (s < 120) return `${s}s ago`;
+  if (s < 7200) return `${Math.round(s / 60)}m ago`;
+  if (s < 172800) return `${Math.round(s / 3600)}h ago`;
+  return `${Math.round(s / 86400)}d ago`;
+}
+
+/** Progress of a running sync (`41.5%`), or `-`. */
+function syncProgress(v: AdminStatus['volumes'][string]): string {
+  const p = (v.progress ?? v.sync) as { operation?: unknown; percent?: unknown; finished?: unknown } | undefined;
+  if (p === undefined || p === null || typeof p.percent !== 'number' || p.finished === true || (p.operation !== undefined && p.operation !== 'resync')) return '-';
+  return `${p.percent.toFixed(1)}%`;
+}
+
 /** The status as a header line, a peers table and a volumes table. */
 export function renderStatusTable(status: AdminStatus): string {
   const out: string[] = [];
@@ -56,12 +75,16 @@ export function renderStatusTable(status: AdminStatus): string {
   else {
     out.push(
       renderColumns([
-        ['VOLUME', 'MODE', 'STATE', 'IN-SYNC', 'PENDING', 'REPLICATED', 'ERRORS', 'SIZE'],
+        ['VOLUME', 'MODE', 'STATE', 'IN-SYNC', 'DISK', 'PEER-DISK', 'SYNC', 'LAST-IN-SYNC', 'PENDING', 'REPLICATED', 'ERRORS', 'SIZE'],
         ...volumes.map(([name, v]) => [
           name,
           v.mode,
           v.state,
           v.inSync ? 'yes' : 'no',
+          typeof v.disk === 'string' ? v.disk : '-',
+          typeof v.peerDisk === 'string' ? v.peerDisk : '-',
+          syncProgress(v),
+          formatLastInSync(v),
           formatBytes(v.pendingBytes),
           formatBytes(v.replicatedBytes),
           String(v.mirrorErrors),

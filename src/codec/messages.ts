@@ -8,6 +8,10 @@
  */
 import { BlockMirrorError } from '../errors.js';
 import { MessageType } from './frame.js';
+import { isDiskState, type DiskState } from '../replication/pair-state.js';
+import type { Lineage } from '../replication/generation.js';
+
+const LINEAGES: readonly string[] = ['same', 'target-behind', 'target-ahead', 'split-brain', 'blank'];
 
 /** Lowest and highest protocol versions this build speaks. */
 export const PROTOCOL_MIN = 1;
@@ -30,6 +34,13 @@ export interface VolumeOffer {
   stream: string;
   /** Every seq ≤ base of this stream was acknowledged by a target before (the target may consider them applied). */
   base: number;
+  /**
+   * 1: the primary declares the target's image identical to its own when the
+   * target holds none of its lineage (`initialSync: 'none'`, `--assume-clean`):
+   * a blank target then counts as up-to-date at once instead of awaiting an
+   * initial sync.
+   */
+  clean?: 1;
 }
 
 /** HELLO (client → server): opens the handshake of one connection. */
@@ -90,6 +101,10 @@ export interface ReadyVolume {
   inc?: string;
   /** Every seq ≤ durable of the stream is on the target's stable storage. */
   durable?: number;
+  /** Lineage of the target's data relative to the primary's, as the target decided it (`blank`: first pairing). */
+  lineage?: Lineage;
+  /** Disk state of the target's image once claimed (`inconsistent`: a sync is owed or was interrupted). */
+  disk?: DiskState;
 }
 
 /** READY (server → client): the connection carries requests from now on. */
@@ -129,6 +144,14 @@ export interface WriteHeader {
   seq: number;
   /** Every write of this volume with a sequence number ≤ `bar` must be applied before this one. */
   bar: number;
+  /**
+   * 1: a resync write (initial sync or bitmap resync). The target records its
+   * image as `inconsistent` before it applies the first one, until a FLUSH
+   * with `disk: 'up-to-date'` ordered after the resync says otherwise.
+   */
+  rs?: 1;
+  /** With `rs`: bytes done and in total of the running sync (shown in the target's status). */
+  sync?: [number, number];
 }
 
 /** ZERO (client → server): the range reads as zeroes afterwards; ordered like a write. */
@@ -164,6 +187,8 @@ export interface SkipHeader {
   vol: number;
   seq: number;
   end: number;
+  /** 1: their data reaches the target by a resync: its image is inconsistent from here on (as with a resync write). */
+  rs?: 1;
 }
 
 /** FLUSH (client → server): make applied writes durable, once every seq ≤ `bar` is applied. */
@@ -171,6 +196,15 @@ export interface FlushHeader {
   id: number;
   vol: number;
   bar: number;
+  /**
+   * `up-to-date`: once every seq ≤ `bar` is applied and flushed, the target's
+   * image equals the primary's as of `bar` (nothing is left to resync): the
+   * target records its image as up-to-date — unless a resync write above
+   * `bar` reached it meanwhile.
+   */
+  disk?: 'up-to-date';
+  /** Progress of a running sync: bytes done and in total (shown in the target's status). */
+  sync?: [number, number];
 }
 
 /** WRITE_ACK / FLUSH_ACK (server → client). `code` absent = success. */
@@ -180,6 +214,8 @@ export interface AckHeader {
   message?: string;
   /** FLUSH_ACK: every seq ≤ durable of the stream is on the target's stable storage. */
   durable?: number;
+  /** FLUSH_ACK: disk state of the target's image after the flush. */
+  disk?: DiskState;
 }
 
 function bad(type: number, what: string): BlockMirrorError {
@@ -206,6 +242,11 @@ function bytes(v: unknown, length: number): v is Uint8Array {
 
 function strings(v: unknown): v is string[] {
   return Array.isArray(v) && v.length <= 64 && v.every((s) => str(s, 64));
+}
+
+/** `[done, total]` of a sync's progress. */
+function progressPair(v: unknown): v is [number, number] {
+  return Array.isArray(v) && v.length === 2 && uint(v[0]) && uint(v[1]);
 }
 
 function header(type: number, h: unknown): Record<string, unknown> {
@@ -257,7 +298,8 @@ export function parseAuth(h: unknown): AuthHeader {
       !str(o.generation, 64) ||
       (o.history !== undefined && (!Array.isArray(o.history) || o.history.length > 64 || !o.history.every((g) => str(g, 64)))) ||
       !str(o.stream, 64) ||
-      !uint(o.base)
+      !uint(o.base) ||
+      (o.clean !== undefined && o.clean !== 1)
     ) {
       throw bad(t, 'volume offer');
     }
@@ -274,6 +316,7 @@ export function parseReady(h: unknown): ReadyHeader {
   for (const o of v) {
     if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
     if ((o.inc !== undefined && !str(o.inc, 64)) || (o.durable !== undefined && !uint(o.durable))) throw bad(t, 'volume');
+    if ((o.disk !== undefined && !isDiskState(o.disk)) || (o.lineage !== undefined && (typeof o.lineage !== 'string' || !LINEAGES.includes(o.lineage)))) throw bad(t, 'volume');
   }
   if ((r.hbi !== undefined || r.hbs !== undefined) && (!heartbeatMs(r.hbi) || !heartbeatMs(r.hbs))) throw bad(t, 'hbi/hbs');
   return r as unknown as ReadyHeader;
@@ -294,6 +337,8 @@ export function parseWrite(h: unknown): WriteHeader {
   const t = MessageType.WRITE;
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.seq) || !uint(r.bar)) throw bad(t, 'fields');
+  if (r.rs !== undefined && r.rs !== 1) throw bad(t, 'rs');
+  if (r.sync !== undefined && !progressPair(r.sync)) throw bad(t, 'sync');
   return r as unknown as WriteHeader;
 }
 
@@ -331,6 +376,7 @@ export function parseSkip(h: unknown): SkipHeader {
   const t = MessageType.SKIP;
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.seq) || !uint(r.end) || r.seq < 1 || r.end < r.seq) throw bad(t, 'fields');
+  if (r.rs !== undefined && r.rs !== 1) throw bad(t, 'rs');
   return r as unknown as SkipHeader;
 }
 
@@ -339,6 +385,8 @@ export function parseFlush(h: unknown): FlushHeader {
   const t = MessageType.FLUSH;
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.bar)) throw bad(t, 'fields');
+  if (r.disk !== undefined && r.disk !== 'up-to-date') throw bad(t, 'disk');
+  if (r.sync !== undefined && !progressPair(r.sync)) throw bad(t, 'sync');
   return r as unknown as FlushHeader;
 }
 
@@ -349,5 +397,6 @@ export function parseAck(type: number, h: unknown): AckHeader {
   if (r.code !== undefined && !str(r.code, 64)) throw bad(type, 'code');
   if (r.message !== undefined && !str(r.message, 4096)) throw bad(type, 'message');
   if (r.durable !== undefined && !uint(r.durable)) throw bad(type, 'durable');
+  if (r.disk !== undefined && !isDiskState(r.disk)) throw bad(type, 'disk');
   return r as unknown as AckHeader;
 }

@@ -11,6 +11,7 @@
 import { BlockMirrorError } from '../errors.js';
 import type { HelloHeader, VolumeOffer } from '../codec/messages.js';
 import { compareGenerations, MAX_HISTORY, type GenerationState, type Lineage } from './generation.js';
+import type { DiskState } from './pair-state.js';
 
 /** What the decision needs to know about one hosted volume. */
 export interface ClaimView {
@@ -22,6 +23,8 @@ export interface ClaimView {
   connections: number;
   /** Generations of the data the volume holds (undefined: blank). */
   generations: GenerationState | undefined;
+  /** Disk state of the volume's image (`unknown`: never paired). */
+  disk: DiskState;
   /** Stream of the volume's ordering state (undefined: none yet). */
   stream: string | undefined;
   /** Node of a cycle source that holds the volume, if any. */
@@ -40,6 +43,15 @@ export interface ClaimDecision {
   lineage: Lineage;
   /** Generations the target stores for the volume (undefined: unchanged). */
   adopt: GenerationState | undefined;
+  /**
+   * Disk state of the target's image once claimed (stored with `adopt`):
+   * `inconsistent` when the primary must (re)sync it first — a blank target
+   * (first pairing: an initial sync follows; `up-to-date` instead when the
+   * primary declares the images identical, `clean`), data of another lineage
+   * discarded by the policy, or a sync that was interrupted; `outdated` when it is a consistent image
+   * the primary had before (it wrote since); otherwise unchanged.
+   */
+  disk: DiskState;
   /** The volume's ordering state starts over for the offered stream. */
   newStream: boolean;
   /** The target's data is discarded: the primary resyncs the whole volume. */
@@ -86,15 +98,34 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
       const targetYounger = v.generations!.current > offer.generation;
       if (policy === 'discard-target' || (policy === 'discard-younger' && targetYounger)) full = true;
       else {
+        const unrelated = lineage === 'split-brain' && !sharesAncestry(primary, v.generations!);
+        const why =
+          lineage === 'target-ahead'
+            ? "the target was written since it had the primary's data"
+            : unrelated
+              ? 'the target holds data of another lineage (no generation in common: another primary, or a primary that lost its state)'
+              : 'both sides wrote while apart (split brain)';
         throw new BlockMirrorError(
           'BM_ERR_SPLIT_BRAIN',
-          `volume ${offer.name}: ${lineage === 'split-brain' ? 'both sides wrote while apart (split brain)' : "the target was written since it had the primary's data"}: primary generation ${offer.generation}, target generation ${v.generations!.current}; nothing was overwritten`,
-          { details: { volume: offer.name, lineage, primaryGeneration: offer.generation, targetGeneration: v.generations!.current, policy } },
+          `volume ${offer.name}: ${why}: primary generation ${offer.generation}, target generation ${v.generations!.current}; nothing was overwritten`,
+          { details: { volume: offer.name, lineage, unrelated, primaryGeneration: offer.generation, targetGeneration: v.generations!.current, policy } },
         );
       }
     }
+    // a blank volume holding a cycle image (discard-target): that image is discarded too
+    if (lineage === 'blank' && v.cycleImage !== undefined) full = true;
     const adopt = v.generations?.current === offer.generation ? undefined : { current: offer.generation, history: primary.history.slice(0, MAX_HISTORY) };
-    decisions.push({ name: offer.name, lineage, adopt, newStream: v.stream !== offer.stream, full });
+    let disk: DiskState = v.disk;
+    if (full) disk = 'inconsistent';
+    else if (lineage === 'blank') disk = offer.clean === 1 ? 'up-to-date' : 'inconsistent';
+    else if (lineage === 'target-behind' && v.disk !== 'inconsistent') disk = 'outdated';
+    decisions.push({ name: offer.name, lineage, adopt, disk, newStream: v.stream !== offer.stream, full });
   }
   return decisions;
+}
+
+/** True when the two lineages have a generation in common (one grew out of the other at some point). */
+function sharesAncestry(a: GenerationState, b: GenerationState): boolean {
+  const mine = new Set([a.current, ...a.history]);
+  return mine.has(b.current) || b.history.some((g) => mine.has(g));
 }

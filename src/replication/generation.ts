@@ -5,12 +5,11 @@
  * connected; when the two meet again, comparing generations tells whether the
  * target is simply behind (resync from the primary) or whether both sides
  * wrote while apart (split brain: never resolved automatically by default).
+ * Both sides keep them in their pair state (`pair-state.ts`).
  *
  * @module
  */
 import { randomBytes } from 'node:crypto';
-import { readStateFile, writeStateFile } from '../storage/state-file.js';
-import { BlockMirrorError } from '../errors.js';
 
 /** The generations of a volume. */
 export interface GenerationState {
@@ -18,14 +17,6 @@ export interface GenerationState {
   current: string;
   /** Earlier generations, most recent first (at most {@link MAX_HISTORY}). */
   history: string[];
-}
-
-/** Where a volume's {@link GenerationState} is kept. */
-export interface GenerationStore {
-  /** The stored state, or undefined for a volume that never had one (a blank volume). */
-  load(): Promise<GenerationState | undefined>;
-  /** Stores the state durably. */
-  save(state: GenerationState): Promise<void>;
 }
 
 /** Earlier generations remembered. */
@@ -70,44 +61,4 @@ export function compareGenerations(primary: GenerationState, target: GenerationS
   if (primary.history.includes(target.current)) return 'target-behind';
   if (target.history.includes(primary.current)) return 'target-ahead';
   return 'split-brain';
-}
-
-/** Generations kept in memory (lost at exit). */
-export class MemoryGenerationStore implements GenerationStore {
-  #state: GenerationState | undefined;
-
-  constructor(state?: GenerationState) {
-    this.#state = state;
-  }
-
-  async load(): Promise<GenerationState | undefined> {
-    return this.#state === undefined ? undefined : { current: this.#state.current, history: [...this.#state.history] };
-  }
-
-  async save(state: GenerationState): Promise<void> {
-    this.#state = { current: state.current, history: [...state.history] };
-  }
-}
-
-/** Generations in a small state file (JSON + CRC), replaced atomically and durably. */
-export class FileGenerationStore implements GenerationStore {
-  readonly path: string;
-
-  constructor(path: string) {
-    if (typeof path !== 'string' || path.length === 0) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'generation file path must be a non-empty string');
-    this.path = path;
-  }
-
-  async load(): Promise<GenerationState | undefined> {
-    const p = (await readStateFile(this.path)) as Partial<GenerationState> | undefined;
-    if (p === undefined) return undefined;
-    if (p === null || typeof p !== 'object' || !isGenerationId(p.current) || !Array.isArray(p.history) || !p.history.every(isGenerationId)) {
-      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `generation file ${this.path} has no valid generation ids`);
-    }
-    return { current: p.current, history: p.history.slice(0, MAX_HISTORY) };
-  }
-
-  save(state: GenerationState): Promise<void> {
-    return writeStateFile(this.path, { current: state.current, history: state.history });
-  }
 }

@@ -63,10 +63,16 @@ export interface MirrorRequest {
   onDone: ((outcome: MirrorOutcome) => void) | undefined;
   /** A resync write: not journaled, nobody waits for it but the resync. */
   resync: boolean;
+  /** A `skip` standing for writes whose data a resync brings instead (the target's image is inconsistent from it on). */
+  owed?: boolean;
   /** Bytes this request holds of the volume's async lag budget (0 if none). */
   lag?: number;
   /** Hash algorithm of a `hash` request. */
   alg?: string;
+  /** A `hash` probe: called when it is given up (the link went down), so that no resync waits for it under a range lock. */
+  onFail?: ((error: BlockMirrorError) => void) | undefined;
+  /** A `flush` that also declares the target's image up-to-date (nothing was left to resync when it was made). */
+  upToDate?: boolean;
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
   onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

@@ -30,7 +30,8 @@ import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/
 import { ApplyOrder } from './apply-order.js';
 import { FileApplyStateStore, MemoryApplyStateStore, type ApplyStateStore } from './apply-state.js';
 import { decideClaim, type ClaimDecision, type ClaimView } from './claim-decision.js';
-import { FileGenerationStore, MemoryGenerationStore, type GenerationState, type GenerationStore } from './generation.js';
+import type { GenerationState } from './generation.js';
+import { FilePairStateStore, MemoryPairStateStore, type DiskState, type PairState, type PairStateStore } from './pair-state.js';
 import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
@@ -44,11 +45,13 @@ export interface TargetVolumeConfig {
   name: string;
   device: BlockDevice;
   /**
-   * Where the volume's generation ids are kept (default: in memory — the
-   * volume counts as blank at every start). Give the same store to a primary
-   * that takes the volume over (role swap), so that split brain is detected.
+   * Where the volume's pairing state is kept: the lineage (generation ids) of
+   * the data it holds, its disk state and when it was last in sync (default:
+   * `<stateDir>/<name>.state` with the target's `stateDir`, else in memory —
+   * the volume then counts as never paired at every start, and the first
+   * primary gets an initial sync).
    */
-  generations?: GenerationStore;
+  state?: PairStateStore;
   /**
    * Where the volume's durable apply state (stream and flushed watermark) is
    * kept (default: `<stateDir>/<name>.apply` with the target's `stateDir`,
@@ -107,10 +110,11 @@ export interface MirrorTargetOptions {
   /** See {@link SplitBrainPolicy} (default `refuse`). */
   splitBrain?: SplitBrainPolicy;
   /**
-   * Directory (must exist) for each volume's durable state: generations
-   * (`<name>.gen`) and apply state (`<name>.apply`), unless a volume brings
-   * its own stores. Without it both live in memory: a restarted target then
-   * counts its volumes as blank.
+   * Directory (must exist) for each volume's durable state: pairing state
+   * (`<name>.state`: generations, disk state) and apply state
+   * (`<name>.apply`), unless a volume brings its own stores. Without it both
+   * live in memory: a restarted target then counts its volumes as never
+   * paired (blank).
    */
   stateDir?: string;
   /**
@@ -142,6 +146,16 @@ export interface TargetVolumeStatus {
   appliedSeq: number;
   /** Generation id of the data the volume holds (undefined: blank). */
   generation: string | undefined;
+  /** Disk state of this image (`unknown`: never paired; `inconsistent`: a sync into it runs or was interrupted). */
+  disk: DiskState;
+  /** Disk state of the primary's image as far as this target knows (`up-to-date` while one is connected, `diverged` after a split-brain refusal, else `unknown`). */
+  peerDisk: DiskState;
+  /** The image is up-to-date and its primary connected. */
+  inSync: boolean;
+  /** When the pair was last known in sync (ISO 8601 wall-clock time; now while in sync; absent: never). */
+  lastInSyncAt?: string;
+  /** Progress of a sync into this image, as the primary last reported it (absent: none running). */
+  sync?: { done: number; total: number; percent: number };
   appliedWrites: number;
   bytesWritten: number;
   errors: number;
@@ -197,6 +211,8 @@ export interface RefusedPeerInfo {
 export interface MirrorTargetEvents {
   /** A primary's connection completed the handshake. */
   connection: [info: { node: string; session: string; slot: number; address: TransportAddress }];
+  /** A volume's disk state changed (recorded in its pair state before this is emitted). */
+  'disk-state': [info: { volume: string; disk: DiskState; previous: DiskState }];
   /** A connection failed the handshake or was closed for a protocol error. */
   'connection-error': [error: BlockMirrorError, address: TransportAddress];
   /** A primary's (or cycle source's) handshake failed or was refused; nothing was claimed. */
@@ -227,14 +243,21 @@ export class TargetVolume {
   /** @internal */ bytesWritten = 0;
   /** @internal */ errors = 0;
   /** @internal */ generations: GenerationState | undefined;
-  /** @internal */ readonly store: GenerationStore;
+  /** Disk state of the image. @internal */ disk: DiskState = 'unknown';
+  /** Epoch ms when the pair was last known in sync. @internal */ lastInSync: number | undefined;
+  /** Highest seq of the stream whose resync write started applying (a later `up-to-date` flush below it is void). @internal */ resyncSeq = 0;
+  /** Sync progress last reported by the primary. @internal */ syncProgress: { done: number; total: number } | undefined;
+  /** The last primary refused as split brain (until one is accepted). @internal */ diverged = false;
+  /** @internal */ readonly store: PairStateStore;
   /** @internal */ readonly applyStore: ApplyStateStore;
+  /** @internal */ onDisk: ((disk: DiskState, previous: DiskState) => void) | undefined;
+  #saving: Promise<void> = Promise.resolve();
   /** Watermark of `stream` that is flushed and recorded in `applyStore`. @internal */ durable = 0;
   #persisting: Promise<void> = Promise.resolve();
   /** Receives cycles into this volume (the target's `cycle` option). @internal */ cycle: CycleHost | undefined;
 
   /** @internal */
-  constructor(name: string, device: BlockDevice, store: GenerationStore, applyStore: ApplyStateStore) {
+  constructor(name: string, device: BlockDevice, store: PairStateStore, applyStore: ApplyStateStore) {
     this.name = name;
     this.device = device;
     this.store = store;
@@ -243,7 +266,12 @@ export class TargetVolume {
 
   /** Loads the durable state (at start). @internal */
   async load(): Promise<void> {
-    this.generations = await this.store.load();
+    const pair = await this.store.load();
+    if (pair !== undefined) {
+      this.generations = pair.generations;
+      this.disk = pair.disk;
+      this.lastInSync = pair.lastInSync;
+    }
     const applied = await this.applyStore.load();
     if (applied !== undefined) {
       this.stream = applied.stream;
@@ -270,6 +298,63 @@ export class TargetVolume {
     return run.then(() => (order === this.order ? this.durable : watermark));
   }
 
+  /**
+   * Records the pairing state (after `change` updated the fields in memory);
+   * saves run one at a time, each writing the latest state. @internal
+   */
+  savePair(change?: () => void): Promise<void> {
+    const previous = this.disk;
+    change?.();
+    if (this.disk !== previous && previous === 'up-to-date' && this.connections > 0) this.lastInSync = Date.now();
+    if (this.disk === 'up-to-date') this.syncProgress = undefined;
+    const run = this.#saving.then(() => this.store.save(this.#pairState()));
+    this.#saving = run.catch(() => undefined);
+    if (this.disk !== previous) {
+      const disk = this.disk;
+      void run.then(() => this.onDisk?.(disk, previous), () => undefined);
+    }
+    return run;
+  }
+
+  #pairState(): PairState {
+    const s: PairState = { disk: this.disk, peer: this.connections > 0 ? 'up-to-date' : 'unknown' };
+    if (this.generations !== undefined) s.generations = this.generations;
+    if (this.lastInSync !== undefined) s.lastInSync = this.lastInSync;
+    return s;
+  }
+
+  /** The image becomes `inconsistent` (durably) before a resync write changes it. @internal */
+  beforeResyncWrite(seq: number): Promise<void> | undefined {
+    if (seq > this.resyncSeq) this.resyncSeq = seq;
+    if (this.disk === 'inconsistent') return this.#inconsistent;
+    this.#inconsistent = this.savePair(() => {
+      this.disk = 'inconsistent';
+    });
+    return this.#inconsistent;
+  }
+
+  #inconsistent: Promise<void> | undefined;
+
+  /**
+   * A flush ordered after every seq ≤ `bar` said the image is up-to-date:
+   * recorded unless a resync write above `bar` started meanwhile. @internal
+   */
+  async upToDate(bar: number): Promise<void> {
+    if (this.disk === 'up-to-date' || this.resyncSeq > bar) return;
+    await this.savePair(() => {
+      this.disk = 'up-to-date';
+      this.lastInSync = Date.now();
+    });
+  }
+
+  /** The primary's last connection of this volume closed: the time of the last sync is now. @internal */
+  disconnected(): void {
+    if (this.connections > 0 || this.disk !== 'up-to-date') return;
+    void this.savePair(() => {
+      this.lastInSync = Date.now();
+    }).catch((error: unknown) => log('volume %s: pair state not recorded: %s', this.name, (error as Error).message));
+  }
+
   get size(): number {
     return this.device.size;
   }
@@ -294,7 +379,8 @@ export class TargetVolume {
   }
 
   status(): TargetVolumeStatus {
-    return {
+    const inSync = this.disk === 'up-to-date' && this.connections > 0;
+    const s: TargetVolumeStatus = {
       name: this.name,
       size: this.device.size,
       blockSize: this.device.blockSize,
@@ -302,11 +388,19 @@ export class TargetVolume {
       connections: this.connections,
       appliedSeq: this.order.watermark,
       generation: this.generations?.current,
+      disk: this.disk,
+      peerDisk: this.connections > 0 ? 'up-to-date' : this.diverged ? 'diverged' : 'unknown',
+      inSync,
       appliedWrites: this.appliedWrites,
       bytesWritten: this.bytesWritten,
       errors: this.errors,
       ...(this.cycle === undefined ? {} : { cycle: this.cycle.volumeStatus(this.name) }),
     };
+    const last = inSync ? Date.now() : this.lastInSync;
+    if (last !== undefined) s.lastInSyncAt = new Date(last).toISOString();
+    const p = this.syncProgress;
+    if (p !== undefined && this.disk !== 'up-to-date') s.sync = { done: p.done, total: p.total, percent: p.total === 0 ? 100 : Math.min(100, Math.floor((p.done * 1000) / p.total) / 10) };
+    return s;
   }
 }
 
@@ -421,11 +515,12 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         new TargetVolume(
           cfg.name,
           cfg.device,
-          cfg.generations ?? (dir === undefined ? new MemoryGenerationStore() : new FileGenerationStore(join(dir, `${cfg.name}.gen`))),
+          cfg.state ?? (dir === undefined ? new MemoryPairStateStore() : new FilePairStateStore(join(dir, `${cfg.name}.state`))),
           cfg.applyState ?? (dir === undefined ? new MemoryApplyStateStore() : new FileApplyStateStore(join(dir, `${cfg.name}.apply`))),
         ),
       );
     }
+    for (const v of this.#volumes.values()) v.onDisk = (disk, previous) => this.emit('disk-state', { volume: v.name, disk, previous });
   }
 
   /** This node's id (with `stateDir` and no `nodeId` option: the persistent one, once `createMirrorTarget` resolved). */
@@ -729,12 +824,25 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    * changes nothing.
    */
   async #claim(hello: HelloHeader, offers: VolumeOffer[]): Promise<ReadyVolume[]> {
-    const decisions: ClaimDecision[] = decideClaim(hello, offers, (name) => this.#claimView(name), this.#splitBrain);
+    let decisions: ClaimDecision[];
+    try {
+      decisions = decideClaim(hello, offers, (name) => this.#claimView(name), this.#splitBrain);
+    } catch (error) {
+      // nothing changes but what the status says about the refused peer
+      const volume = this.#volumes.get(String((error as BlockMirrorError).details?.volume));
+      if (volume !== undefined && (error as BlockMirrorError).code === 'BM_ERR_SPLIT_BRAIN') volume.diverged = true;
+      throw error;
+    }
     const volumes = decisions.map((d) => this.#volumes.get(d.name)!);
     for (const [i, d] of decisions.entries()) {
-      if (d.adopt === undefined) continue;
-      await volumes[i]!.store.save(d.adopt);
-      volumes[i]!.generations = d.adopt;
+      const v = volumes[i]!;
+      v.diverged = false;
+      if (d.adopt === undefined && d.disk === v.disk) continue;
+      // lineage and disk state change together, in one atomic write
+      await v.savePair(() => {
+        if (d.adopt !== undefined) v.generations = d.adopt;
+        v.disk = d.disk;
+      });
     }
     const ready: ReadyVolume[] = [];
     for (const [i, d] of decisions.entries()) {
@@ -748,10 +856,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         v.stream = offer.stream;
         v.order = new ApplyOrder(0);
         v.durable = 0;
+        v.resyncSeq = 0;
       }
       v.owner = { node: hello.node, session: hello.session };
       v.connections++;
-      const r: ReadyVolume = { name: v.name, applied: v.order.watermark, inc: v.order.incarnation, durable: v.durable };
+      const r: ReadyVolume = { name: v.name, applied: v.order.watermark, inc: v.order.incarnation, durable: v.durable, lineage: d.lineage, disk: v.disk };
       if (d.full) r.full = true;
       ready.push(r);
     }
@@ -771,6 +880,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       owner: v.owner,
       connections: v.connections,
       generations: v.generations,
+      disk: v.disk,
       stream: v.stream,
       cycleSource: this.#cycle?.sourceOf(name),
       cycleImage: image?.lineage === undefined ? undefined : { lineage: image.lineage, freeze: image.freeze },
@@ -778,7 +888,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   }
 
   #release(volumes: TargetVolume[]): void {
-    for (const v of volumes) v.connections--;
+    for (const v of volumes) {
+      v.connections--;
+      v.disconnected();
+    }
     volumes.length = 0;
   }
 
@@ -792,7 +905,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => {
             checkRange(v.device, h.off, data.length);
             if (data.length === 0) throw new BlockMirrorError('BM_ERR_BAD_HEADER', `write seq ${h.seq} carries no data`);
+            if (h.sync !== undefined && h.rs === 1) v.syncProgress = { done: h.sync[0], total: h.sync[1] };
             return v.order.submit(h.seq, h.bar, async () => {
+              // a resync write: the image is inconsistent (durably) before it changes
+              if (h.rs === 1) await v.beforeResyncWrite(h.seq);
               await v.device.write(h.off, data, { fua: (frame.flags & FrameFlag.FUA) !== 0 });
               v.appliedWrites++;
               v.bytesWritten += data.length;
@@ -826,15 +942,31 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         }
         case MessageType.SKIP: {
           const h = parseSkip(frame.header);
-          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => v.order.skip(h.seq, h.end), MessageType.WRITE_ACK, h.seq - 1);
+          // a skip of data a resync brings instead (`rs`): the image is inconsistent (durably) before anything above it applies
+          const skip = (v: TargetVolume): Promise<void> =>
+            h.rs === 1 ? v.order.submit(h.seq, h.seq - 1, async () => v.beforeResyncWrite(h.end), h.end) : v.order.skip(h.seq, h.end);
+          this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), skip, MessageType.WRITE_ACK, h.seq - 1);
           return;
         }
         case MessageType.FLUSH: {
           const h = parseFlush(frame.header);
           // the flush makes every applied request durable and records the
           // stream's watermark: the primary may then forget what it covers
-          const flush = (v: TargetVolume): Promise<Record<string, unknown>> =>
-            new Promise((resolve, reject) => v.order.whenApplied(h.bar, () => v.flushDurable().then((durable) => resolve({ durable }), reject)));
+          // with `disk`, it also records the image as up-to-date (see FlushHeader)
+          const flush = (v: TargetVolume): Promise<Record<string, unknown>> => {
+            if (h.sync !== undefined && v.disk !== 'up-to-date') v.syncProgress = { done: h.sync[0], total: h.sync[1] };
+            return new Promise((resolve, reject) =>
+              v.order.whenApplied(h.bar, () =>
+                v
+                  .flushDurable()
+                  .then(async (durable) => {
+                    if (h.disk === 'up-to-date') await v.upToDate(h.bar);
+                    resolve({ durable, disk: v.disk });
+                  })
+                  .catch(reject),
+              ),
+            );
+          };
           this.#track(session, h.id, 0, this.#volumeOf(session, h.vol), flush, MessageType.FLUSH_ACK, h.bar);
           return;
         }
@@ -987,8 +1119,18 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#closed = true;
     for (const p of [...this.#peers.values()]) this.#dropPeer(p);
     for (const c of this.#connections) c.destroy();
-    // a clean stop records exactly how far each volume is applied (and flushed)
+    // a clean stop records exactly how far each volume is applied (and flushed), and its pairing state
     await Promise.all([...this.#volumes.values()].map((v) => v.flushDurable().catch(() => undefined)));
+    await Promise.all(
+      [...this.#volumes.values()].map((v) => {
+        if (v.generations === undefined) return undefined;
+        return v
+          .savePair(() => {
+            if (v.disk === 'up-to-date' && v.connections > 0) v.lastInSync = Date.now();
+          })
+          .catch(() => undefined);
+      }),
+    );
     await this.#server?.close();
     await this.#demux?.channel.close();
     await this.#cycle?.close();

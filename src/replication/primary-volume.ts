@@ -15,7 +15,8 @@ import type { Journal, JournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
-import { MemoryGenerationStore, advanceGeneration, type GenerationState, type GenerationStore } from './generation.js';
+import { advanceGeneration, type GenerationState, type Lineage } from './generation.js';
+import { MemoryPairStateStore, type DiskState, type PairState, type PairStateStore } from './pair-state.js';
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { RangeLock } from './range-lock.js';
 import { SendQueue } from './send-queue.js';
@@ -36,10 +37,22 @@ const REGION_HOLD_MS = 2000;
 export type ReplicationMode = 'sync' | 'async' | 'local';
 
 /**
+ * How a primary volume's first sync with a target that holds none of its
+ * lineage (a blank target: first pairing) is done: `checksum` (default)
+ * compares region digests and sends only the regions that differ; `full`
+ * sends every region; `none` skips it — the primary declares both images
+ * identical (two blank images, or copied by other means: `--assume-clean`).
+ */
+export type InitialSyncMethod = 'checksum' | 'full' | 'none';
+
+/**
  * Replication state of a volume.
- * - `in-sync`: nothing pending; the target holds every write on stable storage (it reported them durable).
+ * - `in-sync`: nothing pending; the target holds every write on stable storage
+ *   (it reported them durable) and its image is `up-to-date` (it said so).
  * - `replicating`: writes are on their way; the link is healthy.
- * - `lagging`: writes are pending and the link is down or a mirror write failed (they are retried).
+ * - `lagging`: writes are pending and the link is down or a mirror write failed
+ *   (they are retried), or the link is down and the target's image is not
+ *   known to be up-to-date (before the first handshake of a never-paired volume).
  * - `needs-resync`: regions of the volume must be copied to the target (the
  *   journal overflowed, the primary restarted after a crash, or an initial sync
  *   was asked); the copy starts when the link is up.
@@ -77,8 +90,19 @@ export interface PrimaryVolumeStatus {
   name: string;
   mode: ReplicationMode;
   state: VolumeState;
-  /** True when the target is identical as far as the primary knows (nothing pending, and the target reported everything durable). */
+  /** True when the target is identical as far as the primary knows (nothing pending, the target reported everything durable, and both images are `up-to-date`). */
   inSync: boolean;
+  /** Disk state of the primary's own image (a primary's image is the reference: `up-to-date`). */
+  disk: DiskState;
+  /**
+   * Disk state of the target's image as far as the primary knows: `unknown`
+   * (never paired), `inconsistent` (a sync into it runs or was interrupted),
+   * `outdated` (consistent, behind: link down with writes pending),
+   * `diverged` (split brain), `up-to-date`.
+   */
+  peerDisk: DiskState;
+  /** When the pair was last known in sync (ISO 8601 wall-clock time; now while in sync; absent: never). */
+  lastInSyncAt?: string;
   size: number;
   blockSize: number;
   /** Highest sequence number assigned. */
@@ -122,6 +146,8 @@ export interface PrimaryVolumeEvents {
    * `durationMs` after the recovery.
    */
   replayed: [info: { records: number; bytes: number; durationMs: number }];
+  /** What the primary knows of the target's image changed (see {@link PrimaryVolumeStatus.peerDisk}). */
+  'peer-disk': [disk: DiskState, previous: DiskState];
 }
 
 /** What a volume needs from its primary. @internal */
@@ -165,7 +191,26 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly mode: ReplicationMode;
   readonly device: BlockDevice;
   #gen: GenerationState;
-  #genStore: GenerationStore;
+  #pairStore: PairStateStore;
+  #pairSaving: Promise<void> = Promise.resolve();
+  /** Disk state of the target's image as far as we know (see {@link PrimaryVolumeStatus.peerDisk}). */
+  #peerDisk: DiskState = 'unknown';
+  /** The peer disk state the previous run recorded (a sync it left unfinished: `inconsistent`). */
+  #storedPeer: DiskState = 'unknown';
+  /** Epoch ms when the pair was last known in sync. */
+  #lastInSync: number | undefined;
+  /**
+   * The write-intent bitmap survives a restart (a resync left unfinished
+   * resumes from it). Only then must a region's bit wait until the primary's
+   * own write is on stable storage; with the default in-memory bitmap nothing
+   * survives a crash, so a completed local write counts as durable (no local
+   * flush just to clear bits).
+   */
+  #persistentBitmap = false;
+  /** This run started a sync into the target: the resync set tracks what it still lacks. */
+  #syncKnown = false;
+  /** How the first sync with a blank target is done. @internal */
+  initialSync: InitialSyncMethod = 'checksum';
   /**
    * The target may hold our current generation (it accepted it in a
    * handshake, or we do not know better): the next write while it is not
@@ -205,6 +250,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #lastWriteSeq = 0;
   /** True while a resync copies `#needs`. @internal */
   resyncing = false;
+  /** Bytes done and in total of the running resync (its writes tell the target). @internal */
+  resyncProgress: { readonly done: number; readonly total: number } | undefined;
   readonly #lock = new RangeLock();
   /** @internal */
   readonly queue = new SendQueue();
@@ -230,13 +277,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #durableTimer: TimerHandle | undefined;
   /** Requests whose local write completed and is not yet known durable (a local flush releases them). */
   #localPending: MirrorRequest[] = [];
-  /**
-   * The write-intent bitmap survives a crash (`useBitmap`): a bit may be
-   * cleared only once the primary's own write is on stable storage. With the
-   * default in-memory bitmap nothing survives a crash, so a completed local
-   * write counts as durable (no local flush just to clear bits).
-   */
-  #bitmapDurable = false;
   /** A durability flush in progress (see `makeDurable`). */
   #durabilityFlush: Promise<void> | undefined;
   /** Persists a new reservation (a restarted primary continues above it). */
@@ -276,9 +316,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.device = device;
     this.mode = mode;
     this.#gen = { current: generation, history: [] };
-    this.#genStore = new MemoryGenerationStore(this.#gen);
+    this.#pairStore = new MemoryPairStateStore();
     this.#link = link;
-    this.#state = mode === 'local' ? 'local' : 'in-sync';
+    // in-sync only once the target's image is known up-to-date
+    this.#state = mode === 'local' ? 'local' : 'lagging';
   }
 
   /** Current generation id (see {@link GenerationState}). */
@@ -291,39 +332,149 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return { current: this.#gen.current, history: [...this.#gen.history] };
   }
 
-  /** Loads (or creates) the volume's generations from `store`. @internal */
-  async useGenerationStore(store: GenerationStore): Promise<void> {
-    this.#genStore = store;
+  /**
+   * Loads (or creates) the volume's pairing state from `store` (before the
+   * first write): its lineage, and what the previous run knew of the
+   * target's image. @internal
+   */
+  async usePairStateStore(store: PairStateStore): Promise<void> {
+    this.#pairStore = store;
     const loaded = await store.load();
-    if (loaded === undefined) await store.save(this.#gen);
-    else this.#gen = loaded;
+    if (loaded?.generations !== undefined) this.#gen = loaded.generations;
+    if (loaded !== undefined) {
+      this.#peerDisk = loaded.peer;
+      this.#storedPeer = loaded.peer;
+      this.#lastInSync = loaded.lastInSync;
+    }
+    if (loaded?.generations === undefined) await this.#savePair();
+    this.#updateState();
+  }
+
+  /** The pairing state as it is now. */
+  #pairState(): PairState {
+    const s: PairState = { generations: { current: this.#gen.current, history: [...this.#gen.history] }, disk: 'up-to-date', peer: this.peerDisk };
+    if (this.#lastInSync !== undefined) s.lastInSync = this.#lastInSync;
+    return s;
+  }
+
+  /** Records the pairing state (saves run one at a time, each writes the latest state). */
+  #savePair(): Promise<void> {
+    const run = this.#pairSaving.then(() => this.#pairStore.save(this.#pairState()));
+    this.#pairSaving = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Records the pairing state (at a clean stop: when the pair was last in sync, and what the target lacks). @internal */
+  savePairState(): Promise<void> {
+    if (this.#state === 'in-sync') this.#lastInSync = Date.now();
+    return this.#savePair();
   }
 
   /**
-   * The target accepted our generation in a handshake; with `full`, it
-   * discarded divergent data of its own and needs the whole volume.
+   * The target accepted our generation in a handshake (READY): `lineage` of
+   * its data relative to ours, the disk state of its image, and `full` when
+   * it discarded divergent data and needs the whole volume. Decides what the
+   * target must receive, durably before anything is sent: resolves with the
+   * method of the sync it starts (`checksum` or `full`), or undefined.
    * @internal
    */
-  generationAccepted(full: boolean): void {
+  async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean }): Promise<'checksum' | 'full' | undefined> {
     this.#genShared = true;
     this.#splitBrain = false;
-    if (full) this.markForResync();
-    else this.#updateState();
+    // a target from before disk states counts as up-to-date, as it did then
+    const disk = ready.disk ?? 'up-to-date';
+    let method: 'checksum' | 'full' | undefined;
+    if (ready.full === true) method = 'full';
+    else if (ready.lineage === 'blank' && disk !== 'up-to-date') {
+      // first pairing: the target holds none of our data
+      if (this.initialSync !== 'none') method = this.initialSync;
+    } else if (disk === 'inconsistent' && !this.#syncKnown && !(this.#persistentBitmap && this.#storedPeer === 'inconsistent')) {
+      // a sync into it was interrupted, and nothing here says what it still lacks: compare everything
+      method = 'checksum';
+    }
+    if (method !== undefined) {
+      await this.#owe(0, this.device.size);
+      this.#updateState();
+      return method;
+    }
+    if (this.#peerDisk !== 'inconsistent' || !this.#syncKnown) this.#setPeer(disk);
+    this.#updateState();
+    return undefined;
+  }
+
+  /**
+   * Marks `[offset, offset + length)` to be copied to the target, durably in
+   * the write-intent bitmap, then records the target as `inconsistent`: a
+   * restart resumes from the bitmap.
+   */
+  #owe(offset: number, length: number): Promise<void> {
+    this.markForResync(offset, length);
+    return this.#recordInconsistent();
+  }
+
+  /**
+   * The target is (or is about to be) `inconsistent`: recorded once per such
+   * period, after the bitmap's marks are durable. Synchronous up to the
+   * first await, so that the handshakes of the other connections see it.
+   */
+  #recordInconsistent(): Promise<void> {
+    this.#setPeer('inconsistent');
+    this.#syncKnown = true;
+    this.#inconsistent ??= (async () => {
+      await this.#bitmap.flush();
+      await this.#savePair();
+    })().catch((error: unknown) => {
+      this.#inconsistent = undefined;
+      throw error;
+    });
+    return this.#inconsistent;
+  }
+
+  #inconsistent: Promise<void> | undefined;
+
+  /**
+   * Before a resync sends anything: the regions it copies are durably marked
+   * and the target is recorded as `inconsistent` (its image will be, from
+   * the first resync write until the resync ends). @internal
+   */
+  async beginResync(): Promise<void> {
+    await this.#recordInconsistent();
+    await this.#bitmap.flush();
+  }
+
+  /** A resync left unfinished by the previous run resumes (its regions come from the persistent bitmap). @internal */
+  get resuming(): boolean {
+    return this.#persistentBitmap && this.#storedPeer === 'inconsistent' && this.#needs.dirtyCount > 0;
   }
 
   /**
    * Before the first write while the target is not connected: a new
-   * generation, durable before the write (the target's data no longer is ours).
+   * generation, durable before the write (the target's data no longer is
+   * ours, it is `outdated`).
    */
   #beforeDisconnectedWrite(): Promise<void> | undefined {
     if (this.#link.up || !this.#genShared) return this.#advancing;
     this.#genShared = false;
-    const next = advanceGeneration(this.#gen);
-    this.#gen = next;
-    this.#advancing = this.#genStore.save(next).finally(() => {
+    this.#gen = advanceGeneration(this.#gen);
+    if (this.#peerDisk === 'up-to-date') this.#setPeer('outdated');
+    this.#advancing = this.#savePair().finally(() => {
       this.#advancing = undefined;
     });
     return this.#advancing;
+  }
+
+  /** Changes what we know of the target's image (event `peer-disk`). */
+  #setPeer(disk: DiskState): void {
+    const previous = this.#peerDisk;
+    if (disk === previous) return;
+    this.#peerDisk = disk;
+    this.emit('peer-disk', disk, previous);
+  }
+
+  /** Disk state of the target's image as far as this primary knows. */
+  get peerDisk(): DiskState {
+    if (this.#peerDisk === 'up-to-date' && !this.#link.up && !this.idle) return 'outdated';
+    return this.#peerDisk;
   }
 
   /** Size of the volume in bytes. */
@@ -639,7 +790,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The local write of `req` completed (with `fua`: durably). */
   #localDone(req: MirrorRequest, fua: boolean): void {
-    if (fua || !this.#bitmapDurable) req.localDurable = true;
+    if (fua || !this.#persistentBitmap) req.localDurable = true;
     else if (!req.localDurable) this.#localPending.push(req);
   }
 
@@ -830,6 +981,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#needs.mark(req.offset, req.length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
+    req.owed = true;
     this.#dropPayload(req);
     this.#setSpilled(req, false);
     req.owned = true;
@@ -839,8 +991,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
   }
 
-  /** The target acknowledged `req`. @internal */
-  acknowledged(req: MirrorRequest, digest?: Buffer, durable?: number): void {
+  /** The target acknowledged `req` (a FLUSH_ACK with the target's `disk` state). @internal */
+  acknowledged(req: MirrorRequest, digest?: Buffer, durable?: number, disk?: DiskState): void {
     req.slot = -1;
     if (req.kind === 'flush' || req.kind === 'hash') {
       if (!this.#flushes.delete(req)) return;
@@ -852,6 +1004,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       req.onDone = undefined;
       done?.({ ok: true });
       if (durable !== undefined) this.#markDurable(durable);
+      if (disk !== undefined) this.#peerSaid(disk, req.upToDate === true);
       this.#updateState();
       if (this.idle) this.emit('idle');
       return;
@@ -881,6 +1034,24 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.#failing && req.attempts > 0) this.#failing = false;
     this.#updateState();
     if (this.idle) this.emit('idle');
+  }
+
+  /**
+   * A FLUSH_ACK told the target's disk state. After a flush that declared it
+   * up-to-date (and nothing was marked to resync since), the pair is in sync:
+   * recorded, with the time.
+   */
+  #peerSaid(disk: DiskState, declared: boolean): void {
+    if (disk === 'up-to-date') {
+      if (!declared || this.resyncing || this.#needs.dirtyCount > 0 || this.#peerDisk === 'up-to-date') return;
+      this.#setPeer('up-to-date');
+      this.#inconsistent = undefined;
+      this.#storedPeer = 'up-to-date';
+      this.#lastInSync = Date.now();
+      void this.#savePair().catch((error: unknown) => log('volume %s: pair state not recorded: %s', this.name, (error as Error).message));
+    } else if (disk !== this.#peerDisk && this.#peerDisk !== 'inconsistent') {
+      this.#setPeer(disk);
+    }
   }
 
   /** Moves the exact acknowledged prefix forward. */
@@ -1159,8 +1330,20 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
   }
 
-  /** The link went down: tell waiting sync callers now (degrade). @internal */
+  /**
+   * The link went down: tell waiting sync callers now (degrade), and give up
+   * digest probes — a resync holds its region's range lock while it waits
+   * for one, and writes to the region must not wait for the link. @internal
+   */
   linkDown(error: BlockMirrorError): void {
+    for (const req of [...this.#flushes]) {
+      if (req.kind !== 'hash' || req.onFail === undefined) continue;
+      this.#flushes.delete(req);
+      const fail = req.onFail;
+      req.onFail = undefined;
+      req.onAck = undefined;
+      fail(error);
+    }
     if (this.#link.outagePolicy === 'degrade') {
       for (const req of this.#requests.values()) this.#degrade(req, error);
       for (const req of this.#flushes) this.#degrade(req, error);
@@ -1178,9 +1361,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return this.#unacked === 0 && this.#flushes.size === 0;
   }
 
-  /** The target refused this volume: split brain. @internal */
+  /** The target refused this volume: split brain (recorded: the target's image is `diverged`). @internal */
   splitBrainDetected(): void {
     this.#splitBrain = true;
+    if (this.#peerDisk !== 'diverged') {
+      this.#setPeer('diverged');
+      void this.#savePair().catch((error: unknown) => log('volume %s: pair state not recorded: %s', this.name, (error as Error).message));
+    }
     this.#updateState();
   }
 
@@ -1232,13 +1419,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.idle && this.#journalSuspended && this.#journal.size === 0) this.#journalSuspended = false;
     if (this.resyncing) this.#setState('inconsistent');
     else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
-    else if (this.idle && this.#requests.size === 0) {
+    else if (this.idle && this.#requests.size === 0 && this.#peerDisk === 'up-to-date') {
       this.#sweepRegions(0);
       this.#setState('in-sync');
     }
     else {
       this.#setState(this.#link.up && !this.#failing ? 'replicating' : 'lagging');
-      // in-sync means durable on the target: ask for it once nothing else was pending for `durableDelay`
+      // in-sync means durable on the target, and its image up-to-date: ask for both once nothing else was pending for `durableDelay`
       if (this.idle && this.#link.up && !this.#closed && this.#durableTimer === undefined) {
         this.#durableTimer = this.#link.clock.setTimeout(() => {
           this.#durableTimer = undefined;
@@ -1250,6 +1437,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   #setState(state: VolumeState): void {
     if (state === this.#state) return;
+    if (this.#state === 'in-sync') this.#lastInSync = Date.now();
     this.#state = state;
     this.emit('state', state);
   }
@@ -1302,9 +1490,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   makeDurable(): Promise<void> {
     this.#sweepRegions(REGION_HOLD_MS);
     if (this.#localPending.length > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
-    if (this.#closed || this.#requests.size === 0) return Promise.resolve();
+    // nothing to make durable, and the target's image is known up-to-date (or cannot be declared so yet)
+    const declare = this.#needs.dirtyCount === 0 && !this.resyncing && !this.#splitBrain;
+    if (this.#closed || (this.#requests.size === 0 && (this.#peerDisk === 'up-to-date' || !declare || !this.#link.up))) return Promise.resolve();
     if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
     const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
+    // nothing is left to resync: once the target applied and flushed everything up to here, its image is ours
+    if (declare) req.upToDate = true;
     const flushed = new Promise<void>((resolve) => {
       req.onDone = (outcome) => {
         this.#durabilityFlush = undefined;
@@ -1320,11 +1512,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** Plain-object status. */
   status(): PrimaryVolumeStatus {
+    const inSync = this.#state === 'in-sync';
     const s: PrimaryVolumeStatus = {
       name: this.name,
       mode: this.mode,
       state: this.#state,
-      inSync: this.#state === 'in-sync',
+      inSync,
+      disk: 'up-to-date',
+      peerDisk: this.mode === 'local' ? 'unknown' : this.peerDisk,
       size: this.device.size,
       blockSize: this.device.blockSize,
       lastSeq: this.#lastSeq,
@@ -1341,6 +1536,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       journalBytes: this.#journal.stats().usedBytes,
       journalCapacity: this.#journal.stats().capacityBytes,
     };
+    const last = inSync ? Date.now() : this.#lastInSync;
+    if (last !== undefined && this.mode !== 'local') s.lastInSyncAt = new Date(last).toISOString();
     if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };
     return s;
   }
@@ -1435,7 +1632,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   useBitmap(bitmap: DirtyBitmap): number {
     this.#bitmap = bitmap;
-    this.#bitmapDurable = true;
+    this.#persistentBitmap = true;
     const dirty = this.#needs.merge(bitmap);
     if (dirty > 0) this.#updateState();
     return dirty;
@@ -1476,10 +1673,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * @internal
    */
   probe(offset: number, length: number, alg: RegionHashAlgorithm): Promise<Buffer> {
+    // no waiting for the link under a range lock (see linkDown)
+    if (!this.#link.up) return Promise.reject(new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the link to the mirror target is down'));
     const req = this.#request('hash', 0, offset, length, undefined, false, this.#lastSeq);
     req.alg = alg;
     return new Promise<Buffer>((resolve, reject) => {
       req.onAck = (digest) => (digest === undefined ? reject(new BlockMirrorError('BM_ERR_PROTOCOL', 'HASH_ACK without a digest')) : resolve(digest));
+      req.onFail = reject;
       this.#enqueue(req);
     });
   }

@@ -16,7 +16,7 @@ import type { Transport, TransportAddress } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { checkAddress } from '../transport/address.js';
 import { DEFAULT_CODEC_LIMITS, FrameFlag, MessageType, type CodecLimits, type Frame } from '../codec/frame.js';
-import { parseAck, parseError, parseHashAck, type HashAckHeader, type VolumeOffer } from '../codec/messages.js';
+import { parseAck, parseError, parseHashAck, type FlushHeader, type HashAckHeader, type VolumeOffer, type WriteHeader } from '../codec/messages.js';
 import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
@@ -24,7 +24,7 @@ import { LinkMonitor } from '../link/link-monitor.js';
 import { IdleWatch } from '../link/idle-watch.js';
 import type { DatagramChannel } from '../transport/transport.js';
 import type { MirrorRequest } from './mirror-request.js';
-import { PrimaryVolume, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
+import { PrimaryVolume, type InitialSyncMethod, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
 import { secretBytes, positiveInt, nonNegativeInt, checkVolumeName } from './options.js';
 import { MemoryJournal } from '../journal/memory-journal.js';
 import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
@@ -33,7 +33,8 @@ import { FileStreamStore, newStreamId } from './stream-file.js';
 import { FileDirtyBitmap } from '../resync/file-dirty-bitmap.js';
 import { DEFAULT_REGION_SIZE } from '../resync/dirty-bitmap.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
-import { FileGenerationStore, newGenerationId, type GenerationStore } from './generation.js';
+import { newGenerationId } from './generation.js';
+import { FilePairStateStore, type DiskState, type PairStateStore } from './pair-state.js';
 import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSettings, type VerifyResult } from './resync-runner.js';
 
 const log = createDebug('blockmirror:primary');
@@ -49,16 +50,22 @@ export interface PrimaryVolumeConfig {
   /** Replication mode (default `sync`). */
   mode?: ReplicationMode;
   /**
-   * Where the volume's generation ids are kept (default: `<journal.dir>/<volume>.gen`
-   * with a journal directory, else in memory — a new lineage per run).
+   * Where the volume's pairing state is kept: its lineage (generation ids),
+   * what it knows of the target's image, when the pair was last in sync
+   * (default: `<stateDir>/<volume>.state` with a state directory, else in
+   * memory — a new lineage per run, which a target that remembers the old
+   * one refuses as unrelated).
    */
-  generations?: GenerationStore;
+  state?: PairStateStore;
   /**
-   * Copy the whole volume to the target once the link is up (a new or blank
-   * target), while the volume stays writable: `full` sends every region,
-   * `checksum` only the regions whose digests differ.
+   * The first sync with a target that holds none of this volume's lineage
+   * (a blank target: first pairing), while the volume stays writable; the
+   * target's image is `inconsistent` until it ends. `checksum` (default):
+   * compare region digests, send only the regions that differ; `full`: send
+   * every region; `none`: skip it — declare both images identical (two blank
+   * images, or copied by other means).
    */
-  initialSync?: 'full' | 'checksum';
+  initialSync?: InitialSyncMethod;
 }
 
 /** Options of {@link createPrimary}. */
@@ -103,6 +110,16 @@ export interface PrimaryOptions {
    * the link is down).
    */
   autoConnect?: boolean;
+  /**
+   * Directory (created if missing) of this node's durable state, per volume:
+   * the pairing state (`<volume>.state`: lineage, the target's disk state,
+   * last in sync) and — without a journal directory — the write-intent
+   * bitmap (`<volume>.bitmap`), so that a restart (clean, or after a crash)
+   * keeps its lineage and resyncs exactly the regions that may differ, and an
+   * interrupted sync resumes where it stopped. Default: `journal.dir`; without
+   * either, all of it lives in memory.
+   */
+  stateDir?: string;
   /**
    * Per-volume journal of requests acknowledged locally but not yet by the
    * target (async writes always; sync writes when the mirror could not confirm
@@ -227,6 +244,10 @@ export interface PrimaryEvents {
   'journal-replayed': [info: { volume: string; records: number; bytes: number; durationMs: number }];
   /** A resync finished: the target holds every region again. */
   'resync-done': [info: { volume: string } & ResyncResult];
+  /** What the primary knows of a volume's image on the target changed (`peerDisk` in the status); recorded in its pair state. */
+  'peer-disk': [info: { volume: string; disk: DiskState; previous: DiskState }];
+  /** A sync or resync that an earlier run left unfinished resumes (from the persistent bitmap: only what is left). */
+  'resync-resumed': [info: { volume: string; bytes: number }];
   /** A resync stopped on an error (it resumes when the link is up again). */
   'resync-error': [info: { volume: string; error: BlockMirrorError }];
   /** Verify found a range that differs between the primary and the target. */
@@ -266,8 +287,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #idle = new Set<IdleWatch>();
   readonly #resyncOptions: Required<ResyncOptions>;
   readonly #checksumSync = new Set<PrimaryVolume>();
-  readonly #initialSync = new Set<PrimaryVolume>();
-  readonly #generationStores = new Map<PrimaryVolume, GenerationStore>();
+  readonly #pairStores = new Map<PrimaryVolume, PairStateStore>();
+  readonly #stateDir: string | undefined;
+  /** Volumes whose resync, when it starts, resumes one an earlier run left unfinished. */
+  readonly #resuming = new Set<PrimaryVolume>();
   readonly #resyncs = new Map<PrimaryVolume, Promise<void>>();
   readonly #resyncAttempts = new Map<PrimaryVolume, number>();
   readonly #progress = new Map<PrimaryVolume, { operation: 'resync' | 'verify'; snapshot: ProgressSnapshot }>();
@@ -319,11 +342,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#mirrorTimeout = positiveInt(options.mirrorTimeout ?? 30000, 'mirrorTimeout');
     const retry = options.retryDelay ?? { min: 100, max: 5000 };
     this.#retry = { min: positiveInt(retry.min, 'retryDelay.min'), max: positiveInt(retry.max, 'retryDelay.max') };
+    if (options.stateDir !== undefined && (typeof options.stateDir !== 'string' || options.stateDir === '')) throw invalidArgument('stateDir must be a non-empty string');
     const journal = options.journal ?? {};
     if (journal === null || typeof journal !== 'object') throw invalidArgument('journal must be an object');
     if (journal.dir !== undefined && (typeof journal.dir !== 'string' || journal.dir === '')) throw invalidArgument('journal.dir must be a non-empty string');
     if (journal.fsync !== undefined && !['always', 'batch', 'none'].includes(journal.fsync)) throw invalidArgument('journal.fsync must be always, batch or none');
     this.#journalOptions = { ...journal, capacityBytes: positiveInt(journal.capacityBytes ?? DEFAULT_JOURNAL_CAPACITY, 'journal.capacityBytes') };
+    this.#stateDir = options.stateDir ?? journal.dir;
     this.#heartbeats = options.heartbeats ?? (this.#transport.supports.datagram && this.#transport.bindDatagram !== undefined);
     if (this.#heartbeats && this.#transport.bindDatagram === undefined) throw invalidArgument('heartbeats need a transport with datagrams');
     this.#monitorOptions = {
@@ -397,9 +422,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         new MemoryJournal({ capacityBytes: this.#journalOptions.capacityBytes! }),
         this.#resyncOptions.regionSize,
       );
-      if (cfg.initialSync !== undefined && cfg.initialSync !== 'full' && cfg.initialSync !== 'checksum') {
-        throw invalidArgument(`volume ${cfg.name}: initialSync must be full or checksum`);
+      if (cfg.initialSync !== undefined && cfg.initialSync !== 'full' && cfg.initialSync !== 'checksum' && cfg.initialSync !== 'none') {
+        throw invalidArgument(`volume ${cfg.name}: initialSync must be checksum, full or none`);
       }
+      volume.initialSync = cfg.initialSync ?? 'checksum';
       volume.on('mirror-error', (info) => this.emit('mirror-error', { volume: volume.name, ...info }));
       volume.on('state', (state) => {
         this.emit('volume-state', { volume: volume.name, state });
@@ -410,12 +436,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         log('volume %s: journal replay done, %d requests (%d bytes) in %d ms', volume.name, info.records, info.bytes, Math.round(info.durationMs));
         this.emit('journal-replayed', { volume: volume.name, ...info });
       });
+      volume.on('peer-disk', (disk, previous) => this.emit('peer-disk', { volume: volume.name, disk, previous }));
       if (mode !== 'local') {
         volume.index = this.#mirrored.length;
         this.#mirrored.push(volume);
-        if (cfg.initialSync === 'checksum') this.#checksumSync.add(volume);
-        if (cfg.initialSync !== undefined) this.#initialSync.add(volume);
-        if (cfg.generations !== undefined) this.#generationStores.set(volume, cfg.generations);
+        if (cfg.state !== undefined) this.#pairStores.set(volume, cfg.state);
       }
       this.#volumes.set(cfg.name, volume);
     }
@@ -473,7 +498,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
             regionSize: this.#resyncOptions.regionSize,
             flush: this.#journalOptions.fsync === 'none' ? 'none' : 'batch',
           });
-          await v.useGenerationStore(this.#generationStores.get(v) ?? new FileGenerationStore(join(dir, `${v.name}.gen`)));
           const dirty = v.useBitmap(bitmap);
           if (dirty > 0) log('volume %s: %d regions were dirty at the last stop: they will be resynced', v.name, dirty);
         }
@@ -487,12 +511,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       return;
     }
     try {
-      for (const [v, store] of this.#generationStores) if (dir === undefined) await v.useGenerationStore(store);
+      await this.#loadState(dir);
     } catch (error) {
       await this.close({ drain: false });
       throw toBlockMirrorError(error);
     }
-    for (const v of this.#initialSync) v.markForResync();
     if (this.#heartbeats) {
       // every listener is bound before the peer is contacted
       try {
@@ -528,6 +551,26 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     if (errors.length > 0) {
       await this.close({ drain: false });
       throw errors.find((e) => CONFIGURATION_REFUSALS.has(e.code)) ?? errors[0];
+    }
+  }
+
+  /**
+   * Loads each mirrored volume's pairing state (and, with a state directory
+   * but no journal directory, its persistent write-intent bitmap), and notes
+   * the syncs an earlier run left unfinished.
+   */
+  async #loadState(journalDir: string | undefined): Promise<void> {
+    const dir = this.#stateDir;
+    if (dir !== undefined) await mkdir(dir, { recursive: true });
+    for (const v of this.#mirrored) {
+      if (dir !== undefined && journalDir === undefined) {
+        const bitmap = await FileDirtyBitmap.open(join(dir, `${v.name}.bitmap`), { volumeSize: v.size, regionSize: this.#resyncOptions.regionSize });
+        const dirty = v.useBitmap(bitmap);
+        if (dirty > 0) log('volume %s: %d regions were dirty at the last stop: they will be resynced', v.name, dirty);
+      }
+      const store = this.#pairStores.get(v) ?? (dir === undefined ? undefined : new FilePairStateStore(join(dir, `${v.name}.state`)));
+      if (store !== undefined) await v.usePairStateStore(store);
+      if (v.resuming) this.#resuming.add(v);
     }
   }
 
@@ -588,6 +631,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   async #connectOnce(slot: ConnectionSlot, retry: boolean): Promise<BlockMirrorError | undefined> {
     slot.status = 'connecting';
     let conn: FramedConnection | undefined;
+    // the generations this handshake offers (they may change while it runs)
+    const offered = this.#mirrored.map((v): [PrimaryVolume, string] => [v, v.generation]);
     try {
       const raw = await this.#transport.connect(this.peer, { timeout: this.#handshakeTimeout });
       conn = new FramedConnection(raw, { limits: this.#limits, payloadChecksum: this.#payloadChecksum });
@@ -600,6 +645,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         history: v.generations.history,
         stream: v.stream,
         base: v.ackedSeq,
+        ...(v.initialSync === 'none' ? { clean: 1 as const } : {}),
       }));
       const result = await clientHandshake(conn, {
         nodeId: this.nodeId,
@@ -622,14 +668,30 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
         const v = this.#volumes.get(rv.name);
-        v?.generationAccepted(rv.full === true);
-        v?.targetReady(rv.applied, rv.inc, rv.durable);
+        if (v === undefined) continue;
+        // what the target lacks is recorded (durably) before anything is sent
+        const method = await v.peerReady(rv);
+        if (method === 'checksum') this.#checksumSync.add(v);
+        else if (method === 'full') this.#checksumSync.delete(v);
+        v.targetReady(rv.applied, rv.inc, rv.durable);
       }
+      if (this.#closed) {
+        conn.close();
+        return undefined;
+      }
+      if (conn.closed) throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', 'the connection to the mirror target closed during the handshake');
       this.#open(slot, conn);
       return undefined;
     } catch (error) {
-      const err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
+      let err = toBlockMirrorError(error, 'BM_ERR_CONNECT_FAILED');
       conn?.destroy();
+      // A handshake that took long may offer a generation we left meanwhile
+      // (a write while no connection was up): the target, which adopted the
+      // newer one from another connection, refuses the old one. Not a split
+      // brain: the next attempt offers the current generation.
+      if (err.code === 'BM_ERR_SPLIT_BRAIN' && offered.some(([v, g]) => v.generation !== g)) {
+        err = new BlockMirrorError('BM_ERR_CONNECT_FAILED', `the handshake offered a generation the primary has left meanwhile; retrying with the current one (${err.message})`, { cause: err });
+      }
       if (err.code === 'BM_ERR_SPLIT_BRAIN') {
         const name = err.details.volume;
         const v = typeof name === 'string' ? this.#volumes.get(name) : undefined;
@@ -766,9 +828,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   #startResync(volume: PrimaryVolume): void {
     if (this.#closed || this.#resyncs.has(volume) || this.#link !== 'up' || volume.resyncBytes === 0) return;
     const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume);
+    if (this.#resuming.delete(volume)) {
+      log('volume %s: resuming an interrupted resync, %d bytes left', volume.name, volume.resyncBytes);
+      this.emit('resync-resumed', { volume: volume.name, bytes: volume.resyncBytes });
+    }
     const run = runResync(volume, this.#settings(volume, 'resync', checksum)).then(
       (result) => {
         this.#resyncs.delete(volume);
+        // the last progress report may predate the end: no stale progress in the status
+        this.#progress.delete(volume);
         this.#resyncAttempts.delete(volume);
         this.#checksumSync.delete(volume);
         log('volume %s: resync done, %d of %d regions sent (%d bytes)', volume.name, result.regionsSent, result.regions, result.bytesSent);
@@ -777,6 +845,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       },
       (error: unknown) => {
         this.#resyncs.delete(volume);
+        this.#progress.delete(volume);
         const err = toBlockMirrorError(error);
         log('volume %s: resync stopped: %s', volume.name, err.message);
         if (this.#closed) return;
@@ -827,7 +896,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     const last = bitmap.regionIndex(Math.max(offset, offset + length - 1));
     const regions = [];
     for (let i = first; i <= last; i++) regions.push(bitmap.region(i));
-    const result = await runVerify(volume, regions, this.#settings(volume, 'verify', false));
+    let result: VerifyResult;
+    try {
+      result = await runVerify(volume, regions, this.#settings(volume, 'verify', false));
+    } finally {
+      if (this.#progress.get(volume)?.operation === 'verify') this.#progress.delete(volume);
+    }
     for (const m of result.mismatches) {
       this.emit('verify-mismatch', { volume: name, ...m });
       if (options.repair === true) volume.markForResync(m.offset, m.length);
@@ -889,15 +963,25 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#inFlight[slot.index]!.set(id, { volume, req });
     const vol = volume.index;
     if (req.kind === 'write') {
-      conn.send(MessageType.WRITE, { id, vol, off: req.offset, seq: req.seq, bar: req.barrier }, req.data, req.fua ? FrameFlag.FUA : 0);
+      const h: WriteHeader = { id, vol, off: req.offset, seq: req.seq, bar: req.barrier };
+      if (req.resync) {
+        h.rs = 1;
+        const p = volume.resyncProgress;
+        if (p !== undefined) h.sync = [p.done, p.total];
+      }
+      conn.send(MessageType.WRITE, h, req.data, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'zero') {
       conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'skip') {
-      conn.send(MessageType.SKIP, { id, vol, seq: req.seq, end: req.end });
+      conn.send(MessageType.SKIP, req.owed === true ? { id, vol, seq: req.seq, end: req.end, rs: 1 } : { id, vol, seq: req.seq, end: req.end });
     } else if (req.kind === 'hash') {
       conn.send(MessageType.HASH, { id, vol, off: req.offset, len: req.length, bar: req.barrier, alg: req.alg });
     } else {
-      conn.send(MessageType.FLUSH, { id, vol, bar: req.barrier });
+      const h: FlushHeader = { id, vol, bar: req.barrier };
+      if (req.upToDate === true) h.disk = 'up-to-date';
+      const p = volume.resyncProgress;
+      if (p !== undefined) h.sync = [p.done, p.total];
+      conn.send(MessageType.FLUSH, h);
     }
   }
 
@@ -913,7 +997,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         slot.inFlight--;
         if (ack.code === undefined) {
           const digest = (ack as HashAckHeader).digest;
-          sent.volume.acknowledged(sent.req, digest === undefined ? undefined : Buffer.from(digest), ack.durable);
+          sent.volume.acknowledged(sent.req, digest === undefined ? undefined : Buffer.from(digest), ack.durable, ack.disk);
         }
         else {
           const code = isErrorCode(ack.code) ? ack.code : 'BM_ERR_MIRROR_WRITE_FAILED';
@@ -945,16 +1029,18 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   }
 
   /**
-   * Resolves when every mirrored volume has nothing pending and the target
-   * reported everything durable, or rejects with `BM_ERR_TIMEOUT`.
+   * Resolves when every mirrored volume has nothing pending, no region left
+   * to resync (an initial sync included), and the target reported everything
+   * durable (and its image up-to-date), or rejects with `BM_ERR_TIMEOUT`.
    */
   async drain(timeout = 30000): Promise<void> {
-    await this.#drainAcked(timeout);
+    await this.#drainAcked(timeout, true);
     if (this.#link === 'up') await Promise.all(this.#mirrored.map((v) => v.makeDurable()));
   }
 
-  async #drainAcked(timeout: number): Promise<void> {
-    const idle = (): boolean => this.#mirrored.every((v) => v.idle);
+  /** Waits until nothing is pending (and, with `resyncs`, no region is left to resync). */
+  async #drainAcked(timeout: number, resyncs: boolean): Promise<void> {
+    const idle = (): boolean => this.#mirrored.every((v) => v.idle && (!resyncs || (!v.resyncing && v.resyncBytes === 0)));
     if (idle()) return;
     await new Promise<void>((resolve, reject) => {
       const check = (): void => {
@@ -1008,19 +1094,24 @@ export class Primary extends EventEmitter<PrimaryEvents> {
 
   /**
    * Stops: with `drain` (default true) first waits up to `timeout` ms for
-   * pending mirror requests while the link is up; then closes the connections.
-   * Devices are not closed (they belong to the caller).
+   * pending mirror requests while the link is up (not for a running resync:
+   * it resumes at the next start, from the persistent bitmap of a state or
+   * journal directory); then closes the connections. Devices are not closed
+   * (they belong to the caller).
    */
   async close(options: { drain?: boolean; timeout?: number } = {}): Promise<void> {
     if (this.#closed) return;
     if ((options.drain ?? true) && this.#link === 'up') {
       try {
-        await this.drain(options.timeout ?? 30000);
+        await this.#drainAcked(options.timeout ?? 30000, false);
+        if (this.#link === 'up') await Promise.all(this.#mirrored.map((v) => v.makeDurable()));
       } catch {
         // close anyway; status told what is pending
       }
     }
     this.#closed = true;
+    // a clean stop records what the target holds and when the pair was last in sync
+    for (const v of this.#mirrored) await v.savePairState().catch((error: unknown) => log('volume %s: pair state not recorded: %s', v.name, (error as Error).message));
     this.#clock.clearInterval(this.#sweep);
     this.#clock.clearInterval(this.#durableTimer);
     clearInterval(this.#keepAlive);

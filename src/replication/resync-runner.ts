@@ -68,7 +68,10 @@ export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<
   progress.on('progress', s.onProgress);
   const limiter = new RateLimiter({ bytesPerSecond: s.rateBytesPerSecond, clock: s.clock });
   const result = { regions: 0, regionsSent: 0, bytesSent: 0 };
+  // the regions are durably marked and the target recorded inconsistent before the first copy
+  await volume.beginResync();
   volume.setResyncing(true);
+  volume.resyncProgress = progress;
   try {
     for (let pass = 0; volume.resyncBytes > 0; pass++) {
       if (pass > 0) progress.setTotal(progress.total + volume.resyncBytes);
@@ -82,6 +85,7 @@ export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<
       });
     }
   } finally {
+    if (volume.resyncProgress === progress) volume.resyncProgress = undefined;
     volume.setResyncing(false);
     progress.finish();
   }

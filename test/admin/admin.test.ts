@@ -48,7 +48,8 @@ describe('admin endpoint', () => {
   test('GET /status on a primary: role, peers[].address/link, volumes.NAME.mode/inSync/pendingBytes/state; binds loopback', async (t) => {
     const held = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
     const pair = await startPair([
-      { name: 'sync0', mode: 'sync', targetDevice: held },
+      // a blank device on both sides: identical images, no initial sync (as --assume-clean)
+      { name: 'sync0', mode: 'sync', targetDevice: held, initialSync: 'none' },
       { name: 'async0', mode: 'async' },
     ]);
     t.after(() => pair.close());

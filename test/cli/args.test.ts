@@ -116,8 +116,21 @@ describe('CLI arguments', () => {
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--bandwidth', '0']), 'BM_ERR_INVALID_ARGUMENT', /at least 1 byte/);
     const initial = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'async', '--initial-sync', 'checksum']);
     assert.equal(initial.kind === 'primary' ? initial.config.initialSync : undefined, 'checksum');
-    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--initial-sync', 'fast']), 'BM_ERR_INVALID_ARGUMENT', /--initial-sync must be full or checksum/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--initial-sync', 'fast']), 'BM_ERR_INVALID_ARGUMENT', /--initial-sync must be checksum, full or none/);
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--initial-sync', 'full']), 'BM_ERR_INVALID_ARGUMENT', /--initial-sync applies to --mode sync and async only/);
+    const clean = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--assume-clean', '--state-dir', '/srv/p', '--resync-rate', '8M']);
+    assert.deepEqual(
+      clean.kind === 'primary' ? [clean.config.initialSync, clean.config.stateDir, clean.config.resyncRate] : undefined,
+      ['none', '/srv/p', 8 * 1024 * 1024],
+      '--assume-clean is --initial-sync none; --state-dir; --resync-rate',
+    );
+    const none = parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--initial-sync', 'none', '--assume-clean']);
+    assert.equal(none.kind === 'primary' ? none.config.initialSync : undefined, 'none');
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--initial-sync', 'full', '--assume-clean']), 'BM_ERR_INVALID_ARGUMENT', /--assume-clean contradicts --initial-sync full/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--assume-clean']), 'BM_ERR_INVALID_ARGUMENT', /--assume-clean applies to --mode sync and async only/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--resync-rate', '0']), 'BM_ERR_INVALID_ARGUMENT', /--resync-rate must be at least 1 byte/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--mode', 'cycle', '--resync-rate', '1M']), 'BM_ERR_INVALID_ARGUMENT', /--resync-rate applies to --mode sync and async only/);
+    usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--state-dir', '']), 'BM_ERR_INVALID_ARGUMENT', /--state-dir: empty/);
     const mirrorState = parseCommandLine(['mirror', '--listen', '7000', '--volume', 'a=/a.img', '--state-dir', '/srv/state']);
     assert.equal(mirrorState.kind === 'mirror' ? mirrorState.config.stateDir : undefined, '/srv/state');
     usage(() => parseCommandLine(['primary', '--peer', '127.0.0.1:7000', '--volume', 'a=/a.img', '--stale-after', '0']), 'BM_ERR_INVALID_ARGUMENT', /--stale-after/);

@@ -174,6 +174,8 @@ describe('blockmirror CLI', () => {
       '--admin', '127.0.0.1:0',
       '--secret-file', secret,
       '--journal', path.join(dir, 'journal'),
+      // identical by construction (same content; vol1 blank on both sides): no initial sync
+      '--assume-clean',
     ]);
     const line = await primary.waitForLine(/^listening /);
     assert.match(line, /^listening nbd=127\.0\.0\.1:\d+ admin=127\.0\.0\.1:\d+ peer=127\.0\.0\.1:\d+$/);
@@ -216,8 +218,9 @@ describe('blockmirror CLI', () => {
     assert.equal(table.code, 0, table.stderr);
     assert.match(table.stdout, /^role primary {2}node primary-/m);
     assert.match(table.stdout, /^PEER +LINK +CONNECTIONS +NODE$/m);
+    assert.match(table.stdout, /^VOLUME +MODE +STATE +IN-SYNC +DISK +PEER-DISK +SYNC +LAST-IN-SYNC +PENDING +REPLICATED +ERRORS +SIZE$/m);
     assert.match(table.stdout, new RegExp(`^127\\.0\\.0\\.1:${mirror.addrs.mirror!.port} +up +2/2 +target-`, 'm'));
-    assert.match(table.stdout, /^vol0 +sync +in-sync +yes +0 B +64\.0 KiB +0 +4\.0 MiB$/m);
+    assert.match(table.stdout, /^vol0 +sync +in-sync +yes +up-to-date +up-to-date +- +now +0 B +64\.0 KiB +0 +4\.0 MiB$/m);
 
     const mStatus = await runCli(t, ['status', '--admin', `127.0.0.1:${mirror.addrs.admin!.port}`, '--json']);
     assert.equal(mStatus.code, 0, mStatus.stderr);

@@ -33,8 +33,8 @@ describe('blockmirror demo', () => {
       assert.ok(m !== null, `hash rows of ${vol}`);
       assert.equal(m[1], m[2]);
     }
-    assert.match(r.stdout, /^ +sync0 +sync +in-sync +yes +0 B /m, 'final table: sync0 in sync');
-    assert.match(r.stdout, /^ +async0 +async +in-sync +yes +0 B /m, 'final table: async0 in sync');
+    assert.match(r.stdout, /^ +sync0 +sync +in-sync +yes +up-to-date +up-to-date +- +now +0 B /m, 'final table: sync0 in sync');
+    assert.match(r.stdout, /^ +async0 +async +in-sync +yes +up-to-date +up-to-date +- +now +0 B /m, 'final table: async0 in sync');
     const lines = r.stdout.trimEnd().split('\n');
     assert.match(lines.at(-1)!, /^demo ok: primary and mirror images identical \(3 volumes\) in \d+\.\ds$/);
     const dir = /^working directory (.+)$/m.exec(r.stdout)?.[1];

@@ -6,7 +6,7 @@ import { MemoryBlockDevice } from '../../src/device/memory-device.js';
 import type { BlockDevice } from '../../src/device/block-device.js';
 import { createMirrorTarget, type MirrorTarget, type MirrorTargetOptions } from '../../src/replication/mirror-target.js';
 import { createPrimary, type Primary, type PrimaryOptions } from '../../src/replication/primary.js';
-import type { ReplicationMode } from '../../src/replication/primary-volume.js';
+import type { InitialSyncMethod, ReplicationMode } from '../../src/replication/primary-volume.js';
 
 export interface PairVolume {
   name: string;
@@ -14,6 +14,11 @@ export interface PairVolume {
   size?: number;
   primaryDevice?: BlockDevice;
   targetDevice?: BlockDevice;
+  /**
+   * First pairing (default: `none` when the helper creates both devices —
+   * two blank images are identical — else the library's default `checksum`).
+   */
+  initialSync?: InitialSyncMethod;
 }
 
 export interface Pair {
@@ -44,7 +49,11 @@ export async function startPair(
   try {
     primary = await createPrimary({
       peer: target.address,
-      volumes: volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!.primary, mode: v.mode ?? 'sync' })),
+      volumes: volumes.map((v) => {
+        const blank = v.primaryDevice === undefined && v.targetDevice === undefined;
+        const initialSync = v.initialSync ?? (blank ? 'none' : undefined);
+        return { name: v.name, device: devices.get(v.name)!.primary, mode: v.mode ?? 'sync', ...(initialSync === undefined ? {} : { initialSync }) };
+      }),
       ...options.primary,
     });
   } catch (error) {

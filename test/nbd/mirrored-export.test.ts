@@ -48,7 +48,8 @@ async function mirrored(t: TestContext, volumes: Array<{ name: string; mode: Rep
     const primaryDevice = await FileBlockDevice.open(f.primary, { size: v.size });
     const targetDevice = await FileBlockDevice.open(f.mirror, { size: v.size });
     devices.push(primaryDevice, targetDevice);
-    specs.push({ name: v.name, mode: v.mode, primaryDevice, targetDevice });
+    // two new sparse files: identical images, no initial sync (as --assume-clean)
+    specs.push({ name: v.name, mode: v.mode, primaryDevice, targetDevice, initialSync: 'none' as const });
   }
   t.after(() => Promise.all(devices.map((d) => d.close())));
   const pair = await startPair(specs);

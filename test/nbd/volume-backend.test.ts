@@ -19,7 +19,8 @@ const KiB = 1024;
 async function pairWith(t: TestContext, mode: 'sync' | 'async' = 'sync'): Promise<{ pair: Pair; p: RecordingDevice; m: RecordingDevice }> {
   const p = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
   const m = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
-  const pair = await startPair([{ name: 'vol0', mode, primaryDevice: p, targetDevice: m }]);
+  // two blank devices: identical images, no initial sync (as --assume-clean)
+  const pair = await startPair([{ name: 'vol0', mode, primaryDevice: p, targetDevice: m, initialSync: 'none' }]);
   t.after(() => pair.close());
   return { pair, p, m };
 }

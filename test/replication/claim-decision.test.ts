@@ -28,6 +28,7 @@ function view(name: string, extra: Partial<ClaimView> = {}): ClaimView {
     owner: undefined,
     connections: 0,
     generations: undefined,
+    disk: 'unknown',
     stream: undefined,
     cycleSource: undefined,
     cycleImage: undefined,
@@ -79,17 +80,36 @@ test('decideClaim: a volume held by another node with open connections is busy; 
   assert.throws(() => decideClaim(hello(), [offer('v', OLD)], views(view('v', { cycleSource: 'cyc' })), 'refuse'), { code: 'BM_ERR_VOLUME_BUSY' });
 });
 
-test('decideClaim: a blank target adopts the primary generation (history included) and starts the offered stream', () => {
+test('decideClaim: a blank target adopts the primary generation (history included), starts the offered stream and is inconsistent until the initial sync ends', () => {
   const [d] = decideClaim(hello(), [offer('v', MID, { history: [OLD] })], views(view('v')), 'refuse');
-  assert.deepEqual(d, { name: 'v', lineage: 'blank', adopt: { current: MID, history: [OLD] }, newStream: true, full: false });
+  assert.deepEqual(d, { name: 'v', lineage: 'blank', adopt: { current: MID, history: [OLD] }, disk: 'inconsistent', newStream: true, full: false });
+});
+
+test('decideClaim: a blank target of a primary that declares the images identical (clean, --assume-clean) is up-to-date at once', () => {
+  const [d] = decideClaim(hello(), [offer('v', MID, { clean: 1 })], views(view('v')), 'refuse');
+  assert.equal(d!.lineage, 'blank');
+  assert.equal(d!.disk, 'up-to-date');
+  assert.equal(d!.full, false);
+  // `clean` means nothing to a target that holds the primary's lineage: its disk state stays
+  const [same] = decideClaim(hello(), [offer('v', MID, { clean: 1 })], views(view('v', { generations: { current: MID, history: [] }, disk: 'inconsistent' })), 'refuse');
+  assert.equal(same!.disk, 'inconsistent');
 });
 
 test('decideClaim: same generation and same stream changes nothing; a new stream starts over without a full resync', () => {
   const gens: GenerationState = { current: MID, history: [OLD] };
   const same = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'bbbbbbbbbbbbbbbb' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb' })), 'refuse');
-  assert.deepEqual(same, [{ name: 'v', lineage: 'same', adopt: undefined, newStream: false, full: false }]);
-  const other = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'cccccccccccccccc' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb' })), 'refuse');
-  assert.deepEqual(other, [{ name: 'v', lineage: 'same', adopt: undefined, newStream: true, full: false }]);
+  assert.deepEqual(same, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'unknown', newStream: false, full: false }]);
+  const other = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'cccccccccccccccc' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb', disk: 'up-to-date' })), 'refuse');
+  assert.deepEqual(other, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'up-to-date', newStream: true, full: false }]);
+});
+
+test('decideClaim: the same lineage keeps the target\'s disk state: a sync that was interrupted leaves it inconsistent (the primary resumes it)', () => {
+  const gens: GenerationState = { current: MID, history: [OLD] };
+  for (const disk of ['inconsistent', 'outdated', 'up-to-date'] as const) {
+    const [d] = decideClaim(hello(), [offer('v', MID, { history: [OLD] })], views(view('v', { generations: gens, disk })), 'refuse');
+    assert.equal(d!.disk, disk, disk);
+    assert.equal(d!.adopt, undefined, 'nothing to store');
+  }
 });
 
 test('decideClaim: a target behind the primary (its generation is in the primary history) adopts the new one, no full resync', () => {
@@ -98,6 +118,10 @@ test('decideClaim: a target behind the primary (its generation is in the primary
   assert.deepEqual(d!.adopt, { current: NEW, history: [MID, OLD] });
   assert.equal(d!.full, false);
   assert.equal(d!.newStream, false);
+  assert.equal(d!.disk, 'outdated', 'a consistent image the primary had: behind');
+  // a target behind whose sync was interrupted stays inconsistent
+  const [i] = decideClaim(hello(), [offer('v', NEW, { history: [MID, OLD] })], views(view('v', { generations: { current: MID, history: [OLD] }, disk: 'inconsistent' })), 'refuse');
+  assert.equal(i!.disk, 'inconsistent');
 });
 
 test('decideClaim: split brain is refused with BM_ERR_SPLIT_BRAIN under refuse', () => {
@@ -105,6 +129,8 @@ test('decideClaim: split brain is refused with BM_ERR_SPLIT_BRAIN under refuse',
   assert.throws(() => decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'refuse'), (e: Error & { code?: string; details?: Record<string, unknown> }) => {
     assert.equal(e.code, 'BM_ERR_SPLIT_BRAIN');
     assert.equal(e.details?.lineage, 'split-brain');
+    assert.equal(e.details?.unrelated, false, 'both grew out of OLD');
+    assert.match(e.message, /both sides wrote while apart/);
     assert.equal(e.details?.volume, 'v');
     return true;
   });
@@ -116,10 +142,29 @@ test('decideClaim: split brain is refused with BM_ERR_SPLIT_BRAIN under refuse',
   });
 });
 
-test('decideClaim: split brain under discard-target: the primary wins, the target adopts its generation and a full resync is owed', () => {
-  const target = view('v', { generations: { current: MID, history: [OLD] }, stream: 'bbbbbbbbbbbbbbbb' });
+test('decideClaim: a target that served another primary\'s lineage refuses a primary it cannot prove a descendant (no generation in common): unrelated, nothing overwritten', () => {
+  // primary A's data on the target (even an up-to-date copy, even after a restart of the target)
+  const A = newGenerationId(1_500_000);
+  const served = view('v', { generations: { current: A, history: [OLD] }, disk: 'up-to-date', stream: 'bbbbbbbbbbbbbbbb' });
+  // primary B: another lineage entirely (its own blank start, or a primary that lost its state)
+  assert.throws(() => decideClaim(hello('b', 'sb'), [offer('v', NEW, { history: [MID] })], views(served), 'refuse'), (e: Error & { code?: string; details?: Record<string, unknown> }) => {
+    assert.equal(e.code, 'BM_ERR_SPLIT_BRAIN');
+    assert.equal(e.details?.lineage, 'split-brain');
+    assert.equal(e.details?.unrelated, true);
+    assert.match(e.message, /another lineage/);
+    assert.match(e.message, /nothing was overwritten/);
+    return true;
+  });
+  // nor does the clean flag of a primary that declares its image identical change that
+  assert.throws(() => decideClaim(hello('b', 'sb'), [offer('v', NEW, { clean: 1 })], views(served), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  // an inconsistent target (A's sync interrupted) is no exception: it holds A's lineage
+  assert.throws(() => decideClaim(hello('b', 'sb'), [offer('v', NEW)], views(view('v', { generations: { current: A, history: [] }, disk: 'inconsistent' })), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+});
+
+test('decideClaim: split brain under discard-target: the primary wins, the target adopts its generation, is inconsistent, and a full resync is owed', () => {
+  const target = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date', stream: 'bbbbbbbbbbbbbbbb' });
   const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'discard-target');
-  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, newStream: true, full: true });
+  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, disk: 'inconsistent', newStream: true, full: true });
 });
 
 test('decideClaim: split brain under discard-younger: a younger target is discarded, a younger primary is refused', () => {
@@ -138,6 +183,9 @@ test('decideClaim: a cycle image on a volume without primary generations is refu
   assert.throws(() => decideClaim(hello(), [offer('v', MID)], views(cyc), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
   const [d] = decideClaim(hello(), [offer('v', MID)], views(cyc), 'discard-target');
   assert.equal(d!.lineage, 'blank');
+  // the freeze image is discarded: the whole volume is owed, whatever the primary declares
+  const [c] = decideClaim(hello(), [offer('v', MID, { clean: 1 })], views(cyc), 'discard-target');
+  assert.deepEqual([c!.full, c!.disk], [true, 'inconsistent']);
 });
 
 test('decideClaim: a refusal for the second of two volumes returns no decision at all (the first stays undecided, nothing to mutate)', () => {

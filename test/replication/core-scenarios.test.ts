@@ -54,7 +54,8 @@ function primary(network: MemoryNetwork, t: MirrorTarget, device: BlockDevice, m
     peer: t.address,
     nodeId: 'primary-a',
     retryDelay: { min: 1, max: 20 },
-    volumes: [{ name: 'v', device, mode }],
+    // both images start blank, i.e. identical: no initial sync (as --assume-clean)
+    volumes: [{ name: 'v', device, mode, initialSync: 'none' }],
     ...LINK,
     ...extra,
   });
@@ -452,7 +453,8 @@ async function primaryWithJournal(network: MemoryNetwork, t: MirrorTarget, devic
     peer: t.address,
     nodeId: 'primary-a',
     retryDelay: { min: 1, max: 20 },
-    volumes: [{ name: 'v', device, mode }],
+    // both images start blank, i.e. identical: no initial sync (as --assume-clean)
+    volumes: [{ name: 'v', device, mode, initialSync: 'none' }],
     ...LINK,
     ...extra,
   });

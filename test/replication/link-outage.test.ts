@@ -6,7 +6,7 @@ import { createPrimary } from '../../src/replication/primary.js';
 import type { LinkState } from '../../src/replication/primary.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { encodeHeartbeat } from '../../src/link/heartbeat.js';
-import { MemoryGenerationStore } from '../../src/replication/generation.js';
+import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 
 const SIZE = 4 << 20;
 /** Link timers at millisecond scale; the state machine's timing itself is tested in virtual time (test/link). */
@@ -29,7 +29,8 @@ test('SPEC 4-9: the target stops under a write workload (real TCP + UDP on loopb
   const pdev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
   let target: MirrorTarget = await createMirrorTarget({ listen: { host: '127.0.0.1', port: 0 }, volumes: [{ name: 'v', device: tdev }], ...LINK });
   const port = target.address.port;
-  const primary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async' }], ...LINK });
+  // two blank devices: identical images, no initial sync (as --assume-clean)
+  const primary = await createPrimary({ peer: target.address, volumes: [{ name: 'v', device: pdev, mode: 'async', initialSync: 'none' }], ...LINK });
   const states: LinkState[] = [];
   primary.on('link', (s) => states.push(s));
   try {
@@ -70,8 +71,9 @@ test('SPEC 12: bi-directional mirroring: each node is primary for one volume and
   const bCopyOfA = dev();
   const targetOnA = await createMirrorTarget({ transport: network.transport({ host: A }), listen: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: aCopyOfB }], ...LINK });
   const targetOnB = await createMirrorTarget({ transport: network.transport({ host: B }), listen: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: bCopyOfA }], ...LINK });
-  const primaryOnA = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: aOwn, mode: 'async' }], ...LINK });
-  const primaryOnB = await createPrimary({ transport: network.transport({ host: B }), peer: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: bOwn, mode: 'sync' }], ...LINK });
+  // four blank devices: each pair is identical, no initial sync (as --assume-clean)
+  const primaryOnA = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: 7000 }, volumes: [{ name: 'a-vol', device: aOwn, mode: 'async', initialSync: 'none' }], ...LINK });
+  const primaryOnB = await createPrimary({ transport: network.transport({ host: B }), peer: { host: A, port: 7000 }, volumes: [{ name: 'b-vol', device: bOwn, mode: 'sync', initialSync: 'none' }], ...LINK });
   try {
     await primaryOnA.volume('a-vol').write(0, Buffer.alloc(4096, 0xa1));
     assert.equal((await primaryOnB.volume('b-vol').write(0, Buffer.alloc(4096, 0xb1))).mirror, 'acknowledged');
@@ -137,13 +139,13 @@ test('a restarted primary (same node id) takes over its volumes at once, even wh
   const slow = { heartbeatInterval: 1000, staleAfter: 60000, probation: 0, idleTimeout: 60000 };
   const target = await createMirrorTarget({ transport: network.transport({ host: '10.3.0.2' }), listen: { host: '10.3.0.2', port: 0 }, volumes: [{ name: 'v', device: tdev }], ...slow });
   // the primary's metadata (generations) survives its restart, as a file would
-  const generations = new MemoryGenerationStore();
-  const first = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync', generations }], ...slow });
+  const generations = new MemoryPairStateStore();
+  const first = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync', state: generations }], ...slow });
   try {
     await first.volume('v').write(0, Buffer.alloc(4096, 1));
     // the first process vanishes without closing anything: its connections go silent
     for (const link of network.links) link.blackhole();
-    const second = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync', generations }], ...slow });
+    const second = await createPrimary({ transport: network.transport({ host: '10.3.0.1' }), peer: target.address, nodeId: 'db-primary', volumes: [{ name: 'v', device: pdev, mode: 'sync', state: generations }], ...slow });
     try {
       assert.equal((await second.volume('v').write(4096, Buffer.alloc(4096, 2))).mirror, 'acknowledged');
       assert.equal(target.status().peers.length, 1, 'the old session is gone');

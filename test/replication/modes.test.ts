@@ -14,7 +14,7 @@ const KiB = 1024;
 
 test('SPEC 10: async mode resolves the host write before the mirror responds', async () => {
   const held = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
-  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: held }]);
+  const pair = await startPair([{ name: 'v', mode: 'async', targetDevice: held, initialSync: 'none' }]);
   try {
     held.hold();
     const heldSeen = once(held, 'held');
@@ -94,7 +94,7 @@ test('SPEC 11: a volume not designated for mirroring is written locally only; no
 test('a mirror write that fails with EIO is reported, stays queued and is retried until it lands', async () => {
   const faulty = new FaultyBlockDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
   faulty.addFault({ op: 'write', range: { offset: 0, length: 4096 }, error: 'EIO', times: 2 });
-  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: faulty }], {
+  const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: faulty, initialSync: 'none' }], {
     primary: { retryDelay: { min: 1, max: 5 } },
   });
   try {

@@ -12,7 +12,7 @@ import { MemoryNetwork } from '../../src/transport/memory.js';
 import { clockFrom } from '../../src/clock.js';
 import { createMirrorTarget } from '../../src/replication/mirror-target.js';
 import { createPrimary, type PrimaryOptions } from '../../src/replication/primary.js';
-import { MemoryGenerationStore } from '../../src/replication/generation.js';
+import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 import { turn } from '../helpers/pair.js';
 
 const P = '10.13.0.1';
@@ -37,8 +37,8 @@ for (const heartbeats of [true, false]) {
     target.on('peer-forgotten', (info) => forgotten.push(info.node));
     // the same volume (its generations survive, as a file would), a new random node id per run
     const pdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
-    const generations = new MemoryGenerationStore();
-    const options: PrimaryOptions = { transport: network.transport({ host: P }), peer: target.address, clock, heartbeats, connections: 2, volumes: [{ name: 'v', device: pdev, mode: 'async', generations }], ...LINK };
+    const generations = new MemoryPairStateStore();
+    const options: PrimaryOptions = { transport: network.transport({ host: P }), peer: target.address, clock, heartbeats, connections: 2, volumes: [{ name: 'v', device: pdev, mode: 'async', state: generations, initialSync: 'none' }], ...LINK };
     const nodes: string[] = [];
     try {
       for (let i = 0; i < 5; i++) {
@@ -65,8 +65,8 @@ test('issue 12: a session that owns nothing but is still heard from (heartbeats)
   const clock = clockFrom(fake);
   const network = new MemoryNetwork();
   const target = await createMirrorTarget({ transport: network.transport({ host: T }), listen: { host: T, port: 7000 }, clock, volumes: [{ name: 'v', device: new MemoryBlockDevice(1 << 20, { blockSize: 512 }) }], ...LINK });
-  const generations = new MemoryGenerationStore();
-  const volume = (): PrimaryOptions['volumes'][number] => ({ name: 'v', device: new MemoryBlockDevice(1 << 20, { blockSize: 512 }), mode: 'async', generations });
+  const generations = new MemoryPairStateStore();
+  const volume = (): PrimaryOptions['volumes'][number] => ({ name: 'v', device: new MemoryBlockDevice(1 << 20, { blockSize: 512 }), mode: 'async', state: generations, initialSync: 'none' });
   // a long probation: once its connections break, the first primary heartbeats on without reconnecting
   const first = await createPrimary({ transport: network.transport({ host: P }), peer: target.address, clock, nodeId: 'first', volumes: [volume()], ...LINK, probation: 600_000 });
   let second;

@@ -4,7 +4,8 @@ import { MemoryNetwork } from '../../src/transport/memory.js';
 import { MemoryBlockDevice } from '../../src/device/memory-device.js';
 import { createMirrorTarget, type SplitBrainPolicy } from '../../src/replication/mirror-target.js';
 import { createPrimary, type Primary } from '../../src/replication/primary.js';
-import { MemoryGenerationStore, compareGenerations, advanceGeneration, freshGeneration } from '../../src/replication/generation.js';
+import { compareGenerations, advanceGeneration, freshGeneration } from '../../src/replication/generation.js';
+import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 import { onceEvent } from '../helpers/events.js';
 import { cutOff } from '../helpers/network.js';
 
@@ -33,14 +34,14 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
   const network = new MemoryNetwork();
   const aDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
   const tDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
-  const tStore = new MemoryGenerationStore();
+  const tStore = new MemoryPairStateStore();
   const startTarget = () =>
-    createMirrorTarget({ transport: network.transport({ host: T }), listen: { host: T, port: 7000 }, volumes: [{ name: 'v', device: tDev, generations: tStore }], splitBrain: policy, ...LINK });
+    createMirrorTarget({ transport: network.transport({ host: T }), listen: { host: T, port: 7000 }, volumes: [{ name: 'v', device: tDev, state: tStore }], splitBrain: policy, ...LINK });
   let target = await startTarget();
-  const a: Primary = await createPrimary({ transport: network.transport({ host: A }), peer: { host: T, port: 7000 }, volumes: [{ name: 'v', device: aDev, mode: 'async', generations: new MemoryGenerationStore() }], ...LINK });
+  const a: Primary = await createPrimary({ transport: network.transport({ host: A }), peer: { host: T, port: 7000 }, volumes: [{ name: 'v', device: aDev, mode: 'async', state: new MemoryPairStateStore(), initialSync: 'none' }], ...LINK });
   await a.volume('v').write(0, Buffer.alloc(4096, 1));
   await a.drain();
-  const shared = (await tStore.load())!.current;
+  const shared = (await tStore.load())!.generations!.current;
   assert.equal(shared, a.volume('v').generation, 'the target adopted the primary generation');
 
   cutOff(network, A, T);
@@ -50,7 +51,7 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
   const writeOnA = async () => a.volume('v').write(4096, Buffer.alloc(4096, 0xaa));
   const writeOnPromoted = async () => {
     // role swap: the target's node becomes a primary of the volume (no peer reachable) and writes
-    const promoted = await createPrimary({ transport: network.transport({ host: T }), peer: { host: '10.6.0.99', port: 1 }, waitForConnection: false, heartbeats: false, volumes: [{ name: 'v', device: tDev, mode: 'async', generations: tStore }] });
+    const promoted = await createPrimary({ transport: network.transport({ host: T }), peer: { host: '10.6.0.99', port: 1 }, waitForConnection: false, heartbeats: false, volumes: [{ name: 'v', device: tDev, mode: 'async', state: tStore }] });
     await promoted.volume('v').write(8192, Buffer.alloc(4096, 0xbb));
     await promoted.close({ drain: false });
   };
@@ -64,7 +65,7 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
     await writeOnPromoted();
   }
   assert.notEqual(a.volume('v').generation, shared, 'A started a new generation when it wrote while apart');
-  assert.notEqual((await tStore.load())!.current, shared, 'so did the promoted node');
+  assert.notEqual((await tStore.load())!.generations!.current, shared, 'so did the promoted node');
 
   target = await startTarget();
   const errors: string[] = [];

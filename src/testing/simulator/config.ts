@@ -69,6 +69,14 @@ export interface SimConfig {
    */
   maxPayload: number;
   outagePolicy: 'degrade' | 'suspend';
+  /**
+   * First pairing: the primary's volumes hold data before the pair first
+   * meets, and the target is blank — the initial sync must copy it before
+   * the pair may be in sync.
+   */
+  preloaded: boolean;
+  /** The primary's `initialSync` (`none` only when not `preloaded`: two blank images are identical). */
+  initialSync: 'checksum' | 'full' | 'none';
   /** Fault steps of the schedule. */
   steps: number;
   /** Largest write, in blocks. */
@@ -117,6 +125,8 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     maxAsyncLag: rng.pick([0, 64 * 1024]),
     maxBufferedBytes: rng.pick([32 * 1024, 256 * 1024, 64 * 1024 * 1024]),
     outagePolicy: rng.chance(0.85) ? 'degrade' : 'suspend',
+    preloaded: false,
+    initialSync: 'checksum',
     steps: rng.int(20, 60),
     maxWriteBlocks: rng.pick([1, 4, 16]),
     concurrency: rng.int(1, 8),
@@ -130,6 +140,9 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
   // drawn from a stream of its own, so that the schedules of earlier seeds stay as they were
   if (rng.fork('payload').chance(0.5)) config.maxPayload = config.regionSize;
   config.burst = rng.fork('burst').chance(0.5);
+  const pairing = rng.fork('pairing');
+  config.preloaded = pairing.chance(0.5);
+  config.initialSync = config.preloaded ? pairing.pick(['checksum', 'full'] as const) : pairing.pick(['checksum', 'full', 'none'] as const);
   return { ...config, ...overrides };
 }
 
@@ -164,6 +177,9 @@ export function drawBigConfig(rng: Rng, overrides: Partial<SimConfig> = {}): Sim
     faults: new Set(BIG_FAULTS),
     steps: rng.int(15, 40),
     bigZero: 0.25,
+    // two blank 8 GiB volumes: paired as identical (a first checksum sync would hash 16 GiB per start)
+    preloaded: false,
+    initialSync: 'none',
   };
   return { ...config, ...overrides };
 }
@@ -201,6 +217,8 @@ export function describeConfig(c: SimConfig): string {
     `maxBuffered=${c.maxBufferedBytes}`,
     `maxPayload=${c.maxPayload}`,
     `outage=${c.outagePolicy}`,
+    `preloaded=${c.preloaded}`,
+    `initialSync=${c.initialSync}`,
     `steps=${c.steps}`,
     `maxWrite=${c.maxWriteBlocks}`,
     `concurrency=${c.concurrency}`,

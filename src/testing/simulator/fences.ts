@@ -1,5 +1,5 @@
 /**
- * Revocable views of a node's durable state (journal, generation store,
+ * Revocable views of a node's durable state (journal, pair state store,
  * bitmap) and of its network access: when a simulated process dies, its views
  * are revoked so that nothing it still runs can change the node's "disk" or
  * reach the network — and the next incarnation opens fresh views on the same
@@ -8,7 +8,7 @@
  * @module
  */
 import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from '../../journal/journal.js';
-import type { GenerationState, GenerationStore } from '../../replication/generation.js';
+import type { PairState, PairStateStore } from '../../replication/pair-state.js';
 import type { DirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type {
   ConnectOptions,
@@ -99,7 +99,7 @@ export class JournalView implements Journal, Revocable {
 }
 
 /**
- * A small-state store (generations, stream, apply state) seen by one
+ * A small-state store (pair state, stream, apply state) seen by one
  * process: forwards until revoked; afterwards its calls never settle.
  */
 export class StoreView<T> implements Revocable {
@@ -125,8 +125,8 @@ export class StoreView<T> implements Revocable {
   }
 }
 
-/** A generation store seen by one process (see {@link StoreView}). */
-export class GenerationStoreView extends StoreView<GenerationState> implements GenerationStore {}
+/** A pair state store seen by one process (see {@link StoreView}). */
+export class PairStateStoreView extends StoreView<PairState> implements PairStateStore {}
 
 /**
  * A dirty bitmap view for one process: a proxy that forwards everything

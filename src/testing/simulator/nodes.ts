@@ -1,6 +1,6 @@
 /**
  * The simulated processes: a node has a durable "disk" (devices, journal,
- * bitmap, generation store — what survives a crash) and at most one running
+ * bitmap, pair state store — what survives a crash) and at most one running
  * incarnation of the real replication code, which holds revocable views of
  * that disk and of the network.
  *
@@ -10,7 +10,7 @@ import type { Clock } from '../../clock.js';
 import { CrashableMemoryDevice, type DeviceSession } from '../../device/crashable-memory-device.js';
 import { MemoryJournal } from '../../journal/memory-journal.js';
 import type { JournalEntry } from '../../journal/journal.js';
-import { MemoryGenerationStore } from '../../replication/generation.js';
+import { MemoryPairStateStore } from '../../replication/pair-state.js';
 import { MemoryApplyStateStore, type ApplyState } from '../../replication/apply-state.js';
 import { MemoryStreamStore, type StreamState } from '../../replication/stream-file.js';
 import { Primary, type PrimaryOptions } from '../../replication/primary.js';
@@ -19,7 +19,7 @@ import { MemoryDirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type { MemoryNetwork } from '../../transport/memory.js';
 import type { TransportAddress } from '../../transport/transport.js';
 import { SPARSE_ABOVE, type SimConfig } from './config.js';
-import { GenerationStoreView, JournalView, StoreView, TransportView, bitmapView, type Revocable } from './fences.js';
+import { PairStateStoreView, JournalView, StoreView, TransportView, bitmapView, type Revocable } from './fences.js';
 import type { Rng } from './rng.js';
 
 /** Host names of the simulated topology. */
@@ -36,7 +36,7 @@ export interface PrimaryVolumeDisk {
   device: CrashableMemoryDevice;
   journal: MemoryJournal;
   bitmap: MemoryDirtyBitmap;
-  generations: MemoryGenerationStore;
+  pairState: MemoryPairStateStore;
   /** Replication stream and seq reservation kept beside the journal (as `<volume>.stream`). */
   stream: MemoryStreamStore;
 }
@@ -87,7 +87,7 @@ export class PrimaryNode {
         device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
         journal: new MemoryJournal({ capacityBytes: ctx.config.journalCapacity }),
         bitmap: new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: ctx.config.regionSize }),
-        generations: new MemoryGenerationStore(),
+        pairState: new MemoryPairStateStore(),
         stream: new MemoryStreamStore(),
       });
     }
@@ -98,7 +98,7 @@ export class PrimaryNode {
   }
 
   /** Options of the next incarnation (extend here when the core gains injection points). */
-  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>): PrimaryOptions {
+  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, PairStateStoreView>): PrimaryOptions {
     const c = this.ctx.config;
     return {
       peer: { host: TARGET_HOST, port: TARGET_PORT },
@@ -121,7 +121,7 @@ export class PrimaryNode {
       journal: { capacityBytes: c.journalCapacity },
       resync: { regionSize: c.regionSize, concurrency: c.resyncConcurrency },
       waitForConnection: false,
-      volumes: c.volumes.map((v) => ({ name: v.name, mode: v.mode, device: devices.get(v.name)!, generations: stores.get(v.name)! })),
+      volumes: c.volumes.map((v) => ({ name: v.name, mode: v.mode, device: devices.get(v.name)!, state: stores.get(v.name)!, initialSync: c.initialSync })),
     };
   }
 
@@ -137,10 +137,10 @@ export class PrimaryNode {
     this.#transport = transport;
     this.#views.push(transport);
     const devices = new Map<string, DeviceSession>();
-    const stores = new Map<string, GenerationStoreView>();
+    const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
-      const store = new GenerationStoreView(disk.generations);
+      const store = new PairStateStoreView(disk.pairState);
       this.#views.push(session, store);
       devices.set(name, session);
       stores.set(name, store);
@@ -186,7 +186,7 @@ export class PrimaryNode {
 /** The durable state of one volume on the target. */
 export interface TargetVolumeDisk {
   device: CrashableMemoryDevice;
-  generations: MemoryGenerationStore;
+  pairState: MemoryPairStateStore;
   /** Durable apply state (stream, flushed watermark). */
   applyState: MemoryApplyStateStore;
 }
@@ -205,7 +205,7 @@ export class TargetNode {
     for (const v of ctx.config.volumes) {
       this.disks.set(v.name, {
         device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
-        generations: new MemoryGenerationStore(),
+        pairState: new MemoryPairStateStore(),
         applyState: new MemoryApplyStateStore(),
       });
     }
@@ -220,7 +220,7 @@ export class TargetNode {
   }
 
   /** Options of the next incarnation. */
-  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, GenerationStoreView>, applied: Map<string, StoreView<ApplyState>>): MirrorTargetOptions {
+  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, PairStateStoreView>, applied: Map<string, StoreView<ApplyState>>): MirrorTargetOptions {
     return {
       listen: this.address,
       nodeId: 'target',
@@ -228,7 +228,7 @@ export class TargetNode {
       clock: this.ctx.clock,
       heartbeats: this.ctx.config.heartbeats,
       ...SIM_TIMERS,
-      volumes: this.ctx.config.volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!, generations: stores.get(v.name)!, applyState: applied.get(v.name)! })),
+      volumes: this.ctx.config.volumes.map((v) => ({ name: v.name, device: devices.get(v.name)!, state: stores.get(v.name)!, applyState: applied.get(v.name)! })),
     };
   }
 
@@ -238,10 +238,10 @@ export class TargetNode {
     this.#transport = transport;
     this.#views.push(transport);
     const devices = new Map<string, DeviceSession>();
-    const stores = new Map<string, GenerationStoreView>();
+    const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
-      const store = new GenerationStoreView(disk.generations);
+      const store = new PairStateStoreView(disk.pairState);
       this.#views.push(session, store);
       devices.set(name, session);
       stores.set(name, store);

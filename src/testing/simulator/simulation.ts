@@ -33,7 +33,9 @@ export type InvariantId =
   | 'I6-cycle-target-freeze'
   | 'I6-cycle-source-freeze'
   | 'I7-memory-budget'
+  | 'I8-disk-state'
   | 'I9-seq-reused'
+  | 'lineage-kept'
   | 'liveness'
   | 'unhandled-rejection';
 
@@ -200,6 +202,7 @@ export class Simulation {
     process.on('unhandledRejection', onUnhandled);
     try {
       this.#log(`config ${describeConfig(this.config)}`);
+      if (this.config.preloaded) await this.#drive(this.#preload());
       await this.#startTarget();
       await this.#startPrimary();
       this.#scheduleWorkload();
@@ -285,6 +288,24 @@ export class Simulation {
 
   // ---- nodes ---------------------------------------------------------------
 
+  /**
+   * First pairing with data: before the pair ever meets, about half of each
+   * primary volume's regions hold data (durably) that the blank target lacks.
+   */
+  async #preload(): Promise<void> {
+    const rng = new Rng(this.seed).fork('preload');
+    const region = this.config.regionSize;
+    for (const [name, disk] of this.primaryNode.disks) {
+      let regions = 0;
+      for (let offset = 0; offset < disk.device.size; offset += region) {
+        if (!rng.chance(0.5)) continue;
+        await disk.device.write(offset, pattern(PRELOAD_ID, Math.min(region, disk.device.size - offset)), { fua: true });
+        regions++;
+      }
+      this.#log(`preloaded ${regions} regions of ${name} on the primary (the target is blank)`);
+    }
+  }
+
   async #startTarget(): Promise<void> {
     if (this.targetNode.running) return;
     const r = await this.#drive(this.targetNode.start());
@@ -315,6 +336,13 @@ export class Simulation {
       if (state === 'needs-resync' || state === 'inconsistent' || state === 'split-brain') this.#invalidate(volume, state);
     });
     primary.on('verify-mismatch', ({ volume, offset, length }) => this.#log(`verify mismatch ${volume} @${offset}+${length}`));
+    // the real primary keeps its lineage through every stop, crash and restart: the target never refuses it
+    primary.on('connect-error', (error) => {
+      if (this.primaryNode.primary === primary && error.code === 'BM_ERR_SPLIT_BRAIN') this.#violate('lineage-kept', `the target refused the real primary: ${error.message}`);
+    });
+    primary.on('peer-disk', ({ volume, disk, previous }) => {
+      if (this.primaryNode.primary === primary) this.#log(`volume ${volume} peer disk ${disk} (was ${previous})`);
+    });
     for (const v of primary.volumes) {
       if (v.state === 'needs-resync' || v.state === 'inconsistent') this.#invalidate(v.name, v.state);
     }
@@ -965,6 +993,17 @@ export class Simulation {
       this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: link ${primary.link}, ${states.join(', ')}`);
     }
     this.#compareIfInSync(true);
+    // both sides agree: a pair in sync has an up-to-date target image
+    const target = this.targetNode.target;
+    if (ok && target !== undefined) {
+      for (const v of primary.volumes) {
+        const t = target.volume(v.name).status();
+        const p = v.status();
+        if (t.disk !== 'up-to-date' || p.peerDisk !== 'up-to-date' || !t.inSync) {
+          this.#violate('I8-disk-state', `volume ${v.name} is in-sync on the primary (peer disk ${p.peerDisk}) but the target says disk ${t.disk}, inSync ${t.inSync}`);
+        }
+      }
+    }
   }
 
   async #teardown(): Promise<void> {
@@ -983,6 +1022,9 @@ export class Simulation {
 export function simulate(options: SimulationOptions): Promise<SimulationResult> {
   return new Simulation(options).run();
 }
+
+/** Request id of the data a preloaded primary holds before the first pairing (no request has it). */
+const PRELOAD_ID = 0x7fffffff;
 
 /** Payload of request `id`: every 512-byte sector starts with the id, the rest is a byte derived from it. */
 function pattern(id: number, length: number): Buffer {
