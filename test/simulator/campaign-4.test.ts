@@ -1,4 +1,4 @@
-/** Quarter 4 of the simulator campaign of `npm test` (see campaign-slice.ts). */
+/** Eighth 4 of the simulator campaign of `npm test` (see campaign-slice.ts). */
 import { campaignSlice } from './campaign-slice.js';
 
 campaignSlice(3);

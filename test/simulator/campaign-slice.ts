@@ -4,7 +4,7 @@
  * against the real replication code, every invariant checked; each seed runs
  * twice and its two traces must be identical (determinism). The budget
  * (`SIM_SEEDS`, default 2000, from `SIM_FROM`, default 1) is split into
- * quarters, one test file each, so that the runner spreads them over its
+ * eighths, one test file each, so that the runner spreads them over its
  * workers. Longer campaigns: `npm run sim -- --seeds N [--from S]`.
  *
  *   SIM_SEEDS=2000 SIM_FROM=1 node --import tsx --test test/simulator/campaign-*.test.ts
@@ -15,13 +15,13 @@ import { createHash } from 'node:crypto';
 import { runCampaign } from '../../src/testing/simulator/campaign.js';
 import type { SimulationResult } from '../../src/testing/simulator/simulation.js';
 
-const SLICES = 4;
+const SLICES = 8;
 
 function traceHash(result: SimulationResult): string {
   return createHash('sha256').update(result.trace.join('\n')).digest('hex');
 }
 
-/** Registers the test of quarter `slice` (0…3) of the campaign budget. */
+/** Registers the test of eighth `slice` (0…7) of the campaign budget. */
 export function campaignSlice(slice: number): void {
   const total = Number(process.env.SIM_SEEDS ?? 2000);
   const start = Number(process.env.SIM_FROM ?? 1);

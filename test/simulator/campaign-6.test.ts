@@ -1,0 +1,4 @@
+/** Eighth 6 of the simulator campaign of `npm test` (see campaign-slice.ts). */
+import { campaignSlice } from './campaign-slice.js';
+
+campaignSlice(5);
