@@ -133,6 +133,10 @@ export interface FileJournalStats extends JournalStats {
 export const DEFAULT_JOURNAL_CAPACITY = 256 * 1024 * 1024;
 const MIN_CAPACITY = 4096;
 const READ_CHUNK = 1024 * 1024;
+/** Read buffers given back by `recycle()` kept for later reads, in bytes at most. */
+const SPARE_READ_BYTES = 16 * 1024 * 1024;
+/** Read buffers are allocated in multiples of this (so that one fits later reads of about its size). */
+const READ_SLAB = 64 * 1024;
 
 /**
  * An append on its way to the file, from `append()` until it is durable (or
@@ -275,8 +279,13 @@ function writeAll(fd: number, buffer: Buffer, position: number): Promise<void> {
 }
 
 /** Reads `length` bytes at `position`; bytes beyond the end of the file read as zero. */
-async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
+function readFully(fd: number, length: number, position: number): Promise<Buffer> {
+  return readInto(fd, Buffer.allocUnsafe(length), position);
+}
+
+/** Fills `out` from `position`; bytes beyond the end of the file read as zero. */
+async function readInto(fd: number, out: Buffer, position: number): Promise<Buffer> {
+  const length = out.length;
   let done = 0;
   while (done < length) {
     const n = await new Promise<number>((resolve, reject) =>
@@ -389,6 +398,11 @@ export class FileJournal implements Journal {
   readonly #recovered: number;
 
   #ioInFlight = 0;
+  /** Read buffers of `pending()` in use, by their memory: the entries yielded from it not recycled yet, +1 while it is being read. */
+  readonly #lent = new WeakMap<ArrayBufferLike, { slab: Buffer; uses: number }>();
+  /** Read buffers given back, for later reads. */
+  readonly #spare: Buffer[] = [];
+  #spareBytes = 0;
   #failure: BlockMirrorError | null = null;
   #closing: Promise<void> | null = null;
   #closed = false;
@@ -1102,46 +1116,111 @@ export class FileJournal implements Journal {
         endAbs = nextEnd;
         prevEndAbs = nextEndAbs;
       }
-      let chunk: Buffer;
-      this.#ioInFlight++;
+      const lent = this.#lend(endAbs - startAbs);
       try {
-        chunk = await readFully(this.#fd, endAbs - startAbs, RING_START + (startAbs % this.#ring));
-      } catch (error) {
-        throw toBlockMirrorError(error);
-      } finally {
-        this.#ioInFlight--;
-        this.#notify();
-      }
-      const count = seqs.length;
-      for (let k = 0; k < count; k++) {
-        if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
-        const rseq = seqs[k] as number;
-        after = rseq;
-        // released meanwhile (gone from the index, or flagged)
-        const row = this.#records.find(rseq);
-        if (row < 0 || (rowFlags(this.#records, row) & ROW_RELEASED) !== 0) continue;
-        const zero = (rowFlags(this.#records, row) & ROW_ZERO) !== 0;
-        const dataLength = lengths[k] as number;
-        const at = (positions[k] as number) - startAbs;
-        const h = decodeRecordHeader(chunk, at);
-        const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + dataLength);
-        const zeroLength = zero ? decodeZeroPayload(payload) : 0;
-        if (
-          h === undefined ||
-          h.seq !== rseq ||
-          h.crc !== crcs[k] ||
-          h.dataLength !== dataLength ||
-          ((h.flags & FLAG_ZERO) !== 0) !== zero ||
-          !recordCrcOk(chunk, at, payload) ||
-          zeroLength < 0
-        ) {
-          throw new BlockMirrorError('BM_ERR_IO', `journal record seq ${rseq} reads back corrupt`, {
-            details: { path: this.path, seq: rseq, position: (positions[k] as number) % this.#ring },
-          });
+        const chunk = lent.slab.subarray(0, endAbs - startAbs);
+        this.#ioInFlight++;
+        try {
+          await readInto(this.#fd, chunk, RING_START + (startAbs % this.#ring));
+        } catch (error) {
+          throw toBlockMirrorError(error);
+        } finally {
+          this.#ioInFlight--;
+          this.#notify();
         }
-        yield pendingEntry(zero ? 'zero' : 'write', rseq, h.offset, zero ? zeroLength : dataLength, payload, (h.flags & FLAG_FUA) !== 0, h.timestamp);
+        yield* this.#entriesOf(chunk, startAbs, lent, seqs, positions, lengths, crcs, (seq) => {
+          after = seq;
+        });
+      } finally {
+        this.#giveBack(lent);
       }
     }
+  }
+
+  /** The entries of the records of one read (`seqs`… of the records in `chunk`), checked against the index. */
+  *#entriesOf(
+    chunk: Buffer,
+    startAbs: number,
+    lent: { uses: number },
+    seqs: readonly number[],
+    positions: readonly number[],
+    lengths: readonly number[],
+    crcs: readonly number[],
+    passed: (seq: number) => void,
+  ): Generator<PendingJournalEntry, void, undefined> {
+    const count = seqs.length;
+    for (let k = 0; k < count; k++) {
+      if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
+      const rseq = seqs[k] as number;
+      passed(rseq);
+      // released meanwhile (gone from the index, or flagged)
+      const row = this.#records.find(rseq);
+      if (row < 0 || (rowFlags(this.#records, row) & ROW_RELEASED) !== 0) continue;
+      const zero = (rowFlags(this.#records, row) & ROW_ZERO) !== 0;
+      const dataLength = lengths[k] as number;
+      const at = (positions[k] as number) - startAbs;
+      const h = decodeRecordHeader(chunk, at);
+      const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + dataLength);
+      const zeroLength = zero ? decodeZeroPayload(payload) : 0;
+      if (
+        h === undefined ||
+        h.seq !== rseq ||
+        h.crc !== crcs[k] ||
+        h.dataLength !== dataLength ||
+        ((h.flags & FLAG_ZERO) !== 0) !== zero ||
+        !recordCrcOk(chunk, at, payload) ||
+        zeroLength < 0
+      ) {
+        throw new BlockMirrorError('BM_ERR_IO', `journal record seq ${rseq} reads back corrupt`, {
+          details: { path: this.path, seq: rseq, position: (positions[k] as number) % this.#ring },
+        });
+      }
+      if (!zero) lent.uses++;
+      yield pendingEntry(zero ? 'zero' : 'write', rseq, h.offset, zero ? zeroLength : dataLength, payload, (h.flags & FLAG_FUA) !== 0, h.timestamp);
+    }
+  }
+
+  /**
+   * The caller is done with the `data` of a write entry yielded by
+   * {@link FileJournal.pending}: nothing references those bytes any more, so
+   * the memory they were read into may hold later reads (instead of waiting
+   * for the garbage collector). Call it at most once per entry, and never for
+   * bytes still in use; other buffers are ignored. See {@link Journal.recycle}.
+   */
+  recycle(data: Uint8Array): void {
+    const lent = this.#lent.get(data.buffer);
+    if (lent !== undefined && lent.uses > 0) this.#giveBack(lent);
+  }
+
+  /** A read buffer of at least `length` bytes (a spare one if one fits), lent with one use: the read. */
+  #lend(length: number): { slab: Buffer; uses: number } {
+    let slab: Buffer | undefined;
+    for (let i = 0; i < this.#spare.length; i++) {
+      const spare = this.#spare[i] as Buffer;
+      if (spare.length >= length && spare.length <= 2 * length + READ_SLAB) {
+        slab = spare;
+        this.#spare.splice(i, 1);
+        this.#spareBytes -= spare.length;
+        break;
+      }
+    }
+    slab ??= Buffer.allocUnsafeSlow(Math.ceil(length / READ_SLAB) * READ_SLAB);
+    const lent = { slab, uses: 1 };
+    this.#lent.set(slab.buffer, lent);
+    return lent;
+  }
+
+  /** Drops one use of a read buffer; unused, it becomes a spare (or goes to the garbage collector). */
+  #giveBack(lent: { slab: Buffer; uses: number }): void {
+    if (lent.uses > 1) {
+      lent.uses--;
+      return;
+    }
+    lent.uses = 0;
+    this.#lent.delete(lent.slab.buffer);
+    if (this.#spareBytes + lent.slab.length > SPARE_READ_BYTES || this.#closing !== null) return;
+    this.#spare.push(lent.slab);
+    this.#spareBytes += lent.slab.length;
   }
 
   #entry(record: Append, data: Buffer): PendingJournalEntry {

@@ -11,7 +11,7 @@ import { isBlockMirrorError } from '../../src/errors.js';
 import type { ErrorCode } from '../../src/errors.js';
 import { FileJournal } from '../../src/journal/file-journal.js';
 import type { FileJournalOptions } from '../../src/journal/file-journal.js';
-import type { JournalEntry } from '../../src/journal/journal.js';
+import type { JournalEntry, PendingJournalEntry } from '../../src/journal/journal.js';
 import {
   ALIGN,
   FLAG_ZERO,
@@ -294,6 +294,43 @@ describe('FileJournal', () => {
     writeFileSync(path, file);
     await rejectsWith(collect(journal), 'BM_ERR_IO');
     assertEntries(await collect(journal, 2), entries.slice(2));
+    await journal.close();
+  });
+
+  it('recycle(): pending() reads later records into the memory of recycled entries, and never into bytes still in use', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 4 * 1024 * 1024, fsync: 'none' });
+    const entries = Array.from({ length: 40 }, (_, i) => makeEntry(i + 1, 60 * 1024));
+    await appendAll(journal, entries);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    // first pass: keep the first 20 entries (in use), recycle the other 20
+    const kept: PendingJournalEntry[] = [];
+    const keptCopies: Buffer[] = [];
+    const recycledMemory = new Set<ArrayBufferLike>();
+    for await (const entry of journal.pending()) {
+      if (entry.seq <= 20) {
+        kept.push(entry);
+        keptCopies.push(Buffer.from(entry.data));
+      } else {
+        recycledMemory.add(entry.data.buffer);
+        journal.recycle(entry.data);
+      }
+    }
+    // a second pass reads into recycled memory, never into what the first 20 still use
+    let reused = 0;
+    const second = await collect(journal);
+    assertEntries(second, entries);
+    for (const entry of second) {
+      if (recycledMemory.has(entry.data.buffer)) reused++;
+      journal.recycle(entry.data);
+    }
+    assert.ok(reused > 0, 'recycled read memory holds later reads');
+    kept.forEach((entry, i) => assert.ok(entry.data.equals(keptCopies[i]!), `entry ${entry.seq} still in use is intact`));
+    // a buffer pending() did not yield is ignored
+    journal.recycle(Buffer.alloc(64 * 1024));
+    assertEntries(await collect(journal), entries);
+    kept.forEach((entry, i) => assert.ok(entry.data.equals(keptCopies[i]!), `entry ${entry.seq} still in use is intact`));
     await journal.close();
   });
 
