@@ -32,6 +32,8 @@ export interface MirrorRequest {
   uncovered: boolean;
   /** The primary's own write of it is on stable storage (a local flush or FUA came after it). */
   localDurable: boolean;
+  /** The primary's own write of it completed (durable or not). */
+  localWritten: boolean;
   /** The journal holds it durably. */
   journalDurable: boolean;
   /** The target reported it durable. */
@@ -46,6 +48,13 @@ export interface MirrorRequest {
   data: Uint8Array | undefined;
   /** True once `data` is our own copy (the caller may reuse its buffer). */
   owned: boolean;
+  /**
+   * An async write whose `data` is still the caller's buffer, valid only
+   * until its journal append completes (the caller waits for it): it is not
+   * sent before; then it is copied if the payload budget has room, else it
+   * is read back from the journal when its turn comes.
+   */
+  borrowed: boolean;
   fua: boolean;
   /** Every seq ≤ barrier must be applied on the target before this request. */
   barrier: number;

@@ -399,7 +399,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       outagePolicy,
       maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
       durableDelay: nonNegativeInt(options.durableDelay ?? 20, 'durableDelay'),
-      payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes') },
+      payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes'), inFlight: 0 },
       maxPayload: this.#limits.maxPayloadLength,
     };
 
@@ -928,11 +928,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#pumping = true;
     try {
       const volumes = this.#mirrored;
+      const budget = this.#link_.payloadBudget;
       for (;;) {
         let sent = false;
         for (const volume of volumes) {
           const req = volume.nextToSend();
           if (req === undefined) continue;
+          // payloads in flight stay within the payload budget (a resend goes anyway, as past the window;
+          // so does a write a caller waits for: its bytes are in RAM whether it is sent or not)
+          if (req.kind === 'write' && !req.resend && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;
