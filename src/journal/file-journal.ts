@@ -133,8 +133,8 @@ export interface FileJournalStats extends JournalStats {
 export const DEFAULT_JOURNAL_CAPACITY = 256 * 1024 * 1024;
 const MIN_CAPACITY = 4096;
 const READ_CHUNK = 1024 * 1024;
-/** Read buffers given back by `recycle()` kept for later reads, in bytes at most. */
-const SPARE_READ_BYTES = 16 * 1024 * 1024;
+/** Read buffers given back by `recycle()` kept for later reads, in bytes at most (dropped when a read finds nothing more). */
+const SPARE_READ_BYTES = 8 * 1024 * 1024;
 /** Read buffers are allocated in multiples of this (so that one fits later reads of about its size). */
 const READ_SLAB = 64 * 1024;
 
@@ -982,6 +982,10 @@ export class FileJournal implements Journal {
     setRowFlag(this.#records, row, ROW_RELEASED);
     this.#size--;
     this.#pendingBytes -= rowPendingBytes(this.#records, row);
+    if (this.#size === 0) {
+      this.#spare.length = 0;
+      this.#spareBytes = 0;
+    }
     this.#released++;
     this.#releasesSinceCheckpoint++;
     this.#advanceTail();
@@ -1083,7 +1087,12 @@ export class FileJournal implements Journal {
       const records = this.#records;
       let i = records.indexAfter(after);
       while (i < records.length && (rowFlags(records, i) & ROW_RELEASED) !== 0) i++;
-      if (i >= records.length) return;
+      if (i >= records.length) {
+        // nothing more to read for now: the spare read buffers go
+        this.#spare.length = 0;
+        this.#spareBytes = 0;
+        return;
+      }
       const seq = records.get(i, COL_SEQ);
       if ((rowFlags(records, i) & ROW_WRITTEN) === 0) {
         // still in memory: its write has not completed
@@ -1218,7 +1227,8 @@ export class FileJournal implements Journal {
     }
     lent.uses = 0;
     this.#lent.delete(lent.slab.buffer);
-    if (this.#spareBytes + lent.slab.length > SPARE_READ_BYTES || this.#closing !== null) return;
+    // (none kept once nothing is pending: nothing will be read)
+    if (this.#spareBytes + lent.slab.length > SPARE_READ_BYTES || this.#closing !== null || this.#size === 0) return;
     this.#spare.push(lent.slab);
     this.#spareBytes += lent.slab.length;
   }

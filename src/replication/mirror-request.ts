@@ -42,6 +42,11 @@ export interface MirrorRequest {
   held: number;
   /** Its payload was dropped from RAM (over budget): it is read back from the journal before it is sent. */
   spilled: boolean;
+  /**
+   * Byte offset in the volume; -1 for a request known by its journal record
+   * only (acknowledged by a target handshake while it was in the journal-only
+   * backlog): its range comes back with its payload if it must be sent again.
+   */
   offset: number;
   length: number;
   /** Data of a write; undefined for zero and flush. */

@@ -30,6 +30,12 @@ const log = createDebug('blockmirror:volume');
 const REGION_HOLD_MS = 2000;
 /** At most this many requests are read back from the journal at a time (whatever their payload). */
 const READ_BACK_MAX_REQUESTS = 4096;
+/**
+ * Regions whose writes wait for a local flush in `#unflushed` (the requests
+ * left RAM for the journal-only backlog): past this many, the volume flushes
+ * its device, so that this bookkeeping stays bounded in a long outage.
+ */
+const UNFLUSHED_REGIONS_MAX = 4096;
 
 /**
  * How a volume is replicated.
@@ -853,6 +859,27 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
+   * Flushes the local device in the background, one flush at a time (see
+   * `UNFLUSHED_REGIONS_MAX`); then the bits of regions not written for a
+   * while are cleared.
+   */
+  #flushLocalSoon(): void {
+    if (this.#backgroundFlush !== undefined || this.#closed) return;
+    this.#backgroundFlush = this.#flushLocal()
+      .then(
+        () => this.#sweepRegions(REGION_HOLD_MS),
+        (error: unknown) => {
+          this.#lastError = toBlockMirrorError(error);
+        },
+      )
+      .finally(() => {
+        this.#backgroundFlush = undefined;
+      });
+  }
+
+  #backgroundFlush: Promise<void> | undefined;
+
+  /**
    * Flushes the local device; requests whose local write completed before
    * are then locally durable (and so are the writes of `#unflushed`).
    */
@@ -1292,12 +1319,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * A queued write or zero that the journal holds durably, that is covered
-   * (see `#covered`), whose payload is not in RAM and that nobody waits for
-   * leaves RAM entirely: it joins the journal-only backlog, as a seq of a run,
-   * and is made a request again when it is read back (ordered after every
-   * older request, as after a restart). A zero does so only behind a backlog
-   * or while the link is down (it is sent at once otherwise).
+   * A queued write or zero that the journal holds durably, whose payload is
+   * not in RAM and that nobody waits for leaves RAM entirely: it joins the
+   * journal-only backlog, as a seq of a run, and is made a request again when
+   * it is read back (ordered after every older request, as after a restart).
+   * It must be covered (see `#covered`), or lack only the local flush after
+   * its completed local write: its regions then wait for that flush in
+   * `#unflushed`. A zero does so only behind a backlog or while the link is
+   * down (it is sent at once otherwise).
    */
   #toBacklog(req: MirrorRequest): void {
     if (req.state !== 'queued' || !req.journaled || !req.journalDurable || this.#closed) return;
@@ -1324,11 +1353,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (req.length > 0) {
         const last = this.#bitmap.regionIndex(req.offset + req.length - 1);
         for (let i = this.#bitmap.regionIndex(req.offset); i <= last; i++) this.#unflushed.set(i, (this.#unflushed.get(i) ?? 0) + 1);
+        if (this.#unflushed.size >= UNFLUSHED_REGIONS_MAX) this.#flushLocalSoon();
       }
     }
     this.#backlog.add(req.seq, req.kind === 'write' ? req.length : 0, (lag > 0 ? BACKLOG_LAGGED : 0) | (req.kind === 'zero' ? BACKLOG_ZERO : 0));
     // its object leaves the send queue in bulk
-    if (++this.#queueStale > 1024 && this.#queueStale * 2 > this.queue.length) {
+    if (++this.#queueStale > 256 && this.#queueStale * 2 > this.queue.length) {
       this.queue.prune((r) => this.#isQueued(r));
       this.#queueStale = 0;
     }
@@ -1428,8 +1458,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /**
    * Over the payload budget: queued requests whose payload the journal holds
-   * drop their RAM copy, oldest first (and leave RAM entirely once covered; a
-   * local flush covers them when many wait for one).
+   * drop their RAM copy, oldest first (and leave RAM entirely, see
+   * `#toBacklog`).
    */
   #enforceBudget(): void {
     const budget = this.#link.payloadBudget;

@@ -40,7 +40,7 @@ import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSe
 const log = createDebug('blockmirror:primary');
 
 /** Default {@link PrimaryOptions.maxBufferedBytes}. */
-export const DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024;
+export const DEFAULT_MAX_BUFFERED = 16 * 1024 * 1024;
 
 /** A volume the primary serves. */
 export interface PrimaryVolumeConfig {
@@ -179,12 +179,20 @@ export interface PrimaryOptions {
    */
   durableDelay?: number;
   /**
-   * The payload budget: bytes of write payloads that the primary's queued and
-   * unacknowledged requests may hold in RAM, all volumes together (default
-   * 64 MiB). Past it, a request the journal holds drops its RAM copy and is
-   * read back from the journal when its turn to be sent comes; a request the
-   * journal cannot take becomes a region of the dirty bitmap, copied later by
-   * a resync. Requests in flight keep their payload (bounded by the window).
+   * The payload budget: bytes of write payloads that the primary's requests
+   * may hold in RAM, queued and in flight, all volumes together (default
+   * 16 MiB, {@link DEFAULT_MAX_BUFFERED}). Past it, a request the journal holds
+   * drops its RAM copy (an async write past it is journaled from the caller's
+   * buffer and not copied at all) and is read back from the journal when its
+   * turn to be sent comes, as the budget has room again; a request the journal
+   * cannot take becomes a region of the dirty bitmap, copied later by a
+   * resync. Payloads in flight count: whatever the window, a write is not
+   * sent while it would take the payloads in flight past the budget (a
+   * resend, or a write a caller waits for, goes anyway). Beyond it, RAM
+   * holds only what no budget can refuse: the buffers of callers still
+   * waiting for their write (sync writes; an async write until its journal
+   * append completed), resync copies, and one request per volume read back
+   * to make progress.
    */
   maxBufferedBytes?: number;
   /**
