@@ -1617,7 +1617,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         }
       } catch (error) {
         this.#lastError = toBlockMirrorError(error);
-        failed = true;
+        // (a journal closed under the read is not a record that cannot be read)
+        failed = this.#lastError.code !== 'BM_ERR_CLOSED';
       }
       this.queue.insertSorted(loadedFromBacklog);
       if (failed && !this.#closed) {
