@@ -246,6 +246,7 @@ test('SPEC 16/19: a restarted primary keeps what its journal holds past the budg
     tdev.hold();
     network.heal(P, T);
     const second = await primary(network, t, pdev, options);
+    const replayed = onceEvent<[{ volume: string; records: number; bytes: number }]>(second, 'journal-replayed');
     try {
       const v = second.volume('v');
       await waitFor(second, () => second.link === 'up');
@@ -256,6 +257,9 @@ test('SPEC 16/19: a restarted primary keeps what its journal holds past the budg
       assert.ok(m.requests <= 24, `${m.requests} requests in RAM`);
       tdev.release();
       await second.drain(20_000);
+      // the replay is done once the target acknowledged every recovered record, journal-only ones included
+      const [info] = await replayed;
+      assert.deepEqual([info.volume, info.records, info.bytes], ['v', 601, 600 * 4 * KiB]);
       assert.equal(await same(pdev, tdev), true, 'identical images');
       assert.equal(v.status().journalEntries, 0);
     } finally {
