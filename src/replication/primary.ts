@@ -199,7 +199,10 @@ export interface PrimaryOptions {
    * Async volumes: when this many bytes wait for the target's acknowledgement
    * while the link is up, new writes wait (back-pressure), so the mirror lags
    * by a bounded amount instead of filling the journal. 0 = no limit. Default
-   * 64 MiB. While the link is down writes never wait.
+   * 16 MiB, the default payload budget ({@link DEFAULT_MAX_BUFFERED}): with
+   * the default limits what an async volume has waiting fits the budget, so
+   * nothing goes to the journal only to be read back while the link is up.
+   * While the link is down writes never wait.
    */
   maxAsyncLag?: number;
 }
@@ -405,7 +408,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
       outagePolicy,
-      maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
+      maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? DEFAULT_MAX_BUFFERED, 'maxAsyncLag'),
       durableDelay: nonNegativeInt(options.durableDelay ?? 20, 'durableDelay'),
       payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes'), inFlight: 0 },
       maxPayload: this.#limits.maxPayloadLength,
