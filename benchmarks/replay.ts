@@ -33,7 +33,7 @@ import { symlink } from 'node:fs/promises';
 import { BENCH_DIR, ROOT_DIR, spawnTsFixture, waitLink, type JsonChild } from './util.js';
 import { FileBlockDevice } from '../src/device/file-device.js';
 import { createMirrorTarget, type MirrorTarget } from '../src/replication/mirror-target.js';
-import { createPrimary, type Primary } from '../src/replication/primary.js';
+import { DEFAULT_MAX_BUFFERED, createPrimary, type Primary } from '../src/replication/primary.js';
 import { MemoryPairStateStore } from '../src/replication/pair-state.js';
 
 /** A buffer of pseudo-random bytes (cheap LCG; incompressible enough for loopback). */
@@ -190,7 +190,7 @@ export interface BacklogRunDetail {
   nodeArgs: string;
   runtime: 'bundle' | 'tsx';
   childExecArgv: string[];
-  maxBufferedBytes: number | 'default (64 MiB)';
+  maxBufferedBytes: number | 'default';
   journalCapacityBytes: number;
   wallSeconds: number;
   /** The child's own view of each phase (memoryUsage samples, peaks, status, memory after a forced GC). */
@@ -208,6 +208,8 @@ export interface BacklogRunDetail {
   imagesEqual: boolean;
   hashSeconds: number;
   heapSnapshot?: string;
+  /** Heap snapshot after the replay (drained), with `heapSnapshotDir`. */
+  replayHeapSnapshot?: string;
 }
 
 async function sha256File(path: string): Promise<string> {
@@ -290,6 +292,12 @@ async function runBacklog(o: {
     const replay = await replaying;
     const replayRss = rss.stop();
     o.log(`replay: drained in ${replay.seconds.toFixed(1)} s, peak RSS ${replayRss.vmHwmMiB} MiB`);
+    let replayHeapSnapshot: string | undefined;
+    if (o.heapSnapshotDir !== undefined) {
+      replayHeapSnapshot = join(o.heapSnapshotDir, `replayed-${o.backlogMiB}MiB-${o.writeSize}B-${Date.now()}.heapsnapshot`);
+      await child.request({ cmd: 'snapshot', path: replayHeapSnapshot }, 600_000);
+      o.log(`replay: heap snapshot ${replayHeapSnapshot}`);
+    }
 
     await child.request({ cmd: 'close' }, 120_000);
     await child.stop();
@@ -321,7 +329,7 @@ async function runBacklog(o: {
         ratio: null,
         peakRssMiB: backlogRss.vmHwmMiB,
         peakBufferedMiB: backlog.samples.peakBufferedMiB,
-        note: `file journal ${Math.round(journalCapacityBytes / MiB)} MiB, fsync batch; maxBufferedBytes ${o.maxBufferedBytes === undefined ? 'default' : o.maxBufferedBytes}`,
+        note: `file journal ${Math.round(journalCapacityBytes / MiB)} MiB, fsync batch; maxBufferedBytes ${o.maxBufferedBytes === undefined ? `default (${DEFAULT_MAX_BUFFERED / MiB} MiB)` : o.maxBufferedBytes}`,
       },
       {
         measure: `replay of that backlog (link up → drain: acknowledged and durable), ${kib}`,
@@ -342,7 +350,7 @@ async function runBacklog(o: {
       nodeArgs: flags,
       runtime: o.runtime,
       childExecArgv: spawned.ready.execArgv,
-      maxBufferedBytes: o.maxBufferedBytes ?? 'default (64 MiB)',
+      maxBufferedBytes: o.maxBufferedBytes ?? 'default',
       journalCapacityBytes,
       wallSeconds,
       backlog,
@@ -358,6 +366,7 @@ async function runBacklog(o: {
       imagesEqual,
       hashSeconds,
       ...(heapSnapshot !== undefined ? { heapSnapshot } : {}),
+      ...(replayHeapSnapshot !== undefined ? { replayHeapSnapshot } : {}),
     };
     return { rows, detail };
   } finally {
@@ -386,9 +395,9 @@ export interface ReplayBenchOptions {
    * 30–40 MiB of RSS that a user does not have).
    */
   backlogRuntime?: 'bundle' | 'tsx';
-  /** `maxBufferedBytes` of the child's primary (default: the library's default, 64 MiB). */
+  /** `maxBufferedBytes` of the child's primary (default: the library's, {@link DEFAULT_MAX_BUFFERED}). */
   maxBufferedBytes?: number;
-  /** Write a heap snapshot of the primary after the backlog phase (after a forced GC) into this directory. */
+  /** Write heap snapshots of the primary after the backlog phase and after the replay (each after a forced GC) into this directory. */
   heapSnapshotDir?: string;
   log?: (line: string) => void;
 }
@@ -481,7 +490,7 @@ export async function runReplayBenchmark(options: ReplayBenchOptions = {}): Prom
   return {
     rows: rounded,
     details: { backlogRuns },
-    settings: { sizeMiB, backlogMiB, backlogWriteSizes, backlogNodeArgs: backlogNodeArgs.join(' '), backlogRuntime, maxBufferedBytes: options.maxBufferedBytes ?? 'default (64 MiB)', goalPeakRssMiB: GOAL_RSS_MIB },
+    settings: { sizeMiB, backlogMiB, backlogWriteSizes, backlogNodeArgs: backlogNodeArgs.join(' '), backlogRuntime, maxBufferedBytes: options.maxBufferedBytes ?? `default (${DEFAULT_MAX_BUFFERED / MiB} MiB)`, goalPeakRssMiB: GOAL_RSS_MIB },
   };
 }
 

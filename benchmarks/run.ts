@@ -17,8 +17,8 @@
  * - `--backlog-node-args=FLAGS` replay suite: Node flags of the backlog primary's process (default none)
  * - `--backlog-runtime bundle|tsx` replay suite: the backlog primary runs the library compiled to
  *                              JavaScript under plain node (`bundle`, default, as a user) or via tsx
- * - `--max-buffered-mib N`     replay suite: `maxBufferedBytes` of the backlog primary (default: the library's, 64 MiB)
- * - `--heap-snapshot-dir DIR`  replay suite: heap snapshot of the backlog primary after the backlog phase
+ * - `--max-buffered-mib N`     replay suite: `maxBufferedBytes` of the backlog primary (default: the library's, 16 MiB)
+ * - `--heap-snapshot-dir DIR`  replay suite: heap snapshots of the backlog primary after the backlog phase and after the replay
  * - `--resync-mib N`           volume size of the resync suite in MiB (default 1024; 128 with `--quick`)
  * - `--write-ms MS`            measuring time per write-suite run (default 3000)
  * - `--nbd-runtime S`          fio runtime per nbd job in seconds (default 5)

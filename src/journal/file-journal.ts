@@ -60,6 +60,7 @@ import {
 } from './record-format.js';
 import type { Superblock } from './record-format.js';
 import { SeqQueue } from './seq-queue.js';
+import { PackedDeque } from './packed-deque.js';
 
 const debug = createDebug('blockmirror:journal');
 
@@ -132,8 +133,17 @@ export interface FileJournalStats extends JournalStats {
 export const DEFAULT_JOURNAL_CAPACITY = 256 * 1024 * 1024;
 const MIN_CAPACITY = 4096;
 const READ_CHUNK = 1024 * 1024;
+/** Read buffers given back by `recycle()` kept for later reads, in bytes at most (dropped when a read finds nothing more). */
+const SPARE_READ_BYTES = 8 * 1024 * 1024;
+/** Read buffers are allocated in multiples of this (so that one fits later reads of about its size). */
+const READ_SLAB = 64 * 1024;
 
-interface FileRecord {
+/**
+ * An append on its way to the file, from `append()` until it is durable (or
+ * failed): the only per-record object, so there are as many as appends in
+ * progress. Records on the file are rows of the packed record index.
+ */
+interface Append {
   readonly kind: 'write' | 'zero';
   readonly seq: number;
   readonly offset: number;
@@ -144,17 +154,12 @@ interface FileRecord {
   readonly fua: boolean;
   readonly timestamp: number;
   readonly epoch: number;
-  /** Absolute ring position where the space of this record starts (its wrap marker, if any). */
-  readonly regionAbs: number;
   /** Absolute ring position of the record header. */
   readonly recordAbs: number;
-  /** Absolute ring position after the record (aligned). */
-  readonly endAbs: number;
   /** Absolute position of the wrap marker written before this record, or -1. */
   readonly padAbs: number;
   /** Checkpoints must protect nothing before this absolute position before the record may be written. */
   readonly minCheckpointAbs: number;
-  released: boolean;
   /** The write completed (the data is in the file). */
   written: boolean;
   /** The append failed; ignore late I/O completions. */
@@ -165,6 +170,68 @@ interface FileRecord {
   ioLeft: number;
   resolve: (() => void) | null;
   reject: ((error: Error) => void) | null;
+}
+
+/*
+ * The record index: one row of 5 float64 (40 bytes) per record occupying ring
+ * space, oldest first, instead of an object per record (a 4 GiB backlog of
+ * 64 KiB writes is 65,536 records; of 4 KiB writes, a million). Records are
+ * contiguous in the ring: the space of a record (its wrap marker, if any, and
+ * the record) starts where the previous one ends, so only the oldest row's
+ * start is kept apart (`#tailRegionAbs`).
+ */
+/** Column: seq (ascending: the search key). */
+const COL_SEQ = 0;
+/** Column: absolute ring position of the record header. */
+const COL_RECORD = 1;
+/** Column: payload bytes in the file (8 for a zero record). */
+const COL_DATA = 2;
+/** Column: epoch × 8 + flags (`ROW_*`). */
+const COL_META = 3;
+/**
+ * Column: the CRC-32 of the record's header (set once it is encoded): a record
+ * read back must be the very one appended or recovered, not just a valid one.
+ */
+const COL_CRC = 4;
+const ROW_STRIDE = 5;
+/** Row flag: a zero range record. */
+const ROW_ZERO = 1;
+/** Row flag: acknowledged (`release()`). */
+const ROW_RELEASED = 2;
+/** Row flag: the write completed (the record is in the file). */
+const ROW_WRITTEN = 4;
+
+/** Appends a row to the record index. */
+function pushRow(index: PackedDeque, seq: number, recordAbs: number, dataLength: number, epoch: number, flags: number, crc: number): void {
+  const i = index.push();
+  index.set(i, COL_SEQ, seq);
+  index.set(i, COL_RECORD, recordAbs);
+  index.set(i, COL_DATA, dataLength);
+  index.set(i, COL_META, epoch * 8 + flags);
+  index.set(i, COL_CRC, crc);
+}
+
+function rowFlags(index: PackedDeque, i: number): number {
+  return index.get(i, COL_META) % 8;
+}
+
+function rowEpoch(index: PackedDeque, i: number): number {
+  return Math.floor(index.get(i, COL_META) / 8);
+}
+
+function setRowFlag(index: PackedDeque, i: number, flag: number): void {
+  const meta = index.get(i, COL_META);
+  if ((meta % 8 & flag) === 0) index.set(i, COL_META, meta + flag);
+}
+
+/** Absolute ring position after row `i`'s record (aligned). */
+function rowEndAbs(index: PackedDeque, i: number): number {
+  return index.get(i, COL_RECORD) + recordBytes(index.get(i, COL_DATA));
+}
+
+/** Bytes a row counts in `pendingBytes`: the data of a write, nothing for a zero range. */
+function rowPendingBytes(index: PackedDeque, i: number): number {
+  return (rowFlags(index, i) & ROW_ZERO) !== 0 ? 0 : index.get(i, COL_DATA);
 }
 
 interface Waiter {
@@ -184,11 +251,6 @@ function nonNegativeInteger(name: string, value: unknown, fallback: number, mini
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `journal ${name} must be an integer >= ${minimum}, got ${String(value)}`);
   }
   return value;
-}
-
-/** Bytes a record counts in `pendingBytes`: the data of a write, nothing for a zero range. */
-function pendingBytesOf(record: FileRecord): number {
-  return record.kind === 'zero' ? 0 : record.dataLength;
 }
 
 function writevAll(fd: number, buffers: Buffer[], position: number, callback: (error: Error | null) => void): void {
@@ -217,8 +279,13 @@ function writeAll(fd: number, buffer: Buffer, position: number): Promise<void> {
 }
 
 /** Reads `length` bytes at `position`; bytes beyond the end of the file read as zero. */
-async function readFully(fd: number, length: number, position: number): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length);
+function readFully(fd: number, length: number, position: number): Promise<Buffer> {
+  return readInto(fd, Buffer.allocUnsafe(length), position);
+}
+
+/** Fills `out` from `position`; bytes beyond the end of the file read as zero. */
+async function readInto(fd: number, out: Buffer, position: number): Promise<Buffer> {
+  const length = out.length;
   let done = 0;
   while (done < length) {
     const n = await new Promise<number>((resolve, reject) =>
@@ -250,7 +317,10 @@ function closeFd(fd: number): Promise<void> {
 
 /** What the recovery scan found. */
 interface Recovery {
-  records: FileRecord[];
+  /** The record index of the valid records found. */
+  records: PackedDeque;
+  /** Where the space of the first record starts (its wrap marker, if any). */
+  tailRegionAbs: number;
   headAbs: number;
   lastSeq: number;
   discarded: string | null;
@@ -291,10 +361,12 @@ export class FileJournal implements Journal {
   readonly #createdAt: number;
   #generation: number;
 
-  /** Records occupying ring space, oldest first. */
-  readonly #records = new SeqQueue<FileRecord>();
+  /** Records occupying ring space, oldest first: the packed record index (see `COL_*`). */
+  readonly #records: PackedDeque;
+  /** Where the space of the oldest record in the index starts (its wrap marker, if any). */
+  #tailRegionAbs = 0;
   /** Appends not resolved yet, oldest first. */
-  readonly #pipeline = new SeqQueue<FileRecord>();
+  readonly #pipeline = new SeqQueue<Append>();
   /** Leading records of the pipeline whose writes completed. */
   #writtenCount = 0;
   /** Highest seq such that it and every earlier pipeline record are written. */
@@ -306,7 +378,7 @@ export class FileJournal implements Journal {
   #syncRunning = false;
   #syncTimer: unknown = null;
   /** Appends waiting for a checkpoint before they may write. */
-  readonly #blocked: FileRecord[] = [];
+  readonly #blocked: Append[] = [];
 
   #headAbs: number;
   /** Start of the live region according to the last durable checkpoint. */
@@ -326,6 +398,11 @@ export class FileJournal implements Journal {
   readonly #recovered: number;
 
   #ioInFlight = 0;
+  /** Read buffers of `pending()` in use, by their memory: the entries yielded from it not recycled yet, +1 while it is being read. */
+  readonly #lent = new WeakMap<ArrayBufferLike, { slab: Buffer; uses: number }>();
+  /** Read buffers given back, for later reads. */
+  readonly #spare: Buffer[] = [];
+  #spareBytes = 0;
   #failure: BlockMirrorError | null = null;
   #closing: Promise<void> | null = null;
   #closed = false;
@@ -356,14 +433,15 @@ export class FileJournal implements Journal {
     this.#checkpointEvery = options.checkpointEvery;
     this.#clock = options.clock;
     this.#hooks = options.hooks;
-    for (const record of recovery.records) {
-      this.#records.push(record);
-      if (!record.released) {
+    this.#records = recovery.records;
+    this.#tailRegionAbs = recovery.tailRegionAbs;
+    for (let i = 0; i < this.#records.length; i++) {
+      if ((rowFlags(this.#records, i) & ROW_RELEASED) === 0) {
         this.#size++;
-        this.#pendingBytes += pendingBytesOf(record);
+        this.#pendingBytes += rowPendingBytes(this.#records, i);
       }
     }
-    while (this.#records.first()?.released === true) this.#records.shift();
+    while (this.#records.length > 0 && (rowFlags(this.#records, 0) & ROW_RELEASED) !== 0) this.#shiftRecord();
     this.#recovered = this.#size;
     this.#headAbs = recovery.headAbs;
     this.#checkpointAbs = this.#tailAbs;
@@ -420,7 +498,7 @@ export class FileJournal implements Journal {
       let recovery: Recovery;
       if (superblock === null) {
         superblock = await FileJournal.#format(fd, ringBytes, 0);
-        recovery = { records: [], headAbs: 0, lastSeq: 0, discarded: null };
+        recovery = { records: new PackedDeque(ROW_STRIDE), tailRegionAbs: 0, headAbs: 0, lastSeq: 0, discarded: null };
       } else {
         const size = await fileSizeOf(fd);
         if (size < RING_START + superblock.ringBytes) await ftruncate(fd, RING_START + superblock.ringBytes);
@@ -430,7 +508,7 @@ export class FileJournal implements Journal {
           if (recovery.records.length === 0) {
             debug('%s: re-formatting empty journal from %d to %d bytes', path, superblock.ringBytes, ringBytes);
             superblock = await FileJournal.#format(fd, ringBytes, recovery.lastSeq, superblock.epoch, superblock.generation);
-            recovery = { records: [], headAbs: 0, lastSeq: recovery.lastSeq, discarded: null };
+            recovery = { records: new PackedDeque(ROW_STRIDE), tailRegionAbs: 0, headAbs: 0, lastSeq: recovery.lastSeq, discarded: null };
           } else {
             debug('%s: keeping capacity %d (journal not empty), %d requested', path, superblock.ringBytes, ringBytes);
           }
@@ -515,7 +593,8 @@ export class FileJournal implements Journal {
       return window.subarray(pos - windowPos, pos - windowPos + length);
     };
 
-    const records: FileRecord[] = [];
+    const records = new PackedDeque(ROW_STRIDE);
+    let tailRegionAbs = sb.tailPos;
     let pos = sb.tailPos;
     let abs = sb.tailPos;
     let walked = 0;
@@ -568,39 +647,21 @@ export class FileJournal implements Journal {
         discarded = `zero record seq ${h.seq} at ${pos} has an invalid length`;
         break;
       }
-      records.push({
-        kind: zero ? 'zero' : 'write',
-        seq: h.seq,
-        offset: h.offset,
-        length: zero ? zeroLength : h.dataLength,
-        dataLength: h.dataLength,
-        fua: (h.flags & FLAG_FUA) !== 0,
-        timestamp: h.timestamp,
-        epoch: h.epoch,
-        regionAbs: pad?.abs ?? abs,
-        recordAbs: abs,
-        endAbs: abs + length,
-        padAbs: pad?.abs ?? -1,
-        minCheckpointAbs: 0,
-        released: sb.released[records.length] === true,
-        written: true,
-        failed: false,
-        data: null,
-        ioLeft: 0,
-        resolve: null,
-        reject: null,
-      });
+      const flags = (zero ? ROW_ZERO : 0) | ROW_WRITTEN | (sb.released[records.length] === true ? ROW_RELEASED : 0);
+      if (records.length === 0) tailRegionAbs = pad?.abs ?? abs;
+      pushRow(records, h.seq, abs, h.dataLength, h.epoch, flags, h.crc);
       prev = h;
       pad = null;
       walked += length;
       abs += length;
       pos = (pos + length) % ring;
     }
-    const last = records[records.length - 1];
+    const last = records.length - 1;
     return {
       records,
-      headAbs: last?.endAbs ?? sb.tailPos,
-      lastSeq: Math.max(sb.lastSeq, last?.seq ?? 0),
+      tailRegionAbs,
+      headAbs: last >= 0 ? rowEndAbs(records, last) : sb.tailPos,
+      lastSeq: Math.max(sb.lastSeq, last >= 0 ? records.get(last, COL_SEQ) : 0),
       discarded,
     };
   }
@@ -621,7 +682,18 @@ export class FileJournal implements Journal {
   }
 
   get #tailAbs(): number {
-    return this.#records.first()?.regionAbs ?? this.#headAbs;
+    return this.#records.length > 0 ? this.#tailRegionAbs : this.#headAbs;
+  }
+
+  /** Where the space of row `i` starts: the end of the previous record (records are contiguous). */
+  #regionAbs(i: number): number {
+    return i === 0 ? this.#tailRegionAbs : rowEndAbs(this.#records, i - 1);
+  }
+
+  /** Drops the oldest row of the index. */
+  #shiftRecord(): void {
+    this.#tailRegionAbs = rowEndAbs(this.#records, 0);
+    this.#records.shift();
   }
 
   /** Appends a record; resolves once durable per the fsync policy, see {@link Journal.append}. */
@@ -664,7 +736,7 @@ export class FileJournal implements Journal {
     }
     let minCheckpointAbs = endAbs - (ring - ALIGN);
     if (wraps && empty) minCheckpointAbs = Math.max(minCheckpointAbs, recordAbs);
-    const record: FileRecord = {
+    const record: Append = {
       kind: zero ? 'zero' : 'write',
       seq: entry.seq,
       offset: entry.offset,
@@ -673,12 +745,9 @@ export class FileJournal implements Journal {
       fua: entry.fua,
       timestamp: entry.timestamp,
       epoch: this.#epoch,
-      regionAbs,
       recordAbs,
-      endAbs,
       padAbs: wraps && !empty ? startAbs : -1,
       minCheckpointAbs,
-      released: false,
       written: false,
       failed: false,
       data,
@@ -690,7 +759,8 @@ export class FileJournal implements Journal {
       record.resolve = resolve;
       record.reject = reject;
     });
-    this.#records.push(record);
+    if (empty) this.#tailRegionAbs = regionAbs;
+    pushRow(this.#records, entry.seq, recordAbs, dataLength, this.#epoch, zero ? ROW_ZERO : 0, 0);
     this.#pipeline.push(record);
     this.#headAbs = endAbs;
     this.#lastSeq = entry.seq;
@@ -714,7 +784,7 @@ export class FileJournal implements Journal {
     return new BlockMirrorError(failure.code, `journal failed earlier: ${failure.message}`, { cause: failure });
   }
 
-  #startWrite(record: FileRecord): void {
+  #startWrite(record: Append): void {
     const data = record.data as Buffer;
     const header = Buffer.allocUnsafe(RECORD_HEADER_BYTES);
     encodeRecordHeader(
@@ -729,6 +799,8 @@ export class FileJournal implements Journal {
       },
       data,
     );
+    const row = this.#records.find(record.seq);
+    if (row >= 0) this.#records.set(row, COL_CRC, header.readUInt32LE(RECORD_HEADER_BYTES - 4));
     const position = RING_START + (record.recordAbs % this.#ring);
     record.ioLeft = 1;
     let padHeader: Buffer | null = null;
@@ -769,7 +841,7 @@ export class FileJournal implements Journal {
     }
   }
 
-  #onWriteDone(record: FileRecord, error: Error | null): void {
+  #onWriteDone(record: Append, error: Error | null): void {
     if (record.failed) {
       this.#notify();
       return;
@@ -781,6 +853,8 @@ export class FileJournal implements Journal {
     if (--record.ioLeft > 0) return;
     record.written = true;
     record.data = null;
+    const row = this.#records.find(record.seq);
+    if (row >= 0) setRowFlag(this.#records, row, ROW_WRITTEN);
     // Advance the contiguous written prefix of the pipeline.
     for (let next = this.#pipeline.at(this.#writtenCount); next !== undefined && next.written; next = this.#pipeline.at(this.#writtenCount)) {
       this.#writtenSeq = next.seq;
@@ -792,7 +866,7 @@ export class FileJournal implements Journal {
     } else {
       this.#scheduleSync();
     }
-    if (record.released) this.#advanceTail();
+    if (row >= 0 && (rowFlags(this.#records, row) & ROW_RELEASED) !== 0) this.#advanceTail();
     this.#notify();
   }
 
@@ -869,24 +943,23 @@ export class FileJournal implements Journal {
     }
     // Everything not yet durable is given up: the chain on disk may be broken there.
     const firstFailed = Math.min(fromSeq, this.#durableSeq + 1);
-    const failing: FileRecord[] = [];
+    const failing: Append[] = [];
     const keep = this.#pipeline.indexAfter(firstFailed - 1);
-    for (let i = keep; i < this.#pipeline.length; i++) failing.push(this.#pipeline.at(i) as FileRecord);
+    for (let i = keep; i < this.#pipeline.length; i++) failing.push(this.#pipeline.at(i) as Append);
     this.#pipeline.truncate(keep);
     this.#writtenCount = Math.min(this.#writtenCount, keep);
     this.#blocked.length = 0;
     if (failing.length > 0) {
-      const cut = this.#records.indexAfter((failing[0] as FileRecord).seq - 1);
-      const removed = this.#records.at(cut);
-      for (let i = cut; i < this.#records.length; i++) {
-        const r = this.#records.at(i) as FileRecord;
-        if (!r.released) {
+      const records = this.#records;
+      const cut = records.indexAfter((failing[0] as Append).seq - 1);
+      for (let i = cut; i < records.length; i++) {
+        if ((rowFlags(records, i) & ROW_RELEASED) === 0) {
           this.#size--;
-          this.#pendingBytes -= pendingBytesOf(r);
+          this.#pendingBytes -= rowPendingBytes(records, i);
         }
       }
-      this.#records.truncate(cut);
-      if (removed !== undefined) this.#headAbs = removed.regionAbs;
+      if (cut < records.length) this.#headAbs = this.#regionAbs(cut);
+      records.truncate(cut);
       for (const record of failing) {
         record.failed = true;
         record.data = null;
@@ -904,11 +977,15 @@ export class FileJournal implements Journal {
   /** Marks `seq` acknowledged, see {@link Journal.release}. */
   release(seq: number): void {
     if (this.#closed) return;
-    const record = this.#records.find(seq);
-    if (record === undefined || record.released) return;
-    record.released = true;
+    const row = this.#records.find(seq);
+    if (row < 0 || (rowFlags(this.#records, row) & ROW_RELEASED) !== 0) return;
+    setRowFlag(this.#records, row, ROW_RELEASED);
     this.#size--;
-    this.#pendingBytes -= pendingBytesOf(record);
+    this.#pendingBytes -= rowPendingBytes(this.#records, row);
+    if (this.#size === 0) {
+      this.#spare.length = 0;
+      this.#spareBytes = 0;
+    }
     this.#released++;
     this.#releasesSinceCheckpoint++;
     this.#advanceTail();
@@ -916,8 +993,9 @@ export class FileJournal implements Journal {
 
   #advanceTail(): void {
     let moved = false;
-    for (let first = this.#records.first(); first !== undefined && first.released && first.written; first = this.#records.first()) {
-      this.#records.shift();
+    const done = ROW_RELEASED | ROW_WRITTEN;
+    while (this.#records.length > 0 && (rowFlags(this.#records, 0) & done) === done) {
+      this.#shiftRecord();
       moved = true;
     }
     if (!moved || this.#failure !== null || this.#closing !== null) return;
@@ -946,13 +1024,14 @@ export class FileJournal implements Journal {
     try {
       do {
         this.#checkpointAgain = false;
-        const tail = this.#records.first();
+        const records = this.#records;
+        const hasTail = records.length > 0;
         const protectAbs = this.#tailAbs;
         const released: boolean[] = [];
-        const mapped = Math.min(this.#records.length, RELEASE_MAP_BITS);
+        const mapped = Math.min(records.length, RELEASE_MAP_BITS);
         let anyReleased = false;
         for (let i = 0; i < mapped; i++) {
-          const r = (this.#records.at(i) as FileRecord).released;
+          const r = (rowFlags(records, i) & ROW_RELEASED) !== 0;
           released.push(r);
           anyReleased ||= r;
         }
@@ -963,9 +1042,9 @@ export class FileJournal implements Journal {
           ringBytes: this.#ring,
           generation: this.#generation,
           epoch: this.#epoch,
-          tailEpoch: tail?.epoch ?? 0,
-          tailPos: (tail?.recordAbs ?? this.#headAbs) % this.#ring,
-          tailSeq: tail?.seq ?? 0,
+          tailEpoch: hasTail ? rowEpoch(records, 0) : 0,
+          tailPos: (hasTail ? records.get(0, COL_RECORD) : this.#headAbs) % this.#ring,
+          tailSeq: hasTail ? records.get(0, COL_SEQ) : 0,
           lastSeq: this.#lastSeq,
           createdAt: this.#createdAt,
           released: anyReleased ? released : [],
@@ -978,8 +1057,8 @@ export class FileJournal implements Journal {
         this.#checkpoints++;
         this.#hooks?.afterCheckpoint?.({ generation: superblock.generation, tailSeq: superblock.tailSeq });
         if (protectAbs > this.#checkpointAbs) this.#checkpointAbs = protectAbs;
-        while (this.#blocked.length > 0 && (this.#blocked[0] as FileRecord).minCheckpointAbs <= this.#checkpointAbs) {
-          this.#startWrite(this.#blocked.shift() as FileRecord);
+        while (this.#blocked.length > 0 && (this.#blocked[0] as Append).minCheckpointAbs <= this.#checkpointAbs) {
+          this.#startWrite(this.#blocked.shift() as Append);
         }
         if (this.#blocked.length > 0) this.#checkpointAgain = true;
       } while (this.#checkpointAgain && this.#failure === null);
@@ -998,63 +1077,163 @@ export class FileJournal implements Journal {
    */
   async *pending(afterSeq = 0): AsyncGenerator<PendingJournalEntry, void, undefined> {
     let after = afterSeq;
+    // the run of on-disk records read with one read: seq, position and payload length of each
+    const seqs: number[] = [];
+    const positions: number[] = [];
+    const lengths: number[] = [];
+    const crcs: number[] = [];
     for (;;) {
       if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
-      let i = this.#records.indexAfter(after);
-      let record = this.#records.at(i);
-      while (record !== undefined && record.released) record = this.#records.at(++i);
-      if (record === undefined) return;
-      if (record.data !== null) {
-        after = record.seq;
-        yield this.#entry(record, record.data);
+      const records = this.#records;
+      let i = records.indexAfter(after);
+      while (i < records.length && (rowFlags(records, i) & ROW_RELEASED) !== 0) i++;
+      if (i >= records.length) {
+        // nothing more to read for now: the spare read buffers go
+        this.#spare.length = 0;
+        this.#spareBytes = 0;
+        return;
+      }
+      const seq = records.get(i, COL_SEQ);
+      if ((rowFlags(records, i) & ROW_WRITTEN) === 0) {
+        // still in memory: its write has not completed
+        const append = this.#pipeline.find(seq) as Append;
+        after = seq;
+        yield this.#entry(append, append.data as Buffer);
         continue;
       }
       // Read a run of consecutive on-disk records with one read.
-      const batch: FileRecord[] = [record];
-      const startAbs = record.recordAbs;
-      let endAbs = record.recordAbs + RECORD_HEADER_BYTES + record.dataLength;
-      for (let next = this.#records.at(++i); next !== undefined; next = this.#records.at(++i)) {
-        if (next.data !== null || next.padAbs >= 0 || next.recordAbs !== (batch[batch.length - 1] as FileRecord).endAbs) break;
-        const nextEnd = next.recordAbs + RECORD_HEADER_BYTES + next.dataLength;
-        if (nextEnd - startAbs > READ_CHUNK || Math.floor(startAbs / this.#ring) !== Math.floor((next.endAbs - 1) / this.#ring)) break;
-        batch.push(next);
+      seqs.length = positions.length = lengths.length = crcs.length = 0;
+      const startAbs = records.get(i, COL_RECORD);
+      let endAbs = startAbs + RECORD_HEADER_BYTES + records.get(i, COL_DATA);
+      let prevEndAbs = rowEndAbs(records, i);
+      seqs.push(seq);
+      positions.push(startAbs);
+      lengths.push(records.get(i, COL_DATA));
+      crcs.push(records.get(i, COL_CRC));
+      for (let j = i + 1; j < records.length; j++) {
+        const recordAbs = records.get(j, COL_RECORD);
+        // stop at a record still in memory, one after a wrap marker, or a gap
+        if ((rowFlags(records, j) & ROW_WRITTEN) === 0 || recordAbs !== prevEndAbs) break;
+        const dataLength = records.get(j, COL_DATA);
+        const nextEnd = recordAbs + RECORD_HEADER_BYTES + dataLength;
+        const nextEndAbs = rowEndAbs(records, j);
+        if (nextEnd - startAbs > READ_CHUNK || Math.floor(startAbs / this.#ring) !== Math.floor((nextEndAbs - 1) / this.#ring)) break;
+        seqs.push(records.get(j, COL_SEQ));
+        positions.push(recordAbs);
+        lengths.push(dataLength);
+        crcs.push(records.get(j, COL_CRC));
         endAbs = nextEnd;
+        prevEndAbs = nextEndAbs;
       }
-      let chunk: Buffer;
-      this.#ioInFlight++;
+      const lent = this.#lend(endAbs - startAbs);
       try {
-        chunk = await readFully(this.#fd, endAbs - startAbs, RING_START + (startAbs % this.#ring));
-      } catch (error) {
-        throw toBlockMirrorError(error);
-      } finally {
-        this.#ioInFlight--;
-        this.#notify();
-      }
-      for (const r of batch) {
-        if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
-        after = r.seq;
-        if (r.released) continue;
-        const at = r.recordAbs - startAbs;
-        const h = decodeRecordHeader(chunk, at);
-        const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + r.dataLength);
-        if (
-          h === undefined ||
-          h.seq !== r.seq ||
-          h.dataLength !== r.dataLength ||
-          ((h.flags & FLAG_ZERO) !== 0) !== (r.kind === 'zero') ||
-          !recordCrcOk(chunk, at, payload) ||
-          (r.kind === 'zero' && decodeZeroPayload(payload) !== r.length)
-        ) {
-          throw new BlockMirrorError('BM_ERR_IO', `journal record seq ${r.seq} reads back corrupt`, {
-            details: { path: this.path, seq: r.seq, position: r.recordAbs % this.#ring },
-          });
+        const chunk = lent.slab.subarray(0, endAbs - startAbs);
+        this.#ioInFlight++;
+        try {
+          await readInto(this.#fd, chunk, RING_START + (startAbs % this.#ring));
+        } catch (error) {
+          throw toBlockMirrorError(error);
+        } finally {
+          this.#ioInFlight--;
+          this.#notify();
         }
-        yield this.#entry(r, payload);
+        yield* this.#entriesOf(chunk, startAbs, lent, seqs, positions, lengths, crcs, (seq) => {
+          after = seq;
+        });
+      } finally {
+        this.#giveBack(lent);
       }
     }
   }
 
-  #entry(record: FileRecord, data: Buffer): PendingJournalEntry {
+  /** The entries of the records of one read (`seqs`… of the records in `chunk`), checked against the index. */
+  *#entriesOf(
+    chunk: Buffer,
+    startAbs: number,
+    lent: { uses: number },
+    seqs: readonly number[],
+    positions: readonly number[],
+    lengths: readonly number[],
+    crcs: readonly number[],
+    passed: (seq: number) => void,
+  ): Generator<PendingJournalEntry, void, undefined> {
+    const count = seqs.length;
+    for (let k = 0; k < count; k++) {
+      if (this.#closing !== null) throw new BlockMirrorError('BM_ERR_CLOSED', 'journal is closed');
+      const rseq = seqs[k] as number;
+      passed(rseq);
+      // released meanwhile (gone from the index, or flagged)
+      const row = this.#records.find(rseq);
+      if (row < 0 || (rowFlags(this.#records, row) & ROW_RELEASED) !== 0) continue;
+      const zero = (rowFlags(this.#records, row) & ROW_ZERO) !== 0;
+      const dataLength = lengths[k] as number;
+      const at = (positions[k] as number) - startAbs;
+      const h = decodeRecordHeader(chunk, at);
+      const payload = chunk.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + dataLength);
+      const zeroLength = zero ? decodeZeroPayload(payload) : 0;
+      if (
+        h === undefined ||
+        h.seq !== rseq ||
+        h.crc !== crcs[k] ||
+        h.dataLength !== dataLength ||
+        ((h.flags & FLAG_ZERO) !== 0) !== zero ||
+        !recordCrcOk(chunk, at, payload) ||
+        zeroLength < 0
+      ) {
+        throw new BlockMirrorError('BM_ERR_IO', `journal record seq ${rseq} reads back corrupt`, {
+          details: { path: this.path, seq: rseq, position: (positions[k] as number) % this.#ring },
+        });
+      }
+      if (!zero) lent.uses++;
+      yield pendingEntry(zero ? 'zero' : 'write', rseq, h.offset, zero ? zeroLength : dataLength, payload, (h.flags & FLAG_FUA) !== 0, h.timestamp);
+    }
+  }
+
+  /**
+   * The caller is done with the `data` of a write entry yielded by
+   * {@link FileJournal.pending}: nothing references those bytes any more, so
+   * the memory they were read into may hold later reads (instead of waiting
+   * for the garbage collector). Call it at most once per entry, and never for
+   * bytes still in use; other buffers are ignored. See {@link Journal.recycle}.
+   */
+  recycle(data: Uint8Array): void {
+    const lent = this.#lent.get(data.buffer);
+    if (lent !== undefined && lent.uses > 0) this.#giveBack(lent);
+  }
+
+  /** A read buffer of at least `length` bytes (a spare one if one fits), lent with one use: the read. */
+  #lend(length: number): { slab: Buffer; uses: number } {
+    let slab: Buffer | undefined;
+    for (let i = 0; i < this.#spare.length; i++) {
+      const spare = this.#spare[i] as Buffer;
+      if (spare.length >= length && spare.length <= 2 * length + READ_SLAB) {
+        slab = spare;
+        this.#spare.splice(i, 1);
+        this.#spareBytes -= spare.length;
+        break;
+      }
+    }
+    slab ??= Buffer.allocUnsafeSlow(Math.ceil(length / READ_SLAB) * READ_SLAB);
+    const lent = { slab, uses: 1 };
+    this.#lent.set(slab.buffer, lent);
+    return lent;
+  }
+
+  /** Drops one use of a read buffer; unused, it becomes a spare (or goes to the garbage collector). */
+  #giveBack(lent: { slab: Buffer; uses: number }): void {
+    if (lent.uses > 1) {
+      lent.uses--;
+      return;
+    }
+    lent.uses = 0;
+    this.#lent.delete(lent.slab.buffer);
+    // (none kept once nothing is pending: nothing will be read)
+    if (this.#spareBytes + lent.slab.length > SPARE_READ_BYTES || this.#closing !== null || this.#size === 0) return;
+    this.#spare.push(lent.slab);
+    this.#spareBytes += lent.slab.length;
+  }
+
+  #entry(record: Append, data: Buffer): PendingJournalEntry {
     return pendingEntry(record.kind, record.seq, record.offset, record.length, data, record.fua, record.timestamp);
   }
 

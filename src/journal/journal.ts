@@ -189,6 +189,15 @@ export interface Journal {
    * @param afterSeq Start after this sequence number (default 0: from the oldest).
    */
   pending(afterSeq?: number): AsyncIterable<PendingJournalEntry>;
+  /**
+   * Optional: the caller is done with the `data` of a write entry yielded by
+   * {@link Journal.pending} — nothing references those bytes any more — so
+   * the journal may read later entries into that memory instead of leaving
+   * it to the garbage collector ({@link FileJournal} does). Call it at most
+   * once per entry, and never while the bytes are still in use (queued for a
+   * socket, say); a buffer the journal did not yield is ignored.
+   */
+  recycle?(data: Uint8Array): void;
   /** Number of unacknowledged entries (zero entries included). */
   readonly size: number;
   /**

@@ -32,6 +32,8 @@ export interface MirrorRequest {
   uncovered: boolean;
   /** The primary's own write of it is on stable storage (a local flush or FUA came after it). */
   localDurable: boolean;
+  /** The primary's own write of it completed (durable or not). */
+  localWritten: boolean;
   /** The journal holds it durably. */
   journalDurable: boolean;
   /** The target reported it durable. */
@@ -40,12 +42,24 @@ export interface MirrorRequest {
   held: number;
   /** Its payload was dropped from RAM (over budget): it is read back from the journal before it is sent. */
   spilled: boolean;
+  /**
+   * Byte offset in the volume; -1 for a request known by its journal record
+   * only (acknowledged by a target handshake while it was in the journal-only
+   * backlog): its range comes back with its payload if it must be sent again.
+   */
   offset: number;
   length: number;
   /** Data of a write; undefined for zero and flush. */
   data: Uint8Array | undefined;
   /** True once `data` is our own copy (the caller may reuse its buffer). */
   owned: boolean;
+  /**
+   * An async write whose `data` is still the caller's buffer, valid only
+   * until its journal append completes (the caller waits for it): it is not
+   * sent before; then it is copied if the payload budget has room, else it
+   * is read back from the journal when its turn comes.
+   */
+  borrowed: boolean;
   fua: boolean;
   /** Every seq ≤ barrier must be applied on the target before this request. */
   barrier: number;

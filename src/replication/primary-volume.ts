@@ -11,15 +11,16 @@ import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import { zeroDevice } from '../device/zero.js';
-import type { Journal, JournalEntry } from '../journal/journal.js';
+import type { Journal, JournalEntry, PendingJournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
 import { advanceGeneration, type GenerationState, type Lineage } from './generation.js';
 import { MemoryPairStateStore, type DiskState, type PairState, type PairStateStore } from './pair-state.js';
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
+import { BACKLOG_LAGGED, BACKLOG_ZERO, JournalBacklog } from './journal-backlog.js';
 import { RangeLock } from './range-lock.js';
-import { SendQueue } from './send-queue.js';
+import { SendQueue, sendOrder } from './send-queue.js';
 import { SEQ_RESERVATION } from './stream-file.js';
 import createDebug from 'debug';
 
@@ -27,6 +28,14 @@ const log = createDebug('blockmirror:volume');
 
 /** A covered region keeps its write-intent bit until it was not written for this long (ms), unless the volume goes idle. */
 const REGION_HOLD_MS = 2000;
+/** At most this many requests are read back from the journal at a time (whatever their payload). */
+const READ_BACK_MAX_REQUESTS = 4096;
+/**
+ * Regions whose writes wait for a local flush in `#unflushed` (the requests
+ * left RAM for the journal-only backlog): past this many, the volume flushes
+ * its device, so that this bookkeeping stays bounded in a long outage.
+ */
+const UNFLUSHED_REGIONS_MAX = 4096;
 
 /**
  * How a volume is replicated.
@@ -165,8 +174,12 @@ export interface ReplicationLink {
   readonly maxAsyncLag: number;
   /** Milliseconds an idle volume waits before it asks the target to make everything durable. */
   readonly durableDelay: number;
-  /** Payload bytes the primary's queued and in-flight requests may hold in RAM (shared by its volumes). */
-  readonly payloadBudget: { used: number; limit: number };
+  /**
+   * Payload bytes the primary's requests hold in RAM (`used`: queued and in
+   * flight; `inFlight`: the part in flight) and may hold (`limit`), shared by
+   * its volumes.
+   */
+  readonly payloadBudget: { used: number; limit: number; inFlight: number };
   /** Largest payload one mirror request can carry (the codec's `maxPayloadLength`): {@link PrimaryVolume.write} splits longer writes. */
   readonly maxPayload: number;
 }
@@ -258,10 +271,35 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /**
    * Every request with a seq, in seq order, from the moment it takes its seq
    * until the target reports it durable: the one owner of a request's state
-   * (queued, in flight, acknowledged). Counters derive from it.
+   * (queued, in flight, acknowledged) — except the requests of `#backlog`.
+   * Counters derive from both.
    */
   #requests = new Map<number, MirrorRequest>();
-  /** Requests in `#requests` that the target has not acknowledged. */
+  /** Highest seq set in `#requests`. */
+  #requestsTop = 0;
+  /** A request was set in `#requests` below `#requestsTop`: the map is sorted again before a walk in seq order (`#inOrder`). */
+  #unordered = false;
+  /**
+   * Queued requests that live in the journal only (no payload, no object):
+   * their seqs are in no `#requests` entry; they become requests again when
+   * read back (`#readBack`).
+   */
+  readonly #backlog = new JournalBacklog();
+  /** Requests of `#requests` left in the send queue after they moved to `#backlog` (pruned in bulk). */
+  #queueStale = 0;
+  /** This volume's requests in flight (any kind). */
+  #inflightCount = 0;
+  /** Highest seq sent so far. */
+  #sentTop = 0;
+  /**
+   * The journal replay after a restart (see `useJournal`): the recovered
+   * requests (up to seq `through`) the target has not acknowledged yet, and
+   * what the `replayed` event reports once none is left.
+   */
+  #replay: { through: number; left: number; records: number; bytes: number; started: number } | undefined;
+  /** The target acknowledged a recovered request (its `onAck`). */
+  readonly #replayedOne = (): void => this.#replayed(1);
+  /** Requests (of `#requests` and `#backlog`) that the target has not acknowledged. */
   #unacked = 0;
   /** Every seq ≤ this is acknowledged by the target (exact: computed from `#requests`). */
   #ackedThrough = 0;
@@ -277,8 +315,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #durableTimer: TimerHandle | undefined;
   /** Requests whose local write completed and is not yet known durable (a local flush releases them). */
   #localPending: MirrorRequest[] = [];
+  /** Entries of `#localPending` that moved to the journal-only backlog (dropped in bulk). */
+  #localPendingStale = 0;
   /** A durability flush in progress (see `makeDurable`). */
   #durabilityFlush: Promise<void> | undefined;
+  /** The barrier of `#durabilityFlush`. */
+  #durabilityBarrier = 0;
   /** Persists a new reservation (a restarted primary continues above it). */
   #reserve: ((through: number) => Promise<void>) | undefined;
   /** Flushes sent or queued (no seq). */
@@ -635,10 +677,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         }
         const seq = this.#takeSeq();
         this.#lastWriteSeq = seq;
-        const kept = data === undefined ? undefined : transfer ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
+        // No room in the payload budget (or no link): the journal writes the caller's bytes and the request
+        // copies them only if there is room once they are durable; else they are read back when sent.
+        const budget = this.#link.payloadBudget;
+        const borrow = data !== undefined && !transfer && (!this.#link.up || budget.used + length > budget.limit);
+        const kept = data === undefined ? undefined : transfer || borrow ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : Buffer.from(data);
         // after what happened before it (see above): the target image is always our writes closed under happens-before (invariant 2)
         const req = this.#request(kind, seq, offset, length, kept, fua, Math.max(barrier, this.#lastResyncSeq));
-        req.owned = true;
+        req.owned = !borrow;
+        req.borrowed = borrow;
         req.lag = lag;
         req.uncovered = true;
         this.#localDone(req, fua);
@@ -648,6 +695,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
           // queued before its journal append completes: sent in seq order, never behind a later request
           this.#enqueue(req);
           const journaled = this.#journalOne(req);
+          // not journaled after all: it needs its copy now
+          if (journaled === undefined) this.#own(req);
           if (journaled !== undefined) {
             try {
               await journaled;
@@ -742,16 +791,28 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #uncover(offset: number, length: number): void {
     if (length === 0) return;
     const last = this.#bitmap.regionIndex(offset + length - 1);
-    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) {
-      const r = this.#regions.get(i);
-      if (r === undefined || --r.uncovered > 0) continue;
-      // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
-      if (this.#unacked === 0) {
-        this.#regions.delete(i);
-        this.#cleanRegion(i);
-      }
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#uncoverRegion(i, 1);
+  }
+
+  /** `writes` writes to region `i` are covered. */
+  #uncoverRegion(i: number, writes: number): void {
+    const r = this.#regions.get(i);
+    if (r === undefined) return;
+    r.uncovered = Math.max(0, r.uncovered - writes);
+    if (r.uncovered > 0) return;
+    // a hot region keeps its bit (no bitmap write for its next write); see #sweepRegions
+    if (this.#unacked === 0) {
+      this.#regions.delete(i);
+      this.#cleanRegion(i);
     }
   }
+
+  /**
+   * Per region, writes that left RAM for the journal-only backlog before
+   * their local write was known durable: the next local flush covers them
+   * (their write-intent bits stay until then), without their requests.
+   */
+  #unflushed = new Map<number, number>();
 
   /**
    * Clears the bits of covered regions not written for `hold` ms (like DRBD's
@@ -774,37 +835,69 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#bitmap.clearRegion(index);
   }
 
-  /** A request's regions are covered (journal append done, or durable on the target). */
   /**
    * Releases a request's write-intent bits once they are no longer needed:
    * its own local write is on stable storage AND either the target holds it
    * durably or the journal does (a crash then replays it). Until then a crash
    * of either side may leave the region different, and the bit says so.
+   * A queued request so covered whose payload is not in RAM moves to the
+   * journal-only backlog.
    */
   #covered(req: MirrorRequest): void {
     if (!req.uncovered || !req.localDurable) return;
     if (!req.targetDurable && !(req.journalDurable && this.#journalDurable)) return;
     req.uncovered = false;
     this.#uncover(req.offset, req.length);
+    if (req.spilled || req.kind === 'zero') this.#toBacklog(req);
   }
 
   /** The local write of `req` completed (with `fua`: durably). */
   #localDone(req: MirrorRequest, fua: boolean): void {
+    req.localWritten = true;
     if (fua || !this.#persistentBitmap) req.localDurable = true;
     else if (!req.localDurable) this.#localPending.push(req);
   }
 
-  /** Flushes the local device; requests whose local write completed before are then locally durable. */
+  /**
+   * Flushes the local device in the background, one flush at a time (see
+   * `UNFLUSHED_REGIONS_MAX`); then the bits of regions not written for a
+   * while are cleared.
+   */
+  #flushLocalSoon(): void {
+    if (this.#backgroundFlush !== undefined || this.#closed) return;
+    this.#backgroundFlush = this.#flushLocal()
+      .then(
+        () => this.#sweepRegions(REGION_HOLD_MS),
+        (error: unknown) => {
+          this.#lastError = toBlockMirrorError(error);
+        },
+      )
+      .finally(() => {
+        this.#backgroundFlush = undefined;
+      });
+  }
+
+  #backgroundFlush: Promise<void> | undefined;
+
+  /**
+   * Flushes the local device; requests whose local write completed before
+   * are then locally durable (and so are the writes of `#unflushed`).
+   */
   async #flushLocal(): Promise<void> {
     const batch = this.#localPending;
     this.#localPending = [];
+    this.#localPendingStale = 0;
+    const regions = this.#unflushed;
+    this.#unflushed = new Map();
     try {
       await this.device.flush();
     } catch (error) {
       // not durable after all: the next flush tries again
       this.#localPending = batch.concat(this.#localPending);
+      for (const [i, n] of regions) this.#unflushed.set(i, (this.#unflushed.get(i) ?? 0) + n);
       throw error;
     }
+    for (const [i, n] of regions) this.#uncoverRegion(i, n);
     for (const req of batch) {
       req.localDurable = true;
       this.#covered(req);
@@ -832,6 +925,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       state: 'queued',
       uncovered: false,
       localDurable: kind === 'skip' || kind === 'flush' || kind === 'hash',
+      localWritten: false,
       journalDurable: false,
       targetDurable: false,
       held: 0,
@@ -840,6 +934,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       length,
       data,
       owned: false,
+      borrowed: false,
       fua,
       barrier,
       createdAt: this.#link.clock.now(),
@@ -867,7 +962,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #enqueue(req: MirrorRequest): void {
     if (req.kind === 'flush' || req.kind === 'hash') this.#flushes.add(req);
     else {
-      this.#requests.set(req.seq, req);
+      this.#adopt(req);
       this.#unacked++;
       this.#pendingBytes += req.kind === 'write' ? req.length : 0;
       this.#hold(req);
@@ -882,6 +977,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (!req.owned && req.data !== undefined) {
       req.data = Buffer.from(req.data);
       req.owned = true;
+    }
+    if (req.borrowed) {
+      req.borrowed = false;
+      this.#hold(req);
+      this.#link.pump();
     }
   }
 
@@ -915,6 +1015,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.#journalSuspended || req.resync || req.kind === 'skip' || req.journaled || req.seq <= this.#journaledSeq) return undefined;
     this.#journaledSeq = req.seq;
     req.journaled = true;
+    const borrowed = req.borrowed;
     const entry: JournalEntry =
       req.kind === 'write'
         ? { seq: req.seq, offset: req.offset, data: req.data as Buffer, fua: req.fua, timestamp: Date.now() }
@@ -924,25 +1025,48 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         // the journal covers it now (or the target already holds it durably)
         if (!this.#requests.has(req.seq)) this.#journal.release(req.seq);
         req.journalDurable = true;
+        if (borrowed) this.#unborrow(req);
         this.#covered(req);
         // the journal holds it: over the payload budget its RAM copy can go (read back when its turn comes)
         if (req.state === 'queued' && req.kind === 'write' && req.held > 0) {
           this.#spillable.add(req);
           this.#enforceBudget();
         }
+        this.#toBacklog(req);
       },
       (error: unknown) => {
         req.journaled = false;
+        // kept in RAM for now (the journal is full): copied while the caller still waits
+        if (borrowed) this.#own(req);
         this.#overflow(req.seq, toBlockMirrorError(error));
         throw error;
       },
     );
   }
 
+  /**
+   * The journal append of a borrowed request completed (the caller may reuse
+   * its buffer as soon as we return): the request copies the bytes if the
+   * budget has room, else it drops them (read back from the journal when its
+   * turn comes).
+   */
+  #unborrow(req: MirrorRequest): void {
+    const budget = this.#link.payloadBudget;
+    if (req.state === 'queued' && req.kind === 'write' && req.data !== undefined && budget.used + req.length > budget.limit) {
+      req.borrowed = false;
+      req.owned = true;
+      req.data = undefined;
+      this.#setSpilled(req, true);
+      this.#link.pump();
+      return;
+    }
+    this.#own(req);
+  }
+
   /** Journals every pending request with seq ≤ `seq` not journaled yet; resolves when all are in. */
   #journalThrough(seq: number): Promise<void> | undefined {
     const appends: Promise<void>[] = [];
-    for (const req of this.#requests.values()) {
+    for (const req of this.#inOrder().values()) {
       if (req.seq > seq) break;
       if (req.state === 'acked') continue;
       const p = this.#journalOne(req);
@@ -966,7 +1090,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * RAM does not fill with payloads while the link is down.
    */
   #spillToBitmap(through: number): void {
-    for (const req of this.#requests.values()) {
+    for (const req of this.#inOrder().values()) {
       if (req.seq > through) break;
       if (req.state !== 'queued' || req.journaled || (req.kind !== 'write' && req.kind !== 'zero')) continue;
       this.#toSkip(req);
@@ -977,8 +1101,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #toSkip(req: MirrorRequest): void {
     if (req.kind === 'skip') return;
     log('volume %s: %s seq %d (%s) becomes a skip record', this.name, req.kind, req.seq, req.state);
-    this.#bitmap.mark(req.offset, req.length);
-    this.#needs.mark(req.offset, req.length);
+    // a request known by its journal record only (its range unknown): the whole volume is resynced
+    const offset = req.offset < 0 ? 0 : req.offset;
+    const length = req.offset < 0 ? this.device.size : req.length;
+    this.#bitmap.mark(offset, length);
+    this.#needs.mark(offset, length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
     req.owed = true;
@@ -994,6 +1121,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** The target acknowledged `req` (a FLUSH_ACK with the target's `disk` state). @internal */
   acknowledged(req: MirrorRequest, digest?: Buffer, durable?: number, disk?: DiskState): void {
     req.slot = -1;
+    if (req.state === 'inflight') this.#landed(req);
     if (req.kind === 'flush' || req.kind === 'hash') {
       if (!this.#flushes.delete(req)) return;
       req.state = 'acked';
@@ -1071,11 +1199,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #markDurable(seq: number): void {
     if (seq <= this.#durableSeq) return;
     this.#durableSeq = seq;
-    for (const req of this.#requests.values()) {
+    this.#acknowledgeThrough(seq, seq);
+    for (const req of this.#inOrder().values()) {
       if (req.seq > seq) break;
       if (req.state !== 'acked') this.acknowledged(req);
       this.#requests.delete(req.seq);
-      if (req.journaled) this.#journal.release(req.seq);
+      // (a skip that stands for backlog records the journal could not give back covers several)
+      if (req.journaled) for (let s = req.seq; s <= req.end; s++) this.#journal.release(s);
       req.targetDurable = true;
       this.#covered(req);
     }
@@ -1086,6 +1216,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   failed(req: MirrorRequest, error: BlockMirrorError): void {
     log('volume %s: %s seq %d failed on the target: %s', this.name, req.kind, req.seq, error.code);
     req.slot = -1;
+    if (req.state === 'inflight') this.#landed(req);
     if (req.state === 'acked') return;
     req.state = 'queued';
     req.attempts++;
@@ -1111,6 +1242,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     log('volume %s: %s seq %d requeued (was %s)', this.name, req.kind, req.seq, req.state);
     req.slot = -1;
     if (req.state !== 'inflight') return;
+    this.#landed(req);
     req.state = 'queued';
     req.resend = true;
     this.queue.reinsert(req);
@@ -1125,6 +1257,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     req.state = 'inflight';
     req.slot = slot;
     this.#spillable.delete(req);
+    this.#inflightCount++;
+    if (req.end > this.#sentTop) this.#sentTop = req.end;
+    if (req.kind === 'write') this.#link.payloadBudget.inFlight += req.length;
+  }
+
+  /** `req` is no longer in flight (answered, or its connection closed). */
+  #landed(req: MirrorRequest): void {
+    this.#inflightCount--;
+    if (req.kind === 'write') this.#link.payloadBudget.inFlight -= req.length;
   }
 
   /**
@@ -1135,27 +1276,191 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   nextToSend(): MirrorRequest | undefined {
     for (;;) {
       const req = this.queue.peek();
+      const first = this.#backlog.first;
+      if (first !== 0 && (req === undefined || first < sendOrder(req))) {
+        // the next one lives in the journal only: read it (and the next ones) back, in order
+        this.#readBack(first);
+        return undefined;
+      }
       if (req === undefined) return undefined;
       if (req.state === 'queued' && (this.#requests.get(req.seq) === req || this.#flushes.has(req))) {
+        // a read-back queues what it loads when it ends: nothing from its start on leaves before
+        if (this.#readingBack !== undefined && sendOrder(req) >= this.#readBackFrom) return undefined;
+        // its bytes are the caller's until its journal append completes (which pumps again)
+        if (req.borrowed) return undefined;
         if (!req.spilled) return req;
         // its payload is in the journal only: read it (and the next ones) back, in order
-        this.#readBack(req);
+        this.#readBack(req.seq);
         return undefined;
       }
       this.queue.shift();
     }
   }
 
+  /** Sets `req` in `#requests` (noting when it goes below the highest seq there, see `#inOrder`). */
+  #adopt(req: MirrorRequest): void {
+    this.#requests.set(req.seq, req);
+    if (req.seq > this.#requestsTop) this.#requestsTop = req.seq;
+    else this.#unordered = true;
+  }
+
+  /** `#requests`, in seq order (sorted again first if a request was set below the top, e.g. read back from the journal). */
+  #inOrder(): Map<number, MirrorRequest> {
+    if (this.#unordered) {
+      this.#requests = new Map([...this.#requests].sort((a, b) => a[0] - b[0]));
+      this.#unordered = false;
+    }
+    return this.#requests;
+  }
+
+  /** True while `req` waits in the send queue as a request its volume owns. */
+  #isQueued(req: MirrorRequest): boolean {
+    return req.state === 'queued' && (this.#requests.get(req.seq) === req || this.#flushes.has(req));
+  }
+
+  /**
+   * A queued write or zero that the journal holds durably, whose payload is
+   * not in RAM and that nobody waits for leaves RAM entirely: it joins the
+   * journal-only backlog, as a seq of a run, and is made a request again when
+   * it is read back (ordered after every older request, as after a restart).
+   * It must be covered (see `#covered`), or lack only the local flush after
+   * its completed local write: its regions then wait for that flush in
+   * `#unflushed`. A zero does so only behind a backlog or while the link is
+   * down (it is sent at once otherwise).
+   */
+  #toBacklog(req: MirrorRequest): void {
+    if (req.state !== 'queued' || !req.journaled || !req.journalDurable || this.#closed) return;
+    if (req.onDone !== undefined || req.onAck !== undefined || req.resync || req.resend || req.attempts > 0 || req.offset < 0) return;
+    // not covered yet: only for want of a local flush after its (completed) local write, the journal being durable
+    if (req.uncovered && !(this.#journalDurable && req.localWritten)) return;
+    if (req.kind === 'write') {
+      if (req.data !== undefined) return;
+    } else if (req.kind !== 'zero' || (this.#backlog.count === 0 && this.#link.up)) {
+      return;
+    }
+    const lag = req.lag ?? 0;
+    if ((lag !== 0 && lag !== req.length) || req.seq <= this.#backlog.last || this.#requests.get(req.seq) !== req) return;
+    this.#requests.delete(req.seq);
+    this.#spillable.delete(req);
+    this.#setSpilled(req, false);
+    if (req.uncovered) {
+      // its regions wait for the next local flush without it (its entry there goes in bulk)
+      req.uncovered = false;
+      if (++this.#localPendingStale > 1024 && this.#localPendingStale * 2 > this.#localPending.length) {
+        this.#localPending = this.#localPending.filter((r) => r.uncovered);
+        this.#localPendingStale = 0;
+      }
+      if (req.length > 0) {
+        const last = this.#bitmap.regionIndex(req.offset + req.length - 1);
+        for (let i = this.#bitmap.regionIndex(req.offset); i <= last; i++) this.#unflushed.set(i, (this.#unflushed.get(i) ?? 0) + 1);
+        if (this.#unflushed.size >= UNFLUSHED_REGIONS_MAX) this.#flushLocalSoon();
+      }
+    }
+    this.#backlog.add(req.seq, req.kind === 'write' ? req.length : 0, (lag > 0 ? BACKLOG_LAGGED : 0) | (req.kind === 'zero' ? BACKLOG_ZERO : 0));
+    // its object leaves the send queue in bulk
+    if (++this.#queueStale > 256 && this.#queueStale * 2 > this.queue.length) {
+      this.queue.prune((r) => this.#isQueued(r));
+      this.#queueStale = 0;
+    }
+  }
+
+  /** The target acknowledged `n` recovered requests: once it has all of them, the journal replay is done. */
+  #replayed(n: number): void {
+    const r = this.#replay;
+    if (r === undefined || n <= 0) return;
+    r.left -= n;
+    if (r.left > 0) return;
+    this.#replay = undefined;
+    this.emit('replayed', { records: r.records, bytes: r.bytes, durationMs: this.#link.clock.now() - r.started });
+  }
+
+  /** Recovered requests (of the journal replay) among seqs `from`…`to`. */
+  #recoveredIn(from: number, to: number): number {
+    const r = this.#replay;
+    return r === undefined || from > r.through ? 0 : Math.min(to, r.through) - from + 1;
+  }
+
+  /** Makes the oldest backlog seq a request again, from its journal record `entry`. */
+  #fromBacklog(entry: PendingJournalEntry): MirrorRequest {
+    const bytes = this.#backlog.firstBytes;
+    const flags = this.#backlog.firstFlags;
+    const zero = entry.kind === 'zero';
+    if (zero !== ((flags & BACKLOG_ZERO) !== 0) || (zero ? 0 : entry.length) !== bytes) throw notLeftThere(this.name, entry.seq);
+    this.#backlog.shift();
+    const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, zero ? undefined : entry.data, entry.fua, entry.seq - 1);
+    req.owned = true;
+    req.journaled = true;
+    req.journalDurable = true;
+    // it was covered (locally durable) before it left RAM
+    req.localDurable = true;
+    req.lag = (flags & BACKLOG_LAGGED) !== 0 ? bytes : 0;
+    if (this.#recoveredIn(req.seq, req.seq) > 0) req.onAck = this.#replayedOne;
+    this.#adopt(req);
+    this.#hold(req);
+    return req;
+  }
+
+  /** Gives a spilled request its payload back from its journal record (and its range, if only the journal knew it). */
+  #refill(req: MirrorRequest, entry: PendingJournalEntry): void {
+    const zero = entry.kind === 'zero';
+    if (entry.kind !== req.kind || (req.offset >= 0 ? entry.offset !== req.offset || entry.length !== req.length : !zero && entry.length !== req.length)) {
+      throw notLeftThere(this.name, entry.seq);
+    }
+    req.offset = entry.offset;
+    req.length = entry.length;
+    req.fua = entry.fua;
+    if (!zero) req.data = entry.data;
+    this.#setSpilled(req, false);
+    this.#hold(req);
+  }
+
+  /**
+   * The journal could not give back the oldest record of the backlog: every
+   * backlog seq becomes part of a skip record (one per run) and the whole
+   * volume is resynced, since only the journal knew their ranges.
+   */
+  #abandonBacklog(): void {
+    if (this.#backlog.count === 0) return;
+    log('volume %s: %d journal-only requests become skip records; the volume is resynced', this.name, this.#backlog.count);
+    const skips: MirrorRequest[] = [];
+    let lag = 0;
+    this.#backlog.takeThrough(Number.MAX_SAFE_INTEGER, (piece) => {
+      const n = piece.to - piece.from + 1;
+      const skip = this.#request('skip', piece.from, 0, 0, undefined, false, piece.from - 1);
+      skip.end = piece.to;
+      skip.owned = true;
+      // it stands for writes a resync brings instead
+      skip.owed = true;
+      // its records are released once it is durable on the target
+      skip.journaled = true;
+      const recovered = this.#recoveredIn(piece.from, piece.to);
+      if (recovered > 0) skip.onAck = () => this.#replayed(recovered);
+      this.#unacked -= n - 1;
+      if ((piece.flags & BACKLOG_ZERO) === 0) this.#pendingBytes -= n * piece.bytes;
+      if ((piece.flags & BACKLOG_LAGGED) !== 0) lag += n * piece.bytes;
+      this.#adopt(skip);
+      skips.push(skip);
+    });
+    this.queue.insertSorted(skips);
+    if (lag > 0) this.#returnLag(lag);
+    this.markForResync();
+  }
+
   /** Counts `req`'s payload in the budget (a write with data, once). */
   #hold(req: MirrorRequest): void {
-    if (req.kind !== 'write' || req.data === undefined || req.held > 0) return;
+    // (a borrowed payload is the caller's: counted once the request copies it)
+    if (req.kind !== 'write' || req.data === undefined || req.held > 0 || req.borrowed) return;
     req.held = req.data.length;
     this.#link.payloadBudget.used += req.held;
     this.#bufferedBytes += req.held;
     this.#enforceBudget();
   }
 
-  /** Over the payload budget: queued requests whose payload the journal holds drop their RAM copy, oldest first. */
+  /**
+   * Over the payload budget: queued requests whose payload the journal holds
+   * drop their RAM copy, oldest first (and leave RAM entirely, see
+   * `#toBacklog`).
+   */
   #enforceBudget(): void {
     const budget = this.#link.payloadBudget;
     if (budget.used <= budget.limit) return;
@@ -1163,14 +1468,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (budget.used <= budget.limit) break;
       this.#spillable.delete(req);
       if (req.state !== 'queued' || req.held === 0 || !req.journalDurable || req.kind !== 'write') continue;
-      this.#dropPayload(req);
-      this.#setSpilled(req, true);
+      this.#spill(req);
     }
     // still over it: queued requests the journal could not take (it is full), and that no caller waits for, go to the bitmap
     if (budget.used <= budget.limit || !this.#journalSuspended || this.#converting) return;
     this.#converting = true;
     try {
-      for (const req of this.#requests.values()) {
+      for (const req of this.#inOrder().values()) {
         if (budget.used <= budget.limit) break;
         if (req.state !== 'queued' || req.held === 0 || req.journaled || req.resync || req.onDone !== undefined || req.kind !== 'write') continue;
         this.#toSkip(req);
@@ -1182,9 +1486,35 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   #converting = false;
 
+  /** Drops the RAM copy of a queued request the journal holds (it is read back when its turn comes). */
+  #spill(req: MirrorRequest): void {
+    this.#dropPayload(req);
+    this.#setSpilled(req, true);
+    this.#toBacklog(req);
+  }
+
+  /**
+   * Makes room in the budget for the requests from seq `from` on: queued
+   * requests after it whose payload the journal holds drop their RAM copy,
+   * oldest first, until `bytes` are free (they are read back in turn). So the
+   * budget goes to the requests sent next, not to the newest ones.
+   */
+  #spillBehind(from: number, bytes: number): void {
+    let freed = 0;
+    for (const req of this.#spillable) {
+      if (freed >= bytes) break;
+      if (req.seq <= from || req.state !== 'queued' || req.held === 0 || !req.journalDurable || req.kind !== 'write') continue;
+      freed += req.held;
+      this.#spill(req);
+    }
+  }
+
   /** Drops `req`'s payload from RAM and from the budget. */
   #dropPayload(req: MirrorRequest): void {
+    const data = req.data;
     req.data = undefined;
+    // (bytes read back from the journal: their memory may hold the next reads)
+    if (data !== undefined) this.#journal.recycle?.(data);
     this.#spillable.delete(req);
     if (req.held === 0) return;
     this.#link.payloadBudget.used -= req.held;
@@ -1194,7 +1524,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #readingBack: Promise<void> | undefined;
-  /** Requests whose payload was dropped to the journal and not read back yet. */
+  /** Seq from which the read-back in progress loads requests (see `nextToSend`). */
+  #readBackFrom = 0;
+  /** Requests of `#requests` whose payload was dropped to the journal and not read back yet. */
   #spilledCount = 0;
 
   /** Marks `req` spilled or not, keeping {@link #spilledCount}. */
@@ -1205,22 +1537,26 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * While spilled requests wait and the budget has room again, their payloads
-   * are read back ahead of their turn, so that reading the journal overlaps
-   * sending.
+   * While spilled or journal-only requests wait and the budget has room for
+   * a batch, they are read back ahead of their turn, so that reading the
+   * journal overlaps sending.
    */
   #readAhead(): void {
-    const budget = this.#link.payloadBudget;
-    if (this.#spilledCount === 0 || this.#readingBack !== undefined || this.#closed || budget.used > budget.limit / 2) return;
-    let scanned = 0;
-    for (const req of this.#requests.values()) {
-      if (req.spilled && req.state === 'queued') {
-        this.#readBack(req);
-        return;
+    if ((this.#spilledCount === 0 && this.#backlog.count === 0) || this.#readingBack !== undefined) return;
+    let from = this.#backlog.count > 0 ? this.#backlog.first : Number.MAX_SAFE_INTEGER;
+    if (this.#spilledCount > 0) {
+      let scanned = 0;
+      for (const req of this.#inOrder().values()) {
+        if (req.seq >= from) break;
+        if (req.spilled && req.state === 'queued') {
+          from = req.seq;
+          break;
+        }
+        // the spilled tail follows the requests held in RAM: give up on a long scan
+        if (++scanned > 4096) break;
       }
-      // the spilled tail follows the requests held in RAM: give up on a long scan
-      if (++scanned > 4096) return;
     }
+    if (from !== Number.MAX_SAFE_INTEGER) this.#readBack(from, true);
   }
   /** Queued requests whose payload the journal holds durably: their RAM copy may go when over budget. */
   readonly #spillable = new Set<MirrorRequest>();
@@ -1228,38 +1564,128 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #bufferedBytes = 0;
 
   /**
-   * Reads the payloads of spilled requests back from the journal, starting at
-   * `head`, up to a quarter of the budget; then the pump goes on. A request
-   * whose record cannot be read becomes a skip record and its range is resynced.
+   * Reads spilled requests' payloads and journal-only requests back from the
+   * journal, from seq `from` on, in order, within the room the payload budget
+   * has (up to a quarter of it; at least one request when none of this
+   * volume is in flight, so that it always makes progress); then the pump
+   * goes on. A spilled request whose record cannot be read becomes a skip
+   * record and its range is resynced; when it is the backlog's oldest record,
+   * the whole backlog does (see `#abandonBacklog`).
    */
-  #readBack(head: MirrorRequest): void {
-    if (this.#readingBack !== undefined || this.#closed) return;
+  #readBack(from: number, ahead = false): void {
+    // (nothing is read while no connection can carry it)
+    if (this.#readingBack !== undefined || this.#closed || !this.#link.up) return;
     const budget = this.#link.payloadBudget;
-    const want = Math.max(1, Math.floor(budget.limit / 4));
+    const batch = Math.max(1, Math.floor(budget.limit / 4));
+    if (budget.limit - budget.used < batch) this.#spillBehind(from, batch - (budget.limit - budget.used));
+    const room = budget.limit - budget.used;
+    // Ahead of its turn: only a whole batch. Its turn, but no room: an acknowledgement frees some and pumps
+    // again — unless nothing of this volume is in flight to free it, or what is in flight may wait for
+    // `from` on the target (it was sent before, and newer requests after it): then at least one is read.
+    if (ahead ? room < batch : room < Math.max(1, Math.floor(budget.limit / 8)) && this.#inflightCount > 0 && from > this.#sentTop) return;
+    const want = Math.max(1, Math.min(batch, room));
+    this.#readBackFrom = from;
     this.#readingBack = (async () => {
+      const loadedFromBacklog: MirrorRequest[] = [];
       let loaded = 0;
+      let count = 0;
+      let passed = 0;
+      let failed = false;
       try {
-        for await (const entry of this.#journal.pending(head.seq - 1)) {
-          const req = this.#requests.get(entry.seq);
-          if (req === undefined || !req.spilled || req.state !== 'queued') {
-            if (loaded > 0) break;
+        for await (const entry of this.#journal.pending(from - 1)) {
+          if (this.#closed) break;
+          let req: MirrorRequest | undefined;
+          if (entry.seq === this.#backlog.first) {
+            req = this.#fromBacklog(entry);
+            loadedFromBacklog.push(req);
+          } else {
+            const r = this.#requests.get(entry.seq);
+            if (r !== undefined && r.spilled && r.state === 'queued') {
+              this.#refill(r, entry);
+              req = r;
+            }
+          }
+          if (req === undefined) {
+            if (entry.kind === 'write') this.#journal.recycle?.(entry.data);
+            // one that needs no reading: the run read ends (or, before it started, give up a long search)
+            if (count > 0 || ++passed > 256) break;
             continue;
           }
-          if (entry.kind === 'zero') break;
-          req.data = entry.data;
-          this.#setSpilled(req, false);
-          this.#hold(req);
-          loaded += entry.data.length;
-          if (loaded >= want) break;
+          count++;
+          loaded += req.held;
+          if (loaded >= want || count >= READ_BACK_MAX_REQUESTS) break;
         }
       } catch (error) {
         this.#lastError = toBlockMirrorError(error);
+        // (a journal closed under the read is not a record that cannot be read)
+        failed = this.#lastError.code !== 'BM_ERR_CLOSED';
       }
-      if (head.spilled && head.state === 'queued') this.#toSkip(head);
+      this.queue.insertSorted(loadedFromBacklog);
+      if (failed && !this.#closed) {
+        const head = this.#requests.get(from);
+        if (head !== undefined && head.spilled && head.state === 'queued') this.#toSkip(head);
+        if (this.#backlog.first === from) this.#abandonBacklog();
+      }
     })().finally(() => {
       this.#readingBack = undefined;
       this.#link.pump();
     });
+  }
+
+  /**
+   * The target applied every seq ≤ `applied` (and holds every seq ≤
+   * `durable` on stable storage): the requests and backlog seqs it covers
+   * are acknowledged, in seq order. Backlog seqs it holds durably are
+   * forgotten at once (their journal records released); the others become
+   * acknowledged requests known by their journal record only (`offset` -1)
+   * until they are durable.
+   */
+  #acknowledgeThrough(applied: number, durable: number): void {
+    const reqs: MirrorRequest[] = [];
+    for (const req of this.#inOrder().values()) {
+      if (req.end > applied) break;
+      if (req.state !== 'acked') reqs.push(req);
+    }
+    let i = 0;
+    const acknowledgeBefore = (seq: number): void => {
+      for (; i < reqs.length && (reqs[i] as MirrorRequest).seq < seq; i++) {
+        const req = reqs[i] as MirrorRequest;
+        if (req.state !== 'acked') this.acknowledged(req);
+      }
+    };
+    if (this.#backlog.count > 0 && this.#backlog.first <= applied) {
+      let lag = 0;
+      this.#backlog.takeThrough(applied, (piece) => {
+        acknowledgeBefore(piece.from);
+        const zero = (piece.flags & BACKLOG_ZERO) !== 0;
+        const n = piece.to - piece.from + 1;
+        this.#unacked -= n;
+        if (!zero) {
+          this.#pendingBytes -= n * piece.bytes;
+          this.#replicatedBytes += n * piece.bytes;
+        }
+        if ((piece.flags & BACKLOG_LAGGED) !== 0) lag += n * piece.bytes;
+        this.#replayed(this.#recoveredIn(piece.from, piece.to));
+        for (let seq = piece.from; seq <= piece.to; seq++) {
+          if (seq <= durable) {
+            this.#journal.release(seq);
+            continue;
+          }
+          const req = this.#request(zero ? 'zero' : 'write', seq, -1, zero ? 0 : piece.bytes, undefined, false, seq - 1);
+          req.state = 'acked';
+          req.owned = true;
+          req.journaled = true;
+          req.journalDurable = true;
+          req.localDurable = true;
+          this.#adopt(req);
+        }
+        if (piece.from <= this.#ackedThrough + 1 && piece.to > this.#ackedThrough) this.#ackedThrough = piece.to;
+        this.#advanceAcked();
+      });
+      if (lag > 0) this.#returnLag(lag);
+    }
+    acknowledgeBefore(Number.MAX_SAFE_INTEGER);
+    this.#advanceAcked();
   }
 
   /**
@@ -1276,10 +1702,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   targetReady(applied: number, inc: string | undefined, durable: number | undefined): void {
     log('volume %s: target ready applied=%d inc=%s durable=%s (we: acked=%d last=%d inc=%s)', this.name, applied, inc, durable, this.#ackedThrough, this.#lastSeq, this.#targetInc);
     if (applied > this.#lastSeq) this.#lastSeq = applied;
-    for (const req of this.#requests.values()) {
-      if (req.end > applied) break;
-      if (req.state !== 'acked') this.acknowledged(req);
-    }
+    this.#acknowledgeThrough(applied, Math.min(durable ?? 0, applied));
     if (durable !== undefined) this.#markDurable(Math.min(durable, applied));
     if (inc !== undefined && inc === this.#targetInc) return;
     this.#targetInc = inc;
@@ -1293,23 +1716,43 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#unacked++;
       this.queue.reinsert(skip);
     };
-    for (const req of this.#requests.values()) {
+    // the backlog's runs hold their seqs (all above `applied` by now): no hole there
+    let run = 0;
+    const passRuns = (before: number): void => {
+      for (; run < this.#backlog.runs; run++) {
+        const r = this.#backlog.run(run);
+        if (r.from >= before) break;
+        hole(next, r.from - 1);
+        next = Math.max(next, r.to + 1);
+      }
+    };
+    for (const req of this.#inOrder().values()) {
       if (req.end <= applied) {
         fresh.set(req.seq, req);
         continue;
       }
+      passRuns(req.seq);
       if (req.seq > next) hole(next, req.seq - 1);
       next = req.end + 1;
       fresh.set(req.seq, req);
       if (req.state !== 'acked') continue;
-      // the target may have lost it: send it again (a skip when its payload is gone)
-      if (req.data === undefined && req.kind !== 'zero') this.#toSkip(req);
+      // the target may have lost it: send it again — read back from the journal when only the journal
+      // knows it, a skip when its payload is gone
+      if (req.offset < 0) {
+        this.#setSpilled(req, true);
+        if (req.kind === 'write') this.#pendingBytes += req.length;
+      } else if (req.data === undefined && req.kind !== 'zero') {
+        this.#toSkip(req);
+      }
       req.state = 'queued';
       this.#unacked++;
       this.queue.reinsert(req);
     }
+    passRuns(Number.MAX_SAFE_INTEGER);
     hole(next, this.#lastSeq);
     this.#requests = fresh;
+    this.#unordered = false;
+    this.#requestsTop = Math.max(this.#requestsTop, this.#lastSeq);
     this.#ackedThrough = Math.min(this.#ackedThrough, applied);
     this.#advanceAcked();
     this.#updateState();
@@ -1318,7 +1761,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Fails waiting sync callers whose request is older than `timeout` ms (they stay queued). @internal */
   expireWaiters(now: number, timeout: number): void {
     const reject = this.#link.outagePolicy === 'suspend';
-    for (const req of this.#requests.values()) {
+    for (const req of this.#inOrder().values()) {
       if (req.onDone === undefined) continue;
       if (now - req.createdAt < timeout) break;
       this.#degrade(req, new BlockMirrorError('BM_ERR_TIMEOUT', `the mirror did not acknowledge seq ${req.seq} within ${timeout} ms`), reject);
@@ -1419,7 +1862,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.idle && this.#journalSuspended && this.#journal.size === 0) this.#journalSuspended = false;
     if (this.resyncing) this.#setState('inconsistent');
     else if (this.#needs.dirtyCount > 0) this.#setState('needs-resync');
-    else if (this.idle && this.#requests.size === 0 && this.#peerDisk === 'up-to-date') {
+    else if (this.idle && this.#requests.size === 0 && this.#backlog.count === 0 && this.#peerDisk === 'up-to-date') {
       this.#sweepRegions(0);
       this.#setState('in-sync');
     }
@@ -1450,7 +1893,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** The oldest `n` requests not acknowledged, as `kind#seq:state@slot` (diagnostics). @internal */
   describePending(n = 4): string[] {
     const out: string[] = [`lag=${this.#lagBytes}/${this.#lagWaiters.length}`, `lock=${this.#lock.size}`];
-    for (const req of this.#requests.values()) {
+    if (this.#backlog.count > 0) out.push(`journal-only ${this.#backlog.count} from #${this.#backlog.first} (${this.#backlog.runs} runs)`);
+    if (this.#readingBack !== undefined) out.push(`reading back from #${this.#readBackFrom}`);
+    const head = this.queue.peek();
+    if (head !== undefined) out.push(`head ${head.kind}#${head.seq}:${head.state}${this.#isQueued(head) ? '' : ':stale'}${head.spilled ? ':spilled' : ''}`);
+    out.push(`inflight=${this.#inflightCount} budget=${this.#link.payloadBudget.used}/${this.#link.payloadBudget.inFlight}/${this.#link.payloadBudget.limit}`);
+    for (const req of this.#inOrder().values()) {
       if (out.length >= n + 2) break;
       if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}`);
     }
@@ -1472,6 +1920,22 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return out;
   }
 
+  /**
+   * What this volume keeps in RAM for its pending requests (diagnostics and
+   * tests): request objects, journal-only requests and their runs, payload
+   * bytes held. @internal
+   */
+  describeMemory(): { requests: number; journalOnly: number; runs: number; queue: number; heldBytes: number; inFlightBytes: number } {
+    return {
+      requests: this.#requests.size + this.#flushes.size,
+      journalOnly: this.#backlog.count,
+      runs: this.#backlog.runs,
+      queue: this.queue.length,
+      heldBytes: this.#bufferedBytes,
+      inFlightBytes: this.#link.payloadBudget.inFlight,
+    };
+  }
+
   /** Every seq ≤ this is on the target's stable storage. */
   get durableSeq(): number {
     return this.#durableSeq;
@@ -1479,7 +1943,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** True when every acknowledged request is also durable on the target. */
   get durable(): boolean {
-    return this.#requests.size === 0;
+    return this.#requests.size === 0 && this.#backlog.count === 0;
   }
 
   /**
@@ -1489,14 +1953,25 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   makeDurable(): Promise<void> {
     this.#sweepRegions(REGION_HOLD_MS);
-    if (this.#localPending.length > 0 && !this.#closed) void this.#flushLocal().catch(() => undefined);
+    if ((this.#localPending.length > 0 || this.#unflushed.size > 0) && !this.#closed) void this.#flushLocal().catch(() => undefined);
     // nothing to make durable, and the target's image is known up-to-date (or cannot be declared so yet)
     const declare = this.#needs.dirtyCount === 0 && !this.resyncing && !this.#splitBrain;
-    if (this.#closed || (this.#requests.size === 0 && (this.#peerDisk === 'up-to-date' || !declare || !this.#link.up))) return Promise.resolve();
-    if (this.#durabilityFlush !== undefined) return this.#durabilityFlush;
-    const req = this.#request('flush', 0, 0, 0, undefined, false, this.#lastSeq);
+    const nothingPending = this.#requests.size === 0 && this.#backlog.count === 0;
+    if (this.#closed || (nothingPending && (this.#peerDisk === 'up-to-date' || !declare || !this.#link.up))) return Promise.resolve();
+    // Ordered after what is acknowledged, not after what waits (a long backlog being replayed): the
+    // acknowledged requests are forgotten as it goes, not at its end. It declares the target's image
+    // ours only when that is everything.
+    const barrier = this.#ackedThrough;
+    const declares = declare && barrier >= this.#lastSeq;
+    if (!nothingPending && barrier <= this.#durableSeq && !declares) return Promise.resolve();
+    // a flush in progress covers what was acknowledged when it was issued: a later one covers the rest
+    if (this.#durabilityFlush !== undefined) {
+      return this.#durabilityBarrier >= barrier ? this.#durabilityFlush : this.#durabilityFlush.then(() => this.makeDurable());
+    }
+    const req = this.#request('flush', 0, 0, 0, undefined, false, barrier);
+    this.#durabilityBarrier = barrier;
     // nothing is left to resync: once the target applied and flushed everything up to here, its image is ours
-    if (declare) req.upToDate = true;
+    if (declares) req.upToDate = true;
     const flushed = new Promise<void>((resolve) => {
       req.onDone = (outcome) => {
         this.#durabilityFlush = undefined;
@@ -1583,35 +2058,41 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.stream = stream.id;
     let recovered = 0;
     let recoveredBytes = 0;
+    let lastRecovered = 0;
     const started = this.#link.clock.now();
-    let remaining = 0;
-    const replayedOne = (): void => {
-      if (--remaining === 0) this.emit('replayed', { records: recovered, bytes: recoveredBytes, durationMs: this.#link.clock.now() - started });
-    };
+    let journalOnly = false;
     for await (const entry of journal.pending()) {
       const zero = entry.kind === 'zero';
-      // within the payload budget the record's data stays in RAM; past it, it is read back when sent
-      const keep = !zero && this.#link.payloadBudget.used + entry.length <= this.#link.payloadBudget.limit;
-      const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, keep ? entry.data : undefined, entry.fua, entry.seq - 1);
-      this.#setSpilled(req, !zero && !keep);
+      if (!stream.continued) this.markForResync(entry.offset, entry.length);
+      if (!zero) {
+        this.#pendingBytes += entry.length;
+        recoveredBytes += entry.length;
+      }
+      this.#unacked++;
+      recovered++;
+      lastRecovered = entry.seq;
+      // within the payload budget the record's data stays in RAM; past it, the rest stays in the journal only
+      // (read back when its turn comes)
+      journalOnly ||= !zero && this.#link.payloadBudget.used + entry.length > this.#link.payloadBudget.limit;
+      if (journalOnly) {
+        this.#backlog.add(entry.seq, zero ? 0 : entry.length, zero ? BACKLOG_ZERO : 0);
+        if (!zero) journal.recycle?.(entry.data);
+        continue;
+      }
+      const req = this.#request(entry.kind, entry.seq, entry.offset, entry.length, entry.data, entry.fua, entry.seq - 1);
       req.owned = true;
       req.journaled = true;
       req.journalDurable = true;
       // its local write belongs to the previous run: the bitmap still marks it if it was not durable
       req.localDurable = true;
-      this.#requests.set(req.seq, req);
-      this.#unacked++;
+      this.#adopt(req);
       this.#hold(req);
       if (req.held > 0) this.#spillable.add(req);
-      if (!zero) this.#pendingBytes += req.length;
       this.queue.push(req);
-      if (!stream.continued) this.markForResync(req.offset, req.length);
-      recovered++;
-      if (!zero) recoveredBytes += req.length;
       // journal replay: done once the target acknowledged every recovered request
-      remaining++;
-      req.onAck = replayedOne;
+      req.onAck = this.#replayedOne;
     }
+    if (recovered > 0) this.#replay = { through: lastRecovered, left: recovered, records: recovered, bytes: recoveredBytes, started };
     this.#lastSeq = Math.max(this.#lastSeq, journal.lastSeq, stream.continued ? stream.reserved : 0);
     this.#journaledSeq = this.#lastSeq;
     this.#completedSeq = this.#lastSeq;
@@ -1762,6 +2243,13 @@ interface RegionUse {
   uncovered: number;
   /** Clock time of its last write. */
   lastWritten: number;
+}
+
+/** A journal record read back is not the request the volume left there. */
+function notLeftThere(name: string, seq: number): BlockMirrorError {
+  return new BlockMirrorError('BM_ERR_IO', `volume ${name}: journal record seq ${seq} is not the request that was left in the journal`, {
+    details: { volume: name, seq },
+  });
 }
 
 function closedError(name: string): BlockMirrorError {

@@ -40,7 +40,7 @@ import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSe
 const log = createDebug('blockmirror:primary');
 
 /** Default {@link PrimaryOptions.maxBufferedBytes}. */
-export const DEFAULT_MAX_BUFFERED = 64 * 1024 * 1024;
+export const DEFAULT_MAX_BUFFERED = 16 * 1024 * 1024;
 
 /** A volume the primary serves. */
 export interface PrimaryVolumeConfig {
@@ -179,19 +179,30 @@ export interface PrimaryOptions {
    */
   durableDelay?: number;
   /**
-   * The payload budget: bytes of write payloads that the primary's queued and
-   * unacknowledged requests may hold in RAM, all volumes together (default
-   * 64 MiB). Past it, a request the journal holds drops its RAM copy and is
-   * read back from the journal when its turn to be sent comes; a request the
-   * journal cannot take becomes a region of the dirty bitmap, copied later by
-   * a resync. Requests in flight keep their payload (bounded by the window).
+   * The payload budget: bytes of write payloads that the primary's requests
+   * may hold in RAM, queued and in flight, all volumes together (default
+   * 16 MiB, {@link DEFAULT_MAX_BUFFERED}). Past it, a request the journal holds
+   * drops its RAM copy (an async write past it is journaled from the caller's
+   * buffer and not copied at all) and is read back from the journal when its
+   * turn to be sent comes, as the budget has room again; a request the journal
+   * cannot take becomes a region of the dirty bitmap, copied later by a
+   * resync. Payloads in flight count: whatever the window, a write is not
+   * sent while it would take the payloads in flight past the budget (a
+   * resend, or a write a caller waits for, goes anyway). Beyond it, RAM
+   * holds only what no budget can refuse: the buffers of callers still
+   * waiting for their write (sync writes; an async write until its journal
+   * append completed), resync copies, and one request per volume read back
+   * to make progress.
    */
   maxBufferedBytes?: number;
   /**
    * Async volumes: when this many bytes wait for the target's acknowledgement
    * while the link is up, new writes wait (back-pressure), so the mirror lags
    * by a bounded amount instead of filling the journal. 0 = no limit. Default
-   * 64 MiB. While the link is down writes never wait.
+   * 16 MiB, the default payload budget ({@link DEFAULT_MAX_BUFFERED}): with
+   * the default limits what an async volume has waiting fits the budget, so
+   * nothing goes to the journal only to be read back while the link is up.
+   * While the link is down writes never wait.
    */
   maxAsyncLag?: number;
 }
@@ -397,9 +408,9 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
       outagePolicy,
-      maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? 64 * 1024 * 1024, 'maxAsyncLag'),
+      maxAsyncLag: nonNegativeInt(options.maxAsyncLag ?? DEFAULT_MAX_BUFFERED, 'maxAsyncLag'),
       durableDelay: nonNegativeInt(options.durableDelay ?? 20, 'durableDelay'),
-      payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes') },
+      payloadBudget: { used: 0, limit: positiveInt(options.maxBufferedBytes ?? DEFAULT_MAX_BUFFERED, 'maxBufferedBytes'), inFlight: 0 },
       maxPayload: this.#limits.maxPayloadLength,
     };
 
@@ -928,11 +939,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#pumping = true;
     try {
       const volumes = this.#mirrored;
+      const budget = this.#link_.payloadBudget;
       for (;;) {
         let sent = false;
         for (const volume of volumes) {
           const req = volume.nextToSend();
           if (req === undefined) continue;
+          // payloads in flight stay within the payload budget (a resend goes anyway, as past the window;
+          // so does a write a caller waits for: its bytes are in RAM whether it is sent or not)
+          if (req.kind === 'write' && !req.resend && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;

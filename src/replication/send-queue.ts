@@ -18,7 +18,7 @@ export class SendQueue {
   /** Appends `req`, or puts it at its place when it sorts before the last one (a probe with an older barrier). */
   push(req: MirrorRequest): void {
     const last = this.#items.length > this.#head ? this.#items[this.#items.length - 1] : undefined;
-    if (last !== undefined && order(req) < order(last)) this.reinsert(req);
+    if (last !== undefined && sendOrder(req) < sendOrder(last)) this.reinsert(req);
     else this.#items.push(req);
   }
 
@@ -38,15 +38,46 @@ export class SendQueue {
   /** Puts `req` back before the first queued request that comes after it (flushes stay behind their barrier). */
   reinsert(req: MirrorRequest): void {
     this.#compact();
-    const key = order(req);
+    const key = sendOrder(req);
     let lo = 0;
     let hi = this.#items.length;
     while (lo < hi) {
       const mid = (lo + hi) >> 1;
-      if (order(this.#items[mid]!) <= key) lo = mid + 1;
+      if (sendOrder(this.#items[mid]!) <= key) lo = mid + 1;
       else hi = mid;
     }
     this.#items.splice(lo, 0, req);
+  }
+
+  /**
+   * Inserts requests (sorted by their send order) at their places, with one
+   * merge: the requests read back from the journal in one batch.
+   */
+  insertSorted(reqs: readonly MirrorRequest[]): void {
+    if (reqs.length === 0) return;
+    const items = this.#items;
+    const last = items.length > this.#head ? items[items.length - 1]! : undefined;
+    if (last === undefined || sendOrder(reqs[0]!) >= sendOrder(last)) {
+      for (const req of reqs) items.push(req);
+      return;
+    }
+    const merged: MirrorRequest[] = [];
+    let k = 0;
+    for (let i = this.#head; i < items.length; i++) {
+      const item = items[i]!;
+      const key = sendOrder(item);
+      while (k < reqs.length && sendOrder(reqs[k]!) < key) merged.push(reqs[k++]!);
+      merged.push(item);
+    }
+    while (k < reqs.length) merged.push(reqs[k++]!);
+    this.#items = merged;
+    this.#head = 0;
+  }
+
+  /** Keeps only the requests `keep` accepts (drops, in one pass, requests their volume no longer owns). */
+  prune(keep: (req: MirrorRequest) => boolean): void {
+    this.#items = this.#items.slice(this.#head).filter(keep);
+    this.#head = 0;
   }
 
   #compact(): void {
@@ -57,6 +88,6 @@ export class SendQueue {
 }
 
 /** Sort key: requests with a seq by seq; a probe (flush, hash) right after the requests its barrier covers. */
-function order(req: MirrorRequest): number {
+export function sendOrder(req: MirrorRequest): number {
   return req.kind === 'flush' || req.kind === 'hash' ? req.barrier + 0.5 : req.seq;
 }

@@ -11,7 +11,7 @@ import { isBlockMirrorError } from '../../src/errors.js';
 import type { ErrorCode } from '../../src/errors.js';
 import { FileJournal } from '../../src/journal/file-journal.js';
 import type { FileJournalOptions } from '../../src/journal/file-journal.js';
-import type { JournalEntry } from '../../src/journal/journal.js';
+import type { JournalEntry, PendingJournalEntry } from '../../src/journal/journal.js';
 import {
   ALIGN,
   FLAG_ZERO,
@@ -22,7 +22,7 @@ import {
   decodeRecordHeader,
   recordBytes,
 } from '../../src/journal/record-format.js';
-import { assertEntries, collect, makeEntry, makeZero, payloadOf } from './helpers.js';
+import { assertEntries, collect, makeEntry, makeZero, payloadOf, prng } from './helpers.js';
 import { journalSuite } from './journal-suite.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'bm-journal-'));
@@ -276,6 +276,89 @@ describe('FileJournal', () => {
     await rejectsWith(collect(journal), 'BM_ERR_IO');
     assertEntries(await collect(journal, 2), entries.slice(2));
     await journal.close();
+  });
+
+  it('pending() refuses with BM_ERR_IO a write record replaced after recovery by another valid one (same seq and length, new offset and data, CRC fixed up)', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 16 * 1024 });
+    const entries: JournalEntry[] = [makeEntry(1, 700), makeEntry(2, 300), makeEntry(3, 10)];
+    await appendAll(journal, entries);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    const file = readFileSync(path);
+    const at = findRecord(path, 2);
+    file.writeUInt32LE(777 * 4096, at + 32); // the volume offset
+    file[at + RECORD_HEADER_BYTES] = (file[at + RECORD_HEADER_BYTES] as number) ^ 0xff;
+    const payload = file.subarray(at + RECORD_HEADER_BYTES, at + RECORD_HEADER_BYTES + 300);
+    file.writeUInt32LE(crc32(payload, crc32(file.subarray(at, at + 44))), at + 44);
+    writeFileSync(path, file);
+    await rejectsWith(collect(journal), 'BM_ERR_IO');
+    assertEntries(await collect(journal, 2), entries.slice(2));
+    await journal.close();
+  });
+
+  it('recycle(): pending() reads later records into the memory of recycled entries, and never into bytes still in use', async () => {
+    const path = freshPath();
+    let journal = await FileJournal.open(path, { capacityBytes: 4 * 1024 * 1024, fsync: 'none' });
+    // 60 KiB records: about 16 per read of 1 MiB
+    const entries = Array.from({ length: 64 }, (_, i) => makeEntry(i + 1, 60 * 1024));
+    await appendAll(journal, entries);
+    await journal.close();
+    journal = await FileJournal.open(path);
+    // keep the first 16 entries (in use), recycle every other one as soon as it is yielded
+    const kept: PendingJournalEntry[] = [];
+    const keptCopies: Buffer[] = [];
+    const seen: PendingJournalEntry[] = [];
+    const memoryOf = new Map<ArrayBufferLike, number[]>();
+    for await (const entry of journal.pending()) {
+      seen.push({ ...entry, data: Buffer.from(entry.data) });
+      memoryOf.set(entry.data.buffer, [...(memoryOf.get(entry.data.buffer) ?? []), entry.seq]);
+      if (entry.seq <= 16) {
+        kept.push(entry);
+        keptCopies.push(Buffer.from(entry.data));
+      } else {
+        journal.recycle(entry.data);
+      }
+    }
+    assertEntries(seen, entries);
+    const shared = [...memoryOf.values()].filter((seqs) => seqs.length > 16);
+    assert.ok(shared.length > 0, 'later reads went into recycled memory');
+    const keptMemory = memoryOf.get(kept[0]!.data.buffer)!;
+    assert.ok(keptMemory.every((seq) => seq <= 16), `the memory of entries in use held no other read (${keptMemory.join(',')})`);
+    kept.forEach((entry, i) => assert.ok(entry.data.equals(keptCopies[i]!), `entry ${entry.seq} still in use is intact`));
+    // a buffer pending() did not yield is ignored
+    journal.recycle(Buffer.alloc(64 * 1024));
+    assertEntries(await collect(journal), entries);
+    kept.forEach((entry, i) => assert.ok(entry.data.equals(keptCopies[i]!), `entry ${entry.seq} still in use is intact`));
+    await journal.close();
+  });
+
+  it('SPEC 14/16/19: thousands of records around the ring several times, released out of order: pending() and a reopen replay exactly the unreleased ones', async () => {
+    const path = freshPath();
+    const journal = await FileJournal.open(path, { capacityBytes: 256 * 1024, fsync: 'none', checkpointEvery: 7 });
+    const random = prng(11);
+    const live = new Map<number, JournalEntry>();
+    for (let seq = 1; seq <= 6000; seq++) {
+      const entry = seq % 5 === 0 ? makeZero(seq, 4096 * seq) : makeEntry(seq, 1 + Math.floor(random() * 1500));
+      // make room: release the oldest live records, some younger ones first (out of order)
+      while (journal.stats().usedBytes + recordBytes(payloadOf(entry) || ZERO_PAYLOAD_BYTES) > 256 * 1024 - 4 * ALIGN) {
+        const keys = [...live.keys()];
+        const victim = keys[random() < 0.3 && keys.length > 3 ? 2 : 0]!;
+        journal.release(victim);
+        live.delete(victim);
+      }
+      await journal.append(entry);
+      live.set(seq, entry);
+      if (seq % 997 === 0) assertEntries(await collect(journal), [...live.values()]);
+    }
+    assertEntries(await collect(journal), [...live.values()]);
+    const middle = [...live.keys()][Math.floor(live.size / 2)]!;
+    assertEntries(await collect(journal, middle), [...live.values()].filter((e) => e.seq > middle));
+    await journal.close();
+    const reopened = await FileJournal.open(path);
+    assert.equal(reopened.size, live.size);
+    assertEntries(await collect(reopened), [...live.values()]);
+    await reopened.close();
   });
 
   it('SPEC 16: stale records of an earlier life after the recovered head are not replayed (epochs)', async () => {

@@ -795,12 +795,14 @@ export class Simulation {
     }
     if (primary !== undefined) {
       const c = this.config;
-      // the payload budget, plus what requests in flight and callers' sync writes may hold beyond it
+      // The payload budget (requests in flight included), plus what it cannot refuse: the writes of callers
+      // still waiting (a sync write's buffer, an async write until its journal append completed), resync
+      // copies, and per volume one request read back to make progress.
       const write = c.maxWriteBlocks * c.blockSize;
-      const budget = c.maxBufferedBytes + c.connections * c.maxInFlightPerConnection * Math.max(write, c.regionSize) + c.concurrency * write + c.regionSize * c.resyncConcurrency * c.volumes.length;
+      const budget = c.maxBufferedBytes + c.concurrency * write + c.regionSize * c.resyncConcurrency * c.volumes.length + c.volumes.length * Math.max(write, c.regionSize);
       const held = primary.volumes.reduce((sum, v) => sum + v.status().bufferedBytes, 0);
       if (held > budget) {
-        this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + requests in flight) ${JSON.stringify(primary.volumes.map((v) => v.describeHeld()))}`);
+        this.#violate('I7-memory-budget', `${held} payload bytes held in RAM with the link ${primary.link} (budget ${budget}: maxBufferedBytes ${c.maxBufferedBytes} + callers' writes, resync copies, one read-back per volume) ${JSON.stringify(primary.volumes.map((v) => v.describeHeld()))}`);
       }
     }
   }
