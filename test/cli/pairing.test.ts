@@ -79,6 +79,8 @@ describe('issue 12: pairing, disk states and lineage with real processes', () =>
 
     // the mirror adopts the primary's lineage as an inconsistent image: a sync is owed
     await mirror.proc.waitForLine(/^volume v disk inconsistent \(was unknown\)$/);
+    // and the primary has heard so (the mirror prints its line before the primary reads the answer)
+    await primary.proc.waitForLine(/^volume v peer disk inconsistent /);
     const during = await volumeStatus(primary.admin);
     assert.equal(during.inSync, false, 'the primary does not claim in-sync while the mirror lacks its data');
     assert.notEqual(during.state, 'in-sync');
