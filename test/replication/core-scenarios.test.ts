@@ -27,7 +27,7 @@ const KiB = 1024;
 const P = '10.11.0.1';
 const T = '10.11.0.2';
 /** Link timers at millisecond scale (as in outage.test.ts). */
-const LINK = { heartbeatInterval: 10, staleAfter: 60, probation: 30 };
+const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 40 }; // stale time well above an event-loop stall of a loaded machine
 
 /**
  * Waits, on the primary's events only, until `cond` holds. A core that never

@@ -27,7 +27,7 @@ import { cutOff } from '../helpers/network.js';
 const KiB = 1024;
 const P = '10.12.0.1';
 const T = '10.12.0.2';
-const LINK = { heartbeatInterval: 10, staleAfter: 60, probation: 30 };
+const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 40 }; // stale time well above an event-loop stall of a loaded machine
 const BOUNDED = { timeout: Number(process.env.BOUND ?? 30_000) };
 
 async function waitFor(emitter: Primary, cond: () => boolean): Promise<void> {

@@ -10,7 +10,7 @@ import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 
 const SIZE = 4 << 20;
 /** Link timers at millisecond scale; the state machine's timing itself is tested in virtual time (test/link). */
-const LINK = { heartbeatInterval: 10, staleAfter: 80, probation: 50 };
+const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 50 }; // stale time well above an event-loop stall of a loaded machine
 
 async function until(primary: { link: LinkState; on(e: 'link', l: (s: LinkState) => void): unknown; off(e: 'link', l: (s: LinkState) => void): unknown }, state: LinkState): Promise<void> {
   if (primary.link === state) return;
