@@ -133,8 +133,14 @@ export interface FileJournalStats extends JournalStats {
 export const DEFAULT_JOURNAL_CAPACITY = 256 * 1024 * 1024;
 const MIN_CAPACITY = 4096;
 const READ_CHUNK = 1024 * 1024;
+/**
+ * `pending()` reads runs of consecutive records of up to this many bytes with
+ * one read. Smaller than the recovery's reads: the payloads yielded share the
+ * read buffer, which stays in memory while any of them is in use.
+ */
+const PENDING_READ_CHUNK = 256 * 1024;
 /** Read buffers given back by `recycle()` kept for later reads, in bytes at most (dropped when a read finds nothing more). */
-const SPARE_READ_BYTES = 8 * 1024 * 1024;
+const SPARE_READ_BYTES = 32 * 1024 * 1024;
 /** Read buffers are allocated in multiples of this (so that one fits later reads of about its size). */
 const READ_SLAB = 64 * 1024;
 
@@ -1117,7 +1123,7 @@ export class FileJournal implements Journal {
         const dataLength = records.get(j, COL_DATA);
         const nextEnd = recordAbs + RECORD_HEADER_BYTES + dataLength;
         const nextEndAbs = rowEndAbs(records, j);
-        if (nextEnd - startAbs > READ_CHUNK || Math.floor(startAbs / this.#ring) !== Math.floor((nextEndAbs - 1) / this.#ring)) break;
+        if (nextEnd - startAbs > PENDING_READ_CHUNK || Math.floor(startAbs / this.#ring) !== Math.floor((nextEndAbs - 1) / this.#ring)) break;
         seqs.push(records.get(j, COL_SEQ));
         positions.push(recordAbs);
         lengths.push(dataLength);

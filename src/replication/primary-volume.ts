@@ -28,6 +28,8 @@ const log = createDebug('blockmirror:volume');
 
 /** A covered region keeps its write-intent bit until it was not written for this long (ms), unless the volume goes idle. */
 const REGION_HOLD_MS = 2000;
+/** Acknowledged requests waiting for the target's durability past which the volume asks for it at once. */
+const ACKED_FLUSH_COUNT = 1024;
 /** At most this many requests are read back from the journal at a time (whatever their payload). */
 const READ_BACK_MAX_REQUESTS = 4096;
 /**
@@ -1156,6 +1158,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       req.lag = 0;
     }
     this.#advanceAcked();
+    // many acknowledged requests wait for the target's durability (a backlog replayed fast): ask for it
+    // now rather than at the next `durableInterval`, so that they are forgotten sooner
+    if (this.#durabilityFlush === undefined && this.#requests.size - (this.#unacked - this.#backlog.count) >= ACKED_FLUSH_COUNT && this.#link.up) {
+      void this.makeDurable();
+    }
     const done = req.onDone;
     req.onDone = undefined;
     if (done !== undefined) done({ ok: true });

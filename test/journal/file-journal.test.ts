@@ -300,7 +300,7 @@ describe('FileJournal', () => {
   it('recycle(): pending() reads later records into the memory of recycled entries, and never into bytes still in use', async () => {
     const path = freshPath();
     let journal = await FileJournal.open(path, { capacityBytes: 4 * 1024 * 1024, fsync: 'none' });
-    // 60 KiB records: about 16 per read of 1 MiB
+    // 60 KiB records: a read (at most 1 MiB) holds at most 16 of them, so a buffer that held more was reused
     const entries = Array.from({ length: 64 }, (_, i) => makeEntry(i + 1, 60 * 1024));
     await appendAll(journal, entries);
     await journal.close();
