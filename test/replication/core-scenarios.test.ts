@@ -3,6 +3,7 @@
  * replication code on the in-memory network (no sleeps: every wait is on an
  * event or a state), asserting the fixed behaviour.
  */
+import { WrappedDevice } from '../helpers/wrapped-device.js';
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, rm } from 'node:fs/promises';
@@ -378,34 +379,21 @@ class Gate {
 }
 
 /** A memory device whose flushes can be held at a gate. */
-class FlushGatedDevice implements BlockDevice {
-  readonly inner = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+class FlushGatedDevice extends WrappedDevice {
   readonly flushGate = new Gate();
   flushes = 0;
-  get size(): number {
-    return this.inner.size;
-  }
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
-  get supports(): BlockDevice['supports'] {
-    return this.inner.supports;
-  }
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.inner.read(offset, length);
-  }
   writes = 0;
-  async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+  constructor() {
+    super(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  }
+  override async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     await this.inner.write(offset, data, options);
     this.writes++;
   }
-  async flush(): Promise<void> {
+  override async flush(): Promise<void> {
     await this.flushGate.wait();
     await this.inner.flush();
     this.flushes++;
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 

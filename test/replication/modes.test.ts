@@ -1,9 +1,10 @@
+import { WrappedDevice } from '../helpers/wrapped-device.js';
 import { test } from 'node:test';
 import { onceEvent as once } from '../helpers/events.js';
 import assert from 'node:assert/strict';
 
 import { MemoryBlockDevice } from '../../src/device/memory-device.js';
-import type { BlockDevice, WriteOptions } from '../../src/device/block-device.js';
+import type { WriteOptions } from '../../src/device/block-device.js';
 import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
@@ -222,37 +223,21 @@ test('async back-pressure: with maxAsyncLag, writes wait while that many bytes w
 });
 
 /** A target device whose writes wait until the test lets them through, one at a time. */
-class SteppedDevice implements BlockDevice {
-  readonly inner = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+class SteppedDevice extends WrappedDevice {
   readonly #held: Array<() => void> = [];
-  get size(): number {
-    return this.inner.size;
-  }
-  get blockSize(): number {
-    return this.inner.blockSize;
-  }
-  get supports(): BlockDevice['supports'] {
-    return this.inner.supports;
+  constructor() {
+    super(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
   }
   get held(): number {
     return this.#held.length;
   }
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.inner.read(offset, length);
-  }
-  async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
+  override async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {
     await new Promise<void>((resolve) => this.#held.push(resolve));
     await this.inner.write(offset, data, options);
   }
   /** Lets the oldest held write through. */
   step(): void {
     this.#held.shift()?.();
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 
