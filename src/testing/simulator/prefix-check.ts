@@ -47,52 +47,24 @@ function intersect(a: Interval[], b: Interval[]): Interval[] {
  * the image's; the answer is the intersection over all blocks.
  */
 export function prefixPoint(base: Buffer, image: Buffer, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
-  const blocks = Array.from({ length: image.length / blockSize }, (_, i) => i);
-  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
-  return prefixPointOver(blocks, at(base), at(image), history, blockSize, fromSeq, false);
+  return prefixPointOver(denseBlocks(base, image, blockSize), history, blockSize, fromSeq);
 }
 
 /**
  * {@link prefixPoint} for sparse images (block index → content; a missing
- * block is zeroes), e.g. volumes of many GiB: only the blocks that are
- * non-zero in either image or written with data by the history are looked
- * at (every other block is zero before, after and in every zeroing).
+ * block is zeroes), e.g. volumes of many GiB: see {@link sparseBlocks}.
  */
 export function prefixPointSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
-  const set = new Set<number>([...base.keys(), ...image.keys()]);
-  for (const w of history) {
-    if (w.data === undefined || w.seq <= fromSeq) continue;
-    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
-  }
-  const zero = Buffer.alloc(blockSize);
-  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
-  return prefixPointOver([...set].sort((x, y) => x - y), at(base), at(image), history, blockSize, fromSeq, true);
+  return prefixPointOver(sparseBlocks(base, image, history.filter((w) => w.seq > fromSeq), blockSize), history, blockSize, fromSeq);
 }
 
-function prefixPointOver(
-  blocks: readonly number[],
-  baseAt: (block: number) => Buffer,
-  imageAt: (block: number) => Buffer,
-  history: readonly HistoryWrite[],
-  blockSize: number,
-  fromSeq: number,
-  sparse: boolean,
-): PrefixResult {
-  const wanted = sparse ? new Set(blocks) : undefined;
+function prefixPointOver(blocks: BlockView, history: readonly HistoryWrite[], blockSize: number, fromSeq: number): PrefixResult {
+  const { baseAt, imageAt } = blocks;
   const writes = [...history].filter((w) => w.seq > fromSeq).sort((a, b) => a.seq - b.seq);
   const perBlock = new Map<number, HistoryWrite[]>();
-  for (const w of writes) {
-    const first = Math.floor(w.offset / blockSize);
-    const last = Math.floor((w.offset + w.length - 1) / blockSize);
-    if (wanted !== undefined && last - first + 1 > wanted.size) {
-      // a long zeroing: only the blocks looked at matter
-      for (const b of wanted) if (b >= first && b <= last) addTo(perBlock, b, w);
-      continue;
-    }
-    for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) addTo(perBlock, b, w);
-  }
+  for (const w of writes) forEachBlock(w, blocks, blockSize, (b) => addTo(perBlock, b, w));
   let allowed: Interval[] = [[fromSeq, Number.POSITIVE_INFINITY]];
-  for (const b of blocks) {
+  for (const b of blocks.list) {
     const start = b * blockSize;
     const got = imageAt(b);
     const list = perBlock.get(b);
@@ -187,64 +159,35 @@ export interface CutResult {
  * match (their block value is not modelled).
  */
 export function consistentCut(base: Buffer, image: Buffer, history: readonly ObservedWrite[], blockSize: number): CutResult {
-  const blocks = Array.from({ length: image.length / blockSize }, (_, i) => i);
-  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
-  return consistentCutOver(blocks, at(base), at(image), history, blockSize, false);
+  return consistentCutOver(denseBlocks(base, image, blockSize), history, blockSize);
 }
 
 /**
  * {@link consistentCut} for sparse images (block index → content; a missing
- * block is zeroes), e.g. volumes of many GiB: only the blocks that are
- * non-zero in either image or written with data by the history are looked
- * at (every other block is zero before, after and in every zeroing, so it
- * constrains nothing).
+ * block is zeroes), e.g. volumes of many GiB: see {@link sparseBlocks}.
  */
 export function consistentCutSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly ObservedWrite[], blockSize: number): CutResult {
-  const set = new Set<number>([...base.keys(), ...image.keys()]);
-  for (const w of history) {
-    if (w.data === undefined || w.length <= 0) continue;
-    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
-  }
-  const zero = Buffer.alloc(blockSize);
-  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
-  return consistentCutOver([...set].sort((x, y) => x - y), at(base), at(image), history, blockSize, true);
+  return consistentCutOver(sparseBlocks(base, image, history, blockSize), history, blockSize);
 }
 
-function consistentCutOver(
-  blockList: readonly number[],
-  baseAt: (block: number) => Buffer,
-  imageAt: (block: number) => Buffer,
-  history: readonly ObservedWrite[],
-  blockSize: number,
-  sparse: boolean,
-): CutResult {
+function consistentCutOver(blocks: BlockView, history: readonly ObservedWrite[], blockSize: number): CutResult {
+  const { baseAt, imageAt } = blocks;
   const n = history.length;
-  const wanted = sparse ? new Set(blockList) : undefined;
   // per block: indexes of the writes covering it, in the primary's order
   const perBlock = new Map<number, number[]>();
-  const cover = (b: number, i: number): void => {
-    let list = perBlock.get(b);
-    if (list === undefined) perBlock.set(b, (list = []));
-    list.push(i);
-  };
   for (let i = 0; i < n; i++) {
-    const w = history[i]!;
-    if (w.length <= 0) continue;
-    const first = Math.floor(w.offset / blockSize);
-    const last = Math.floor((w.offset + w.length - 1) / blockSize);
-    if (wanted !== undefined && last - first + 1 > wanted.size) {
-      // a long zeroing: only the blocks looked at matter
-      for (const b of wanted) if (b >= first && b <= last) cover(b, i);
-      continue;
-    }
-    for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) cover(b, i);
+    forEachBlock(history[i]!, blocks, blockSize, (b) => {
+      let list = perBlock.get(b);
+      if (list === undefined) perBlock.set(b, (list = []));
+      list.push(i);
+    });
   }
   const before = (a: number, b: number): number => history[a]!.seq - history[b]!.seq || (history[a]!.part ?? 0) - (history[b]!.part ?? 0);
   // position (1-based) of each write in the list of each block it covers
   const positions: Array<Array<[block: number, pos: number]>> = Array.from({ length: n }, () => []);
   // per block: for each prefix length m (0…k), whether it gives the image's value
   const allowed = new Map<number, boolean[]>();
-  for (const b of blockList) {
+  for (const b of blocks.list) {
     const start = b * blockSize;
     const got = imageAt(b);
     const list = perBlock.get(b);
@@ -318,6 +261,52 @@ function consistentCutOver(
   const applied: number[] = [];
   for (let i = 0; i < n; i++) if (inSet[i]) applied.push(i);
   return { ok: true, applied };
+}
+
+/** The blocks a check looks at, and their content in the base and the image. */
+interface BlockView {
+  /** Block indexes, ascending. */
+  list: readonly number[];
+  /** For a sparse view: the same blocks as a set (every other block is left out). */
+  wanted: ReadonlySet<number> | undefined;
+  baseAt(block: number): Buffer;
+  imageAt(block: number): Buffer;
+}
+
+/** Every block of two whole images. */
+function denseBlocks(base: Buffer, image: Buffer, blockSize: number): BlockView {
+  const at = (buf: Buffer) => (b: number) => buf.subarray(b * blockSize, (b + 1) * blockSize);
+  return { list: Array.from({ length: image.length / blockSize }, (_, i) => i), wanted: undefined, baseAt: at(base), imageAt: at(image) };
+}
+
+/**
+ * Sparse images (block index → content; a missing block is zeroes): only the
+ * blocks that are non-zero in either image or written with data by `history`
+ * are looked at. Every other block is zero before, after and in every
+ * zeroing, so it constrains nothing.
+ */
+function sparseBlocks(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly HistoryWrite[], blockSize: number): BlockView {
+  const set = new Set<number>([...base.keys(), ...image.keys()]);
+  for (const w of history) {
+    if (w.data === undefined || w.length <= 0) continue;
+    for (let b = Math.floor(w.offset / blockSize); b <= Math.floor((w.offset + w.length - 1) / blockSize); b++) set.add(b);
+  }
+  const zero = Buffer.alloc(blockSize);
+  const at = (m: ReadonlyMap<number, Buffer>) => (b: number) => m.get(b) ?? zero;
+  return { list: [...set].sort((x, y) => x - y), wanted: set, baseAt: at(base), imageAt: at(image) };
+}
+
+/** Calls `fn` for each block of `blocks` that `w` covers (a long zeroing of a sparse view: only the blocks looked at). */
+function forEachBlock(w: HistoryWrite, blocks: BlockView, blockSize: number, fn: (block: number) => void): void {
+  if (w.length <= 0) return;
+  const first = Math.floor(w.offset / blockSize);
+  const last = Math.floor((w.offset + w.length - 1) / blockSize);
+  const wanted = blocks.wanted;
+  if (wanted !== undefined && last - first + 1 > wanted.size) {
+    for (const b of wanted) if (b >= first && b <= last) fn(b);
+    return;
+  }
+  for (let b = first; b <= last; b++) if (wanted === undefined || wanted.has(b)) fn(b);
 }
 
 const ZERO_BLOCKS = new Map<number, Buffer>();
