@@ -27,7 +27,7 @@ import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
 import { TransportView, type Revocable } from './fences.js';
 import { MemoryFileSystem } from './memory-fs.js';
 import { Rng } from './rng.js';
-import { VirtualTime } from './virtual-time.js';
+import { ScheduledActions, VirtualTime } from './virtual-time.js';
 import type { InvariantId, SimulationResult, Violation } from './simulation.js';
 import type { StopKind } from './nodes.js';
 
@@ -357,7 +357,7 @@ export class CycleSimulation {
   readonly #onTrace: ((line: string) => void) | undefined;
   readonly #faultsOverridden: boolean;
   readonly #faultsInjected = new Set<CycleFaultKind>();
-  readonly #timers = new Set<unknown>();
+  readonly #actions = new ScheduledActions(this.vt, (error: unknown) => this.#log(`timer action failed: ${String(error)}`));
   /** Freeze images of the source by freeze number, per volume (0: the initial, zeroed image). */
   readonly #freezes = new Map<number, Map<string, ImageModel>>();
   /** Per volume: what the next freeze builds on (the previous freeze, or what a restart found in the active layer). */
@@ -450,32 +450,6 @@ export class CycleSimulation {
     this.#log(`VIOLATION ${invariant}: ${message}`);
   }
 
-  async #drive<T>(p: Promise<T>, timeout = 10_000): Promise<{ value?: T; error?: unknown; done: boolean }> {
-    const out: { value?: T; error?: unknown; done: boolean } = { done: false };
-    p.then(
-      (value) => {
-        out.value = value;
-        out.done = true;
-      },
-      (error: unknown) => {
-        out.error = error;
-        out.done = true;
-      },
-    );
-    await this.vt.runUntilTrue(() => out.done, timeout);
-    return out;
-  }
-
-  #later(ms: number, fn: () => void | Promise<void>): void {
-    const handle = this.vt.setTimeout(() => {
-      this.#timers.delete(handle);
-      if (this.#stopped) return;
-      void Promise.resolve()
-        .then(fn)
-        .catch((error: unknown) => this.#log(`timer action failed: ${String(error)}`));
-    }, ms);
-    this.#timers.add(handle);
-  }
 
   #linkDelay = (): number => 1 + this.#net.int(0, 2);
 
@@ -484,13 +458,13 @@ export class CycleSimulation {
   async #startSource(): Promise<void> {
     const node = this.#source;
     if (node.running) return;
-    const r = await this.#drive(node.start());
+    const r = await this.vt.drive(node.start());
     if (!r.done || r.error !== undefined || r.value === undefined) {
       this.#log(`source start failed: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
       node.abortStart();
       if (r.value !== undefined) void r.value.close();
       node.source = undefined;
-      if (!this.#finishing) this.#later(200, () => this.#startSource());
+      if (!this.#finishing) this.#actions.later(200, () => this.#startSource());
       return;
     }
     const source = r.value;
@@ -534,12 +508,12 @@ export class CycleSimulation {
 
   async #startTarget(t: TargetNodeC): Promise<void> {
     if (t.running) return;
-    const r = await this.#drive(t.start());
+    const r = await this.vt.drive(t.start());
     if (!r.done || r.error !== undefined || r.value === undefined) {
       this.#log(`${t.host} start failed: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
       t.abortStart();
       t.target = undefined;
-      if (!this.#finishing) this.#later(200, () => this.#startTarget(t));
+      if (!this.#finishing) this.#actions.later(200, () => this.#startTarget(t));
       return;
     }
     const target = r.value;
@@ -571,13 +545,13 @@ export class CycleSimulation {
       w.status = 'failed';
       this.#inflight.delete(w);
     }
-    await this.#drive(this.#source.stop(kind), 3000);
+    await this.vt.drive(this.#source.stop(kind), 3000);
     this.#log(`source stopped (${kind})`);
   }
 
   async #stopTarget(t: TargetNodeC, kind: StopKind): Promise<void> {
     if (!t.running) return;
-    await this.#drive(t.stop(kind), 3000);
+    await this.vt.drive(t.stop(kind), 3000);
     this.#log(`${t.host} stopped (${kind})`);
   }
 
@@ -774,7 +748,7 @@ export class CycleSimulation {
         this.network.partition(SOURCE_HOST, target.host);
         this.#partitioned.add(target.host);
         if (hard) for (const l of this.#links(target.host)) l.cut();
-        this.#later(ms, () => this.#heal(target.host));
+        this.#actions.later(ms, () => this.#heal(target.host));
         return;
       }
       case 'delay': {
@@ -792,7 +766,7 @@ export class CycleSimulation {
         const ms = this.#sched.int(0, 800);
         this.#log(`step ${step}: ${action}, restart in ${ms} ms`);
         await this.#stopSource(action === 'source-kill' ? 'kill' : 'power-loss');
-        this.#later(ms, () => this.#startSource());
+        this.#actions.later(ms, () => this.#startSource());
         return;
       }
       case 'source-restart':
@@ -807,7 +781,7 @@ export class CycleSimulation {
         const ms = this.#sched.int(0, 800);
         this.#log(`step ${step}: ${target.host} ${action === 'target-kill' ? 'kill' : 'power loss'}, restart in ${ms} ms`);
         await this.#stopTarget(target, action === 'target-kill' ? 'kill' : 'power-loss');
-        this.#later(ms, () => this.#startTarget(target));
+        this.#actions.later(ms, () => this.#startTarget(target));
         return;
       }
       case 'target-restart':
@@ -875,7 +849,7 @@ export class CycleSimulation {
       for (let k = first; k <= volume.lastFreeze; k++) {
         const image = this.#freezes.get(k)?.get(name);
         if (image === undefined) continue;
-        const r = await this.#drive(volume.readFrozen(k, 0, volume.size), 5000);
+        const r = await this.vt.drive(volume.readFrozen(k, 0, volume.size), 5000);
         if (r.value === undefined) continue;
         // a merge that began meanwhile may have written the next layer into the base under the read
         if (k < volume.baseFreeze || (k === volume.baseFreeze && volume.frozenLayers.length > 0)) continue;
@@ -898,7 +872,7 @@ export class CycleSimulation {
       for (const v of this.config.volumes) {
         const vol = target.volume(v.name);
         const before = vol.image();
-        const r = await this.#drive(vol.read(0, v.size), 5000);
+        const r = await this.vt.drive(vol.read(0, v.size), 5000);
         if (t.target !== target) break;
         if (r.value === undefined) {
           if (final) this.#violate('liveness', `${t.host} could not read ${v.name} after the heal: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
@@ -912,8 +886,7 @@ export class CycleSimulation {
   async #finish(): Promise<void> {
     this.#log('healing: faults off, nodes up');
     this.#finishing = true;
-    for (const h of this.#timers) this.vt.clearTimeout(h);
-    this.#timers.clear();
+    this.#actions.cancelAll();
     for (const host of [...this.#partitioned]) this.#heal(host);
     this.#linkDelay = () => 1;
     for (const l of this.network.links) {
@@ -936,7 +909,7 @@ export class CycleSimulation {
       return;
     }
     // one more freeze after the heal: every target must reach it
-    const froze = await this.#drive(source.freezeNow(), this.config.livenessTimeout);
+    const froze = await this.vt.drive(source.freezeNow(), this.config.livenessTimeout);
     if (!froze.done || froze.error !== undefined) this.#log(`final freeze: ${froze.done ? String(froze.error) : 'not done'}`);
     const latest = source.cycle;
     const reached = (): boolean =>
@@ -955,9 +928,10 @@ export class CycleSimulation {
 
   async #teardown(): Promise<void> {
     this.#stopped = true;
+    this.#actions.stop();
     try {
-      await this.#drive(this.#source.stop('kill'), 1000);
-      for (const t of this.#targets) await this.#drive(t.stop('kill'), 1000);
+      await this.vt.drive(this.#source.stop('kill'), 1000);
+      for (const t of this.#targets) await this.vt.drive(t.stop('kill'), 1000);
       await this.vt.runFor(100);
     } finally {
       this.vt.clearAll();

@@ -52,7 +52,9 @@ export function prefixPoint(base: Buffer, image: Buffer, history: readonly Histo
 
 /**
  * {@link prefixPoint} for sparse images (block index → content; a missing
- * block is zeroes), e.g. volumes of many GiB: see {@link sparseBlocks}.
+ * block is zeroes), e.g. volumes of many GiB: only the blocks non-zero in
+ * either image or written with data by the history are looked at (every
+ * other block is zero before, after and in every zeroing).
  */
 export function prefixPointSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly HistoryWrite[], blockSize: number, fromSeq = 0): PrefixResult {
   return prefixPointOver(sparseBlocks(base, image, history.filter((w) => w.seq > fromSeq), blockSize), history, blockSize, fromSeq);
@@ -164,7 +166,9 @@ export function consistentCut(base: Buffer, image: Buffer, history: readonly Obs
 
 /**
  * {@link consistentCut} for sparse images (block index → content; a missing
- * block is zeroes), e.g. volumes of many GiB: see {@link sparseBlocks}.
+ * block is zeroes), e.g. volumes of many GiB: only the blocks non-zero in
+ * either image or written with data by the history are looked at (every
+ * other block is zero before, after and in every zeroing).
  */
 export function consistentCutSparse(base: ReadonlyMap<number, Buffer>, image: ReadonlyMap<number, Buffer>, history: readonly ObservedWrite[], blockSize: number): CutResult {
   return consistentCutOver(sparseBlocks(base, image, history, blockSize), history, blockSize);

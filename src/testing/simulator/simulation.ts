@@ -21,7 +21,7 @@ import type { JournalEntry } from '../../journal/journal.js';
 import { consistentCut, consistentCutSparse, prefixPoint, prefixPointSparse, type ObservedWrite } from './prefix-check.js';
 import { Rng } from './rng.js';
 import { frozen } from './fences.js';
-import { VirtualTime } from './virtual-time.js';
+import { ScheduledActions, VirtualTime } from './virtual-time.js';
 
 /** Invariants the simulator checks. */
 export type InvariantId =
@@ -156,7 +156,7 @@ export class Simulation {
   readonly #inflight = new Set<OpRecord>();
   readonly #seqs = new Set<string>();
   readonly #epochs = new Map<string, Epoch | undefined>();
-  readonly #timers = new Set<unknown>();
+  readonly #actions = new ScheduledActions(this.vt, (error: unknown) => this.#log(`timer action failed: ${String(error)}`));
   #nextOp = 1;
   /** Logical clock of the workload: +1 at every issue and every completion the simulator sees. */
   #tick = 0;
@@ -202,7 +202,7 @@ export class Simulation {
     process.on('unhandledRejection', onUnhandled);
     try {
       this.#log(`config ${describeConfig(this.config)}`);
-      if (this.config.preloaded) await this.#drive(this.#preload());
+      if (this.config.preloaded) await this.vt.drive(this.#preload());
       await this.#startTarget();
       await this.#startPrimary();
       this.#scheduleWorkload();
@@ -258,33 +258,6 @@ export class Simulation {
 
   // ---- virtual time helpers ------------------------------------------------
 
-  /** Runs virtual time until `p` settles (or `timeout` ms passed): resolves its value, or undefined on timeout. */
-  async #drive<T>(p: Promise<T>, timeout = 10_000): Promise<{ value?: T; error?: unknown; done: boolean }> {
-    const out: { value?: T; error?: unknown; done: boolean } = { done: false };
-    p.then(
-      (value) => {
-        out.value = value;
-        out.done = true;
-      },
-      (error: unknown) => {
-        out.error = error;
-        out.done = true;
-      },
-    );
-    await this.vt.runUntilTrue(() => out.done, timeout);
-    return out;
-  }
-
-  #later(ms: number, fn: () => void | Promise<void>): void {
-    const handle = this.vt.setTimeout(() => {
-      this.#timers.delete(handle);
-      if (this.#stopped) return;
-      void Promise.resolve()
-        .then(fn)
-        .catch((error: unknown) => this.#log(`timer action failed: ${String(error)}`));
-    }, ms);
-    this.#timers.add(handle);
-  }
 
   // ---- nodes ---------------------------------------------------------------
 
@@ -308,7 +281,7 @@ export class Simulation {
 
   async #startTarget(): Promise<void> {
     if (this.targetNode.running) return;
-    const r = await this.#drive(this.targetNode.start());
+    const r = await this.vt.drive(this.targetNode.start());
     if (r.error !== undefined || !r.done) {
       this.#log(`target start failed: ${String(r.error)}`);
       return;
@@ -318,7 +291,7 @@ export class Simulation {
 
   async #startPrimary(): Promise<void> {
     if (this.primaryNode.running) return;
-    const r = await this.#drive(this.primaryNode.start());
+    const r = await this.vt.drive(this.primaryNode.start());
     if (r.error !== undefined || !r.done || r.value === undefined) {
       this.#log(`primary start failed: ${String(r.error)}`);
       return;
@@ -352,7 +325,7 @@ export class Simulation {
     if (!this.primaryNode.running) return;
     this.#abandon(this.primaryNode.incarnation);
     this.#stopNbd();
-    await this.#drive(this.primaryNode.stop(kind));
+    await this.vt.drive(this.primaryNode.stop(kind));
     if (kind !== 'clean') for (const v of this.config.volumes) this.#invalidate(v.name, `primary ${kind}`);
     this.#log(`primary stopped (${kind})`);
   }
@@ -363,7 +336,7 @@ export class Simulation {
       this.#targetLosses++;
       for (const v of this.config.volumes) this.#invalidate(v.name, 'target power loss');
     }
-    await this.#drive(this.targetNode.stop(kind));
+    await this.vt.drive(this.targetNode.stop(kind));
     this.#log(`target stopped (${kind})`);
   }
 
@@ -391,7 +364,7 @@ export class Simulation {
       const ms = this.#net.int(50, 1500);
       link.stall(direction);
       this.#log(`link ${link.id} handshake stalled ${direction} for ${ms} ms`);
-      this.#later(ms, () => link.unstall(direction));
+      this.#actions.later(ms, () => link.unstall(direction));
     }
   }
 
@@ -523,7 +496,7 @@ export class Simulation {
       exports: primary.volumes.map((pv) => ({ name: pv.name, readOnly: false, backend: primaryVolumeBackend(this.#nbdVolume(pv, incarnation), { clock: this.vt }) })),
     });
     for (const pv of primary.volumes) {
-      const r = await this.#drive(SimNbdClient.connect(server, pv.name), 2000);
+      const r = await this.vt.drive(SimNbdClient.connect(server, pv.name), 2000);
       if (r.value === undefined) {
         this.#log(`NBD client of ${pv.name} could not connect: ${String(r.error)}`);
         continue;
@@ -697,7 +670,7 @@ export class Simulation {
         this.network.partition(PRIMARY_HOST, TARGET_HOST);
         this.#partitioned = true;
         if (hard) for (const l of this.#pairLinks()) l.cut();
-        this.#later(ms, () => this.#heal());
+        this.#actions.later(ms, () => this.#heal());
         return;
       }
       case 'delay': {
@@ -722,7 +695,7 @@ export class Simulation {
         const ms = this.#sched.int(0, 800);
         this.#log(`step ${step}: ${action}, restart in ${ms} ms`);
         await this.#stopPrimary(action === 'primary-kill' ? 'kill' : 'power-loss');
-        this.#later(ms, () => this.#startPrimary());
+        this.#actions.later(ms, () => this.#startPrimary());
         return;
       }
       case 'primary-restart':
@@ -737,7 +710,7 @@ export class Simulation {
         const ms = this.#sched.int(0, 800);
         this.#log(`step ${step}: ${action}, restart in ${ms} ms`);
         await this.#stopTarget(action === 'target-kill' ? 'kill' : 'power-loss');
-        this.#later(ms, () => this.#startTarget());
+        this.#actions.later(ms, () => this.#startTarget());
         return;
       }
       case 'target-restart':
@@ -892,7 +865,7 @@ export class Simulation {
     if (!this.#partitioned) {
       this.network.partition(PRIMARY_HOST, TARGET_HOST);
       this.#partitioned = true;
-      this.#later(this.#sched.int(50, 1000), () => this.#heal());
+      this.#actions.later(this.#sched.int(50, 1000), () => this.#heal());
     }
     for (const l of this.#pairLinks()) l.cut();
     await this.vt.runUntilTrue(() => target.volumes.every((v) => v.status().connections === 0), 2000);
@@ -935,12 +908,12 @@ export class Simulation {
         device: new CrashableMemoryDevice(v.size, { blockSize: this.config.blockSize, sparse: v.size > SPARSE_ABOVE }),
       })),
     });
-    const r = await this.#drive(rogue, 3000);
+    const r = await this.vt.drive(rogue, 3000);
     if (r.value !== undefined) {
       target.off('connection', onConnection);
       const accepted: Primary = r.value;
       this.#log('rogue primary accepted');
-      await this.#drive(accepted.close({ drain: false }));
+      await this.vt.drive(accepted.close({ drain: false }));
       this.#violate('I5-refused-peer-changed-target', 'a primary of an unrelated lineage was accepted by a target holding another lineage');
       return;
     }
@@ -960,8 +933,7 @@ export class Simulation {
 
   async #finish(): Promise<void> {
     this.#log('healing: faults off, nodes up');
-    for (const h of this.#timers) this.vt.clearTimeout(h);
-    this.#timers.clear();
+    this.#actions.cancelAll();
     this.#heal();
     this.#linkDelay = () => 1;
     for (const l of this.network.links) {
@@ -1010,9 +982,10 @@ export class Simulation {
 
   async #teardown(): Promise<void> {
     this.#stopped = true;
+    this.#actions.stop();
     try {
-      await this.#drive(this.primaryNode.stop('kill'), 1000);
-      await this.#drive(this.targetNode.stop('kill'), 1000);
+      await this.vt.drive(this.primaryNode.stop('kill'), 1000);
+      await this.vt.drive(this.targetNode.stop('kill'), 1000);
       await this.vt.runFor(100);
     } finally {
       this.vt.clearAll();

@@ -59,6 +59,50 @@ class VirtualTimeout {
  * try { await vt.runFor(5000); } finally { restore(); }
  * ```
  */
+/** What {@link VirtualTime.drive} saw of a promise. */
+export interface Settled<T> {
+  value?: T;
+  error?: unknown;
+  /** False: still pending when the time ran out. */
+  done: boolean;
+}
+
+/**
+ * Actions a simulation schedules in virtual time (fault steps, restarts):
+ * cancelled together when the faults stop, skipped once the run is stopped,
+ * a failing action logged rather than thrown.
+ */
+export class ScheduledActions {
+  readonly #handles = new Set<TimerHandle>();
+  #stopped = false;
+
+  constructor(
+    private readonly vt: VirtualTime,
+    private readonly onError: (error: unknown) => void,
+  ) {}
+
+  /** Runs `fn` after `ms` of virtual time, unless cancelled or stopped first. */
+  later(ms: number, fn: () => void | Promise<void>): void {
+    const handle = this.vt.setTimeout(() => {
+      this.#handles.delete(handle);
+      if (this.#stopped) return;
+      void Promise.resolve().then(fn).catch(this.onError);
+    }, ms);
+    this.#handles.add(handle);
+  }
+
+  /** Cancels every action not run yet. */
+  cancelAll(): void {
+    for (const h of this.#handles) this.vt.clearTimeout(h);
+    this.#handles.clear();
+  }
+
+  /** From now on, actions that come due do nothing. */
+  stop(): void {
+    this.#stopped = true;
+  }
+}
+
 export class VirtualTime implements Clock {
   #now: number;
   #heap: Timer[] = [];
@@ -162,6 +206,26 @@ export class VirtualTime implements Clock {
     const deadline = this.#now + timeout;
     await this.runUntil(deadline, condition);
     return condition();
+  }
+
+  /**
+   * Runs virtual time until `p` settles or `timeout` ms passed: its value or
+   * error, and whether it settled at all.
+   */
+  async drive<T>(p: Promise<T>, timeout = 10_000): Promise<Settled<T>> {
+    const out: Settled<T> = { done: false };
+    p.then(
+      (value) => {
+        out.value = value;
+        out.done = true;
+      },
+      (error: unknown) => {
+        out.error = error;
+        out.done = true;
+      },
+    );
+    await this.runUntilTrue(() => out.done, timeout);
+    return out;
   }
 
   /**
