@@ -24,7 +24,7 @@ import { LayeredVolume } from '../../cycle/layered-volume.js';
 import { createCycleSource, type CycleSource } from '../../cycle/cycle-runner.js';
 import { createCycleTarget, type CycleTarget } from '../../cycle/cycle-target.js';
 import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
-import { TransportView, type Revocable } from './fences.js';
+import { ProcessFences } from './fences.js';
 import { MemoryFileSystem } from './memory-fs.js';
 import { Rng } from './rng.js';
 import { ScheduledActions, VirtualTime } from './virtual-time.js';
@@ -171,8 +171,7 @@ class SourceNode {
   source: CycleSource | undefined;
   volumes = new Map<string, LayeredVolume>();
   incarnation = 0;
-  #views: Revocable[] = [];
-  #transport: TransportView | undefined;
+  readonly #fences = new ProcessFences();
 
   constructor(
     readonly sim: CycleSimulation,
@@ -190,22 +189,20 @@ class SourceNode {
 
   /** Revokes what a start that failed opened (its process is gone). */
   abortStart(): void {
-    for (const r of this.#views) r.revoke();
-    this.#views = [];
+    this.#fences.revoke();
   }
 
   async start(): Promise<CycleSource> {
     this.incarnation++;
     const c = this.sim.config;
-    const transport = new TransportView(this.sim.network.transport({ host: SOURCE_HOST }));
-    this.#transport = transport;
+    const transport = this.#fences.transport(this.sim.network.transport({ host: SOURCE_HOST }));
     const fsView = this.fs.view();
-    this.#views.push(transport, fsView);
+    this.#fences.hold(fsView);
     const members: Array<{ name: string; volume: LayeredVolume }> = [];
     const opened = new Map<string, LayeredVolume>();
     for (const v of c.volumes) {
       const session: DeviceSession = this.bases.get(v.name)!.session();
-      this.#views.push(session);
+      this.#fences.hold(session);
       const volume = await LayeredVolume.open(session, { dir: SOURCE_DIR, name: v.name, fs: fsView, chunkSize: c.chunkSize, granularity: c.granularity });
       opened.set(v.name, volume);
       members.push({ name: v.name, volume });
@@ -243,13 +240,10 @@ class SourceNode {
     if (kind === 'clean') {
       await source.close();
       for (const v of volumes) await v.close();
-      for (const r of this.#views) r.revoke();
-      this.#views = [];
+      this.#fences.revoke();
       return;
     }
-    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (conn) => this.sim.network.linkOf(conn)?.blackhole();
-    for (const r of this.#views) r.revoke();
-    this.#views = [];
+    this.#fences.revoke(kind === 'power-loss' ? (conn) => this.sim.network.linkOf(conn)?.blackhole() : undefined);
     if (kind === 'power-loss') {
       this.fs.crash(this.sim.deviceRng.random);
       for (const b of this.bases.values()) b.crash(this.sim.deviceRng.random);
@@ -264,8 +258,7 @@ class TargetNodeC {
   readonly images = new Map<string, CrashableMemoryDevice>();
   target: CycleTarget | undefined;
   incarnation = 0;
-  #views: Revocable[] = [];
-  #transport: TransportView | undefined;
+  readonly #fences = new ProcessFences();
 
   constructor(
     readonly sim: CycleSimulation,
@@ -284,19 +277,17 @@ class TargetNodeC {
 
   /** Revokes what a start that failed opened. */
   abortStart(): void {
-    for (const r of this.#views) r.revoke();
-    this.#views = [];
+    this.#fences.revoke();
   }
 
   async start(): Promise<CycleTarget> {
     this.incarnation++;
-    const transport = new TransportView(this.sim.network.transport({ host: this.host }));
-    this.#transport = transport;
+    const transport = this.#fences.transport(this.sim.network.transport({ host: this.host }));
     const fsView = this.fs.view();
-    this.#views.push(transport, fsView);
+    this.#fences.hold(fsView);
     const volumes = this.sim.config.volumes.map((v) => {
       const session = this.images.get(v.name)!.session();
-      this.#views.push(session);
+      this.#fences.hold(session);
       return { name: v.name, device: session };
     });
     const target = await createCycleTarget({
@@ -321,13 +312,10 @@ class TargetNodeC {
     this.target = undefined;
     if (kind === 'clean') {
       await target.close();
-      for (const r of this.#views) r.revoke();
-      this.#views = [];
+      this.#fences.revoke();
       return;
     }
-    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (conn) => this.sim.network.linkOf(conn)?.blackhole();
-    for (const r of this.#views) r.revoke();
-    this.#views = [];
+    this.#fences.revoke(kind === 'power-loss' ? (conn) => this.sim.network.linkOf(conn)?.blackhole() : undefined);
     if (kind === 'power-loss') {
       this.fs.crash(this.sim.deviceRng.random);
       for (const d of this.images.values()) d.crash(this.sim.deviceRng.random);

@@ -234,3 +234,35 @@ export class TransportView implements Transport, Revocable {
     c.once('close', () => this.#connections.delete(c));
   }
 }
+
+/**
+ * What one incarnation of a simulated process holds — the revocable views of
+ * its transport, devices and stores — ended together when it stops.
+ */
+export class ProcessFences {
+  readonly #views: Revocable[] = [];
+  #transport: TransportView | undefined;
+
+  /** The incarnation's transport, on `inner` (revoked with the rest). */
+  transport(inner: Transport): TransportView {
+    const view = new TransportView(inner);
+    this.#transport = view;
+    this.#views.push(view);
+    return view;
+  }
+
+  /** Views the incarnation was given. */
+  hold(...views: Revocable[]): void {
+    this.#views.push(...views);
+  }
+
+  /**
+   * Revokes everything: the process is gone. `silence`: a power loss — its
+   * open connections are not closed but go silent (the peer hears nothing).
+   */
+  revoke(silence?: (connection: TransportConnection) => void): void {
+    if (silence !== undefined && this.#transport !== undefined) this.#transport.onRevoke = silence;
+    for (const r of this.#views) r.revoke();
+    this.#views.length = 0;
+  }
+}

@@ -17,7 +17,7 @@ export { consistentCut, consistentCutSparse, prefixPoint, prefixPointSparse } fr
 export type { CutResult, HistoryWrite, ObservedWrite, PrefixResult } from './prefix-check.js';
 export { PrimaryNode, TargetNode, SIM_TIMERS, PRIMARY_HOST, TARGET_HOST, TARGET_PORT } from './nodes.js';
 export type { StopKind, NodeContext, PrimaryVolumeDisk, TargetVolumeDisk } from './nodes.js';
-export { JournalView, PairStateStoreView, StoreView, TransportView, bitmapView, frozen } from './fences.js';
+export { JournalView, ProcessFences, PairStateStoreView, StoreView, TransportView, bitmapView, frozen } from './fences.js';
 export type { Revocable } from './fences.js';
 export { CycleSimulation, simulateCycle, drawCycleConfig, cycleReplayCommand, ALL_CYCLE_FAULTS } from './cycle-simulation.js';
 export type { CycleSimConfig, CycleFaultKind, CycleSimulationOptions } from './cycle-simulation.js';

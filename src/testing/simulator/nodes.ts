@@ -19,7 +19,7 @@ import { MemoryDirtyBitmap } from '../../resync/dirty-bitmap.js';
 import type { MemoryNetwork } from '../../transport/memory.js';
 import type { TransportAddress } from '../../transport/transport.js';
 import { SPARSE_ABOVE, type SimConfig } from './config.js';
-import { PairStateStoreView, JournalView, StoreView, TransportView, bitmapView, type Revocable } from './fences.js';
+import { PairStateStoreView, JournalView, ProcessFences, StoreView, TransportView, bitmapView } from './fences.js';
 import type { Rng } from './rng.js';
 
 /** Host names of the simulated topology. */
@@ -60,11 +60,6 @@ export interface NodeContext {
   latency: () => number;
 }
 
-function revokeAll(items: Revocable[]): void {
-  for (const r of items) r.revoke();
-  items.length = 0;
-}
-
 /**
  * The primary node. {@link start} runs a new incarnation of the real
  * {@link Primary} on the node's disk; {@link stop} ends it cleanly or as a
@@ -75,8 +70,7 @@ export class PrimaryNode {
   readonly disks = new Map<string, PrimaryVolumeDisk>();
   primary: Primary | undefined;
   incarnation = 0;
-  readonly #views: Revocable[] = [];
-  #transport: TransportView | undefined;
+  readonly #fences = new ProcessFences();
   /** Told of every journal append of a running incarnation, with its volume. */
   onJournalAppend: ((volume: string, entry: JournalEntry) => void) | undefined;
 
@@ -133,15 +127,13 @@ export class PrimaryNode {
    */
   async start(): Promise<Primary> {
     this.incarnation++;
-    const transport = new TransportView(this.ctx.network.transport({ host: PRIMARY_HOST }));
-    this.#transport = transport;
-    this.#views.push(transport);
+    const transport = this.#fences.transport(this.ctx.network.transport({ host: PRIMARY_HOST }));
     const devices = new Map<string, DeviceSession>();
     const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
       const store = new PairStateStoreView(disk.pairState);
-      this.#views.push(session, store);
+      this.#fences.hold(session, store);
       devices.set(name, session);
       stores.set(name, store);
     }
@@ -151,9 +143,9 @@ export class PrimaryNode {
       const journal = new JournalView(disk.journal);
       journal.onAppend = (entry) => this.onJournalAppend?.(name, entry);
       const bitmap = bitmapView(disk.bitmap);
-      this.#views.push(journal, bitmap);
+      this.#fences.hold(journal, bitmap);
       const streamStore = new StoreView<StreamState>(disk.stream);
-      this.#views.push(streamStore);
+      this.#fences.hold(streamStore);
       // as Primary.start() with a journal directory: continue the stored stream above its reservation
       const loaded = await streamStore.load();
       const stream = loaded === undefined ? { id: hexId(this.ctx.rng), reserved: 0, continued: false } : { id: loaded.stream, reserved: loaded.reserved, continued: true };
@@ -172,11 +164,10 @@ export class PrimaryNode {
     this.primary = undefined;
     if (kind === 'clean') {
       await primary.close({ drain: true, timeout: 2000 });
-      revokeAll(this.#views);
+      this.#fences.revoke();
       return;
     }
-    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (c) => this.ctx.network.linkOf(c)?.blackhole();
-    revokeAll(this.#views);
+    this.#fences.revoke(kind === 'power-loss' ? (c) => this.ctx.network.linkOf(c)?.blackhole() : undefined);
     if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
     // releases the dead incarnation's timers; everything it could touch is revoked
     void primary.close({ drain: false });
@@ -197,8 +188,7 @@ export class TargetNode {
   readonly disks = new Map<string, TargetVolumeDisk>();
   target: MirrorTarget | undefined;
   incarnation = 0;
-  readonly #views: Revocable[] = [];
-  #transport: TransportView | undefined;
+  readonly #fences = new ProcessFences();
 
   constructor(ctx: NodeContext) {
     this.ctx = ctx;
@@ -234,22 +224,20 @@ export class TargetNode {
 
   async start(): Promise<MirrorTarget> {
     this.incarnation++;
-    const transport = new TransportView(this.ctx.network.transport({ host: TARGET_HOST }));
-    this.#transport = transport;
-    this.#views.push(transport);
+    const transport = this.#fences.transport(this.ctx.network.transport({ host: TARGET_HOST }));
     const devices = new Map<string, DeviceSession>();
     const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
       const store = new PairStateStoreView(disk.pairState);
-      this.#views.push(session, store);
+      this.#fences.hold(session, store);
       devices.set(name, session);
       stores.set(name, store);
     }
     const applied = new Map<string, StoreView<ApplyState>>();
     for (const [name, disk] of this.disks) {
       const view = new StoreView<ApplyState>(disk.applyState);
-      this.#views.push(view);
+      this.#fences.hold(view);
       applied.set(name, view);
     }
     const target = await createMirrorTarget(this.options(transport, devices, stores, applied));
@@ -263,11 +251,10 @@ export class TargetNode {
     this.target = undefined;
     if (kind === 'clean') {
       await target.close();
-      revokeAll(this.#views);
+      this.#fences.revoke();
       return;
     }
-    if (kind === 'power-loss' && this.#transport !== undefined) this.#transport.onRevoke = (c) => this.ctx.network.linkOf(c)?.blackhole();
-    revokeAll(this.#views);
+    this.#fences.revoke(kind === 'power-loss' ? (c) => this.ctx.network.linkOf(c)?.blackhole() : undefined);
     if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
     void target.close();
   }
