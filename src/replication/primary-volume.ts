@@ -860,6 +860,24 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     else if (!req.localDurable) this.#localPending.push(req);
   }
 
+  /** Counts a covered write to the range in `#unflushed`: its regions' bits wait for the next local flush. */
+  #unflushedRange(offset: number, length: number): void {
+    const last = this.#bitmap.regionIndex(offset + length - 1);
+    for (let i = this.#bitmap.regionIndex(offset); i <= last; i++) this.#unflushed.set(i, (this.#unflushed.get(i) ?? 0) + 1);
+    if (this.#unflushed.size >= UNFLUSHED_REGIONS_MAX) this.#flushLocalSoon();
+  }
+
+  /**
+   * The target holds what the primary holds in the range (equal digests), but
+   * the primary's copy may still be in its page cache only (a write of an
+   * earlier run that no flush covered): a power loss could still change it,
+   * so the range's bits stay until the next local flush.
+   */
+  #awaitLocalFlush(offset: number, length: number): void {
+    this.#cover(offset, length);
+    this.#unflushedRange(offset, length);
+  }
+
   /**
    * Flushes the local device in the background, one flush at a time (see
    * `UNFLUSHED_REGIONS_MAX`); then the bits of regions not written for a
@@ -1358,9 +1376,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         this.#localPendingStale = 0;
       }
       if (req.length > 0) {
-        const last = this.#bitmap.regionIndex(req.offset + req.length - 1);
-        for (let i = this.#bitmap.regionIndex(req.offset); i <= last; i++) this.#unflushed.set(i, (this.#unflushed.get(i) ?? 0) + 1);
-        if (this.#unflushed.size >= UNFLUSHED_REGIONS_MAX) this.#flushLocalSoon();
+        this.#unflushedRange(req.offset, req.length);
       }
     }
     this.#backlog.add(req.seq, req.kind === 'write' ? req.length : 0, (lag > 0 ? BACKLOG_LAGGED : 0) | (req.kind === 'zero' ? BACKLOG_ZERO : 0));
@@ -2190,7 +2206,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, checksum), this.probe(region.offset, region.length, checksum)]);
         if (local.equals(remote)) {
           this.#needs.clearRegion(region.index);
-          this.#cleanRegion(region.index);
+          if (this.#persistentBitmap) this.#awaitLocalFlush(region.offset, region.length);
+          else this.#cleanRegion(region.index);
           this.#updateState();
           return 0;
         }

@@ -746,3 +746,47 @@ test('issue 11 (11): SPEC 18: sync volume, link down, journal full, many writes:
     await t.close();
   }
 });
+
+test('issue 11 (6): SPEC 18: a checksum resync that finds a region equal on both sides keeps its write-intent bit until the primary flushed its own copy (a write of an earlier run may be in its page cache only)', BOUNDED, async () => {
+  const network = new MemoryNetwork();
+  const pdev = new FlushGatedDevice();
+  const tdev = new FlushGatedDevice();
+  const region = 4;
+  const offset = region * 64 * KiB;
+  // an earlier run wrote the block and the target got it; the primary's copy was never flushed
+  const data = Buffer.alloc(4 * KiB, 0x5a);
+  await pdev.inner.write(offset, data);
+  await tdev.inner.write(offset, data);
+  const t = await target(network, tdev);
+  const p = new Primary({
+    transport: network.transport({ host: P }),
+    peer: t.address,
+    nodeId: 'primary-a',
+    retryDelay: { min: 1, max: 20 },
+    volumes: [{ name: 'v', device: pdev, mode: 'sync', initialSync: 'none' }],
+    resync: { checksum: true },
+    durableInterval: 3_600_000,
+    ...LINK,
+  });
+  try {
+    const v = p.volume('v');
+    await v.useJournal(new MemoryJournal({ capacityBytes: 1 << 20 }), { id: newStreamId(), reserved: 0, continued: false }, async () => undefined, true);
+    // the bitmap the earlier run left: the region is dirty
+    const bitmap = new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: 64 * KiB });
+    bitmap.mark(offset, data.length);
+    v.useBitmap(bitmap);
+    pdev.flushGate.hold();
+    await p.start(true);
+    await p.resync('v');
+    assert.equal(v.status().resyncRegions, 0, 'nothing left to copy: the digests matched');
+    assert.equal(bitmap.isDirty(region), true, 'the bit stays: the primary has not flushed its copy');
+    await pdev.flushGate.someoneWaits();
+    pdev.flushGate.release();
+    await until(() => !bitmap.isDirty(region));
+    assert.ok(pdev.flushes >= 1, 'cleared only after the primary flush');
+  } finally {
+    pdev.flushGate.release();
+    await p.close({ drain: false });
+    await t.close();
+  }
+});

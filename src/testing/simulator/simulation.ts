@@ -842,7 +842,7 @@ export class Simulation {
       const inv: InvariantId = final && acked ? 'I2-acked-write-lost' : 'I3-in-sync-images-differ';
       this.#violate(
         inv,
-        `volume ${v.name} (${v.mode}) is in-sync but the images differ at block ${diff} (offset ${offset})` +
+        `volume ${v.name} (${v.mode}) is in-sync but the images differ at block ${diff} (offset ${offset}: primary ${contentOf(a, offset, this.config.blockSize)}, target ${contentOf(b, offset, this.config.blockSize)})` +
           (last === undefined ? '' : `; last request there: op#${last.id}${acked ? ', acknowledged, held by the primary, missing on the target' : ''}`),
       );
     }
@@ -1045,4 +1045,10 @@ function coversOffset(line: string, offset: number): boolean {
 
 function hash(buf: Buffer): string {
   return createHash('sha1').update(buf).digest('hex').slice(0, 12);
+}
+
+/** What a block holds, for a message: the request id a pattern starts with, or zeroes. */
+function contentOf(device: CrashableMemoryDevice, offset: number, blockSize: number): string {
+  const block = device.peek(offset, blockSize);
+  return block.every((b) => b === 0) ? 'zeroes' : `op#${block.readUInt32LE(0)}`;
 }
