@@ -1112,9 +1112,20 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #spillToBitmap(through: number): void {
     for (const req of this.#inOrder().values()) {
       if (req.seq > through) break;
-      if (req.state !== 'queued' || req.journaled || (req.kind !== 'write' && req.kind !== 'zero')) continue;
-      this.#toSkip(req);
+      if (req.journaled || (req.kind !== 'write' && req.kind !== 'zero')) continue;
+      if (req.state === 'queued') this.#toSkip(req);
+      // in flight, no caller waits: its copy goes too; sent again only as a skip (see #resendable)
+      else if (req.state === 'inflight' && req.onDone === undefined && req.kind === 'write') this.#dropPayload(req);
     }
+  }
+
+  /**
+   * `req` is queued again (its connection closed, or the target refused it):
+   * a write whose copy was dropped in flight (see `#spillToBitmap`) and that
+   * no journal holds becomes a skip record — a resync copies its range.
+   */
+  #resendable(req: MirrorRequest): void {
+    if (req.kind === 'write' && req.data === undefined && !req.journaled && !req.spilled) this.#toSkip(req);
   }
 
   /** Turns a write/zero into a skip record whose range a resync copies instead. */
@@ -1245,6 +1256,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (req.state === 'acked') return;
     req.state = 'queued';
     req.attempts++;
+    this.#resendable(req);
     if (req.journalDurable && req.held > 0) this.#spillable.add(req);
     this.#mirrorErrors++;
     this.#lastError = error;
@@ -1270,6 +1282,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#landed(req);
     req.state = 'queued';
     req.resend = true;
+    this.#resendable(req);
     this.queue.reinsert(req);
     if (req.journalDurable && req.held > 0) {
       this.#spillable.add(req);

@@ -945,9 +945,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         for (const volume of volumes) {
           const req = volume.nextToSend();
           if (req === undefined) continue;
-          // payloads in flight stay within the payload budget (a resend goes anyway, as past the window;
-          // so does a write a caller waits for: its bytes are in RAM whether it is sent or not)
-          if (req.kind === 'write' && !req.resend && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit) continue;
+          // payloads in flight stay within the payload budget; a write a caller waits for goes anyway (its
+          // bytes are in RAM whether it is sent or not), and so does the oldest unacknowledged request of
+          // the volume (everything in flight may wait for it on the target: it must never wait for room)
+          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && req.seq > volume.ackedSeq + 1) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;
