@@ -87,6 +87,12 @@ export interface MirrorRequest {
   onFail?: ((error: BlockMirrorError) => void) | undefined;
   /** A `flush` that also declares the target's image up-to-date (nothing was left to resync when it was made). */
   upToDate?: boolean;
+  /**
+   * The caller's write this request is one part of (a write longer than a
+   * frame). Set when a part turns into a skip before the whole write is
+   * answered: the target then holds that part only after a resync.
+   */
+  split?: { partLost: boolean };
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
   onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

@@ -290,9 +290,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /** Requests of `#requests` left in the send queue after they moved to `#backlog` (pruned in bulk). */
   #queueStale = 0;
   /** This volume's requests in flight (any kind). */
-  #inflightCount = 0;
   /** Highest seq sent so far. */
   #sentTop = 0;
+  /** Requests in flight (sent, not answered, connection open). */
+  readonly #inFlight = new Set<MirrorRequest>();
   /**
    * The journal replay after a restart (see `useJournal`): the recovered
    * requests (up to seq `through`) the target has not acknowledged yet, and
@@ -587,12 +588,19 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     try {
       let barrier = typeof held === 'function' ? issued : this.#completedSeq;
       let result: WriteResult | undefined;
+      const split = { partLost: false };
       for (let pos = 0; pos < length; pos += part) {
         const n = Math.min(part, length - pos);
-        const r = await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, barrier);
+        const r = await this.#apply('write', offset + pos, n, data.subarray(pos, pos + n), fua, transfer, barrier, split);
         // the next part is applied after this one
         if (r.seq !== undefined && r.seq > barrier) barrier = r.seq;
         result = combineResults(result, r);
+      }
+      // an acknowledged part the target lost (it restarted) before the last one was answered: the target
+      // holds the write only once a resync brings that part, so the write is not acknowledged as a whole
+      if (split.partLost && result!.mirror === 'acknowledged') {
+        const error = new BlockMirrorError('BM_ERR_MIRROR_WRITE_FAILED', `volume ${this.name}: part of the write at ${offset}+${length} was lost by the target before the write completed; a resync copies it`);
+        return { ...result!, mirror: 'failed', error };
       }
       return result!;
     } finally {
@@ -633,7 +641,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * applies them in parallel. `partOf`: the barrier of a part of a larger
    * write whose caller holds the lock of the whole range.
    */
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number): Promise<WriteResult> {
+  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number, split?: { partLost: boolean }): Promise<WriteResult> {
     if (this.#closed) throw closedError(this.name);
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
@@ -715,6 +723,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       const seq = this.#takeSeq();
       this.#lastWriteSeq = seq;
       const req = this.#request(kind, seq, offset, length, data, fua, Math.max(barrier, this.#lastResyncSeq));
+      if (split !== undefined) req.split = split;
       req.owned = transfer;
       req.uncovered = true;
       covering = false;
@@ -1140,6 +1149,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
     req.owed = true;
+    if (req.split !== undefined) req.split.partLost = true;
     this.#dropPayload(req);
     this.#setSpilled(req, false);
     req.owned = true;
@@ -1290,19 +1300,33 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
   }
 
+  /**
+   * True when requests of this volume are in flight and every one of them
+   * comes after `req` in send order: the target may hold them all until `req`
+   * arrives, so `req` must not wait for room in the payload budget (only
+   * their answers could make it). One such request at a time: once it is in
+   * flight, the next one waits for it. @internal
+   */
+  awaitedInFlight(req: MirrorRequest): boolean {
+    if (this.#inFlight.size === 0) return false;
+    const order = sendOrder(req);
+    for (const other of this.#inFlight) if (sendOrder(other) < order) return false;
+    return true;
+  }
+
   /** `req` leaves on connection `slot`. @internal */
   sending(req: MirrorRequest, slot: number): void {
     req.state = 'inflight';
     req.slot = slot;
     this.#spillable.delete(req);
-    this.#inflightCount++;
+    this.#inFlight.add(req);
     if (req.end > this.#sentTop) this.#sentTop = req.end;
     if (req.kind === 'write') this.#link.payloadBudget.inFlight += req.length;
   }
 
   /** `req` is no longer in flight (answered, or its connection closed). */
   #landed(req: MirrorRequest): void {
-    this.#inflightCount--;
+    this.#inFlight.delete(req);
     if (req.kind === 'write') this.#link.payloadBudget.inFlight -= req.length;
   }
 
@@ -1618,7 +1642,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     // Ahead of its turn: only a whole batch. Its turn, but no room: an acknowledgement frees some and pumps
     // again — unless nothing of this volume is in flight to free it, or what is in flight may wait for
     // `from` on the target (it was sent before, and newer requests after it): then at least one is read.
-    if (ahead ? room < batch : room < Math.max(1, Math.floor(budget.limit / 8)) && this.#inflightCount > 0 && from > this.#sentTop) return;
+    if (ahead ? room < batch : room < Math.max(1, Math.floor(budget.limit / 8)) && this.#inFlight.size > 0 && from > this.#sentTop) return;
     const want = Math.max(1, Math.min(batch, room));
     this.#readBackFrom = from;
     this.#readingBack = (async () => {
@@ -1933,7 +1957,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (this.#readingBack !== undefined) out.push(`reading back from #${this.#readBackFrom}`);
     const head = this.queue.peek();
     if (head !== undefined) out.push(`head ${head.kind}#${head.seq}:${head.state}${this.#isQueued(head) ? '' : ':stale'}${head.spilled ? ':spilled' : ''}`);
-    out.push(`inflight=${this.#inflightCount} budget=${this.#link.payloadBudget.used}/${this.#link.payloadBudget.inFlight}/${this.#link.payloadBudget.limit}`);
+    out.push(`inflight=${this.#inFlight.size} budget=${this.#link.payloadBudget.used}/${this.#link.payloadBudget.inFlight}/${this.#link.payloadBudget.limit}`);
     for (const req of this.#inOrder().values()) {
       if (out.length >= n + 2) break;
       if (req.state !== 'acked') out.push(`${req.kind}#${req.seq}:${req.state}@${req.slot}${req.resend ? ':resend' : ''}`);

@@ -946,9 +946,9 @@ export class Primary extends EventEmitter<PrimaryEvents> {
           const req = volume.nextToSend();
           if (req === undefined) continue;
           // payloads in flight stay within the payload budget; a write a caller waits for goes anyway (its
-          // bytes are in RAM whether it is sent or not), and so does the oldest unacknowledged request of
-          // the volume (everything in flight may wait for it on the target: it must never wait for room)
-          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && req.seq > volume.ackedSeq + 1) continue;
+          // bytes are in RAM whether it is sent or not), and so does a resend that a later request in
+          // flight may wait for on the target (it must never wait for room that only it can free)
+          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && !volume.awaitedInFlight(req)) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;

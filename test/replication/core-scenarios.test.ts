@@ -19,6 +19,7 @@ import { MemoryDirtyBitmap } from '../../src/resync/dirty-bitmap.js';
 import type { Journal, JournalEntry, JournalStats, PendingJournalEntry } from '../../src/journal/journal.js';
 import { newStreamId } from '../../src/replication/stream-file.js';
 import { MemoryApplyStateStore, type ApplyState } from '../../src/replication/apply-state.js';
+import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 import { RecordingDevice } from '../helpers/recording-device.js';
 import { FaultyBlockDevice } from '../../src/device/faulty-device.js';
 import { onceEvent } from '../helpers/events.js';
@@ -787,6 +788,53 @@ test('issue 11 (6): SPEC 18: a checksum resync that finds a region equal on both
   } finally {
     pdev.flushGate.release();
     await p.close({ drain: false });
+    await t.close();
+  }
+});
+
+/** A target's apply state that stops recording at some point (what a power loss would leave behind). */
+class FrozenApplyState extends MemoryApplyStateStore {
+  frozen = false;
+
+  override async save(state: ApplyState): Promise<void> {
+    if (!this.frozen) await super.save(state);
+  }
+}
+
+test('issue 11 (I1): SPEC 13: a sync write split into frames whose first part the target acknowledged and then lost (restart before its apply state was durable) is not acknowledged as a whole; a resync copies the part and the pair converges', BOUNDED, async () => {
+  const network = new MemoryNetwork();
+  const pdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  const tdev = new RecordingDevice(new MemoryBlockDevice(1 << 20, { blockSize: 512 }));
+  // the target's lineage survives its restart; its apply state is lost from part 1 on (as by a power loss)
+  const pair = new MemoryPairStateStore();
+  const state = new FrozenApplyState();
+  let t = await target(network, tdev, { applyState: state, state: pair });
+  const port = t.address.port;
+  // one frame carries 64 KiB: a 128 KiB write goes in two parts, the second sent once the first is answered;
+  // writes wait through the target's restart (suspend) instead of failing when the link goes down
+  const p = await primary(network, t, pdev, 'sync', { limits: { maxPayloadLength: 64 * KiB + 512 }, durableInterval: 3_600_000, outagePolicy: 'suspend' });
+  try {
+    const v = p.volume('v');
+    const offset = 256 * KiB;
+    // once the target applied part 1, nothing more reaches it: part 1's ack returns, part 2 stays on the wire
+    const part1 = writeDone(tdev, offset).then(() => {
+      for (const link of network.links) link.stall('aToB');
+    });
+    state.frozen = true;
+    const w = v.write(offset, Buffer.alloc(128 * KiB, 0x5c));
+    await part1;
+    await until(() => v.ackedSeq >= 1);
+    // the target restarts on the same disk without having recorded part 1: it may be gone for all the primary knows
+    await t.close();
+    t = await target(network, tdev, { applyState: state, state: pair }, port);
+    const r = await w;
+    assert.equal(r.mirror, 'failed', 'a part the target lost before the write completed: not acknowledged');
+    assert.equal(r.error?.code, 'BM_ERR_MIRROR_WRITE_FAILED');
+    await waitFor(p, () => p.link === 'up' && v.state === 'in-sync');
+    assert.ok((await tdev.read(offset, 128 * KiB)).every((b) => b === 0x5c), 'the resync brought the whole write');
+    assert.equal(await same(pdev, tdev), true, 'identical images');
+  } finally {
+    await p.close();
     await t.close();
   }
 });
