@@ -556,9 +556,22 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * part failed (sync: `acknowledged` only if every part is), `seq` the last
    * part's.
    */
-  async write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
-    checkRange(this.device, offset, data.length);
-    return this.#inParts(offset, data, options.fua === true, options.transfer === true);
+  write(offset: number, data: Uint8Array, options: VolumeWriteOptions = {}): Promise<WriteResult> {
+    try {
+      checkRange(this.device, offset, data.length);
+    } catch (error) {
+      return Promise.reject(error as Error);
+    }
+    const fua = options.fua === true;
+    const transfer = options.transfer === true;
+    // one request (the common case) without the parts' extra promise
+    if (this.mode === 'local' || data.length <= this.#partLength) return this.#apply('write', offset, data.length, data, fua, transfer);
+    return this.#inParts(offset, data, fua, transfer);
+  }
+
+  /** The longest part one mirror request carries: the link's payload limit, rounded down to the block size. */
+  get #partLength(): number {
+    return this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
   }
 
   /**
@@ -579,8 +592,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   async #inParts(offset: number, data: Uint8Array, fua: boolean, transfer: boolean): Promise<WriteResult> {
     const length = data.length;
-    const part = this.mode === 'local' ? length : this.#link.maxPayload - (this.#link.maxPayload % this.device.blockSize);
-    if (length <= part) return this.#apply('write', offset, length, data, fua, transfer);
+    const part = this.#partLength;
     if (part === 0) throw tooLarge(this.name, length, this.#link.maxPayload);
     const issued = this.#completedSeq;
     const held = this.#lock.tryAcquire(offset, length);
