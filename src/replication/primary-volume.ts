@@ -1315,9 +1315,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /**
    * True when requests of this volume are in flight and every one of them
    * comes after `req` in send order: the target may hold them all until `req`
-   * arrives, so `req` must not wait for room in the payload budget (only
-   * their answers could make it). One such request at a time: once it is in
-   * flight, the next one waits for it. @internal
+   * arrives, so `req` must not wait for room in the window or the payload
+   * budget (only their answers could make it). One such request at a time:
+   * once it is in flight, the next one waits for it. @internal
    */
   awaitedInFlight(req: MirrorRequest): boolean {
     if (this.#inFlight.size === 0) return false;

@@ -945,18 +945,21 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         for (const volume of volumes) {
           const req = volume.nextToSend();
           if (req === undefined) continue;
+          // Everything of the volume in flight comes after this request: the target may hold all of it until
+          // this one arrives, so it must not wait for room that only their answers could make (in the window
+          // or in the budget). One such request at a time: once it is in flight, the next one waits for it.
+          const awaited = volume.awaitedInFlight(req);
           // payloads in flight stay within the payload budget; a write a caller waits for goes anyway (its
-          // bytes are in RAM whether it is sent or not), and so does a resend that a later request in
-          // flight may wait for on the target (it must never wait for room that only it can free)
-          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && !volume.awaitedInFlight(req)) continue;
+          // bytes are in RAM whether it is sent or not)
+          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && !awaited) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;
             process.nextTick(this.#closeBatch);
           }
-          // a resend (its connection closed) goes ahead of the window: newer
-          // requests in flight may be waiting for it on the target
-          const slot = this.#slots.pick(this.#worker, req.resend ? Number.MAX_SAFE_INTEGER : this.#maxInFlight);
+          // a resend (its connection closed, or the target failed it) goes ahead of the window: newer
+          // requests in flight may be waiting for it on the target; so does an awaited one (above)
+          const slot = this.#slots.pick(this.#worker, req.resend || awaited ? Number.MAX_SAFE_INTEGER : this.#maxInFlight);
           if (slot === undefined) continue; // another volume's resend may still go
           volume.queue.shift();
           this.#send(slot, volume, req);

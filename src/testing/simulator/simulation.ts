@@ -756,6 +756,21 @@ export class Simulation {
     }
   }
 
+  /** The pair's replication state, for a liveness report: link, slots, the target's ordering, each volume's requests. */
+  #describePair(): string {
+    const primary = this.primaryNode.primary;
+    if (primary === undefined) return 'primary down';
+    const slots = primary.status().peers[0]?.connections.map((c) => `${c.status}/${c.inFlight}`).join(',') ?? 'none';
+    const tgt = this.targetNode.target;
+    const targetLine = tgt === undefined ? 'target down' : tgt.volumes.map((v) => `${v.name}@target applied=${v.status().appliedSeq} waiting=${v.order.waitingCount} conns=${v.status().connections}`).join(' ');
+    const states = [`slots=${slots}`, targetLine, ...primary.volumes.map((v) => {
+      const s = v.status();
+      const next = v.nextToSend();
+      return `${v.name}:${s.state} pending=${s.pendingRequests} acked=${s.ackedSeq}/${s.lastSeq} resync=${s.resyncBytes} queue=${v.queue.length} next=${next === undefined ? '-' : `${next.kind}#${next.seq}`} [${v.describePending().join(' ')}]`;
+    })];
+    return `link ${primary.link}, ${states.join(', ')}`;
+  }
+
   // ---- checks ----------------------------------------------------------------
 
   /** Checks that need no quiescence: I4 (async: writes closed under happens-before) and I7 (memory). */
@@ -947,25 +962,14 @@ export class Simulation {
     this.#paused = true;
     const settled = await this.vt.runUntilTrue(() => this.#inflight.size === 0, 30_000);
     if (!settled) {
-      const vols = this.primaryNode.primary?.volumes.map((v) => `${v.name}: ${v.describePending().join(' ')}`).join('; ');
-      const ops = [...this.#inflight].map((op) => `op#${op.id} ${op.volume} ${op.kind}`).join(', ') + ` | ${vols ?? 'primary down'}`;
-      this.#violate('liveness', `${this.#inflight.size} user request(s) still pending 30 s after the faults healed: ${ops}`);
+      const ops = [...this.#inflight].map((op) => `op#${op.id} ${op.volume} ${op.kind}`).join(', ');
+      this.#violate('liveness', `${this.#inflight.size} user request(s) still pending 30 s after the faults healed: ${ops} | ${this.#describePair()}`);
     }
     const primary = this.primaryNode.primary;
     if (primary === undefined) return;
     const inSync = (): boolean => primary.link === 'up' && primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync');
     const ok = await this.vt.runUntilTrue(inSync, this.config.livenessTimeout);
-    if (!ok) {
-      const slots = primary.status().peers[0]!.connections.map((c) => `${c.status}/${c.inFlight}`).join(',');
-      const tgt = this.targetNode.target;
-      const targetLine = tgt === undefined ? 'target down' : tgt.volumes.map((v) => `${v.name}@target applied=${v.status().appliedSeq} waiting=${v.order.waitingCount} conns=${v.status().connections}`).join(' ');
-      const states = [`slots=${slots}`, targetLine, ...primary.volumes.map((v) => {
-        const s = v.status();
-        const next = v.nextToSend();
-        return `${v.name}:${s.state} pending=${s.pendingRequests} acked=${s.ackedSeq}/${s.lastSeq} resync=${s.resyncBytes} queue=${v.queue.length} next=${next === undefined ? '-' : `${next.kind}#${next.seq}`} [${v.describePending().join(' ')}]`;
-      })];
-      this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: link ${primary.link}, ${states.join(', ')}`);
-    }
+    if (!ok) this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: ${this.#describePair()}`);
     this.#compareIfInSync(true);
     // both sides agree: a pair in sync has an up-to-date target image
     const target = this.targetNode.target;
