@@ -289,10 +289,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   readonly #backlog = new JournalBacklog();
   /** Requests of `#requests` left in the send queue after they moved to `#backlog` (pruned in bulk). */
   #queueStale = 0;
-  /** This volume's requests in flight (any kind). */
   /** Highest seq sent so far. */
   #sentTop = 0;
-  /** Requests in flight (sent, not answered, connection open). */
+  /** This volume's requests in flight, any kind (sent, not answered, connection open). */
   readonly #inFlight = new Set<MirrorRequest>();
   /**
    * The journal replay after a restart (see `useJournal`): the recovered

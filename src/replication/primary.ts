@@ -948,10 +948,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
           // Everything of the volume in flight comes after this request: the target may hold all of it until
           // this one arrives, so it must not wait for room that only their answers could make (in the window
           // or in the budget). One such request at a time: once it is in flight, the next one waits for it.
-          const awaited = volume.awaitedInFlight(req);
+          // (asked only when the request would wait: it walks the volume's requests in flight)
+          let awaited: boolean | undefined;
+          const isAwaited = (): boolean => (awaited ??= volume.awaitedInFlight(req));
           // payloads in flight stay within the payload budget; a write a caller waits for goes anyway (its
           // bytes are in RAM whether it is sent or not)
-          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && !awaited) continue;
+          if (req.kind === 'write' && req.onDone === undefined && budget.inFlight > 0 && budget.inFlight + req.length > budget.limit && !isAwaited()) continue;
           if (!this.#batchOpen) {
             this.#batchOpen = true;
             this.#worker = (this.#worker + 1) % this.#slots.size;
@@ -959,7 +961,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
           }
           // a resend (its connection closed, or the target failed it) goes ahead of the window: newer
           // requests in flight may be waiting for it on the target; so does an awaited one (above)
-          const slot = this.#slots.pick(this.#worker, req.resend || awaited ? Number.MAX_SAFE_INTEGER : this.#maxInFlight);
+          const slot = this.#slots.pick(this.#worker, req.resend ? Number.MAX_SAFE_INTEGER : this.#maxInFlight) ?? (isAwaited() ? this.#slots.pick(this.#worker, Number.MAX_SAFE_INTEGER) : undefined);
           if (slot === undefined) continue; // another volume's resend may still go
           volume.queue.shift();
           this.#send(slot, volume, req);
