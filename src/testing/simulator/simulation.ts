@@ -501,6 +501,12 @@ export class Simulation {
         this.#log(`NBD client of ${pv.name} could not connect: ${String(r.error)}`);
         continue;
       }
+      // the primary may have died while the client connected (virtual time ran): a client of a dead
+      // incarnation would take requests nobody ever answers
+      if (this.primaryNode.primary !== primary || this.primaryNode.incarnation !== incarnation) {
+        r.value.destroy();
+        return;
+      }
       this.#nbdClients.set(pv.name, r.value);
     }
   }
