@@ -39,6 +39,10 @@ export type {
 } from './transport/transport.js';
 export { TcpTransport, TcpConnection, TcpServer, UdpChannel, DEFAULT_TCP_HIGH_WATER_MARK, DEFAULT_TCP_CONNECT_TIMEOUT } from './transport/tcp.js';
 export type { TcpTransportOptions, SocketSettings } from './transport/tcp.js';
+export { TlsTransport, TlsServer } from './transport/tls.js';
+export type { TlsTransportOptions, TlsServerStats, Pem } from './transport/tls.js';
+export { parsePeerPatterns, peerAllowed, certificateNames } from './transport/peer-identity.js';
+export type { PeerPattern } from './transport/peer-identity.js';
 
 // wire codec
 export { encodeFrame, frameLength, validateCodecLimits } from './codec/encoder.js';
