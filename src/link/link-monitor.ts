@@ -199,7 +199,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   readonly #channel: DatagramChannel;
   readonly #slots: ConnectionArray;
   readonly #secret: Uint8Array | undefined;
-  readonly #expectedNode: string | undefined;
+  #expectedNode: string | undefined;
   readonly #guard = new HeartbeatReplayGuard();
   #peer: TransportAddress | undefined;
   #state: LinkState = 'connecting';
@@ -250,6 +250,22 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.session = o.session ?? randomUUID();
     if (o.peer !== undefined) this.setPeer(o.peer);
     this.#since = this.#clock.now();
+  }
+
+  /**
+   * Accept heartbeats from this node id only from now on (undefined: from
+   * any node but this one). A primary binds its monitor to the target node
+   * its handshake proved, so a correctly signed heartbeat of another node
+   * (reflected from another primary sharing the secret) is ignored and
+   * counted as `unexpected-node` instead of keeping a dead link up.
+   */
+  expectNode(node: string | undefined): void {
+    this.#expectedNode = node;
+  }
+
+  /** The node id heartbeats are accepted from (undefined: any but this one). */
+  get expectedNode(): string | undefined {
+    return this.#expectedNode;
   }
 
   /** Current state. */

@@ -229,7 +229,17 @@ export interface PrimaryStatus {
      * wall-clock ISO 8601 strings (absent when there is none); the interval
      * and stale time are the ones the target agreed to.
      */
-    heartbeats?: { sent: number; received: number; rejected: number; lastReceivedAt?: string; probationEndsAt?: string; intervalMs: number; staleAfterMs: number };
+    heartbeats?: {
+      sent: number;
+      received: number;
+      rejected: number;
+      /** Refused heartbeats by reason (`unexpected-node`: a correctly formed heartbeat of another node than the target's, ignored). */
+      rejectedByReason: Record<string, number>;
+      lastReceivedAt?: string;
+      probationEndsAt?: string;
+      intervalMs: number;
+      staleAfterMs: number;
+    };
     lastError?: { code: string; message: string };
   }>;
   volumes: Record<string, PrimaryVolumeStatus>;
@@ -604,6 +614,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       else for (const v of this.#mirrored) v.linkChanged();
     });
     monitor.on('down', (reason, error) => {
+      // a restarted target may come back under another node id: its handshake binds the monitor again
+      monitor.expectNode(undefined);
       if (error !== undefined) this.#lastError = toBlockMirrorError(error);
       else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
       // SPEC 5: close all n connections; their in-flight requests are requeued
@@ -675,6 +687,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         return undefined;
       }
       this.#peerNode = result.peerNode;
+      // heartbeats are accepted from the node this handshake proved only (until the link goes down)
+      this.#monitor?.expectNode(result.peerNode);
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
@@ -1098,6 +1112,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         sent: m.heartbeatsSent,
         received: m.heartbeatsReceived,
         rejected: Object.values(m.heartbeatsRejected).reduce((a, b) => a + b, 0),
+        rejectedByReason: { ...m.heartbeatsRejected },
         intervalMs: this.#monitorOptions.heartbeatInterval,
         staleAfterMs: this.#monitorOptions.staleAfter,
       };
