@@ -43,6 +43,7 @@ export { TlsTransport, TlsServer } from './transport/tls.js';
 export type { TlsTransportOptions, TlsServerStats, Pem } from './transport/tls.js';
 export { parsePeerPatterns, peerAllowed, certificateNames } from './transport/peer-identity.js';
 export type { PeerPattern } from './transport/peer-identity.js';
+export { isLoopbackHost } from './transport/loopback.js';
 
 // wire codec
 export { encodeFrame, frameLength, validateCodecLimits } from './codec/encoder.js';
