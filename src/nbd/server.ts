@@ -9,6 +9,7 @@
  */
 import { writeZeroes } from '../device/zero.js';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import createDebug from 'debug';
 import { EventEmitter } from 'eventemitter3';
@@ -17,6 +18,7 @@ import { systemClock } from '../clock.js';
 import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import type { BlockExtent } from '../device/block-device.js';
 import { ByteBudget, type BudgetWaiter } from '../limits/byte-budget.js';
+import { peerCertificateError } from '../transport/tls-verify.js';
 import type { NbdBackend, NbdExport } from './export.js';
 import { nbdErrorFor, validateNbdExport } from './export.js';
 import {
@@ -70,6 +72,7 @@ import {
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -156,12 +159,39 @@ export interface NbdServerOptions {
    */
   maxConnections?: number;
   /**
+   * Offer TLS (`NBD_OPT_STARTTLS`): this server's certificate and key (PEM,
+   * or a ready `SecureContext`). With `ca`, clients must present a
+   * certificate that CA signed (mutual TLS). Without this option STARTTLS
+   * is answered `NBD_REP_ERR_UNSUP`.
+   */
+  tls?: NbdTlsOptions;
+  /**
+   * Refuse plaintext (the spec's "forced TLS"): before STARTTLS every option
+   * but `NBD_OPT_ABORT` gets `NBD_REP_ERR_TLS_REQD`, and `NBD_OPT_EXPORT_NAME`
+   * closes the connection. Needs `tls`. Default false.
+   */
+  tlsOnly?: boolean;
+  /**
    * Milliseconds `close()` lets a connection finish its in-flight requests
    * and flush its replies before destroying it. Default 5 000.
    */
   shutdownTimeout?: number;
   /** Time source for the timeouts. Default {@link systemClock}. */
   clock?: Clock;
+}
+
+/** TLS settings of an {@link NbdServer} (see {@link NbdServerOptions.tls}). */
+export interface NbdTlsOptions {
+  /** A ready context (certificate, key and, for client certificates, the CA). */
+  secureContext?: tls.SecureContext;
+  /** Server certificate chain (PEM). */
+  cert?: string | Buffer;
+  /** Server private key (PEM). */
+  key?: string | Buffer;
+  /** CA that signs client certificates (PEM): clients must present one. */
+  ca?: string | Buffer;
+  /** Require a client certificate (default: true when `ca` is given). */
+  requireClientCertificate?: boolean;
 }
 
 /** Address given to and reported by {@link NbdServer.listen}. */
@@ -279,6 +309,10 @@ interface ServerContext {
   readonly maxInFlightBytes: number;
   /** Bytes in flight over all connections. */
   readonly budget: ByteBudget;
+  /** STARTTLS settings (undefined: not offered). */
+  readonly tls: { context: tls.SecureContext; requireClientCertificate: boolean } | undefined;
+  /** Plaintext is refused (see {@link NbdServerOptions.tlsOnly}). */
+  readonly tlsOnly: boolean;
   readonly shutdownTimeout: number;
   readonly clock: Clock;
   readonly counters: Omit<NbdServerStats, 'connections' | 'inFlight' | 'inFlightBytes' | 'peakInFlightBytes' | 'budgetWaits'>;
@@ -383,6 +417,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       throw invalidArgument('NbdServer: defaultExport must be a string');
     }
     this.#defaultExport = options.defaultExport;
+    if (options.tlsOnly === true && options.tls === undefined) throw invalidArgument('NbdServer: tlsOnly needs tls');
     this.#maxConnections = intOption(options.maxConnections, 'maxConnections', DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
     const maxPayload = intOption(options.maxPayload, 'maxPayload', DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, MAX_MAX_PAYLOAD);
     this.#ctx = {
@@ -397,6 +432,8 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
         1,
         Number.MAX_SAFE_INTEGER,
       ),
+      tls: nbdTls(options.tls),
+      tlsOnly: options.tlsOnly === true,
       budget: new ByteBudget(
         intOption(options.maxInFlightBytes, 'maxInFlightBytes', DEFAULT_GLOBAL_IN_FLIGHT_BYTES, 1, Number.MAX_SAFE_INTEGER),
       ),
@@ -606,8 +643,12 @@ class NbdConnection implements BudgetWaiter {
   inFlight = 0;
 
   readonly #server: ServerContext;
-  readonly #socket: NbdSocket;
+  #socket: NbdSocket;
   readonly #info: NbdClientInfo;
+  /** TLS was negotiated (NBD_OPT_STARTTLS). */
+  #secure = false;
+  /** The TLS handshake after STARTTLS is running. */
+  #tlsPending = false;
   #resolveClosed!: () => void;
 
   #state: ConnState = 'flags';
@@ -666,23 +707,45 @@ class NbdConnection implements BudgetWaiter {
     });
   }
 
+  readonly #onDataL = (chunk: Buffer): void => this.#onData(chunk);
+  readonly #onEndL = (): void => this.#onEnd();
+  readonly #onDrainL = (): void => {
+    this.#writeBlocked = false;
+    this.#process();
+  };
+  readonly #onErrorL = (err: NodeJS.ErrnoException): void => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+      log('client %d: %s', this.#info.id, err.code);
+      return;
+    }
+    if (this.#tlsPending) {
+      this.#server.clientError(new BlockMirrorError('BM_ERR_AUTH_FAILED', `NBD client failed the TLS handshake: ${err.message}`, { cause: err }), this.#info);
+      return;
+    }
+    this.#server.clientError(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED'), this.#info);
+  };
+  readonly #onCloseL = (): void => this.#onClose();
+
+  #wire(socket: NbdSocket): void {
+    socket.on('data', this.#onDataL);
+    socket.on('end', this.#onEndL);
+    socket.on('drain', this.#onDrainL);
+    socket.on('error', this.#onErrorL);
+    socket.on('close', this.#onCloseL);
+  }
+
+  #unwire(socket: NbdSocket): void {
+    socket.off('data', this.#onDataL);
+    socket.off('end', this.#onEndL);
+    socket.off('drain', this.#onDrainL);
+    socket.off('error', this.#onErrorL);
+    socket.off('close', this.#onCloseL);
+  }
+
   start(): void {
     const socket = this.#socket;
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('end', () => this.#onEnd());
-    socket.on('drain', () => {
-      this.#writeBlocked = false;
-      this.#process();
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
-        log('client %d: %s', this.#info.id, err.code);
-        return;
-      }
-      this.#server.clientError(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED'), this.#info);
-    });
-    socket.on('close', () => this.#onClose());
+    this.#wire(socket);
     const clock = this.#server.clock;
     this.#handshakeTimer = clock.setTimeout(() => {
       this.#handshakeTimer = undefined;
@@ -958,6 +1021,15 @@ class NbdConnection implements BudgetWaiter {
 
   async #onOption(option: number, data: Buffer): Promise<void> {
     log('client %d: %s (%d bytes)', this.#info.id, optionName(option), data.length);
+    if (this.#server.tlsOnly && !this.#secure && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME) {
+        // no error reply is possible: the spec has the server close the connection
+        this.#fail(new BlockMirrorError('BM_ERR_AUTH_FAILED', 'NBD client asked for an export without TLS on a TLS-only server'));
+        return;
+      }
+      this.#sendOptionReply(option, NBD_REP_ERR_TLS_REQD, message('this server requires TLS: use NBD_OPT_STARTTLS first'));
+      return;
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME: {
         const name = decodeName(data);
@@ -1004,7 +1076,7 @@ class NbdConnection implements BudgetWaiter {
         return;
       }
       case NBD_OPT_STARTTLS:
-        this.#sendOptionReply(option, NBD_REP_ERR_UNSUP, message('TLS is not supported by this server'));
+        this.#startTls(data);
         return;
       case NBD_OPT_INFO:
       case NBD_OPT_GO:
@@ -1141,6 +1213,61 @@ class NbdConnection implements BudgetWaiter {
     }
     chunks.push(optionReplyHeader(option, NBD_REP_ACK, 0));
     this.#send(chunks);
+  }
+
+  /** NBD_OPT_STARTTLS: acknowledge, then run the TLS handshake on the same stream; negotiated state starts afresh. */
+  #startTls(data: Buffer): void {
+    const settings = this.#server.tls;
+    if (settings === undefined) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, message('TLS is not configured on this server'));
+      return;
+    }
+    if (this.#secure) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, message('TLS is already negotiated'));
+      return;
+    }
+    if (data.length !== 0) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, message('NBD_OPT_STARTTLS takes no data'));
+      return;
+    }
+    if (this.#buf.length > 0) {
+      // bytes after STARTTLS before the TLS handshake: an injection attempt, never parsed as options
+      this.#fail(new BlockMirrorError('BM_ERR_PROTOCOL', 'NBD client sent data after NBD_OPT_STARTTLS before the TLS handshake'));
+      return;
+    }
+    this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ACK);
+    const raw = this.#socket;
+    if (this.#corked) {
+      this.#corked = false;
+      raw.uncork();
+    }
+    this.#unwire(raw);
+    const secure = new tls.TLSSocket(raw, {
+      isServer: true,
+      secureContext: settings.context,
+      requestCert: settings.requireClientCertificate,
+      rejectUnauthorized: settings.requireClientCertificate,
+    });
+    this.#socket = secure as unknown as NbdSocket;
+    this.#tlsPending = true;
+    this.#inputPaused = false;
+    this.#wire(this.#socket);
+    secure.once('secure', () => {
+      this.#tlsPending = false;
+      if (settings.requireClientCertificate) {
+        const why = peerCertificateError(secure);
+        if (why !== undefined) {
+          this.#fail(new BlockMirrorError('BM_ERR_AUTH_FAILED', `NBD client certificate refused: ${why}`));
+          return;
+        }
+      }
+      log('client %d: TLS established', this.#info.id);
+    });
+    this.#secure = true;
+    // the spec: whatever was negotiated before TLS does not carry over
+    this.#structured = false;
+    this.#metaExport = undefined;
+    this.#allocation = false;
   }
 
   #sendOptionReply(option: number, type: number, data: Buffer = EMPTY): void {
@@ -1601,5 +1728,22 @@ function decodeName(bytes: Uint8Array): string | undefined {
     return s.includes('\0') ? undefined : s;
   } catch {
     return undefined;
+  }
+}
+
+/** The STARTTLS settings of a server, or undefined when TLS is not offered. */
+function nbdTls(options: NbdTlsOptions | undefined): { context: tls.SecureContext; requireClientCertificate: boolean } | undefined {
+  if (options === undefined) return undefined;
+  if (options === null || typeof options !== 'object') throw invalidArgument('NbdServer: tls must be an object');
+  const requireClientCertificate = options.requireClientCertificate ?? options.ca !== undefined;
+  if (options.secureContext !== undefined) return { context: options.secureContext, requireClientCertificate };
+  if (options.cert === undefined || options.key === undefined) throw invalidArgument('NbdServer: tls needs a secureContext, or cert and key');
+  try {
+    return {
+      context: tls.createSecureContext({ cert: options.cert, key: options.key, ...(options.ca === undefined ? {} : { ca: options.ca }), minVersion: 'TLSv1.2' }),
+      requireClientCertificate,
+    };
+  } catch (error) {
+    throw invalidArgument(`NbdServer: unusable TLS certificate or key: ${(error as Error).message}`);
   }
 }

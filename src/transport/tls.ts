@@ -20,6 +20,7 @@ import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { ConnectOptions, Transport, TransportAddress, TransportServer, TransportServerEvents, TransportSupports } from './transport.js';
 import { checkAddress } from './address.js';
 import { DEFAULT_TCP_CONNECT_TIMEOUT, DEFAULT_TCP_HIGH_WATER_MARK, TcpConnection, TcpTransport, type SocketSettings, type UdpChannel } from './tcp.js';
+import { peerCertificateError } from './tls-verify.js';
 import { describeCertificate, parsePeerPatterns, peerAllowed, type PeerPattern } from './peer-identity.js';
 
 const log = debug('blockmirror:transport');
@@ -71,23 +72,6 @@ export interface TlsServerStats {
   handshakeFailures: number;
   /** Connections with a valid certificate that is not in the allowed peer list. */
   refusedPeers: number;
-}
-
-/**
- * Why the peer's certificate chain failed verification against the CA, or
- * undefined when it passed. A server `TLSSocket` made outside `tls.Server`
- * does not set `authorized`, so this asks its handle as `tls.Server` itself
- * does (`verifyError()`); a socket without a peer certificate, or a handle
- * that cannot answer, fails closed.
- */
-function chainError(socket: tls.TLSSocket): string | undefined {
-  const handle = (socket as unknown as { _handle?: { verifyError?: () => (Error & { code?: string }) | null } })._handle;
-  if (typeof handle?.verifyError !== 'function') return 'cannot verify the peer certificate';
-  const error = handle.verifyError();
-  if (error !== null && error !== undefined) return error.code ?? error.message;
-  const cert = socket.getPeerCertificate();
-  if (cert === null || typeof cert !== 'object' || Object.keys(cert).length === 0) return 'no peer certificate';
-  return undefined;
 }
 
 /** What a {@link TlsServer} needs of its transport. */
@@ -149,7 +133,7 @@ export class TlsServer extends EventEmitter<TransportServerEvents> implements Tr
     socket.once('secure', () => {
       if (!this.#handshaking.delete(socket)) return;
       clock.clearTimeout(timer);
-      const verifyError = chainError(socket);
+      const verifyError = peerCertificateError(socket);
       if (verifyError !== undefined) {
         this.stats.handshakeFailures++;
         log('tls peer %s not authorised: %s', raw.remoteAddress, verifyError);
