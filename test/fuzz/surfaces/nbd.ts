@@ -152,7 +152,7 @@ export const nbdSurface: Surface<NbdInput> = {
     client.resume(); // replies are read and dropped
     client.on('error', () => {});
     const closed = new Promise<void>((resolve) => serverSide.once('close', () => resolve()));
-    const errorsBefore = errors.length;
+    errors.length = 0; // only this input's errors are checked (and kept)
     server.serve(serverSide);
     for (const chunk of split(bytes, input.splits)) {
       client.write(chunk);
@@ -163,7 +163,7 @@ export const nbdSurface: Surface<NbdInput> = {
     void closed.then(() => (done = true));
     for (let i = 0; i < 200 && !done; i++) await settle(1);
     if (!done) throw new Error('the NBD connection did not end after the client closed its side');
-    for (const e of errors.slice(errorsBefore)) assertCoded(e, 'NbdServer error event');
+    for (const e of errors) assertCoded(e, 'NbdServer error event');
     const violation = disk.violations[0] ?? ro.violations[0];
     if (violation !== undefined) throw new Error(`backend misuse: ${violation}`);
     const s = server.stats();
