@@ -106,7 +106,7 @@ export function exposureWarnings(io: CliIo, listeners: readonly Listener[], conf
     warn(io, `${l.what} listener ${formatHostPort(l.at)} is reachable beyond this machine without authentication: ${l.remedy}`);
   }
   if (config.tls !== undefined && !hasSecret) {
-    warn(io, 'heartbeats (UDP) are not authenticated: TLS protects the connections only; add --secret-file to sign heartbeats too');
+    warn(io, 'heartbeats (UDP) are signed with a key of the TLS session only while connection 0 is up (unsigned before the first handshake and after an outage); add --secret-file to sign them always');
   }
   if (config.metricsOpen === true && config.admin !== undefined && !isLoopbackHost(config.admin.host)) {
     warn(io, `admin /metrics on ${formatHostPort(config.admin)} answers without authentication (--metrics-open)`);

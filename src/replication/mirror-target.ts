@@ -26,6 +26,7 @@ import { agreeHeartbeats, type HeartbeatSettings } from '../link/heartbeat-setti
 import { persistentNodeId } from '../storage/node-id.js';
 import { IdleWatch } from '../link/idle-watch.js';
 import { preAuthLimits } from '../link/pre-auth.js';
+import { heartbeatKeyOf } from '../link/session-key.js';
 import { DatagramDemux } from '../link/datagram-demux.js';
 import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
 import { ApplyOrder } from './apply-order.js';
@@ -685,6 +686,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       this.#handlers.add(handler);
       const slot = this.#attach(result.hello, result.heartbeats, raw.remoteAddress.host, conn);
       const peer = this.#peers.get(result.hello.session)!;
+      // over TLS without a secret, slot 0's TLS session keys the session's heartbeats (the primary derives the same key)
+      if (result.hello.slot === 0) {
+        const key = heartbeatKeyOf(raw, result.hello.session);
+        if (key !== undefined) peer.monitor?.useKey(key);
+      }
       // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
       const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
       conn.on('frame', (frame) => {
@@ -770,6 +776,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           if (current === undefined || current.host !== from.host || current.port !== from.port) monitor.setPeer(from);
         });
         monitor.on('down', (_reason, error) => {
+          // unsigned until the next slot-0 handshake derives a new key (as the primary does)
+          monitor.useKey(undefined);
           // SPEC 5: close all of this primary's connections
           for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
         });

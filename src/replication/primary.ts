@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { heartbeatKeyOf } from '../link/session-key.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -235,6 +236,8 @@ export interface PrimaryStatus {
       rejected: number;
       /** Refused heartbeats by reason (`unexpected-node`: a correctly formed heartbeat of another node than the target's, ignored). */
       rejectedByReason: Record<string, number>;
+      /** How heartbeats are authenticated: `secret`, `session` (a key from the TLS session of connection 0) or `none`. */
+      auth: 'secret' | 'session' | 'none';
       lastReceivedAt?: string;
       probationEndsAt?: string;
       intervalMs: number;
@@ -616,6 +619,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     monitor.on('down', (reason, error) => {
       // a restarted target may come back under another node id: its handshake binds the monitor again
       monitor.expectNode(undefined);
+      // and the next slot-0 handshake derives a new session key
+      monitor.useKey(undefined);
       if (error !== undefined) this.#lastError = toBlockMirrorError(error);
       else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
       // SPEC 5: close all n connections; their in-flight requests are requeued
@@ -689,6 +694,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#peerNode = result.peerNode;
       // heartbeats are accepted from the node this handshake proved only (until the link goes down)
       this.#monitor?.expectNode(result.peerNode);
+      // over TLS without a secret, slot 0's TLS session keys the heartbeats (the target derives the same key)
+      if (slot.index === 0) {
+        const key = heartbeatKeyOf(raw, this.session);
+        if (key !== undefined) this.#monitor?.useKey(key);
+      }
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
@@ -1113,6 +1123,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         received: m.heartbeatsReceived,
         rejected: Object.values(m.heartbeatsRejected).reduce((a, b) => a + b, 0),
         rejectedByReason: { ...m.heartbeatsRejected },
+        auth: this.#monitor.heartbeatAuth,
         intervalMs: this.#monitorOptions.heartbeatInterval,
         staleAfterMs: this.#monitorOptions.staleAfter,
       };

@@ -78,7 +78,7 @@ describe('CLI security flags', () => {
     assert.match(lines[1]!, /NBD listener 10\.1\.2\.3:10809/);
     const b = fakeIo();
     exposureWarnings(b.io as never, [], mirror('--tls-cert', 'c', '--tls-key', 'k', '--tls-ca', 'a'), false);
-    assert.match(b.err(), /heartbeats \(UDP\) are not authenticated/);
+    assert.match(b.err(), /heartbeats \(UDP\) are signed with a key of the TLS session only/);
   });
 
   test('admin token: first line of --admin-token-file, else the environment; an empty file is refused', async (t) => {
@@ -114,7 +114,7 @@ describe('CLI over TLS (real processes)', { skip: !requireTool('openssl') }, () 
     );
     const addrs = listeningAddresses(await primaryProc.waitForLine(/^listening /));
     await primaryProc.waitForLine(/^link up/);
-    assert.match(primaryProc.stderr, /heartbeats \(UDP\) are not authenticated/);
+    assert.match(primaryProc.stderr, /heartbeats \(UDP\) are signed with a key of the TLS session only/);
     // admin: 401 without the token, 200 with it
     const status = (auth?: string) =>
       new Promise<number>((resolve, reject) => {

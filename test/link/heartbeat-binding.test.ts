@@ -55,4 +55,36 @@ describe('heartbeats bound to the node id', () => {
     assert.ok(a.monitor.status().heartbeatsReceived > before);
     await pair.stop();
   });
+
+  it('useKey: once both ends use the key derived from the TLS session, an unsigned or wrongly signed heartbeat claiming the peer is refused (auth); a configured secret always wins', async () => {
+    const pair = await virtualPair({ a: { expectedNode: 'B' }, b: { expectedNode: 'A' } });
+    const { a, b } = pair;
+    a.monitor.start();
+    b.monitor.start();
+    a.monitor.connected();
+    b.monitor.connected();
+    pair.until(3000);
+    assert.equal(a.monitor.heartbeatAuth, 'none');
+    const key = Buffer.alloc(32, 7);
+    a.monitor.useKey(key);
+    b.monitor.useKey(key);
+    assert.equal(a.monitor.heartbeatAuth, 'session');
+    const received = a.monitor.status().heartbeatsReceived;
+    pair.until(9000);
+    assert.ok(a.monitor.status().heartbeatsReceived > received, 'signed heartbeats keep flowing');
+    // (a heartbeat in flight when the key changed may have been refused: count from here)
+    const before = a.monitor.status().heartbeatsRejected.auth;
+    const x = await pair.network.transport({ host: 'x' }).bindDatagram({ host: 'x', port: 0 });
+    x.send(encodeHeartbeat({ node: 'B', session: b.monitor.session, seq: 1e9, time: 0, status: 'up' }), a.channel.address);
+    x.send(encodeHeartbeat({ node: 'B', session: b.monitor.session, seq: 1e9 + 1, time: 0, status: 'up' }, Buffer.alloc(32, 8)), a.channel.address);
+    pair.until(9100);
+    assert.equal(a.monitor.status().heartbeatsRejected.auth - before, 2);
+    assert.equal(a.monitor.state, 'up');
+    await x.close();
+    await pair.stop();
+    const fixed = await virtualPair({ a: { secret: SECRET }, b: { secret: SECRET } });
+    fixed.a.monitor.useKey(Buffer.alloc(32, 1));
+    assert.equal(fixed.a.monitor.heartbeatAuth, 'secret');
+    await fixed.stop();
+  });
 });

@@ -71,6 +71,8 @@ describe('replication over TLS', { skip: !haveOpenssl }, () => {
       for (let i = 0; i < 12; i++) assert.equal((await primary.volume('v').write(i * 4096, Buffer.alloc(4096, i + 1))).mirror, 'acknowledged');
       assert.ok((await device.read(0, MiB)).equals(await local.read(0, MiB)));
       assert.equal(target.status().volumes.v!.connections, 3);
+      // no secret: the heartbeats are keyed from the TLS session of connection 0
+      assert.equal(primary.status().peers[0]!.heartbeats?.auth, 'session');
     } finally {
       await primary.close();
       await target.close();
