@@ -87,3 +87,22 @@ describe('admin endpoint over TLS with client certificates', { skip: !requireToo
     await assert.rejects(sget(admin, rogue));
   });
 });
+
+describe('heartbeat rejections in /metrics', () => {
+  test('blockmirror_heartbeats_rejected_total{peer,reason} from the status of a primary; absent without heartbeats', async () => {
+    const { renderMetrics } = await import('../../src/admin/metrics.js');
+    const { normalizeStatus } = await import('../../src/admin/status.js');
+    const status = normalizeStatus({
+      role: 'primary',
+      node: 'p',
+      peers: [{ address: '10.0.0.2:7000', link: 'up', heartbeats: { rejectedByReason: { malformed: 0, auth: 2, 'unexpected-node': 5, replayed: 0 } } }],
+      volumes: {},
+    });
+    const text = renderMetrics(status, {}, '0');
+    assert.match(text, /^# TYPE blockmirror_heartbeats_rejected_total counter$/m);
+    assert.match(text, /^blockmirror_heartbeats_rejected_total\{peer="10\.0\.0\.2:7000",reason="unexpected-node"\} 5$/m);
+    assert.match(text, /^blockmirror_heartbeats_rejected_total\{peer="10\.0\.0\.2:7000",reason="auth"\} 2$/m);
+    const none = renderMetrics(normalizeStatus({ role: 'primary', node: 'p', peers: [{ address: 'x:1', link: 'up' }], volumes: {} }), {}, '0');
+    assert.doesNotMatch(none, /heartbeats_rejected/);
+  });
+});
