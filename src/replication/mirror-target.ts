@@ -651,7 +651,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
             this.#demux === undefined ? undefined : { interval: this.#monitorOptions.heartbeatInterval, staleAfter: this.#monitorOptions.staleAfter },
           ),
         accept: async (hello, offers) => {
-          if (!this.#peers.has(hello.session) && this.#sessionCount() >= this.#maxSessions) {
+          if (!this.#peers.has(hello.session) && this.#sessionCount(hello.node) >= this.#maxSessions) {
             throw new BlockMirrorError('BM_ERR_TOO_MANY_CONNECTIONS', `${this.#maxSessions} peer sessions are open; refused`, {
               details: { limit: this.#maxSessions },
             });
@@ -724,9 +724,15 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     }
   }
 
-  /** Primary sessions plus cycle-source connections open now (see `maxSessions`). */
-  #sessionCount(): number {
-    return this.#peers.size + this.#cycleConnections.size;
+  /**
+   * Primary sessions plus cycle-source connections open now (see
+   * `maxSessions`), not counting those of `node` (a new session of a node
+   * replaces its old one).
+   */
+  #sessionCount(node: string): number {
+    let n = this.#cycleConnections.size;
+    for (const p of this.#peers.values()) if (p.node !== node) n++;
+    return n;
   }
 
   /**

@@ -77,6 +77,12 @@ test('beyond maxSessions a new primary session is refused with BM_ERR_TOO_MANY_C
     assert.equal(await refused, 'BM_ERR_TOO_MANY_CONNECTIONS');
     assert.equal(pair.target.status().peers.length, 1);
     assert.equal((await pair.primary.volume('v').write(0, Buffer.alloc(512, 3))).mirror, 'acknowledged');
+    // a restart of the same node (a new session) would replace its old session: the session limit lets it
+    // through to the claim decision (which refuses this memory-only primary's new lineage, as it should)
+    const nodeId = pair.primary.nodeId;
+    const device = pair.devices.get('v')!.primary;
+    await pair.primary.close({ drain: false });
+    await assert.rejects(createPrimary({ peer: pair.target.address, nodeId, volumes: [{ name: 'v', device, mode: 'sync' }] }), { code: 'BM_ERR_SPLIT_BRAIN' });
   } finally {
     await pair.close();
   }
