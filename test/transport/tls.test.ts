@@ -17,6 +17,8 @@ import { createPrimary } from '../../src/replication/primary.js';
 import { TlsTransport } from '../../src/transport/tls.js';
 import { parsePeerPatterns } from '../../src/transport/peer-identity.js';
 import { isBlockMirrorError } from '../../src/errors.js';
+import FakeTimers from '@sinonjs/fake-timers';
+import { clockFrom } from '../../src/clock.js';
 import { createTestPki, type CertPair, type TestPki } from '../helpers/certs.js';
 import { join } from 'node:path';
 import { FileBlockDevice } from '../../src/device/file-device.js';
@@ -169,6 +171,31 @@ describe('replication over TLS', { skip: !haveOpenssl }, () => {
       await target.close();
       await device.close();
       root.cleanup();
+    }
+  });
+
+  it('a TCP client that never starts the TLS handshake is closed after handshakeTimeout (fake clock) and counted', async () => {
+    const fake = FakeTimers.createClock(0);
+    const t = new TlsTransport({ cert: targetCert.cert, key: targetCert.key, ca: pki.ca, handshakeTimeout: 2000, clock: clockFrom(fake) });
+    const server = await t.listen({ host: '127.0.0.1', port: 0 });
+    try {
+      let connections = 0;
+      server.on('connection', () => connections++);
+      const silent = net.connect(server.address.port, '127.0.0.1');
+      silent.on('error', () => {});
+      silent.resume();
+      await once(silent, 'connect');
+      const closed = new Promise((resolve) => silent.once('close', resolve));
+      // wait until the server accepted it (its timer is armed), without sleeping
+      while (fake.countTimers() === 0) await new Promise<void>((resolve) => setImmediate(resolve));
+      fake.tick(1999);
+      assert.equal(silent.destroyed, false);
+      fake.tick(1);
+      await closed;
+      assert.equal(server.stats.handshakeFailures, 1);
+      assert.equal(connections, 0);
+    } finally {
+      await server.close();
     }
   });
 
