@@ -83,7 +83,8 @@ export type { ConnectionSlotStatus, SlotStatus } from './link/connection-array.j
 
 // NBD front
 export { NbdServer } from './nbd/server.js';
-export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats, NbdTlsOptions } from './nbd/server.js';
+export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats } from './nbd/server.js';
+export type { NbdTlsOptions } from './nbd/tls-options.js';
 export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
 export { NbdBlockDevice } from './nbd/nbd-block-device.js';
 export type { NbdBlockDeviceOptions, NbdBlockDeviceEvents, NbdZeroOptions } from './nbd/nbd-block-device.js';

@@ -19,6 +19,7 @@ import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors
 import type { BlockExtent } from '../device/block-device.js';
 import { ByteBudget, type BudgetWaiter } from '../limits/byte-budget.js';
 import { peerCertificateError } from '../transport/tls-verify.js';
+import { nbdTls, type NbdTls, type NbdTlsOptions } from './tls-options.js';
 import type { NbdBackend, NbdExport } from './export.js';
 import { nbdErrorFor, validateNbdExport } from './export.js';
 import {
@@ -97,6 +98,8 @@ import {
 } from './protocol.js';
 
 const log = createDebug('blockmirror:nbd');
+
+export type { NbdTlsOptions } from './tls-options.js';
 
 /** Supplies the current exports; called for every `NBD_OPT_LIST`, `INFO`, `GO` and `EXPORT_NAME`. */
 export type NbdExportLookup = () => readonly NbdExport[] | Promise<readonly NbdExport[]>;
@@ -178,20 +181,6 @@ export interface NbdServerOptions {
   shutdownTimeout?: number;
   /** Time source for the timeouts. Default {@link systemClock}. */
   clock?: Clock;
-}
-
-/** TLS settings of an {@link NbdServer} (see {@link NbdServerOptions.tls}). */
-export interface NbdTlsOptions {
-  /** A ready context (certificate, key and, for client certificates, the CA). */
-  secureContext?: tls.SecureContext;
-  /** Server certificate chain (PEM). */
-  cert?: string | Buffer;
-  /** Server private key (PEM). */
-  key?: string | Buffer;
-  /** CA that signs client certificates (PEM): clients must present one. */
-  ca?: string | Buffer;
-  /** Require a client certificate (default: true when `ca` is given). */
-  requireClientCertificate?: boolean;
 }
 
 /** Address given to and reported by {@link NbdServer.listen}. */
@@ -310,7 +299,7 @@ interface ServerContext {
   /** Bytes in flight over all connections. */
   readonly budget: ByteBudget;
   /** STARTTLS settings (undefined: not offered). */
-  readonly tls: { context: tls.SecureContext; requireClientCertificate: boolean } | undefined;
+  readonly tls: NbdTls | undefined;
   /** Plaintext is refused (see {@link NbdServerOptions.tlsOnly}). */
   readonly tlsOnly: boolean;
   readonly shutdownTimeout: number;
@@ -1728,22 +1717,5 @@ function decodeName(bytes: Uint8Array): string | undefined {
     return s.includes('\0') ? undefined : s;
   } catch {
     return undefined;
-  }
-}
-
-/** The STARTTLS settings of a server, or undefined when TLS is not offered. */
-function nbdTls(options: NbdTlsOptions | undefined): { context: tls.SecureContext; requireClientCertificate: boolean } | undefined {
-  if (options === undefined) return undefined;
-  if (options === null || typeof options !== 'object') throw invalidArgument('NbdServer: tls must be an object');
-  const requireClientCertificate = options.requireClientCertificate ?? options.ca !== undefined;
-  if (options.secureContext !== undefined) return { context: options.secureContext, requireClientCertificate };
-  if (options.cert === undefined || options.key === undefined) throw invalidArgument('NbdServer: tls needs a secureContext, or cert and key');
-  try {
-    return {
-      context: tls.createSecureContext({ cert: options.cert, key: options.key, ...(options.ca === undefined ? {} : { ca: options.ca }), minVersion: 'TLSv1.2' }),
-      requireClientCertificate,
-    };
-  } catch (error) {
-    throw invalidArgument(`NbdServer: unusable TLS certificate or key: ${(error as Error).message}`);
   }
 }
