@@ -72,6 +72,19 @@ function frames(input: CycleInput, from: number): Uint8Array[][] {
   return out;
 }
 
+/** Inputs served by one host before a fresh one (the in-memory file system keeps every staging device it ever opened). */
+const INPUTS_PER_HOST = 200;
+let served = 0;
+
+async function openHost(): Promise<void> {
+  device = new GuardDevice(SIZE, { blockSize: 512 });
+  host = await CycleHost.open({ dir: '/fuzz-cycle', volumes: [{ name: 'v', device }], fs: new MemoryFileSystem().view(), clock: clockFrom(fake) });
+  host.on('begin', () => stats.begun++);
+  host.on('committed', () => stats.committed++);
+  host.on('transfer-error', () => stats.transferErrors++);
+  served = 0;
+}
+
 export const cycleSurface: Surface<CycleInput> = {
   name: 'cycle',
   stats,
@@ -84,18 +97,19 @@ export const cycleSurface: Surface<CycleInput> = {
     splits: splitsArb,
     dropEarly: fc.boolean(),
   }),
-  async setup() {
-    device = new GuardDevice(SIZE, { blockSize: 512 });
-    host = await CycleHost.open({ dir: '/fuzz-cycle', volumes: [{ name: 'v', device }], fs: new MemoryFileSystem().view(), clock: clockFrom(fake) });
-    host.on('begin', () => stats.begun++);
-    host.on('committed', () => stats.committed++);
-    host.on('transfer-error', () => stats.transferErrors++);
-  },
+  setup: openHost,
   async teardown() {
+    stats.deviceWrites += device.writes;
     await host?.close();
     host = undefined;
   },
   async run(input) {
+    if (++served > INPUTS_PER_HOST) {
+      stats.deviceWrites += device.writes;
+      await host?.close();
+      await openHost();
+      served = 1;
+    }
     const h = host!;
     const image = h.volumeStatus('v');
     const from = image.lineage === LINEAGE && image.seeding !== true ? image.freeze : 0;
@@ -124,7 +138,7 @@ export const cycleSurface: Surface<CycleInput> = {
     raw.destroy();
     await settle(4);
     if (closeError !== undefined) assertCoded(closeError, 'cycle connection close');
-    stats.deviceWrites = device.writes;
+
     if (device.violations.length > 0) throw new Error(`image device misuse: ${device.violations[0]}`);
     h.volumeStatus('v');
   },
