@@ -7,7 +7,7 @@
  * information of its run; a `--quick` run does not touch latest.json).
  *
  * Options:
- * - `--only codec,journal,replay,write,nbd,resync`   suites to run (default: all)
+ * - `--only codec,journal,replay,write,nbd,resync,cycle,tls`   suites to run (default: all)
  * - `--quick`                  short smoke run (1 round, short runs, small volumes)
  * - `--journal-ms MS`          measuring time per journal-suite row (default 1500)
  * - `--rounds N`               rounds of the write and nbd suites and of the resync suite's initial-sync part (default 3)
@@ -45,9 +45,10 @@ import { runCycleBenchmark } from './cycle.js';
 import { runWriteBenchmark, WRITE_CONFIGS, type WriteBenchOptions, type WriteConfig, type WriteWorkload } from './write.js';
 import { NBD_CONFIGS, NBD_JOBS, runNbdBenchmark, type NbdBenchOptions, type NbdConfig } from './nbd.js';
 import { runResyncBenchmark } from './resync.js';
+import { runTlsBenchmark } from './tls.js';
 import { BENCH_DIR, formatTable, machineInfo, type MachineInfo } from './util.js';
 
-const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync', 'cycle'] as const;
+const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync', 'cycle', 'tls'] as const;
 type Suite = (typeof SUITES)[number];
 
 /** What a suite run stores in its JSON file and in latest.json. */
@@ -203,6 +204,10 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     case 'nbd': {
       const r = await runNbdBenchmark(nbdOptions);
       return { rows: r.rows, details: { runs: r.runs, servers: r.servers }, options: r.settings };
+    }
+    case 'tls': {
+      const r = await runTlsBenchmark({ rounds: rounds ?? (quick ? 1 : 3), ...(writeMs === undefined ? {} : { durationMs: writeMs }), log });
+      return { rows: r.rows, details: {}, options: r.settings };
     }
     case 'resync': {
       const sizeMiB = int(values['resync-mib'], '--resync-mib') ?? (quick ? 128 : 1024);

@@ -44,6 +44,7 @@ export const ERROR_CODES = {
   BM_ERR_JOURNAL_FULL: 'The journal has no room for the record (the oldest unacknowledged record would be overwritten); nothing was written.',
   BM_ERR_JOURNAL_CORRUPT: 'The journal file is not a blockmirror journal or its superblock is unreadable; nothing was changed.',
   BM_ERR_BITMAP_CORRUPT: 'The dirty-bitmap file is not a blockmirror bitmap or its header is unreadable; nothing was changed.',
+  BM_ERR_TOO_MANY_CONNECTIONS: 'A listener already holds its configured maximum of connections, unauthenticated connections or peer sessions; the new one was closed at once and nothing else was affected.',
 } as const;
 
 /** A stable error code string, see {@link ERROR_CODES}. */

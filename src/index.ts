@@ -39,6 +39,11 @@ export type {
 } from './transport/transport.js';
 export { TcpTransport, TcpConnection, TcpServer, UdpChannel, DEFAULT_TCP_HIGH_WATER_MARK, DEFAULT_TCP_CONNECT_TIMEOUT } from './transport/tcp.js';
 export type { TcpTransportOptions, SocketSettings } from './transport/tcp.js';
+export { TlsTransport, TlsServer } from './transport/tls.js';
+export type { TlsTransportOptions, TlsServerStats, Pem } from './transport/tls.js';
+export { parsePeerPatterns, peerAllowed, certificateNames } from './transport/peer-identity.js';
+export type { PeerPattern } from './transport/peer-identity.js';
+export { isLoopbackHost } from './transport/loopback.js';
 
 // wire codec
 export { encodeFrame, frameLength, validateCodecLimits } from './codec/encoder.js';
@@ -79,6 +84,7 @@ export type { ConnectionSlotStatus, SlotStatus } from './link/connection-array.j
 // NBD front
 export { NbdServer } from './nbd/server.js';
 export type { NbdServerOptions, NbdExportLookup, NbdListenAddress, NbdClientInfo, NbdServerEvents, NbdServerStats } from './nbd/server.js';
+export type { NbdTlsOptions } from './nbd/tls-options.js';
 export { nbdErrorFor, validateNbdExport } from './nbd/export.js';
 export { NbdBlockDevice } from './nbd/nbd-block-device.js';
 export type { NbdBlockDeviceOptions, NbdBlockDeviceEvents, NbdZeroOptions } from './nbd/nbd-block-device.js';

@@ -67,6 +67,7 @@ class Writer {
  * |---|---|---|
  * | `blockmirror_info` (always 1) | gauge | `role`, `node`, `version` |
  * | `blockmirror_link_up` (1 when `link` is `up`) | gauge | `peer` |
+ * | `blockmirror_heartbeats_rejected_total` (heartbeats refused: `malformed`, `auth`, `unexpected-node` — another node's —, `replayed`) | counter | `peer`, `reason` |
  * | `blockmirror_volume_in_sync` | gauge | `volume` |
  * | `blockmirror_pending_bytes` | gauge | `volume` |
  * | `blockmirror_volume_size_bytes` | gauge | `volume` |
@@ -88,6 +89,19 @@ export function renderMetrics(status: AdminStatus, metrics: AdminMetrics = {}, v
 
   w.family('blockmirror_link_up', 'gauge', 'Whether the replication link to the peer is up (1) or not (0).');
   for (const p of status.peers) w.sample('blockmirror_link_up', { peer: p.address }, p.link === 'up' ? 1 : 0);
+
+  const rejected = status.peers.flatMap((p) => {
+    const hb = p.heartbeats as { rejectedByReason?: unknown } | undefined;
+    const byReason = hb !== null && typeof hb === 'object' ? hb.rejectedByReason : undefined;
+    if (byReason === null || typeof byReason !== 'object') return [];
+    return Object.entries(byReason as Record<string, unknown>)
+      .filter((e): e is [string, number] => typeof e[1] === 'number' && Number.isFinite(e[1]))
+      .map(([reason, n]) => ({ peer: p.address, reason, n }));
+  });
+  if (rejected.length > 0) {
+    w.family('blockmirror_heartbeats_rejected_total', 'counter', 'Heartbeats refused, by reason (unexpected-node: a heartbeat of another node than the session\'s, ignored).');
+    for (const r of rejected) w.sample('blockmirror_heartbeats_rejected_total', { peer: r.peer, reason: r.reason }, r.n);
+  }
 
   w.family('blockmirror_volume_in_sync', 'gauge', 'Whether the mirror of the volume is in sync (1) or not (0).');
   for (const [name, v] of volumes) w.sample('blockmirror_volume_in_sync', { volume: name }, v.inSync ? 1 : 0);

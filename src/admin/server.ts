@@ -5,7 +5,9 @@
  * @module
  */
 import http from 'node:http';
+import https from 'node:https';
 import type net from 'node:net';
+import { adminAccess, mayRead } from './access.js';
 import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { PROMETHEUS_CONTENT_TYPE, renderMetrics, type AdminMetrics } from './metrics.js';
@@ -30,6 +32,19 @@ export interface AdminServerOptions {
   metrics?: AdminMetrics;
   /** Reported as `version` in `/status` and `blockmirror_info`. */
   version?: string;
+  /**
+   * Bearer token (at least 16 characters) every request must carry as
+   * `Authorization: Bearer TOKEN`; others get `401`. Required on a
+   * non-loopback `host` unless `tls` is given.
+   */
+  token?: string;
+  /**
+   * Serve HTTPS and require a client certificate signed by `ca` (PEM).
+   * Counts as authentication on a non-loopback `host`.
+   */
+  tls?: { cert: string | Buffer; key: string | Buffer; ca: string | Buffer };
+  /** Answer `/metrics` without the token (for a Prometheus scraper without credentials). Default false. */
+  openMetrics?: boolean;
 }
 
 /** A listening admin endpoint (see {@link createAdminServer}). */
@@ -38,9 +53,12 @@ export class AdminServer {
   readonly #address: { host: string; port: number };
   #closing: Promise<void> | undefined;
 
+  readonly #tls: boolean;
+
   /** @internal use {@link createAdminServer} */
-  constructor(server: http.Server) {
+  constructor(server: http.Server, tls = false) {
     this.#server = server;
+    this.#tls = tls;
     const a = server.address() as net.AddressInfo;
     this.#address = { host: a.address, port: a.port };
   }
@@ -53,7 +71,7 @@ export class AdminServer {
   /** Base URL, e.g. `http://127.0.0.1:9100`. */
   get url(): string {
     const { host, port } = this.#address;
-    return `http://${host.includes(':') ? `[${host}]` : host}:${port}`;
+    return `${this.#tls ? 'https' : 'http'}://${host.includes(':') ? `[${host}]` : host}:${port}`;
   }
 
   /** Stops listening and closes open connections. Idempotent. */
@@ -86,8 +104,12 @@ function sendError(res: http.ServerResponse, code: number, error: string, messag
  * - other paths → `404` with `{"error":{"code":"not_found",…}}`; methods other
  *   than GET → `405` (`Allow: GET`); a failing `status()` → `500`.
  *   The query string is ignored.
+ * - With `token`: a request without `Authorization: Bearer TOKEN` gets
+ *   `401` (`/metrics` too unless `openMetrics`). With `tls`: HTTPS, and a
+ *   client without a certificate the CA signed is refused in the handshake.
  *
- * @throws {BlockMirrorError} `BM_ERR_ADDRESS_IN_USE` when the port is taken, `BM_ERR_INVALID_ARGUMENT` for bad options.
+ * @throws {BlockMirrorError} `BM_ERR_ADDRESS_IN_USE` when the port is taken, `BM_ERR_INVALID_ARGUMENT` for bad options
+ *   (among them a non-loopback `host` without `token` or `tls`).
  */
 export async function createAdminServer(options: AdminServerOptions): Promise<AdminServer> {
   if (options === null || typeof options !== 'object') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'admin options are required');
@@ -100,8 +122,13 @@ export async function createAdminServer(options: AdminServerOptions): Promise<Ad
     throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'admin source must have a status() method');
   }
 
-  const server = http.createServer((req, res) => {
+  const access = adminAccess(host, options.token, options.tls !== undefined, options.openMetrics === true);
+  const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
     const path = new URL(req.url ?? '/', 'http://admin').pathname;
+    if (!mayRead(access, req, path)) {
+      sendError(res, 401, 'unauthorized', 'this endpoint needs Authorization: Bearer TOKEN', { 'www-authenticate': 'Bearer' });
+      return;
+    }
     const known = path === '/status' || path === '/metrics';
     if (!known) {
       sendError(res, 404, 'not_found', `no such endpoint ${JSON.stringify(path)} (try /status or /metrics)`);
@@ -125,7 +152,11 @@ export async function createAdminServer(options: AdminServerOptions): Promise<Ad
     } else {
       send(res, 200, PROMETHEUS_CONTENT_TYPE, renderMetrics(status, metrics, version));
     }
-  });
+  };
+  const server: http.Server =
+    options.tls === undefined
+      ? http.createServer(handler)
+      : (https.createServer({ cert: options.tls.cert, key: options.tls.key, ca: options.tls.ca, requestCert: true, rejectUnauthorized: true, minVersion: 'TLSv1.2' }, handler) as unknown as http.Server);
   server.keepAliveTimeout = 5000;
   server.headersTimeout = 10000;
   server.requestTimeout = 10000;
@@ -145,7 +176,7 @@ export async function createAdminServer(options: AdminServerOptions): Promise<Ad
     server.listen({ host, port, exclusive: true });
   });
   server.on('error', (err) => log('admin server error: %s', err.message));
-  const admin = new AdminServer(server);
+  const admin = new AdminServer(server, options.tls !== undefined);
   log('admin endpoint on %s', admin.url);
   return admin;
 }

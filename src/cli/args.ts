@@ -51,11 +51,35 @@ export interface ServerConfig {
    * when every volume is on an NBD server.
    */
   stateDir?: string;
+  /** `--tls-cert FILE --tls-key FILE --tls-ca FILE [--tls-peer NAME|sha256:FP …]`: the replication link over mutual TLS. */
+  tls?: TlsFiles;
+  /** `--nbd-tls` (STARTTLS with the `--tls-*` certificate; clients need a certificate of `--tls-ca`) / `--nbd-tls-only` (refuse plaintext). */
+  nbdTls?: 'optional' | 'only';
+  /** `--nbd-max-connections N`. */
+  nbdMaxConnections?: number;
+  /** `--nbd-max-in-flight SIZE`: READ/WRITE bytes in flight over all NBD clients. */
+  nbdMaxInFlight?: number;
+  /** `--admin-token-file FILE` (else the environment variable `BLOCKMIRROR_ADMIN_TOKEN`). */
+  adminTokenFile?: string;
+  /** `--admin-tls`: the admin endpoint over HTTPS with the `--tls-*` certificate, clients need a certificate of `--tls-ca`. */
+  adminTls?: boolean;
+  /** `--metrics-open`: `/metrics` answers without the admin token. */
+  metricsOpen?: boolean;
+}
+
+/** The certificate files of `--tls-cert`, `--tls-key`, `--tls-ca` and the allowed peers of `--tls-peer`. */
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  ca: string;
+  peers: string[];
 }
 
 /** `blockmirror mirror …` */
 export interface MirrorConfig extends ServerConfig {
   listen: HostPort;
+  /** `--max-sessions N`: primaries and cycle sources at once. */
+  maxSessions?: number;
 }
 
 /** `blockmirror primary …` */
@@ -118,6 +142,22 @@ for usage errors, 1 for runtime errors. DEBUG=blockmirror:* turns on logs (and
 stack traces).
 `;
 
+const SECURITY_HELP = `  --tls-cert FILE --tls-key FILE --tls-ca FILE
+                             the replication link over mutual TLS: this node's certificate
+                             and key, and the CA that signs its peers' certificates (PEM)
+  --tls-peer NAME|sha256:FP  allowed peer (repeatable): a certificate name (CN or
+                             subjectAltName) or SHA-256 fingerprint; default: any the CA signed
+  --nbd-tls / --nbd-tls-only offer NBD_OPT_STARTTLS with the --tls-* certificate (clients need
+                             a certificate of --tls-ca) / also refuse plaintext clients
+  --nbd-max-connections N    NBD clients at once (default 128)
+  --nbd-max-in-flight SIZE   READ/WRITE bytes in flight over all NBD clients (default 128M);
+                             beyond it requests wait (never dropped)
+  --admin-token-file FILE    admin endpoint bearer token (first line; or the environment
+                             variable BLOCKMIRROR_ADMIN_TOKEN); required off loopback
+                             unless --admin-tls
+  --admin-tls                the admin endpoint over HTTPS; clients need a certificate of --tls-ca
+  --metrics-open             /metrics answers without the token (for a scraper)`;
+
 const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PATH (repeatable). SIZE
                              (e.g. 64M, 1G, 4096) creates a missing file sparse and
                              must match an existing one; without SIZE the file must exist.
@@ -131,7 +171,10 @@ const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PA
 export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
                           [--heartbeat-interval MS] [--stale-after MS] [--probation MS]
-                          [--state-dir DIR]
+                          [--state-dir DIR] [--tls-cert FILE --tls-key FILE --tls-ca FILE]
+                          [--tls-peer NAME|sha256:FP] [--nbd-tls | --nbd-tls-only]
+                          [--admin-token-file FILE] [--admin-tls] [--metrics-open]
+                          [--max-sessions N] [--nbd-max-connections N] [--nbd-max-in-flight SIZE]
 
 Runs a mirror target. A primary connects to --listen (TCP; heartbeats use UDP
 on the same port number) and mirrors its volumes into the volume files here;
@@ -140,6 +183,8 @@ the primary's volumes must have the same names and sizes. A primary in
 
   --listen HOST:PORT         where primaries connect (PORT alone: 127.0.0.1:PORT)
 ${VOLUME_HELP}
+${SECURITY_HELP}
+  --max-sessions N           primaries and cycle sources at once (default 64)
   --nbd HOST:PORT            serve the volumes read-only over NBD (export name = volume name)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE); primaries must prove it
@@ -166,6 +211,9 @@ export const PRIMARY_HELP = `Usage: blockmirror primary --peer HOST:PORT --volum
                           [--drain-timeout MS] [--no-payload-checksum] [--state-dir DIR]
                           [--initial-sync checksum|full|none] [--assume-clean] [--resync-rate SIZE]
                           [--cycle-interval MS] [--bandwidth SIZE]
+                          [--tls-cert FILE --tls-key FILE --tls-ca FILE] [--tls-peer NAME|sha256:FP]
+                          [--nbd-tls | --nbd-tls-only] [--admin-token-file FILE] [--admin-tls]
+                          [--metrics-open] [--nbd-max-connections N] [--nbd-max-in-flight SIZE]
 
 Runs a primary: owns the volumes, serves them over NBD and mirrors every write
 to the mirror target at --peer (which must host volumes of the same names and
@@ -175,6 +223,7 @@ has not acknowledged, and reconnects after a clean heartbeat probation.
 
   --peer HOST:PORT           the mirror target (its --listen address)
 ${VOLUME_HELP}
+${SECURITY_HELP}
   --mode sync|async|cycle    sync (default): a write completes once the mirror has it;
                              async: once written locally, the mirror follows in order;
                              cycle: writes complete locally; every --cycle-interval the
@@ -408,13 +457,68 @@ function serverConfig(values: Values, command: string): ServerConfig {
     if (stateDir.length === 0) throw usageError('--state-dir: empty directory path');
     config.stateDir = stateDir;
   }
+  securityFlags(values, config);
   if (config.stateDir === undefined && config.volumes.every((v) => v.nbd !== undefined)) {
     throw usageError('--state-dir DIR is required when every volume is on an NBD server (its default lies beside the first volume file)');
   }
   return config;
 }
 
+function count(value: string, flag: string, max: number): number {
+  if (!/^\d+$/.test(value) || Number(value) < 1 || Number(value) > max) throw usageError(`${flag} must be a whole number from 1 to ${max}, got ${JSON.stringify(value)}`);
+  return Number(value);
+}
+
+/** The TLS, admin-access and limit flags shared by both commands. */
+function securityFlags(values: Values, config: ServerConfig): void {
+  const cert = str(values, 'tls-cert');
+  const key = str(values, 'tls-key');
+  const ca = str(values, 'tls-ca');
+  const peers = (values['tls-peer'] as string[] | undefined) ?? [];
+  const given = [cert, key, ca].filter((v) => v !== undefined).length;
+  if (given > 0 && given < 3) throw usageError('--tls-cert, --tls-key and --tls-ca go together (mutual TLS needs all three)');
+  for (const p of peers) if (p.trim() === '') throw usageError('--tls-peer: empty name');
+  if (cert !== undefined && key !== undefined && ca !== undefined) {
+    if (cert === '' || key === '' || ca === '') throw usageError('--tls-cert, --tls-key, --tls-ca: empty path');
+    config.tls = { cert, key, ca, peers };
+  } else if (peers.length > 0) {
+    throw usageError('--tls-peer needs --tls-cert, --tls-key and --tls-ca');
+  }
+  if (values['nbd-tls-only'] === true) config.nbdTls = 'only';
+  else if (values['nbd-tls'] === true) config.nbdTls = 'optional';
+  if (config.nbdTls !== undefined && config.tls === undefined) throw usageError('--nbd-tls and --nbd-tls-only need --tls-cert, --tls-key and --tls-ca');
+  if (config.nbdTls !== undefined && config.nbd === undefined) throw usageError('--nbd-tls and --nbd-tls-only need --nbd');
+  const maxConn = str(values, 'nbd-max-connections');
+  if (maxConn !== undefined) config.nbdMaxConnections = count(maxConn, '--nbd-max-connections', 100_000);
+  const inFlight = str(values, 'nbd-max-in-flight');
+  if (inFlight !== undefined) config.nbdMaxInFlight = positiveSize(inFlight, '--nbd-max-in-flight');
+  const tokenFile = str(values, 'admin-token-file');
+  if (tokenFile !== undefined) {
+    if (tokenFile === '') throw usageError('--admin-token-file: empty path');
+    config.adminTokenFile = tokenFile;
+  }
+  if (values['admin-tls'] === true) {
+    if (config.tls === undefined) throw usageError('--admin-tls needs --tls-cert, --tls-key and --tls-ca');
+    config.adminTls = true;
+  }
+  if (values['metrics-open'] === true) config.metricsOpen = true;
+  if ((config.adminTokenFile !== undefined || config.adminTls === true || config.metricsOpen === true) && config.admin === undefined) {
+    throw usageError('--admin-token-file, --admin-tls and --metrics-open need --admin');
+  }
+}
+
 const SERVER_OPTIONS = {
+  'tls-cert': { type: 'string' },
+  'tls-key': { type: 'string' },
+  'tls-ca': { type: 'string' },
+  'tls-peer': { type: 'string', multiple: true },
+  'nbd-tls': { type: 'boolean' },
+  'nbd-tls-only': { type: 'boolean' },
+  'nbd-max-connections': { type: 'string' },
+  'nbd-max-in-flight': { type: 'string' },
+  'admin-token-file': { type: 'string' },
+  'admin-tls': { type: 'boolean' },
+  'metrics-open': { type: 'boolean' },
   volume: { type: 'string', multiple: true },
   nbd: { type: 'string' },
   admin: { type: 'string' },
@@ -427,10 +531,12 @@ const SERVER_OPTIONS = {
 } as const;
 
 function parseMirror(argv: string[]): Command {
-  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' } });
+  const values = parse('mirror', argv, { ...SERVER_OPTIONS, listen: { type: 'string' }, 'max-sessions': { type: 'string' } });
   if (values.help === true) return { kind: 'help', text: MIRROR_HELP };
   const listen = parseHostPort(required(values, 'listen', 'mirror'), '--listen', true);
   const config: MirrorConfig = { ...serverConfig(values, 'mirror'), listen };
+  const sessions = str(values, 'max-sessions');
+  if (sessions !== undefined) config.maxSessions = count(sessions, '--max-sessions', 100_000);
   return { kind: 'mirror', config };
 }
 

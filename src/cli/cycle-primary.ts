@@ -5,6 +5,7 @@
  *
  * @module
  */
+import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions, primaryListeners } from './security.js';
 import { mkdir } from 'node:fs/promises';
 import createDebug from 'debug';
 import { createCycleSource, type CycleSourceOptions } from '../cycle/cycle-runner.js';
@@ -31,6 +32,9 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
+    const tls = await loadTls(config.tls);
+    const token = await adminToken(config);
+    exposureWarnings(io, primaryListeners(config), config, secret !== undefined);
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
     logNbdVolumes(devices, io);
@@ -67,6 +71,8 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     };
     if (config.journalDir !== undefined) options.stateDir = config.journalDir;
     if (secret !== undefined) options.secret = secret;
+    const transport = linkTransport(tls);
+    if (transport !== undefined) options.transport = transport;
     if (config.bandwidth !== undefined) options.bandwidth = config.bandwidth;
     if (config.noPayloadChecksum === true) options.payloadChecksum = false;
     const source = await createCycleSource(options);
@@ -110,6 +116,7 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
         readOnly: false,
         backend: cycleVolumeBackend(name, volume, { observer }),
       })),
+      { nbd: nbdFrontOptions(config, tls), admin: adminAccessOptions(config, tls, token) },
     );
     await source.connect(false);
     source.start();

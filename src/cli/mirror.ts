@@ -5,6 +5,7 @@
  * @module
  */
 import createDebug from 'debug';
+import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions } from './security.js';
 import { createAdminServer } from '../admin/server.js';
 import { serveNbd } from './nbd-front.js';
 import { targetVolumeBackend } from '../nbd/volume-backend.js';
@@ -57,6 +58,17 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
+    const tls = await loadTls(config.tls);
+    const token = await adminToken(config);
+    exposureWarnings(
+      io,
+      [
+        { what: 'mirror', at: config.listen, authenticated: secret !== undefined || tls !== undefined, remedy: 'any host that reaches it can write the volumes; use --secret-file or --tls-*' },
+        ...(config.nbd === undefined ? [] : [{ what: 'NBD', at: config.nbd, authenticated: config.nbdTls === 'only', remedy: 'any host that reaches it can read the volumes; use --nbd-tls-only' }]),
+      ],
+      config,
+      secret !== undefined,
+    );
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
     logNbdVolumes(devices, io);
@@ -64,8 +76,10 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
 
     const stateDir = stateDirOf(config, 'mirror');
     await ensureStateDir(stateDir);
-    const input: { devices: typeof devices; secret?: string; stateDir: string } = { devices, stateDir };
+    const input: Parameters<typeof mirrorTargetOptionsFrom>[1] = { devices, stateDir };
     if (secret !== undefined) input.secret = secret;
+    const transport = linkTransport(tls);
+    if (transport !== undefined) input.transport = transport;
     const target = await createMirrorTarget(mirrorTargetOptionsFrom(config, input));
     resources.add('mirror target', () => target.close());
     say(io, `node ${target.nodeId}`);
@@ -78,7 +92,7 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
 
     const parts = [`mirror=${formatHostPort(target.address)}`];
     if (config.admin !== undefined) {
-      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: target, version: packageVersion() });
+      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: target, version: packageVersion(), ...adminAccessOptions(config, tls, token) });
       resources.add('admin endpoint', () => admin.close());
       parts.push(`admin=${formatHostPort(admin.address)}`);
     }
@@ -89,7 +103,7 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
         readOnly: true,
         backend: targetVolumeBackend(v),
       }));
-      const { address } = await serveNbd(exports, config.nbd, resources);
+      const { address } = await serveNbd(exports, config.nbd, resources, nbdFrontOptions(config, tls));
       parts.splice(1, 0, `nbd=${address}`);
     }
     say(io, `listening ${parts.join(' ')}`);

@@ -8,10 +8,10 @@
 import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
-import { NbdServer } from '../nbd/server.js';
+import { NbdServer, type NbdServerOptions } from '../nbd/server.js';
 import { LatencyHistogram } from '../admin/histogram.js';
 import type { AdminMetrics } from '../admin/metrics.js';
-import { createAdminServer } from '../admin/server.js';
+import { createAdminServer, type AdminServerOptions } from '../admin/server.js';
 import type { VolumeOpObserver } from '../nbd/volume-backend.js';
 import { formatHostPort, type HostPort, type PrimaryConfig } from './args.js';
 import { packageVersion, type Resources } from './runtime.js';
@@ -23,8 +23,13 @@ const log = createDebug('blockmirror:cli');
  * registers the server with `resources`. A listen failure closes the server
  * and is relabelled `NBD: …`.
  */
-export async function serveNbd(exports: NbdExport[], at: HostPort, resources: Resources): Promise<{ server: NbdServer; address: string }> {
-  const server = new NbdServer({ exports, defaultExport: exports[0]!.name });
+export async function serveNbd(
+  exports: NbdExport[],
+  at: HostPort,
+  resources: Resources,
+  options: Partial<NbdServerOptions> = {},
+): Promise<{ server: NbdServer; address: string }> {
+  const server = new NbdServer({ ...options, exports, defaultExport: exports[0]!.name });
   server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
   let address: HostPort;
   try {
@@ -65,6 +70,7 @@ export async function servePrimaryFronts(
   resources: Resources,
   status: () => object,
   exports: (observer: VolumeOpObserver) => NbdExport[],
+  security: { nbd?: Partial<NbdServerOptions>; admin?: Pick<AdminServerOptions, 'token' | 'tls' | 'openMetrics'> } = {},
 ): Promise<string[]> {
   const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
   const metrics: AdminMetrics = { writeLatency: histograms };
@@ -72,12 +78,12 @@ export async function servePrimaryFronts(
   const parts: string[] = [];
   if (config.admin !== undefined) {
     const source = { status: () => ({ ...status(), nbd: nbd === undefined ? null : { address: nbd.address, connections: nbd.server.stats().connections } }) };
-    const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion() });
+    const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion(), ...security.admin });
     resources.add('admin endpoint', () => admin.close());
     parts.push(`admin=${formatHostPort(admin.address)}`);
   }
   if (config.nbd !== undefined) {
-    const served = await serveNbd(exports(observer), config.nbd, resources);
+    const served = await serveNbd(exports(observer), config.nbd, resources, security.nbd);
     nbd = served;
     metrics.nbd = () => served.server.stats();
     parts.unshift(`nbd=${served.address}`);

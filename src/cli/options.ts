@@ -9,6 +9,7 @@ import { BlockMirrorError } from '../errors.js';
 import type { PrimaryOptions } from '../replication/primary.js';
 import type { MirrorTargetOptions } from '../replication/mirror-target.js';
 import type { MirrorConfig, PrimaryConfig, ServerConfig } from './args.js';
+import type { Transport } from '../transport/transport.js';
 
 /** What {@link primaryOptionsFrom} needs besides the flags. */
 export interface PrimaryOptionsInput {
@@ -20,6 +21,8 @@ export interface PrimaryOptionsInput {
   retryDelay?: { min: number; max: number };
   /** The node's state directory (the CLI: `--state-dir`, default beside the first volume). */
   stateDir?: string;
+  /** The link's transport (the CLI: TLS with `--tls-*`, else the default TCP). */
+  transport?: Transport;
 }
 
 /**
@@ -42,6 +45,7 @@ export function primaryOptionsFrom(config: PrimaryConfig, input: PrimaryOptionsI
   };
   if (config.connections !== undefined) options.connections = config.connections;
   if (input.secret !== undefined) options.secret = input.secret;
+  if (input.transport !== undefined) options.transport = input.transport;
   if (input.retryDelay !== undefined) options.retryDelay = input.retryDelay;
   linkTimers(config, options);
   if (config.journalDir !== undefined) options.journal = { dir: config.journalDir };
@@ -61,12 +65,14 @@ function linkTimers(config: ServerConfig, options: Pick<PrimaryOptions, 'heartbe
 /** Builds the {@link MirrorTargetOptions} for `blockmirror mirror`. */
 export function mirrorTargetOptionsFrom(
   config: MirrorConfig,
-  input: { devices: ReadonlyMap<string, BlockDevice>; secret?: string; stateDir?: string },
+  input: { devices: ReadonlyMap<string, BlockDevice>; secret?: string; stateDir?: string; transport?: Transport },
 ): MirrorTargetOptions {
   const options: MirrorTargetOptions = {
     listen: { host: config.listen.host, port: config.listen.port },
     volumes: config.volumes.map((v) => ({ name: v.name, device: input.devices.get(v.name)! })),
   };
+  if (input.transport !== undefined) options.transport = input.transport;
+  if (config.maxSessions !== undefined) options.maxSessions = config.maxSessions;
   if (input.stateDir !== undefined) {
     options.cycle = { dir: input.stateDir };
     // generations and the durable apply state of each volume survive a restart of the mirror

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions, primaryListeners } from './security.js';
 import createDebug from 'debug';
 import { CONFIGURATION_REFUSALS, type ErrorCode } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
@@ -56,6 +57,9 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
+    const tls = await loadTls(config.tls);
+    const token = await adminToken(config);
+    exposureWarnings(io, primaryListeners(config), config, secret !== undefined);
     const devices = await openVolumes(config.volumes);
     resources.add('volumes', () => closeDevices(devices.values()));
     logNbdVolumes(devices, io);
@@ -65,6 +69,8 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     const nodeId = await primaryNodeId(config);
     const input: Parameters<typeof primaryOptionsFrom>[1] = { devices, stateDir: stateDirOf(config, 'primary') };
     if (secret !== undefined) input.secret = secret;
+    const transport = linkTransport(tls);
+    if (transport !== undefined) input.transport = transport;
     // the mirror is contacted only once every listener here is bound: a start
     // that fails on a port in use claims nothing on the mirror
     const options = { ...primaryOptionsFrom(config, input), nodeId, autoConnect: false };
@@ -115,7 +121,10 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
       warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);
     });
 
-    const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer));
+    const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer), {
+      nbd: nbdFrontOptions(config, tls),
+      admin: adminAccessOptions(config, tls, token),
+    });
     await primary.connect();
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;

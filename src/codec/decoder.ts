@@ -286,8 +286,8 @@ export class FrameDecoder {
   ignoredFrames = 0;
 
   readonly #onFrame: (frame: Frame) => void;
-  readonly #limits: CodecLimits;
-  readonly #msgpack: Decoder;
+  #limits: CodecLimits;
+  #msgpack: Decoder;
   /** Chunks (or chunk tails) of the unfinished frame, oldest first. */
   #pending: Buffer[] = [];
   #pendingBytes = 0;
@@ -310,6 +310,18 @@ export class FrameDecoder {
     validateCodecLimits(limits);
     this.#limits = { maxHeaderLength: limits.maxHeaderLength, maxPayloadLength: limits.maxPayloadLength };
     this.#onFrame = options.onFrame;
+    this.#msgpack = msgpackDecoderFor(limits.maxHeaderLength);
+  }
+
+  /**
+   * Changes the size limits for the frames that follow (a connection starts
+   * with tight pre-authentication limits and widens them once the peer
+   * proved itself). A frame whose prefix was already read keeps the limits it
+   * was checked against.
+   */
+  setLimits(limits: CodecLimits): void {
+    validateCodecLimits(limits);
+    this.#limits = { maxHeaderLength: limits.maxHeaderLength, maxPayloadLength: limits.maxPayloadLength };
     this.#msgpack = msgpackDecoderFor(limits.maxHeaderLength);
   }
 

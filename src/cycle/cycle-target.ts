@@ -14,6 +14,7 @@ import { checkRange } from '../device/range.js';
 import type { Transport, TransportAddress, TransportConnection, TransportServer } from '../transport/transport.js';
 import { TcpTransport } from '../transport/tcp.js';
 import { DEFAULT_CODEC_LIMITS, type CodecLimits } from '../codec/frame.js';
+import { preAuthLimits } from '../link/pre-auth.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { serverHandshake } from '../link/handshake.js';
 import { checkVolumeName, secretBytes } from '../replication/options.js';
@@ -220,7 +221,8 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
       return;
     }
     const host = this.#requireHost();
-    const conn = new FramedConnection(raw, { limits: this.#limits });
+    // bounded pre-auth buffering: handshake frames carry no payload
+    const conn = new FramedConnection(raw, { limits: preAuthLimits(this.#limits) });
     this.#connections.add(conn);
     conn.once('close', () => this.#connections.delete(conn));
     try {
@@ -238,6 +240,7 @@ export class CycleTarget extends EventEmitter<CycleTargetEvents> {
         },
       });
       if (conn.closed) return;
+      conn.setLimits(this.#limits);
       host.serve(conn, result.hello.node, result.volumes);
       conn.once('close', (error) => {
         if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);

@@ -562,7 +562,10 @@ export class StagingStore {
    * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`; `BM_ERR_VOLUME_BUSY`
    *   when another source is transferring into a volume; `BM_ERR_PROTOCOL`
    *   when a delta does not start at the freeze the image holds (or the
-   *   lineage differs); `BM_ERR_INVALID_ARGUMENT` for a bad geometry.
+   *   lineage differs); `BM_ERR_INVALID_ARGUMENT` for a bad geometry;
+   *   `BM_ERR_NO_SPACE` when the staging directory's file system has less
+   *   room than the granules and tables announced (checked before anything
+   *   changes).
    */
   async begin(source: string, to: number, plans: StagePlan[]): Promise<StagedTransfer> {
     const vols = plans.map((p) => this.#get(p.name));
@@ -599,6 +602,7 @@ export class StagingStore {
       if (direct) seeding = true;
       staged.push(new StagedVolume(v, p, geometry, direct));
     });
+    await this.#checkSpace(staged);
     const transfer = new StagedTransfer(this, source, to, staged);
     for (const v of vols) v.owner = transfer;
     try {
@@ -619,6 +623,18 @@ export class StagingStore {
     }
     log('transfer from %s to freeze %d: %s', source, to, plans.map((p) => `${p.name}${p.full ? ' (full)' : ` from ${p.from}`}`).join(', '));
     return transfer;
+  }
+
+  /** Refuses a transfer whose staged granules and tables would not fit in the staging directory's file system. */
+  async #checkSpace(staged: readonly StagedVolume[]): Promise<void> {
+    let needed = 0;
+    for (const sv of staged) if (!sv.direct) needed += sv.plan.granules * sv.plan.granularity + sv.plan.tableBytes;
+    if (needed === 0 || this.#fs.freeBytes === undefined) return;
+    const free = await this.#fs.freeBytes(this.dir);
+    if (free === undefined || needed <= free) return;
+    throw new BlockMirrorError('BM_ERR_NO_SPACE', `the transfer needs ${needed} bytes of staging space, ${free} are free in ${this.dir}`, {
+      details: { needed, free, dir: this.dir },
+    });
   }
 
   /** @internal the durable part of {@link StagedTransfer.commit}. */

@@ -34,7 +34,7 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
   readonly connection: TransportConnection;
   readonly #decoder: FrameDecoder;
   readonly #payloadChecksum: boolean;
-  readonly #limits: CodecLimits;
+  #limits: CodecLimits;
   #closed = false;
   #emittedClose = false;
 
@@ -75,6 +75,17 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
     const timer = setTimeout(() => this.connection.destroy(), 1000);
     timer.unref();
     this.connection.once('close', () => clearTimeout(timer));
+  }
+
+  /** Size limits of the frames received and sent from now on (see {@link FrameDecoder.setLimits}). */
+  setLimits(limits: CodecLimits): void {
+    this.#decoder.setLimits(limits);
+    this.#limits = limits;
+  }
+
+  /** Bytes received and not yet decoded (an unfinished frame). */
+  get bufferedBytes(): number {
+    return this.#decoder.bufferedBytes;
   }
 
   /** True once the connection is closing or closed. */

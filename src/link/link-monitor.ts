@@ -198,8 +198,10 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   readonly #clock: Clock;
   readonly #channel: DatagramChannel;
   readonly #slots: ConnectionArray;
-  readonly #secret: Uint8Array | undefined;
-  readonly #expectedNode: string | undefined;
+  /** The configured secret (fixed), or the key derived from the TLS session (see {@link useKey}). */
+  #secret: Uint8Array | undefined;
+  readonly #fixedSecret: boolean;
+  #expectedNode: string | undefined;
   readonly #guard = new HeartbeatReplayGuard();
   #peer: TransportAddress | undefined;
   #state: LinkState = 'connecting';
@@ -245,11 +247,43 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.#channel = o.channel;
     this.#slots = o.slots;
     this.#secret = o.secret;
+    this.#fixedSecret = o.secret !== undefined;
     this.#expectedNode = o.expectedNode;
     this.nodeId = o.nodeId;
     this.session = o.session ?? randomUUID();
     if (o.peer !== undefined) this.setPeer(o.peer);
     this.#since = this.#clock.now();
+  }
+
+  /**
+   * Accept heartbeats from this node id only from now on (undefined: from
+   * any node but this one). A primary binds its monitor to the target node
+   * its handshake proved, so a correctly signed heartbeat of another node
+   * (reflected from another primary sharing the secret) is ignored and
+   * counted as `unexpected-node` instead of keeping a dead link up.
+   */
+  expectNode(node: string | undefined): void {
+    this.#expectedNode = node;
+  }
+
+  /**
+   * Signs and checks heartbeats with `key` from now on (a key derived from
+   * the link's TLS session; undefined: unsigned again, as after the link went
+   * down). Ignored when a secret was configured: the secret always wins.
+   */
+  useKey(key: Uint8Array | undefined): void {
+    if (this.#fixedSecret) return;
+    this.#secret = key;
+  }
+
+  /** How heartbeats are authenticated now: `secret`, `session` (a TLS-derived key) or `none`. */
+  get heartbeatAuth(): 'secret' | 'session' | 'none' {
+    return this.#fixedSecret ? 'secret' : this.#secret === undefined ? 'none' : 'session';
+  }
+
+  /** The node id heartbeats are accepted from (undefined: any but this one). */
+  get expectedNode(): string | undefined {
+    return this.#expectedNode;
   }
 
   /** Current state. */

@@ -9,6 +9,7 @@
  */
 import { writeZeroes } from '../device/zero.js';
 import net from 'node:net';
+import tls from 'node:tls';
 import type { Duplex } from 'node:stream';
 import createDebug from 'debug';
 import { EventEmitter } from 'eventemitter3';
@@ -16,6 +17,9 @@ import type { Clock, TimerHandle } from '../clock.js';
 import { systemClock } from '../clock.js';
 import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import type { BlockExtent } from '../device/block-device.js';
+import { ByteBudget, type BudgetWaiter } from '../limits/byte-budget.js';
+import { peerCertificateError } from '../transport/tls-verify.js';
+import { nbdTls, type NbdTls, type NbdTlsOptions } from './tls-options.js';
 import type { NbdBackend, NbdExport } from './export.js';
 import { nbdErrorFor, validateNbdExport } from './export.js';
 import {
@@ -69,6 +73,7 @@ import {
   NBD_OPTS_MAGIC,
   NBD_REP_ACK,
   NBD_REP_ERR_INVALID,
+  NBD_REP_ERR_TLS_REQD,
   NBD_REP_ERR_UNKNOWN,
   NBD_REP_ERR_UNSUP,
   NBD_REP_INFO,
@@ -93,6 +98,8 @@ import {
 } from './protocol.js';
 
 const log = createDebug('blockmirror:nbd');
+
+export type { NbdTlsOptions } from './tls-options.js';
 
 /** Supplies the current exports; called for every `NBD_OPT_LIST`, `INFO`, `GO` and `EXPORT_NAME`. */
 export type NbdExportLookup = () => readonly NbdExport[] | Promise<readonly NbdExport[]>;
@@ -131,10 +138,42 @@ export interface NbdServerOptions {
   maxInFlightPerConnection?: number;
   /**
    * READ and WRITE bytes in flight per connection before the server stops
-   * reading that socket (a single request is always admitted). Default
-   * `max(64 MiB, maxPayload)`.
+   * reading that socket (a single request is always admitted). A request's
+   * bytes count from the moment its header is read until its reply has left
+   * the process (a READ reply waiting in the socket's send buffer of a client
+   * that does not read still counts). Default `max(8 MiB, maxPayload)`.
    */
   maxInFlightBytesPerConnection?: number;
+  /**
+   * READ and WRITE bytes in flight over all connections (counted as for
+   * `maxInFlightBytesPerConnection`). When a request does not fit, the server
+   * stops reading that client's socket until replies of others have left:
+   * requests are delayed, never dropped. A connection that holds nothing may
+   * always take one request, so a client that reads its replies keeps working
+   * while others hold the whole budget: at most this many bytes plus one
+   * request per connection are held (bounded by `maxConnections` ×
+   * `maxPayload`). Default 128 MiB.
+   */
+  maxInFlightBytes?: number;
+  /**
+   * Client connections open at once (handshaking or in transmission). A
+   * connection beyond it is closed at once, reported as an `error` event
+   * with `BM_ERR_TOO_MANY_CONNECTIONS`. Default 128.
+   */
+  maxConnections?: number;
+  /**
+   * Offer TLS (`NBD_OPT_STARTTLS`): this server's certificate and key (PEM,
+   * or a ready `SecureContext`). With `ca`, clients must present a
+   * certificate that CA signed (mutual TLS). Without this option STARTTLS
+   * is answered `NBD_REP_ERR_UNSUP`.
+   */
+  tls?: NbdTlsOptions;
+  /**
+   * Refuse plaintext (the spec's "forced TLS"): before STARTTLS every option
+   * but `NBD_OPT_ABORT` gets `NBD_REP_ERR_TLS_REQD`, and `NBD_OPT_EXPORT_NAME`
+   * closes the connection. Needs `tls`. Default false.
+   */
+  tlsOnly?: boolean;
   /**
    * Milliseconds `close()` lets a connection finish its in-flight requests
    * and flush its replies before destroying it. Default 5 000.
@@ -200,6 +239,14 @@ export interface NbdServerStats {
   errors: number;
   /** Connections closed by the server because of a protocol violation, an over-limit request or a timeout. */
   protocolErrors: number;
+  /** Connections refused because `maxConnections` were open. */
+  refusedConnections: number;
+  /** READ and WRITE bytes in flight now over all connections (see `maxInFlightBytes`). */
+  inFlightBytes: number;
+  /** Most READ and WRITE bytes in flight at once since creation. */
+  peakInFlightBytes: number;
+  /** Times a request had to wait for room in the global byte budget. */
+  budgetWaits: number;
 }
 
 const DEFAULT_MAX_PAYLOAD = 32 * 1024 * 1024;
@@ -208,7 +255,9 @@ const MAX_MAX_PAYLOAD = 1024 * 1024 * 1024;
 const DEFAULT_MAX_OPTION_LENGTH = 64 * 1024;
 const DEFAULT_HANDSHAKE_TIMEOUT = 10_000;
 const DEFAULT_MAX_IN_FLIGHT = 64;
-const DEFAULT_IN_FLIGHT_BYTES = 64 * 1024 * 1024;
+const DEFAULT_IN_FLIGHT_BYTES = 8 * 1024 * 1024;
+const DEFAULT_GLOBAL_IN_FLIGHT_BYTES = 128 * 1024 * 1024;
+const DEFAULT_MAX_CONNECTIONS = 128;
 const DEFAULT_SHUTDOWN_TIMEOUT = 5_000;
 /** Context id of `base:allocation` in `NBD_OPT_SET_META_CONTEXT` replies (ids are per connection). */
 const ALLOCATION_CONTEXT_ID = 1;
@@ -247,9 +296,15 @@ interface ServerContext {
   readonly handshakeTimeout: number;
   readonly maxInFlight: number;
   readonly maxInFlightBytes: number;
+  /** Bytes in flight over all connections. */
+  readonly budget: ByteBudget;
+  /** STARTTLS settings (undefined: not offered). */
+  readonly tls: NbdTls | undefined;
+  /** Plaintext is refused (see {@link NbdServerOptions.tlsOnly}). */
+  readonly tlsOnly: boolean;
   readonly shutdownTimeout: number;
   readonly clock: Clock;
-  readonly counters: Omit<NbdServerStats, 'connections' | 'inFlight'>;
+  readonly counters: Omit<NbdServerStats, 'connections' | 'inFlight' | 'inFlightBytes' | 'peakInFlightBytes' | 'budgetWaits'>;
   listExports(): Promise<readonly NbdExport[]>;
   findExport(name: string): Promise<NbdExport | undefined>;
   /** A backend call started / settled (close() waits for all to settle). */
@@ -279,6 +334,8 @@ interface Request {
   /** Offset, or `Infinity` when above 2^53. */
   offset: number;
   length: number;
+  /** Bytes taken from the per-connection and global budgets for this request (0: none). */
+  cost: number;
 }
 
 /**
@@ -317,6 +374,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   readonly #ctx: ServerContext;
 
   readonly #exports: readonly NbdExport[] | NbdExportLookup;
+  readonly #maxConnections: number;
   readonly #defaultExport: string | undefined;
   #server: net.Server | undefined;
   #address: { host: string; port: number } | undefined;
@@ -348,6 +406,8 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       throw invalidArgument('NbdServer: defaultExport must be a string');
     }
     this.#defaultExport = options.defaultExport;
+    if (options.tlsOnly === true && options.tls === undefined) throw invalidArgument('NbdServer: tlsOnly needs tls');
+    this.#maxConnections = intOption(options.maxConnections, 'maxConnections', DEFAULT_MAX_CONNECTIONS, 1, 1_000_000);
     const maxPayload = intOption(options.maxPayload, 'maxPayload', DEFAULT_MAX_PAYLOAD, MIN_MAX_PAYLOAD, MAX_MAX_PAYLOAD);
     this.#ctx = {
       maxPayload,
@@ -361,6 +421,11 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
         1,
         Number.MAX_SAFE_INTEGER,
       ),
+      tls: nbdTls(options.tls),
+      tlsOnly: options.tlsOnly === true,
+      budget: new ByteBudget(
+        intOption(options.maxInFlightBytes, 'maxInFlightBytes', DEFAULT_GLOBAL_IN_FLIGHT_BYTES, 1, Number.MAX_SAFE_INTEGER),
+      ),
       shutdownTimeout: intOption(options.shutdownTimeout, 'shutdownTimeout', DEFAULT_SHUTDOWN_TIMEOUT, 0, 2 ** 31 - 1),
       clock: options.clock ?? systemClock,
       counters: {
@@ -372,6 +437,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
         bytesTrimmed: 0,
         errors: 0,
         protocolErrors: 0,
+        refusedConnections: 0,
       },
       listExports: () => this.#listExports(),
       findExport: (name) => this.#findExport(name),
@@ -433,7 +499,15 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
   stats(): NbdServerStats {
     let inFlight = 0;
     for (const c of this.#connections) inFlight += c.inFlight;
-    return { connections: this.#connections.size, inFlight, ...this.#ctx.counters };
+    const { budget } = this.#ctx;
+    return {
+      connections: this.#connections.size,
+      inFlight,
+      ...this.#ctx.counters,
+      inFlightBytes: budget.used,
+      peakInFlightBytes: budget.peak,
+      budgetWaits: budget.waits,
+    };
   }
 
   /**
@@ -488,6 +562,19 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       remoteAddress: remote?.address ?? socket.remoteAddress ?? '',
       remotePort: remote?.port ?? socket.remotePort ?? 0,
     });
+    if (this.#connections.size >= this.#maxConnections) {
+      this.#ctx.counters.refusedConnections++;
+      socket.on('error', () => {});
+      socket.destroy();
+      this.#emitSafely(
+        'error',
+        new BlockMirrorError('BM_ERR_TOO_MANY_CONNECTIONS', `NBD client refused: ${this.#maxConnections} connections are open`, {
+          details: { limit: this.#maxConnections, remoteAddress: info.remoteAddress },
+        }),
+        info,
+      );
+      return;
+    }
     this.#ctx.counters.totalConnections++;
     const conn = new NbdConnection(this.#ctx, socket, info);
     this.#connections.add(conn);
@@ -540,13 +627,17 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
 type NbdSocket = Duplex & { setNoDelay?(noDelay: boolean): unknown; remoteAddress?: string | undefined; remotePort?: number | undefined };
 
 /** One client connection: handshake state machine, then the transmission loop. */
-class NbdConnection {
+class NbdConnection implements BudgetWaiter {
   readonly closed: Promise<void>;
   inFlight = 0;
 
   readonly #server: ServerContext;
-  readonly #socket: NbdSocket;
+  #socket: NbdSocket;
   readonly #info: NbdClientInfo;
+  /** TLS was negotiated (NBD_OPT_STARTTLS). */
+  #secure = false;
+  /** The TLS handshake after STARTTLS is running. */
+  #tlsPending = false;
   #resolveClosed!: () => void;
 
   #state: ConnState = 'flags';
@@ -578,7 +669,12 @@ class NbdConnection {
   #discardError = 0;
   #discardMessage = '';
 
-  #inFlightBytes = 0;
+  /** Bytes this connection holds in the budgets (requests admitted whose replies have not left yet). */
+  #reserved = 0;
+  /** Bytes taken by `#admit` for the request header being parsed. */
+  #admitted = 0;
+  /** The request at the head of the input waits for room in a budget (input paused). */
+  #awaitingBudget = false;
   /** The socket's send buffer is above its high-water mark (waiting for `drain`). */
   #writeBlocked = false;
   #inputPaused = false;
@@ -600,23 +696,45 @@ class NbdConnection {
     });
   }
 
+  readonly #onDataL = (chunk: Buffer): void => this.#onData(chunk);
+  readonly #onEndL = (): void => this.#onEnd();
+  readonly #onDrainL = (): void => {
+    this.#writeBlocked = false;
+    this.#process();
+  };
+  readonly #onErrorL = (err: NodeJS.ErrnoException): void => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
+      log('client %d: %s', this.#info.id, err.code);
+      return;
+    }
+    if (this.#tlsPending) {
+      this.#server.clientError(new BlockMirrorError('BM_ERR_AUTH_FAILED', `NBD client failed the TLS handshake: ${err.message}`, { cause: err }), this.#info);
+      return;
+    }
+    this.#server.clientError(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED'), this.#info);
+  };
+  readonly #onCloseL = (): void => this.#onClose();
+
+  #wire(socket: NbdSocket): void {
+    socket.on('data', this.#onDataL);
+    socket.on('end', this.#onEndL);
+    socket.on('drain', this.#onDrainL);
+    socket.on('error', this.#onErrorL);
+    socket.on('close', this.#onCloseL);
+  }
+
+  #unwire(socket: NbdSocket): void {
+    socket.off('data', this.#onDataL);
+    socket.off('end', this.#onEndL);
+    socket.off('drain', this.#onDrainL);
+    socket.off('error', this.#onErrorL);
+    socket.off('close', this.#onCloseL);
+  }
+
   start(): void {
     const socket = this.#socket;
     socket.setNoDelay?.(true);
-    socket.on('data', (chunk: Buffer) => this.#onData(chunk));
-    socket.on('end', () => this.#onEnd());
-    socket.on('drain', () => {
-      this.#writeBlocked = false;
-      this.#process();
-    });
-    socket.on('error', (err: NodeJS.ErrnoException) => {
-      if (err.code === 'ECONNRESET' || err.code === 'EPIPE') {
-        log('client %d: %s', this.#info.id, err.code);
-        return;
-      }
-      this.#server.clientError(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED'), this.#info);
-    });
-    socket.on('close', () => this.#onClose());
+    this.#wire(socket);
     const clock = this.#server.clock;
     this.#handshakeTimer = clock.setTimeout(() => {
       this.#handshakeTimer = undefined;
@@ -760,6 +878,10 @@ class NbdConnection {
             return;
           }
           if (b.length < NBD_REQUEST_SIZE) return;
+          if (b.readUInt32BE(0) === NBD_REQUEST_MAGIC && !this.#admit(b)) {
+            this.#setInputPaused(true);
+            return;
+          }
           if (b.readUInt32BE(0) !== NBD_REQUEST_MAGIC) {
             this.#fail(
               new BlockMirrorError('BM_ERR_BAD_MAGIC', `NBD request magic 0x${b.readUInt32BE(0).toString(16)} is wrong`),
@@ -774,7 +896,9 @@ class NbdConnection {
             handleLo: b.readUInt32BE(12),
             offset: hi > 0x1fffff ? Infinity : hi * 0x100000000 + b.readUInt32BE(20),
             length: b.readUInt32BE(24),
+            cost: this.#admitted,
           };
+          this.#admitted = 0;
           this.#buf = b.subarray(NBD_REQUEST_SIZE);
           this.#onRequest(req);
           break;
@@ -819,6 +943,48 @@ class NbdConnection {
     }
   }
 
+  // ------------------------------------------------------------- budgets
+
+  /**
+   * Takes the bytes the request at the start of `b` will hold (its READ or
+   * WRITE length when within the limits; refused requests hold nothing) from
+   * this connection's and the server's budgets. False: no room now (this
+   * connection waits for its own replies to leave, or is woken by the global
+   * budget).
+   */
+  #admit(b: Buffer): boolean {
+    const type = b.readUInt16BE(6);
+    const length = b.readUInt32BE(24);
+    const exp = this.#export;
+    let cost = 0;
+    if ((type === NBD_CMD_READ || type === NBD_CMD_WRITE) && exp !== undefined && length <= this.#maxLength(exp.backend)) cost = length;
+    this.#awaitingBudget = true;
+    if (cost === 0) return (this.#awaitingBudget = false), true;
+    if (this.#reserved > 0 && this.#reserved + cost > this.#server.maxInFlightBytes) return false;
+    if (!this.#server.budget.tryTake(cost, this, this.#reserved)) return false;
+    this.#awaitingBudget = false;
+    this.#reserved += cost;
+    this.#admitted = cost;
+    return true;
+  }
+
+  /** Gives back what a request held (its reply left the process, or it was refused). */
+  #release(req: Request): void {
+    const cost = req.cost;
+    if (cost === 0) return;
+    req.cost = 0;
+    if (this.#isClosed) return; // everything was given back at close
+    this.#reserved -= cost;
+    this.#server.budget.release(cost);
+    this.#process();
+  }
+
+  /** The global budget has room again: retry the request waiting at the head of the input. */
+  wake(): void {
+    if (this.#isClosed) return;
+    queueMicrotask(() => this.#process());
+  }
+
   // ------------------------------------------------------------ handshake
 
   #onClientFlags(flags: number): void {
@@ -844,6 +1010,15 @@ class NbdConnection {
 
   async #onOption(option: number, data: Buffer): Promise<void> {
     log('client %d: %s (%d bytes)', this.#info.id, optionName(option), data.length);
+    if (this.#server.tlsOnly && !this.#secure && option !== NBD_OPT_STARTTLS && option !== NBD_OPT_ABORT) {
+      if (option === NBD_OPT_EXPORT_NAME) {
+        // no error reply is possible: the spec has the server close the connection
+        this.#fail(new BlockMirrorError('BM_ERR_AUTH_FAILED', 'NBD client asked for an export without TLS on a TLS-only server'));
+        return;
+      }
+      this.#sendOptionReply(option, NBD_REP_ERR_TLS_REQD, message('this server requires TLS: use NBD_OPT_STARTTLS first'));
+      return;
+    }
     switch (option) {
       case NBD_OPT_EXPORT_NAME: {
         const name = decodeName(data);
@@ -890,7 +1065,7 @@ class NbdConnection {
         return;
       }
       case NBD_OPT_STARTTLS:
-        this.#sendOptionReply(option, NBD_REP_ERR_UNSUP, message('TLS is not supported by this server'));
+        this.#startTls(data);
         return;
       case NBD_OPT_INFO:
       case NBD_OPT_GO:
@@ -1029,6 +1204,61 @@ class NbdConnection {
     this.#send(chunks);
   }
 
+  /** NBD_OPT_STARTTLS: acknowledge, then run the TLS handshake on the same stream; negotiated state starts afresh. */
+  #startTls(data: Buffer): void {
+    const settings = this.#server.tls;
+    if (settings === undefined) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_UNSUP, message('TLS is not configured on this server'));
+      return;
+    }
+    if (this.#secure) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, message('TLS is already negotiated'));
+      return;
+    }
+    if (data.length !== 0) {
+      this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ERR_INVALID, message('NBD_OPT_STARTTLS takes no data'));
+      return;
+    }
+    if (this.#buf.length > 0) {
+      // bytes after STARTTLS before the TLS handshake: an injection attempt, never parsed as options
+      this.#fail(new BlockMirrorError('BM_ERR_PROTOCOL', 'NBD client sent data after NBD_OPT_STARTTLS before the TLS handshake'));
+      return;
+    }
+    this.#sendOptionReply(NBD_OPT_STARTTLS, NBD_REP_ACK);
+    const raw = this.#socket;
+    if (this.#corked) {
+      this.#corked = false;
+      raw.uncork();
+    }
+    this.#unwire(raw);
+    const secure = new tls.TLSSocket(raw, {
+      isServer: true,
+      secureContext: settings.context,
+      requestCert: settings.requireClientCertificate,
+      rejectUnauthorized: settings.requireClientCertificate,
+    });
+    this.#socket = secure as unknown as NbdSocket;
+    this.#tlsPending = true;
+    this.#inputPaused = false;
+    this.#wire(this.#socket);
+    secure.once('secure', () => {
+      this.#tlsPending = false;
+      if (settings.requireClientCertificate) {
+        const why = peerCertificateError(secure);
+        if (why !== undefined) {
+          this.#fail(new BlockMirrorError('BM_ERR_AUTH_FAILED', `NBD client certificate refused: ${why}`));
+          return;
+        }
+      }
+      log('client %d: TLS established', this.#info.id);
+    });
+    this.#secure = true;
+    // the spec: whatever was negotiated before TLS does not carry over
+    this.#structured = false;
+    this.#metaExport = undefined;
+    this.#allocation = false;
+  }
+
   #sendOptionReply(option: number, type: number, data: Buffer = EMPTY): void {
     this.#send(data.length === 0 ? [optionReplyHeader(option, type, 0)] : [optionReplyHeader(option, type, data.length), data]);
   }
@@ -1095,6 +1325,7 @@ class NbdConnection {
       }
       const [error, text] = this.#check(req);
       if (error !== 0) {
+        this.#release(req);
         this.#startDiscard(req, error, text);
         return;
       }
@@ -1110,6 +1341,7 @@ class NbdConnection {
     }
     const [error, text] = this.#check(req);
     if (error !== 0) {
+      this.#release(req);
       this.#replyError(req, error, text);
       return;
     }
@@ -1180,9 +1412,7 @@ class NbdConnection {
   }
 
   #dispatch(req: Request, payload: Buffer | undefined): void {
-    const bytes = req.type === NBD_CMD_READ || req.type === NBD_CMD_WRITE ? req.length : 0;
     this.inFlight++;
-    this.#inFlightBytes += bytes;
     this.#server.opStarted();
     // #execute is async: a backend that throws synchronously still yields a rejection.
     this.#execute(req, payload).then(
@@ -1195,11 +1425,11 @@ class NbdConnection {
     )
       .catch((err: unknown) => {
         // Only a bug in reply encoding gets here: drop this connection, never the process.
+        this.#release(req);
         this.#fail(new BlockMirrorError('BM_ERR_PROTOCOL', 'NBD server internal error while replying', { cause: err }));
       })
       .finally(() => {
         this.inFlight--;
-        this.#inFlightBytes -= bytes;
         this.#server.opSettled();
         this.#process();
       });
@@ -1284,18 +1514,18 @@ class NbdConnection {
         // OFFSET_DATA must carry at least one byte: an empty read ends with a NONE chunk.
         header.writeUInt16BE(NBD_REPLY_TYPE_NONE, 6);
         header.writeUInt32BE(0, 16);
-        this.#send([header]);
+        this.#send([header], req);
         return;
       }
       header.writeUInt16BE(NBD_REPLY_TYPE_OFFSET_DATA, 6);
       header.writeUInt32BE(8 + req.length, 16);
       header.writeUInt32BE(Math.floor(req.offset / 0x100000000), 20);
       header.writeUInt32BE(req.offset >>> 0, 24);
-      this.#send([header, data!]);
+      this.#send([header, data!], req);
       return;
     }
     const header = simpleReply(0, req);
-    this.#send(req.type === NBD_CMD_READ && data !== undefined && data.length > 0 ? [header, data] : [header]);
+    this.#send(req.type === NBD_CMD_READ && data !== undefined && data.length > 0 ? [header, data] : [header], req);
   }
 
   /** One BLOCK_STATUS chunk for `base:allocation` (one extent with `REQ_ONE`, at most 2^20). */
@@ -1317,7 +1547,7 @@ class NbdConnection {
       chunk.writeUInt32BE((e.hole ? NBD_STATE_HOLE : 0) | (e.zero ? NBD_STATE_ZERO : 0), at + 4);
       at += 8;
     }
-    this.#send([chunk]);
+    this.#send([chunk], req);
   }
 
   #replyError(req: Request, error: number, text: string): void {
@@ -1334,10 +1564,10 @@ class NbdConnection {
       chunk.writeUInt32BE(error === 0 ? NBD_EIO : error, 20);
       chunk.writeUInt16BE(msg.length, 24);
       msg.copy(chunk, 26);
-      this.#send([chunk]);
+      this.#send([chunk], req);
       return;
     }
-    this.#send([simpleReply(error === 0 ? NBD_EIO : error, req)]);
+    this.#send([simpleReply(error === 0 ? NBD_EIO : error, req)], req);
   }
 
   // ---------------------------------------------------------- flow control
@@ -1346,12 +1576,13 @@ class NbdConnection {
   #canAccept(): boolean {
     if (this.#writeBlocked) return false;
     if (this.inFlight === 0) return true;
-    return this.inFlight < this.#server.maxInFlight && this.#inFlightBytes < this.#server.maxInFlightBytes;
+    return this.inFlight < this.#server.maxInFlight;
   }
 
   /** Pauses the socket while nothing more can be parsed usefully (option pending, done, or at the in-flight limits). */
   #updateInputFlow(): void {
-    const shouldPause = this.#busy || this.#state === 'done' || (this.#state === 'request' && !this.#canAccept());
+    const shouldPause =
+      this.#busy || this.#state === 'done' || (this.#state === 'request' && (this.#awaitingBudget || !this.#canAccept()));
     this.#setInputPaused(shouldPause);
   }
 
@@ -1367,18 +1598,23 @@ class NbdConnection {
    * are queued back to back in one synchronous step, so nothing can come
    * between them. The socket stays corked until the end of the current tick,
    * so every reply produced in this tick leaves in one `writev`. Dropped when
-   * the socket is gone.
+   * the socket is gone. With `req`, the bytes the request holds in the
+   * budgets are given back once the reply's last chunk left the process.
    */
-  #send(chunks: readonly Buffer[]): void {
+  #send(chunks: readonly Buffer[], req?: Request): void {
     const socket = this.#socket;
-    if (this.#isClosed || socket.destroyed || !socket.writable) return;
+    if (this.#isClosed || socket.destroyed || !socket.writable) {
+      if (req !== undefined) this.#release(req);
+      return;
+    }
     if (!this.#corked) {
       this.#corked = true;
       socket.cork();
       process.nextTick(this.#uncork);
     }
-    let ok = true;
-    for (const c of chunks) ok = socket.write(c);
+    const last = chunks.length - 1;
+    for (let i = 0; i < last; i++) socket.write(chunks[i]);
+    const ok = req === undefined || req.cost === 0 ? socket.write(chunks[last]) : socket.write(chunks[last], () => this.#release(req));
     if (!ok) this.#writeBlocked = true;
   }
 
@@ -1424,6 +1660,11 @@ class NbdConnection {
     this.#state = 'done';
     this.#buf = EMPTY;
     this.#payload = undefined;
+    // Give back all this connection holds; releases of its requests that settle later are no-ops.
+    this.#server.budget.cancel(this);
+    this.#server.budget.release(this.#reserved + this.#admitted);
+    this.#reserved = 0;
+    this.#admitted = 0;
     const clock = this.#server.clock;
     if (this.#handshakeTimer !== undefined) clock.clearTimeout(this.#handshakeTimer);
     if (this.#shutdownTimer !== undefined) clock.clearTimeout(this.#shutdownTimer);

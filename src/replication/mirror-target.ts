@@ -25,6 +25,8 @@ import { LinkMonitor, type LinkState, type LinkTransitionReason } from '../link/
 import { agreeHeartbeats, type HeartbeatSettings } from '../link/heartbeat-settings.js';
 import { persistentNodeId } from '../storage/node-id.js';
 import { IdleWatch } from '../link/idle-watch.js';
+import { preAuthLimits } from '../link/pre-auth.js';
+import { heartbeatKeyOf } from '../link/session-key.js';
 import { DatagramDemux } from '../link/datagram-demux.js';
 import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/heartbeat.js';
 import { ApplyOrder } from './apply-order.js';
@@ -88,8 +90,28 @@ export interface MirrorTargetOptions {
   nodeId?: string;
   clock?: Clock;
   limits?: Partial<CodecLimits>;
-  /** Handshake timeout in ms (default 10000). */
+  /**
+   * Handshake timeout in ms (default 10000): a connection that has not
+   * authenticated and been accepted by then is closed
+   * (`BM_ERR_HANDSHAKE_TIMEOUT`). Until it has, a connection may send frames
+   * with headers of at most 64 KiB and no payload (bounded pre-auth
+   * buffering: a larger frame closes it with `BM_ERR_FRAME_TOO_LARGE` or
+   * `BM_ERR_HEADER_TOO_LARGE` before anything is buffered).
+   */
   handshakeTimeout?: number;
+  /**
+   * Connections still in the handshake (not yet authenticated) at once
+   * (default 64): one more is closed at once with
+   * `BM_ERR_TOO_MANY_CONNECTIONS` (a `connection-error`), the others are
+   * unaffected.
+   */
+  maxUnauthenticated?: number;
+  /**
+   * Primary sessions (and cycle sources) at once (default 64): the handshake
+   * of a new session beyond it is refused with `BM_ERR_TOO_MANY_CONNECTIONS`
+   * before anything is claimed.
+   */
+  maxSessions?: number;
   /** Requests applied concurrently per connection before reading pauses (default 128). */
   maxInFlightPerConnection?: number;
   /** UDP heartbeats on the listening port number, towards each primary that sends them (default: on when the transport has datagrams). */
@@ -442,6 +464,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #secret: Uint8Array | undefined;
   readonly #limits: CodecLimits;
   readonly #handshakeTimeout: number;
+  readonly #maxUnauthenticated: number;
+  readonly #maxSessions: number;
+  #unauthenticated = 0;
+  /** Connections refused by `maxUnauthenticated`, since creation. */
+  refusedConnections = 0;
   readonly #maxInFlight: number;
   readonly #volumes = new Map<string, TargetVolume>();
   readonly #handlers = new Set<Handler>();
@@ -462,6 +489,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   readonly #answerSession = randomUUID();
   #answerSeq = 0;
   readonly #connections = new Set<FramedConnection>();
+  /** Connections of cycle sources (each counts as a session, see `maxSessions`). */
+  readonly #cycleConnections = new Set<FramedConnection>();
   readonly #cycleOptions: MirrorTargetOptions['cycle'];
   #cycle: CycleHost | undefined;
   #server: TransportServer | undefined;
@@ -479,6 +508,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     this.#limits = { ...DEFAULT_CODEC_LIMITS, ...options.limits };
     this.#handshakeTimeout = positiveInt(options.handshakeTimeout ?? 10000, 'handshakeTimeout');
     this.#maxInFlight = positiveInt(options.maxInFlightPerConnection ?? 128, 'maxInFlightPerConnection', 65536);
+    this.#maxUnauthenticated = positiveInt(options.maxUnauthenticated ?? 64, 'maxUnauthenticated', 1_000_000);
+    this.#maxSessions = positiveInt(options.maxSessions ?? 64, 'maxSessions', 1_000_000);
     if (options.nodeId !== undefined && (typeof options.nodeId !== 'string' || options.nodeId === '' || options.nodeId.length > 256)) {
       throw invalidArgument('nodeId must be a string of 1..256 characters');
     }
@@ -578,9 +609,29 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       raw.destroy();
       return;
     }
-    const conn = new FramedConnection(raw, { limits: this.#limits });
+    if (this.#unauthenticated >= this.#maxUnauthenticated) {
+      this.refusedConnections++;
+      raw.destroy();
+      this.emit(
+        'connection-error',
+        new BlockMirrorError('BM_ERR_TOO_MANY_CONNECTIONS', `${this.#maxUnauthenticated} connections are in the handshake; refused`, {
+          details: { limit: this.#maxUnauthenticated },
+        }),
+        raw.remoteAddress,
+      );
+      return;
+    }
+    // bounded pre-auth buffering: handshake frames carry no payload
+    const conn = new FramedConnection(raw, { limits: preAuthLimits(this.#limits) });
     this.#connections.add(conn);
     conn.once('close', () => this.#connections.delete(conn));
+    this.#unauthenticated++;
+    let counted = true;
+    const authenticated = (): void => {
+      if (!counted) return;
+      counted = false;
+      this.#unauthenticated--;
+    };
     let claimed: TargetVolume[] = [];
     let cycleSource = false;
     let announced: string | undefined;
@@ -600,6 +651,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
             this.#demux === undefined ? undefined : { interval: this.#monitorOptions.heartbeatInterval, staleAfter: this.#monitorOptions.staleAfter },
           ),
         accept: async (hello, offers) => {
+          if (!this.#peers.has(hello.session) && this.#sessionCount(hello.node) >= this.#maxSessions) {
+            throw new BlockMirrorError('BM_ERR_TOO_MANY_CONNECTIONS', `${this.#maxSessions} peer sessions are open; refused`, {
+              details: { limit: this.#maxSessions },
+            });
+          }
           if (hello.features.includes(CYCLE_FEATURE)) {
             cycleSource = true;
             return this.#acceptCycleSource(hello, offers, conn);
@@ -609,8 +665,12 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           return ready;
         },
       });
+      authenticated();
+      conn.setLimits(this.#limits);
       if (cycleSource) {
         if (conn.closed) return;
+        this.#cycleConnections.add(conn);
+        conn.once('close', () => this.#cycleConnections.delete(conn));
         this.#cycle!.serve(conn, result.hello.node, result.volumes);
         conn.once('close', (error) => {
           if (error !== undefined) this.emit('connection-error', error, raw.remoteAddress);
@@ -626,6 +686,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       this.#handlers.add(handler);
       const slot = this.#attach(result.hello, result.heartbeats, raw.remoteAddress.host, conn);
       const peer = this.#peers.get(result.hello.session)!;
+      // over TLS without a secret, slot 0's TLS session keys the session's heartbeats (the primary derives the same key)
+      if (result.hello.slot === 0) {
+        const key = heartbeatKeyOf(raw, result.hello.session);
+        if (key !== undefined) peer.monitor?.useKey(key);
+      }
       // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
       const idle = new IdleWatch({ clock: this.#clock, idleTimeout: this.#idleTimeout, slot, connection: conn, onExpire: () => conn.destroy() });
       conn.on('frame', (frame) => {
@@ -650,12 +715,24 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       });
       this.emit('connection', { node: result.hello.node, session: result.hello.session, slot: result.hello.slot, address: raw.remoteAddress });
     } catch (error) {
+      authenticated();
       this.#release(claimed);
       const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
       log('handshake with %o failed: %s', raw.remoteAddress, err.message);
       this.emit('connection-error', err, raw.remoteAddress);
       if (!this.#closed) this.emit('refused', { address: raw.remoteAddress, node: announced, error: err });
     }
+  }
+
+  /**
+   * Primary sessions plus cycle-source connections open now (see
+   * `maxSessions`), not counting those of `node` (a new session of a node
+   * replaces its old one).
+   */
+  #sessionCount(node: string): number {
+    let n = this.#cycleConnections.size;
+    for (const p of this.#peers.values()) if (p.node !== node) n++;
+    return n;
   }
 
   /**
@@ -705,6 +782,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           if (current === undefined || current.host !== from.host || current.port !== from.port) monitor.setPeer(from);
         });
         monitor.on('down', (_reason, error) => {
+          // unsigned until the next slot-0 handshake derives a new key (as the primary does)
+          monitor.useKey(undefined);
           // SPEC 5: close all of this primary's connections
           for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
         });

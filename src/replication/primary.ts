@@ -4,6 +4,7 @@
  *
  * @module
  */
+import { heartbeatKeyOf } from '../link/session-key.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -229,7 +230,19 @@ export interface PrimaryStatus {
      * wall-clock ISO 8601 strings (absent when there is none); the interval
      * and stale time are the ones the target agreed to.
      */
-    heartbeats?: { sent: number; received: number; rejected: number; lastReceivedAt?: string; probationEndsAt?: string; intervalMs: number; staleAfterMs: number };
+    heartbeats?: {
+      sent: number;
+      received: number;
+      rejected: number;
+      /** Refused heartbeats by reason (`unexpected-node`: a correctly formed heartbeat of another node than the target's, ignored). */
+      rejectedByReason: Record<string, number>;
+      /** How heartbeats are authenticated: `secret`, `session` (a key from the TLS session of connection 0) or `none`. */
+      auth: 'secret' | 'session' | 'none';
+      lastReceivedAt?: string;
+      probationEndsAt?: string;
+      intervalMs: number;
+      staleAfterMs: number;
+    };
     lastError?: { code: string; message: string };
   }>;
   volumes: Record<string, PrimaryVolumeStatus>;
@@ -604,6 +617,10 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       else for (const v of this.#mirrored) v.linkChanged();
     });
     monitor.on('down', (reason, error) => {
+      // a restarted target may come back under another node id: its handshake binds the monitor again
+      monitor.expectNode(undefined);
+      // and the next slot-0 handshake derives a new session key
+      monitor.useKey(undefined);
       if (error !== undefined) this.#lastError = toBlockMirrorError(error);
       else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
       // SPEC 5: close all n connections; their in-flight requests are requeued
@@ -675,6 +692,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         return undefined;
       }
       this.#peerNode = result.peerNode;
+      // heartbeats are accepted from the node this handshake proved only (until the link goes down)
+      this.#monitor?.expectNode(result.peerNode);
+      // over TLS without a secret, slot 0's TLS session keys the heartbeats (the target derives the same key)
+      if (slot.index === 0) {
+        const key = heartbeatKeyOf(raw, this.session);
+        if (key !== undefined) this.#monitor?.useKey(key);
+      }
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
@@ -1103,6 +1127,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         sent: m.heartbeatsSent,
         received: m.heartbeatsReceived,
         rejected: Object.values(m.heartbeatsRejected).reduce((a, b) => a + b, 0),
+        rejectedByReason: { ...m.heartbeatsRejected },
+        auth: this.#monitor.heartbeatAuth,
         intervalMs: this.#monitorOptions.heartbeatInterval,
         staleAfterMs: this.#monitorOptions.staleAfter,
       };

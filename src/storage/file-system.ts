@@ -8,7 +8,7 @@
  * @module
  */
 import fs from 'node:fs';
-import { access, open, readdir, readFile, type FileHandle } from 'node:fs/promises';
+import { access, open, readdir, readFile, statfs, type FileHandle } from 'node:fs/promises';
 import type { BlockDevice } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
 import { toBlockMirrorError } from '../errors.js';
@@ -60,6 +60,12 @@ export interface FileSystem {
   openFile(path: string, mode: 'create' | 'open'): Promise<StoredFile>;
   /** Opens (or creates) a file as a block device of `size` bytes. */
   openDevice(path: string, options: OpenDeviceOptions): Promise<BlockDevice>;
+  /**
+   * Bytes an unprivileged writer may still write in the file system holding
+   * `dir` (optional: without it, or when it returns undefined, no space check
+   * is made).
+   */
+  freeBytes?(dir: string): Promise<number | undefined>;
 }
 
 class NodeStoredFile implements StoredFile {
@@ -131,4 +137,12 @@ export const nodeFileSystem: FileSystem = Object.freeze({
   },
   openDevice: (path: string, options: OpenDeviceOptions): Promise<BlockDevice> =>
     FileBlockDevice.open(path, { size: options.size, blockSize: options.blockSize, ...(options.create === false ? { create: false } : {}) }),
+  async freeBytes(dir: string): Promise<number | undefined> {
+    try {
+      const s = await statfs(dir);
+      return Number(s.bavail) * Number(s.bsize);
+    } catch {
+      return undefined;
+    }
+  },
 });

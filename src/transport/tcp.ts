@@ -11,6 +11,7 @@
  */
 import dgram from 'node:dgram';
 import net from 'node:net';
+import tls from 'node:tls';
 import debug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import { systemClock } from '../clock.js';
@@ -142,6 +143,13 @@ export class TcpConnection extends EventEmitter<TransportConnectionEvents> imple
 
   get closed(): boolean {
     return this.#closing || this.#closeEmitted;
+  }
+
+  /** Keying material of the TLS session (RFC 5705); undefined on a plain TCP socket. */
+  get exportKeyingMaterial(): ((length: number, label: string, context: Uint8Array) => Buffer) | undefined {
+    const socket = this.socket;
+    if (!(socket instanceof tls.TLSSocket)) return undefined;
+    return (length, label, context) => socket.exportKeyingMaterial(length, label, Buffer.from(context.buffer, context.byteOffset, context.byteLength));
   }
 
   get bufferedAmount(): number {

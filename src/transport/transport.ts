@@ -51,6 +51,11 @@ export interface TransportConnection extends EventEmitter<TransportConnectionEve
   end(): void;
   /** Closes at once; queued data may be lost. `close` is emitted with `error` if given. */
   destroy(error?: Error): void;
+  /**
+   * Keying material derived from the connection's TLS session (RFC 5705),
+   * the same on both ends; absent on connections without TLS.
+   */
+  exportKeyingMaterial?(length: number, label: string, context: Uint8Array): Buffer;
 }
 
 /** Events of a {@link TransportServer}. */

@@ -187,3 +187,35 @@ describe('StagingStore', () => {
     }
   });
 });
+
+describe('StagingStore staging space', () => {
+  it('refuses with BM_ERR_NO_SPACE, before anything changes, a delta whose granules and table do not fit in the free space', async () => {
+    const dir = subDir(root.dir, `space-${++seq}`);
+    const device = await FileBlockDevice.open(join(dir, 'img'), { size: SIZE });
+    let free = 1024 * 1024 * 1024;
+    const { nodeFileSystem } = await import('../../src/storage/file-system.js');
+    const fs = { ...nodeFileSystem, freeBytes: async () => free };
+    const store = await StagingStore.open(dir, [{ name: 'v', device }], { clock, fs });
+    try {
+      const image1 = pattern(SIZE, 5);
+      await fullCopy(store, 1, image1);
+      const { table, next } = changes(image1, [0, 1, 2, 3, 20], 50);
+      const bytes = table.encode();
+      free = 5 * GRAN + bytes.length - 1;
+      await assert.rejects(store.begin('src', 2, [plan({ from: 1, tableBytes: bytes.length, granules: 5 })]), (e) => {
+        assert.ok(isBlockMirrorError(e, 'BM_ERR_NO_SPACE'));
+        assert.equal(e.details.needed, 5 * GRAN + bytes.length);
+        return true;
+      });
+      assert.deepEqual(readdirSync(dir).filter((n) => /stage|marker/.test(n)), [], 'nothing was staged');
+      assert.equal(store.image('v').freeze, 1);
+      // with room, the same delta goes through
+      free += 1;
+      await delta(store, 1, 2, table, next);
+      assert.ok((await device.read(0, SIZE)).equals(next));
+    } finally {
+      await store.close();
+      await device.close();
+    }
+  });
+});
