@@ -158,7 +158,7 @@ export {
 } from './replication/generation.js';
 export type { GenerationState, Lineage } from './replication/generation.js';
 export { MemoryPairStateStore, FilePairStateStore, DISK_STATES, isDiskState, checkPairState } from './replication/pair-state.js';
-export type { DiskState, PairState, PairStateStore } from './replication/pair-state.js';
+export type { DiskState, PairRole, PairState, PairStateStore, Resolution } from './replication/pair-state.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
 export { MemoryApplyStateStore, FileApplyStateStore } from './replication/apply-state.js';
 export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';

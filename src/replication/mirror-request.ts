@@ -87,6 +87,8 @@ export interface MirrorRequest {
   onFail?: ((error: BlockMirrorError) => void) | undefined;
   /** A `flush` that also declares the target's image up-to-date (nothing was left to resync when it was made). */
   upToDate?: boolean;
+  /** With `upToDate`: the flush also hands the volume over (it was demoted). */
+  handover?: boolean;
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
   onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

@@ -28,7 +28,7 @@ test('generations: same, target behind, target ahead, split brain, blank', () =>
 
 /**
  * A mirrors into the target; the link breaks; A keeps writing; the target's
- * node is promoted (a primary on the same device and generations, no peer)
+ * node is promoted (`promote` with force, then a primary on the same device and pairing state, no peer)
  * and written; then the target comes back and A reconnects.
  */
 async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) {
@@ -47,6 +47,8 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
 
   cutOff(network, A, T);
   await onceEvent(a, 'link');
+  // failover without the primary: the target's volume is promoted (a new generation, role primary)
+  await target.promote('v', { force: true });
   await target.close();
 
   const writeOnA = async () => a.volume('v').write(4096, Buffer.alloc(4096, 0xaa));
