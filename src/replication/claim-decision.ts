@@ -96,9 +96,12 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
       throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
     }
     if (v.promoted === true) {
-      throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} was promoted on this node: it is served as a primary here, no primary may mirror into it`, {
-        details: { volume: offer.name },
-      });
+      // fenced by lineage: the promoted generation descends from the primary's, which is behind it now
+      throw new BlockMirrorError(
+        'BM_ERR_SPLIT_BRAIN',
+        `volume ${offer.name} was promoted on this node (generation ${v.generations?.current ?? '-'}): the primary (generation ${offer.generation}) is no longer the volume's primary; nothing was overwritten`,
+        { details: { volume: offer.name, lineage: 'target-ahead', promoted: true, primaryGeneration: offer.generation, targetGeneration: v.generations?.current } },
+      );
     }
     if (v.cycleSource !== undefined) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} receives freeze/copy cycles from ${v.cycleSource}`);
     if (v.generations === undefined && v.cycleImage !== undefined && policy !== 'discard-target') {

@@ -1185,8 +1185,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    * primary's. A new generation is recorded whose history holds the current
    * one, with the role `primary`, before anything else; the volume's primary
    * session is ended and no primary may claim the volume any more (an old
-   * primary that comes back is refused: its generation is behind this
-   * node's, it is fenced by lineage). Restart the node as the volume's
+   * primary that comes back is refused with `BM_ERR_SPLIT_BRAIN`: it is
+   * fenced by lineage). Restart the node as the volume's
    * primary on the same volume and state directory to serve it.
    *
    * Without `force` the volume's primary must have handed it over (demoted:

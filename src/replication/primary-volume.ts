@@ -106,6 +106,10 @@ export interface PrimaryVolumeStatus {
   state: VolumeState;
   /** True when the target is identical as far as the primary knows (nothing pending, the target reported everything durable, and both images are `up-to-date`). */
   inSync: boolean;
+  /** Current generation id of the volume's data. */
+  generation?: string;
+  /** An owed split-brain decision (`discard-remote`), offered at the next handshake. */
+  resolution?: Resolution;
   /** Disk state of the primary's own image (a primary's image is the reference: `up-to-date`). */
   disk: DiskState;
   /**
@@ -394,9 +398,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * target's image. @internal
    */
   async usePairStateStore(store: PairStateStore): Promise<void> {
-    this.#pairStore = store;
     const loaded = await store.load();
     if (loaded?.role === 'target') {
+      // refused before the store is ours: a failed start's clean-up must not overwrite the demoted state
       throw new BlockMirrorError(
         'BM_ERR_DEMOTED',
         `volume ${this.name}: its pairing state says it is a mirror's image (it was demoted, or this is a mirror's state directory): promote it first (blockmirror promote on the running mirror); nothing was written`,
@@ -404,6 +408,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       );
     }
     if (loaded?.generations !== undefined) this.#gen = loaded.generations;
+    this.#pairStore = store;
     this.#resolution = loaded?.resolution === 'discard-remote' ? 'discard-remote' : undefined;
     if (loaded !== undefined) {
       this.#peerDisk = loaded.peer;
@@ -2141,6 +2146,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       journalBytes: this.#journal.stats().usedBytes,
       journalCapacity: this.#journal.stats().capacityBytes,
     };
+    if (this.mode !== 'local') s.generation = this.#gen.current;
+    if (this.#resolution !== undefined) s.resolution = this.#resolution;
     const last = inSync ? Date.now() : this.#lastInSync;
     if (last !== undefined && this.mode !== 'local') s.lastInSyncAt = new Date(last).toISOString();
     if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };

@@ -230,7 +230,7 @@ test('decideClaim: a primary that resolved with discard-remote (offer discard) i
 
 test('decideClaim: a promoted volume refuses every primary (even under discard-target); an image a primary served is inconsistent when a primary of its lineage claims it', () => {
   const promoted = view('v', { generations: { current: NEW, history: [MID] }, disk: 'up-to-date', promoted: true });
-  assert.throws(() => decideClaim(hello(), [offer('v', NEW)], views(promoted), 'discard-target'), { code: 'BM_ERR_VOLUME_BUSY' });
+  assert.throws(() => decideClaim(hello(), [offer('v', MID, { discard: 1 })], views(promoted), 'discard-target'), { code: 'BM_ERR_SPLIT_BRAIN' });
   // failback: the old primary's image (role primary, generation MID) claimed by the promoted node (NEW, history MID)
   const old = view('v', { generations: { current: MID, history: [] }, disk: 'up-to-date', wasPrimary: true });
   const [d] = decideClaim(hello(), [offer('v', NEW, { history: [MID] })], views(old), 'refuse');
