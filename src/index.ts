@@ -126,7 +126,7 @@ export type { Heartbeat, HeartbeatFields, HeartbeatStatus, HeartbeatRejectReason
 export { cycleVolumeBackend, primaryVolumeBackend, targetVolumeBackend } from './nbd/volume-backend.js';
 export type { PrimaryVolumeBackendOptions, VolumeOpInfo, VolumeOpObserver } from './nbd/volume-backend.js';
 export { createAdminServer, AdminServer } from './admin/server.js';
-export type { AdminServerOptions, StatusSource } from './admin/server.js';
+export type { AdminActions, AdminServerOptions, StatusSource } from './admin/server.js';
 export { LatencyHistogram, DEFAULT_LATENCY_BUCKETS } from './admin/histogram.js';
 export type { HistogramSnapshot, HistogramBucket } from './admin/histogram.js';
 export { renderMetrics, escapeLabelValue, formatValue, PROMETHEUS_CONTENT_TYPE } from './admin/metrics.js';

@@ -173,6 +173,12 @@ export interface ReplicationLink {
   readonly clock: Clock;
   /** True while at least one connection can carry requests. */
   readonly up: boolean;
+  /**
+   * True while a connection that completed its handshake is open (with
+   * heartbeats this may precede `up`): the target holds our generation and
+   * requests sent now reach it in that generation.
+   */
+  readonly connected?: boolean;
   /** A request was queued: try to send. */
   pump(): void;
   /** Delay before retry number `attempt` (1-based). */
@@ -529,7 +535,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * ours, it is `outdated`).
    */
   #beforeDisconnectedWrite(): Promise<void> | undefined {
-    if (this.#link.up || !this.#genShared) return this.#advancing;
+    if (this.#link.up || this.#link.connected === true || !this.#genShared) return this.#advancing;
     this.#genShared = false;
     this.#gen = advanceGeneration(this.#gen);
     if (this.#peerDisk === 'up-to-date') this.#setPeer('outdated');

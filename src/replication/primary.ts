@@ -399,11 +399,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#inFlight = Array.from({ length: n }, () => new Map<number, Sent>());
     this.#attempts = new Array<number>(n).fill(0);
 
+    const slots = this.#slots;
     const isUp = (): boolean => (this.#monitor !== undefined ? this.#link === 'up' && this.#slots.openCount > 0 : this.#slots.openCount > 0);
     this.#link_ = {
       clock: this.#clock,
       get up() {
         return isUp();
+      },
+      get connected() {
+        return slots.openCount > 0;
       },
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
