@@ -680,6 +680,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         conn.close();
         return undefined;
       }
+      // A write while no connection was open started a new generation after
+      // this handshake offered the old one: the target holds the old one and
+      // would never learn the new one (a later promotion of it would then
+      // look like a split brain). Reconnect offering the current one.
+      if (offered.some(([v, g]) => v.generation !== g)) {
+        throw new BlockMirrorError('BM_ERR_CONNECT_FAILED', 'the handshake offered a generation the primary has left meanwhile; reconnecting with the current one');
+      }
       this.#peerNode = result.peerNode;
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
