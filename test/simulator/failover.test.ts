@@ -149,7 +149,7 @@ async function schedule(seed: number): Promise<Outcome> {
 
 test('SPEC 22: simulator schedules of failover and failback (planned demote + promote, forced promote with the old primary writing alone, resolve on the old primary): no acknowledged write lost, in-sync ⇒ identical, refused peers change nothing', async () => {
   const seen = { planned: 0, forced: 0, splitBrain: 0 };
-  for (let seed = 1; seed <= 24; seed++) {
+  for (let seed = 1; seed <= 60; seed++) {
     const o = await schedule(seed);
     seen[o.kind]++;
     if (o.splitBrain) seen.splitBrain++;
