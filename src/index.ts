@@ -132,7 +132,7 @@ export type { Heartbeat, HeartbeatFields, HeartbeatStatus, HeartbeatRejectReason
 export { cycleVolumeBackend, primaryVolumeBackend, targetVolumeBackend } from './nbd/volume-backend.js';
 export type { PrimaryVolumeBackendOptions, VolumeOpInfo, VolumeOpObserver } from './nbd/volume-backend.js';
 export { createAdminServer, AdminServer } from './admin/server.js';
-export type { AdminServerOptions, StatusSource } from './admin/server.js';
+export type { AdminActions, AdminServerOptions, StatusSource } from './admin/server.js';
 export { LatencyHistogram, DEFAULT_LATENCY_BUCKETS } from './admin/histogram.js';
 export type { HistogramSnapshot, HistogramBucket } from './admin/histogram.js';
 export { renderMetrics, escapeLabelValue, formatValue, PROMETHEUS_CONTENT_TYPE } from './admin/metrics.js';
@@ -164,7 +164,7 @@ export {
 } from './replication/generation.js';
 export type { GenerationState, Lineage } from './replication/generation.js';
 export { MemoryPairStateStore, FilePairStateStore, DISK_STATES, isDiskState, checkPairState } from './replication/pair-state.js';
-export type { DiskState, PairState, PairStateStore } from './replication/pair-state.js';
+export type { DiskState, PairRole, PairState, PairStateStore, Resolution } from './replication/pair-state.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
 export { MemoryApplyStateStore, FileApplyStateStore } from './replication/apply-state.js';
 export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';

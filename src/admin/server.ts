@@ -12,12 +12,28 @@ import createDebug from 'debug';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import { PROMETHEUS_CONTENT_TYPE, renderMetrics, type AdminMetrics } from './metrics.js';
 import { normalizeStatus, type AdminStatus } from './status.js';
+import type { Resolution } from '../replication/pair-state.js';
 
 const log = createDebug('blockmirror:admin');
 
 /** Anything with a `status()`: a `Primary`, a `MirrorTarget`, or a wrapper adding fields. */
 export interface StatusSource {
   status(): object;
+}
+
+/**
+ * Operator commands the admin endpoint accepts (`POST`), each optional: a
+ * node offers those its role has (a primary: `resolve`, `demote`; a mirror
+ * target: `resolve`, `promote`). Each resolves with a JSON-serialisable
+ * result or rejects with a coded error.
+ */
+export interface AdminActions {
+  /** `POST /volumes/NAME/resolve?discard=local|remote`: see `Primary.resolve` / `MirrorTarget.resolve`. */
+  resolve?(volume: string, discard: Resolution): Promise<object>;
+  /** `POST /volumes/NAME/promote[?force=1]`: see `MirrorTarget.promote`. */
+  promote?(volume: string, options: { force: boolean }): Promise<object>;
+  /** `POST /volumes/NAME/demote[?timeout=MS]`: see `Primary.demote`. */
+  demote?(volume: string, options: { timeout?: number }): Promise<object>;
 }
 
 /** Options of {@link createAdminServer}. */
@@ -45,6 +61,8 @@ export interface AdminServerOptions {
   tls?: { cert: string | Buffer; key: string | Buffer; ca: string | Buffer };
   /** Answer `/metrics` without the token (for a Prometheus scraper without credentials). Default false. */
   openMetrics?: boolean;
+  /** Operator commands (`POST /volumes/NAME/ACTION`, authenticated like the rest); absent: none (405). */
+  actions?: AdminActions;
 }
 
 /** A listening admin endpoint (see {@link createAdminServer}). */
@@ -93,6 +111,41 @@ function sendError(res: http.ServerResponse, code: number, error: string, messag
   send(res, code, 'application/json; charset=utf-8', `${JSON.stringify({ error: { code: error, message } })}\n`, extra);
 }
 
+/** Runs one operator command and answers it. */
+async function runAction(req: http.IncomingMessage, res: http.ServerResponse, actions: AdminActions, volume: string, name: keyof AdminActions, query: URLSearchParams): Promise<void> {
+  // the body is not used: drain it
+  req.resume();
+  if (req.method !== 'POST') {
+    sendError(res, 405, 'method_not_allowed', `${req.method ?? '?'} is not allowed on ${name}: use POST`, { allow: 'POST' });
+    return;
+  }
+  if (actions[name] === undefined) {
+    sendError(res, 405, 'not_available', `this node does not offer ${name} (${name === 'promote' ? 'promote a mirror target' : name === 'demote' ? 'demote a primary' : 'resolve on a primary or a mirror target'})`);
+    return;
+  }
+  try {
+    let result: object;
+    if (name === 'resolve') {
+      const discard = query.get('discard');
+      if (discard !== 'local' && discard !== 'remote') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'resolve needs discard=local or discard=remote');
+      result = await actions.resolve!(volume, discard === 'local' ? 'discard-local' : 'discard-remote');
+    } else if (name === 'promote') {
+      result = await actions.promote!(volume, { force: query.get('force') === '1' || query.get('force') === 'true' });
+    } else {
+      const t = query.get('timeout');
+      const timeout = t === null ? undefined : Number(t);
+      if (timeout !== undefined && (!Number.isSafeInteger(timeout) || timeout < 1)) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'demote timeout must be a positive number of milliseconds');
+      result = await actions.demote!(volume, timeout === undefined ? {} : { timeout });
+    }
+    send(res, 200, 'application/json; charset=utf-8', `${JSON.stringify(result)}\n`);
+  } catch (error) {
+    const err = toBlockMirrorError(error, 'BM_ERR_INVALID_ARGUMENT');
+    log('%s %s failed: %s', name, volume, err.message);
+    const status = err.code === 'BM_ERR_UNKNOWN_VOLUME' ? 404 : err.code === 'BM_ERR_INVALID_ARGUMENT' ? 400 : 409;
+    sendError(res, status, err.code, err.message);
+  }
+}
+
 /**
  * Starts the admin endpoint.
  *
@@ -101,9 +154,15 @@ function sendError(res: http.ServerResponse, code: number, error: string, messag
  *   `peers[].link`, `volumes.NAME.{mode,inSync,pendingBytes,state,…}`),
  *   plus `version`.
  * - `GET /metrics` → `200 text/plain; version=0.0.4`: see {@link renderMetrics}.
+ * - `POST /volumes/NAME/resolve?discard=local|remote`,
+ *   `POST /volumes/NAME/promote[?force=1]`, `POST /volumes/NAME/demote[?timeout=MS]`
+ *   → `200` with the action's JSON result; a coded error → `{"error":{"code","message"}}`
+ *   with `404` (`BM_ERR_UNKNOWN_VOLUME`), `400` (`BM_ERR_INVALID_ARGUMENT`) or `409`
+ *   (any other: the node's state does not allow it); an action this node does
+ *   not offer → `405`. See {@link AdminActions}.
  * - other paths → `404` with `{"error":{"code":"not_found",…}}`; methods other
- *   than GET → `405` (`Allow: GET`); a failing `status()` → `500`.
- *   The query string is ignored.
+ *   than GET (POST for actions) → `405`; a failing `status()` → `500`.
+ *   The query string of GET requests is ignored.
  * - With `token`: a request without `Authorization: Bearer TOKEN` gets
  *   `401` (`/metrics` too unless `openMetrics`). With `tls`: HTTPS, and a
  *   client without a certificate the CA signed is refused in the handshake.
@@ -123,10 +182,17 @@ export async function createAdminServer(options: AdminServerOptions): Promise<Ad
   }
 
   const access = adminAccess(host, options.token, options.tls !== undefined, options.openMetrics === true);
+  const actions = options.actions ?? {};
   const handler = (req: http.IncomingMessage, res: http.ServerResponse): void => {
-    const path = new URL(req.url ?? '/', 'http://admin').pathname;
+    const url = new URL(req.url ?? '/', 'http://admin');
+    const path = url.pathname;
     if (!mayRead(access, req, path)) {
       sendError(res, 401, 'unauthorized', 'this endpoint needs Authorization: Bearer TOKEN', { 'www-authenticate': 'Bearer' });
+      return;
+    }
+    const action = /^\/volumes\/([^/]+)\/(resolve|promote|demote)$/.exec(path);
+    if (action !== null) {
+      void runAction(req, res, actions, decodeURIComponent(action[1]!), action[2] as keyof AdminActions, url.searchParams);
       return;
     }
     const known = path === '/status' || path === '/metrics';

@@ -111,6 +111,18 @@ export interface StatusConfig {
   json: boolean;
 }
 
+/** `blockmirror resolve|promote|demote …`: an operator command sent to a running node's admin endpoint. */
+export interface RoleCommandConfig {
+  admin: HostPort;
+  volume: string;
+  /** resolve: which side's data is discarded. */
+  discard?: 'local' | 'remote';
+  /** promote: `--force` (the primary is lost: it did not hand the volume over). */
+  force?: boolean;
+  /** demote: `--timeout MS` to drain the volume to the mirror (default 30000). */
+  timeout?: number;
+}
+
 /** A parsed command line. */
 export type Command =
   | { kind: 'help'; text: string }
@@ -118,6 +130,7 @@ export type Command =
   | { kind: 'mirror'; config: MirrorConfig }
   | { kind: 'primary'; config: PrimaryConfig }
   | { kind: 'status'; config: StatusConfig }
+  | { kind: 'resolve' | 'promote' | 'demote'; config: RoleCommandConfig }
   | { kind: 'demo' };
 
 /** Default `--drain-timeout`, ms. */
@@ -131,6 +144,9 @@ Commands:
   mirror    run a mirror target: receive a primary's writes into local volume files
   primary   run a primary: serve volumes (NBD) and mirror every write to a mirror target
   status    show the status of a running node (via its --admin endpoint)
+  resolve   resolve a split brain of a volume: --discard-local or --discard-remote
+  promote   make a mirror's volume a primary's (failover; --force when the primary is lost)
+  demote    hand a primary's volume over to its mirror (read-only here afterwards)
   demo      run a self-contained demonstration on loopback (no arguments)
 
 Options:
@@ -274,6 +290,45 @@ export const STATUS_HELP = `Usage: blockmirror status --admin HOST:PORT [--json]
 
 Fetches GET /status from a node's admin endpoint and prints it as a table
 (or as JSON with --json).
+`;
+
+export const RESOLVE_HELP = `Usage: blockmirror resolve --admin HOST:PORT --volume NAME (--discard-local | --discard-remote)
+
+Resolves a split brain (or an unrelated lineage) of a volume, on the running
+node whose admin endpoint is --admin. Nothing else resolves it: by default a
+mirror refuses a primary whose data it cannot prove to descend from its own.
+
+On the mirror:
+  --discard-local    give this mirror's data up: the refused primary is accepted at
+                     its next attempt and resyncs the volume by checksum
+  --discard-remote   keep this mirror's data: the volume is promoted (forced); restart
+                     this node as its primary and the other as its mirror, then
+                     resolve there with --discard-local
+On the primary:
+  --discard-remote   give the mirror's data up: offered at the next handshake, the
+                     mirror accepts and is resynced by checksum
+  --discard-local    refused (BM_ERR_NOT_SUPPORTED): a primary's data is given up by a
+                     role swap (promote the mirror, restart this node as its mirror)
+`;
+
+export const PROMOTE_HELP = `Usage: blockmirror promote --admin HOST:PORT --volume NAME [--force]
+
+On a running mirror: makes its copy of the volume the primary's (failover). A
+new generation is recorded whose history holds the old one; the old primary is
+refused from then on (fenced by lineage). Then stop this mirror and start it as
+the volume's primary on the same volume file and --state-dir.
+
+Without --force the primary must have handed the volume over (blockmirror
+demote); --force when the primary is lost (its writes not yet mirrored are lost
+with it). The mirror's image must be up-to-date either way.
+`;
+
+export const DEMOTE_HELP = `Usage: blockmirror demote --admin HOST:PORT --volume NAME [--timeout MS]
+
+On a running primary: stops writes to the volume (its NBD export answers EPERM),
+drains everything to the mirror (at most --timeout MS, default 30000; if that
+fails the volume is writable again) and hands the volume over. Then promote the
+mirror, and restart this node as the mirror of the new primary (failback).
 `;
 
 export const DEMO_HELP = `Usage: blockmirror demo
@@ -642,6 +697,32 @@ function parseStatus(argv: string[]): Command {
   return { kind: 'status', config: { admin, json: values.json === true } };
 }
 
+function parseRoleCommand(kind: 'resolve' | 'promote' | 'demote', argv: string[]): Command {
+  const help = kind === 'resolve' ? RESOLVE_HELP : kind === 'promote' ? PROMOTE_HELP : DEMOTE_HELP;
+  const options: NonNullable<ParseArgsConfig['options']> = { admin: { type: 'string' }, volume: { type: 'string' }, help: { type: 'boolean', short: 'h' } };
+  if (kind === 'resolve') {
+    options['discard-local'] = { type: 'boolean' };
+    options['discard-remote'] = { type: 'boolean' };
+  } else if (kind === 'promote') options.force = { type: 'boolean' };
+  else options.timeout = { type: 'string' };
+  const values = parse(kind, argv, options);
+  if (values.help === true) return { kind: 'help', text: help };
+  const admin = parseHostPort(required(values, 'admin', kind), '--admin', false);
+  const volume = required(values, 'volume', kind);
+  const config: RoleCommandConfig = { admin, volume };
+  if (kind === 'resolve') {
+    const local = values['discard-local'] === true;
+    const remote = values['discard-remote'] === true;
+    if (local === remote) throw usageError('resolve needs exactly one of --discard-local and --discard-remote');
+    config.discard = local ? 'local' : 'remote';
+  } else if (kind === 'promote') config.force = values.force === true;
+  else {
+    const timeout = str(values, 'timeout');
+    if (timeout !== undefined) config.timeout = parseMs(timeout, '--timeout');
+  }
+  return { kind, config };
+}
+
 function parseDemo(argv: string[]): Command {
   const values = parse('demo', argv, { help: { type: 'boolean', short: 'h' } });
   if (values.help === true) return { kind: 'help', text: DEMO_HELP };
@@ -656,7 +737,7 @@ export function parseCommandLine(argv: readonly string[]): Command {
   const [first, ...rest] = argv;
   switch (first) {
     case undefined:
-      throw usageError('missing command: mirror, primary, status or demo (see: blockmirror --help)');
+      throw usageError('missing command: mirror, primary, status, resolve, promote, demote or demo (see: blockmirror --help)');
     case '-h':
     case '--help':
     case 'help':
@@ -673,10 +754,14 @@ export function parseCommandLine(argv: readonly string[]): Command {
       return parsePrimary(rest);
     case 'status':
       return parseStatus(rest);
+    case 'resolve':
+    case 'promote':
+    case 'demote':
+      return parseRoleCommand(first, rest);
     case 'demo':
       return parseDemo(rest);
     default:
       if (first.startsWith('-')) throw usageError(`unknown option ${first} before the command (see: blockmirror --help)`);
-      throw usageError(`unknown command ${JSON.stringify(first)}: use mirror, primary, status or demo (see: blockmirror --help)`);
+      throw usageError(`unknown command ${JSON.stringify(first)}: use mirror, primary, status, resolve, promote, demote or demo (see: blockmirror --help)`);
   }
 }

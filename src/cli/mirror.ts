@@ -10,6 +10,7 @@ import { createAdminServer } from '../admin/server.js';
 import { serveNbd } from './nbd-front.js';
 import { targetVolumeBackend } from '../nbd/volume-backend.js';
 import { createMirrorTarget, type MirrorTarget } from '../replication/mirror-target.js';
+import type { Resolution } from '../replication/pair-state.js';
 import { formatHostPort, type MirrorConfig } from './args.js';
 import { mirrorTargetOptionsFrom } from './options.js';
 import { ensureStateDir, stateDirOf } from './state-dir.js';
@@ -92,7 +93,19 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
 
     const parts = [`mirror=${formatHostPort(target.address)}`];
     if (config.admin !== undefined) {
-      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: target, version: packageVersion(), ...adminAccessOptions(config, tls, token) });
+      const actions = {
+        resolve: async (volume: string, discard: Resolution) => {
+          const result = await target.resolve(volume, discard);
+          say(io, `volume ${volume} resolve ${discard}${result.generation === undefined ? ' (applied at the primary\'s next handshake)' : ` promoted generation=${result.generation}`}`);
+          return result;
+        },
+        promote: async (volume: string, options: { force: boolean }) => {
+          const result = await target.promote(volume, options);
+          say(io, `volume ${volume} promoted generation=${result.generation}${options.force ? ' (forced)' : ''} (restart this node as its primary)`);
+          return result;
+        },
+      };
+      const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source: target, version: packageVersion(), ...adminAccessOptions(config, tls, token), actions });
       resources.add('admin endpoint', () => admin.close());
       parts.push(`admin=${formatHostPort(admin.address)}`);
     }

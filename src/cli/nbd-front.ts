@@ -11,7 +11,7 @@ import type { NbdExport } from '../nbd/export.js';
 import { NbdServer, type NbdServerOptions } from '../nbd/server.js';
 import { LatencyHistogram } from '../admin/histogram.js';
 import type { AdminMetrics } from '../admin/metrics.js';
-import { createAdminServer, type AdminServerOptions } from '../admin/server.js';
+import { createAdminServer, type AdminActions, type AdminServerOptions } from '../admin/server.js';
 import type { VolumeOpObserver } from '../nbd/volume-backend.js';
 import { formatHostPort, type HostPort, type PrimaryConfig } from './args.js';
 import { packageVersion, type Resources } from './runtime.js';
@@ -71,6 +71,7 @@ export async function servePrimaryFronts(
   status: () => object,
   exports: (observer: VolumeOpObserver) => NbdExport[],
   security: { nbd?: Partial<NbdServerOptions>; admin?: Pick<AdminServerOptions, 'token' | 'tls' | 'openMetrics'> } = {},
+  actions?: AdminActions,
 ): Promise<string[]> {
   const { histograms, observer } = latencyRecorder(config.volumes.map((v) => v.name));
   const metrics: AdminMetrics = { writeLatency: histograms };
@@ -78,7 +79,7 @@ export async function servePrimaryFronts(
   const parts: string[] = [];
   if (config.admin !== undefined) {
     const source = { status: () => ({ ...status(), nbd: nbd === undefined ? null : { address: nbd.address, connections: nbd.server.stats().connections } }) };
-    const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion(), ...security.admin });
+    const admin = await createAdminServer({ host: config.admin.host, port: config.admin.port, source, metrics, version: packageVersion(), ...security.admin, ...(actions === undefined ? {} : { actions }) });
     resources.add('admin endpoint', () => admin.close());
     parts.push(`admin=${formatHostPort(admin.address)}`);
   }

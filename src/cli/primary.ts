@@ -10,6 +10,7 @@ import { CONFIGURATION_REFUSALS, type ErrorCode } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
 import { primaryVolumeBackend, type VolumeOpObserver } from '../nbd/volume-backend.js';
 import { createPrimary, type Primary } from '../replication/primary.js';
+import type { Resolution } from '../replication/pair-state.js';
 import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
@@ -121,10 +122,22 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
       warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);
     });
 
-    const parts = await servePrimaryFronts(config, resources, () => primary.status(), (observer) => primaryExports(primary, observer), {
-      nbd: nbdFrontOptions(config, tls),
-      admin: adminAccessOptions(config, tls, token),
-    });
+    const actions = {
+      resolve: (volume: string, discard: Resolution) => primary.resolve(volume, discard),
+      demote: async (volume: string, options: { timeout?: number }) => {
+        const result = await primary.demote(volume, options);
+        say(io, `volume ${volume} demoted generation=${result.generation} (read-only here; promote the mirror next)`);
+        return result;
+      },
+    };
+    const parts = await servePrimaryFronts(
+      config,
+      resources,
+      () => primary.status(),
+      (observer) => primaryExports(primary, observer),
+      { nbd: nbdFrontOptions(config, tls), admin: adminAccessOptions(config, tls, token) },
+      actions,
+    );
     await primary.connect();
     say(io, `listening ${[...parts, `peer=${peer}`].join(' ')}`);
     reason = await lifecycle.stopped;

@@ -13,6 +13,7 @@ import { runPrimary } from './primary.js';
 import { runCyclePrimary } from './cycle-primary.js';
 import { packageVersion, type CliIo } from './runtime.js';
 import { runStatus } from './status.js';
+import { runRoleCommand } from './role-command.js';
 
 const log = createDebug('blockmirror:cli');
 
@@ -39,6 +40,10 @@ export async function run(argv: readonly string[], io: CliIo): Promise<number> {
         return await (command.config.mode === 'cycle' ? runCyclePrimary(command.config, io) : runPrimary(command.config, io));
       case 'status':
         return await runStatus(command.config, io);
+      case 'resolve':
+      case 'promote':
+      case 'demote':
+        return await runRoleCommand(command.kind, command.config, io);
       case 'demo':
         return await runDemo(io);
     }

@@ -41,6 +41,15 @@ export interface VolumeOffer {
    * initial sync.
    */
   clean?: 1;
+  /**
+   * 1: the operator resolved a split brain on the primary by discarding the
+   * target's data (`resolve --discard-remote`): a target that would refuse
+   * the volume for its lineage accepts it, drops its own data and is resynced
+   * (by checksum) from the primary.
+   */
+  discard?: 1;
+  /** 1: the primary demoted the volume (it is read-only there): a hand-over the target recorded stays valid. */
+  ho?: 1;
 }
 
 /** HELLO (client → server): opens the handshake of one connection. */
@@ -205,6 +214,12 @@ export interface FlushHeader {
   disk?: 'up-to-date';
   /** Progress of a running sync: bytes done and in total (shown in the target's status). */
   sync?: [number, number];
+  /**
+   * 1 (with `disk`): the primary hands the volume over (it was demoted: it
+   * writes no more): once up-to-date, the target records that it may be
+   * promoted without force.
+   */
+  ho?: 1;
 }
 
 /** WRITE_ACK / FLUSH_ACK (server → client). `code` absent = success. */
@@ -299,7 +314,9 @@ export function parseAuth(h: unknown): AuthHeader {
       (o.history !== undefined && (!Array.isArray(o.history) || o.history.length > 64 || !o.history.every((g) => str(g, 64)))) ||
       !str(o.stream, 64) ||
       !uint(o.base) ||
-      (o.clean !== undefined && o.clean !== 1)
+      (o.clean !== undefined && o.clean !== 1) ||
+      (o.discard !== undefined && o.discard !== 1) ||
+      (o.ho !== undefined && o.ho !== 1)
     ) {
       throw bad(t, 'volume offer');
     }
@@ -387,6 +404,7 @@ export function parseFlush(h: unknown): FlushHeader {
   if (!uint(r.id) || !uint(r.vol) || !uint(r.bar)) throw bad(t, 'fields');
   if (r.disk !== undefined && r.disk !== 'up-to-date') throw bad(t, 'disk');
   if (r.sync !== undefined && !progressPair(r.sync)) throw bad(t, 'sync');
+  if (r.ho !== undefined && (r.ho !== 1 || r.disk !== 'up-to-date')) throw bad(t, 'ho');
   return r as unknown as FlushHeader;
 }
 

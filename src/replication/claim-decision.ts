@@ -31,6 +31,14 @@ export interface ClaimView {
   cycleSource: string | undefined;
   /** Freeze image the volume holds from a cycle source (undefined: none). */
   cycleImage: { lineage: string; freeze: number } | undefined;
+  /** The operator resolved a split brain here by discarding this image (`resolve --discard-local`), not applied yet. */
+  discardLocal?: boolean;
+  /** The image was last served by a primary (its state says role `primary`): it may hold writes no other copy has. */
+  wasPrimary?: boolean;
+  /** The volume was promoted on this node: no primary may claim it any more. */
+  promoted?: boolean;
+  /** The volume's primary handed it over (demoted). */
+  handedOver?: boolean;
 }
 
 /** See `SplitBrainPolicy` in mirror-target.ts. */
@@ -56,6 +64,10 @@ export interface ClaimDecision {
   newStream: boolean;
   /** The target's data is discarded: the primary resyncs the whole volume. */
   full: boolean;
+  /** The operator's `discard-local` decision was applied (it is cleared with the claim). */
+  resolved: boolean;
+  /** The hand-over recorded for the volume stays valid (the claiming primary is the demoted one). */
+  handedOver: boolean;
 }
 
 /**
@@ -83,6 +95,14 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
     if (v.owner !== undefined && v.owner.session !== hello.session && v.connections > 0 && v.owner.node !== hello.node) {
       throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} is already mirrored from ${v.owner.node}`);
     }
+    if (v.promoted === true) {
+      // fenced by lineage: the promoted generation descends from the primary's, which is behind it now
+      throw new BlockMirrorError(
+        'BM_ERR_SPLIT_BRAIN',
+        `volume ${offer.name} was promoted on this node (generation ${v.generations?.current ?? '-'}): the primary (generation ${offer.generation}) is no longer the volume's primary; nothing was overwritten`,
+        { details: { volume: offer.name, lineage: 'target-ahead', promoted: true, primaryGeneration: offer.generation, targetGeneration: v.generations?.current } },
+      );
+    }
     if (v.cycleSource !== undefined) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} receives freeze/copy cycles from ${v.cycleSource}`);
     if (v.generations === undefined && v.cycleImage !== undefined && policy !== 'discard-target') {
       throw new BlockMirrorError(
@@ -96,7 +116,8 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
     let full = false;
     if (lineage === 'target-ahead' || lineage === 'split-brain') {
       const targetYounger = v.generations!.current > offer.generation;
-      if (policy === 'discard-target' || (policy === 'discard-younger' && targetYounger)) full = true;
+      // the operator's decision (on either side) applies where a policy would
+      if (policy === 'discard-target' || (policy === 'discard-younger' && targetYounger) || v.discardLocal === true || offer.discard === 1) full = true;
       else {
         const unrelated = lineage === 'split-brain' && !sharesAncestry(primary, v.generations!);
         const why =
@@ -118,8 +139,19 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
     let disk: DiskState = v.disk;
     if (full) disk = 'inconsistent';
     else if (lineage === 'blank') disk = offer.clean === 1 ? 'up-to-date' : 'inconsistent';
+    // an image a primary served (not handed over) may hold writes the claiming primary lacks: a checksum resync compares it all
+    else if (v.wasPrimary === true && (lineage === 'same' || lineage === 'target-behind')) disk = 'inconsistent';
     else if (lineage === 'target-behind' && v.disk !== 'inconsistent') disk = 'outdated';
-    decisions.push({ name: offer.name, lineage, adopt, disk, newStream: v.stream !== offer.stream, full });
+    decisions.push({
+      name: offer.name,
+      lineage,
+      adopt,
+      disk,
+      newStream: v.stream !== offer.stream,
+      full,
+      resolved: v.discardLocal === true,
+      handedOver: v.handedOver === true && offer.ho === 1 && lineage === 'same',
+    });
   }
   return decisions;
 }

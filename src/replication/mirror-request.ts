@@ -93,6 +93,8 @@ export interface MirrorRequest {
    * answered: the target then holds that part only after a resync.
    */
   split?: { partLost: boolean };
+  /** With `upToDate`: the flush also hands the volume over (it was demoted). */
+  handover?: boolean;
   /** Internal completion (resync writes, hash probes): called once the target acknowledged, with the digest for `hash`. */
   onAck?: ((digest: Buffer | undefined) => void) | undefined;
 }

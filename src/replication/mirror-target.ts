@@ -32,8 +32,8 @@ import { HeartbeatReplayGuard, encodeHeartbeat, verifyHeartbeat } from '../link/
 import { ApplyOrder } from './apply-order.js';
 import { FileApplyStateStore, MemoryApplyStateStore, type ApplyStateStore } from './apply-state.js';
 import { decideClaim, type ClaimDecision, type ClaimView } from './claim-decision.js';
-import type { GenerationState } from './generation.js';
-import { FilePairStateStore, MemoryPairStateStore, type DiskState, type PairState, type PairStateStore } from './pair-state.js';
+import { advanceGeneration, type GenerationState } from './generation.js';
+import { FilePairStateStore, MemoryPairStateStore, type DiskState, type PairRole, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
 import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
@@ -183,6 +183,12 @@ export interface TargetVolumeStatus {
   errors: number;
   /** With the `cycle` option: the freeze image the volume holds and its cycle source. */
   cycle?: CycleVolumeStatus;
+  /** `target`, or `promoted` once {@link MirrorTarget.promote} made it a primary's image (restart the node as a primary to serve it). */
+  role: 'target' | 'promoted';
+  /** An owed split-brain decision (`discard-local`) the next claim applies. */
+  resolution?: Resolution;
+  /** Its primary handed the volume over (demoted): it may be promoted without force. */
+  handedOver?: boolean;
 }
 
 /** One peer in {@link MirrorTargetStatus.peers}. */
@@ -270,6 +276,10 @@ export class TargetVolume {
   /** Highest seq of the stream whose resync write started applying (a later `up-to-date` flush below it is void). @internal */ resyncSeq = 0;
   /** Sync progress last reported by the primary. @internal */ syncProgress: { done: number; total: number } | undefined;
   /** The last primary refused as split brain (until one is accepted). @internal */ diverged = false;
+  /** Role that last served the image, as stored (see {@link PairState.role}). @internal */ role: PairRole | undefined;
+  /** The operator's owed split-brain decision (`discard-local`), applied at the next claim. @internal */ resolution: Resolution | undefined;
+  /** The primary handed the volume over (demoted, up-to-date). @internal */ handedOver = false;
+  /** Promoted in this run: no primary may claim it any more. @internal */ promoted = false;
   /** @internal */ readonly store: PairStateStore;
   /** @internal */ readonly applyStore: ApplyStateStore;
   /** @internal */ onDisk: ((disk: DiskState, previous: DiskState) => void) | undefined;
@@ -293,6 +303,9 @@ export class TargetVolume {
       this.generations = pair.generations;
       this.disk = pair.disk;
       this.lastInSync = pair.lastInSync;
+      this.role = pair.role;
+      this.resolution = pair.resolution;
+      this.handedOver = pair.handedOver === true;
     }
     const applied = await this.applyStore.load();
     if (applied !== undefined) {
@@ -342,6 +355,9 @@ export class TargetVolume {
     const s: PairState = { disk: this.disk, peer: this.connections > 0 ? 'up-to-date' : 'unknown' };
     if (this.generations !== undefined) s.generations = this.generations;
     if (this.lastInSync !== undefined) s.lastInSync = this.lastInSync;
+    if (this.role !== undefined) s.role = this.role;
+    if (this.resolution !== undefined) s.resolution = this.resolution;
+    if (this.handedOver) s.handedOver = true;
     return s;
   }
 
@@ -361,11 +377,13 @@ export class TargetVolume {
    * A flush ordered after every seq ≤ `bar` said the image is up-to-date:
    * recorded unless a resync write above `bar` started meanwhile. @internal
    */
-  async upToDate(bar: number): Promise<void> {
-    if (this.disk === 'up-to-date' || this.resyncSeq > bar) return;
+  async upToDate(bar: number, handover = false): Promise<void> {
+    if (this.resyncSeq > bar) return;
+    if (this.disk === 'up-to-date' && (!handover || this.handedOver)) return;
     await this.savePair(() => {
       this.disk = 'up-to-date';
       this.lastInSync = Date.now();
+      if (handover) this.handedOver = true;
     });
   }
 
@@ -412,6 +430,7 @@ export class TargetVolume {
       generation: this.generations?.current,
       disk: this.disk,
       peerDisk: this.connections > 0 ? 'up-to-date' : this.diverged ? 'diverged' : 'unknown',
+      role: this.promoted ? 'promoted' : 'target',
       inSync,
       appliedWrites: this.appliedWrites,
       bytesWritten: this.bytesWritten,
@@ -420,6 +439,8 @@ export class TargetVolume {
     };
     const last = inSync ? Date.now() : this.lastInSync;
     if (last !== undefined) s.lastInSyncAt = new Date(last).toISOString();
+    if (this.resolution !== undefined) s.resolution = this.resolution;
+    if (this.handedOver) s.handedOver = true;
     const p = this.syncProgress;
     if (p !== undefined && this.disk !== 'up-to-date') s.sync = { done: p.done, total: p.total, percent: p.total === 0 ? 100 : Math.min(100, Math.floor((p.done * 1000) / p.total) / 10) };
     return s;
@@ -916,11 +937,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     for (const [i, d] of decisions.entries()) {
       const v = volumes[i]!;
       v.diverged = false;
-      if (d.adopt === undefined && d.disk === v.disk) continue;
-      // lineage and disk state change together, in one atomic write
+      if (d.adopt === undefined && d.disk === v.disk && v.role === 'target' && v.resolution === undefined && v.handedOver === d.handedOver) continue;
+      // lineage, disk state and role change together, in one atomic write
       await v.savePair(() => {
         if (d.adopt !== undefined) v.generations = d.adopt;
         v.disk = d.disk;
+        v.role = 'target';
+        v.resolution = undefined;
+        v.handedOver = d.handedOver;
       });
     }
     const ready: ReadyVolume[] = [];
@@ -963,6 +987,10 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       stream: v.stream,
       cycleSource: this.#cycle?.sourceOf(name),
       cycleImage: image?.lineage === undefined ? undefined : { lineage: image.lineage, freeze: image.freeze },
+      discardLocal: v.resolution === 'discard-local',
+      wasPrimary: v.role === 'primary',
+      promoted: v.promoted,
+      handedOver: v.handedOver,
     };
   }
 
@@ -1039,7 +1067,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
                 v
                   .flushDurable()
                   .then(async (durable) => {
-                    if (h.disk === 'up-to-date') await v.upToDate(h.bar);
+                    if (h.disk === 'up-to-date') await v.upToDate(h.bar, h.ho === 1);
                     resolve({ durable, disk: v.disk });
                   })
                   .catch(reject),
@@ -1068,6 +1096,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     if (v === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `request for volume index ${index}, not offered in the handshake`);
     // a newer session of the primary took the volume over: this one's requests are stale
     if (v.owner?.session !== session.hello.session) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${v.name} was taken over by a newer session`);
+    if (v.promoted) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${v.name} was promoted on this node`);
     return v;
   }
 
@@ -1190,6 +1219,94 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       peers,
       volumes,
     };
+  }
+
+  /**
+   * Applies an operator's decision to a split brain or an unrelated lineage
+   * of volume `name` — a primary was refused with `BM_ERR_SPLIT_BRAIN`:
+   *
+   * - `discard-local`: this image's own data is given up. The decision is
+   *   recorded durably (owed) and applied at the refused primary's next
+   *   handshake, which it then accepts: the image becomes `inconsistent` and
+   *   the primary resyncs it by checksum (only regions that differ move).
+   *   Nothing changes on the device before that.
+   * - `discard-remote`: the primary's data is given up and this image kept.
+   *   Data only flows from a primary to its targets, so this is a role swap:
+   *   the volume is promoted with force (see {@link promote}); then restart
+   *   this node as the volume's primary and the other node as its mirror
+   *   (where `discard-local` applies its own decision).
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_INVALID_ARGUMENT`,
+   *   `BM_ERR_NOT_DIVERGED` (no primary was refused for the volume since this
+   *   target started), `BM_ERR_PROMOTE_REFUSED` (discard-remote: see {@link promote}).
+   */
+  async resolve(name: string, discard: Resolution): Promise<{ volume: string; resolution: Resolution; generation?: string }> {
+    const v = this.volume(name);
+    if (discard !== 'discard-local' && discard !== 'discard-remote') throw invalidArgument('resolve takes discard-local or discard-remote');
+    if (!v.diverged) {
+      throw new BlockMirrorError('BM_ERR_NOT_DIVERGED', `volume ${name}: no primary was refused for a split brain or another lineage; nothing to resolve`, { details: { volume: name } });
+    }
+    if (discard === 'discard-remote') {
+      const promoted = await this.promote(name, { force: true });
+      return { volume: name, resolution: discard, generation: promoted.generation };
+    }
+    await this.#serialized(() =>
+      v.savePair(() => {
+        v.resolution = 'discard-local';
+      }),
+    );
+    log('volume %s: split brain resolved here by discarding the local data (applied at the next handshake)', name);
+    return { volume: name, resolution: discard };
+  }
+
+  /**
+   * Promotes volume `name` (failover): this node's image becomes the
+   * primary's. A new generation is recorded whose history holds the current
+   * one, with the role `primary`, before anything else; the volume's primary
+   * session is ended and no primary may claim the volume any more (an old
+   * primary that comes back is refused with `BM_ERR_SPLIT_BRAIN`: it is
+   * fenced by lineage). Restart the node as the volume's
+   * primary on the same volume and state directory to serve it.
+   *
+   * Without `force` the volume's primary must have handed it over (demoted:
+   * drained and read-only there); with `force` (the primary is lost) the
+   * image must still be a consistent copy: `up-to-date` — writes the old
+   * primary acknowledged but had not sent are lost with it, and if it comes
+   * back it is refused until it rejoins as this node's mirror.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_PROMOTE_REFUSED`.
+   */
+  async promote(name: string, options: { force?: boolean } = {}): Promise<{ volume: string; generation: string; history: string[] }> {
+    const v = this.volume(name);
+    const refuse = (why: string): BlockMirrorError => new BlockMirrorError('BM_ERR_PROMOTE_REFUSED', `volume ${name} cannot be promoted: ${why}; nothing was changed`, { details: { volume: name } });
+    return this.#serialized(async () => {
+      if (v.promoted) throw refuse('it is promoted already');
+      if (v.cycle !== undefined && this.#cycle?.image(name).lineage !== undefined) throw refuse('it receives freeze/copy cycles (promotion is for per-write mirroring)');
+      if (v.generations === undefined || v.disk !== 'up-to-date') throw refuse(`its image is ${v.disk}, not an up-to-date copy`);
+      if (options.force !== true && !v.handedOver) throw refuse('its primary did not hand it over (demote the primary first, or use force when it is lost)');
+      const generations = advanceGeneration(v.generations);
+      // fenced first: no request of the old primary applies from here on
+      v.promoted = true;
+      const owner = v.owner;
+      if (owner !== undefined) {
+        const peer = this.#peers.get(owner.session);
+        const error = new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${name} was promoted on this node`);
+        // a session that mirrors other volumes too keeps its connections: its requests for this one are refused
+        if (peer !== undefined && [...this.#volumes.values()].every((o) => o === v || o.owner?.session !== owner.session)) {
+          for (const slot of peer.slots.slots) slot.connection?.destroy(error);
+        }
+      }
+      await v.order.settle();
+      await v.flushDurable();
+      await v.savePair(() => {
+        v.generations = generations;
+        v.role = 'primary';
+        v.resolution = undefined;
+        v.handedOver = false;
+      });
+      log('volume %s promoted: generation %s', name, generations.current);
+      return { volume: name, generation: generations.current, history: [...generations.history] };
+    });
   }
 
   /** Stops listening and closes every connection. Devices are not closed (they belong to the caller). */

@@ -44,7 +44,35 @@ export interface PairState {
   peer: DiskState;
   /** Wall-clock time (epoch ms) when the pair was last known in sync (absent: never). */
   lastInSync?: number;
+  /**
+   * Which role last served this image (absent: not recorded, as before roles
+   * existed): `primary` (a primary wrote it, or it was promoted), `target` (a
+   * mirror target received it, or its primary was demoted). A primary refuses
+   * to serve an image whose role is `target` (`BM_ERR_DEMOTED`); a target
+   * hosting an image whose role is `primary` treats it as possibly ahead of
+   * any other copy (a primary may have written it after the last
+   * acknowledgement): it is resynced by checksum before it counts as a copy.
+   */
+  role?: PairRole;
+  /**
+   * A split-brain decision taken by the operator and not yet applied (see
+   * `resolve`): `discard-local` (a target: accept the refused primary's
+   * lineage and drop this image's own data), `discard-remote` (a primary: the
+   * target drops its data at the next handshake). Cleared once applied.
+   */
+  resolution?: Resolution;
+  /** A target: its primary handed the volume over (demoted, drained, up-to-date): it may be promoted without force. */
+  handedOver?: boolean;
 }
+
+/** Role that last served a volume's image (see {@link PairState.role}). */
+export type PairRole = 'primary' | 'target';
+
+/**
+ * How a split brain (or an unrelated lineage) is resolved by hand:
+ * `discard-local` drops this side's data, `discard-remote` the peer's.
+ */
+export type Resolution = 'discard-local' | 'discard-remote';
 
 /** Where a volume's {@link PairState} is kept (one store per volume). */
 export interface PairStateStore {
@@ -59,6 +87,9 @@ export function copyPairState(s: PairState): PairState {
   const out: PairState = { disk: s.disk, peer: s.peer };
   if (s.generations !== undefined) out.generations = { current: s.generations.current, history: [...s.generations.history] };
   if (s.lastInSync !== undefined) out.lastInSync = s.lastInSync;
+  if (s.role !== undefined) out.role = s.role;
+  if (s.resolution !== undefined) out.resolution = s.resolution;
+  if (s.handedOver === true) out.handedOver = true;
   return out;
 }
 
@@ -74,6 +105,9 @@ export function checkPairState(s: unknown, what = 'pair state'): PairState {
   if (!isDiskState(p.disk)) throw bad('disk must be a disk state');
   if (!isDiskState(p.peer)) throw bad('peer must be a disk state');
   if (p.lastInSync !== undefined && (typeof p.lastInSync !== 'number' || !Number.isSafeInteger(p.lastInSync) || p.lastInSync < 0)) throw bad('lastInSync must be epoch milliseconds');
+  if (p.role !== undefined && p.role !== 'primary' && p.role !== 'target') throw bad('role must be primary or target');
+  if (p.resolution !== undefined && p.resolution !== 'discard-local' && p.resolution !== 'discard-remote') throw bad('resolution must be discard-local or discard-remote');
+  if (p.handedOver !== undefined && typeof p.handedOver !== 'boolean') throw bad('handedOver must be a boolean');
   if (p.generations !== undefined) {
     const g = p.generations as Partial<GenerationState> | null;
     if (g === null || typeof g !== 'object' || !isGenerationId(g.current) || !Array.isArray(g.history) || !g.history.every(isGenerationId)) {

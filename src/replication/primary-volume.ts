@@ -16,7 +16,7 @@ import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resyn
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
 import { advanceGeneration, type GenerationState, type Lineage } from './generation.js';
-import { MemoryPairStateStore, type DiskState, type PairState, type PairStateStore } from './pair-state.js';
+import { MemoryPairStateStore, type DiskState, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
 import type { MirrorOutcome, MirrorRequest } from './mirror-request.js';
 import { BACKLOG_LAGGED, BACKLOG_ZERO, JournalBacklog } from './journal-backlog.js';
 import { RangeLock } from './range-lock.js';
@@ -72,9 +72,12 @@ export type InitialSyncMethod = 'checksum' | 'full' | 'none';
  * - `split-brain`: the target refused the volume because it was written on its
  *   own since it had our data (`BM_ERR_SPLIT_BRAIN`); nothing is sent until
  *   resolved (a split-brain policy on the target, or by hand).
+ * - `demoted`: the volume was handed over to its target (`demote`): it is
+ *   read-only here (writes fail with `BM_ERR_READ_ONLY`) and its pairing
+ *   state says `target`: restart this node as the volume's mirror (failback).
  * - `local`: the volume is not mirrored.
  */
-export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'needs-resync' | 'inconsistent' | 'split-brain' | 'local';
+export type VolumeState = 'in-sync' | 'replicating' | 'lagging' | 'needs-resync' | 'inconsistent' | 'split-brain' | 'demoted' | 'local';
 
 /** Result of a write, zero or flush through a primary volume. */
 export interface WriteResult {
@@ -103,6 +106,10 @@ export interface PrimaryVolumeStatus {
   state: VolumeState;
   /** True when the target is identical as far as the primary knows (nothing pending, the target reported everything durable, and both images are `up-to-date`). */
   inSync: boolean;
+  /** Current generation id of the volume's data. */
+  generation?: string;
+  /** An owed split-brain decision (`discard-remote`), offered at the next handshake. */
+  resolution?: Resolution;
   /** Disk state of the primary's own image (a primary's image is the reference: `up-to-date`). */
   disk: DiskState;
   /**
@@ -166,6 +173,12 @@ export interface ReplicationLink {
   readonly clock: Clock;
   /** True while at least one connection can carry requests. */
   readonly up: boolean;
+  /**
+   * True while a connection that completed its handshake is open (with
+   * heartbeats this may precede `up`): the target holds our generation and
+   * requests sent now reach it in that generation.
+   */
+  readonly connected?: boolean;
   /** A request was queued: try to send. */
   pump(): void;
   /** Delay before retry number `attempt` (1-based). */
@@ -234,6 +247,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #genShared = true;
   #advancing: Promise<void> | undefined;
   #splitBrain = false;
+  /** The operator's owed split-brain decision (`discard-remote`): offered at the next handshake, cleared once the target accepted. */
+  #resolution: Resolution | undefined;
+  /** Writes are refused from here on (a demotion runs or ran). */
+  #readOnly = false;
+  /** The volume was handed over (its pairing state says `target`). */
+  #demoted = false;
+  /** Writes and zeroes past the read-only check, not finished. */
+  #writing = 0;
+  #writesDone: (() => void) | undefined;
   /** Id of this volume's replication stream (see {@link VolumeOffer.stream}). */
   stream: string = randomBytes(8).toString('hex');
   /** Position in the handshake's volume list (-1 for local volumes). @internal */
@@ -382,9 +404,18 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * target's image. @internal
    */
   async usePairStateStore(store: PairStateStore): Promise<void> {
-    this.#pairStore = store;
     const loaded = await store.load();
+    if (loaded?.role === 'target') {
+      // refused before the store is ours: a failed start's clean-up must not overwrite the demoted state
+      throw new BlockMirrorError(
+        'BM_ERR_DEMOTED',
+        `volume ${this.name}: its pairing state says it is a mirror's image (it was demoted, or this is a mirror's state directory): promote it first (blockmirror promote on the running mirror); nothing was written`,
+        { details: { volume: this.name } },
+      );
+    }
     if (loaded?.generations !== undefined) this.#gen = loaded.generations;
+    this.#pairStore = store;
+    this.#resolution = loaded?.resolution === 'discard-remote' ? 'discard-remote' : undefined;
     if (loaded !== undefined) {
       this.#peerDisk = loaded.peer;
       this.#storedPeer = loaded.peer;
@@ -396,8 +427,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** The pairing state as it is now. */
   #pairState(): PairState {
-    const s: PairState = { generations: { current: this.#gen.current, history: [...this.#gen.history] }, disk: 'up-to-date', peer: this.peerDisk };
+    const s: PairState = { generations: { current: this.#gen.current, history: [...this.#gen.history] }, disk: 'up-to-date', peer: this.peerDisk, role: this.#demoted ? 'target' : 'primary' };
     if (this.#lastInSync !== undefined) s.lastInSync = this.#lastInSync;
+    if (this.#resolution !== undefined) s.resolution = this.#resolution;
     return s;
   }
 
@@ -425,10 +457,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean }): Promise<'checksum' | 'full' | undefined> {
     this.#genShared = true;
     this.#splitBrain = false;
+    if (this.#resolution !== undefined) {
+      // the operator's decision was applied by the target
+      this.#resolution = undefined;
+      await this.#savePair();
+    }
     // a target from before disk states counts as up-to-date, as it did then
     const disk = ready.disk ?? 'up-to-date';
     let method: 'checksum' | 'full' | undefined;
-    if (ready.full === true) method = 'full';
+    // the target discarded its data: digests tell which regions differ (a blind full copy only when asked for)
+    if (ready.full === true) method = this.initialSync === 'full' ? 'full' : 'checksum';
     else if (ready.lineage === 'blank' && disk !== 'up-to-date') {
       // first pairing: the target holds none of our data
       if (this.initialSync !== 'none') method = this.initialSync;
@@ -497,7 +535,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * ours, it is `outdated`).
    */
   #beforeDisconnectedWrite(): Promise<void> | undefined {
-    if (this.#link.up || !this.#genShared) return this.#advancing;
+    if (this.#link.up || this.#link.connected === true || !this.#genShared) return this.#advancing;
     this.#genShared = false;
     this.#gen = advanceGeneration(this.#gen);
     if (this.#peerDisk === 'up-to-date') this.#setPeer('outdated');
@@ -652,8 +690,26 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * applies them in parallel. `partOf`: the barrier of a part of a larger
    * write whose caller holds the lock of the whole range.
    */
-  async #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number, split?: { partLost: boolean }): Promise<WriteResult> {
-    if (this.#closed) throw closedError(this.name);
+  #apply(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer = false, partOf?: number, split?: { partLost: boolean }): Promise<WriteResult> {
+    if (this.#closed) return Promise.reject(closedError(this.name));
+    if (this.#readOnly) return Promise.reject(new BlockMirrorError('BM_ERR_READ_ONLY', `volume ${this.name} was demoted: it is read-only on this node`, { details: { volume: this.name } }));
+    this.#writing++;
+    const applied = this.#applyWritable(kind, offset, length, data, fua, transfer, partOf, split);
+    // (counted without a promise layer on the caller's path: a demote waits for the count to reach 0)
+    applied.then(this.#writeEnded, this.#writeEnded);
+    return applied;
+  }
+
+  /** A write or zero counted by `#apply` ended (whatever its outcome). */
+  readonly #writeEnded = (): void => {
+    if (--this.#writing === 0) {
+      const done = this.#writesDone;
+      this.#writesDone = undefined;
+      done?.();
+    }
+  };
+
+  async #applyWritable(kind: 'write' | 'zero', offset: number, length: number, data: Uint8Array | undefined, fua: boolean, transfer: boolean, partOf: number | undefined, split: { partLost: boolean } | undefined): Promise<WriteResult> {
     if (this.mode === 'local') {
       await this.#local(kind, offset, length, data, fua);
       return { mirror: 'not-mirrored' };
@@ -1875,6 +1931,55 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     return this.#unacked === 0 && this.#flushes.size === 0;
   }
 
+  /**
+   * The operator resolved the volume's split brain here by discarding the
+   * target's data: recorded durably, offered at the next handshake. @internal
+   */
+  async resolveDiscardRemote(): Promise<void> {
+    if (!this.#splitBrain && this.#peerDisk !== 'diverged') {
+      throw new BlockMirrorError('BM_ERR_NOT_DIVERGED', `volume ${this.name}: the target did not refuse it for a split brain or another lineage; nothing to resolve`, { details: { volume: this.name } });
+    }
+    this.#resolution = 'discard-remote';
+    await this.#savePair();
+  }
+
+  /** The owed split-brain decision, if any. */
+  get resolution(): Resolution | undefined {
+    return this.#resolution;
+  }
+
+  /** True once the volume was demoted (read-only, its pairing state says `target`). */
+  get demoted(): boolean {
+    return this.#demoted;
+  }
+
+  /**
+   * First step of a demotion: writes are refused from now on; resolves once
+   * every write already past that check finished. `false` undoes it (a
+   * demotion that could not drain). @internal
+   */
+  async stopWrites(stop = true): Promise<void> {
+    this.#readOnly = stop;
+    if (!stop) return;
+    while (this.#writing > 0) await new Promise<void>((resolve) => (this.#writesDone = resolve));
+  }
+
+  /**
+   * Last step of a demotion, once drained: a flush that declares the
+   * target's image up-to-date and hands the volume over; once the target
+   * acknowledged, the pairing state says `target`. @internal
+   */
+  async handOver(): Promise<void> {
+    const req = this.#request('flush', 0, 0, 0, undefined, false, this.#ackedThrough);
+    req.upToDate = true;
+    req.handover = true;
+    const outcome = await this.#waitFor(req);
+    if (!outcome.ok) throw outcome.error;
+    this.#demoted = true;
+    await this.#savePair();
+    this.#setState('demoted');
+  }
+
   /** The target refused this volume: split brain (recorded: the target's image is `diverged`). @internal */
   splitBrainDetected(): void {
     this.#splitBrain = true;
@@ -1926,6 +2031,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #updateState(): void {
     this.#openLagGate();
     if (this.mode === 'local') return;
+    if (this.#demoted) {
+      this.#setState('demoted');
+      return;
+    }
     if (this.#splitBrain) {
       this.#setState('split-brain');
       return;
@@ -2082,6 +2191,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       journalBytes: this.#journal.stats().usedBytes,
       journalCapacity: this.#journal.stats().capacityBytes,
     };
+    if (this.mode !== 'local') s.generation = this.#gen.current;
+    if (this.#resolution !== undefined) s.resolution = this.#resolution;
     const last = inSync ? Date.now() : this.#lastInSync;
     if (last !== undefined && this.mode !== 'local') s.lastInSyncAt = new Date(last).toISOString();
     if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };

@@ -35,7 +35,7 @@ import { FileDirtyBitmap } from '../resync/file-dirty-bitmap.js';
 import { DEFAULT_REGION_SIZE } from '../resync/dirty-bitmap.js';
 import type { ProgressSnapshot } from '../resync/progress.js';
 import { newGenerationId } from './generation.js';
-import { FilePairStateStore, type DiskState, type PairStateStore } from './pair-state.js';
+import { FilePairStateStore, type DiskState, type PairStateStore, type Resolution } from './pair-state.js';
 import { runResync, runVerify, type ResyncOptions, type ResyncResult, type RunSettings, type VerifyResult } from './resync-runner.js';
 
 const log = createDebug('blockmirror:primary');
@@ -412,11 +412,15 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     this.#inFlight = Array.from({ length: n }, () => new Map<number, Sent>());
     this.#attempts = new Array<number>(n).fill(0);
 
+    const slots = this.#slots;
     const isUp = (): boolean => (this.#monitor !== undefined ? this.#link === 'up' && this.#slots.openCount > 0 : this.#slots.openCount > 0);
     this.#link_ = {
       clock: this.#clock,
       get up() {
         return isUp();
+      },
+      get connected() {
+        return slots.openCount > 0;
       },
       pump: () => this.#pump(),
       retryDelay: (attempt) => this.#backoff(attempt),
@@ -674,6 +678,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         stream: v.stream,
         base: v.ackedSeq,
         ...(v.initialSync === 'none' ? { clean: 1 as const } : {}),
+        ...(v.resolution === 'discard-remote' ? { discard: 1 as const } : {}),
+        ...(v.demoted ? { ho: 1 as const } : {}),
       }));
       const result = await clientHandshake(conn, {
         nodeId: this.nodeId,
@@ -690,6 +696,13 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       if (this.#closed) {
         conn.close();
         return undefined;
+      }
+      // A write while no connection was open started a new generation after
+      // this handshake offered the old one: the target holds the old one and
+      // would never learn the new one (a later promotion of it would then
+      // look like a split brain). Reconnect offering the current one.
+      if (offered.some(([v, g]) => v.generation !== g)) {
+        throw new BlockMirrorError('BM_ERR_CONNECT_FAILED', 'the handshake offered a generation the primary has left meanwhile; reconnecting with the current one');
       }
       this.#peerNode = result.peerNode;
       // heartbeats are accepted from the node this handshake proved only (until the link goes down)
@@ -917,6 +930,71 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   }
 
   /**
+   * Applies an operator's decision to the split brain of volume `name` (the
+   * target refused it with `BM_ERR_SPLIT_BRAIN`: state `split-brain`):
+   *
+   * - `discard-remote`: the target's data is given up. The decision is
+   *   recorded durably and offered at the next handshake (retried as usual);
+   *   the target then accepts the volume, drops its own data and is resynced
+   *   by checksum (only regions that differ are sent). Cleared once applied.
+   * - `discard-local`: not done in place (data only flows from a primary to
+   *   its targets): refused with `BM_ERR_NOT_SUPPORTED`. Give this node's
+   *   writes up by a role swap instead: promote the target (`promote` with
+   *   force), restart this node as its mirror, and resolve there with
+   *   `discard-local`.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_INVALID_ARGUMENT`,
+   *   `BM_ERR_NOT_DIVERGED` (the volume is not in split brain), `BM_ERR_NOT_SUPPORTED`.
+   */
+  async resolve(name: string, discard: Resolution): Promise<{ volume: string; resolution: Resolution }> {
+    const volume = this.#mirroredVolume(name);
+    if (discard === 'discard-local') {
+      throw new BlockMirrorError(
+        'BM_ERR_NOT_SUPPORTED',
+        `volume ${name}: a primary cannot discard its own data in place; promote the mirror (blockmirror promote --force), restart this node as its mirror and resolve there with --discard-local`,
+        { details: { volume: name } },
+      );
+    }
+    if (discard !== 'discard-remote') throw invalidArgument('resolve takes discard-local or discard-remote');
+    await volume.resolveDiscardRemote();
+    return { volume: name, resolution: discard };
+  }
+
+  /**
+   * Demotes volume `name` (the first half of a planned failover): writes are
+   * refused from now on (`BM_ERR_READ_ONLY`; an NBD export answers `EPERM`),
+   * every write already accepted is drained to the target, which is told its
+   * image is up-to-date and handed over; then the volume's pairing state says
+   * `target` (a restart as a primary is refused with `BM_ERR_DEMOTED`) and its
+   * state is `demoted`. Promote the target next (`promote` without force),
+   * then restart this node as its mirror (failback).
+   *
+   * A demotion that cannot drain within `timeout` ms (default 30000) is
+   * undone: the volume is writable again and the error is thrown.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_CONNECTION_CLOSED`
+   *   (the target is not connected: promote it with force instead),
+   *   `BM_ERR_TIMEOUT`, `BM_ERR_CLOSED`.
+   */
+  async demote(name: string, options: { timeout?: number } = {}): Promise<{ volume: string; generation: string }> {
+    const volume = this.#mirroredVolume(name);
+    if (volume.demoted) return { volume: name, generation: volume.generation };
+    if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the primary is closed');
+    if (this.#link !== 'up') throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `volume ${name} cannot be handed over: the link to the mirror target is not up (promote the mirror with force instead)`);
+    await volume.stopWrites();
+    try {
+      await this.drain(options.timeout ?? 30000);
+      if (this.#link !== 'up') throw new BlockMirrorError('BM_ERR_CONNECTION_CLOSED', `volume ${name} cannot be handed over: the link to the mirror target went down`);
+    } catch (error) {
+      await volume.stopWrites(false);
+      throw error;
+    }
+    await volume.handOver();
+    log('volume %s demoted (generation %s handed over)', name, volume.generation);
+    return { volume: name, generation: volume.generation };
+  }
+
+  /**
    * Online verify: compares the digests of every region (or of `offset`/`length`)
    * on both sides while writes continue. Mismatches are reported (event
    * `verify-mismatch` and the result); with `repair` they are marked for resync.
@@ -1024,6 +1102,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     } else {
       const h: FlushHeader = { id, vol, bar: req.barrier };
       if (req.upToDate === true) h.disk = 'up-to-date';
+      if (req.handover === true) h.ho = 1;
       const p = volume.resyncProgress;
       if (p !== undefined) h.sync = [p.done, p.total];
       conn.send(MessageType.FLUSH, h);

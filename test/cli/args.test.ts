@@ -199,3 +199,16 @@ describe('CLI arguments', () => {
     assert.equal(formatError(Object.assign(new Error('gone'), { code: 'ENOENT' })), 'blockmirror: ENOENT: gone\n');
   });
 });
+
+test('resolve, promote and demote: parsed into an admin address and a volume; resolve needs exactly one of --discard-local / --discard-remote', () => {
+  assert.deepEqual(parseCommandLine(['resolve', '--admin', '127.0.0.1:9090', '--volume', 'db', '--discard-local']), {
+    kind: 'resolve',
+    config: { admin: { host: '127.0.0.1', port: 9090 }, volume: 'db', discard: 'local' },
+  });
+  assert.deepEqual(parseCommandLine(['promote', '--admin', '9090', '--volume', 'db', '--force']), { kind: 'promote', config: { admin: { host: '127.0.0.1', port: 9090 }, volume: 'db', force: true } });
+  assert.deepEqual(parseCommandLine(['demote', '--admin', '9090', '--volume', 'db', '--timeout', '5000']), { kind: 'demote', config: { admin: { host: '127.0.0.1', port: 9090 }, volume: 'db', timeout: 5000 } });
+  assert.throws(() => parseCommandLine(['resolve', '--admin', '9090', '--volume', 'db']), { code: 'BM_ERR_INVALID_ARGUMENT', message: /exactly one of --discard-local and --discard-remote/ });
+  assert.throws(() => parseCommandLine(['resolve', '--admin', '9090', '--volume', 'db', '--discard-local', '--discard-remote']), { code: 'BM_ERR_INVALID_ARGUMENT' });
+  assert.throws(() => parseCommandLine(['promote', '--admin', '9090']), { code: 'BM_ERR_INVALID_ARGUMENT', message: /missing --volume/ });
+  assert.throws(() => parseCommandLine(['demote', '--admin', '9090', '--volume', 'db', '--force']), { code: 'BM_ERR_INVALID_ARGUMENT' });
+});

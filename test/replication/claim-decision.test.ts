@@ -82,7 +82,7 @@ test('decideClaim: a volume held by another node with open connections is busy; 
 
 test('decideClaim: a blank target adopts the primary generation (history included), starts the offered stream and is inconsistent until the initial sync ends', () => {
   const [d] = decideClaim(hello(), [offer('v', MID, { history: [OLD] })], views(view('v')), 'refuse');
-  assert.deepEqual(d, { name: 'v', lineage: 'blank', adopt: { current: MID, history: [OLD] }, disk: 'inconsistent', newStream: true, full: false });
+  assert.deepEqual(d, { name: 'v', lineage: 'blank', adopt: { current: MID, history: [OLD] }, disk: 'inconsistent', newStream: true, full: false, resolved: false, handedOver: false });
 });
 
 test('decideClaim: a blank target of a primary that declares the images identical (clean, --assume-clean) is up-to-date at once', () => {
@@ -98,9 +98,9 @@ test('decideClaim: a blank target of a primary that declares the images identica
 test('decideClaim: same generation and same stream changes nothing; a new stream starts over without a full resync', () => {
   const gens: GenerationState = { current: MID, history: [OLD] };
   const same = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'bbbbbbbbbbbbbbbb' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb' })), 'refuse');
-  assert.deepEqual(same, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'unknown', newStream: false, full: false }]);
+  assert.deepEqual(same, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'unknown', newStream: false, full: false, resolved: false, handedOver: false }]);
   const other = decideClaim(hello(), [offer('v', MID, { history: [OLD], stream: 'cccccccccccccccc' })], views(view('v', { generations: gens, stream: 'bbbbbbbbbbbbbbbb', disk: 'up-to-date' })), 'refuse');
-  assert.deepEqual(other, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'up-to-date', newStream: true, full: false }]);
+  assert.deepEqual(other, [{ name: 'v', lineage: 'same', adopt: undefined, disk: 'up-to-date', newStream: true, full: false, resolved: false, handedOver: false }]);
 });
 
 test('decideClaim: the same lineage keeps the target\'s disk state: a sync that was interrupted leaves it inconsistent (the primary resumes it)', () => {
@@ -164,7 +164,7 @@ test('decideClaim: a target that served another primary\'s lineage refuses a pri
 test('decideClaim: split brain under discard-target: the primary wins, the target adopts its generation, is inconsistent, and a full resync is owed', () => {
   const target = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date', stream: 'bbbbbbbbbbbbbbbb' });
   const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'discard-target');
-  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, disk: 'inconsistent', newStream: true, full: true });
+  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, disk: 'inconsistent', newStream: true, full: true, resolved: false, handedOver: false });
 });
 
 test('decideClaim: split brain under discard-younger: a younger target is discarded, a younger primary is refused', () => {
@@ -205,4 +205,43 @@ test('decideClaim: a refusal for the second of two volumes returns no decision a
 
 test('decideClaim: a volume offered twice is a protocol error', () => {
   assert.throws(() => decideClaim(hello(), [offer('v', OLD), offer('v', OLD)], views(view('v')), 'refuse'), { code: 'BM_ERR_PROTOCOL' });
+});
+
+test('decideClaim: an owed discard-local decision (resolve on the target) accepts a split brain or another lineage like discard-target, once', () => {
+  const target = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date', stream: 'bbbbbbbbbbbbbbbb' });
+  // without the decision: refused
+  assert.throws(() => decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views({ ...target, discardLocal: true }), 'refuse');
+  assert.deepEqual([d!.full, d!.disk, d!.resolved, d!.adopt?.current], [true, 'inconsistent', true, NEW]);
+  // unrelated lineage too
+  const [u] = decideClaim(hello(), [offer('v', NEW)], views({ ...target, discardLocal: true }), 'refuse');
+  assert.deepEqual([u!.full, u!.disk], [true, 'inconsistent']);
+});
+
+test('decideClaim: a primary that resolved with discard-remote (offer discard) is accepted by a diverged target, which is resynced', () => {
+  const target = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date' });
+  const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD], discard: 1 })], views(target), 'refuse');
+  assert.deepEqual([d!.full, d!.disk, d!.lineage], [true, 'inconsistent', 'split-brain']);
+  // target ahead (promoted): the operator's decision overrides the fence too
+  const ahead = view('v', { generations: { current: NEW, history: [MID] }, disk: 'up-to-date' });
+  assert.throws(() => decideClaim(hello(), [offer('v', MID)], views(ahead), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  assert.equal(decideClaim(hello(), [offer('v', MID, { discard: 1 })], views(ahead), 'refuse')[0]!.full, true);
+});
+
+test('decideClaim: a promoted volume refuses every primary (even under discard-target); an image a primary served is inconsistent when a primary of its lineage claims it', () => {
+  const promoted = view('v', { generations: { current: NEW, history: [MID] }, disk: 'up-to-date', promoted: true });
+  assert.throws(() => decideClaim(hello(), [offer('v', MID, { discard: 1 })], views(promoted), 'discard-target'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  // failback: the old primary's image (role primary, generation MID) claimed by the promoted node (NEW, history MID)
+  const old = view('v', { generations: { current: MID, history: [] }, disk: 'up-to-date', wasPrimary: true });
+  const [d] = decideClaim(hello(), [offer('v', NEW, { history: [MID] })], views(old), 'refuse');
+  assert.deepEqual([d!.lineage, d!.disk, d!.full], ['target-behind', 'inconsistent', false]);
+  // demoted cleanly (role target): only outdated, the journal/bitmap resync sends what changed
+  const demoted = view('v', { generations: { current: MID, history: [] }, disk: 'up-to-date' });
+  assert.equal(decideClaim(hello(), [offer('v', NEW, { history: [MID] })], views(demoted), 'refuse')[0]!.disk, 'outdated');
+});
+
+test('decideClaim: a hand-over stays recorded only while the demoted primary (offer ho) claims the same generation', () => {
+  const handed = view('v', { generations: { current: MID, history: [] }, disk: 'up-to-date', handedOver: true });
+  assert.equal(decideClaim(hello(), [offer('v', MID, { ho: 1 })], views(handed), 'refuse')[0]!.handedOver, true);
+  assert.equal(decideClaim(hello(), [offer('v', MID)], views(handed), 'refuse')[0]!.handedOver, false);
 });

@@ -28,7 +28,7 @@ test('generations: same, target behind, target ahead, split brain, blank', () =>
 
 /**
  * A mirrors into the target; the link breaks; A keeps writing; the target's
- * node is promoted (a primary on the same device and generations, no peer)
+ * node is promoted (`promote` with force, then a primary on the same device and pairing state, no peer)
  * and written; then the target comes back and A reconnects.
  */
 async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) {
@@ -47,6 +47,8 @@ async function scenario(policy: SplitBrainPolicy, promotedWritesFirst: boolean) 
 
   cutOff(network, A, T);
   await onceEvent(a, 'link');
+  // failover without the primary: the target's volume is promoted (a new generation, role primary)
+  await target.promote('v', { force: true });
   await target.close();
 
   const writeOnA = async () => a.volume('v').write(4096, Buffer.alloc(4096, 0xaa));
@@ -119,5 +121,39 @@ test('split brain policy discard-younger: the side that wrote later loses; when 
     assert.equal((await primaryYounger.tDev.read(8192, 512))[0], 0xbb, 'the target kept its data');
   } finally {
     await primaryYounger.close();
+  }
+});
+
+test('resolve on the target (API): nothing to resolve before a refusal (BM_ERR_NOT_DIVERGED); discard-local is owed and applied at the next handshake (the target drops its writes, checksum resync); the primary refuses discard-local with BM_ERR_NOT_SUPPORTED', async () => {
+  const s = await scenario('refuse', false);
+  try {
+    await assert.rejects(s.target.resolve('v', 'discard-local'), { code: 'BM_ERR_NOT_DIVERGED' });
+    await assert.rejects(s.a.resolve('v', 'discard-local'), { code: 'BM_ERR_NOT_SUPPORTED' });
+    while (s.a.volume('v').state !== 'split-brain') await onceEvent(s.a, 'volume-state');
+    const kept = await s.tDev.read(0, SIZE);
+    const owed = await s.target.resolve('v', 'discard-local');
+    assert.deepEqual(owed, { volume: 'v', resolution: 'discard-local' });
+    assert.equal(s.target.status().volumes.v!.resolution, 'discard-local');
+    assert.deepEqual(await s.tDev.read(0, SIZE), kept, 'nothing changes before the primary comes back');
+    await onceEvent(s.a, 'resync-done');
+    await s.a.drain(20000);
+    assert.deepEqual(await s.tDev.read(0, SIZE), await s.aDev.read(0, SIZE));
+    assert.equal(s.target.status().volumes.v!.resolution, undefined, 'applied once, then cleared');
+  } finally {
+    await s.close();
+  }
+});
+
+test('resolve on the target with discard-remote keeps its data: the volume is promoted (forced) and its primary fenced', async () => {
+  const s = await scenario('refuse', false);
+  try {
+    while (s.a.volume('v').state !== 'split-brain') await onceEvent(s.a, 'volume-state');
+    const r = await s.target.resolve('v', 'discard-remote');
+    assert.equal(typeof r.generation, 'string');
+    assert.equal(s.target.status().volumes.v!.role, 'promoted');
+    assert.equal((await s.tDev.read(8192, 512))[0], 0xbb, 'the target kept its data');
+    await assert.rejects(s.target.promote('v'), { code: 'BM_ERR_PROMOTE_REFUSED' });
+  } finally {
+    await s.close();
   }
 });
