@@ -15,7 +15,8 @@ import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { FATAL_PEER_ERRORS } from './primary.js';
-import { primaryNodeId } from './state-dir.js';
+import { primaryNodeId, stateDirOf } from './state-dir.js';
+import { trackAllocation } from './allocation.js';
 import { closeDevices, logNbdVolumes, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
@@ -31,8 +32,10 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
-    const devices = await openVolumes(config.volumes);
+    const created = new Set<string>();
+    const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));
+    await trackAllocation(devices, config.volumes, { stateDir: stateDirOf(config, 'primary'), created, scanZeros: config.scanZeros === true, io });
     logNbdVolumes(devices, io);
     if (config.journalDir !== undefined) await makeDir(config.journalDir);
 

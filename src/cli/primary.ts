@@ -14,6 +14,7 @@ import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { primaryOptionsFrom } from './options.js';
 import { primaryNodeId, stateDirOf } from './state-dir.js';
+import { trackAllocation } from './allocation.js';
 import {
   closeDevices,
   logNbdVolumes,
@@ -56,8 +57,10 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
-    const devices = await openVolumes(config.volumes);
+    const created = new Set<string>();
+    const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));
+    await trackAllocation(devices, config.volumes, { stateDir: stateDirOf(config, 'primary'), created, scanZeros: config.scanZeros === true, io });
     logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
