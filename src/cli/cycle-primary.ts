@@ -6,6 +6,7 @@
  * @module
  */
 import { mkdir } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import createDebug from 'debug';
 import { createCycleSource, type CycleSourceOptions } from '../cycle/cycle-runner.js';
 import { LayeredVolume } from '../cycle/layered-volume.js';
@@ -47,7 +48,13 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
       const device = devices.get(spec.name)!;
       try {
         // a volume on an NBD server has no file beside which to keep the layers: --journal DIR (required for it), named after the volume
-        const where = config.journalDir === undefined ? {} : spec.nbd === undefined ? { dir: config.journalDir } : { dir: config.journalDir, name: spec.name };
+        // (a file volume sits behind its allocation map: its layers are named after the file, beside it or in --journal)
+        const where =
+          spec.nbd === undefined
+            ? { dir: config.journalDir ?? dirname(spec.path), name: basename(spec.path) }
+            : config.journalDir === undefined
+              ? {}
+              : { dir: config.journalDir, name: spec.name };
         const volume = await LayeredVolume.open(device, where);
         layered.push({ name: spec.name, volume });
         say(io, `volume ${spec.name} path=${spec.path} size=${device.size} mode=cycle layers=${volume.dir}`);
