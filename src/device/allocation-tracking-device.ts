@@ -154,6 +154,10 @@ export class AllocationTrackingDevice implements BlockDevice {
   /** Flushes the device, then marks the regions zeroed whole since as zero and stores the map. */
   async flush(): Promise<void> {
     if (this.#closed) throw closedError();
+    await this.#flush();
+  }
+
+  async #flush(): Promise<void> {
     const candidates = [...this.#pendingZero];
     await this.inner.flush();
     for (const [i, generation] of candidates) {
@@ -215,6 +219,8 @@ export class AllocationTrackingDevice implements BlockDevice {
     if (this.#closed) return;
     this.#closed = true;
     try {
+      // zeroes done since the last flush are recorded when the device can still make them durable
+      if (this.#pendingZero.size > 0) await this.#flush().catch(() => undefined);
       await this.#persistChain.catch(() => undefined);
       await this.#store.persist().catch(() => undefined);
       await this.#store.close();
