@@ -109,7 +109,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     });
     primary.on('resync-done', (info) => {
       progress.finish(`resync ${info.volume}`);
-      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
+      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
     });
     primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
     primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));
