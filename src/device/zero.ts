@@ -82,7 +82,7 @@ export async function zeroDevice(device: BlockDevice, offset: number, length: nu
  * The caller orders this against overlapping writes.
  */
 export async function zeroWhereData(device: BlockDevice, offset: number, length: number, fua: boolean): Promise<void> {
-  if (device.supports.allocation === true) {
+  if (device.supports.allocation === true && device.blockStatus !== undefined) {
     await zeroDevice(device, offset, length, fua);
     return;
   }

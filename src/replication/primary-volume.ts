@@ -13,7 +13,7 @@ import { checkRange } from '../device/range.js';
 import { isAllZero, knownZero, zeroDevice } from '../device/zero.js';
 import type { Journal, JournalEntry, PendingJournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
-import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
+import { hashRegion, zeroDigest, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { createHash } from 'node:crypto';
 import type { ProgressSnapshot } from '../resync/progress.js';
 import { advanceGeneration, type GenerationState, type Lineage } from './generation.js';
@@ -2216,16 +2216,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     let copy: ResyncCopy;
     try {
       if (this.#closed) throw closedError(this.name);
-      // zero-aware: a region the device knows to be zero is not read (nor probed); one read as all zero goes as a zero range
+      // zero-aware: a region the device knows to be zero is not read; one read as all zero goes as a zero range
       let zero = await knownZero(this.device, region.offset, region.length);
       let data: Buffer | undefined;
-      if (checksum !== undefined && !zero) {
-        const [read, remote] = await Promise.all([this.device.read(region.offset, region.length), this.probe(region.offset, region.length, checksum)]);
-        if (digestOf(read, checksum).equals(remote)) {
-          this.#needs.clearRegion(region.index);
-          if (this.#persistentBitmap) this.#awaitLocalFlush(region.offset, region.length);
-          else this.#cleanRegion(region.index);
-          this.#updateState();
+      if (checksum !== undefined) {
+        // the local digest: of zeroes (known zero), or of the data read
+        const [read, remote] = await Promise.all([zero ? undefined : this.device.read(region.offset, region.length), this.probe(region.offset, region.length, checksum)]);
+        const local = read === undefined ? zeroDigest(checksum, region.length) : digestOf(read, checksum);
+        if (local.equals(remote)) {
+          this.#equalRegions([region]);
           return { bytes: 0, zeroBytes: 0 };
         }
         data = read;
@@ -2253,7 +2252,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * (nothing done) when part of the run is not known zero any more.
    * @internal
    */
-  async resyncZeroRun(regions: readonly BitmapRegion[]): Promise<ResyncCopy | undefined> {
+  async resyncZeroRun(regions: readonly BitmapRegion[], checksum: RegionHashAlgorithm | undefined): Promise<ResyncCopy | undefined> {
     const first = regions[0]!;
     const last = regions.at(-1)!;
     const offset = first.offset;
@@ -2264,6 +2263,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (this.#closed) throw closedError(this.name);
       if (!(await knownZero(this.device, offset, length))) return undefined;
       if (regions.some((r) => !this.#needs.isDirty(r.index))) return undefined;
+      // checksum resync: one digest of the whole run on the target; zeroes there already: nothing to send
+      if (checksum !== undefined && (await this.probe(offset, length, checksum)).equals(zeroDigest(checksum, length))) {
+        this.#equalRegions(regions);
+        return { bytes: 0, zeroBytes: 0 };
+      }
       ({ acked } = await this.#queueResyncCopy(offset, length, undefined));
       for (const r of regions) this.#needs.clearRegion(r.index);
     } finally {
@@ -2271,6 +2275,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     await acked;
     return { bytes: 0, zeroBytes: length };
+  }
+
+  /** Regions a checksum resync found equal on both sides: no longer to resync (their bits wait for a local flush with a persistent bitmap). */
+  #equalRegions(regions: readonly BitmapRegion[]): void {
+    for (const region of regions) {
+      this.#needs.clearRegion(region.index);
+      if (this.#persistentBitmap) this.#awaitLocalFlush(region.offset, region.length);
+      else this.#cleanRegion(region.index);
+    }
+    this.#updateState();
   }
 
   /**

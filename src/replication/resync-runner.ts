@@ -90,12 +90,12 @@ export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<
           progress.add(region.length);
         };
         if (batch.zero) {
-          const sent = await volume.resyncZeroRun(batch.regions);
+          const sent = await volume.resyncZeroRun(batch.regions, s.checksum ? s.hash : undefined);
           if (sent !== undefined) {
             result.regions += batch.regions.length;
-            result.regionsSent += batch.regions.length;
+            if (sent.zeroBytes > 0) result.regionsSent += batch.regions.length;
             result.zeroBytesSent += sent.zeroBytes;
-            progress.add(sent.zeroBytes);
+            progress.add(batch.regions.reduce((n, r) => n + r.length, 0));
             return;
           }
         }

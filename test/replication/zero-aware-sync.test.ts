@@ -77,7 +77,9 @@ for (const method of ['checksum', 'full'] as const) {
       await primary.drain(20000);
       assert.deepEqual(await tdev.read(0, size), await pdev.read(0, size));
       assert.equal(result.bytesSent, data, 'only the data regions carry payload');
-      assert.equal(result.zeroBytesSent, size - data);
+      if (method === 'full') assert.equal(result.zeroBytesSent, size - data);
+      // checksum: a run of holes the target also reads as zeroes (one digest for the run) is not sent; the run with stale bytes is, as a zero range
+      else assert.ok(result.zeroBytesSent >= 128 * KiB && result.zeroBytesSent < size - data, `zero ranges sent: ${result.zeroBytesSent}`);
       const wire = network.streamBytesSent;
       assert.ok(wire <= 1.1 * data, `bytes on the wire ${wire} for ${data} bytes of data in a ${size}-byte volume`);
     } finally {
