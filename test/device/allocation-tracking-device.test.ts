@@ -72,6 +72,30 @@ describe('AllocationMap', () => {
     assert.equal(full.bits[0], 0b111, 'no bits beyond the last region');
   });
 
+  it('extents (whole bytes of the bitset skipped at once) match a region-by-region walk over random maps and ranges', () => {
+    const random = mulberry32(7);
+    for (let round = 0; round < 300; round++) {
+      const regions = 1 + Math.floor(random() * 200);
+      const size = regions * R - (random() < 0.3 ? 4096 : 0);
+      const map = new AllocationMap(size, random() < 0.5 ? 'zero' : 'data');
+      const density = random();
+      for (let i = 0; i < map.regions; i++) if (random() < density * 0.3) (map.isData(i) ? map.setZero(i) : map.setData(i));
+      const offset = Math.floor((random() * size) / 4096) * 4096;
+      const length = Math.floor((random() * (size - offset)) / 4096) * 4096;
+      const naive: Array<[number, number, boolean]> = [];
+      for (let pos = offset; pos < offset + length; ) {
+        const i = Math.floor(pos / R);
+        const next = Math.min(offset + length, (i + 1) * R);
+        const zero = !map.isData(i);
+        const last = naive.at(-1);
+        if (last !== undefined && last[2] === zero) last[1] += next - pos;
+        else naive.push([pos, next - pos, zero]);
+        pos = next;
+      }
+      assert.deepEqual(map.extents(offset, length).map((e) => [e.offset, e.length, e.zero]), naive, `round ${round}`);
+    }
+  });
+
   it('a stored map is loaded again; a map of another size or a damaged file is not trusted (all "may hold data")', async () => {
     const fs = new MemoryFileSystem();
     const view = fs.view();
