@@ -105,12 +105,6 @@ export interface ReadyVolume {
   lineage?: Lineage;
   /** Disk state of the target's image once claimed (`inconsistent`: a sync is owed or was interrupted). */
   disk?: DiskState;
-  /**
-   * 1: the target's device knows (its allocation) that the whole image reads
-   * as zeroes now. A checksum sync may then take the target's digest of any
-   * range as that of zeroes plus what this primary sent since, without asking.
-   */
-  zero?: 1;
 }
 
 /** READY (server → client): the connection carries requests from now on. */
@@ -323,7 +317,6 @@ export function parseReady(h: unknown): ReadyHeader {
     if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
     if ((o.inc !== undefined && !str(o.inc, 64)) || (o.durable !== undefined && !uint(o.durable))) throw bad(t, 'volume');
     if ((o.disk !== undefined && !isDiskState(o.disk)) || (o.lineage !== undefined && (typeof o.lineage !== 'string' || !LINEAGES.includes(o.lineage)))) throw bad(t, 'volume');
-    if (o.zero !== undefined && o.zero !== 1) throw bad(t, 'volume');
   }
   if ((r.hbi !== undefined || r.hbs !== undefined) && (!heartbeatMs(r.hbi) || !heartbeatMs(r.hbs))) throw bad(t, 'hbi/hbs');
   return r as unknown as ReadyHeader;

@@ -36,7 +36,7 @@ import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
-import { knownZero, zeroWhereData } from '../device/zero.js';
+import { zeroWhereData } from '../device/zero.js';
 
 const log = createDebug('blockmirror:target');
 
@@ -862,8 +862,6 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       v.connections++;
       const r: ReadyVolume = { name: v.name, applied: v.order.watermark, inc: v.order.incarnation, durable: v.durable, lineage: d.lineage, disk: v.disk };
       if (d.full) r.full = true;
-      // a device that knows it reads all zeroes (a blank mirror volume): the primary's checksum sync need not ask for digests
-      if (await knownZero(v.device, 0, v.device.size).catch(() => false)) r.zero = 1;
       ready.push(r);
     }
     // sessions that owned these volumes before may now be gone and own nothing

@@ -264,14 +264,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
   #lastWriteSeq = 0;
-  /**
-   * The target said (first READY since the link came up) that its image read
-   * all zeroes: its digest of a range is that of what we hold there once every
-   * request we issued is applied, as long as ours is zero — a checksum resync
-   * then compares with the digest of zeroes instead of asking. Undefined while
-   * the link is down.
-   */
-  #peerZero: boolean | undefined;
   /** True while a resync copies `#needs`. @internal */
   resyncing = false;
   /** Bytes done and in total of the running resync (its writes tell the target). @internal */
@@ -431,11 +423,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * method of the sync it starts (`checksum` or `full`), or undefined.
    * @internal
    */
-  async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean; zero?: 1 }): Promise<'checksum' | 'full' | undefined> {
-    // the first READY since the link came up sets the baseline: the target then read all zeroes, and only we write it since;
-    // a target written by another (ahead, split brain, divergent data dropped) starts a new baseline
-    if (ready.lineage === 'target-ahead' || ready.lineage === 'split-brain' || ready.full === true) this.#peerZero = ready.zero === 1;
-    else this.#peerZero ??= ready.zero === 1;
+  async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean }): Promise<'checksum' | 'full' | undefined> {
     this.#genShared = true;
     this.#splitBrain = false;
     // a target from before disk states counts as up-to-date, as it did then
@@ -1828,8 +1816,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * for one, and writes to the region must not wait for the link. @internal
    */
   linkDown(error: BlockMirrorError): void {
-    // the next session's first READY says again what the target holds
-    this.#peerZero = undefined;
     for (const req of [...this.#flushes]) {
       if (req.kind !== 'hash' || req.onFail === undefined) continue;
       this.#flushes.delete(req);
@@ -2235,7 +2221,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       let data: Buffer | undefined;
       if (checksum !== undefined) {
         // the local digest: of zeroes (known zero), or of the data read
-        const [read, remote] = await Promise.all([zero ? undefined : this.device.read(region.offset, region.length), this.#remoteDigest(region.offset, region.length, checksum)]);
+        const [read, remote] = await Promise.all([zero ? undefined : this.device.read(region.offset, region.length), this.probe(region.offset, region.length, checksum)]);
         const local = read === undefined ? zeroDigest(checksum, region.length) : digestOf(read, checksum);
         if (local.equals(remote)) {
           this.#equalRegions([region]);
@@ -2278,7 +2264,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (!(await knownZero(this.device, offset, length))) return undefined;
       if (regions.some((r) => !this.#needs.isDirty(r.index))) return undefined;
       // checksum resync: one digest of the whole run on the target; zeroes there already: nothing to send
-      if (checksum !== undefined && (await this.#remoteDigest(offset, length, checksum)).equals(zeroDigest(checksum, length))) {
+      if (checksum !== undefined && (await this.probe(offset, length, checksum)).equals(zeroDigest(checksum, length))) {
         this.#equalRegions(regions);
         return { bytes: 0, zeroBytes: 0 };
       }
@@ -2289,11 +2275,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     await acked;
     return { bytes: 0, zeroBytes: length };
-  }
-
-  /** The target's digest of a range for a checksum resync: asked (`probe`), or known when the target started blank (see `#peerZero`). */
-  #remoteDigest(offset: number, length: number, alg: RegionHashAlgorithm): Promise<Buffer> {
-    return this.#peerZero === true ? Promise.resolve(zeroDigest(alg, length)) : this.probe(offset, length, alg);
   }
 
   /** Regions a checksum resync found equal on both sides: no longer to resync (their bits wait for a local flush with a persistent bitmap). */
