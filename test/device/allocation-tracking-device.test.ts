@@ -79,7 +79,11 @@ describe('AllocationMap', () => {
       const size = regions * R - (random() < 0.3 ? 4096 : 0);
       const map = new AllocationMap(size, random() < 0.5 ? 'zero' : 'data');
       const density = random();
-      for (let i = 0; i < map.regions; i++) if (random() < density * 0.3) (map.isData(i) ? map.setZero(i) : map.setData(i));
+      for (let i = 0; i < map.regions; i++) {
+        if (random() >= density * 0.3) continue;
+        if (map.isData(i)) map.setZero(i);
+        else map.setData(i);
+      }
       const offset = Math.floor((random() * size) / 4096) * 4096;
       const length = Math.floor((random() * (size - offset)) / 4096) * 4096;
       const naive: Array<[number, number, boolean]> = [];

@@ -64,7 +64,7 @@ interface SyncResult {
 }
 
 for (const method of ['checksum', 'full'] as const) {
-  test(`zero-aware initial sync (${method}) of a 64 MiB volume holding 1 MiB: ≈ the data on the wire, the rest as zero ranges (allocation known)`, async () => {
+  test(`${method === 'checksum' ? 'SPEC 25: ' : ''}zero-aware initial sync (${method}) of a 64 MiB volume holding 1 MiB: ≈ the data on the wire, the rest as zero ranges (allocation known)`, async () => {
     const size = 64 * MiB;
     const data = MiB;
     const pdev = await sparse(size, data);
