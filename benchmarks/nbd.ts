@@ -10,6 +10,9 @@
  * - `device`: our {@link NbdServer} serving a {@link FileBlockDevice} (unmirrored);
  * - `async`: our NbdServer serving an async-mirrored primary volume;
  * - `sync`: the same, sync-mirrored;
+ * - `sync-nbd`: `sync` whose mirror-side volume is an {@link NbdBlockDevice}
+ *   on `nbdkit file` (issue 13, item 6) instead of a {@link FileBlockDevice}:
+ *   its `ref` is `sync`, so `vsNbdkit` is the ratio of the two;
  * - `cycle`: our NbdServer serving a layered volume frozen every second and
  *   copied to the same target process (cycles run during the job).
  *
@@ -41,7 +44,7 @@ import { pathToFileURL } from 'node:url';
 import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, startNbdkitPlugin, type JsonChild } from './util.js';
 
 /** Configurations of the NBD benchmark. */
-export const NBD_CONFIGS = ['nbdkit', 'nbdkit-proxy', 'nbdkit-null', 'null', 'device', 'async', 'sync', 'cycle'] as const;
+export const NBD_CONFIGS = ['nbdkit', 'nbdkit-proxy', 'nbdkit-null', 'null', 'device', 'async', 'sync', 'sync-nbd', 'cycle'] as const;
 /** One configuration of the NBD benchmark. */
 export type NbdConfig = (typeof NBD_CONFIGS)[number];
 
@@ -54,15 +57,17 @@ export const NBD_REFERENCE: Readonly<Record<NbdConfig, NbdConfig>> = {
   device: 'nbdkit',
   async: 'nbdkit',
   sync: 'nbdkit',
+  // the same sync mirror with the mirror's volume on nbdkit file: the ratio to the file-device mirror
+  'sync-nbd': 'sync',
   cycle: 'nbdkit',
 };
 
 /** Configurations served by nbdkit (C). */
 const NBDKIT_CONFIGS: ReadonlySet<NbdConfig> = new Set(['nbdkit', 'nbdkit-proxy', 'nbdkit-null']);
 /** Our configurations that mirror to the target process. */
-type MirroredConfig = 'async' | 'sync' | 'cycle';
+type MirroredConfig = 'async' | 'sync' | 'sync-nbd' | 'cycle';
 function isMirrored(config: NbdConfig): config is MirroredConfig {
-  return config === 'async' || config === 'sync' || config === 'cycle';
+  return config === 'async' || config === 'sync' || config === 'sync-nbd' || config === 'cycle';
 }
 
 /** One fio job. */
@@ -275,6 +280,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   const dir = mkdtempSync(join(tmpdir(), 'blockmirror-bench-nbd-'));
   const servers = new Map<NbdConfig, Server>();
   const children: JsonChild[] = [];
+  const nbdkitStops: Array<() => Promise<void>> = [];
   const runs: NbdRun[] = [];
   let adapter: string | null = null;
   try {
@@ -284,12 +290,22 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
     if (mirrored.length > 0) {
       const cycleDir = join(dir, 'target-cycle-state');
       mkdirSync(cycleDir);
+      // sync-nbd: the mirror's volume lives in an image served by nbdkit file
+      let mirrorNbd: string | undefined;
+      if (mirrored.includes('sync-nbd')) {
+        const image = join(dir, 'target-sync-nbd.img');
+        writeFileSync(image, '');
+        truncateSync(image, imageSize);
+        const nbdkit = await startNbdkit(image, false);
+        nbdkitStops.push(() => nbdkit.stop());
+        mirrorNbd = nbdkit.uri;
+      }
       const { child, ready } = await spawnTsFixture<{ port: number }>(
         'mirror-target.ts',
         {
           size: imageSize,
           blockSize: 4096,
-          volumes: mirrored.map((m) => ({ name: m, image: join(dir, `target-${m}.img`) })),
+          volumes: mirrored.map((m) => (m === 'sync-nbd' ? { name: m, image: '', nbd: mirrorNbd } : { name: m, image: join(dir, `target-${m}.img`) })),
           ...(mirrored.includes('cycle') ? { cycleDir } : {}),
         },
         { env, ...prof('target') },
@@ -305,7 +321,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
       }
       const { child, ready } = await spawnTsFixture<{ port: number; adapter: string }>(
         'nbd-primary.ts',
-        { mode: config, image: join(dir, `${config}.img`), size: imageSize, name: config, targetPort, connections },
+        { mode: config === 'sync-nbd' ? 'sync' : config, image: join(dir, `${config}.img`), size: imageSize, name: config, targetPort, connections },
         { env, ...prof(config) },
       );
       children.push(child);
@@ -417,6 +433,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
     }
     for (const c of children) await c.stop().catch((e: unknown) => log(`stopping ${c.name}: ${String(e)}`));
     for (const [config, s] of servers) if (NBDKIT_CONFIGS.has(config)) await s.stop();
+    for (const stop of nbdkitStops) await stop().catch((e: unknown) => log(`stopping nbdkit: ${String(e)}`));
     rmSync(dir, { recursive: true, force: true });
   }
 }

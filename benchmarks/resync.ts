@@ -405,7 +405,7 @@ async function initialSync(ctx: Ctx, kind: 'full' | 'checksum', regionSize: numb
       seconds,
       cpuSeconds,
       wire,
-      result: { regions: result.regions, regionsSent: result.regionsSent, bytesSent: result.bytesSent },
+      result: { regions: result.regions, regionsSent: result.regionsSent, bytesSent: result.bytesSent, zeroBytesSent: result.zeroBytesSent },
       progress: { events: progressEvents, reportedMBps: result.progress.averageBytesPerSecond / 1e6, reportedSeconds: result.progress.elapsedMs / 1000 },
       identical,
     };
@@ -512,7 +512,7 @@ async function dirtyResync(ctx: Ctx, regionSize: number, blocks: number[], seed:
       seconds,
       cpuSeconds,
       wire,
-      ...(result === undefined ? {} : { result: { regions: result.regions, regionsSent: result.regionsSent, bytesSent: result.bytesSent } }),
+      ...(result === undefined ? {} : { result: { regions: result.regions, regionsSent: result.regionsSent, bytesSent: result.bytesSent, zeroBytesSent: result.zeroBytesSent } }),
       beforeHeal,
       identical,
     };

@@ -7,7 +7,7 @@
  * information of its run; a `--quick` run does not touch latest.json).
  *
  * Options:
- * - `--only codec,journal,replay,write,nbd,resync,cycle,tls`   suites to run (default: all)
+ * - `--only codec,journal,replay,write,nbd,resync,cycle,tls,zeros`   suites to run (default: all)
  * - `--quick`                  short smoke run (1 round, short runs, small volumes)
  * - `--journal-ms MS`          measuring time per journal-suite row (default 1500)
  * - `--rounds N`               rounds of the write and nbd suites and of the resync suite's initial-sync part (default 3)
@@ -31,6 +31,9 @@
  * - `--cpu-prof-dir DIR`       CPU profiles of the child processes (target; NBD servers) into DIR
  * - `--child-node-args=FLAGS`  Node flags of the server processes (default: the
  *                              README's recommended `--initial-old-space-size=256`; '' for none)
+ * - `--zeros-mib N`            zeros suite (issue 13): volume size in MiB (default 4096; 256 with `--quick`)
+ * - `--zeros-data-mib N`       zeros suite: data in the volume in MiB (default 64; 8 with `--quick`)
+ * - `--zeros-no-baseline`      zeros suite: skip the runs of the code before issue 13
  * - `--no-save`                print only, write no JSON
  *
  * @module
@@ -46,9 +49,10 @@ import { runWriteBenchmark, WRITE_CONFIGS, type WriteBenchOptions, type WriteCon
 import { NBD_CONFIGS, NBD_JOBS, runNbdBenchmark, type NbdBenchOptions, type NbdConfig } from './nbd.js';
 import { runResyncBenchmark } from './resync.js';
 import { runTlsBenchmark } from './tls.js';
+import { runZerosBenchmark } from './zeros.js';
 import { BENCH_DIR, formatTable, machineInfo, type MachineInfo } from './util.js';
 
-const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync', 'cycle', 'tls'] as const;
+const SUITES = ['codec', 'journal', 'replay', 'write', 'nbd', 'resync', 'cycle', 'tls', 'zeros'] as const;
 type Suite = (typeof SUITES)[number];
 
 /** What a suite run stores in its JSON file and in latest.json. */
@@ -88,6 +92,9 @@ const { values } = parseArgs({
     connections: { type: 'string' },
     'cpu-prof-dir': { type: 'string' },
     'child-node-args': { type: 'string' },
+    'zeros-mib': { type: 'string' },
+    'zeros-data-mib': { type: 'string' },
+    'zeros-no-baseline': { type: 'boolean', default: false },
     'no-save': { type: 'boolean', default: false },
   },
   strict: true,
@@ -208,6 +215,15 @@ async function runSuite(suite: Suite): Promise<{ rows: unknown[]; details?: unkn
     case 'tls': {
       const r = await runTlsBenchmark({ rounds: rounds ?? (quick ? 1 : 3), ...(writeMs === undefined ? {} : { durationMs: writeMs }), log });
       return { rows: r.rows, details: {}, options: r.settings };
+    }
+    case 'zeros': {
+      const r = await runZerosBenchmark({
+        sizeMiB: int(values['zeros-mib'], '--zeros-mib') ?? (quick ? 256 : 4096),
+        dataMiB: int(values['zeros-data-mib'], '--zeros-data-mib') ?? (quick ? 8 : 64),
+        baseline: values['zeros-no-baseline'] !== true,
+        log,
+      });
+      return { rows: r.rows, details: { goals: r.goals }, options: r.settings };
     }
     case 'resync': {
       const sizeMiB = int(values['resync-mib'], '--resync-mib') ?? (quick ? 128 : 1024);

@@ -26,6 +26,8 @@ const columns: Record<string, [string, string][]> = {
   nbd: [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['ref', 'reference'], ['vsNbdkit', '× ref'], ['p50VsNbdkit', 'p50 × ref'], ['vsProxy', '× nbdkit-proxy']],
   resync: [],
   cycle: [['measure', 'measure'], ['ms', 'ms'], ['wireBytes', 'bytes on the wire'], ['mbps', 'MB/s'], ['note', 'note']],
+  zeros: [['scenario', 'scenario'], ['code', 'code'], ['seconds', 's (process start → done)'], ['reportedSeconds', 's (reported by the primary)'], ['wireMiB', 'MiB on the wire'], ['wirePerData', 'wire / data'], ['MBps', 'volume MB/s']],
+  'nbd-mirror-on-nbd': [['job', 'fio job'], ['config', 'server'], ['MBps', 'MB/s'], ['iops', 'IOPS'], ['p50us', 'p50 µs'], ['p99us', 'p99 µs'], ['ref', 'reference'], ['vsNbdkit', '× ref'], ['p50VsNbdkit', 'p50 × ref']],
 };
 
 const titles: Record<string, string> = {
@@ -36,6 +38,8 @@ const titles: Record<string, string> = {
   nbd: 'fio (`--ioengine=nbd`) against nbdkit (`file`; `nbd` forwarding to `file`, one C network hop; `null`) and our NBD export (discarding backend, unmirrored file, async-, sync-mirrored, cycle mode with a freeze every second)',
   resync: 'Initial sync / checksum sync / resync bytes per dirty byte (1 GiB)',
   cycle: 'Freeze/copy cycle: 1 GiB volume, 1 % random 4 KiB blocks changed, vs rsync of the same images; foreground writes during a cycle',
+  zeros: 'Sparse volume through the CLI (issue 13): 4 GiB holding 64 MiB, initial sync and first cycle to a blank mirror (now vs `today` = the code before issue 13), `nbdcopy` out of the export vs `nbdkit file`',
+  'nbd-mirror-on-nbd': 'Sync mirror whose mirror-side volume is an `NbdBlockDevice` on `nbdkit file` (`sync-nbd`) vs a `FileBlockDevice` (`sync`), same fio jobs (issue 13, item 6; `npm run bench -- --only nbd --nbd-configs sync,sync-nbd`)',
 };
 
 function cell(v: unknown): string {

@@ -23,6 +23,11 @@ export type { MemoryBlockDeviceOptions } from './device/memory-device.js';
 export { checkRange, validateGeometry, checkWriteData, MAX_BLOCK_SIZE } from './device/range.js';
 export type { DeviceGeometry } from './device/range.js';
 export { parseSize } from './device/size.js';
+export { AllocationMap, ALLOCATION_REGION_SIZE } from './device/allocation-map.js';
+export { AllocationStore, openAllocationStore, ALLOCATION_HEADER_SIZE } from './device/allocation-store.js';
+export type { AllocationStoreOptions, AllocationMapOrigin } from './device/allocation-store.js';
+export { AllocationTrackingDevice } from './device/allocation-tracking-device.js';
+export type { AllocationTrackingOptions, ZeroScanProgress } from './device/allocation-tracking-device.js';
 
 // transports
 export type {

@@ -65,6 +65,12 @@ export interface ServerConfig {
   adminTls?: boolean;
   /** `--metrics-open`: `/metrics` answers without the admin token. */
   metricsOpen?: boolean;
+  /**
+   * `--scan-zeros`: read the regions of each file volume that its allocation
+   * map (in the state directory) does not know to be zero, once at start, and
+   * mark the all-zero ones.
+   */
+  scanZeros?: boolean;
 }
 
 /** The certificate files of `--tls-cert`, `--tls-key`, `--tls-ca` and the allowed peers of `--tls-peer`. */
@@ -182,7 +188,14 @@ const VOLUME_HELP = `  --volume NAME=PATH[:SIZE]  a volume backed by the file PA
                              a volume on an export of an NBD server (qemu-nbd,
                              qemu-storage-daemon, rbd-nbd, nbdkit…); its size is the
                              export's. Reconnects by itself; while the server is
-                             unreachable the volume's writes fail (local errors).`;
+                             unreachable the volume's writes fail (local errors).
+                             Each file volume has an allocation map (64 KiB regions) in
+                             the state directory: <volume>.allocation (a file created
+                             now starts all-zero; an existing image "may hold data")
+  --scan-zeros               read the regions of each file volume its allocation map does
+                             not know to be zero, once at start, and mark the all-zero
+                             ones (progress on stdout): holes and zeros are then neither
+                             read nor sent`;
 
 export const MIRROR_HELP = `Usage: blockmirror mirror --listen HOST:PORT --volume NAME=PATH[:SIZE] [--volume …]
                           [--nbd HOST:PORT] [--admin HOST:PORT] [--secret-file FILE]
@@ -513,6 +526,7 @@ function serverConfig(values: Values, command: string): ServerConfig {
     config.stateDir = stateDir;
   }
   securityFlags(values, config);
+  if (values['scan-zeros'] === true) config.scanZeros = true;
   if (config.stateDir === undefined && config.volumes.every((v) => v.nbd !== undefined)) {
     throw usageError('--state-dir DIR is required when every volume is on an NBD server (its default lies beside the first volume file)');
   }
@@ -582,6 +596,7 @@ const SERVER_OPTIONS = {
   'stale-after': { type: 'string' },
   probation: { type: 'string' },
   'state-dir': { type: 'string' },
+  'scan-zeros': { type: 'boolean' },
   help: { type: 'boolean', short: 'h' },
 } as const;
 

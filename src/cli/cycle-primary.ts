@@ -7,6 +7,7 @@
  */
 import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions, primaryListeners } from './security.js';
 import { mkdir } from 'node:fs/promises';
+import { basename, dirname } from 'node:path';
 import createDebug from 'debug';
 import { createCycleSource, type CycleSourceOptions } from '../cycle/cycle-runner.js';
 import { LayeredVolume } from '../cycle/layered-volume.js';
@@ -16,7 +17,8 @@ import { formatHostPort, type PrimaryConfig } from './args.js';
 import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { FATAL_PEER_ERRORS } from './primary.js';
-import { primaryNodeId } from './state-dir.js';
+import { primaryNodeId, stateDirOf } from './state-dir.js';
+import { trackAllocation } from './allocation.js';
 import { closeDevices, logNbdVolumes, Lifecycle, openVolumes, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
@@ -35,8 +37,10 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     const tls = await loadTls(config.tls);
     const token = await adminToken(config);
     exposureWarnings(io, primaryListeners(config), config, secret !== undefined);
-    const devices = await openVolumes(config.volumes);
+    const created = new Set<string>();
+    const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));
+    await trackAllocation(devices, config.volumes, { stateDir: stateDirOf(config, 'primary'), created, scanZeros: config.scanZeros === true, io });
     logNbdVolumes(devices, io);
     if (config.journalDir !== undefined) await makeDir(config.journalDir);
 
@@ -48,7 +52,13 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
       const device = devices.get(spec.name)!;
       try {
         // a volume on an NBD server has no file beside which to keep the layers: --journal DIR (required for it), named after the volume
-        const where = config.journalDir === undefined ? {} : spec.nbd === undefined ? { dir: config.journalDir } : { dir: config.journalDir, name: spec.name };
+        // (a file volume sits behind its allocation map: its layers are named after the file, beside it or in --journal)
+        const where =
+          spec.nbd === undefined
+            ? { dir: config.journalDir ?? dirname(spec.path), name: basename(spec.path) }
+            : config.journalDir === undefined
+              ? {}
+              : { dir: config.journalDir, name: spec.name };
         const volume = await LayeredVolume.open(device, where);
         layered.push({ name: spec.name, volume });
         say(io, `volume ${spec.name} path=${spec.path} size=${device.size} mode=cycle layers=${volume.dir}`);

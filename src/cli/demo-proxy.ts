@@ -38,6 +38,8 @@ export class LinkProxy {
   readonly #sockets = new Set<net.Socket>();
   #cut = false;
   #accepted = 0;
+  #bytesToTarget = 0;
+  #bytesFromTarget = 0;
   #refused = 0;
 
   private constructor(target: { host: string; port: number }, server: net.Server, udp: dgram.Socket | undefined) {
@@ -86,9 +88,9 @@ export class LinkProxy {
     return this.#sockets.size / 2;
   }
 
-  /** Counters: connections accepted and relayed, refused while cut. */
-  get stats(): { accepted: number; refused: number } {
-    return { accepted: this.#accepted, refused: this.#refused };
+  /** Counters: connections accepted and relayed, refused while cut; TCP bytes relayed each way. */
+  get stats(): { accepted: number; refused: number; bytesToTarget: number; bytesFromTarget: number } {
+    return { accepted: this.#accepted, refused: this.#refused, bytesToTarget: this.#bytesToTarget, bytesFromTarget: this.#bytesFromTarget };
   }
 
   /** Cuts the link: destroys every relayed connection, refuses new ones, drops datagrams. */
@@ -127,6 +129,12 @@ export class LinkProxy {
       s.on('error', end);
       s.on('close', end);
     }
+    client.on('data', (chunk: Buffer) => {
+      this.#bytesToTarget += chunk.length;
+    });
+    upstream.on('data', (chunk: Buffer) => {
+      this.#bytesFromTarget += chunk.length;
+    });
     client.pipe(upstream);
     upstream.pipe(client);
   }

@@ -14,6 +14,7 @@ import type { Resolution } from '../replication/pair-state.js';
 import { formatHostPort, type MirrorConfig } from './args.js';
 import { mirrorTargetOptionsFrom } from './options.js';
 import { ensureStateDir, stateDirOf } from './state-dir.js';
+import { trackAllocation } from './allocation.js';
 import { closeDevices, logNbdVolumes, Lifecycle, openVolumes, packageVersion, readSecret, Resources, say, shutdown, warn, type CliIo, type StopReason } from './runtime.js';
 
 const log = createDebug('blockmirror:cli');
@@ -70,8 +71,10 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
       config,
       secret !== undefined,
     );
-    const devices = await openVolumes(config.volumes);
+    const created = new Set<string>();
+    const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));
+    await trackAllocation(devices, config.volumes, { stateDir: stateDirOf(config, 'mirror'), created, scanZeros: config.scanZeros === true, io });
     logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size}`);
 

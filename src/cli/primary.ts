@@ -16,6 +16,7 @@ import { servePrimaryFronts } from './nbd-front.js';
 import { OperationProgress } from './operation-progress.js';
 import { primaryOptionsFrom } from './options.js';
 import { primaryNodeId, stateDirOf } from './state-dir.js';
+import { trackAllocation } from './allocation.js';
 import {
   closeDevices,
   logNbdVolumes,
@@ -61,8 +62,10 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     const tls = await loadTls(config.tls);
     const token = await adminToken(config);
     exposureWarnings(io, primaryListeners(config), config, secret !== undefined);
-    const devices = await openVolumes(config.volumes);
+    const created = new Set<string>();
+    const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));
+    await trackAllocation(devices, config.volumes, { stateDir: stateDirOf(config, 'primary'), created, scanZeros: config.scanZeros === true, io });
     logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
@@ -113,7 +116,7 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     });
     primary.on('resync-done', (info) => {
       progress.finish(`resync ${info.volume}`);
-      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
+      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
     });
     primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
     primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));

@@ -5,7 +5,7 @@
  * @module
  */
 import { readFile } from 'node:fs/promises';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import type { Writable } from 'node:stream';
 import createDebug from 'debug';
 import { BlockMirrorError, isBlockMirrorError, toBlockMirrorError } from '../errors.js';
@@ -51,9 +51,9 @@ export function packageVersion(): string {
  * Opens every volume: a file (created sparse when missing and a size is
  * given) or an export on an NBD server (connected with 512-byte blocks). On
  * failure closes those already open and throws `volume NAME: …` with the
- * device's code.
+ * device's code. The names of the files it created are added to `created`.
  */
-export async function openVolumes(specs: readonly VolumeSpec[]): Promise<Map<string, BlockDevice>> {
+export async function openVolumes(specs: readonly VolumeSpec[], created?: Set<string>): Promise<Map<string, BlockDevice>> {
   const devices = new Map<string, BlockDevice>();
   try {
     for (const spec of specs) {
@@ -65,6 +65,7 @@ export async function openVolumes(specs: readonly VolumeSpec[]): Promise<Map<str
         }
         const opts: { size?: number; blockSize: number } = { blockSize: CLI_BLOCK_SIZE };
         if (spec.size !== undefined) opts.size = spec.size;
+        if (created !== undefined && !existsSync(spec.path)) created.add(spec.name);
         devices.set(spec.name, await FileBlockDevice.open(spec.path, opts));
         log('volume %s: %s', spec.name, spec.path);
       } catch (error) {

@@ -364,6 +364,8 @@ export function parseZero(h: unknown): ZeroHeader {
   const t = MessageType.ZERO;
   const r = header(t, h);
   if (!uint(r.id) || !uint(r.vol) || !uint(r.off) || !uint(r.seq) || !uint(r.bar) || !uint(r.len)) throw bad(t, 'fields');
+  if (r.rs !== undefined && r.rs !== 1) throw bad(t, 'rs');
+  if (r.sync !== undefined && !progressPair(r.sync)) throw bad(t, 'sync');
   return r as unknown as ZeroHeader;
 }
 

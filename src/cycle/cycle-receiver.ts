@@ -105,8 +105,9 @@ export class CycleReceiver {
         const h = parseCycleData(frame.header);
         const cur = this.#for(h.id);
         if (cur === undefined) return;
-        const payload = frame.payload;
-        cur.bytes += payload.length;
+        if (h.z === 1 && frame.payload.length > 0) throw new BlockMirrorError('BM_ERR_BAD_HEADER', 'a zero run (CYCLE_DATA with z) carries a payload');
+        const payload = h.z === 1 ? 'zero' : frame.payload;
+        if (payload !== 'zero') cur.bytes += payload.length;
         this.#inFlight++;
         if (this.#inFlight >= this.#maxInFlight && !this.#paused) {
           this.#paused = true;

@@ -30,6 +30,7 @@ import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import type { BlockDevice, BlockDeviceSupports, WriteOptions } from '../device/block-device.js';
 import { FileBlockDevice } from '../device/file-device.js';
+import { knownZero } from '../device/zero.js';
 import { checkRange, checkWriteData } from '../device/range.js';
 import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import { FreezeTable } from './freeze-table.js';
@@ -534,6 +535,24 @@ export class LayeredVolume implements BlockDevice {
     }
     if (length === 0) return Promise.resolve(Buffer.alloc(0));
     return this.#tracked(this.#readView(this.#frozen.filter((l) => l.number <= n), offset, length));
+  }
+
+  /**
+   * True when `[offset, offset + length)` of the image as of freeze `n`
+   * certainly reads as zeroes: no frozen layer up to `n` holds a chunk of
+   * it and the base device knows the range to be zero (`blockStatus`).
+   */
+  async frozenKnownZero(n: number, offset: number, length: number): Promise<boolean> {
+    if (this.#closed) throw closedError(this.name);
+    checkRange(this, offset, length);
+    if (length === 0) return true;
+    const { chunkSize } = this.geometry;
+    const layers = this.#frozen.filter((l) => l.number <= n);
+    const last = Math.floor((offset + length - 1) / chunkSize);
+    for (let chunk = Math.floor(offset / chunkSize); chunk <= last; chunk++) {
+      if (layers.some((l) => l.table.slotOf(chunk) >= 0)) return false;
+    }
+    return knownZero(this.base, offset, length);
   }
 
   /**

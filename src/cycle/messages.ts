@@ -8,7 +8,7 @@
  * source                                             target
  *   CYCLE_BEGIN  {id, to, vols: [{v, from, full, chunk, gran, tbl, n}]}  →
  *   CYCLE_TABLE  {id, v, off}        payload: freeze-table bytes          →  (per volume, before its data)
- *   CYCLE_DATA   {id, v, s, g, n}    payload: n granules of slot s from g →
+ *   CYCLE_DATA   {id, v, s, g, n[, z]} payload: n granules of slot s from g (none with z: they read as zeroes) →
  *   CYCLE_COMMIT {id, to}                                                  →
  *                                    ← CYCLE_ACK {id, to}   once merged and durable
  *                                    ← CYCLE_ACK {id, to, code, message, held?}  refused / failed
@@ -63,6 +63,8 @@ export interface CycleDataHeader {
   s: number;
   g: number;
   n: number;
+  /** 1: the granules read as zeroes; the frame carries no payload (a zero run). */
+  z?: 1;
 }
 
 /** CYCLE_COMMIT (source → target). */
@@ -135,6 +137,7 @@ export function parseCycleData(h: unknown): CycleDataHeader {
   const t = MessageType.CYCLE_DATA;
   const r = record(t, h);
   if (!uint(r.id) || !uint(r.v) || !uint(r.s) || !uint(r.g) || !uint(r.n) || r.n < 1) throw bad(t, 'fields');
+  if (r.z !== undefined && r.z !== 1) throw bad(t, 'z');
   return r as unknown as CycleDataHeader;
 }
 

@@ -44,6 +44,7 @@ import { systemClock, type Clock, type TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { nodeFileSystem, type FileSystem } from '../storage/file-system.js';
 import { FreezeTable } from './freeze-table.js';
+import { writeZeroes, zeroWhereData } from '../device/zero.js';
 import { cycleGeometry, runLength, type CycleGeometry } from './geometry.js';
 
 const log = createDebug('blockmirror:cycle');
@@ -282,24 +283,25 @@ export class StagedTransfer {
 
   /**
    * `count` granules of slot `slot` from granule `granule` of volume `index`
-   * arrived. Validated against the table, then written; the promise settles
+   * arrived (`'zero'`: a zero run, they read as zeroes). Validated against the table, then written; the promise settles
    * when written (errors are also kept for {@link commit}).
    */
-  data(index: number, slot: number, granule: number, count: number, payload: Uint8Array): Promise<void> {
+  data(index: number, slot: number, granule: number, count: number, payload: Uint8Array | 'zero'): Promise<void> {
     const sv = this.#volume(index);
     const table = sv.table;
     if (table === undefined) throw protocol('data before the complete table', { volume: sv.plan.name });
     const chunk = table.chunkOf(slot);
     if (chunk < 0 || !table.hasAll(chunk, granule, count)) throw protocol('data for granules not in the table', { volume: sv.plan.name, slot, granule, count });
     const length = runLength(sv.geometry, chunk, granule, count);
-    if (payload.length !== length) throw protocol('data length does not match its granules', { volume: sv.plan.name, length: payload.length, expected: length });
+    if (payload !== 'zero' && payload.length !== length) throw protocol('data length does not match its granules', { volume: sv.plan.name, length: payload.length, expected: length });
     if (sv.received.slotOf(chunk) < 0) sv.received.assign(chunk, slot);
     if (sv.received.mark(chunk, granule, count) !== count) throw protocol('granules sent twice', { volume: sv.plan.name, slot, granule });
     sv.receivedGranules += count;
     const g = sv.geometry;
-    const write = sv.direct
-      ? sv.volume.device.write(chunk * g.chunkSize + granule * g.granularity, payload)
-      : sv.staging!.write(slot * g.chunkSize + granule * g.granularity, payload);
+    const at = sv.direct ? chunk * g.chunkSize + granule * g.granularity : slot * g.chunkSize + granule * g.granularity;
+    const device = sv.direct ? sv.volume.device : sv.staging!;
+    // a zero run: written into the image only where it holds data (a new image stays sparse); staged as zeroes
+    const write = payload !== 'zero' ? device.write(at, payload) : sv.direct ? zeroWhereData(device, at, length, false) : writeZeroes(device, at, length, false);
     const p = write.catch((error: unknown) => {
       this.#error ??= toBlockMirrorError(error);
       throw this.#error;

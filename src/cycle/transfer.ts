@@ -12,7 +12,8 @@ import { MessageType, type CodecLimits } from '../codec/frame.js';
 import type { FramedConnection } from '../link/framed-connection.js';
 import { FreezeTable, type GranuleRun } from './freeze-table.js';
 import type { LayeredVolume } from './layered-volume.js';
-import type { CycleBeginHeader } from './messages.js';
+import type { CycleBeginHeader, CycleDataHeader } from './messages.js';
+import { isAllZero } from '../device/zero.js';
 
 /** One volume of a transfer. */
 export interface TransferVolume {
@@ -27,6 +28,8 @@ export interface TransferVolume {
   table: FreezeTable;
   /** Reads the source image as of freeze `to`. */
   read(offset: number, length: number): Promise<Buffer>;
+  /** True when the range of the image as of freeze `to` is known to read as zeroes (not read then). */
+  knownZero?(offset: number, length: number): Promise<boolean>;
 }
 
 /** A transfer to send. */
@@ -49,6 +52,8 @@ export interface TransferStats {
   granules: number;
   /** CYCLE_DATA frames sent. */
   dataFrames: number;
+  /** Bytes of granules sent as zero runs (CYCLE_DATA with `z`, no payload; known zero or read as all zero). */
+  zeroBytes: number;
 }
 
 /** Options of {@link sendTransfer}. */
@@ -97,7 +102,7 @@ function drained(conn: FramedConnection): Promise<void> {
 export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, options: SendTransferOptions): Promise<TransferStats> {
   const maxPayload = Math.min(options.maxPayload ?? 1024 * 1024, options.limits.maxPayloadLength);
   const readAhead = Math.max(1, options.readAhead ?? 8);
-  const stats: TransferStats = { wireBytes: 0, dataBytes: 0, tableBytes: 0, granules: 0, dataFrames: 0 };
+  const stats: TransferStats = { wireBytes: 0, dataBytes: 0, tableBytes: 0, granules: 0, dataFrames: 0, zeroBytes: 0 };
 
   const send = async (type: number, header: unknown, payload?: Uint8Array): Promise<void> => {
     if (conn.closed) throw closed();
@@ -135,12 +140,18 @@ export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, o
     }
     const granulesPerFrame = Math.max(1, Math.floor(maxPayload / v.table.geometry.granularity));
     const runs = v.table.runs(granulesPerFrame);
-    const window: Array<{ run: GranuleRun; data: Promise<Buffer> }> = [];
+    const window: Array<{ run: GranuleRun; data: Promise<Buffer | number> }> = [];
+    // a run that is known zero is not read; one read as all zero is not sent: both go as a zero run (its length)
+    const readRun = async (offset: number, length: number): Promise<Buffer | number> => {
+      if (v.knownZero !== undefined && (await v.knownZero(offset, length))) return length;
+      const data = await v.read(offset, length);
+      return isAllZero(data) ? length : data;
+    };
     const refill = (): void => {
       while (window.length < readAhead) {
         const next = runs.next();
         if (next.done === true) return;
-        const data = v.read(next.value.offset, next.value.length);
+        const data = readRun(next.value.offset, next.value.length);
         data.catch(() => undefined); // awaited below; avoid an unhandled rejection while queued
         window.push({ run: next.value, data });
       }
@@ -150,8 +161,16 @@ export async function sendTransfer(conn: FramedConnection, plan: TransferPlan, o
       const { run, data } = window.shift()!;
       const payload = await data;
       refill();
-      await send(MessageType.CYCLE_DATA, { id: plan.id, v: v.index, s: run.slot, g: run.granule, n: run.count }, payload);
-      stats.dataBytes += payload.length;
+      const header: CycleDataHeader = { id: plan.id, v: v.index, s: run.slot, g: run.granule, n: run.count };
+      if (typeof payload === 'number') {
+        header.z = 1;
+        await send(MessageType.CYCLE_DATA, header);
+        stats.zeroBytes += payload;
+      } else {
+        await send(MessageType.CYCLE_DATA, header, payload);
+      }
+      const bytes = typeof payload === 'number' ? payload : payload.length;
+      stats.dataBytes += bytes;
       stats.granules += run.count;
       stats.dataFrames++;
       options.onProgress?.(stats.dataBytes, Math.max(total, stats.dataBytes));
@@ -189,6 +208,7 @@ export function planTransfer(volumes: readonly PlannedVolume[], held: (name: str
       full,
       table: full ? FreezeTable.full(vol.geometry) : vol.deltaTable(from, to),
       read: (offset, length) => vol.readFrozen(to, offset, length),
+      knownZero: (offset, length) => vol.frozenKnownZero(to, offset, length),
     });
   });
   return out;

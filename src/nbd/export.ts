@@ -11,6 +11,7 @@ import {
   NBD_EINVAL,
   NBD_EIO,
   NBD_ENOSPC,
+  NBD_ENOTSUP,
   NBD_EPERM,
   NBD_MAX_STRING_LENGTH,
 } from './protocol.js';
@@ -86,6 +87,8 @@ export function nbdErrorFor(error: unknown): number {
         return NBD_ENOSPC;
       case 'BM_ERR_READ_ONLY':
         return NBD_EPERM;
+      case 'BM_ERR_NOT_SUPPORTED':
+        return NBD_ENOTSUP;
       case 'BM_ERR_OUT_OF_RANGE':
       case 'BM_ERR_MISALIGNED':
       case 'BM_ERR_INVALID_ARGUMENT':

@@ -17,6 +17,7 @@ import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors
 import { negotiate, type NbdNegotiated } from './client-handshake.js';
 import { NbdClientConnection, type NbdCommand, type RawExtent } from './client-connection.js';
 import {
+  commandName,
   NBD_CMD_BLOCK_STATUS,
   NBD_CMD_FLAG_FUA,
   NBD_CMD_FLAG_NO_HOLE,
@@ -78,6 +79,14 @@ export interface NbdBlockDeviceOptions {
   reconnectDelay?: { min?: number; max?: number };
   /** Milliseconds `close()` lets requests in flight finish before it cuts the connections. Default 5 000. */
   closeTimeout?: number;
+  /**
+   * Milliseconds a request may wait for the server's reply (0: no limit).
+   * When it passes, the request rejects with `BM_ERR_TIMEOUT` (a local device
+   * error: it may have been applied in part), the connection it was sent on
+   * is reset (its other requests reject with `BM_ERR_DEVICE_UNAVAILABLE`) and
+   * reconnected with backoff. Default 0.
+   */
+  requestTimeout?: number;
   /** Negotiate structured replies (default true; false forces simple replies and disables `blockStatus`). */
   structuredReplies?: boolean;
   /** Ask for the `base:allocation` metadata context, for {@link NbdBlockDevice.blockStatus} (default true). */
@@ -109,6 +118,7 @@ interface Settings {
   readonly maxInFlight: number;
   readonly connectTimeout: number;
   readonly closeTimeout: number;
+  readonly requestTimeout: number;
   readonly reconnectMin: number;
   readonly reconnectMax: number;
   readonly structured: boolean;
@@ -259,6 +269,7 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
       maxInFlight: intOption(options.maxInFlight, 'maxInFlight', DEFAULT_MAX_IN_FLIGHT, 1, 1024),
       connectTimeout: intOption(options.connectTimeout, 'connectTimeout', DEFAULT_CONNECT_TIMEOUT, 1, 2 ** 31 - 1),
       closeTimeout: intOption(options.closeTimeout, 'closeTimeout', DEFAULT_CLOSE_TIMEOUT, 0, 2 ** 31 - 1),
+      requestTimeout: intOption(options.requestTimeout, 'requestTimeout', 0, 0, 2 ** 31 - 1),
       reconnectMin,
       reconnectMax: intOption(delay.max, 'reconnectDelay.max', Math.max(reconnectMin, DEFAULT_RECONNECT_MAX), reconnectMin, 2 ** 31 - 1),
       structured: options.structuredReplies !== false,
@@ -517,7 +528,8 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
   }
 
   #sendOn(conn: NbdClientConnection, cmd: NbdCommand): Promise<RawExtent[] | undefined> {
-    const p = conn.send(cmd);
+    const timeout = this.#settings.requestTimeout;
+    const p = timeout > 0 ? this.#timed(conn, cmd, conn.send(cmd), timeout) : conn.send(cmd);
     // every completed write the server may still hold in a volatile cache counts for the flush-after-loss rule
     const volatile = (cmd.type === NBD_CMD_WRITE || cmd.type === NBD_CMD_WRITE_ZEROES) && (cmd.flags & NBD_CMD_FLAG_FUA) === 0;
     p.then(
@@ -528,6 +540,33 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
       () => this.#pump(),
     );
     return p;
+  }
+
+  /** `sent`, or a `BM_ERR_TIMEOUT` rejection once `ms` pass without a reply (the connection is then reset). */
+  #timed(conn: NbdClientConnection, cmd: NbdCommand, sent: Promise<RawExtent[] | undefined>, ms: number): Promise<RawExtent[] | undefined> {
+    const clock = this.#settings.clock;
+    return new Promise((resolve, reject) => {
+      const timer = clock.setTimeout(() => {
+        const op = commandName(cmd.type);
+        log('%s: %s at %d+%d: no reply within %d ms: resetting the connection', this.uri, op, cmd.offset, cmd.length, ms);
+        reject(
+          new BlockMirrorError('BM_ERR_TIMEOUT', `NBD ${op} of ${cmd.length} bytes at ${cmd.offset}: no reply from ${this.uri} within ${ms} ms (the request may have been applied in part; the connection is reset)`, {
+            details: { op, offset: cmd.offset, length: cmd.length, timeout: ms },
+          }),
+        );
+        conn.destroy(new BlockMirrorError('BM_ERR_DEVICE_UNAVAILABLE', `NBD server ${this.uri}: connection reset after a request got no reply within ${ms} ms`));
+      }, ms);
+      sent.then(
+        (v) => {
+          clock.clearTimeout(timer);
+          resolve(v);
+        },
+        (error: unknown) => {
+          clock.clearTimeout(timer);
+          reject(error as BlockMirrorError);
+        },
+      );
+    });
   }
 
   #pump(): void {

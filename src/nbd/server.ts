@@ -28,6 +28,7 @@ import {
   NBD_CMD_DISC,
   NBD_CMD_FLAG_DF,
   NBD_CMD_FLAG_FUA,
+  NBD_CMD_FLAG_FAST_ZERO,
   NBD_CMD_FLAG_NO_HOLE,
   NBD_CMD_FLAG_REQ_ONE,
   NBD_CMD_FLUSH,
@@ -49,6 +50,7 @@ import {
   NBD_FLAG_READ_ONLY,
   NBD_FLAG_SEND_CACHE,
   NBD_FLAG_SEND_DF,
+  NBD_FLAG_SEND_FAST_ZERO,
   NBD_FLAG_SEND_FLUSH,
   NBD_FLAG_SEND_FUA,
   NBD_FLAG_SEND_TRIM,
@@ -1285,6 +1287,8 @@ class NbdConnection implements BudgetWaiter {
     } else {
       flags |= NBD_FLAG_SEND_FLUSH | NBD_FLAG_SEND_FUA | NBD_FLAG_SEND_WRITE_ZEROES;
       if (typeof exp.backend.trim === 'function') flags |= NBD_FLAG_SEND_TRIM;
+      // a backend that knows its allocation can tell a cheap zero (the range is zero already) from one that writes
+      if (fastZero(exp.backend)) flags |= NBD_FLAG_SEND_FAST_ZERO;
     }
     return flags;
   }
@@ -1377,6 +1381,7 @@ class NbdConnection implements BudgetWaiter {
       case NBD_CMD_WRITE_ZEROES:
         writes = true;
         allowed |= NBD_CMD_FLAG_NO_HOLE;
+        if (fastZero(backend)) allowed |= NBD_CMD_FLAG_FAST_ZERO;
         break;
       case NBD_CMD_TRIM:
         writes = true;
@@ -1472,6 +1477,10 @@ class NbdConnection implements BudgetWaiter {
       case NBD_CMD_WRITE_ZEROES: {
         if (req.length === 0) return undefined;
         const noHole = (req.flags & NBD_CMD_FLAG_NO_HOLE) !== 0;
+        if ((req.flags & NBD_CMD_FLAG_FAST_ZERO) !== 0 && !(await knownZeroRange(backend, req.offset, req.length))) {
+          // the client prefers its own writes to a zero that is not faster than writing (NBD: fail fast with ENOTSUP)
+          throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', 'fast zero: part of the range may hold data (zeroing it writes)');
+        }
         if (typeof backend.writeZeroes === 'function') {
           await backend.writeZeroes(req.offset, req.length, { fua, noHole });
           if (fua && backend.supports?.fua === false) await backend.flush();
@@ -1718,4 +1727,21 @@ function decodeName(bytes: Uint8Array): string | undefined {
   } catch {
     return undefined;
   }
+}
+
+/** The export can answer `NBD_CMD_FLAG_FAST_ZERO`: its backend knows its allocation (`blockStatus`). */
+function fastZero(backend: NbdBackend): boolean {
+  return typeof backend.blockStatus === 'function';
+}
+
+/** True when the backend reports the whole range as reading zeroes (a zero there writes nothing). */
+async function knownZeroRange(backend: NbdBackend, offset: number, length: number): Promise<boolean> {
+  if (typeof backend.blockStatus !== 'function') return false;
+  const extents = await backend.blockStatus(offset, length);
+  let covered = 0;
+  for (const e of extents) {
+    if (!e.zero) return false;
+    covered += e.length;
+  }
+  return covered >= length;
 }

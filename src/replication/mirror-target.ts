@@ -38,7 +38,7 @@ import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
 import { checkVolumeName, nonNegativeInt, positiveInt, secretBytes } from './options.js';
-import { zeroDevice } from '../device/zero.js';
+import { zeroWhereData } from '../device/zero.js';
 
 const log = createDebug('blockmirror:target');
 
@@ -1027,8 +1027,11 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           const h = parseZero(frame.header);
           this.#track(session, h.id, h.seq, this.#volumeOf(session, h.vol), (v) => {
             checkRange(v.device, h.off, h.len);
+            if (h.sync !== undefined && h.rs === 1) v.syncProgress = { done: h.sync[0], total: h.sync[1] };
             return v.order.submit(h.seq, h.bar, async () => {
-              await zeroDevice(v.device, h.off, h.len, (frame.flags & FrameFlag.FUA) !== 0);
+              if (h.rs === 1) await v.beforeResyncWrite(h.seq);
+              // parts already reading as zeroes are not written (the image stays sparse)
+              await zeroWhereData(v.device, h.off, h.len, (frame.flags & FrameFlag.FUA) !== 0);
               v.appliedWrites++;
             });
           }, MessageType.WRITE_ACK, h.bar);

@@ -10,10 +10,11 @@ import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
-import { zeroDevice } from '../device/zero.js';
+import { isAllZero, knownZero, zeroDevice } from '../device/zero.js';
 import type { Journal, JournalEntry, PendingJournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
-import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
+import { hashRegion, zeroDigest, type RegionHashAlgorithm } from '../resync/region-hash.js';
+import { createHash } from 'node:crypto';
 import type { ProgressSnapshot } from '../resync/progress.js';
 import { advanceGeneration, type GenerationState, type Lineage } from './generation.js';
 import { MemoryPairStateStore, type DiskState, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
@@ -2355,50 +2356,108 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    * once the target acknowledged (the region is then no longer to resync).
    * @internal
    */
-  async resyncRegion(region: BitmapRegion, checksum: RegionHashAlgorithm | undefined): Promise<number> {
+  async resyncRegion(region: BitmapRegion, checksum: RegionHashAlgorithm | undefined): Promise<ResyncCopy> {
     const release = await this.#lock.acquire(region.offset, region.length);
     let acked: Promise<void>;
-    let sent: number;
+    let copy: ResyncCopy;
     try {
       if (this.#closed) throw closedError(this.name);
+      // zero-aware: a region the device knows to be zero is not read; one read as all zero goes as a zero range
+      let zero = await knownZero(this.device, region.offset, region.length);
+      let data: Buffer | undefined;
       if (checksum !== undefined) {
-        const [local, remote] = await Promise.all([hashRegion(this.device, region.offset, region.length, checksum), this.probe(region.offset, region.length, checksum)]);
+        // the local digest: of zeroes (known zero), or of the data read
+        const [read, remote] = await Promise.all([zero ? undefined : this.device.read(region.offset, region.length), this.probe(region.offset, region.length, checksum)]);
+        const local = read === undefined ? zeroDigest(checksum, region.length) : digestOf(read, checksum);
         if (local.equals(remote)) {
-          this.#needs.clearRegion(region.index);
-          if (this.#persistentBitmap) this.#awaitLocalFlush(region.offset, region.length);
-          else this.#cleanRegion(region.index);
-          this.#updateState();
-          return 0;
+          this.#equalRegions([region]);
+          return { bytes: 0, zeroBytes: 0 };
         }
+        data = read;
+      } else if (!zero) {
+        data = await this.device.read(region.offset, region.length);
       }
-      if (region.length > this.#link.maxPayload) throw tooLarge(this.name, region.length, this.#link.maxPayload);
-      const data = await this.device.read(region.offset, region.length);
-      if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
-      if (this.#closed) throw closedError(this.name);
-      const seq = this.#takeSeq();
-      this.#lastResyncSeq = seq;
-      // after every earlier write (one of them may overlap the region); other
-      // regions' resync writes may be applied in any order among themselves
-      const req = this.#request('write', seq, region.offset, region.length, data, false, this.#lastWriteSeq);
-      req.owned = true;
-      req.resync = true;
-      // what it copies may not be on the primary's stable storage yet: its bit stays until a local flush too
-      this.#localDone(req, false);
-      // cleared from the resync set at once: a write to the region from now on marks it again if it must
+      if (data !== undefined && isAllZero(data)) {
+        zero = true;
+        data = undefined;
+      }
+      if (!zero && region.length > this.#link.maxPayload) throw tooLarge(this.name, region.length, this.#link.maxPayload);
+      ({ acked } = await this.#queueResyncCopy(region.offset, region.length, data));
       this.#needs.clearRegion(region.index);
-      // the write-intent bit stays until the target holds the copy durably
-      this.#cover(region.offset, region.length);
-      req.uncovered = true;
-      acked = new Promise<void>((resolve) => {
-        req.onAck = () => resolve();
-      });
-      this.#enqueue(req);
-      sent = region.length;
+      copy = zero ? { bytes: 0, zeroBytes: region.length } : { bytes: region.length, zeroBytes: 0 };
     } finally {
       release();
     }
     await acked;
-    return sent;
+    return copy;
+  }
+
+  /**
+   * Copies a run of adjacent regions the device knows to read as zeroes as one
+   * zero range (resync), under the run's range lock. Resolves with undefined
+   * (nothing done) when part of the run is not known zero any more.
+   * @internal
+   */
+  async resyncZeroRun(regions: readonly BitmapRegion[], checksum: RegionHashAlgorithm | undefined): Promise<ResyncCopy | undefined> {
+    const first = regions[0]!;
+    const last = regions.at(-1)!;
+    const offset = first.offset;
+    const length = last.offset + last.length - offset;
+    const release = await this.#lock.acquire(offset, length);
+    let acked: Promise<void>;
+    try {
+      if (this.#closed) throw closedError(this.name);
+      if (!(await knownZero(this.device, offset, length))) return undefined;
+      if (regions.some((r) => !this.#needs.isDirty(r.index))) return undefined;
+      // checksum resync: one digest of the whole run on the target; zeroes there already: nothing to send
+      if (checksum !== undefined && (await this.probe(offset, length, checksum)).equals(zeroDigest(checksum, length))) {
+        this.#equalRegions(regions);
+        return { bytes: 0, zeroBytes: 0 };
+      }
+      ({ acked } = await this.#queueResyncCopy(offset, length, undefined));
+      for (const r of regions) this.#needs.clearRegion(r.index);
+    } finally {
+      release();
+    }
+    await acked;
+    return { bytes: 0, zeroBytes: length };
+  }
+
+  /** Regions a checksum resync found equal on both sides: no longer to resync (their bits wait for a local flush with a persistent bitmap). */
+  #equalRegions(regions: readonly BitmapRegion[]): void {
+    for (const region of regions) {
+      this.#needs.clearRegion(region.index);
+      if (this.#persistentBitmap) this.#awaitLocalFlush(region.offset, region.length);
+      else this.#cleanRegion(region.index);
+    }
+    this.#updateState();
+  }
+
+  /**
+   * Queues a resync copy of a range (its data, or a zero range when `data`
+   * is undefined) ordered after every earlier write; `acked` resolves once
+   * the target acknowledged it. Called under the range's lock.
+   */
+  async #queueResyncCopy(offset: number, length: number, data: Buffer | undefined): Promise<{ acked: Promise<void> }> {
+    if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
+    if (this.#closed) throw closedError(this.name);
+    const seq = this.#takeSeq();
+    this.#lastResyncSeq = seq;
+    // after every earlier write (one of them may overlap the range); other
+    // regions' resync writes may be applied in any order among themselves
+    const req = this.#request(data === undefined ? 'zero' : 'write', seq, offset, length, data, false, this.#lastWriteSeq);
+    req.owned = true;
+    req.resync = true;
+    // what it copies may not be on the primary's stable storage yet: its bit stays until a local flush too
+    this.#localDone(req, false);
+    // the write-intent bit stays until the target holds the copy durably
+    this.#cover(offset, length);
+    req.uncovered = true;
+    const acked = new Promise<void>((resolve) => {
+      req.onAck = () => resolve();
+    });
+    this.#enqueue(req);
+    return { acked };
   }
 
   /**
@@ -2419,6 +2478,16 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 }
 
 const noRelease = (): void => undefined;
+
+/** What one resync copy sent: payload bytes, and bytes sent as a zero range (no payload). @internal */
+export interface ResyncCopy {
+  bytes: number;
+  zeroBytes: number;
+}
+
+function digestOf(data: Buffer, alg: RegionHashAlgorithm): Buffer {
+  return createHash(alg).update(data).digest();
+}
 
 /** A region written lately (see `PrimaryVolume.#regions`). */
 interface RegionUse {

@@ -1085,16 +1085,16 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     slot.sent++;
     this.#inFlight[slot.index]!.set(id, { volume, req });
     const vol = volume.index;
-    if (req.kind === 'write') {
+    if (req.kind === 'write' || req.kind === 'zero') {
       const h: WriteHeader = { id, vol, off: req.offset, seq: req.seq, bar: req.barrier };
       if (req.resync) {
         h.rs = 1;
         const p = volume.resyncProgress;
         if (p !== undefined) h.sync = [p.done, p.total];
       }
-      conn.send(MessageType.WRITE, h, req.data, req.fua ? FrameFlag.FUA : 0);
-    } else if (req.kind === 'zero') {
-      conn.send(MessageType.ZERO, { id, vol, off: req.offset, len: req.length, seq: req.seq, bar: req.barrier }, undefined, req.fua ? FrameFlag.FUA : 0);
+      // a zero range (written zeroes, a trim, or a resync copy of a range that reads as zeroes) is a record without payload
+      if (req.kind === 'zero') conn.send(MessageType.ZERO, { ...h, len: req.length }, undefined, req.fua ? FrameFlag.FUA : 0);
+      else conn.send(MessageType.WRITE, h, req.data, req.fua ? FrameFlag.FUA : 0);
     } else if (req.kind === 'skip') {
       conn.send(MessageType.SKIP, req.owed === true ? { id, vol, seq: req.seq, end: req.end, rs: 1 } : { id, vol, seq: req.seq, end: req.end });
     } else if (req.kind === 'hash') {

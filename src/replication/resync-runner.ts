@@ -11,6 +11,7 @@ import { RateLimiter } from '../resync/rate-limiter.js';
 import { ProgressTracker, type ProgressSnapshot } from '../resync/progress.js';
 import type { RegionHashAlgorithm } from '../resync/region-hash.js';
 import type { BitmapRegion } from '../resync/dirty-bitmap.js';
+import type { BlockDevice } from '../device/block-device.js';
 import type { PrimaryVolume } from './primary-volume.js';
 
 /** Resync options of a primary. */
@@ -38,6 +39,8 @@ export interface ResyncResult {
   regionsSent: number;
   /** Payload bytes sent. */
   bytesSent: number;
+  /** Bytes sent as zero ranges (known zero, or read as all zero): a small record each, no payload. */
+  zeroBytesSent: number;
   progress: ProgressSnapshot;
 }
 
@@ -67,7 +70,7 @@ export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<
   const progress = new ProgressTracker({ total: volume.resyncBytes, clock: s.clock });
   progress.on('progress', s.onProgress);
   const limiter = new RateLimiter({ bytesPerSecond: s.rateBytesPerSecond, clock: s.clock });
-  const result = { regions: 0, regionsSent: 0, bytesSent: 0 };
+  const result = { regions: 0, regionsSent: 0, bytesSent: 0, zeroBytesSent: 0 };
   // the regions are durably marked and the target recorded inconsistent before the first copy
   await volume.beginResync();
   volume.setResyncing(true);
@@ -75,13 +78,29 @@ export async function runResync(volume: PrimaryVolume, s: RunSettings): Promise<
   try {
     for (let pass = 0; volume.resyncBytes > 0; pass++) {
       if (pass > 0) progress.setTotal(progress.total + volume.resyncBytes);
-      await forEachRegion([...volume.resyncRegions()], s.concurrency, async (region) => {
-        await limiter.take(region.length);
-        const sent = await volume.resyncRegion(region, s.checksum ? s.hash : undefined);
-        result.regions++;
-        if (sent > 0) result.regionsSent++;
-        result.bytesSent += sent;
-        progress.add(region.length);
+      const batches = await zeroRuns(volume.device, [...volume.resyncRegions()]);
+      await forEachRegion(batches, s.concurrency, async (batch) => {
+        const copyOne = async (region: BitmapRegion): Promise<void> => {
+          await limiter.take(region.length);
+          const sent = await volume.resyncRegion(region, s.checksum ? s.hash : undefined);
+          result.regions++;
+          if (sent.bytes + sent.zeroBytes > 0) result.regionsSent++;
+          result.bytesSent += sent.bytes;
+          result.zeroBytesSent += sent.zeroBytes;
+          progress.add(region.length);
+        };
+        if (batch.zero) {
+          const sent = await volume.resyncZeroRun(batch.regions, s.checksum ? s.hash : undefined);
+          if (sent !== undefined) {
+            result.regions += batch.regions.length;
+            if (sent.zeroBytes > 0) result.regionsSent += batch.regions.length;
+            result.zeroBytesSent += sent.zeroBytes;
+            progress.add(batch.regions.reduce((n, r) => n + r.length, 0));
+            return;
+          }
+        }
+        // not (or no longer) known zero: region by region
+        for (const region of batch.regions) await copyOne(region);
       });
     }
   } finally {
@@ -112,7 +131,37 @@ export async function runVerify(volume: PrimaryVolume, regions: BitmapRegion[], 
   return { regions: regions.length, mismatches, progress: progress.snapshot() };
 }
 
-async function forEachRegion(regions: BitmapRegion[], concurrency: number, work: (r: BitmapRegion) => Promise<void>): Promise<void> {
+/** Largest run of known-zero regions sent as one zero range by a resync. */
+export const MAX_ZERO_RUN = 64 * 1024 * 1024;
+
+/** Regions to copy in order, in batches: a run of adjacent regions the device knows are zero, or one region. */
+interface RegionBatch {
+  zero: boolean;
+  regions: BitmapRegion[];
+}
+
+/** Splits `regions` (in order) into batches, using the device's allocation map when it has one. */
+async function zeroRuns(device: BlockDevice, regions: BitmapRegion[]): Promise<RegionBatch[]> {
+  const known = device.supports.allocation === true && device.blockStatus !== undefined && regions.length > 0;
+  const extents = known ? await device.blockStatus!(0, device.size) : [];
+  const out: RegionBatch[] = [];
+  let e = 0;
+  for (const region of regions) {
+    while (e < extents.length && extents[e]!.offset + extents[e]!.length <= region.offset) e++;
+    const ext = extents[e];
+    const zero = ext !== undefined && ext.zero && ext.offset <= region.offset && ext.offset + ext.length >= region.offset + region.length;
+    const last = out.at(-1);
+    const prev = last?.regions.at(-1);
+    if (zero && last?.zero === true && prev!.index + 1 === region.index && prev!.offset + prev!.length - last.regions[0]!.offset + region.length <= MAX_ZERO_RUN) {
+      last.regions.push(region);
+    } else {
+      out.push({ zero, regions: [region] });
+    }
+  }
+  return out;
+}
+
+async function forEachRegion<T>(regions: T[], concurrency: number, work: (r: T) => Promise<void>): Promise<void> {
   const queue = new PQueue({ concurrency });
   let failure: unknown;
   for (const region of regions) {

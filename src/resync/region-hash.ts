@@ -22,6 +22,7 @@ import { createHash } from 'node:crypto';
 import PQueue from 'p-queue';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
+import { knownZero, zeroBuffer } from '../device/zero.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 
 /** Hash algorithms for region digests (all from `node:crypto`). */
@@ -106,9 +107,28 @@ function resolveOptions(device: BlockDevice, options: RegionHashOptions | Region
   return { algorithm, chunkSize, signal: o.signal };
 }
 
+const zeroDigests = new Map<string, Buffer>();
+
+/** Digest of `length` zero bytes (computed once per algorithm and length). */
+export function zeroDigest(algorithm: RegionHashAlgorithm, length: number): Buffer {
+  const key = `${algorithm}:${length}`;
+  let d = zeroDigests.get(key);
+  if (d === undefined) {
+    const hash = createHash(algorithm);
+    const zero = zeroBuffer();
+    for (let pos = 0; pos < length; pos += zero.length) hash.update(zero.subarray(0, Math.min(zero.length, length - pos)));
+    d = hash.digest();
+    if (zeroDigests.size >= 64) zeroDigests.clear();
+    zeroDigests.set(key, d);
+  }
+  return Buffer.from(d);
+}
+
 async function hashResolved(device: BlockDevice, offset: number, length: number, o: ResolvedHashOptions): Promise<Buffer> {
   checkRange(device, offset, length);
   o.signal?.throwIfAborted();
+  // a range the device knows to be zero is not read
+  if (length > 0 && (await knownZero(device, offset, length))) return zeroDigest(o.algorithm, length);
   const hash = createHash(o.algorithm);
   const end = offset + length;
   let position = offset;

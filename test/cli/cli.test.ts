@@ -285,7 +285,7 @@ describe('blockmirror CLI', () => {
     const mirror = await startMirror(t, ['--volume', `v=${mPath}:16M`]);
     const primary = new CliProcess(t, ['primary', '--peer', `127.0.0.1:${mirror.addrs.mirror!.port}`, '--volume', `v=${pPath}`, '--mode', 'async', '--initial-sync', 'full']);
     const done = await primary.waitForLine(/^resync done volume=v /);
-    assert.match(done, /^resync done volume=v bytes=16777216 regions=256\/256 ms=\d+$/);
+    assert.match(done, /^resync done volume=v bytes=16777216 zero=0 regions=256\/256 ms=\d+$/);
     const progress = primary.stderr.split('\n').filter((l) => l.startsWith('{')).map((l) => JSON.parse(l) as { label: string; done: number; total: number; finished?: boolean });
     const last = progress.at(-1);
     assert.deepEqual(last === undefined ? undefined : [last.label, last.done, last.total, last.finished], ['resync v', 16 * MiB, 16 * MiB, true]);

@@ -663,3 +663,34 @@ describe('NbdBlockDevice as a primary volume', () => {
     assert.deepEqual(await mem.read(0, 8192), first);
   });
 });
+
+describe('NbdBlockDevice request timeout', () => {
+  test('a request without a reply within requestTimeout rejects with BM_ERR_TIMEOUT (fake clock); its connection is reset, the others on it fail as unavailable, the device reconnects', async (t) => {
+    const backend = new GatedBackend(new MemoryBlockDevice(MiB));
+    const { uri } = await serve(t, [{ name: 'disk', readOnly: false, backend }]);
+    const { clock, tick } = fakeClock();
+    const device = await open(t, uri('disk'), { clock, requestTimeout: 5000, reconnectDelay: { min: 100, max: 100 } });
+    t.after(() => backend.release());
+    backend.hold('write');
+    const stuck = device.write(0, pattern(4096, 1));
+    await backend.started(1);
+    tick(2000);
+    const other = device.write(8192, pattern(4096, 2));
+    await backend.started(2);
+    tick(2999);
+    let settled = false;
+    void stuck.catch(() => undefined).then(() => (settled = true));
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(settled, false, 'not before the timeout');
+    const reconnected = onceEvent(device, 'reconnect');
+    tick(1);
+    const error = await rejectsWith(stuck, 'BM_ERR_TIMEOUT', 'the timed-out write');
+    assert.deepEqual(error.details, { op: 'NBD_CMD_WRITE', offset: 0, length: 4096, timeout: 5000 });
+    await rejectsWith(other, 'BM_ERR_DEVICE_UNAVAILABLE', 'another write on the reset connection');
+    backend.release();
+    tick(100);
+    await reconnected;
+    await device.write(0, pattern(4096, 3));
+    assert.deepEqual(await device.read(0, 4096), pattern(4096, 3));
+  });
+});

@@ -241,7 +241,7 @@ describe('NbdServer handshake', () => {
 });
 
 describe('NbdServer transmission flags', () => {
-  test('flags follow the export: read-only, trim only with backend.trim, multi-conn unless disabled', async (t) => {
+  test('flags follow the export: read-only, trim only with backend.trim, multi-conn unless disabled, fast zero only with backend.blockStatus', async (t) => {
     const noTrim: NbdBackend = {
       size: MiB,
       blockSize: 512,
@@ -262,11 +262,42 @@ describe('NbdServer transmission flags', () => {
     };
     const base = P.NBD_FLAG_HAS_FLAGS | P.NBD_FLAG_SEND_CACHE;
     const writable = P.NBD_FLAG_SEND_FLUSH | P.NBD_FLAG_SEND_FUA | P.NBD_FLAG_SEND_WRITE_ZEROES;
-    assert.equal(await flagsOf('rw'), base | writable | P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_CAN_MULTI_CONN);
+    assert.equal(await flagsOf('rw'), base | writable | P.NBD_FLAG_SEND_TRIM | P.NBD_FLAG_CAN_MULTI_CONN | P.NBD_FLAG_SEND_FAST_ZERO);
     assert.equal(await flagsOf('notrim'), base | writable);
     assert.equal(await flagsOf('ro'), base | P.NBD_FLAG_READ_ONLY | P.NBD_FLAG_CAN_MULTI_CONN);
     // DF only once structured replies are negotiated.
     assert.equal(await flagsOf('ro', true), base | P.NBD_FLAG_READ_ONLY | P.NBD_FLAG_CAN_MULTI_CONN | P.NBD_FLAG_SEND_DF);
+  });
+});
+
+describe('NbdServer fast zero', () => {
+  test('SEND_FAST_ZERO: a fast zero of a range the backend knows is zero succeeds; of a range holding data it fails with ENOTSUP and changes nothing; without blockStatus the flag is EINVAL', async (t) => {
+    const dev = mem(4 * MiB);
+    await dev.write(MiB, Buffer.alloc(4096, 7));
+    const noStatus: NbdBackend = {
+      size: MiB,
+      blockSize: 512,
+      read: (o, l) => Promise.resolve(Buffer.alloc(l)),
+      write: () => Promise.resolve(),
+      flush: () => Promise.resolve(),
+    };
+    const { port } = await start(t, { exports: [rw('disk', dev), rw('plain', noStatus)] });
+    const c = await client(t, port);
+    const { flags } = await c.go('disk');
+    assert.equal(flags & P.NBD_FLAG_SEND_FAST_ZERO, P.NBD_FLAG_SEND_FAST_ZERO, 'advertised');
+    await c.sendRequest(P.NBD_CMD_WRITE_ZEROES, 1, 2 * MiB, MiB, P.NBD_CMD_FLAG_FAST_ZERO);
+    assert.equal((await c.simpleReply()).error, 0, 'a hole: the zero is free');
+    await c.sendRequest(P.NBD_CMD_WRITE_ZEROES, 2, 0, 2 * MiB, P.NBD_CMD_FLAG_FAST_ZERO);
+    assert.equal((await c.simpleReply()).error, P.NBD_ENOTSUP, 'data inside: not faster than writing');
+    assert.equal((await dev.read(MiB, 4096))[0], 7, 'nothing was zeroed');
+    await c.sendRequest(P.NBD_CMD_WRITE_ZEROES, 3, 0, 2 * MiB);
+    assert.equal((await c.simpleReply()).error, 0, 'without the flag the zero is done');
+    assert.equal((await dev.read(MiB, 4096))[0], 0);
+    const plain = await client(t, port);
+    const other = await plain.go('plain');
+    assert.equal(other.flags & P.NBD_FLAG_SEND_FAST_ZERO, 0, 'not advertised without blockStatus');
+    await plain.sendRequest(P.NBD_CMD_WRITE_ZEROES, 4, 0, 4096, P.NBD_CMD_FLAG_FAST_ZERO);
+    assert.equal((await plain.simpleReply()).error, P.NBD_EINVAL);
   });
 });
 

@@ -176,12 +176,15 @@ test('requests out of range or misaligned are refused before anything is written
   const pair = await startPair([{ name: 'v', mode: 'sync', targetDevice: target }]);
   try {
     const v = pair.primary.volume('v');
+    // the initial sync of the blank volume (a zero range: nothing written on the target) ends first
+    await pair.primary.drain();
+    const seq = v.status().lastSeq;
     await assert.rejects(v.write(1 << 20, Buffer.alloc(512)), { code: 'BM_ERR_OUT_OF_RANGE' });
     await assert.rejects(v.write(100, Buffer.alloc(512)), { code: 'BM_ERR_MISALIGNED' });
     await assert.rejects(v.write(-512, Buffer.alloc(512)), { code: 'BM_ERR_INVALID_ARGUMENT' });
     await assert.rejects(v.zero(0, (1 << 20) + 512), { code: 'BM_ERR_OUT_OF_RANGE' });
     assert.equal(target.count('write'), 0);
-    assert.equal(v.status().lastSeq, 0);
+    assert.equal(v.status().lastSeq, seq);
   } finally {
     await pair.close();
   }

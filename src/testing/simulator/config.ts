@@ -105,6 +105,13 @@ export interface SimConfig {
    * in-memory connection (issue 11, scenario 12).
    */
   front: 'api' | 'nbd';
+  /**
+   * Both nodes keep their volumes behind an `AllocationTrackingDevice` whose
+   * map lives on a memory file system with crash semantics (issue 13): zero
+   * ranges are skipped and sent as records, and a power loss must never
+   * leave a map calling data zero.
+   */
+  allocationMaps: boolean;
 }
 
 /** Draws a {@link SimConfig} from `rng`, then applies `overrides`. */
@@ -136,6 +143,7 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
     faults: new Set(ALL_FAULTS),
     bigZero: 0,
     front: 'api',
+    allocationMaps: false,
   };
   // drawn from a stream of its own, so that the schedules of earlier seeds stay as they were
   if (rng.fork('payload').chance(0.5)) config.maxPayload = config.regionSize;
@@ -143,6 +151,7 @@ export function drawConfig(rng: Rng, overrides: Partial<SimConfig> = {}): SimCon
   const pairing = rng.fork('pairing');
   config.preloaded = pairing.chance(0.5);
   config.initialSync = config.preloaded ? pairing.pick(['checksum', 'full'] as const) : pairing.pick(['checksum', 'full', 'none'] as const);
+  config.allocationMaps = rng.fork('allocation').chance(0.5);
   return { ...config, ...overrides };
 }
 
@@ -218,6 +227,7 @@ export function describeConfig(c: SimConfig): string {
     `maxPayload=${c.maxPayload}`,
     `outage=${c.outagePolicy}`,
     `preloaded=${c.preloaded}`,
+    ...(c.allocationMaps ? ['allocationMaps'] : []),
     `initialSync=${c.initialSync}`,
     `steps=${c.steps}`,
     `maxWrite=${c.maxWriteBlocks}`,

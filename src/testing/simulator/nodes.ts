@@ -8,6 +8,9 @@
  */
 import type { Clock } from '../../clock.js';
 import { CrashableMemoryDevice, type DeviceSession } from '../../device/crashable-memory-device.js';
+import { AllocationTrackingDevice } from '../../device/allocation-tracking-device.js';
+import type { BlockDevice } from '../../device/block-device.js';
+import { MemoryFileSystem } from './memory-fs.js';
 import { MemoryJournal } from '../../journal/memory-journal.js';
 import type { JournalEntry } from '../../journal/journal.js';
 import { MemoryPairStateStore } from '../../replication/pair-state.js';
@@ -34,6 +37,8 @@ export type StopKind = 'clean' | 'kill' | 'power-loss';
 /** The durable state of one volume on the primary. */
 export interface PrimaryVolumeDisk {
   device: CrashableMemoryDevice;
+  /** Where its allocation map lives (used with `config.allocationMaps`). */
+  allocation: MemoryFileSystem;
   journal: MemoryJournal;
   bitmap: MemoryDirtyBitmap;
   pairState: MemoryPairStateStore;
@@ -79,6 +84,7 @@ export class PrimaryNode {
     for (const v of ctx.config.volumes) {
       this.disks.set(v.name, {
         device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
+        allocation: new MemoryFileSystem(),
         journal: new MemoryJournal({ capacityBytes: ctx.config.journalCapacity }),
         bitmap: new MemoryDirtyBitmap({ volumeSize: v.size, regionSize: ctx.config.regionSize }),
         pairState: new MemoryPairStateStore(),
@@ -92,7 +98,7 @@ export class PrimaryNode {
   }
 
   /** Options of the next incarnation (extend here when the core gains injection points). */
-  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, PairStateStoreView>): PrimaryOptions {
+  options(transport: TransportView, devices: Map<string, BlockDevice>, stores: Map<string, PairStateStoreView>): PrimaryOptions {
     const c = this.ctx.config;
     return {
       peer: { host: TARGET_HOST, port: TARGET_PORT },
@@ -128,13 +134,14 @@ export class PrimaryNode {
   async start(): Promise<Primary> {
     this.incarnation++;
     const transport = this.#fences.transport(this.ctx.network.transport({ host: PRIMARY_HOST }));
-    const devices = new Map<string, DeviceSession>();
+    const devices = new Map<string, BlockDevice>();
     const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
       const store = new PairStateStoreView(disk.pairState);
       this.#fences.hold(session, store);
-      devices.set(name, session);
+      // a preloaded image was written without a map: "may hold data"
+      devices.set(name, await tracked(this.ctx, this.#fences, session, disk.allocation, this.incarnation === 1 && !this.ctx.config.preloaded));
       stores.set(name, store);
     }
     const primary = new Primary(this.options(transport, devices, stores));
@@ -168,7 +175,7 @@ export class PrimaryNode {
       return;
     }
     this.#fences.revoke(kind === 'power-loss' ? (c) => this.ctx.network.linkOf(c)?.blackhole() : undefined);
-    if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
+    if (kind === 'power-loss') for (const disk of this.disks.values()) crashDisk(this.ctx, disk);
     // releases the dead incarnation's timers; everything it could touch is revoked
     void primary.close({ drain: false });
   }
@@ -177,6 +184,8 @@ export class PrimaryNode {
 /** The durable state of one volume on the target. */
 export interface TargetVolumeDisk {
   device: CrashableMemoryDevice;
+  /** Where its allocation map lives (used with `config.allocationMaps`). */
+  allocation: MemoryFileSystem;
   pairState: MemoryPairStateStore;
   /** Durable apply state (stream, flushed watermark). */
   applyState: MemoryApplyStateStore;
@@ -195,6 +204,7 @@ export class TargetNode {
     for (const v of ctx.config.volumes) {
       this.disks.set(v.name, {
         device: new CrashableMemoryDevice(v.size, { blockSize: ctx.config.blockSize, clock: ctx.clock, latency: ctx.latency, sparse: v.size > SPARSE_ABOVE }),
+        allocation: new MemoryFileSystem(),
         pairState: new MemoryPairStateStore(),
         applyState: new MemoryApplyStateStore(),
       });
@@ -210,7 +220,7 @@ export class TargetNode {
   }
 
   /** Options of the next incarnation. */
-  options(transport: TransportView, devices: Map<string, DeviceSession>, stores: Map<string, PairStateStoreView>, applied: Map<string, StoreView<ApplyState>>): MirrorTargetOptions {
+  options(transport: TransportView, devices: Map<string, BlockDevice>, stores: Map<string, PairStateStoreView>, applied: Map<string, StoreView<ApplyState>>): MirrorTargetOptions {
     return {
       listen: this.address,
       nodeId: 'target',
@@ -225,13 +235,13 @@ export class TargetNode {
   async start(): Promise<MirrorTarget> {
     this.incarnation++;
     const transport = this.#fences.transport(this.ctx.network.transport({ host: TARGET_HOST }));
-    const devices = new Map<string, DeviceSession>();
+    const devices = new Map<string, BlockDevice>();
     const stores = new Map<string, PairStateStoreView>();
     for (const [name, disk] of this.disks) {
       const session = disk.device.session();
       const store = new PairStateStoreView(disk.pairState);
       this.#fences.hold(session, store);
-      devices.set(name, session);
+      devices.set(name, await tracked(this.ctx, this.#fences, session, disk.allocation, this.incarnation === 1));
       stores.set(name, store);
     }
     const applied = new Map<string, StoreView<ApplyState>>();
@@ -255,9 +265,28 @@ export class TargetNode {
       return;
     }
     this.#fences.revoke(kind === 'power-loss' ? (c) => this.ctx.network.linkOf(c)?.blackhole() : undefined);
-    if (kind === 'power-loss') for (const disk of this.disks.values()) disk.device.crash(this.ctx.rng.random);
+    if (kind === 'power-loss') for (const disk of this.disks.values()) crashDisk(this.ctx, disk);
     void target.close();
   }
+}
+
+/**
+ * The device an incarnation uses: the session itself, or (with
+ * `config.allocationMaps`) the session behind its allocation map, kept on the
+ * disk's own memory file system (`blank`: a first start on a never-written
+ * device, whose map starts all-zero).
+ */
+async function tracked(ctx: NodeContext, fences: ProcessFences, session: DeviceSession, fs: MemoryFileSystem, blank: boolean): Promise<BlockDevice> {
+  if (!ctx.config.allocationMaps) return session;
+  const view = fs.view();
+  fences.hold(view);
+  return AllocationTrackingDevice.open(session, '/volume.allocation', { initial: blank ? 'zero' : 'data', fs: view });
+}
+
+/** A power loss of a volume's disk: its device and its allocation map file. */
+function crashDisk(ctx: NodeContext, disk: { device: CrashableMemoryDevice; allocation: MemoryFileSystem }): void {
+  disk.device.crash(ctx.rng.random);
+  if (ctx.config.allocationMaps) disk.allocation.crash(ctx.rng.random);
 }
 
 function hexId(rng: Rng): string {
