@@ -371,7 +371,7 @@ async function demoFlow(ctx: DemoContext): Promise<void> {
     return `cycle ${r.cycle}: ${formatBytes(r.bytesSent)} on the wire in ${r.durationMs.toFixed(0)} ms`;
   };
   await layered.write(0, randomBytes(CYCLE_FIRST_BYTES));
-  detail(`${cycleLine(await source.freezeNow())} (first freeze: the whole ${formatBytes(VOLUME_SIZE)} volume)`);
+  detail(`${cycleLine(await source.freezeNow())} (first freeze: the whole ${formatBytes(VOLUME_SIZE)} volume, ${formatBytes(CYCLE_FIRST_BYTES)} of data; its zero runs go as range records)`);
   const changed = new Set<number>();
   while (changed.size < CYCLE_CHANGED_BLOCKS) changed.add(randomInt(VOLUME_SIZE / CYCLE_BLOCK));
   for (const block of changed) await layered.write(block * CYCLE_BLOCK, randomBytes(CYCLE_BLOCK));
