@@ -5,34 +5,14 @@
  *
  * @module
  */
-import http from 'node:http';
-import { BlockMirrorError, isErrorCode, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError, isErrorCode } from '../errors.js';
 import { formatHostPort, type HostPort, type RoleCommandConfig } from './args.js';
 import { say, type CliIo } from './runtime.js';
+import { adminRequest } from './admin-client.js';
 
 /** POSTs `path` to the admin endpoint at `address`; resolves with the status code and body. */
 export function adminPost(address: HostPort, path: string, timeout: number): Promise<{ status: number; body: string }> {
-  const where = formatHostPort(address);
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: address.host, port: address.port, path, method: 'POST', timeout, headers: { accept: 'application/json', 'content-length': 0 } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        body += chunk;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', (err) => reject(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED')));
-    });
-    req.on('timeout', () => req.destroy(new BlockMirrorError('BM_ERR_TIMEOUT', `the admin endpoint at ${where} did not answer within ${timeout} ms`)));
-    req.on('error', (err) => {
-      if (err instanceof BlockMirrorError) reject(err);
-      else {
-        const mapped = toBlockMirrorError(err, 'BM_ERR_CONNECT_FAILED');
-        reject(new BlockMirrorError(mapped.code, `cannot reach the admin endpoint at ${where}: ${err.message}`, { cause: err }));
-      }
-    });
-    req.end();
-  });
+  return adminRequest(address, 'POST', path, timeout);
 }
 
 /** The admin path of a command. */

@@ -4,35 +4,16 @@
  *
  * @module
  */
-import http from 'node:http';
-import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
+import { BlockMirrorError } from '../errors.js';
 import { normalizeStatus, type AdminStatus } from '../admin/status.js';
 import { formatHostPort, type HostPort, type StatusConfig } from './args.js';
 import { say, type CliIo } from './runtime.js';
+import { adminRequest } from './admin-client.js';
 import { renderStatusTable } from './table.js';
 
 /** GETs `path` from the admin endpoint at `address`; resolves with the status code and body. */
 export function adminGet(address: HostPort, path: string, timeout = 5000): Promise<{ status: number; body: string }> {
-  const where = formatHostPort(address);
-  return new Promise((resolve, reject) => {
-    const req = http.get({ host: address.host, port: address.port, path, timeout, headers: { accept: 'application/json' } }, (res) => {
-      let body = '';
-      res.setEncoding('utf8');
-      res.on('data', (chunk: string) => {
-        body += chunk;
-      });
-      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
-      res.on('error', (err) => reject(toBlockMirrorError(err, 'BM_ERR_CONNECTION_CLOSED')));
-    });
-    req.on('timeout', () => req.destroy(new BlockMirrorError('BM_ERR_TIMEOUT', `the admin endpoint at ${where} did not answer within ${timeout} ms`)));
-    req.on('error', (err) => {
-      if (err instanceof BlockMirrorError) reject(err);
-      else {
-        const mapped = toBlockMirrorError(err, 'BM_ERR_CONNECT_FAILED');
-        reject(new BlockMirrorError(mapped.code, `cannot reach the admin endpoint at ${where}: ${err.message}`, { cause: err }));
-      }
-    });
-  });
+  return adminRequest(address, 'GET', path, timeout);
 }
 
 /** Fetches and parses `GET /status`. */
