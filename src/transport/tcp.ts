@@ -15,7 +15,7 @@ import tls from 'node:tls';
 import debug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import { systemClock } from '../clock.js';
-import type { Clock, TimerHandle } from '../clock.js';
+import type { Clock } from '../clock.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { ErrorCode } from '../errors.js';
 import type {
@@ -31,6 +31,7 @@ import type {
   TransportSupports,
 } from './transport.js';
 import { checkAddress } from './address.js';
+import { connectAttempt } from './connect-attempt.js';
 
 const log = debug('blockmirror:transport');
 
@@ -82,10 +83,6 @@ function checkNonNegative(value: number | undefined, name: string): void {
 function systemCode(error: unknown): string | undefined {
   const code = (error as { code?: unknown } | null)?.code;
   return typeof code === 'string' ? code : undefined;
-}
-
-function errorMessage(error: unknown): string {
-  return error instanceof Error ? error.message : String(error);
 }
 
 /**
@@ -363,60 +360,23 @@ export class TcpTransport implements Transport {
   connect(address: TransportAddress, options: ConnectOptions = {}): Promise<TcpConnection> {
     checkAddress(address, 'connect');
     checkNonNegative(options.timeout, 'timeout');
-    const timeout = options.timeout ?? this.#connectTimeout;
-    const { signal } = options;
-    const fail = (reason: string, message: string, cause?: unknown): BlockMirrorError =>
-      new BlockMirrorError('BM_ERR_CONNECT_FAILED', `cannot connect to ${address.host}:${address.port}: ${message}`, {
-        cause,
-        details: { host: address.host, port: address.port, reason },
-      });
-    return new Promise<TcpConnection>((resolve, reject) => {
-      if (signal?.aborted === true) {
-        reject(fail('aborted', 'aborted', signal.reason));
-        return;
-      }
-      // `highWaterMark` reaches the socket's Duplex constructor (both directions);
-      // @types/node does not list it for net.connect.
-      const connectOptions: net.TcpNetConnectOpts & { highWaterMark: number } = {
-        host: address.host,
-        port: address.port,
-        highWaterMark: this.#settings.highWaterMark,
-      };
-      const socket = net.connect(connectOptions);
-      let timer: TimerHandle | undefined;
-      const settle = (): void => {
-        socket.off('connect', onConnect);
-        socket.off('error', onError);
-        signal?.removeEventListener('abort', onAbort);
-        if (timer !== undefined) this.#clock.clearTimeout(timer);
-        timer = undefined;
-      };
-      const abandon = (error: BlockMirrorError): void => {
-        settle();
-        socket.on('error', () => {});
-        socket.destroy();
-        log('tcp connect %s:%d failed: %s', address.host, address.port, error.message);
-        reject(error);
-      };
-      const onConnect = (): void => {
-        settle();
-        resolve(new TcpConnection(socket, this.#settings));
-      };
-      const onError = (error: Error): void => {
-        abandon(fail(systemCode(error) ?? 'error', errorMessage(error), error));
-      };
-      const onAbort = (): void => {
-        abandon(fail('aborted', 'aborted', signal?.reason));
-      };
-      socket.once('connect', onConnect);
-      socket.once('error', onError);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (timeout > 0) {
-        timer = this.#clock.setTimeout(() => {
-          timer = undefined;
-          abandon(fail('timeout', `timed out after ${timeout} ms`));
-        }, timeout);
-      }
+    // `highWaterMark` reaches the socket's Duplex constructor (both directions);
+    // @types/node does not list it for net.connect.
+    const connectOptions: net.TcpNetConnectOpts & { highWaterMark: number } = {
+      host: address.host,
+      port: address.port,
+      highWaterMark: this.#settings.highWaterMark,
+    };
+    return connectAttempt({
+      address,
+      timeout: options.timeout ?? this.#connectTimeout,
+      signal: options.signal,
+      clock: this.#clock,
+      kind: 'tcp',
+      open: () => net.connect(connectOptions),
+      ready: 'connect',
+      accept: (socket) => new TcpConnection(socket, this.#settings),
+      reasonOf: (error) => systemCode(error) ?? 'error',
     });
   }
 

@@ -15,10 +15,11 @@ import tls from 'node:tls';
 import debug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import { systemClock } from '../clock.js';
-import type { Clock, TimerHandle } from '../clock.js';
+import type { Clock } from '../clock.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
 import type { ConnectOptions, Transport, TransportAddress, TransportServer, TransportServerEvents, TransportSupports } from './transport.js';
 import { checkAddress } from './address.js';
+import { connectAttempt } from './connect-attempt.js';
 import { DEFAULT_TCP_CONNECT_TIMEOUT, DEFAULT_TCP_HIGH_WATER_MARK, TcpConnection, TcpTransport, type SocketSettings, type UdpChannel } from './tcp.js';
 import { peerCertificateError } from './tls-verify.js';
 import { describeCertificate, parsePeerPatterns, peerAllowed, type PeerPattern } from './peer-identity.js';
@@ -259,65 +260,35 @@ export class TlsTransport implements Transport {
 
   connect(address: TransportAddress, options: ConnectOptions = {}): Promise<TcpConnection> {
     checkAddress(address, 'connect');
-    const timeout = options.timeout ?? this.#connectTimeout;
-    const { signal } = options;
-    const fail = (reason: string, message: string, cause?: unknown): BlockMirrorError =>
-      new BlockMirrorError('BM_ERR_CONNECT_FAILED', `cannot connect to ${address.host}:${address.port}: ${message}`, { cause, details: { host: address.host, port: address.port, reason } });
-    return new Promise<TcpConnection>((resolve, reject) => {
-      if (signal?.aborted === true) {
-        reject(fail('aborted', 'aborted', signal.reason));
-        return;
-      }
-      const peers = this.#peers;
-      const socket = tls.connect({
-        host: address.host,
-        port: address.port,
-        secureContext: this.#context,
-        minVersion: this.#minVersion,
-        rejectUnauthorized: true,
-        // with an allowed-peer list, it decides who the server may be (checked below)
-        ...(peers.length > 0 ? { checkServerIdentity: () => undefined } : {}),
-        ...(/^[\d.]+$|:/.test(address.host) ? {} : { servername: address.host }),
-        highWaterMark: this.#settings.highWaterMark,
-      } as tls.ConnectionOptions);
-      let timer: TimerHandle | undefined;
-      const settle = (): void => {
-        socket.off('secureConnect', onConnect);
-        socket.off('error', onError);
-        signal?.removeEventListener('abort', onAbort);
-        if (timer !== undefined) this.#clock.clearTimeout(timer);
-        timer = undefined;
-      };
-      const abandon = (error: BlockMirrorError): void => {
-        settle();
-        socket.on('error', () => {});
-        socket.destroy();
-        log('tls connect %s:%d failed: %s', address.host, address.port, error.message);
-        reject(error);
-      };
-      const onConnect = (): void => {
-        const cert = socket.getPeerCertificate();
-        if (peers.length > 0 && !peerAllowed(cert, peers)) {
-          abandon(fail('peer', `the peer's certificate (${describeCertificate(cert)}) is not an allowed peer`));
-          return;
-        }
-        settle();
-        resolve(new TcpConnection(socket, this.#settings));
-      };
-      const onError = (error: Error & { code?: string }): void => {
+    const peers = this.#peers;
+    return connectAttempt({
+      address,
+      timeout: options.timeout ?? this.#connectTimeout,
+      signal: options.signal,
+      clock: this.#clock,
+      kind: 'tls',
+      open: () =>
+        tls.connect({
+          host: address.host,
+          port: address.port,
+          secureContext: this.#context,
+          minVersion: this.#minVersion,
+          rejectUnauthorized: true,
+          // with an allowed-peer list, it decides who the server may be (checked below)
+          ...(peers.length > 0 ? { checkServerIdentity: () => undefined } : {}),
+          ...(/^[\d.]+$|:/.test(address.host) ? {} : { servername: address.host }),
+          highWaterMark: this.#settings.highWaterMark,
+        } as tls.ConnectionOptions),
+      ready: 'secureConnect',
+      accept: (socket, fail) => {
+        const cert = (socket as tls.TLSSocket).getPeerCertificate();
+        if (peers.length > 0 && !peerAllowed(cert, peers)) return fail('peer', `the peer's certificate (${describeCertificate(cert)}) is not an allowed peer`);
+        return new TcpConnection(socket, this.#settings);
+      },
+      reasonOf: (error) => {
         const code = typeof error.code === 'string' ? error.code : 'error';
-        abandon(fail(/^ERR_SSL|^ERR_TLS|CERT|SELF_SIGNED|UNABLE_TO/.test(code) ? 'tls' : code, error.message, error));
-      };
-      const onAbort = (): void => abandon(fail('aborted', 'aborted', signal?.reason));
-      socket.once('secureConnect', onConnect);
-      socket.once('error', onError);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (timeout > 0) {
-        timer = this.#clock.setTimeout(() => {
-          timer = undefined;
-          abandon(fail('timeout', `timed out after ${timeout} ms`));
-        }, timeout);
-      }
+        return /^ERR_SSL|^ERR_TLS|CERT|SELF_SIGNED|UNABLE_TO/.test(code) ? 'tls' : code;
+      },
     });
   }
 
