@@ -27,13 +27,12 @@ import {
   NBD_REPLY_TYPE_NONE,
   NBD_REPLY_TYPE_OFFSET_DATA,
   NBD_REPLY_TYPE_OFFSET_HOLE,
-  NBD_REQUEST_MAGIC,
-  NBD_REQUEST_SIZE,
   NBD_SIMPLE_REPLY_MAGIC,
   NBD_SIMPLE_REPLY_SIZE,
   NBD_STRUCTURED_REPLY_HEADER_SIZE,
   NBD_STRUCTURED_REPLY_MAGIC,
   commandName,
+  encodeRequestHeader,
 } from './protocol.js';
 
 const EMPTY = Buffer.alloc(0);
@@ -173,15 +172,7 @@ export class NbdClientConnection extends EventEmitter<NbdClientConnectionEvents>
     if (this.#dead !== undefined) return Promise.reject(this.#dead);
     const handle = this.#nextHandle;
     this.#nextHandle = this.#nextHandle >= 0xffffffff ? 1 : this.#nextHandle + 1;
-    const header = Buffer.allocUnsafe(NBD_REQUEST_SIZE);
-    header.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
-    header.writeUInt16BE(cmd.flags, 4);
-    header.writeUInt16BE(cmd.type, 6);
-    header.writeUInt32BE(0, 8);
-    header.writeUInt32BE(handle, 12);
-    header.writeUInt32BE(Math.floor(cmd.offset / 0x100000000), 16);
-    header.writeUInt32BE(cmd.offset >>> 0, 20);
-    header.writeUInt32BE(cmd.length, 24);
+    const header = encodeRequestHeader(cmd.type, cmd.flags, handle, cmd.offset, cmd.length);
     const promise = new Promise<RawExtent[] | undefined>((resolve, reject) => {
       this.#pending.set(handle, { handle, cmd, covered: 0, extents: undefined, error: undefined, resolve, reject });
     });
@@ -195,10 +186,7 @@ export class NbdClientConnection extends EventEmitter<NbdClientConnectionEvents>
   disconnect(): void {
     if (this.#dead !== undefined) return;
     this.#die(new BlockMirrorError('BM_ERR_CLOSED', 'the NBD device is closed'));
-    const header = Buffer.alloc(NBD_REQUEST_SIZE);
-    header.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
-    header.writeUInt16BE(NBD_CMD_DISC, 6);
-    this.#socket.end(header);
+    this.#socket.end(encodeRequestHeader(NBD_CMD_DISC, 0, 0, 0, 0));
   }
 
   /** Closes the socket at once; requests in flight are rejected with `error`. */

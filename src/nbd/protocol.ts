@@ -254,3 +254,20 @@ export function commandName(type: number): string {
     default: return `command ${type}`;
   }
 }
+
+/**
+ * Encodes a transmission request header (28 bytes, without its payload):
+ * magic, command flags, type, handle (up to 2^53), offset, length.
+ */
+export function encodeRequestHeader(type: number, flags: number, handle: number, offset: number, length: number): Buffer {
+  const h = Buffer.allocUnsafe(NBD_REQUEST_SIZE);
+  h.writeUInt32BE(NBD_REQUEST_MAGIC, 0);
+  h.writeUInt16BE(flags, 4);
+  h.writeUInt16BE(type, 6);
+  h.writeUInt32BE(Math.floor(handle / 0x100000000), 8);
+  h.writeUInt32BE(handle >>> 0, 12);
+  h.writeUInt32BE(Math.floor(offset / 0x100000000), 16);
+  h.writeUInt32BE(offset >>> 0, 20);
+  h.writeUInt32BE(length, 24);
+  return h;
+}

@@ -207,13 +207,7 @@ export class RawClient {
 
   /** Encodes a request (header + payload). */
   static request(type: number, handle: number, offset: number, length: number, flags = 0, payload?: Uint8Array): Buffer {
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(BigInt(handle), 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
+    const h = P.encodeRequestHeader(type, flags, handle, offset, length);
     return payload === undefined ? h : Buffer.concat([h, payload]);
   }
 

@@ -94,13 +94,7 @@ export class SimNbdClient {
   request(type: number, offset: number, length: number, flags = 0, payload?: Uint8Array): Promise<NbdReply> {
     if (this.#closed) return new Promise<NbdReply>(() => {});
     const handle = this.#nextHandle++;
-    const h = Buffer.alloc(28);
-    h.writeUInt32BE(P.NBD_REQUEST_MAGIC, 0);
-    h.writeUInt16BE(flags, 4);
-    h.writeUInt16BE(type, 6);
-    h.writeBigUInt64BE(BigInt(handle), 8);
-    h.writeBigUInt64BE(BigInt(offset), 16);
-    h.writeUInt32BE(length, 24);
+    const h = P.encodeRequestHeader(type, flags, handle, offset, length);
     const reply = new Promise<NbdReply>((resolve) => this.#waiting.set(handle, resolve));
     this.#stream.write(payload === undefined ? h : Buffer.concat([h, payload]));
     return reply;
