@@ -27,6 +27,7 @@ import { MemoryNetwork, type MemoryLink } from '../../transport/memory.js';
 import { ProcessFences } from './fences.js';
 import { MemoryFileSystem } from './memory-fs.js';
 import { Rng } from './rng.js';
+import { runSchedule } from './schedule-run.js';
 import { ScheduledActions, VirtualTime } from './virtual-time.js';
 import type { InvariantId, SimulationResult, Violation } from './simulation.js';
 import type { StopKind } from './nodes.js';
@@ -389,28 +390,22 @@ export class CycleSimulation {
   async run(): Promise<SimulationResult> {
     if (this.#ran) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'a CycleSimulation runs once');
     this.#ran = true;
-    const restore = this.vt.installGlobals();
-    const onUnhandled = (reason: unknown): void => {
-      this.#violate('unhandled-rejection', reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason));
-    };
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      this.#log(`config ${describe(this.config)}`);
-      for (const t of this.#targets) await this.#startTarget(t);
-      await this.#startSource();
-      this.#scheduleWorkload();
-      for (let step = 0; step < this.config.steps; step++) {
-        await this.#step(step);
-        await this.vt.runFor(this.#sched.int(1, 200));
-      }
-      await this.#finish();
-    } catch (error) {
-      this.#violate('unhandled-rejection', `simulator: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-    } finally {
-      await this.#teardown();
-      process.off('unhandledRejection', onUnhandled);
-      restore();
-    }
+    await runSchedule(
+      this.vt,
+      (message) => this.#violate('unhandled-rejection', message),
+      async () => {
+        this.#log(`config ${describe(this.config)}`);
+        for (const t of this.#targets) await this.#startTarget(t);
+        await this.#startSource();
+        this.#scheduleWorkload();
+        for (let step = 0; step < this.config.steps; step++) {
+          await this.#step(step);
+          await this.vt.runFor(this.#sched.int(1, 200));
+        }
+        await this.#finish();
+      },
+      () => this.#teardown(),
+    );
     return {
       seed: this.seed,
       ok: this.violations.length === 0,

@@ -21,6 +21,7 @@ import type { JournalEntry } from '../../journal/journal.js';
 import { consistentCut, consistentCutSparse, prefixPoint, prefixPointSparse, type ObservedWrite } from './prefix-check.js';
 import { Rng } from './rng.js';
 import { frozen } from './fences.js';
+import { runSchedule } from './schedule-run.js';
 import { ScheduledActions, VirtualTime } from './virtual-time.js';
 
 /** Invariants the simulator checks. */
@@ -195,30 +196,24 @@ export class Simulation {
   async run(): Promise<SimulationResult> {
     if (this.#ran) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'a Simulation runs once');
     this.#ran = true;
-    const restore = this.vt.installGlobals();
-    const onUnhandled = (reason: unknown): void => {
-      this.#violate('unhandled-rejection', reason instanceof Error ? `${reason.name}: ${reason.message}` : String(reason));
-    };
-    process.on('unhandledRejection', onUnhandled);
-    try {
-      this.#log(`config ${describeConfig(this.config)}`);
-      if (this.config.preloaded) await this.vt.drive(this.#preload());
-      await this.#startTarget();
-      await this.#startPrimary();
-      this.#scheduleWorkload();
-      for (let step = 0; step < this.config.steps; step++) {
-        await this.#step(step);
-        await this.vt.runFor(this.#sched.int(1, 150));
-        this.#checkDuring();
-      }
-      await this.#finish();
-    } catch (error) {
-      this.#violate('unhandled-rejection', `simulator: ${error instanceof Error ? (error.stack ?? error.message) : String(error)}`);
-    } finally {
-      await this.#teardown();
-      process.off('unhandledRejection', onUnhandled);
-      restore();
-    }
+    await runSchedule(
+      this.vt,
+      (message) => this.#violate('unhandled-rejection', message),
+      async () => {
+        this.#log(`config ${describeConfig(this.config)}`);
+        if (this.config.preloaded) await this.vt.drive(this.#preload());
+        await this.#startTarget();
+        await this.#startPrimary();
+        this.#scheduleWorkload();
+        for (let step = 0; step < this.config.steps; step++) {
+          await this.#step(step);
+          await this.vt.runFor(this.#sched.int(1, 150));
+          this.#checkDuring();
+        }
+        await this.#finish();
+      },
+      () => this.#teardown(),
+    );
     return {
       seed: this.seed,
       ok: this.violations.length === 0,
