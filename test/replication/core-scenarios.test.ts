@@ -838,3 +838,32 @@ test('issue 11 (I1): SPEC 13: a sync write split into frames whose first part th
     await t.close();
   }
 });
+
+test('issue 11 (11): SPEC 18: sync writes whose caller gave up while they were in flight, with the journal full, drop their copies once over maxBufferedBytes; when their connection closes they are resent as skips and a resync brings their ranges', BOUNDED, async () => {
+  const network = new MemoryNetwork();
+  const pdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  const tdev = new MemoryBlockDevice(1 << 20, { blockSize: 512 });
+  const t = await target(network, tdev);
+  // a budget of 16 KiB, callers that give up after 100 ms, a journal too small for any of the writes
+  const p = await primary(network, t, pdev, 'sync', { maxBufferedBytes: 16 * KiB, mirrorTimeout: 100, journal: { capacityBytes: 4 * KiB } });
+  try {
+    const v = p.volume('v');
+    // the target's answers are held: the writes stay in flight
+    for (const link of network.links) link.stall('bToA');
+    // the first degraded write fills the journal (its record does not fit): the journal is suspended
+    const journalFull = onceEvent(p, 'journal-full');
+    assert.equal((await v.write(512 * KiB, Buffer.alloc(8 * KiB, 0x2f))).mirror, 'failed');
+    await journalFull;
+    const results = await Promise.all([0, 1, 2, 3].map((i) => v.write(i * 64 * KiB, Buffer.alloc(8 * KiB, 0x30 + i))));
+    assert.ok(results.every((r) => r.mirror === 'failed'), 'every caller was told the mirror failed');
+    assert.equal(v.status().bufferedBytes, 0, '40 KiB in flight for nobody, over a 16 KiB budget: no copy kept');
+    // their connections close (the answers never come): resent as skips, their ranges resynced
+    cutOff(network, P, T);
+    network.heal(P, T);
+    await waitFor(p, () => p.link === 'up' && v.state === 'in-sync');
+    assert.equal(await same(pdev, tdev), true, 'identical images');
+  } finally {
+    await p.close();
+    await t.close();
+  }
+});
