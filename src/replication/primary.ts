@@ -766,9 +766,11 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     slot.lastHeartbeat = this.#clock.now();
     slot.inFlight = 0;
     // SPEC 6: an idle handler checks its slot every T3 and exits if the slot was closed
-    // A connection with requests in flight that stays silent for T3 is probed
-    // with a PING; silent for another T3, it is given up (a black-holed path
-    // never closes by itself) and its requests go out again on the others.
+    // A connection that stays silent for T3 is probed with a PING; silent for
+    // another T3, it is given up (a black-holed path never closes by itself)
+    // and its requests go out again on the others. Idle ones too: a target
+    // that lost power and restarted still answers heartbeats, and only the
+    // dead connection tells the primary that the pair is not in sync any more.
     const idle = new IdleWatch({
       clock: this.#clock,
       idleTimeout: this.#idleTimeout,
@@ -776,7 +778,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       connection: conn,
       onExpire: () => conn.destroy(),
       onIdle: (idleFor) => {
-        if (slot.connection !== conn || slot.inFlight === 0) return;
+        if (slot.connection !== conn) return;
         if (idleFor >= 2 * this.#idleTimeout) conn.destroy(new BlockMirrorError('BM_ERR_TIMEOUT', `no answer from the mirror target on connection ${slot.index} for ${idleFor} ms`));
         else conn.send(MessageType.PING, { t: this.#clock.now() });
       },

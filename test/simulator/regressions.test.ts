@@ -21,6 +21,7 @@ const FOUND: Found[] = [
   { family: 'pair', seed: 110492, broke: 'I7: every request older than one in flight went past the payload budget' },
   { family: 'pair', seed: 111382, broke: 'liveness: a resend waited for room that only the requests waiting for it on the target could free' },
   { family: 'pair', seed: 121152, broke: 'liveness: a window full of requests waiting on the target for a retried one, behind a flush that waited for room in the window' },
+  { family: 'pair', seed: 148458, broke: 'I8 (once the check waits for a session with the restarted target: liveness): after a target power loss an idle primary never probed its black-holed connections and stayed in-sync with no session' },
   { family: 'nbd', seed: 169, broke: 'I1: a split sync write resolved acknowledged although the target had lost a part' },
   { family: 'nbd', seed: 3344, broke: 'liveness, in the harness: an NBD client of a primary killed while the client connected took requests nobody answered' },
   { family: 'nbd', seed: 1275, broke: 'I1: a split sync write resolved acknowledged although the target had lost a part' },

@@ -968,12 +968,17 @@ export class Simulation {
     }
     const primary = this.primaryNode.primary;
     if (primary === undefined) return;
-    const inSync = (): boolean => primary.link === 'up' && primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync');
+    // in sync with the target that runs now: right after a restart of the target the primary may not have
+    // noticed yet (its view is that of the previous incarnation), so a session with this one is required
+    const target = this.targetNode.target;
+    const inSync = (): boolean =>
+      primary.link === 'up' &&
+      primary.volumes.every((v) => v.status().inSync && v.state === 'in-sync') &&
+      (target === undefined || target.volumes.every((tv) => tv.status().connections > 0));
     const ok = await this.vt.runUntilTrue(inSync, this.config.livenessTimeout);
     if (!ok) this.#violate('liveness', `not in-sync ${this.config.livenessTimeout} ms after the faults healed: ${this.#describePair()}`);
     this.#compareIfInSync(true);
     // both sides agree: a pair in sync has an up-to-date target image
-    const target = this.targetNode.target;
     if (ok && target !== undefined) {
       for (const v of primary.volumes) {
         const t = target.volume(v.name).status();
