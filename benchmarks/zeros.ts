@@ -7,8 +7,8 @@
  *   start that is not measured): time from the primary's start to its
  *   `resync done` line, bytes relayed between the two (a counting TCP relay).
  * - `first-cycle`: the same with `--mode cycle`: time to `cycle 1 committed`.
- * - each of the two again with the code before issue 13 (`today`: the
- *   merge-base with `main`, run through tsx from a `git archive` copy), for
+ * - each of the two again with the code before issue 13 (`today`: commit
+ *   {@link ISSUE_13_BASE}, run through tsx from a `git archive` copy), for
  *   the speed-up.
  * - `nbdcopy`: `nbdcopy nbd://… null:` out of the primary's NBD export vs
  *   out of `nbdkit file` serving the same image.
@@ -115,12 +115,18 @@ async function makeImage(path: string, size: number, data: number): Promise<void
   }
 }
 
-/** A copy of the code before issue 13 (merge-base with main), or undefined when git cannot make one. */
-function baselineTree(dir: string, log: (l: string) => void): string | undefined {
-  const base = spawnSync('git', ['-C', ROOT_DIR, 'merge-base', 'HEAD', 'main'], { encoding: 'utf8' });
-  const ref = base.stdout.trim();
-  if (base.status !== 0 || ref === '') {
-    log('zeros: no merge-base with main: the "today" rows are skipped');
+/**
+ * The code before issue 13: main as it was when the issue-13 work started
+ * (the fork point of that work; a fixed commit, so that the comparison means
+ * the same on main as on a branch).
+ */
+export const ISSUE_13_BASE = 'a061531463';
+
+/** A copy of the code at `ref` (default {@link ISSUE_13_BASE}), or undefined when git cannot make one. */
+function baselineTree(dir: string, log: (l: string) => void, ref = ISSUE_13_BASE): string | undefined {
+  const check = spawnSync('git', ['-C', ROOT_DIR, 'rev-parse', '--verify', '--quiet', `${ref}^{commit}`], { encoding: 'utf8' });
+  if (check.status !== 0) {
+    log(`zeros: commit ${ref} is not in this clone: the "today" rows are skipped`);
     return undefined;
   }
   const tree = join(dir, 'today');
