@@ -49,7 +49,8 @@
  *   holds with the session key — and while no key is known, no heartbeat is
  *   sent and every received one is refused (`unauthenticated`), so nothing
  *   unauthenticated ever refreshes the slots, starts a probation or keeps the
- *   link up. The key is kept across an outage (a probation needs it) until
+ *   link up; and `connecting` does not go down as `stale` (nothing could be
+ *   heard yet: the owner's connection attempts decide, `connectionsFailed`). The key is kept across an outage (a probation needs it) until
  *   `useKey` replaces it. Setting a key counts as a sign of life (t_last =
  *   now): it comes from a handshake that just authenticated the peer.
  * - **Rekey** (issue 14): with `requireKey`, in `down`, when heartbeats
@@ -486,7 +487,10 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     const now = this.#clock.now();
     for (const slot of this.#slots.stale(now, this.staleAfter)) slot.status = 'closed';
     const stale = now - this.#lastSeen > this.staleAfter;
-    if (stale) {
+    // in `connecting` without the key it requires, nothing could be heard yet:
+    // the connection attempts decide (a failure takes the link down)
+    const unheard = this.#keyRequired && this.#secret === undefined && this.#state === 'connecting';
+    if (stale && !unheard) {
       if (this.#state === 'connecting' || this.#state === 'up') {
         log('%s: no heartbeat for %d ms: down', this.nodeId, now - this.#lastSeen);
         this.#goDown('stale', undefined);

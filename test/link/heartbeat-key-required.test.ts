@@ -40,11 +40,15 @@ describe('heartbeats with a required key (TLS without a secret)', () => {
     a.monitor.start();
     b.monitor.start();
     const x = await forger(pair, OTHER_KEY, 100, 30_000);
-    // no heartbeat came (none counts): the link goes down at the first send after staleAfter
+    // nothing can be heard without a key: `connecting` waits for the owner's connection attempts, not for heartbeats
+    pair.until(10_000);
+    assert.equal(a.monitor.state, 'connecting');
+    // the first connection attempt failed
+    a.monitor.connectionsFailed(new Error('refused'));
     pair.until(30_000);
     assert.deepEqual(a.sends, [], 'nothing unauthenticated is sent');
     assert.deepEqual(a.heartbeats, [], 'nothing unauthenticated is accepted');
-    assert.deepEqual(entered(a, 'down'), [4500]);
+    assert.deepEqual(entered(a, 'down'), [10_000]);
     assert.deepEqual(entered(a, 'probation'), [], 'no probation from forged heartbeats');
     assert.deepEqual(a.reopens, []);
     const st = a.monitor.status();
