@@ -114,7 +114,14 @@ export interface MirrorTargetOptions {
   maxSessions?: number;
   /** Requests applied concurrently per connection before reading pauses (default 128). */
   maxInFlightPerConnection?: number;
-  /** UDP heartbeats on the listening port number, towards each primary that sends them (default: on when the transport has datagrams). */
+  /**
+   * UDP heartbeats on the listening port number, towards each primary that
+   * sends them (default: on when the transport has datagrams). Signed with
+   * `secret` when given; over TLS without one, with a key derived from the
+   * TLS session of the primary's connection 0 — kept across an outage,
+   * replaced by its next handshake —, and none is sent or accepted unsigned
+   * (before that handshake, nothing).
+   */
   heartbeats?: boolean;
   /**
    * Milliseconds between heartbeats (default 1500), towards a primary that

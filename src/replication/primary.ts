@@ -745,6 +745,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         conn.close();
         return undefined;
       }
+      // over TLS without a secret, slot 0's TLS session keys the heartbeats: the target derived the
+      // same key as it accepted this handshake, so take it now, even if this connection is given up below
+      if (slot.index === 0) {
+        const key = heartbeatKeyOf(raw, this.session);
+        if (key !== undefined) this.#monitor?.useKey(key);
+      }
       // A write while no connection was open started a new generation after
       // this handshake offered the old one: the target holds the old one and
       // would never learn the new one (a later promotion of it would then
@@ -755,11 +761,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#peerNode = result.peerNode;
       // heartbeats are accepted from the node this handshake proved only (until the link goes down)
       this.#monitor?.expectNode(result.peerNode);
-      // over TLS without a secret, slot 0's TLS session keys the heartbeats (the target derives the same key)
-      if (slot.index === 0) {
-        const key = heartbeatKeyOf(raw, this.session);
-        if (key !== undefined) this.#monitor?.useKey(key);
-      }
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {
