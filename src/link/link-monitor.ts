@@ -18,9 +18,10 @@
  *
  * - **Sending** (SPEC 1, 3, 5): nothing before `start()`; then one heartbeat at
  *   `start()` and one every I after it, in every state (also while down), to
- *   the current `peer` (skipped while no peer is set).
+ *   the current `peer` (skipped while no peer is set, and with `requireKey`
+ *   while no key is known).
  * - **Receiving** (SPEC 3): a valid heartbeat (see `verifyHeartbeat`: MAC when a
- *   secret is set, node id, not replayed) sets t_last = now and refreshes every
+ *   secret or key is set, node id, not replayed) sets t_last = now and refreshes every
  *   slot (`slots.refresh(now)`). Invalid ones change nothing and are counted.
  * - **Detection** (SPEC 4): right after each send (at times start + k·I), slots
  *   with `now − lastHeartbeat > S` are marked `closed`, and in `connecting` or
@@ -50,9 +51,10 @@
  *   sent and every received one is refused (`unauthenticated`), so nothing
  *   unauthenticated ever refreshes the slots, starts a probation or keeps the
  *   link up; and `connecting` does not go down as `stale` (nothing could be
- *   heard yet: the owner's connection attempts decide, `connectionsFailed`). The key is kept across an outage (a probation needs it) until
- *   `useKey` replaces it. Setting a key counts as a sign of life (t_last =
- *   now): it comes from a handshake that just authenticated the peer.
+ *   heard yet: the owner's connection attempts decide, `connectionsFailed`).
+ *   The key is kept across an outage (a probation needs it) until `useKey`
+ *   replaces it. Setting a key counts as a sign of life (t_last = now): it
+ *   comes from a handshake that just authenticated the peer.
  * - **Rekey** (issue 14): with `requireKey`, in `down`, when heartbeats
  *   cannot be authenticated — no key at all, or no valid heartbeat for more
  *   than S while heartbeats that fail authentication arrive (the peer
