@@ -123,6 +123,7 @@ export type {
   LinkState as LinkMonitorState,
   LinkTransitionReason,
   HeartbeatRejections,
+  HeartbeatAuth,
 } from './link/link-monitor.js';
 export { IdleWatch, DEFAULT_IDLE_TIMEOUT } from './link/idle-watch.js';
 export type { IdleWatchOptions } from './link/idle-watch.js';

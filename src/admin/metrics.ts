@@ -67,7 +67,7 @@ class Writer {
  * |---|---|---|
  * | `blockmirror_info` (always 1) | gauge | `role`, `node`, `version` |
  * | `blockmirror_link_up` (1 when `link` is `up`) | gauge | `peer` |
- * | `blockmirror_heartbeats_rejected_total` (heartbeats refused: `malformed`, `auth`, `unexpected-node` — another node's —, `replayed`) | counter | `peer`, `reason` |
+ * | `blockmirror_heartbeats_rejected_total` (heartbeats refused: `malformed`, `auth`, `unauthenticated` — over TLS without a secret, before a session key —, `unexpected-node` — another node's —, `replayed`) | counter | `peer`, `reason` |
  * | `blockmirror_volume_in_sync` | gauge | `volume` |
  * | `blockmirror_pending_bytes` | gauge | `volume` |
  * | `blockmirror_volume_size_bytes` | gauge | `volume` |

@@ -36,7 +36,7 @@ export async function runCyclePrimary(config: PrimaryConfig, io: CliIo): Promise
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
     const tls = await loadTls(config.tls);
     const token = await adminToken(config);
-    exposureWarnings(io, primaryListeners(config), config, secret !== undefined);
+    exposureWarnings(io, primaryListeners(config), config);
     const created = new Set<string>();
     const devices = await openVolumes(config.volumes, created);
     resources.add('volumes', () => closeDevices(devices.values()));

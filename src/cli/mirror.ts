@@ -69,7 +69,6 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
         ...(config.nbd === undefined ? [] : [{ what: 'NBD', at: config.nbd, authenticated: config.nbdTls === 'only', remedy: 'any host that reaches it can read the volumes; use --nbd-tls-only' }]),
       ],
       config,
-      secret !== undefined,
     );
     const created = new Set<string>();
     const devices = await openVolumes(config.volumes, created);

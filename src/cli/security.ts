@@ -97,16 +97,15 @@ export function primaryListeners(config: ServerConfig): Listener[] {
 
 /**
  * Prints one warning line per listener bound beyond loopback without
- * authentication, plus one when TLS protects the link but heartbeats have
- * no secret to be signed with.
+ * authentication, and one for an admin `/metrics` open beyond loopback.
+ * (Heartbeats need no warning under TLS without a secret: they are then
+ * signed with a key of the TLS session, and none is sent or accepted
+ * unsigned — issue 14.)
  */
-export function exposureWarnings(io: CliIo, listeners: readonly Listener[], config: ServerConfig, hasSecret: boolean): void {
+export function exposureWarnings(io: CliIo, listeners: readonly Listener[], config: ServerConfig): void {
   for (const l of listeners) {
     if (l.authenticated || isLoopbackHost(l.at.host)) continue;
     warn(io, `${l.what} listener ${formatHostPort(l.at)} is reachable beyond this machine without authentication: ${l.remedy}`);
-  }
-  if (config.tls !== undefined && !hasSecret) {
-    warn(io, 'heartbeats (UDP) are signed with a key of the TLS session only while connection 0 is up (unsigned before the first handshake and after an outage); add --secret-file to sign them always');
   }
   if (config.metricsOpen === true && config.admin !== undefined && !isLoopbackHost(config.admin.host)) {
     warn(io, `admin /metrics on ${formatHostPort(config.admin)} answers without authentication (--metrics-open)`);

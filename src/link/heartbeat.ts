@@ -17,9 +17,12 @@
  *
  * Receivers check, in this order: the frame (codec errors, type, no payload),
  * the header shape (`BM_ERR_BAD_HEADER`), the MAC when they have a secret
- * (`BM_ERR_AUTH_FAILED`), the sender node (`BM_ERR_PROTOCOL`,
- * `details.reason: 'unexpected-node'`), then replay (`BM_ERR_PROTOCOL`,
- * `details.reason: 'replayed'`). Every error carries `details.reason`, one of
+ * (`BM_ERR_AUTH_FAILED`, `details.reason: 'auth'`), the sender node
+ * (`BM_ERR_PROTOCOL`, `details.reason: 'unexpected-node'`), then replay
+ * (`BM_ERR_PROTOCOL`, `details.reason: 'replayed'`). A receiver that requires
+ * authentication but has no key yet refuses every well-formed heartbeat
+ * after the shape check (`BM_ERR_AUTH_FAILED`, `details.reason:
+ * 'unauthenticated'`). Every error carries `details.reason`, one of
  * {@link HeartbeatRejectReason}.
  *
  * @module
@@ -50,11 +53,17 @@ export const HEARTBEAT_MAX_ID_LENGTH = 256;
  */
 export const HEARTBEAT_CODEC_LIMITS: Readonly<CodecLimits> = Object.freeze({ maxHeaderLength: 2048, maxPayloadLength: 0 });
 
-/** Why a received heartbeat was rejected (the key of the rejection counters). */
-export type HeartbeatRejectReason = 'malformed' | 'auth' | 'unexpected-node' | 'replayed';
+/**
+ * Why a received heartbeat was rejected (the key of the rejection counters):
+ * `malformed` (not a heartbeat), `auth` (missing or wrong MAC),
+ * `unauthenticated` (authentication is required but the receiver has no key
+ * yet, see {@link VerifyHeartbeatOptions.requireAuth}), `unexpected-node`,
+ * `replayed`.
+ */
+export type HeartbeatRejectReason = 'malformed' | 'auth' | 'unauthenticated' | 'unexpected-node' | 'replayed';
 
 /** Every {@link HeartbeatRejectReason}. */
-export const HEARTBEAT_REJECT_REASONS: readonly HeartbeatRejectReason[] = Object.freeze(['malformed', 'auth', 'unexpected-node', 'replayed']);
+export const HEARTBEAT_REJECT_REASONS: readonly HeartbeatRejectReason[] = Object.freeze(['malformed', 'auth', 'unauthenticated', 'unexpected-node', 'replayed']);
 
 /** The fields a heartbeat carries (everything but the MAC). */
 export interface HeartbeatFields {
@@ -288,8 +297,13 @@ function replayed(hb: HeartbeatFields, lastSeq: number | undefined): BlockMirror
 
 /** Options of {@link verifyHeartbeat}. */
 export interface VerifyHeartbeatOptions {
-  /** Shared secret: when set, a heartbeat without a valid MAC is refused. Without it, a MAC is ignored. */
+  /** Shared secret: when set, a heartbeat without a valid MAC is refused. Without it, a MAC is ignored (unless `requireAuth`). */
   secret?: Uint8Array | undefined;
+  /**
+   * Refuse every heartbeat when no `secret` is given (`unauthenticated`): the
+   * link requires authenticated heartbeats and the key is not known yet.
+   */
+  requireAuth?: boolean | undefined;
   /** Refuse heartbeats from any other node id. */
   expectedNode?: string | undefined;
   /** Refuse heartbeats from this node id (our own: a reflected heartbeat). */
@@ -310,7 +324,8 @@ export interface VerifyHeartbeatOptions {
  * @throws {@link BlockMirrorError} with `details.reason` a {@link HeartbeatRejectReason}:
  *   codec codes (`BM_ERR_BAD_MAGIC`, `BM_ERR_BAD_CHECKSUM`, …), `BM_ERR_UNKNOWN_MESSAGE`
  *   for another frame type and `BM_ERR_BAD_HEADER` for a bad header → `malformed`;
- *   `BM_ERR_AUTH_FAILED` (missing or wrong MAC) → `auth`; `BM_ERR_PROTOCOL` → `unexpected-node`
+ *   `BM_ERR_AUTH_FAILED` (missing or wrong MAC) → `auth`, (`requireAuth` without a secret) →
+ *   `unauthenticated`; `BM_ERR_PROTOCOL` → `unexpected-node`
  *   or `replayed`.
  */
 export function verifyHeartbeat(buf: Buffer, options: VerifyHeartbeatOptions = {}): Heartbeat {
@@ -332,6 +347,11 @@ export function verifyHeartbeat(buf: Buffer, options: VerifyHeartbeatOptions = {
   }
 
   const { secret } = options;
+  if (secret === undefined && options.requireAuth === true) {
+    throw new BlockMirrorError('BM_ERR_AUTH_FAILED', `heartbeat of node ${hb.node} refused: heartbeats must be authenticated and no key is known yet`, {
+      details: { reason: 'unauthenticated', node: hb.node },
+    });
+  }
   if (secret !== undefined) {
     if (hb.mac === undefined) {
       throw new BlockMirrorError('BM_ERR_AUTH_FAILED', `heartbeat of node ${hb.node} carries no MAC but a secret is set`, {

@@ -18,9 +18,10 @@
  *
  * - **Sending** (SPEC 1, 3, 5): nothing before `start()`; then one heartbeat at
  *   `start()` and one every I after it, in every state (also while down), to
- *   the current `peer` (skipped while no peer is set).
+ *   the current `peer` (skipped while no peer is set, and with `requireKey`
+ *   while no key is known).
  * - **Receiving** (SPEC 3): a valid heartbeat (see `verifyHeartbeat`: MAC when a
- *   secret is set, node id, not replayed) sets t_last = now and refreshes every
+ *   secret or key is set, node id, not replayed) sets t_last = now and refreshes every
  *   slot (`slots.refresh(now)`). Invalid ones change nothing and are counted.
  * - **Detection** (SPEC 4): right after each send (at times start + k·I), slots
  *   with `now − lastHeartbeat > S` are marked `closed`, and in `connecting` or
@@ -43,6 +44,24 @@
  *   `probation` when the peer re-established the connections itself);
  *   `connectionsFailed(error)` in `connecting`/`up` → `down` with the `down`
  *   event (reason `connections-failed`).
+ * - **Authentication** (issue 14): with a `secret`, every heartbeat is signed
+ *   and must carry a valid MAC. With `requireKey` and no secret (TLS without
+ *   a secret: the key comes from the TLS session, see `useKey`), the same
+ *   holds with the session key — and while no key is known, no heartbeat is
+ *   sent and every received one is refused (`unauthenticated`), so nothing
+ *   unauthenticated ever refreshes the slots, starts a probation or keeps the
+ *   link up; and `connecting` does not go down as `stale` (nothing could be
+ *   heard yet: the owner's connection attempts decide, `connectionsFailed`).
+ *   The key is kept across an outage (a probation needs it) until `useKey`
+ *   replaces it. Setting a key counts as a sign of life (t_last = now): it
+ *   comes from a handshake that just authenticated the peer.
+ * - **Rekey** (issue 14): with `requireKey`, in `down`, when heartbeats
+ *   cannot be authenticated — no key at all, or no valid heartbeat for more
+ *   than S while heartbeats that fail authentication arrive (the peer
+ *   restarted and lost the key, or holds another one) — no probation can
+ *   ever start: `rekeyNeeded` becomes true and `rekey` is emitted (once per
+ *   such episode). The owner then reopens its connections by backoff without
+ *   probation; the handshake authenticates the peer and gives the new key.
  *
  * Every transition emits `state` (new, previous, reason) before the `down` /
  * `reopen` event, and shows in `status()`.
@@ -104,6 +123,14 @@ export interface LinkMonitorOptions {
   session?: string | undefined;
   /** Shared secret: heartbeats carry a MAC and received ones must carry a valid one. */
   secret?: Uint8Array | undefined;
+  /**
+   * Heartbeats must be authenticated even without `secret`, with the key
+   * given by {@link LinkMonitor.useKey} (the link runs over TLS): while no key
+   * is known, none are sent and every received one is refused
+   * (`unauthenticated`). Ignored when `secret` is set. Default false (no
+   * secret, no key: unsigned heartbeats, for links without TLS).
+   */
+  requireKey?: boolean | undefined;
   /** The connection array whose slots heartbeats refresh and detection marks closed. */
   slots: ConnectionArray;
   /** Milliseconds between heartbeats (default 1500). */
@@ -150,7 +177,19 @@ export interface LinkMonitorStatus {
   transitions: number;
   /** Outages so far (entries into `down` from `connecting`/`up`). */
   outages: number;
+  /** How heartbeats are authenticated now (see {@link LinkMonitor.heartbeatAuth}). */
+  auth: HeartbeatAuth;
+  /** See {@link LinkMonitor.rekeyNeeded}. */
+  rekeyNeeded: boolean;
 }
+
+/**
+ * How a monitor authenticates heartbeats: `secret` (the configured one),
+ * `session` (a key derived from the TLS session), `pending` (a key is
+ * required but none is known yet: no heartbeat is sent or accepted) or
+ * `none` (unsigned heartbeats, links without TLS and secret).
+ */
+export type HeartbeatAuth = 'secret' | 'session' | 'pending' | 'none';
 
 /** Events of a {@link LinkMonitor}. */
 export interface LinkMonitorEvents {
@@ -167,6 +206,12 @@ export interface LinkMonitorEvents {
   heartbeat: [heartbeat: Heartbeat, from: TransportAddress];
   /** A heartbeat was refused (and counted). */
   rejected: [reason: HeartbeatRejectReason, error: BlockMirrorError, from: TransportAddress];
+  /**
+   * `rekeyNeeded` became true (`requireKey` only): the link is down and its
+   * heartbeats cannot be authenticated, so no probation can start. Reopen the
+   * connections by backoff; their handshake gives the key (`useKey`).
+   */
+  rekey: [];
 }
 
 function positive(value: number | undefined, fallback: number, name: string, allowZero = false): number {
@@ -201,6 +246,12 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   /** The configured secret (fixed), or the key derived from the TLS session (see {@link useKey}). */
   #secret: Uint8Array | undefined;
   readonly #fixedSecret: boolean;
+  /** `requireKey` without a secret: nothing unauthenticated is sent or accepted. */
+  readonly #keyRequired: boolean;
+  /** Heartbeats refused as `auth`/`unauthenticated` since the last valid one (or the last key). */
+  #unverified = 0;
+  /** `rekey` was emitted and `rekeyNeeded` has not been false since. */
+  #rekeySignalled = false;
   #expectedNode: string | undefined;
   readonly #guard = new HeartbeatReplayGuard();
   #peer: TransportAddress | undefined;
@@ -221,7 +272,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   #received = 0;
   #transitions = 0;
   #outages = 0;
-  readonly #rejected: HeartbeatRejections = { malformed: 0, auth: 0, 'unexpected-node': 0, replayed: 0 };
+  readonly #rejected: HeartbeatRejections = { malformed: 0, auth: 0, unauthenticated: 0, 'unexpected-node': 0, replayed: 0 };
   readonly #onMessage = (data: Buffer, from: TransportAddress): void => this.#receive(data, from);
 
   constructor(options: LinkMonitorOptions) {
@@ -248,6 +299,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.#slots = o.slots;
     this.#secret = o.secret;
     this.#fixedSecret = o.secret !== undefined;
+    this.#keyRequired = !this.#fixedSecret && o.requireKey === true;
     this.#expectedNode = o.expectedNode;
     this.nodeId = o.nodeId;
     this.session = o.session ?? randomUUID();
@@ -267,18 +319,53 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   }
 
   /**
-   * Signs and checks heartbeats with `key` from now on (a key derived from
-   * the link's TLS session; undefined: unsigned again, as after the link went
-   * down). Ignored when a secret was configured: the secret always wins.
+   * Signs and checks heartbeats with `key` from now on: a key derived from
+   * the link's TLS session by a handshake that just authenticated the peer,
+   * so it also counts as a sign of life (t_last = now). It stays in use,
+   * across outages too, until the next call replaces it. Undefined: no key
+   * (with `requireKey`, nothing is sent or accepted any more; without,
+   * unsigned heartbeats). Ignored when a secret was configured: the secret
+   * always wins.
+   *
+   * @throws {@link BlockMirrorError} `BM_ERR_INVALID_ARGUMENT` for an empty key.
    */
   useKey(key: Uint8Array | undefined): void {
     if (this.#fixedSecret) return;
+    if (key !== undefined && !(key instanceof Uint8Array && key.length > 0)) {
+      throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'a heartbeat key must be a non-empty Uint8Array');
+    }
     this.#secret = key;
+    if (key !== undefined) {
+      this.#unverified = 0;
+      if (this.#running) this.#lastSeen = Math.max(this.#lastSeen, this.#clock.now());
+    }
+    this.#checkRekey();
   }
 
-  /** How heartbeats are authenticated now: `secret`, `session` (a TLS-derived key) or `none`. */
-  get heartbeatAuth(): 'secret' | 'session' | 'none' {
-    return this.#fixedSecret ? 'secret' : this.#secret === undefined ? 'none' : 'session';
+  /** How heartbeats are authenticated now (see {@link HeartbeatAuth}). */
+  get heartbeatAuth(): HeartbeatAuth {
+    if (this.#fixedSecret) return 'secret';
+    if (this.#secret !== undefined) return 'session';
+    return this.#keyRequired ? 'pending' : 'none';
+  }
+
+  /** True when heartbeats must be authenticated (a secret, or `requireKey`). */
+  get keyRequired(): boolean {
+    return this.#fixedSecret || this.#keyRequired;
+  }
+
+  /**
+   * With `requireKey` (and no secret), in `down`: no key is known, or no
+   * valid heartbeat came for more than `staleAfter` while heartbeats that
+   * fail authentication (`auth`, `unauthenticated`) did — the peer lost the
+   * key (restart) or holds another one. No probation can start then: the
+   * owner should reopen its connections by backoff (see the `rekey` event).
+   * Always false with a secret or without `requireKey`.
+   */
+  get rekeyNeeded(): boolean {
+    if (!this.#keyRequired || !this.#running || this.#state !== 'down') return false;
+    if (this.#secret === undefined) return true;
+    return this.#unverified > 0 && this.#clock.now() - this.#lastSeen > this.staleAfter;
   }
 
   /** The node id heartbeats are accepted from (undefined: any but this one). */
@@ -380,6 +467,8 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
       probationEndsAt: this.#state === 'probation' ? this.#probationEndsAt : undefined,
       transitions: this.#transitions,
       outages: this.#outages,
+      auth: this.heartbeatAuth,
+      rekeyNeeded: this.rekeyNeeded,
     };
   }
 
@@ -387,7 +476,8 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
   #tick(): void {
     if (!this.#running) return;
     const peer = this.#peer;
-    if (peer !== undefined) {
+    // with a key required, nothing unauthenticated is sent
+    if (peer !== undefined && !(this.#keyRequired && this.#secret === undefined)) {
       this.#seq++;
       const datagram = encodeHeartbeat(
         { node: this.nodeId, session: this.session, seq: this.#seq, time: this.#clock.now(), status: this.#state },
@@ -399,20 +489,25 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     const now = this.#clock.now();
     for (const slot of this.#slots.stale(now, this.staleAfter)) slot.status = 'closed';
     const stale = now - this.#lastSeen > this.staleAfter;
-    if (!stale) return;
-    if (this.#state === 'connecting' || this.#state === 'up') {
-      log('%s: no heartbeat for %d ms: down', this.nodeId, now - this.#lastSeen);
-      this.#goDown('stale', undefined);
-    } else if (this.#state === 'probation') {
-      this.#probationGap();
+    // in `connecting` without the key it requires, nothing could be heard yet:
+    // the connection attempts decide (a failure takes the link down)
+    const unheard = this.#keyRequired && this.#secret === undefined && this.#state === 'connecting';
+    if (stale && !unheard) {
+      if (this.#state === 'connecting' || this.#state === 'up') {
+        log('%s: no heartbeat for %d ms: down', this.nodeId, now - this.#lastSeen);
+        this.#goDown('stale', undefined);
+      } else if (this.#state === 'probation') {
+        this.#probationGap();
+      }
     }
+    this.#checkRekey();
   }
 
   #receive(data: Buffer, from: TransportAddress): void {
     if (!this.#running) return;
     let hb: Heartbeat;
     try {
-      hb = verifyHeartbeat(data, { secret: this.#secret, expectedNode: this.#expectedNode, rejectNode: this.nodeId, guard: this.#guard });
+      hb = verifyHeartbeat(data, { secret: this.#secret, requireAuth: this.#keyRequired, expectedNode: this.#expectedNode, rejectNode: this.nodeId, guard: this.#guard });
     } catch (error) {
       const coded = isBlockMirrorError(error) ? error : toBlockMirrorError(error, 'BM_ERR_BAD_HEADER');
       const r = coded.details.reason;
@@ -420,6 +515,10 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
       this.#rejected[reason]++;
       log('%s: heartbeat from %s:%d refused (%s): %s', this.nodeId, from.host, from.port, reason, coded.message);
       this.emit('rejected', reason, coded, from);
+      if (reason === 'auth' || reason === 'unauthenticated') {
+        this.#unverified++;
+        this.#checkRekey();
+      }
       return;
     }
     const now = this.#clock.now();
@@ -428,6 +527,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.#lastReceived = now;
     this.#last = hb;
     this.#received++;
+    this.#unverified = 0;
     this.#slots.refresh(now);
     if (this.#state === 'down') {
       this.#startProbation();
@@ -472,6 +572,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.#clearProbation();
     log('%s: gap of %d ms during probation', this.nodeId, this.#clock.now() - this.#lastSeen);
     this.#transition('down', 'probation-gap');
+    this.#checkRekey();
   }
 
   #goDown(reason: LinkTransitionReason, error: Error | undefined): void {
@@ -481,6 +582,20 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     if (this.#stopped || this.state !== 'down') return;
     if (error === undefined) this.emit('down', reason);
     else this.emit('down', reason, error);
+    this.#checkRekey();
+  }
+
+  /** Emits `rekey` when {@link rekeyNeeded} became true (once until it is false again). */
+  #checkRekey(): void {
+    if (!this.#keyRequired) return;
+    if (!this.rekeyNeeded) {
+      this.#rekeySignalled = false;
+      return;
+    }
+    if (this.#rekeySignalled) return;
+    this.#rekeySignalled = true;
+    log('%s: link down and heartbeats cannot be authenticated (%s): rekey by reconnecting', this.nodeId, this.#secret === undefined ? 'no key' : 'unverifiable heartbeats');
+    this.emit('rekey');
   }
 
   #clearProbation(): void {
@@ -496,6 +611,7 @@ export class LinkMonitor extends EventEmitter<LinkMonitorEvents> {
     this.#since = this.#clock.now();
     this.#reason = reason;
     this.#transitions++;
+    if (next !== 'down') this.#rekeySignalled = false;
     log('%s: link %s -> %s (%s)', this.nodeId, previous, next, reason);
     this.emit('state', next, previous, reason);
   }

@@ -4,6 +4,11 @@
  * the session's heartbeats from the TLS session of the connection in slot 0
  * (RFC 5705 keying material, labelled, with the session id as context). A
  * heartbeat is then authenticated by the TLS handshake that proved the peer.
+ * Over TLS nothing else is accepted (`LinkMonitorOptions.requireKey`): no
+ * heartbeat counts before the first slot-0 handshake; the key is kept across
+ * an outage (the probation's heartbeats need it) until the next slot-0
+ * handshake replaces it; where none can be valid (a restart of either end),
+ * the primary reconnects by backoff instead (`LinkMonitor.rekeyNeeded`).
  *
  * @module
  */

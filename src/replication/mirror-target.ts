@@ -114,7 +114,14 @@ export interface MirrorTargetOptions {
   maxSessions?: number;
   /** Requests applied concurrently per connection before reading pauses (default 128). */
   maxInFlightPerConnection?: number;
-  /** UDP heartbeats on the listening port number, towards each primary that sends them (default: on when the transport has datagrams). */
+  /**
+   * UDP heartbeats on the listening port number, towards each primary that
+   * sends them (default: on when the transport has datagrams). Signed with
+   * `secret` when given; over TLS without one, with a key derived from the
+   * TLS session of the primary's connection 0 — kept across an outage,
+   * replaced by its next handshake —, and none is sent or accepted unsigned
+   * (before that handshake, nothing).
+   */
   heartbeats?: boolean;
   /**
    * Milliseconds between heartbeats (default 1500), towards a primary that
@@ -791,6 +798,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           channel: view,
           nodeId: this.nodeId,
           secret: this.#secret,
+          // over TLS without a secret: keyed from the session's slot-0 TLS session, nothing unauthenticated counts
+          requireKey: this.#transport.supports.sessionKeys === true,
           slots: peer.slots,
           expectedNode: hello.node,
           heartbeatInterval: heartbeats.interval,
@@ -803,8 +812,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
           if (current === undefined || current.host !== from.host || current.port !== from.port) monitor.setPeer(from);
         });
         monitor.on('down', (_reason, error) => {
-          // unsigned until the next slot-0 handshake derives a new key (as the primary does)
-          monitor.useKey(undefined);
+          // the session key is kept (the probation's heartbeats need it); the next slot-0 handshake replaces it
           // SPEC 5: close all of this primary's connections
           for (const slot of owner.slots.slots) slot.connection?.destroy(error === undefined ? undefined : toBlockMirrorError(error));
         });
@@ -839,16 +847,27 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    * ours, so that the primary sees the link come back, runs its probation and
    * reconnects — it is the primary's handshake that tells us where to send
    * heartbeats afterwards.
+   *
+   * Over TLS without a secret, no key is known for such a primary (its key
+   * came from a TLS session of an earlier run, or of a session we dropped):
+   * its heartbeat cannot be checked and the answer goes unsigned. The primary
+   * refuses it — it never counts as a heartbeat there — but refused
+   * heartbeats while no valid one comes tell it that the key is lost, and it
+   * reconnects by backoff (`LinkMonitor.rekeyNeeded`); the TLS handshake then
+   * authenticates both ends and gives a new key. No replay guard then: it
+   * would record heartbeats nobody authenticated, and a forged one with a
+   * high `seq` could silence the primary's genuine ones.
    */
   #answerUnknown(data: Buffer, from: TransportAddress): void {
     if (this.#closed || this.#demux === undefined) return;
     try {
-      const hb = verifyHeartbeat(data, { secret: this.#secret, rejectNode: this.nodeId, guard: this.#answerGuard });
+      const unkeyed = this.#secret === undefined && this.#transport.supports.sessionKeys === true;
+      const hb = verifyHeartbeat(data, { secret: this.#secret, rejectNode: this.nodeId, guard: unkeyed ? undefined : this.#answerGuard });
       // a primary with a session here gets heartbeats from its link monitor
       for (const p of this.#peers.values()) if (p.node === hb.node && p.monitor !== undefined) return;
       const answer = encodeHeartbeat({ node: this.nodeId, session: this.#answerSession, seq: ++this.#answerSeq, time: this.#clock.now(), status: 'down' }, this.#secret);
       this.#demux.channel.send(answer, from);
-      log('answered a heartbeat of %s from %s:%d', hb.node, from.host, from.port);
+      log('answered a heartbeat of %s from %s:%d%s', hb.node, from.host, from.port, unkeyed ? ' (unsigned: no key for it)' : '');
     } catch {
       // not a valid heartbeat: ignored
     }

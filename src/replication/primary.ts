@@ -21,7 +21,7 @@ import { parseAck, parseError, parseHashAck, type FlushHeader, type HashAckHeade
 import { ConnectionArray, type ConnectionSlot, type ConnectionSlotStatus } from '../link/connection-array.js';
 import { FramedConnection } from '../link/framed-connection.js';
 import { clientHandshake } from '../link/handshake.js';
-import { LinkMonitor } from '../link/link-monitor.js';
+import { LinkMonitor, type HeartbeatAuth } from '../link/link-monitor.js';
 import { IdleWatch } from '../link/idle-watch.js';
 import type { DatagramChannel } from '../transport/transport.js';
 import type { MirrorRequest } from './mirror-request.js';
@@ -145,7 +145,12 @@ export interface PrimaryOptions {
   /**
    * UDP heartbeats and the link state machine of seed 000 (default: on when
    * the transport has datagrams). Off: a broken connection is reopened with
-   * backoff (`retryDelay`) instead of after a probation.
+   * backoff (`retryDelay`) instead of after a probation. Heartbeats are
+   * signed with `secret` when given; over TLS without one, with a key derived
+   * from the TLS session of connection 0, and none is sent or accepted
+   * unsigned: while the heartbeats cannot be authenticated (no key yet, or
+   * the target restarted and lost it), a down link is reopened by backoff
+   * too, the TLS handshake authenticating the target.
    */
   heartbeats?: boolean;
   /**
@@ -236,8 +241,13 @@ export interface PrimaryStatus {
       rejected: number;
       /** Refused heartbeats by reason (`unexpected-node`: a correctly formed heartbeat of another node than the target's, ignored). */
       rejectedByReason: Record<string, number>;
-      /** How heartbeats are authenticated: `secret`, `session` (a key from the TLS session of connection 0) or `none`. */
-      auth: 'secret' | 'session' | 'none';
+      /**
+       * How heartbeats are authenticated: `secret`, `session` (a key from the
+       * TLS session of connection 0), `pending` (over TLS without a secret,
+       * before the first handshake of connection 0: no heartbeat is sent or
+       * accepted) or `none` (no TLS, no secret: unsigned).
+       */
+      auth: HeartbeatAuth;
       lastReceivedAt?: string;
       probationEndsAt?: string;
       intervalMs: number;
@@ -308,6 +318,9 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   readonly #heartbeatBind: TransportAddress | undefined;
   #channel: DatagramChannel | undefined;
   #monitor: LinkMonitor | undefined;
+  /** Pending reconnect of a key-required link whose heartbeats cannot be authenticated (see `#rekey`). */
+  #rekeyTimer: TimerHandle | undefined;
+  #rekeyAttempt = 0;
   readonly #idle = new Set<IdleWatch>();
   readonly #resyncOptions: Required<ResyncOptions>;
   readonly #checksumSync = new Set<PrimaryVolume>();
@@ -611,6 +624,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       nodeId: this.nodeId,
       session: this.session,
       secret: this.#secret,
+      // over TLS without a secret, heartbeats are keyed from the TLS session of slot 0, and only authenticated ones count
+      requireKey: this.#transport.supports.sessionKeys === true,
       slots: this.#slots,
       ...this.#monitorOptions,
     });
@@ -623,8 +638,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     monitor.on('down', (reason, error) => {
       // a restarted target may come back under another node id: its handshake binds the monitor again
       monitor.expectNode(undefined);
-      // and the next slot-0 handshake derives a new session key
-      monitor.useKey(undefined);
+      // the session key is kept (the probation's heartbeats need it); the next slot-0 handshake replaces it
       if (error !== undefined) this.#lastError = toBlockMirrorError(error);
       else if (reason === 'stale') this.#lastError = new BlockMirrorError('BM_ERR_TIMEOUT', `no heartbeat from the mirror target for ${this.#monitorOptions.staleAfter} ms`);
       // SPEC 5: close all n connections; their in-flight requests are requeued
@@ -633,7 +647,41 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       for (const pending of this.#handshaking) pending?.destroy(this.#lastError);
     });
     monitor.on('reopen', () => void this.#openAll(true));
+    monitor.on('rekey', () => this.#scheduleRekey());
     monitor.start();
+  }
+
+  /**
+   * Over TLS without a secret, a down link whose heartbeats cannot be
+   * authenticated (no session key yet, or the target restarted and lost it:
+   * see `LinkMonitor.rekeyNeeded`) can never run a probation: its
+   * connections are reopened by backoff (`retryDelay`), as without
+   * heartbeats, while that lasts. The TLS handshake authenticates the target
+   * and slot 0's gives the new key; the link is up once all n are open.
+   */
+  #scheduleRekey(): void {
+    if (this.#closed || this.#rekeyTimer !== undefined) return;
+    const delay = this.#backoff(++this.#rekeyAttempt);
+    const timer = this.#clock.setTimeout(() => {
+      this.#reconnectTimers.delete(timer);
+      this.#rekeyTimer = undefined;
+      void this.#rekey();
+    }, delay);
+    this.#rekeyTimer = timer;
+    this.#reconnectTimers.add(timer);
+  }
+
+  async #rekey(): Promise<void> {
+    if (this.#closed || this.#monitor?.rekeyNeeded !== true) {
+      this.#rekeyAttempt = 0;
+      return;
+    }
+    log('link down and heartbeats cannot be authenticated: reconnecting (attempt %d)', this.#rekeyAttempt);
+    const errors = await this.#openAll(false);
+    for (const error of errors) this.emit('connect-error', error);
+    if (this.#closed) return;
+    if (this.#monitor.rekeyNeeded) this.#scheduleRekey();
+    else this.#rekeyAttempt = 0;
   }
 
   /** Opens every closed slot; resolves with the errors of the attempts that failed. */
@@ -697,6 +745,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         conn.close();
         return undefined;
       }
+      // over TLS without a secret, slot 0's TLS session keys the heartbeats: the target derived the
+      // same key as it accepted this handshake, so take it now, even if this connection is given up below
+      if (slot.index === 0) {
+        const key = heartbeatKeyOf(raw, this.session);
+        if (key !== undefined) this.#monitor?.useKey(key);
+      }
       // A write while no connection was open started a new generation after
       // this handshake offered the old one: the target holds the old one and
       // would never learn the new one (a later promotion of it would then
@@ -707,11 +761,6 @@ export class Primary extends EventEmitter<PrimaryEvents> {
       this.#peerNode = result.peerNode;
       // heartbeats are accepted from the node this handshake proved only (until the link goes down)
       this.#monitor?.expectNode(result.peerNode);
-      // over TLS without a secret, slot 0's TLS session keys the heartbeats (the target derives the same key)
-      if (slot.index === 0) {
-        const key = heartbeatKeyOf(raw, this.session);
-        if (key !== undefined) this.#monitor?.useKey(key);
-      }
       this.#attempts[slot.index] = 0;
       // what the target holds decides what is (re)sent, before anything is sent on this connection
       for (const rv of result.volumes) {

@@ -25,6 +25,7 @@
  *
  * @module
  */
+import { createHmac, randomBytes } from 'node:crypto';
 import debug from 'debug';
 import { EventEmitter } from 'eventemitter3';
 import { activeClock } from '../clock.js';
@@ -81,6 +82,16 @@ export interface MemoryNetworkOptions {
   highWaterMark?: number;
   /** Random source in [0, 1) for datagram faults (default `Math.random`); see {@link seededRandom}. */
   random?: () => number;
+  /**
+   * Emulates the keying material of TLS sessions (default false): every
+   * connection gets `exportKeyingMaterial` (the same on both ends of a link,
+   * from a random secret per link, different for every link) and the
+   * transports declare `supports.sessionKeys`, so what depends on it (the
+   * heartbeat keys of a link over TLS without a shared secret) can be tested
+   * in memory. Nothing else of TLS (encryption, peer authentication) is
+   * emulated.
+   */
+  sessionKeys?: boolean;
 }
 
 /** Options of {@link MemoryNetwork.transport}. */
@@ -275,6 +286,7 @@ class Core {
   readonly highWaterMark: number;
   readonly lowWaterMark: number;
   readonly random: () => number;
+  readonly sessionKeys: boolean;
   readonly onLink: (link: Link) => void;
   readonly listeners = new Map<string, MemoryServer>();
   readonly tcpPorts = new Set<string>();
@@ -297,6 +309,7 @@ class Core {
     this.highWaterMark = checkMs(options.highWaterMark, 'highWaterMark', DEFAULT_MEMORY_HIGH_WATER_MARK);
     this.lowWaterMark = Math.floor(this.highWaterMark / 2);
     this.random = options.random ?? Math.random;
+    this.sessionKeys = options.sessionKeys === true;
     this.onLink = onLink;
   }
 
@@ -634,6 +647,8 @@ class MemoryConnection extends EventEmitter<TransportConnectionEvents> implement
   paused = false;
   needDrain = false;
   server: MemoryServer | undefined;
+  /** Emulated TLS keying material (only with `MemoryNetworkOptions.sessionKeys`). */
+  exportKeyingMaterial?: (length: number, label: string, context: Uint8Array) => Buffer;
   readonly #core: Core;
   readonly #out: Pipe;
   readonly #in: Pipe;
@@ -770,6 +785,21 @@ class Link implements MemoryLink {
     };
     this.a = new MemoryConnection(core, addressA, addressB, this.aToB, this.bToA, endClosed);
     this.b = new MemoryConnection(core, addressB, addressA, this.bToA, this.aToB, endClosed);
+    if (core.sessionKeys) {
+      // emulated TLS keying material (RFC 5705 shape): the same on both ends, a new secret per link
+      const secret = randomBytes(32);
+      const derive = (length: number, label: string, context: Uint8Array): Buffer => {
+        const out: Buffer[] = [];
+        for (let i = 0, n = 0; n < length; i++) {
+          const block = createHmac('sha256', secret).update(Buffer.from([i])).update(label).update(Buffer.from([0])).update(context).digest();
+          out.push(block);
+          n += block.length;
+        }
+        return Buffer.concat(out).subarray(0, length);
+      };
+      this.a.exportKeyingMaterial = derive;
+      this.b.exportKeyingMaterial = derive;
+    }
     this.aToB.sender = this.a;
     this.aToB.receiver = this.b;
     this.bToA.sender = this.b;
@@ -899,7 +929,7 @@ class MemoryDatagramChannel extends EventEmitter<DatagramChannelEvents> implemen
 }
 
 class MemoryTransportImpl implements MemoryTransport {
-  readonly supports: TransportSupports = { datagram: true, faults: true };
+  readonly supports: TransportSupports;
   readonly host: string;
   readonly network: MemoryNetwork;
   readonly #core: Core;
@@ -908,6 +938,7 @@ class MemoryTransportImpl implements MemoryTransport {
     this.network = network;
     this.#core = core;
     this.host = host;
+    this.supports = { datagram: true, faults: true, ...(core.sessionKeys ? { sessionKeys: true } : {}) };
   }
 
   async listen(address: TransportAddress): Promise<TransportServer> {

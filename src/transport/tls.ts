@@ -196,7 +196,7 @@ export class TlsServer extends EventEmitter<TransportServerEvents> implements Tr
  * @throws {BlockMirrorError} `BM_ERR_INVALID_ARGUMENT` from the constructor when neither a `secureContext` nor `cert`, `key` and `ca` are given, or the PEM data is not usable.
  */
 export class TlsTransport implements Transport {
-  readonly supports: TransportSupports = { datagram: true, faults: false };
+  readonly supports: TransportSupports = { datagram: true, faults: false, sessionKeys: true };
   readonly #context: tls.SecureContext;
   readonly #peers: readonly PeerPattern[];
   readonly #settings: SocketSettings;

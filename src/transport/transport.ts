@@ -100,6 +100,12 @@ export interface TransportSupports {
   readonly datagram: boolean;
   /** Faults can be injected (in-memory transport). */
   readonly faults: boolean;
+  /**
+   * Every connection is a TLS session with `exportKeyingMaterial`: without a
+   * shared secret, heartbeats are keyed from the session and must be
+   * authenticated (default false).
+   */
+  readonly sessionKeys?: boolean;
 }
 
 /**

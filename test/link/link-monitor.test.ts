@@ -399,7 +399,7 @@ describe('LinkMonitor in virtual time', () => {
     assert.equal(st.heartbeatsSent, 15); // 0, 1500, …, 21000
     assert.equal(st.seq, 15);
     assert.equal(st.heartbeatsReceived, 8); // 501 … 9501 (7), 20001
-    assert.deepEqual(st.heartbeatsRejected, { malformed: 0, auth: 0, 'unexpected-node': 0, replayed: 0 });
+    assert.deepEqual(st.heartbeatsRejected, { malformed: 0, auth: 0, unauthenticated: 0, 'unexpected-node': 0, replayed: 0 });
     assert.equal(st.running, true);
     assert.equal(st.peerStatus, 'probation'); // b went down too, and heard a's 19500 heartbeat before sending at 20000
     assert.equal(st.transitions, 3);

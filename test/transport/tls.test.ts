@@ -25,6 +25,8 @@ import { FileBlockDevice } from '../../src/device/file-device.js';
 import { createCycleSource } from '../../src/cycle/cycle-runner.js';
 import { linksUp, openVolume, pattern, subDir, tempDir } from '../cycle/helpers.js';
 import { requireTool } from '../helpers/tools.js';
+import type { LinkState } from '../../src/replication/primary.js';
+import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
 
 const MiB = 1 << 20;
 let pki: TestPki;
@@ -47,6 +49,21 @@ before(() => {
   rogueCert = pki.rogue('primary');
 });
 after(() => pki?.cleanup());
+
+/** Link timers at millisecond scale (the state machine's timing itself is tested in virtual time, test/link). */
+const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 50 };
+
+async function linkState(primary: { link: LinkState; on(e: 'link', l: (s: LinkState) => void): unknown; off(e: 'link', l: (s: LinkState) => void): unknown }, state: LinkState): Promise<void> {
+  if (primary.link === state) return;
+  await new Promise<void>((resolve) => {
+    const l = (s: LinkState): void => {
+      if (s !== state) return;
+      primary.off('link', l);
+      resolve();
+    };
+    primary.on('link', l);
+  });
+}
 
 function transport(pair: CertPair, peers?: string[], ca = pki.ca): TlsTransport {
   return new TlsTransport({ cert: pair.cert, key: pair.key, ca, ...(peers === undefined ? {} : { peers }) });
@@ -75,6 +92,60 @@ describe('replication over TLS', { skip: !haveOpenssl }, () => {
       assert.equal(target.status().volumes.v!.connections, 3);
       // no secret: the heartbeats are keyed from the TLS session of connection 0
       assert.equal(primary.status().peers[0]!.heartbeats?.auth, 'session');
+    } finally {
+      await primary.close();
+      await target.close();
+    }
+  });
+
+  it('issue 14: heartbeats without a secret stay authenticated; a restarted target (its session key lost) and a restarted primary (no key yet) both come back up by a reconnect by backoff, never by a probation on heartbeats nobody can sign', async () => {
+    const tdev = new MemoryBlockDevice(MiB, { blockSize: 512 });
+    const pdev = new MemoryBlockDevice(MiB, { blockSize: 512 });
+    const startAt = (port: number) => createMirrorTarget({ listen: { host: '127.0.0.1', port }, transport: transport(targetCert, ['primary']), volumes: [{ name: 'v', device: tdev }], ...LINK });
+    let target = await startAt(0);
+    const port = target.address.port;
+    // the primary's generations survive its restart, as a state file would
+    const generations = new MemoryPairStateStore();
+    const primaryOptions = {
+      peer: target.address,
+      transport: transport(primaryCert, ['target']),
+      nodeId: 'tls-primary',
+      volumes: [{ name: 'v', device: pdev, mode: 'async' as const, initialSync: 'none' as const, state: generations }],
+      ...LINK,
+      retryDelay: { min: 20, max: 200 },
+    };
+    let primary = await createPrimary(primaryOptions);
+    const states: LinkState[] = [];
+    primary.on('link', (s) => states.push(s));
+    const heartbeats = () => primary.status().peers[0]!.heartbeats!;
+    try {
+      assert.equal(heartbeats().auth, 'session');
+      await primary.volume('v').write(0, Buffer.alloc(4096, 1));
+      // the target restarts: the primary keeps its key, the new target has none for it and answers unsigned
+      await target.close();
+      await linkState(primary, 'down');
+      await primary.volume('v').write(4096, Buffer.alloc(4096, 2));
+      target = await startAt(port);
+      await linkState(primary, 'up');
+      const afterDown = states.slice(states.indexOf('down'));
+      assert.ok(!afterDown.includes('probation'), afterDown.join(' → '));
+      assert.ok(heartbeats().rejectedByReason.auth! > 0, `the unsigned answers were refused: ${JSON.stringify(heartbeats().rejectedByReason)}`);
+      assert.equal(heartbeats().auth, 'session');
+      await primary.drain(10_000);
+      assert.ok((await tdev.read(0, MiB)).equals(await pdev.read(0, MiB)));
+      // the primary restarts while the target is away: no key, so it sends and accepts no heartbeat, and reconnects by backoff
+      await primary.close();
+      await target.close();
+      primary = await createPrimary({ ...primaryOptions, waitForConnection: false });
+      await linkState(primary, 'down');
+      assert.equal(heartbeats().auth, 'pending');
+      assert.equal(heartbeats().sent, 0);
+      target = await startAt(port);
+      await linkState(primary, 'up');
+      assert.equal(heartbeats().auth, 'session');
+      await primary.volume('v').write(8192, Buffer.alloc(4096, 3));
+      await primary.drain(10_000);
+      assert.ok((await tdev.read(0, MiB)).equals(await pdev.read(0, MiB)));
     } finally {
       await primary.close();
       await target.close();
