@@ -119,6 +119,41 @@ describe('allocation map over NBD with real tools', () => {
     ]);
   });
 
+  test('issue 13 (3): nbdcopy and qemu-img convert of a sparse image into a new export keep its backing file sparse: holes arrive as TRIM / WRITE_ZEROES of known-zero regions and write nothing', async (t) => {
+    if (!requireTool(['nbdcopy', 'qemu-img', 'nbdkit'], t)) return;
+    const dir = await tmpDir(t);
+    const size = 64 * MiB;
+    const source = path.join(dir, 'source.img');
+    const h = await fs.open(source, 'w');
+    await h.truncate(size);
+    const a = randomBytes(512 * KiB);
+    const b = randomBytes(256 * KiB);
+    await h.write(a, 0, a.length, 8 * MiB);
+    await h.write(b, 0, b.length, 50 * MiB);
+    await h.close();
+    const want = Buffer.alloc(size);
+    a.copy(want, 8 * MiB);
+    b.copy(want, 50 * MiB);
+    const nbdkit = await startNbdkit('file', [`file=${source}`], ['--readonly']);
+    t.after(() => nbdkit.stop());
+    const copies: Array<[string, (uri: string) => Promise<ToolResult>]> = [
+      ['nbdcopy', (uri) => runTool(t, 'nbdcopy', ['--flush', nbdkit.uri, uri])],
+      // -n: into the existing export; qemu-img zeroes what it does not copy (WRITE_ZEROES)
+      ['qemu-img convert', (uri) => runTool(t, 'qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', source, uri])],
+    ];
+    for (const [tool, copy] of copies) {
+      const sub = path.join(dir, tool.replace(/\W/g, '-'));
+      await fs.mkdir(sub);
+      // a new sparse volume: its map starts all zero
+      const { device, uri, image } = await exported(t, sub, size, 'zero');
+      ok(await copy(uri), `${tool} in`);
+      await device.flush();
+      assert.deepEqual(await device.read(0, size), want, `${tool}: the data arrived`);
+      const allocated = (await fs.stat(image)).blocks * 512;
+      assert.ok(allocated <= a.length + b.length + 2 * MiB, `${tool}: ${(a.length + b.length) / KiB} KiB of data allocate ${allocated / KiB} KiB of the backing file`);
+    }
+  });
+
   test('nbdcopy out of a sparse export keeps the copy sparse and is answered from the map (the holes are not read)', async (t) => {
     if (!requireTool(['nbdcopy'], t)) return;
     const dir = await tmpDir(t);
