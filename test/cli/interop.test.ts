@@ -49,6 +49,39 @@ describe('CLI exports with real NBD clients', () => {
     assert.equal(sha256(await fs.readFile(mirrorFile)), sha256(image), 'mirror file after shutdown');
   });
 
+  test('issue 13 (3): qemu-img convert -n of a sparse image into a sync-mirrored export with state directories: data on both sides, and the primary and MIRROR files stay sparse (the holes travel as zero ranges of known-zero regions)', async (t) => {
+    if (!requireTool('qemu-img', t)) return;
+    const dir = await tmpDir(t);
+    const size = 64 * MiB;
+    const mirrorFile = path.join(dir, 'mirror.img');
+    const primaryFile = path.join(dir, 'primary.img');
+    const mirror = new CliProcess(t, ['mirror', '--listen', '127.0.0.1:0', '--volume', `disk=${mirrorFile}:64M`, '--state-dir', path.join(dir, 'm-state')]);
+    const m = listeningAddresses(await mirror.waitForLine(/^listening /));
+    const primary = new CliProcess(t, [
+      'primary', '--peer', `127.0.0.1:${m.mirror!.port}`, '--volume', `disk=${primaryFile}:64M`, '--mode', 'sync', '--nbd', '127.0.0.1:0', '--state-dir', path.join(dir, 'p-state'),
+    ]);
+    const p = listeningAddresses(await primary.waitForLine(/^listening /));
+    await primary.waitForLine(/^link up /);
+
+    const image = Buffer.alloc(size);
+    randomBytes(512 * 1024).copy(image, 8 * MiB);
+    randomBytes(256 * 1024).copy(image, 50 * MiB);
+    const src = path.join(dir, 'src.img');
+    const h = await fs.open(src, 'w');
+    await h.truncate(size);
+    await h.write(image, 8 * MiB, 512 * 1024, 8 * MiB);
+    await h.write(image, 50 * MiB, 256 * 1024, 50 * MiB);
+    await h.close();
+    ok(await runTool(t, 'qemu-img', ['convert', '-n', '-f', 'raw', '-O', 'raw', src, `nbd://127.0.0.1:${p.nbd!.port}/disk`]), 'qemu-img convert');
+    assert.deepEqual(await primary.stop(), { code: 0, signal: null }, primary.stderr);
+    assert.deepEqual(await mirror.stop(), { code: 0, signal: null }, mirror.stderr);
+    for (const [side, file] of [['primary', primaryFile], ['mirror', mirrorFile]] as const) {
+      assert.equal(sha256(await fs.readFile(file)), sha256(image), `${side} file`);
+      const allocated = (await fs.stat(file)).blocks * 512;
+      assert.ok(allocated <= 3 * MiB, `the ${side} file allocates ${allocated / 1024} KiB for 768 KiB of data`);
+    }
+  });
+
   test('blockmirror mirror --nbd: the read-only export refuses qemu-io writes and serves reads', async (t) => {
     if (!requireTool(['qemu-io', 'nbdinfo'], t)) return;
     const dir = await tmpDir(t);
