@@ -12,22 +12,12 @@ import { createMirrorTarget } from '../../src/replication/mirror-target.js';
 import { createPrimary, type LinkState } from '../../src/replication/primary.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { encodeHeartbeat } from '../../src/link/heartbeat.js';
+import { linkReaches } from '../helpers/events.js';
 
 /** Link timers at millisecond scale; the state machine's timing itself is tested in virtual time (test/link). */
 const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 50 };
 const SIZE = 1 << 20;
 
-async function until(primary: { link: LinkState; on(e: 'link', l: (s: LinkState) => void): unknown; off(e: 'link', l: (s: LinkState) => void): unknown }, state: LinkState): Promise<void> {
-  if (primary.link === state) return;
-  await new Promise<void>((resolve) => {
-    const l = (s: LinkState): void => {
-      if (s !== state) return;
-      primary.off('link', l);
-      resolve();
-    };
-    primary.on('link', l);
-  });
-}
 
 async function waitFor(condition: () => boolean): Promise<void> {
   while (!condition()) await new Promise<void>((resolve) => setImmediate(resolve));
@@ -56,7 +46,7 @@ test('SPEC 8, issue 14: over TLS without a secret (emulated session keys), a par
     assert.equal(heartbeats().auth, 'session');
     await primary.volume('v').write(0, Buffer.alloc(4096, 1));
     network.partition('10.3.0.1', '10.3.0.2');
-    await until(primary, 'down');
+    await linkReaches(primary, 'down');
     assert.equal(heartbeats().auth, 'session', 'the key is kept while down');
     // an attacker on a third host sends unsigned heartbeats in the target's name
     let seq = 1;
@@ -73,7 +63,7 @@ test('SPEC 8, issue 14: over TLS without a secret (emulated session keys), a par
     await primary.volume('v').write(4096, Buffer.alloc(4096, 2));
     // the path heals: the target's heartbeats, signed with the kept key, run the probation
     network.heal('10.3.0.1', '10.3.0.2');
-    await until(primary, 'up');
+    await linkReaches(primary, 'up');
     const afterDown = states.slice(states.indexOf('down'));
     assert.deepEqual(afterDown.slice(0, 2), ['down', 'probation'], afterDown.join(' → '));
     assert.equal(afterDown.at(-1), 'up');
@@ -106,10 +96,10 @@ test('issue 14: over TLS without a secret (emulated session keys), a target that
   try {
     await primary.volume('v').write(0, Buffer.alloc(4096, 1));
     await target.close();
-    await until(primary, 'down');
+    await linkReaches(primary, 'down');
     await primary.volume('v').write(4096, Buffer.alloc(4096, 2));
     target = await createMirrorTarget({ transport: network.transport({ host: '10.4.0.2' }), listen, volumes: [{ name: 'v', device: tdev }], ...LINK });
-    await until(primary, 'up');
+    await linkReaches(primary, 'up');
     const afterDown = states.slice(states.indexOf('down'));
     assert.ok(!afterDown.includes('probation'), afterDown.join(' → '));
     const hb = primary.status().peers[0]!.heartbeats!;

@@ -7,22 +7,12 @@ import type { LinkState } from '../../src/replication/primary.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 import { encodeHeartbeat } from '../../src/link/heartbeat.js';
 import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
+import { linkReaches } from '../helpers/events.js';
 
 const SIZE = 4 << 20;
 /** Link timers at millisecond scale; the state machine's timing itself is tested in virtual time (test/link). */
 const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 50 }; // stale time well above an event-loop stall of a loaded machine
 
-async function until(primary: { link: LinkState; on(e: 'link', l: (s: LinkState) => void): unknown; off(e: 'link', l: (s: LinkState) => void): unknown }, state: LinkState): Promise<void> {
-  if (primary.link === state) return;
-  await new Promise<void>((resolve) => {
-    const l = (s: LinkState): void => {
-      if (s !== state) return;
-      primary.off('link', l);
-      resolve();
-    };
-    primary.on('link', l);
-  });
-}
 
 test('SPEC 4-9: the target stops under a write workload (real TCP + UDP on loopback): down, writes journaled, target back on the same port, probation, replay, identical images', async () => {
   const tdev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
@@ -41,12 +31,12 @@ test('SPEC 4-9: the target stops under a write workload (real TCP + UDP on loopb
     };
     await writeSome(100);
     await target.close();
-    await until(primary, 'down');
+    await linkReaches(primary, 'down');
     await writeSome(200);
     assert.ok(v.status().journalEntries > 0, 'writes journaled while down');
     assert.equal(v.state, 'lagging');
     target = await createMirrorTarget({ listen: { host: '127.0.0.1', port }, volumes: [{ name: 'v', device: tdev }], ...LINK });
-    await until(primary, 'up');
+    await linkReaches(primary, 'up');
     await writeSome(100);
     await primary.drain(20000);
     assert.deepEqual(await tdev.read(0, SIZE), await pdev.read(0, SIZE));
@@ -79,7 +69,7 @@ test('SPEC 12: bi-directional mirroring: each node is primary for one volume and
     assert.equal((await primaryOnB.volume('b-vol').write(0, Buffer.alloc(4096, 0xb1))).mirror, 'acknowledged');
     network.partition(A, B);
     for (const link of network.links) if (!link.closed) link.cut();
-    await Promise.all([until(primaryOnA, 'down'), until(primaryOnB, 'down')]);
+    await Promise.all([linkReaches(primaryOnA, 'down'), linkReaches(primaryOnB, 'down')]);
     for (let k = 1; k < 20; k++) {
       await primaryOnA.volume('a-vol').write(k * 4096, Buffer.alloc(4096, 0xa0 + k));
       assert.equal((await primaryOnB.volume('b-vol').write(k * 4096, Buffer.alloc(4096, 0xb0 + k))).mirror, 'failed');
@@ -112,7 +102,7 @@ test('a forged heartbeat does not keep a dead link alive (integration)', async (
   }, 3);
   try {
     network.partition('10.2.0.1', '10.2.0.2');
-    await until(primary, 'down');
+    await linkReaches(primary, 'down');
     const hb = primary.status().peers[0]!.heartbeats!;
     assert.ok(hb.rejected > 0, 'forged heartbeats were seen and refused');
     await new Promise<void>((resolve) => {

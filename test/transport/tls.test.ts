@@ -27,6 +27,7 @@ import { linksUp, openVolume, pattern, subDir, tempDir } from '../cycle/helpers.
 import { requireTool } from '../helpers/tools.js';
 import type { LinkState } from '../../src/replication/primary.js';
 import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
+import { linkReaches } from '../helpers/events.js';
 
 const MiB = 1 << 20;
 let pki: TestPki;
@@ -53,17 +54,6 @@ after(() => pki?.cleanup());
 /** Link timers at millisecond scale (the state machine's timing itself is tested in virtual time, test/link). */
 const LINK = { heartbeatInterval: 20, staleAfter: 600, probation: 50 };
 
-async function linkState(primary: { link: LinkState; on(e: 'link', l: (s: LinkState) => void): unknown; off(e: 'link', l: (s: LinkState) => void): unknown }, state: LinkState): Promise<void> {
-  if (primary.link === state) return;
-  await new Promise<void>((resolve) => {
-    const l = (s: LinkState): void => {
-      if (s !== state) return;
-      primary.off('link', l);
-      resolve();
-    };
-    primary.on('link', l);
-  });
-}
 
 function transport(pair: CertPair, peers?: string[], ca = pki.ca): TlsTransport {
   return new TlsTransport({ cert: pair.cert, key: pair.key, ca, ...(peers === undefined ? {} : { peers }) });
@@ -123,10 +113,10 @@ describe('replication over TLS', { skip: !haveOpenssl }, () => {
       await primary.volume('v').write(0, Buffer.alloc(4096, 1));
       // the target restarts: the primary keeps its key, the new target has none for it and answers unsigned
       await target.close();
-      await linkState(primary, 'down');
+      await linkReaches(primary, 'down');
       await primary.volume('v').write(4096, Buffer.alloc(4096, 2));
       target = await startAt(port);
-      await linkState(primary, 'up');
+      await linkReaches(primary, 'up');
       const afterDown = states.slice(states.indexOf('down'));
       assert.ok(!afterDown.includes('probation'), afterDown.join(' → '));
       assert.ok(heartbeats().rejectedByReason.auth! > 0, `the unsigned answers were refused: ${JSON.stringify(heartbeats().rejectedByReason)}`);
@@ -137,11 +127,11 @@ describe('replication over TLS', { skip: !haveOpenssl }, () => {
       await primary.close();
       await target.close();
       primary = await createPrimary({ ...primaryOptions, waitForConnection: false });
-      await linkState(primary, 'down');
+      await linkReaches(primary, 'down');
       assert.equal(heartbeats().auth, 'pending');
       assert.equal(heartbeats().sent, 0);
       target = await startAt(port);
-      await linkState(primary, 'up');
+      await linkReaches(primary, 'up');
       assert.equal(heartbeats().auth, 'session');
       await primary.volume('v').write(8192, Buffer.alloc(4096, 3));
       await primary.drain(10_000);
