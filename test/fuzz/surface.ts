@@ -8,13 +8,8 @@
  * @module
  */
 import fc from 'fast-check';
-import { setFlagsFromString } from 'node:v8';
-import { runInNewContext } from 'node:vm';
 import { BlockMirrorError, isErrorCode } from '../../src/errors.js';
-
-setFlagsFromString('--expose-gc');
-/** A full garbage collection, so heap growth measures what is still referenced. */
-const gc = runInNewContext('gc') as () => void;
+import { retainedBytes } from '../helpers/gc.js';
 
 /** A fuzz target. */
 export interface Surface<T = unknown> {
@@ -40,7 +35,7 @@ export interface SurfaceReport {
   failed: boolean;
   /** fast-check's report of the smallest failing input (with its seed and path). */
   failure?: string;
-  /** Heap growth over the run, in MiB (a leak shows here). */
+  /** Growth of the heap and of the array buffers (Buffer contents) over the run, after a full garbage collection, in MiB (a leak shows here). */
   heapGrowthMiB: number;
   /** The surface's outcome counters. */
   outcomes?: Record<string, number>;
@@ -73,8 +68,7 @@ export async function runSurface<T>(surface: Surface<T>, options: RunOptions): P
   process.on('unhandledRejection', onStray);
   process.on('uncaughtException', onStray);
   const started = performance.now();
-  gc();
-  const heapBefore = process.memoryUsage().heapUsed;
+  const retainedBefore = await retainedBytes();
   let inputs = 0;
   try {
     await surface.setup?.();
@@ -91,13 +85,13 @@ export async function runSurface<T>(surface: Surface<T>, options: RunOptions): P
       endOnFailure: true,
     });
     await surface.teardown?.();
-    gc();
+    const retainedAfter = await retainedBytes();
     const report: SurfaceReport = {
       surface: surface.name,
       inputs: details.numRuns,
       seconds: Math.round((performance.now() - started) / 100) / 10,
       failed: details.failed,
-      heapGrowthMiB: Math.round(((process.memoryUsage().heapUsed - heapBefore) / 2 ** 20) * 10) / 10,
+      heapGrowthMiB: Math.round(((retainedAfter - retainedBefore) / 2 ** 20) * 10) / 10,
     };
     if (surface.stats !== undefined) report.outcomes = { ...surface.stats };
     if (details.failed) {
