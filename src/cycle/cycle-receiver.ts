@@ -225,15 +225,17 @@ export class CycleReceiver {
   }
 
   /**
-   * Drops the transfer of a connection that closed (or is failed) before its
-   * commit: the data waiting for its BEGIN is released at once — a slow
-   * BEGIN (a state write on a busy disk) behind many closed connections would
-   * otherwise hold all they sent (issue 14) — and the transfer is aborted
-   * once begun.
+   * Drops the transfer of a connection that closed or is failed: aborted once
+   * begun (a transfer whose COMMIT arrived is committed first). Before its
+   * COMMIT, the data waiting for its BEGIN is released at once: a slow BEGIN
+   * (a state write on a busy disk) behind many closed connections would
+   * otherwise hold all they sent (issue 14).
    */
   #drop(cur: Current): void {
-    for (const held of cur.waiting) held.payload = undefined;
-    cur.waiting.clear();
+    if (!cur.committing) {
+      for (const held of cur.waiting) held.payload = undefined;
+      cur.waiting.clear();
+    }
     void cur.ready.then((t) => t?.abort());
   }
 
