@@ -10,6 +10,11 @@
  * - `device`: our {@link NbdServer} serving a {@link FileBlockDevice} (unmirrored);
  * - `async`: our NbdServer serving an async-mirrored primary volume;
  * - `sync`: the same, sync-mirrored;
+ * - `async-tls`, `sync-tls` (issue 14, item 1): `async` and `sync` whose
+ *   replication link runs over mutual TLS ({@link TlsTransport}, certificates
+ *   of a fresh test CA made with the `openssl` CLI), mirrored to a second,
+ *   TLS-listening target in the same target process: their `ref` is `async`
+ *   and `sync`, so `vsNbdkit` is the TLS cost (TLS MB/s ÷ plain MB/s);
  * - `sync-nbd`: `sync` whose mirror-side volume is an {@link NbdBlockDevice}
  *   on `nbdkit file` (issue 13, item 6) instead of a {@link FileBlockDevice}:
  *   its `ref` is `sync`, so `vsNbdkit` is the ratio of the two;
@@ -17,8 +22,8 @@
  *   copied to the same target process (cycles run during the job).
  *
  * Every server runs in its own process (ours: `benchmarks/fixtures/nbd-primary.ts`);
- * the mirror target of `async` and `sync` is one more process on loopback
- * (`benchmarks/fixtures/mirror-target.ts`, one volume per mode). Each
+ * the mirror target of the mirrored configurations is one more process on loopback
+ * (`benchmarks/fixtures/mirror-target.ts`, one volume per configuration). Each
  * configuration has its own image (default 256 MiB), written in full once
  * before the first round (so writes overwrite and reads read real data).
  *
@@ -31,7 +36,7 @@
  * mirror is drained (its time is reported) so that its backlog does not
  * steal CPU from the next measurement.
  *
- * Needs `fio` (with the nbd engine) and `nbdkit`.
+ * Needs `fio` (with the nbd engine) and `nbdkit` (and `openssl` for the TLS configurations).
  * Run alone: `node --import tsx benchmarks/nbd.ts [--quick]`, or `npm run bench -- --only nbd`.
  *
  * @module
@@ -41,10 +46,10 @@ import { mkdirSync, mkdtempSync, rmSync, truncateSync, writeFileSync } from 'nod
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { pathToFileURL } from 'node:url';
-import { formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, startNbdkitPlugin, type JsonChild } from './util.js';
+import { benchTlsCredentials, formatTable, median, processCpuMs, round, spawnTsFixture, startNbdkit, startNbdkitPlugin, type JsonChild, type TlsPem } from './util.js';
 
 /** Configurations of the NBD benchmark. */
-export const NBD_CONFIGS = ['nbdkit', 'nbdkit-proxy', 'nbdkit-null', 'null', 'device', 'async', 'sync', 'sync-nbd', 'cycle'] as const;
+export const NBD_CONFIGS = ['nbdkit', 'nbdkit-proxy', 'nbdkit-null', 'null', 'device', 'async', 'sync', 'async-tls', 'sync-tls', 'sync-nbd', 'cycle'] as const;
 /** One configuration of the NBD benchmark. */
 export type NbdConfig = (typeof NBD_CONFIGS)[number];
 
@@ -57,6 +62,9 @@ export const NBD_REFERENCE: Readonly<Record<NbdConfig, NbdConfig>> = {
   device: 'nbdkit',
   async: 'nbdkit',
   sync: 'nbdkit',
+  // the same mirrors over TLS: the ratio is the cost of TLS
+  'async-tls': 'async',
+  'sync-tls': 'sync',
   // the same sync mirror with the mirror's volume on nbdkit file: the ratio to the file-device mirror
   'sync-nbd': 'sync',
   cycle: 'nbdkit',
@@ -64,10 +72,25 @@ export const NBD_REFERENCE: Readonly<Record<NbdConfig, NbdConfig>> = {
 
 /** Configurations served by nbdkit (C). */
 const NBDKIT_CONFIGS: ReadonlySet<NbdConfig> = new Set(['nbdkit', 'nbdkit-proxy', 'nbdkit-null']);
-/** Our configurations that mirror to the target process. */
-type MirroredConfig = 'async' | 'sync' | 'sync-nbd' | 'cycle';
+/** Our configurations that mirror to the target process: the fixture's mode, and whether the link is TLS. */
+const MIRRORED = {
+  async: { mode: 'async' },
+  sync: { mode: 'sync' },
+  'async-tls': { mode: 'async', tls: true },
+  'sync-tls': { mode: 'sync', tls: true },
+  'sync-nbd': { mode: 'sync' },
+  cycle: { mode: 'cycle' },
+} as const satisfies Partial<Record<NbdConfig, { mode: 'sync' | 'async' | 'cycle'; tls?: true }>>;
+type MirroredConfig = keyof typeof MIRRORED;
 function isMirrored(config: NbdConfig): config is MirroredConfig {
-  return config === 'async' || config === 'sync' || config === 'sync-nbd' || config === 'cycle';
+  return Object.hasOwn(MIRRORED, config);
+}
+function isTls(config: MirroredConfig): boolean {
+  return 'tls' in MIRRORED[config];
+}
+/** Configurations with a backlog to drain after each job (async mirroring, cycles). */
+function drains(config: NbdConfig): boolean {
+  return isMirrored(config) && MIRRORED[config].mode !== 'sync';
 }
 
 /** One fio job. */
@@ -277,6 +300,8 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   if (options.uvThreadpoolSize !== undefined) env.UV_THREADPOOL_SIZE = String(options.uvThreadpoolSize);
   const prof = (name: string): { cpuProfDir?: string } => (options.cpuProfDir === undefined ? {} : { cpuProfDir: join(options.cpuProfDir, `nbd-${name}`) });
 
+  const mirrored = configs.filter(isMirrored);
+  const credentials = mirrored.some(isTls) ? benchTlsCredentials() : undefined;
   const dir = mkdtempSync(join(tmpdir(), 'blockmirror-bench-nbd-'));
   const servers = new Map<NbdConfig, Server>();
   const children: JsonChild[] = [];
@@ -284,8 +309,8 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
   const runs: NbdRun[] = [];
   let adapter: string | null = null;
   try {
-    const mirrored = configs.filter(isMirrored);
     let targetPort = 0;
+    let targetTlsPort = 0;
     let targetPid: number | undefined;
     if (mirrored.length > 0) {
       const cycleDir = join(dir, 'target-cycle-state');
@@ -300,18 +325,20 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         nbdkitStops.push(() => nbdkit.stop());
         mirrorNbd = nbdkit.uri;
       }
-      const { child, ready } = await spawnTsFixture<{ port: number }>(
+      const { child, ready } = await spawnTsFixture<{ port: number; tlsPort?: number }>(
         'mirror-target.ts',
         {
           size: imageSize,
           blockSize: 4096,
-          volumes: mirrored.map((m) => (m === 'sync-nbd' ? { name: m, image: '', nbd: mirrorNbd } : { name: m, image: join(dir, `target-${m}.img`) })),
+          volumes: mirrored.map((m) => (m === 'sync-nbd' ? { name: m, image: '', nbd: mirrorNbd } : { name: m, image: join(dir, `target-${m}.img`), tls: isTls(m) })),
           ...(mirrored.includes('cycle') ? { cycleDir } : {}),
+          ...(credentials === undefined ? {} : { tls: credentials.target }),
         },
         { env, ...prof('target') },
       );
       children.push(child);
       targetPort = ready.port;
+      targetTlsPort = ready.tlsPort ?? 0;
       targetPid = child.process.pid;
     }
     for (const config of configs) {
@@ -319,9 +346,18 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
         servers.set(config, await startReference(config, dir, imageSize));
         continue;
       }
+      const tls: TlsPem | undefined = isMirrored(config) && isTls(config) ? credentials!.primary : undefined;
       const { child, ready } = await spawnTsFixture<{ port: number; adapter: string }>(
         'nbd-primary.ts',
-        { mode: config === 'sync-nbd' ? 'sync' : config, image: join(dir, `${config}.img`), size: imageSize, name: config, targetPort, connections },
+        {
+          mode: isMirrored(config) ? MIRRORED[config].mode : config,
+          image: join(dir, `${config}.img`),
+          size: imageSize,
+          name: config,
+          targetPort: tls === undefined ? targetPort : targetTlsPort,
+          connections,
+          ...(tls === undefined ? {} : { tls }),
+        },
         { env, ...prof(config) },
       );
       children.push(child);
@@ -359,11 +395,11 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           const serverCpuPct = pct(0);
           const targetCpuPct = pct(1);
           const cpuUsPerOp = serverCpuPct === null ? null : ((serverCpuPct + (targetCpuPct ?? 0)) * 1e4) / figures.iops;
-          const drainMs = s.drain !== undefined && (config === 'async' || config === 'cycle') ? await s.drain() : null;
+          const drainMs = s.drain !== undefined && drains(config) ? await s.drain() : null;
           const run: NbdRun = { config, job: job.name, round: r + 1, ...figures, drainMs, serverCpuPct, targetCpuPct, cpuUsPerOp };
           runs.push(run);
           log(
-            `nbd r${r + 1} ${job.name.padEnd(18)} ${config.padEnd(7)} ${run.MBps.toFixed(1).padStart(7)} MB/s ${Math.round(run.iops)
+            `nbd r${r + 1} ${job.name.padEnd(18)} ${config.padEnd(12)} ${run.MBps.toFixed(1).padStart(7)} MB/s ${Math.round(run.iops)
               .toString()
               .padStart(6)} IOPS p50 ${round(run.p50us, 1)} µs p99 ${round(run.p99us, 1)} µs cpu ${round(serverCpuPct)}%` +
               (targetCpuPct !== null ? `+${round(targetCpuPct)}%` : '') +
@@ -400,7 +436,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
           vsNbdkit: round(mbps / refMBps, 2),
           p50VsNbdkit: round(p50 / refP50, 2),
           vsProxy: mirroredWrite ? round(mbps / proxyMBps, 2) : null,
-          drainMs: config === 'async' || config === 'cycle' ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
+          drainMs: drains(config) ? round(median(rs.map((x) => x.drainMs ?? Number.NaN))) : null,
           serverCpuPct: round(median(rs.map((x) => x.serverCpuPct ?? Number.NaN))),
           targetCpuPct: round(median(rs.map((x) => x.targetCpuPct ?? Number.NaN))),
           cpuUsPerOp: round(median(rs.map((x) => x.cpuUsPerOp ?? Number.NaN)), 1),
@@ -435,6 +471,7 @@ export async function runNbdBenchmark(options: NbdBenchOptions = {}): Promise<Nb
     for (const [config, s] of servers) if (NBDKIT_CONFIGS.has(config)) await s.stop();
     for (const stop of nbdkitStops) await stop().catch((e: unknown) => log(`stopping nbdkit: ${String(e)}`));
     rmSync(dir, { recursive: true, force: true });
+    credentials?.cleanup();
   }
 }
 

@@ -24,7 +24,9 @@
  * - `--nbd-runtime S`          fio runtime per nbd job in seconds (default 5)
  * - `--write-configs a,b`      subset of unmirrored,local,sync,async,sync-inproc,async-inproc
  * - `--write-workloads 4096x32,65536x8`  write sizes × writes in flight
- * - `--nbd-configs a,b`        subset of nbdkit,nbdkit-proxy,nbdkit-null,null,device,async,sync,cycle
+ * - `--nbd-configs a,b`        subset of nbdkit,nbdkit-proxy,nbdkit-null,null,device,async,sync,async-tls,sync-tls,sync-nbd,cycle
+ *                              (async-tls, sync-tls: async and sync over a mutual-TLS link, compared with
+ *                              async and sync — the TLS cost, issue 14; need `openssl`)
  * - `--nbd-jobs a,b`           subset of randwrite-4k-qd32,randwrite-4k-qd1,write-64k-qd8,randread-4k-qd32
  * - `--connections N`          mirror connections per primary (write and nbd suites; default 4)
  * - `--uv-threadpool N`        UV_THREADPOOL_SIZE of the nbd suite's server and target processes

@@ -14,7 +14,7 @@ import { createMirrorTarget } from '../src/replication/mirror-target.js';
 import { createPrimary } from '../src/replication/primary.js';
 import { TlsTransport } from '../src/transport/tls.js';
 import type { Transport } from '../src/transport/transport.js';
-import { createTestPki } from '../test/helpers/certs.js';
+import { benchTlsCredentials } from './util.js';
 
 /** Options of {@link runTlsBenchmark}. */
 export interface TlsBenchOptions {
@@ -88,14 +88,9 @@ export async function runTlsBenchmark(options: TlsBenchOptions = {}): Promise<{ 
   const rounds = options.rounds ?? 3;
   const durationMs = options.durationMs ?? 3000;
   const log = options.log ?? ((line: string) => process.stderr.write(`${line}\n`));
-  const pki = createTestPki();
+  const credentials = benchTlsCredentials();
   try {
-    const targetCert = pki.issue('bench-target');
-    const primaryCert = pki.issue('bench-primary');
-    const tls: Sides = {
-      target: new TlsTransport({ cert: targetCert.cert, key: targetCert.key, ca: pki.ca }),
-      primary: new TlsTransport({ cert: primaryCert.cert, key: primaryCert.key, ca: pki.ca }),
-    };
+    const tls: Sides = { target: new TlsTransport(credentials.target), primary: new TlsTransport(credentials.primary) };
     const rows: TlsBenchRow[] = [];
     for (const w of WORKLOADS) {
       for (const mode of ['sync', 'async'] as const) {
@@ -113,6 +108,6 @@ export async function runTlsBenchmark(options: TlsBenchOptions = {}): Promise<{ 
     }
     return { rows, settings: { rounds, durationMs, volumeSize: SIZE, devices: 'memory', process: 'primary and target in one process' } };
   } finally {
-    pki.cleanup();
+    credentials.cleanup();
   }
 }

@@ -13,6 +13,7 @@ import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
 import { createInterface } from 'node:readline';
+import { createTestPki } from '../test/helpers/certs.js';
 
 /** Directory of the benchmark sources. */
 export const BENCH_DIR = dirname(fileURLToPath(import.meta.url));
@@ -296,6 +297,32 @@ export async function spawnTsFixture<T>(file: string, args: unknown, options: Sp
     return { child, ready };
   } catch (error) {
     proc.kill('SIGKILL');
+    throw error;
+  }
+}
+
+/** PEM credentials of one side of a mutual-TLS replication link (a `TlsTransport`'s `cert`, `key`, `ca`), as passed to a fixture. */
+export interface TlsPem {
+  cert: string;
+  key: string;
+  /** The CA that signs the peer's certificate. */
+  ca: string;
+}
+
+/**
+ * Certificates for a mutual-TLS replication link: a fresh CA (the tests'
+ * `openssl` helper, `test/helpers/certs.ts`) and one certificate each for the
+ * mirror target and the primaries (valid for 127.0.0.1). `cleanup` removes
+ * the files.
+ */
+export function benchTlsCredentials(): { target: TlsPem; primary: TlsPem; cleanup: () => void } {
+  const pki = createTestPki();
+  try {
+    const target = pki.issue('bench-target');
+    const primary = pki.issue('bench-primary');
+    return { target: { cert: target.cert, key: target.key, ca: pki.ca }, primary: { cert: primary.cert, key: primary.key, ca: pki.ca }, cleanup: pki.cleanup };
+  } catch (error) {
+    pki.cleanup();
     throw error;
   }
 }

@@ -35,6 +35,8 @@ interface Current {
   volumes: string[];
   /** Settles when its commit (or refusal) is finished, once COMMIT arrived. */
   work: Promise<void> | undefined;
+  /** Payloads of TABLE and DATA frames waiting for BEGIN to be handled (released when the connection closes first). */
+  waiting: Set<{ payload: Uint8Array | 'zero' | undefined }>;
 }
 
 /** Options of a {@link CycleReceiver}. */
@@ -72,7 +74,7 @@ export class CycleReceiver {
     this.#conn.once('close', () => {
       const cur = this.#current;
       this.#current = undefined;
-      if (cur !== undefined && !cur.committing) void cur.ready.then((t) => t?.abort());
+      if (cur !== undefined && !cur.committing) this.#drop(cur);
     });
   }
 
@@ -94,9 +96,10 @@ export class CycleReceiver {
         const h = parseCycleTable(frame.header);
         const cur = this.#for(h.id);
         if (cur === undefined) return;
-        const payload = frame.payload;
+        const held = this.#hold(cur, frame.payload);
         void cur.ready.then((t) => {
-          if (t === undefined) return;
+          const payload = this.#take(cur, held);
+          if (t === undefined || payload === undefined || payload === 'zero') return;
           this.#guard(() => t.table(h.v, h.off, payload));
         });
         return;
@@ -106,8 +109,8 @@ export class CycleReceiver {
         const cur = this.#for(h.id);
         if (cur === undefined) return;
         if (h.z === 1 && frame.payload.length > 0) throw new BlockMirrorError('BM_ERR_BAD_HEADER', 'a zero run (CYCLE_DATA with z) carries a payload');
-        const payload = h.z === 1 ? 'zero' : frame.payload;
-        if (payload !== 'zero') cur.bytes += payload.length;
+        if (h.z !== 1) cur.bytes += frame.payload.length;
+        const held = this.#hold(cur, h.z === 1 ? 'zero' : frame.payload);
         this.#inFlight++;
         if (this.#inFlight >= this.#maxInFlight && !this.#paused) {
           this.#paused = true;
@@ -115,7 +118,8 @@ export class CycleReceiver {
         }
         void cur.ready
           .then((t) => {
-            if (t === undefined || t.done) return undefined;
+            const payload = this.#take(cur, held);
+            if (t === undefined || t.done || payload === undefined) return undefined;
             let p: Promise<void> | undefined;
             this.#guard(() => (p = t.data(h.v, h.s, h.g, h.n, payload)));
             return p;
@@ -204,7 +208,35 @@ export class CycleReceiver {
         return undefined;
       }
     })();
-    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names, work: undefined };
+    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names, work: undefined, waiting: new Set() };
+  }
+
+  /** Keeps a frame's payload until the transfer's BEGIN is handled. */
+  #hold(cur: Current, payload: Uint8Array | 'zero'): { payload: Uint8Array | 'zero' | undefined } {
+    const held = { payload };
+    cur.waiting.add(held);
+    return held;
+  }
+
+  /** The payload kept by {@link #hold} (undefined: released, the connection closed meanwhile). */
+  #take(cur: Current, held: { payload: Uint8Array | 'zero' | undefined }): Uint8Array | 'zero' | undefined {
+    cur.waiting.delete(held);
+    return held.payload;
+  }
+
+  /**
+   * Drops the transfer of a connection that closed or is failed: aborted once
+   * begun (a transfer whose COMMIT arrived is committed first). Before its
+   * COMMIT, the data waiting for its BEGIN is released at once: a slow BEGIN
+   * (a state write on a busy disk) behind many closed connections would
+   * otherwise hold all they sent (issue 14).
+   */
+  #drop(cur: Current): void {
+    if (!cur.committing) {
+      for (const held of cur.waiting) held.payload = undefined;
+      cur.waiting.clear();
+    }
+    void cur.ready.then((t) => t?.abort());
   }
 
   /** The current transfer if `id` is it; frames of an older transfer are ignored. */
@@ -222,7 +254,7 @@ export class CycleReceiver {
       const err = toBlockMirrorError(error, 'BM_ERR_PROTOCOL');
       const cur = this.#current;
       this.#current = undefined;
-      if (cur !== undefined) void cur.ready.then((t) => t?.abort());
+      if (cur !== undefined) this.#drop(cur);
       this.#conn.fail(err);
     }
   }

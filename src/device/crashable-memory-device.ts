@@ -207,10 +207,13 @@ export class CrashableMemoryDevice implements BlockDevice {
   /**
    * A view of this device for one process. {@link DeviceSession.revoke} (or
    * the next {@link crash}) freezes it: its operations in progress and all
-   * later ones never settle, so a dead process can change nothing.
+   * later ones never settle, so a dead process can change nothing. With
+   * `owner` (e.g. the file-system view it was opened through), the session
+   * is also revoked once the owner is: the owner need not keep a list of its
+   * sessions (which would hold every device it ever opened).
    */
-  session(): DeviceSession {
-    return new DeviceSession(this);
+  session(owner?: { readonly revoked: boolean }): DeviceSession {
+    return new DeviceSession(this, owner);
   }
 
   read(offset: number, length: number): Promise<Buffer> {
@@ -304,13 +307,15 @@ export class CrashableMemoryDevice implements BlockDevice {
 export class DeviceSession implements BlockDevice {
   readonly #device: CrashableMemoryDevice;
   readonly #epoch: number;
+  readonly #owner: { readonly revoked: boolean } | undefined;
   #revoked = false;
   #closed = false;
 
   /** @internal use {@link CrashableMemoryDevice.session} */
-  constructor(device: CrashableMemoryDevice) {
+  constructor(device: CrashableMemoryDevice, owner?: { readonly revoked: boolean }) {
     this.#device = device;
     this.#epoch = device.epoch;
+    this.#owner = owner;
   }
 
   get size(): number {
@@ -325,9 +330,9 @@ export class DeviceSession implements BlockDevice {
     return this.#device.supports;
   }
 
-  /** True once revoked (explicitly or by a crash of the device). */
+  /** True once revoked (explicitly, with its owner or by a crash of the device). */
   get revoked(): boolean {
-    return this.#revoked || this.#epoch !== this.#device.epoch;
+    return this.#revoked || this.#owner?.revoked === true || this.#epoch !== this.#device.epoch;
   }
 
   /** Freezes the view: every operation in progress or to come never settles. */

@@ -37,6 +37,8 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
   #limits: CodecLimits;
   #closed = false;
   #emittedClose = false;
+  /** The transport connection emitted `close`. */
+  #transportClosed = false;
 
   constructor(connection: TransportConnection, options: FramedConnectionOptions = {}) {
     super();
@@ -58,6 +60,7 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
     });
     connection.on('drain', () => this.emit('drain'));
     connection.once('close', (error) => {
+      this.#transportClosed = true;
       this.#closed = true;
       this.#finish(error === undefined ? undefined : toBlockMirrorError(error, 'BM_ERR_CONNECTION_CLOSED'));
     });
@@ -72,6 +75,8 @@ export class FramedConnection extends EventEmitter<FramedConnectionEvents> {
   /** Ends the transport connection, destroying it if the peer does not close within a second. */
   #end(): void {
     this.connection.end();
+    // closed within end(): nothing to wait for (a timer would keep this connection alive for a second)
+    if (this.#transportClosed) return;
     const timer = setTimeout(() => this.connection.destroy(), 1000);
     timer.unref();
     this.connection.once('close', () => clearTimeout(timer));

@@ -19,7 +19,7 @@
  */
 import { basename, dirname } from 'node:path';
 import type { Clock } from '../../clock.js';
-import { CrashableMemoryDevice, type CrashableOp, type DeviceSession } from '../../device/crashable-memory-device.js';
+import { CrashableMemoryDevice, type CrashableOp } from '../../device/crashable-memory-device.js';
 import type { BlockDevice } from '../../device/block-device.js';
 import { BlockMirrorError } from '../../errors.js';
 import type { FileSystem, OpenDeviceOptions, StoredFile } from '../../storage/file-system.js';
@@ -184,7 +184,6 @@ export class MemoryFileSystem {
 /** One process's access to a {@link MemoryFileSystem}: see {@link MemoryFileSystem.view}. */
 export class MemoryFileSystemView implements FileSystem, Revocable {
   readonly #fs: MemoryFileSystem;
-  readonly #sessions = new Set<DeviceSession>();
   #revoked = false;
 
   constructor(fs: MemoryFileSystem) {
@@ -195,9 +194,9 @@ export class MemoryFileSystemView implements FileSystem, Revocable {
     return this.#revoked;
   }
 
+  /** Freezes every operation of this view, those of the devices opened through it included. */
   revoke(): void {
     this.#revoked = true;
-    for (const s of this.#sessions) s.revoke();
   }
 
   /** Runs `op` in a microtask unless revoked; a revoked view's operations never settle. */
@@ -271,10 +270,7 @@ export class MemoryFileSystemView implements FileSystem, Revocable {
   }
 
   openDevice(path: string, options: OpenDeviceOptions): Promise<BlockDevice> {
-    return this.#run(() => {
-      const session = this.#fs._device(path, options).session();
-      this.#sessions.add(session);
-      return session;
-    });
+    // the session asks this view whether it is revoked: no list of sessions here, which would keep every device ever opened (issue 14)
+    return this.#run(() => this.#fs._device(path, options).session(this));
   }
 }

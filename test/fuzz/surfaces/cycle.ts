@@ -72,17 +72,12 @@ function frames(input: CycleInput, from: number): Uint8Array[][] {
   return out;
 }
 
-/** Inputs served by one host before a fresh one (the in-memory file system keeps every staging device it ever opened). */
-const INPUTS_PER_HOST = 200;
-let served = 0;
-
 async function openHost(): Promise<void> {
   device = new GuardDevice(SIZE, { blockSize: 512 });
   host = await CycleHost.open({ dir: '/fuzz-cycle', volumes: [{ name: 'v', device }], fs: new MemoryFileSystem().view(), clock: clockFrom(fake) });
   host.on('begin', () => stats.begun++);
   host.on('committed', () => stats.committed++);
   host.on('transfer-error', () => stats.transferErrors++);
-  served = 0;
 }
 
 export const cycleSurface: Surface<CycleInput> = {
@@ -104,12 +99,6 @@ export const cycleSurface: Surface<CycleInput> = {
     host = undefined;
   },
   async run(input) {
-    if (++served > INPUTS_PER_HOST) {
-      stats.deviceWrites += device.writes;
-      await host?.close();
-      await openHost();
-      served = 1;
-    }
     const h = host!;
     const image = h.volumeStatus('v');
     const from = image.lineage === LINEAGE && image.seeding !== true ? image.freeze : 0;
