@@ -29,8 +29,18 @@ const log = createDebug('blockmirror:volume');
 
 /** A covered region keeps its write-intent bit until it was not written for this long (ms), unless the volume goes idle. */
 const REGION_HOLD_MS = 2000;
-/** Acknowledged requests waiting for the target's durability past which the volume asks for it at once. */
-const ACKED_FLUSH_COUNT = 1024;
+/**
+ * The volume asks the target for durability at once (rather than at the next
+ * `durableInterval`) when this many acknowledged requests wait for it, or
+ * when {@link ACKED_FLUSH_BYTES} were acknowledged since it last asked. Each
+ * request is metadata only once acknowledged (its payload is dropped), so
+ * the count bounds RAM (a few MiB per volume), and the bytes bound what the
+ * journal holds for the target; every durability flush costs a device
+ * flush on both sides, so small writes are not made to pay one per 1,024.
+ */
+const ACKED_FLUSH_COUNT = 16384;
+/** See {@link ACKED_FLUSH_COUNT}. */
+const ACKED_FLUSH_BYTES = 64 * 2 ** 20;
 /** At most this many requests are read back from the journal at a time (whatever their payload). */
 const READ_BACK_MAX_REQUESTS = 4096;
 /**
@@ -975,6 +985,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   #backgroundFlush: Promise<void> | undefined;
+  /** Bytes of writes acknowledged since the volume last asked the target for durability (see `ACKED_FLUSH_BYTES`). */
+  #ackedBytesSinceDurable = 0;
 
   /**
    * Flushes the local device; requests whose local write completed before
@@ -1267,7 +1279,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     this.#advanceAcked();
     // many acknowledged requests wait for the target's durability (a backlog replayed fast): ask for it
     // now rather than at the next `durableInterval`, so that they are forgotten sooner
-    if (this.#durabilityFlush === undefined && this.#requests.size - (this.#unacked - this.#backlog.count) >= ACKED_FLUSH_COUNT && this.#link.up) {
+    if (req.kind === 'write') this.#ackedBytesSinceDurable += req.length;
+    if (
+      this.#durabilityFlush === undefined &&
+      this.#link.up &&
+      (this.#ackedBytesSinceDurable >= ACKED_FLUSH_BYTES || this.#requests.size - (this.#unacked - this.#backlog.count) >= ACKED_FLUSH_COUNT)
+    ) {
       void this.makeDurable();
     }
     const done = req.onDone;
@@ -2151,6 +2168,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     }
     const req = this.#request('flush', 0, 0, 0, undefined, false, barrier);
     this.#durabilityBarrier = barrier;
+    this.#ackedBytesSinceDurable = 0;
     // nothing is left to resync: once the target applied and flushed everything up to here, its image is ours
     if (declares) req.upToDate = true;
     const flushed = new Promise<void>((resolve) => {
