@@ -45,6 +45,8 @@ export interface CycleHostOptions {
   heldBy?: (name: string) => string | undefined;
   /** File system of the state, staging files and markers (default: the real one). */
   fs?: FileSystem;
+  /** Transfers received at once, from BEGIN to commit (default 16; more are refused with `BM_ERR_BUSY`; see `StagingStoreOptions`). */
+  maxPendingTransfers?: number;
 }
 
 /** What a hosted volume's status adds about cycles. */
@@ -130,6 +132,7 @@ export class CycleHost extends EventEmitter<CycleHostEvents> {
       ...(options.mergeRetry === undefined ? {} : { mergeRetry: options.mergeRetry }),
       ...(options.readTimeout === undefined ? {} : { readTimeout: options.readTimeout }),
       ...(options.fs === undefined ? {} : { fs: options.fs }),
+      ...(options.maxPendingTransfers === undefined ? {} : { maxPendingTransfers: options.maxPendingTransfers }),
     };
     const store = await StagingStore.open(options.dir, options.volumes, storeOptions);
     opened.host = new CycleHost(store, options);

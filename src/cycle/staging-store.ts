@@ -113,7 +113,18 @@ export interface StagingStoreOptions {
   readTimeout?: number;
   /** File system of the state, staging files and markers (default: the real one; a simulation passes files in memory). */
   fs?: FileSystem;
+  /**
+   * Transfers admitted at once, from their BEGIN until they are committed,
+   * refused or dropped (default 16; see {@link StagingStore.admitTransfer}).
+   * A source runs one transfer at a time per connection; the bound keeps a
+   * flood of transfers (connections that send a whole transfer and close,
+   * faster than BEGINs are handled on a busy disk) from piling up data.
+   */
+  maxPendingTransfers?: number;
 }
+
+/** Default of {@link StagingStoreOptions.maxPendingTransfers}. */
+export const DEFAULT_MAX_PENDING_TRANSFERS = 16;
 
 /** Per-volume plan of a transfer, as the store needs it. */
 export interface StagePlan {
@@ -397,6 +408,8 @@ export class StagingStore {
   readonly #readTimeout: number;
   readonly #statePath: string;
   readonly #fs: FileSystem;
+  readonly #maxPendingTransfers: number;
+  #pendingTransfers = 0;
   #stateChain: Promise<void> = Promise.resolve();
   #closed = false;
 
@@ -414,6 +427,7 @@ export class StagingStore {
     if (!(this.#readTimeout >= 0)) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'readTimeout must be a non-negative number of ms');
     this.#statePath = join(dir, 'cycle-target.state');
     this.#fs = options.fs ?? nodeFileSystem;
+    this.#maxPendingTransfers = options.maxPendingTransfers ?? DEFAULT_MAX_PENDING_TRANSFERS;
     for (const v of volumes) this.#volumes.set(v.name, new StoreVolume(v.name, v.device));
   }
 
@@ -554,6 +568,35 @@ export class StagingStore {
       for (const v of vols) v.holds.delete(work);
     };
     work.then(release, release);
+  }
+
+  /**
+   * Admits one more transfer (a receiver calls it at BEGIN, before
+   * {@link begin}) and returns the function that ends its admission (call it
+   * once the transfer was committed, refused or dropped; calling it again
+   * does nothing).
+   *
+   * @throws {BlockMirrorError} `BM_ERR_BUSY` when
+   *   {@link StagingStoreOptions.maxPendingTransfers} transfers are admitted
+   *   already: the transfer is refused at once and nothing changes (its
+   *   source retries at its next cycle).
+   */
+  admitTransfer(): () => void {
+    if (this.#pendingTransfers >= this.#maxPendingTransfers) {
+      throw new BlockMirrorError('BM_ERR_BUSY', `${this.#pendingTransfers} transfers are being received already (maxPendingTransfers); try again later`);
+    }
+    this.#pendingTransfers++;
+    let ended = false;
+    return () => {
+      if (ended) return;
+      ended = true;
+      this.#pendingTransfers--;
+    };
+  }
+
+  /** Transfers admitted and not ended (see {@link admitTransfer}). */
+  get pendingTransfers(): number {
+    return this.#pendingTransfers;
   }
 
   /**

@@ -159,7 +159,7 @@ export interface MirrorTargetOptions {
    * `discard-target`. Without this option cycle sources are refused with
    * `BM_ERR_NOT_SUPPORTED`.
    */
-  cycle?: { dir: string; maxInFlight?: number; hooks?: StagingStoreHooks };
+  cycle?: { dir: string; maxInFlight?: number; maxPendingTransfers?: number; hooks?: StagingStoreHooks };
 }
 
 /** Plain-object status of a target volume. */
@@ -1181,6 +1181,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       dir: options.dir,
       volumes: [...this.#volumes.values()].map((v) => ({ name: v.name, device: v.device })),
       ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight }),
+      ...(options.maxPendingTransfers === undefined ? {} : { maxPendingTransfers: options.maxPendingTransfers }),
       ...(options.hooks === undefined ? {} : { hooks: options.hooks }),
       heldBy: (name) => {
         const v = this.#volumes.get(name);

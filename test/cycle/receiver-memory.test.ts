@@ -75,3 +75,41 @@ test('issue 14: SPEC 33: connections closed before the target handled their BEGI
   assert.deepEqual(host.image('v'), { lineage: OFFER.generation, freeze: 0, seeding: true }, 'nothing was committed (a dropped first copy leaves the image seeding)');
   await host.close();
 });
+
+test('issue 14: SPEC 33: a flood of complete transfers (BEGIN, data, COMMIT, close) faster than BEGINs are handled is bounded by maxPendingTransfers: the others are refused at once with BM_ERR_BUSY and hold nothing; once the flood is handled, transfers are admitted again', async () => {
+  const disk = gatedFileSystem();
+  const device = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const host = await CycleHost.open({ dir: '/t', volumes: [{ name: 'v', device }], fs: disk.fs, maxPendingTransfers: 4 });
+  const transferErrors: string[] = [];
+  host.on('transfer-error', (info) => transferErrors.push(info.error.code));
+  const session = async (id: number): Promise<void> => {
+    const raw = new StubConnection();
+    const conn = new FramedConnection(raw, { limits: DEFAULT_CODEC_LIMITS });
+    host.accept(HELLO as never, [OFFER], conn);
+    host.serve(conn, 'src', [OFFER]);
+    const frames = [encodeFrame(MessageType.CYCLE_BEGIN, { id, to: id, vols: [{ v: 0, from: 0, full: true, chunk: CHUNK, gran: GRAN, tbl: 0, n: geometry.chunkCount * geometry.granulesPerChunk }] })];
+    for (let c = 0; c < geometry.chunkCount; c++) frames.push(encodeFrame(MessageType.CYCLE_DATA, { id, v: 0, s: c, g: 0, n: geometry.granulesPerChunk }, Buffer.alloc(CHUNK, id)));
+    frames.push(encodeFrame(MessageType.CYCLE_COMMIT, { id, to: id }));
+    raw.feed(Buffer.concat(frames.flat()));
+    await settle(2);
+    raw.destroy(); // a whole transfer sent, then gone: its commit is still owed
+    await settle(2);
+  };
+  disk.close();
+  const before = await retainedBytes();
+  for (let id = 1; id <= 16; id++) await session(id);
+  const grown = (await retainedBytes()) - before;
+  const busy = transferErrors.filter((c) => c === 'BM_ERR_BUSY').length;
+  assert.equal(busy, 12, `refused at once past 4 admitted transfers: ${transferErrors.join(',')}`);
+  assert.ok(grown < 8 * 2 ** 20, `${(grown / 2 ** 20).toFixed(1)} MiB held for 16 complete transfers of 1 MiB each (4 admitted)`);
+  disk.open();
+  await settle(50);
+  // everything admitted was handled: a new transfer is admitted again (refused or not for its own reasons, never busy)
+  transferErrors.length = 0;
+  disk.close();
+  await session(17);
+  assert.deepEqual(transferErrors.filter((c) => c === 'BM_ERR_BUSY'), []);
+  disk.open();
+  await settle(20);
+  await host.close();
+});
