@@ -1272,13 +1272,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    *   (where `discard-local` applies its own decision).
    *
    * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_INVALID_ARGUMENT`,
+   *   `BM_ERR_VOLUME_BUSY` (the volume was {@link release}d: its primary resolves),
    *   `BM_ERR_NOT_DIVERGED` (no primary was refused for the volume since this
    *   target started), `BM_ERR_PROMOTE_REFUSED` (discard-remote: see {@link promote}).
    */
   async resolve(name: string, discard: Resolution): Promise<{ volume: string; resolution: Resolution; generation?: string }> {
     const v = this.volume(name);
     if (discard !== 'discard-local' && discard !== 'discard-remote') throw invalidArgument('resolve takes discard-local or discard-remote');
-    if (v.released) throw new BlockMirrorError('BM_ERR_NOT_DIVERGED', `volume ${name} was promoted and released by this target (a primary serves it): resolve on that primary`, { details: { volume: name } });
+    if (v.released) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${name} was promoted and released by this target (a primary serves it): resolve on that primary`, { details: { volume: name } });
     if (!v.diverged) {
       throw new BlockMirrorError('BM_ERR_NOT_DIVERGED', `volume ${name}: no primary was refused for a split brain or another lineage; nothing to resolve`, { details: { volume: name } });
     }
