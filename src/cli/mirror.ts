@@ -165,6 +165,16 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
           say(io, `volume ${volume} resolve ${discard}${result.generation === undefined ? ' (applied at the primary\'s next handshake)' : ` promoted generation=${result.generation}`}`);
           return result;
         },
+        demote: async (volume: string, options: { timeout?: number }) => {
+          const inPlace = served.get(volume);
+          if (inPlace === undefined) {
+            target.volume(volume);
+            throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', `volume ${volume} is a mirror's image here: demote it on its primary (a mirror demotes only a volume it serves in place after promote --peer)`, { details: { volume } });
+          }
+          const result = await inPlace.primary.demote(volume, options);
+          say(io, `volume ${volume} demoted generation=${result.generation} (read-only here; promote the mirror next, then restart this node as its mirror)`);
+          return result;
+        },
         promote: async (volume: string, options: { force: boolean; peer?: HostPort }) => {
           if (options.peer === undefined) {
             const result = await target.promote(volume, options);

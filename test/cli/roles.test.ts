@@ -256,7 +256,7 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
 });
 
 describe('issue 12 (5): promote in place: the mirror process serves the promoted volume itself (no restart)', () => {
-  test('issue 12 (5): planned failover in place: demote A, promote B with --nbd/--peer: B serves the volume read-write over NBD without a restart (qemu-io write + read back), A restarted as B\'s mirror catches up, status IN-SYNC yes, images equal', async (t) => {
+  test('issue 12 (5): planned failover in place: demote A, promote B with --nbd/--peer: B serves the volume read-write over NBD without a restart (qemu-io write + read back), A restarted as B\'s mirror catches up, status IN-SYNC yes, images equal; then back the same way (demote on B\'s mirror process, promote A in place)', async (t) => {
     if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
     const dir = await tmpDir(t);
     const pPath = path.join(dir, 'p.img');
@@ -300,7 +300,7 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     assert.equal(oneErrorLine(back.stderr).code, 'BM_ERR_DEMOTED');
 
     // failback: A restarts as B's mirror (its own files and state directory) and catches up
-    a = await startMirror(t, `v=${pPath}`, ['--state-dir', pState], `127.0.0.1:${aPort}`);
+    a = await startMirror(t, `v=${pPath}`, ['--state-dir', pState, '--nbd', '127.0.0.1:0'], `127.0.0.1:${aPort}`);
     await statusUntil(b, (s) => s.inSync && s.role === 'primary');
     await qemuWrite(t, bNbd, 0x33, '3M', '64k');
     await statusUntil(b, (s) => s.inSync);
@@ -309,10 +309,26 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     assert.match(table.stdout, /^v\s+sync\s+in-sync\s+yes\s/m, table.stdout);
     assert.match(table.stdout, new RegExp(`^127\\.0\\.0\\.1:${aPort}\\s+up\\s`, 'm'), 'B lists its mirror as a peer');
     assert.doesNotMatch(b.proc.stdout, /^resync done/m, 'no resync: A only lacked what B wrote since the promotion');
+
+    // and back, in place both ways: demote on B (through the mirror process's admin endpoint), promote A with --peer, B rejoins as A's mirror
+    const bState = `${mPath}.mirror-state`;
+    const handedBack = await cli(t, ['demote', '--admin', hp(b.admin), '--volume', 'v']);
+    assert.equal(handedBack.code, 0, handedBack.stderr);
+    await b.proc.waitForLine(/^volume v demoted generation=/);
+    const refused = await runTool(t, 'qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 0 4k', uri(bNbd)]);
+    assert.match(refused.stdout + refused.stderr, /Operation not permitted|EPERM|Permission denied|failed/i, 'the demoted export refuses writes');
     assert.equal((await b.proc.stop('SIGTERM')).code, 0, b.proc.stderr);
+    const bPort = await freePort();
+    const swapped = await cli(t, ['promote', '--admin', hp(a.admin), '--volume', 'v', '--peer', `127.0.0.1:${bPort}`]);
+    assert.equal(swapped.code, 0, swapped.stderr);
+    await qemuWrite(t, a.nbd!, 0x66, '3M', '64k');
+    const b2 = await startMirror(t, `v=${mPath}`, ['--state-dir', bState], `127.0.0.1:${bPort}`);
+    await statusUntil(a, (s) => s.inSync && s.role === 'primary');
+    assert.doesNotMatch(a.proc.stdout, /^resync done/m, 'no resync after a hand-over');
     assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+    assert.equal((await b2.proc.stop('SIGTERM')).code, 0, b2.proc.stderr);
     await qemuRead(t, pPath, 0x22, '2M', '64k');
-    await qemuRead(t, pPath, 0x33, '3M', '64k');
+    await qemuRead(t, mPath, 0x66, '3M', '64k');
     await sameImages(t, pPath, mPath);
   });
 
@@ -382,6 +398,10 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     assert.equal(oneErrorLine(noNbd.stderr).code, 'BM_ERR_INVALID_ARGUMENT');
     assert.match(oneErrorLine(noNbd.stderr).message, /without --nbd.*nothing was changed/);
     assert.equal((await volumeStatus(plain.admin)).role, 'target');
+    // a mirror demotes only a volume it serves in place
+    const demoteHere = await cli(t, ['demote', '--admin', hp(plain.admin), '--volume', 'v']);
+    assert.equal(demoteHere.code, 1);
+    assert.equal(oneErrorLine(demoteHere.stderr).code, 'BM_ERR_NOT_SUPPORTED');
     assert.equal((await plain.proc.stop('SIGTERM')).code, 0, plain.proc.stderr);
 
     const b = await startMirror(t, `v=${mPath}:4M`, ['--nbd', '127.0.0.1:0']);
