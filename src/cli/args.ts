@@ -153,7 +153,8 @@ Commands:
   primary   run a primary: serve volumes (NBD) and mirror every write to a mirror target
   status    show the status of a running node (via its --admin endpoint)
   resolve   resolve a split brain of a volume: --discard-local or --discard-remote
-  promote   make a mirror's volume a primary's (failover; --force when the primary is lost)
+  promote   make a mirror's volume a primary's (failover; --force when the primary is lost;
+            --peer to serve it in place on the mirror's --nbd)
   demote    hand a primary's volume over to its mirror (read-only here afterwards)
   demo      run a self-contained demonstration on loopback (no arguments)
 
