@@ -14,7 +14,7 @@ import { serveNbd } from './nbd-front.js';
 import { primaryVolumeBackend, targetVolumeBackend } from '../nbd/volume-backend.js';
 import type { NbdExport } from '../nbd/export.js';
 import { BlockMirrorError, toBlockMirrorError } from '../errors.js';
-import { createMirrorTarget, type MirrorTarget } from '../replication/mirror-target.js';
+import { createMirrorTarget, type MirrorTarget, type TargetVolume } from '../replication/mirror-target.js';
 import type { Primary } from '../replication/primary.js';
 import type { Resolution } from '../replication/pair-state.js';
 import { DEFAULT_DRAIN_TIMEOUT, formatHostPort, type HostPort, type MirrorConfig, type PrimaryConfig } from './args.js';
@@ -110,6 +110,8 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
 
     // volumes promoted with --peer: served here by a primary each (closed after the fronts, before the target)
     const served = new Map<string, ServedVolume>();
+    /** Volumes whose in-place primary is starting (a second promote of one is refused meanwhile). */
+    const starting = new Set<string>();
     const promotedResources = new Resources();
     resources.add('promoted primaries', async () => {
       const errors = await promotedResources.closeAll();
@@ -155,6 +157,24 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
       return volume;
     };
 
+    /** Records the promotion (unless one of this run was not served yet) and serves the volume in place. */
+    const promoteInPlace = async (volume: string, v: TargetVolume, force: boolean, peer: HostPort): Promise<object> => {
+      // promoted earlier in this run but not served (a failed serve, or a promote without --peer): serve it now
+      const result = v.status().role === 'promoted' ? { volume, generation: v.generations!.current, history: [...v.generations!.history] } : await target.promote(volume, { force });
+      const forced = force ? ' (forced)' : '';
+      let inPlace: ServedVolume;
+      try {
+        inPlace = await serveInPlace(volume, peer);
+      } catch (error) {
+        const err = toBlockMirrorError(error);
+        const message = `volume ${volume} promoted generation=${result.generation}${forced} but not served here (${err.code}: ${err.message}); this mirror keeps it (read-only): promote --peer again once the cause is fixed, or restart this node as its primary`;
+        warn(io, message);
+        throw new BlockMirrorError(err.code, message, { cause: error, details: { volume, generation: result.generation } });
+      }
+      say(io, `volume ${volume} promoted generation=${result.generation}${forced} serving ${inPlace.uri} peer=${formatHostPort(peer)}`);
+      return { ...result, nbd: inPlace.uri, peer: formatHostPort(peer) };
+    };
+
     const parts = [`mirror=${formatHostPort(target.address)}`];
     if (config.admin !== undefined) {
       const actions = {
@@ -189,21 +209,15 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
             );
           }
           const v = target.volume(volume);
-          if (served.has(volume)) throw new BlockMirrorError('BM_ERR_PROMOTE_REFUSED', `volume ${volume} cannot be promoted: it is promoted and served here already; nothing was changed`, { details: { volume } });
-          // promoted earlier in this run but not served (a failed serve, or a promote without --peer): serve it now
-          const result = v.status().role === 'promoted' ? { volume, generation: v.generations!.current, history: [...v.generations!.history] } : await target.promote(volume, { force: options.force });
-          const forced = options.force ? ' (forced)' : '';
-          let inPlace: ServedVolume;
-          try {
-            inPlace = await serveInPlace(volume, options.peer);
-          } catch (error) {
-            const err = toBlockMirrorError(error);
-            const message = `volume ${volume} promoted generation=${result.generation}${forced} but not served here (${err.code}: ${err.message}); this mirror keeps it (read-only): promote --peer again once the cause is fixed, or restart this node as its primary`;
-            warn(io, message);
-            throw new BlockMirrorError(err.code, message, { cause: error, details: { volume, generation: result.generation } });
+          if (served.has(volume) || starting.has(volume)) {
+            throw new BlockMirrorError('BM_ERR_PROMOTE_REFUSED', `volume ${volume} cannot be promoted: it is promoted and ${served.has(volume) ? 'served' : 'being served'} here already; nothing was changed`, { details: { volume } });
           }
-          say(io, `volume ${volume} promoted generation=${result.generation}${forced} serving ${inPlace.uri} peer=${formatHostPort(options.peer)}`);
-          return { ...result, nbd: inPlace.uri, peer: formatHostPort(options.peer) };
+          starting.add(volume);
+          try {
+            return await promoteInPlace(volume, v, options.force, options.peer);
+          } finally {
+            starting.delete(volume);
+          }
         },
       };
       const source = { status: () => mirrorStatus(target, served) };
