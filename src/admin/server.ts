@@ -24,8 +24,9 @@ export interface StatusSource {
 /**
  * Operator commands the admin endpoint accepts (`POST`), each optional: a
  * node offers those its role has (a primary: `resolve`, `demote`; a mirror
- * target: `resolve`, `promote`). Each resolves with a JSON-serialisable
- * result or rejects with a coded error.
+ * target: `resolve`, `promote` — the CLI's mirror also `demote`, for a
+ * volume it serves in place after a promotion). Each resolves with a
+ * JSON-serialisable result or rejects with a coded error.
  */
 export interface AdminActions {
   /** `POST /volumes/NAME/resolve?discard=local|remote`: see `Primary.resolve` / `MirrorTarget.resolve`. */
