@@ -12,6 +12,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import type { TestContext } from 'node:test';
 import { fetchStatus } from '../../src/cli/status.js';
+import { adminPost } from '../../src/cli/role-command.js';
 import type { AdminVolumeStatus } from '../../src/admin/status.js';
 import { requireTool, runTool, type ToolResult } from '../helpers/tools.js';
 import { CliProcess, listeningAddresses, oneErrorLine, runCli, tmpDir } from './cli-helpers.js';
@@ -375,7 +376,7 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     await sameImages(t, pPath, mPath);
   });
 
-  test('issue 12 (5): bad input: a malformed promote --peer is a usage error, --peer on a mirror without --nbd changes nothing, and a promotion whose primary cannot start leaves the mirror hosting the volume read-only until promote --peer is retried', async (t) => {
+  test('issue 12 (5): bad input: a malformed promote --peer is a usage error, --peer on a mirror without --nbd changes nothing, and a promotion whose primary cannot start leaves the mirror hosting the volume read-only until promote --peer is retried (two retries at once: one serves, one is refused)', async (t) => {
     if (!requireTool(['qemu-io'], t)) return;
     const dir = await tmpDir(t);
     const pPath = path.join(dir, 'p.img');
@@ -428,9 +429,15 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
 
     // the cause fixed, promote --peer again: served (the recorded generation, not a new one)
     await fs.rmdir(path.join(mState, 'v.bitmap'));
-    const retried = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', '127.0.0.1:9']);
-    assert.equal(retried.code, 0, retried.stderr);
-    assert.equal((JSON.parse(retried.stdout) as { generation: string }).generation, kept.generation);
+    // two at once: exactly one serves it (never two primaries on one device), the other is refused
+    // (straight to the admin endpoint, so that both requests arrive together)
+    const both = await Promise.all([0, 1].map(() => adminPost(b.admin, '/volumes/v/promote?peer=127.0.0.1%3A9', 10_000)));
+    const retried = both.find((r) => r.status === 200);
+    assert.ok(retried !== undefined, both.map((r) => r.body).join(''));
+    const loser = both.find((r) => r !== retried)!;
+    assert.equal(loser.status, 409, loser.body);
+    assert.equal((JSON.parse(loser.body) as { error: { code: string } }).error.code, 'BM_ERR_PROMOTE_REFUSED');
+    assert.equal((JSON.parse(retried.body) as { generation: string }).generation, kept.generation);
     await qemuWrite(t, bNbd, 0x55, '0', '4k');
     await nbdRead(t, bNbd, 0x55, '0', '4k');
     const again = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', '127.0.0.1:9']);
