@@ -24,14 +24,20 @@ export interface StatusSource {
 /**
  * Operator commands the admin endpoint accepts (`POST`), each optional: a
  * node offers those its role has (a primary: `resolve`, `demote`; a mirror
- * target: `resolve`, `promote`). Each resolves with a JSON-serialisable
- * result or rejects with a coded error.
+ * target: `resolve`, `promote` — the CLI's mirror also `demote`, for a
+ * volume it serves in place after a promotion). Each resolves with a
+ * JSON-serialisable result or rejects with a coded error.
  */
 export interface AdminActions {
   /** `POST /volumes/NAME/resolve?discard=local|remote`: see `Primary.resolve` / `MirrorTarget.resolve`. */
   resolve?(volume: string, discard: Resolution): Promise<object>;
-  /** `POST /volumes/NAME/promote[?force=1]`: see `MirrorTarget.promote`. */
-  promote?(volume: string, options: { force: boolean }): Promise<object>;
+  /**
+   * `POST /volumes/NAME/promote[?force=1][&peer=HOST:PORT]`: see
+   * `MirrorTarget.promote`. `peer` (`HOST:PORT` or `[IPv6]:PORT`, checked
+   * before the action runs): the mirror the promoted volume is to replicate
+   * to when the node serves it in place (the CLI's mirror with `--nbd`).
+   */
+  promote?(volume: string, options: { force: boolean; peer?: { host: string; port: number } }): Promise<object>;
   /** `POST /volumes/NAME/demote[?timeout=MS]`: see `Primary.demote`. */
   demote?(volume: string, options: { timeout?: number }): Promise<object>;
 }
@@ -111,6 +117,14 @@ function sendError(res: http.ServerResponse, code: number, error: string, messag
   send(res, code, 'application/json; charset=utf-8', `${JSON.stringify({ error: { code: error, message } })}\n`, extra);
 }
 
+/** `HOST:PORT` or `[IPv6]:PORT` (port 1…65535) of a promote's `peer`; else `BM_ERR_INVALID_ARGUMENT`. */
+function parsePeer(text: string): { host: string; port: number } {
+  const m = /^(?:\[([^\]\s]+)\]|([^:\s[\]]+)):(\d{1,5})$/.exec(text);
+  const port = m === null ? NaN : Number(m[3]);
+  if (m === null || port < 1 || port > 65535) throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', `promote peer must be HOST:PORT or [IPv6]:PORT with a port from 1 to 65535, got ${JSON.stringify(text)}`);
+  return { host: m[1] ?? m[2]!, port };
+}
+
 /** Runs one operator command and answers it. */
 async function runAction(req: http.IncomingMessage, res: http.ServerResponse, actions: AdminActions, volume: string, name: keyof AdminActions, query: URLSearchParams): Promise<void> {
   // the body is not used: drain it
@@ -130,7 +144,9 @@ async function runAction(req: http.IncomingMessage, res: http.ServerResponse, ac
       if (discard !== 'local' && discard !== 'remote') throw new BlockMirrorError('BM_ERR_INVALID_ARGUMENT', 'resolve needs discard=local or discard=remote');
       result = await actions.resolve!(volume, discard === 'local' ? 'discard-local' : 'discard-remote');
     } else if (name === 'promote') {
-      result = await actions.promote!(volume, { force: query.get('force') === '1' || query.get('force') === 'true' });
+      const force = query.get('force') === '1' || query.get('force') === 'true';
+      const peer = query.get('peer');
+      result = await actions.promote!(volume, peer === null ? { force } : { force, peer: parsePeer(peer) });
     } else {
       const t = query.get('timeout');
       const timeout = t === null ? undefined : Number(t);
@@ -155,7 +171,7 @@ async function runAction(req: http.IncomingMessage, res: http.ServerResponse, ac
  *   plus `version`.
  * - `GET /metrics` → `200 text/plain; version=0.0.4`: see {@link renderMetrics}.
  * - `POST /volumes/NAME/resolve?discard=local|remote`,
- *   `POST /volumes/NAME/promote[?force=1]`, `POST /volumes/NAME/demote[?timeout=MS]`
+ *   `POST /volumes/NAME/promote[?force=1][&peer=HOST:PORT]`, `POST /volumes/NAME/demote[?timeout=MS]`
  *   → `200` with the action's JSON result; a coded error → `{"error":{"code","message"}}`
  *   with `404` (`BM_ERR_UNKNOWN_VOLUME`), `400` (`BM_ERR_INVALID_ARGUMENT`) or `409`
  *   (any other: the node's state does not allow it); an action this node does

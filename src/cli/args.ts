@@ -125,6 +125,8 @@ export interface RoleCommandConfig {
   discard?: 'local' | 'remote';
   /** promote: `--force` (the primary is lost: it did not hand the volume over). */
   force?: boolean;
+  /** promote: `--peer HOST:PORT`, the mirror the promoted volume replicates to when the mirror serves it in place (its `--nbd`). */
+  peer?: HostPort;
   /** demote: `--timeout MS` to drain the volume to the mirror (default 30000). */
   timeout?: number;
 }
@@ -151,7 +153,8 @@ Commands:
   primary   run a primary: serve volumes (NBD) and mirror every write to a mirror target
   status    show the status of a running node (via its --admin endpoint)
   resolve   resolve a split brain of a volume: --discard-local or --discard-remote
-  promote   make a mirror's volume a primary's (failover; --force when the primary is lost)
+  promote   make a mirror's volume a primary's (failover; --force when the primary is lost;
+            --peer to serve it in place on the mirror's --nbd)
   demote    hand a primary's volume over to its mirror (read-only here afterwards)
   demo      run a self-contained demonstration on loopback (no arguments)
 
@@ -214,7 +217,9 @@ the primary's volumes must have the same names and sizes. A primary in
 ${VOLUME_HELP}
 ${SECURITY_HELP}
   --max-sessions N           primaries and cycle sources at once (default 64)
-  --nbd HOST:PORT            serve the volumes read-only over NBD (export name = volume name)
+  --nbd HOST:PORT            serve the volumes read-only over NBD (export name = volume name);
+                             a volume promoted with --peer is served here read-write by its
+                             new primary (see blockmirror promote --help)
   --admin HOST:PORT          HTTP status/metrics endpoint (GET /status, GET /metrics)
   --secret-file FILE         shared secret (first line of FILE); primaries must prove it
   --heartbeat-interval MS    heartbeat period (UDP, default 1500)
@@ -324,12 +329,25 @@ On the primary:
                      role swap (promote the mirror, restart this node as its mirror)
 `;
 
-export const PROMOTE_HELP = `Usage: blockmirror promote --admin HOST:PORT --volume NAME [--force]
+export const PROMOTE_HELP = `Usage: blockmirror promote --admin HOST:PORT --volume NAME [--force] [--peer HOST:PORT]
 
 On a running mirror: makes its copy of the volume the primary's (failover). A
 new generation is recorded whose history holds the old one; the old primary is
-refused from then on (fenced by lineage). Then stop this mirror and start it as
-the volume's primary on the same volume file and --state-dir.
+refused from then on (fenced by lineage).
+
+  --peer HOST:PORT   serve the volume in place (the mirror needs --nbd): the mirror
+                     process starts the volume's primary on the same volume file and
+                     --state-dir, serves it read-write on its --nbd (export name = volume
+                     name) and mirrors it (sync) to the mirror at HOST:PORT, typically
+                     the old primary's node restarted as blockmirror mirror (until it
+                     is reachable the primary journals and retries). Link settings
+                     (--heartbeat-interval, --stale-after, --probation, --secret-file,
+                     --tls-*) are the mirror's own. Prints "volume NAME promoted
+                     generation=… serving nbd://HOST:PORT/NAME peer=HOST:PORT". If the
+                     primary cannot start, the promotion stays recorded, the mirror keeps
+                     the volume read-only and the error says why: promote --peer again.
+  without --peer     only the promotion is recorded: stop this mirror and start it as
+                     the volume's primary on the same volume file and --state-dir.
 
 Without --force the primary must have handed the volume over (blockmirror
 demote); --force when the primary is lost (its writes not yet mirrored are lost
@@ -718,8 +736,10 @@ function parseRoleCommand(kind: 'resolve' | 'promote' | 'demote', argv: string[]
   if (kind === 'resolve') {
     options['discard-local'] = { type: 'boolean' };
     options['discard-remote'] = { type: 'boolean' };
-  } else if (kind === 'promote') options.force = { type: 'boolean' };
-  else options.timeout = { type: 'string' };
+  } else if (kind === 'promote') {
+    options.force = { type: 'boolean' };
+    options.peer = { type: 'string' };
+  } else options.timeout = { type: 'string' };
   const values = parse(kind, argv, options);
   if (values.help === true) return { kind: 'help', text: help };
   const admin = parseHostPort(required(values, 'admin', kind), '--admin', false);
@@ -730,8 +750,11 @@ function parseRoleCommand(kind: 'resolve' | 'promote' | 'demote', argv: string[]
     const remote = values['discard-remote'] === true;
     if (local === remote) throw usageError('resolve needs exactly one of --discard-local and --discard-remote');
     config.discard = local ? 'local' : 'remote';
-  } else if (kind === 'promote') config.force = values.force === true;
-  else {
+  } else if (kind === 'promote') {
+    config.force = values.force === true;
+    const peer = str(values, 'peer');
+    if (peer !== undefined) config.peer = parseHostPort(peer, '--peer', false);
+  } else {
     const timeout = str(values, 'timeout');
     if (timeout !== undefined) config.timeout = parseMs(timeout, '--timeout');
   }

@@ -8,7 +8,7 @@
 import createDebug from 'debug';
 import { BlockMirrorError } from '../errors.js';
 import type { NbdExport } from '../nbd/export.js';
-import { NbdServer, type NbdServerOptions } from '../nbd/server.js';
+import { NbdServer, type NbdExportLookup, type NbdServerOptions } from '../nbd/server.js';
 import { LatencyHistogram } from '../admin/histogram.js';
 import type { AdminMetrics } from '../admin/metrics.js';
 import { createAdminServer, type AdminActions, type AdminServerOptions } from '../admin/server.js';
@@ -19,17 +19,19 @@ import { packageVersion, type Resources } from './runtime.js';
 const log = createDebug('blockmirror:cli');
 
 /**
- * Listens on `at` with `exports` (the first volume is the default export) and
- * registers the server with `resources`. A listen failure closes the server
- * and is relabelled `NBD: …`.
+ * Listens on `at` with `exports` (a list, or a lookup of the current list)
+ * and registers the server with `resources`. The default export is
+ * `defaultExport`, else the first of the list. A listen failure closes the
+ * server and is relabelled `NBD: …`.
  */
 export async function serveNbd(
-  exports: NbdExport[],
+  exports: NbdExport[] | NbdExportLookup,
   at: HostPort,
   resources: Resources,
   options: Partial<NbdServerOptions> = {},
+  defaultExport?: string,
 ): Promise<{ server: NbdServer; address: string }> {
-  const server = new NbdServer({ ...options, exports, defaultExport: exports[0]!.name });
+  const server = new NbdServer({ ...options, exports, defaultExport: defaultExport ?? (Array.isArray(exports) ? exports[0]!.name : '') });
   server.on('error', (error, client) => log('nbd%s: %s', client === undefined ? '' : ` client ${client.id}`, error.message));
   let address: HostPort;
   try {

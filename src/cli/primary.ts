@@ -4,9 +4,10 @@
  *
  * @module
  */
-import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions, primaryListeners } from './security.js';
+import { adminAccessOptions, adminToken, exposureWarnings, linkTransport, loadTls, nbdFrontOptions, primaryListeners, type TlsMaterial } from './security.js';
 import createDebug from 'debug';
-import { CONFIGURATION_REFUSALS, type ErrorCode } from '../errors.js';
+import { CONFIGURATION_REFUSALS, type BlockMirrorError, type ErrorCode } from '../errors.js';
+import type { BlockDevice } from '../device/block-device.js';
 import type { NbdExport } from '../nbd/export.js';
 import { primaryVolumeBackend, type VolumeOpObserver } from '../nbd/volume-backend.js';
 import { createPrimary, type Primary } from '../replication/primary.js';
@@ -50,12 +51,102 @@ export function primaryExports(primary: Primary, observer?: VolumeOpObserver): N
   }));
 }
 
+/** What {@link openPrimary} needs besides the flags. */
+export interface OpenPrimaryInput {
+  /** Open devices by volume name (those of `config.volumes` are served). */
+  devices: ReadonlyMap<string, BlockDevice>;
+  /** Shared secret (from `--secret-file`). */
+  secret?: string;
+  /** The `--tls-*` material: the link to the mirror over TLS. */
+  tls?: TlsMaterial;
+  /** Where the primary's `primary` and `progress` resources are registered (closed in reverse order). */
+  resources: Resources;
+  /**
+   * A connection error after which retrying cannot help ({@link FATAL_PEER_ERRORS}).
+   * Absent: a warning is printed (once per code) and the primary keeps
+   * serving its volumes and retrying, as for any other error.
+   */
+  onFatal?: (error: BlockMirrorError) => void;
+  /** Appended to the `link …` and `mirror … not reachable` lines (e.g. ` volume=db` for a primary serving one volume of a mirror process). */
+  lineSuffix?: string;
+}
+
+/**
+ * Starts a primary the way `blockmirror primary` does, on devices already
+ * open: the node id and pairing state from the state directory
+ * (`config.stateDir`, default beside the first volume file), the flags turned
+ * into options by {@link primaryOptionsFrom}, a line per event on `io`.
+ * Contacts nobody: call `primary.connect()` once the fronts are bound. Its
+ * close (drained for at most `config.drainTimeout`, not drained after a
+ * fatal error) is registered with `input.resources`.
+ */
+export async function openPrimary(config: PrimaryConfig, io: CliIo, input: OpenPrimaryInput): Promise<Primary> {
+  const { resources } = input;
+  const peer = formatHostPort(config.peer);
+  const suffix = input.lineSuffix ?? '';
+  let fatal = false;
+  // the state directory keeps the node id, each volume's pairing state and (without --journal) its bitmap
+  const nodeId = await primaryNodeId(config);
+  const options: Parameters<typeof primaryOptionsFrom>[1] = { devices: input.devices, stateDir: stateDirOf(config, 'primary') };
+  if (input.secret !== undefined) options.secret = input.secret;
+  const transport = linkTransport(input.tls);
+  if (transport !== undefined) options.transport = transport;
+  // the mirror is contacted only once every listener is bound: a start
+  // that fails on a port in use claims nothing on the mirror
+  const primary = await createPrimary({ ...primaryOptionsFrom(config, options), nodeId, autoConnect: false });
+  resources.add('primary', () => primary.close({ drain: !fatal, timeout: config.drainTimeout }));
+  say(io, `node ${nodeId}`);
+  for (const v of primary.volumes) {
+    const s = v.status();
+    if (s.journalEntries > 0) say(io, `journal replay volume=${v.name} records=${s.pendingRequests} bytes=${s.pendingBytes}`);
+  }
+
+  const warned = new Set<string>();
+  primary.on('link', (state) => {
+    if (state === 'up') warned.clear();
+    say(io, `link ${state} peer=${peer}${suffix}`);
+  });
+  primary.on('connect-error', (error) => {
+    if (FATAL_PEER_ERRORS.has(error.code) && input.onFatal !== undefined) {
+      fatal = true;
+      input.onFatal(error);
+      return;
+    }
+    log('connect to %s failed: %s', peer, error.message);
+    if (warned.has(error.code)) return;
+    warned.add(error.code);
+    warn(io, `mirror ${peer} not reachable (${error.code}: ${error.message}); retrying${suffix}`);
+  });
+  primary.on('mirror-error', (info) => log('volume %s seq %d: mirror failed: %s', info.volume, info.seq, info.error.message));
+  primary.on('volume-state', (info) => log('volume %s: %s', info.volume, info.state));
+  const progress = new OperationProgress(io.stderr);
+  resources.add('progress', async () => progress.close());
+  primary.on('progress', (info) => {
+    const label = `${info.operation} ${info.volume}`;
+    if (info.finished) progress.finish(label);
+    else progress.report(label, info.done, info.total);
+  });
+  primary.on('journal-replayed', (info) => {
+    say(io, `journal replay done volume=${info.volume} records=${info.records} bytes=${info.bytes} ms=${Math.round(info.durationMs)}`);
+  });
+  primary.on('resync-done', (info) => {
+    progress.finish(`resync ${info.volume}`);
+    say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
+  });
+  primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
+  primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));
+  primary.on('resync-error', (info) => {
+    progress.finish(`resync ${info.volume}`, true);
+    warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);
+  });
+  return primary;
+}
+
 /** Runs `blockmirror primary` until SIGINT/SIGTERM or a fatal peer error; resolves with the exit status. */
 export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<number> {
   const lifecycle = new Lifecycle(io);
   const resources = new Resources();
   const peer = formatHostPort(config.peer);
-  let fatal = false;
   let reason: StopReason;
   try {
     const secret = config.secretFile === undefined ? undefined : await readSecret(config.secretFile);
@@ -69,61 +160,10 @@ export async function runPrimary(config: PrimaryConfig, io: CliIo): Promise<numb
     logNbdVolumes(devices, io);
     for (const v of config.volumes) say(io, `volume ${v.name} path=${v.path} size=${devices.get(v.name)!.size} mode=${config.mode}`);
 
-    // the state directory keeps the node id, each volume's pairing state and (without --journal) its bitmap
-    const nodeId = await primaryNodeId(config);
-    const input: Parameters<typeof primaryOptionsFrom>[1] = { devices, stateDir: stateDirOf(config, 'primary') };
+    const input: OpenPrimaryInput = { devices, resources, onFatal: (error) => lifecycle.fail(error) };
     if (secret !== undefined) input.secret = secret;
-    const transport = linkTransport(tls);
-    if (transport !== undefined) input.transport = transport;
-    // the mirror is contacted only once every listener here is bound: a start
-    // that fails on a port in use claims nothing on the mirror
-    const options = { ...primaryOptionsFrom(config, input), nodeId, autoConnect: false };
-    const primary = await createPrimary(options);
-    resources.add('primary', () => primary.close({ drain: !fatal, timeout: config.drainTimeout }));
-    say(io, `node ${nodeId}`);
-    for (const v of primary.volumes) {
-      const s = v.status();
-      if (s.journalEntries > 0) say(io, `journal replay volume=${v.name} records=${s.pendingRequests} bytes=${s.pendingBytes}`);
-    }
-
-    const warned = new Set<string>();
-    primary.on('link', (state) => {
-      if (state === 'up') warned.clear();
-      say(io, `link ${state} peer=${peer}`);
-    });
-    primary.on('connect-error', (error) => {
-      if (FATAL_PEER_ERRORS.has(error.code)) {
-        fatal = true;
-        lifecycle.fail(error);
-        return;
-      }
-      log('connect to %s failed: %s', peer, error.message);
-      if (warned.has(error.code)) return;
-      warned.add(error.code);
-      warn(io, `mirror ${peer} not reachable (${error.code}: ${error.message}); retrying`);
-    });
-    primary.on('mirror-error', (info) => log('volume %s seq %d: mirror failed: %s', info.volume, info.seq, info.error.message));
-    primary.on('volume-state', (info) => log('volume %s: %s', info.volume, info.state));
-    const progress = new OperationProgress(io.stderr);
-    resources.add('progress', async () => progress.close());
-    primary.on('progress', (info) => {
-      const label = `${info.operation} ${info.volume}`;
-      if (info.finished) progress.finish(label);
-      else progress.report(label, info.done, info.total);
-    });
-    primary.on('journal-replayed', (info) => {
-      say(io, `journal replay done volume=${info.volume} records=${info.records} bytes=${info.bytes} ms=${Math.round(info.durationMs)}`);
-    });
-    primary.on('resync-done', (info) => {
-      progress.finish(`resync ${info.volume}`);
-      say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
-    });
-    primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
-    primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));
-    primary.on('resync-error', (info) => {
-      progress.finish(`resync ${info.volume}`, true);
-      warn(io, `resync of ${info.volume} failed (${info.error.code}: ${info.error.message}); retried when the link is up`);
-    });
+    if (tls !== undefined) input.tls = tls;
+    const primary = await openPrimary(config, io, input);
 
     const actions = {
       resolve: (volume: string, discard: Resolution) => primary.resolve(volume, discard),

@@ -19,7 +19,10 @@ export function adminPost(address: HostPort, path: string, timeout: number): Pro
 function actionPath(kind: 'resolve' | 'promote' | 'demote', config: RoleCommandConfig): string {
   const base = `/volumes/${encodeURIComponent(config.volume)}/${kind}`;
   if (kind === 'resolve') return `${base}?discard=${config.discard ?? ''}`;
-  if (kind === 'promote') return config.force === true ? `${base}?force=1` : base;
+  if (kind === 'promote') {
+    const query = [...(config.force === true ? ['force=1'] : []), ...(config.peer === undefined ? [] : [`peer=${encodeURIComponent(formatHostPort(config.peer))}`])];
+    return query.length === 0 ? base : `${base}?${query.join('&')}`;
+  }
   return config.timeout === undefined ? base : `${base}?timeout=${config.timeout}`;
 }
 

@@ -190,8 +190,10 @@ export interface TargetVolumeStatus {
   errors: number;
   /** With the `cycle` option: the freeze image the volume holds and its cycle source. */
   cycle?: CycleVolumeStatus;
-  /** `target`, or `promoted` once {@link MirrorTarget.promote} made it a primary's image (restart the node as a primary to serve it). */
+  /** `target`, or `promoted` once {@link MirrorTarget.promote} made it a primary's image (restart the node as a primary to serve it, or serve it in place after {@link MirrorTarget.release}). */
   role: 'target' | 'promoted';
+  /** Set once {@link MirrorTarget.release} handed the promoted volume's device over: this target no longer writes it or its pairing state. */
+  released?: boolean;
   /** An owed split-brain decision (`discard-local`) the next claim applies. */
   resolution?: Resolution;
   /** Its primary handed the volume over (demoted): it may be promoted without force. */
@@ -287,6 +289,7 @@ export class TargetVolume {
   /** The operator's owed split-brain decision (`discard-local`), applied at the next claim. @internal */ resolution: Resolution | undefined;
   /** The primary handed the volume over (demoted, up-to-date). @internal */ handedOver = false;
   /** Promoted in this run: no primary may claim it any more. @internal */ promoted = false;
+  /** Released after its promotion (see {@link MirrorTarget.release}): its device and pairing state are someone else's now. @internal */ released = false;
   /** @internal */ readonly store: PairStateStore;
   /** @internal */ readonly applyStore: ApplyStateStore;
   /** @internal */ onDisk: ((disk: DiskState, previous: DiskState) => void) | undefined;
@@ -345,6 +348,8 @@ export class TargetVolume {
    * saves run one at a time, each writing the latest state. @internal
    */
   savePair(change?: () => void): Promise<void> {
+    // released: the pairing state belongs to the volume's new primary, which may be writing it
+    if (this.released) return Promise.resolve();
     const previous = this.disk;
     change?.();
     if (this.disk !== previous && previous === 'up-to-date' && this.connections > 0) this.lastInSync = Date.now();
@@ -356,6 +361,11 @@ export class TargetVolume {
       void run.then(() => this.onDisk?.(disk, previous), () => undefined);
     }
     return run;
+  }
+
+  /** Resolves once every pairing-state save started so far has ended. @internal */
+  pairSaved(): Promise<void> {
+    return this.#saving;
   }
 
   #pairState(): PairState {
@@ -438,6 +448,7 @@ export class TargetVolume {
       disk: this.disk,
       peerDisk: this.connections > 0 ? 'up-to-date' : this.diverged ? 'diverged' : 'unknown',
       role: this.promoted ? 'promoted' : 'target',
+      ...(this.released ? { released: true } : {}),
       inSync,
       appliedWrites: this.appliedWrites,
       bytesWritten: this.bytesWritten,
@@ -1201,6 +1212,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     }
     for (const offer of offers) {
       const v = this.#volumes.get(offer.name);
+      // a promoted image is a primary's now: nothing but its primary writes it
+      if (v?.promoted === true) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${offer.name} was promoted on this node`, { details: { volume: offer.name } });
       if (v?.generations !== undefined && this.#splitBrain !== 'discard-target' && this.#cycle.image(v.name).lineage !== offer.generation) {
         throw new BlockMirrorError(
           'BM_ERR_SPLIT_BRAIN',
@@ -1260,12 +1273,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    *   (where `discard-local` applies its own decision).
    *
    * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`, `BM_ERR_INVALID_ARGUMENT`,
+   *   `BM_ERR_VOLUME_BUSY` (the volume was {@link release}d: its primary resolves),
    *   `BM_ERR_NOT_DIVERGED` (no primary was refused for the volume since this
    *   target started), `BM_ERR_PROMOTE_REFUSED` (discard-remote: see {@link promote}).
    */
   async resolve(name: string, discard: Resolution): Promise<{ volume: string; resolution: Resolution; generation?: string }> {
     const v = this.volume(name);
     if (discard !== 'discard-local' && discard !== 'discard-remote') throw invalidArgument('resolve takes discard-local or discard-remote');
+    if (v.released) throw new BlockMirrorError('BM_ERR_VOLUME_BUSY', `volume ${name} was promoted and released by this target (a primary serves it): resolve on that primary`, { details: { volume: name } });
     if (!v.diverged) {
       throw new BlockMirrorError('BM_ERR_NOT_DIVERGED', `volume ${name}: no primary was refused for a split brain or another lineage; nothing to resolve`, { details: { volume: name } });
     }
@@ -1289,7 +1304,9 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
    * session is ended and no primary may claim the volume any more (an old
    * primary that comes back is refused with `BM_ERR_SPLIT_BRAIN`: it is
    * fenced by lineage). Restart the node as the volume's
-   * primary on the same volume and state directory to serve it.
+   * primary on the same volume and state directory to serve it, or
+   * {@link release} the volume and start a primary on its device and this
+   * target's state directory in the same process.
    *
    * Without `force` the volume's primary must have handed it over (demoted:
    * drained and read-only there); with `force` (the primary is lost) the
@@ -1332,16 +1349,52 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     });
   }
 
+  /**
+   * Hands the device of promoted volume `name` over, so that a primary can
+   * serve it in this process (in place, without a restart): after
+   * {@link promote}, start a primary on `device` with this target's
+   * `stateDir`; it loads the promoted pairing state as a restarted primary
+   * would. Waits for the requests and pairing-state saves in flight and
+   * records the apply state (flushed); from then on the target never writes
+   * the device, the volume's pairing state or its apply state again (not at
+   * {@link close} either), {@link resolve} and cycle sources are refused for
+   * it, and its status says `released: true`. The volume stays listed in
+   * {@link volumes} (its `read` still reads the device). Not undone: stop
+   * the process to host the volume as a mirror again.
+   *
+   * @throws {BlockMirrorError} `BM_ERR_UNKNOWN_VOLUME`; `BM_ERR_INVALID_ARGUMENT`
+   *   when the volume was not promoted in this run or is released already;
+   *   `BM_ERR_CLOSED` after {@link close}; the device's error when its flush
+   *   fails — in every case nothing changed and the target keeps the volume.
+   */
+  async release(name: string): Promise<{ volume: string; device: BlockDevice }> {
+    const v = this.volume(name);
+    return this.#serialized(async () => {
+      if (this.#closed) throw new BlockMirrorError('BM_ERR_CLOSED', 'the target is closed', { details: { volume: name } });
+      if (!v.promoted) throw invalidArgument(`volume ${name} is not promoted on this node: only a promoted volume is released`, { volume: name });
+      if (v.released) throw invalidArgument(`volume ${name} is released already`, { volume: name });
+      await v.order.settle();
+      await v.flushDurable();
+      v.released = true;
+      // saves started before are over once this resolves; later ones do nothing
+      await v.pairSaved();
+      log('volume %s released: its device and pairing state are its primary\'s now', name);
+      return { volume: name, device: v.device };
+    });
+  }
+
   /** Stops listening and closes every connection. Devices are not closed (they belong to the caller). */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const p of [...this.#peers.values()]) this.#dropPeer(p);
     for (const c of this.#connections) c.destroy();
+    // released volumes are their primary's: not a byte of them is written here any more
+    const kept = [...this.#volumes.values()].filter((v) => !v.released);
     // a clean stop records exactly how far each volume is applied (and flushed), and its pairing state
-    await Promise.all([...this.#volumes.values()].map((v) => v.flushDurable().catch(() => undefined)));
+    await Promise.all(kept.map((v) => v.flushDurable().catch(() => undefined)));
     await Promise.all(
-      [...this.#volumes.values()].map((v) => {
+      kept.map((v) => {
         if (v.generations === undefined) return undefined;
         return v
           .savePair(() => {

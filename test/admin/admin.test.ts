@@ -214,6 +214,35 @@ describe('admin endpoint', () => {
     await assert.rejects(createAdminServer({ port: -1, source }), { code: 'BM_ERR_INVALID_ARGUMENT' });
     await assert.rejects(createAdminServer({ port: 0, source: {} as never }), { code: 'BM_ERR_INVALID_ARGUMENT' });
   });
+
+  test('issue 12 (5): POST /volumes/NAME/promote passes force and peer (HOST:PORT or [IPv6]:PORT); a malformed peer is 400 BM_ERR_INVALID_ARGUMENT and the action is not called', async (t) => {
+    const calls: Array<{ volume: string; options: unknown }> = [];
+    const source = { status: () => ({ role: 'target', peers: [], volumes: {} }) };
+    const a = await admin(t, {
+      port: 0,
+      source,
+      actions: {
+        promote: async (volume, options) => {
+          calls.push({ volume, options });
+          return { volume };
+        },
+      },
+    });
+    assert.equal((await request(a, '/volumes/db/promote?force=1&peer=a.example%3A7070', 'POST')).status, 200);
+    assert.equal((await request(a, '/volumes/db/promote?peer=%5B%3A%3A1%5D%3A7070', 'POST')).status, 200);
+    assert.equal((await request(a, '/volumes/db/promote', 'POST')).status, 200);
+    assert.deepEqual(calls, [
+      { volume: 'db', options: { force: true, peer: { host: 'a.example', port: 7070 } } },
+      { volume: 'db', options: { force: false, peer: { host: '::1', port: 7070 } } },
+      { volume: 'db', options: { force: false } },
+    ]);
+    for (const bad of ['a.example', 'a.example%3A0', 'a.example%3A65536', '%3A7070', 'a%20b%3A1', '']) {
+      const r = await request(a, `/volumes/db/promote?peer=${bad}`, 'POST');
+      assert.equal(r.status, 400, bad);
+      assert.equal((JSON.parse(r.body) as { error: { code: string } }).error.code, 'BM_ERR_INVALID_ARGUMENT');
+    }
+    assert.equal(calls.length, 3);
+  });
 });
 
 describe('LatencyHistogram', () => {

@@ -212,3 +212,19 @@ test('resolve, promote and demote: parsed into an admin address and a volume; re
   assert.throws(() => parseCommandLine(['promote', '--admin', '9090']), { code: 'BM_ERR_INVALID_ARGUMENT', message: /missing --volume/ });
   assert.throws(() => parseCommandLine(['demote', '--admin', '9090', '--volume', 'db', '--force']), { code: 'BM_ERR_INVALID_ARGUMENT' });
 });
+
+test('issue 12 (5): promote --peer HOST:PORT is parsed (in-place serving); a malformed or repeated --peer is a usage error; other role commands refuse it', () => {
+  assert.deepEqual(parseCommandLine(['promote', '--admin', '9090', '--volume', 'db', '--peer', 'a.example:7070']), {
+    kind: 'promote',
+    config: { admin: { host: '127.0.0.1', port: 9090 }, volume: 'db', force: false, peer: { host: 'a.example', port: 7070 } },
+  });
+  assert.deepEqual(parseCommandLine(['promote', '--admin', '9090', '--volume', 'db', '--force', '--peer', '[::1]:7070']).kind, 'promote');
+  for (const bad of ['a.example', 'a.example:0', 'a.example:70000', ':7070', 'a b:1']) {
+    assert.throws(() => parseCommandLine(['promote', '--admin', '9090', '--volume', 'db', '--peer', bad]), (error: unknown) => {
+      const e = error as { code?: string; message?: string; details?: { usage?: boolean } };
+      return e.code === 'BM_ERR_INVALID_ARGUMENT' && e.details?.usage === true && /--peer/.test(e.message ?? '');
+    }, bad);
+  }
+  assert.throws(() => parseCommandLine(['promote', '--admin', '9090', '--volume', 'db', '--peer', '1:1', '--peer', '1:2']), { code: 'BM_ERR_INVALID_ARGUMENT', message: /--peer given more than once/ });
+  assert.throws(() => parseCommandLine(['demote', '--admin', '9090', '--volume', 'db', '--peer', '1:1']), { code: 'BM_ERR_INVALID_ARGUMENT', message: /unknown option --peer/ });
+});

@@ -7,10 +7,12 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import type { TestContext } from 'node:test';
 import { fetchStatus } from '../../src/cli/status.js';
+import { adminPost } from '../../src/cli/role-command.js';
 import type { AdminVolumeStatus } from '../../src/admin/status.js';
 import { requireTool, runTool, type ToolResult } from '../helpers/tools.js';
 import { CliProcess, listeningAddresses, oneErrorLine, runCli, tmpDir } from './cli-helpers.js';
@@ -26,10 +28,21 @@ interface Node {
   nbd?: HostPort;
 }
 
-async function startMirror(t: TestContext, volume: string, extra: string[] = []): Promise<Node & { port: number }> {
-  const proc = new CliProcess(t, ['mirror', '--listen', '127.0.0.1:0', '--volume', volume, '--admin', '127.0.0.1:0', ...FAST, ...extra]);
+async function startMirror(t: TestContext, volume: string, extra: string[] = [], listen = '127.0.0.1:0'): Promise<Node & { port: number }> {
+  const proc = new CliProcess(t, ['mirror', '--listen', listen, '--volume', volume, '--admin', '127.0.0.1:0', ...FAST, ...extra]);
   const addrs = listeningAddresses(await proc.waitForLine(/^listening mirror=/));
-  return { proc, admin: addrs.admin!, port: addrs.mirror!.port };
+  const node: Node & { port: number } = { proc, admin: addrs.admin!, port: addrs.mirror!.port };
+  if (addrs.nbd !== undefined) node.nbd = addrs.nbd;
+  return node;
+}
+
+/** A TCP port nothing listens on now (for a node started later, whose address must be known before). */
+async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }
 
 async function startPrimary(t: TestContext, port: number, volume: string, extra: string[] = []): Promise<Node & { nbd: HostPort }> {
@@ -66,6 +79,10 @@ async function qemuWrite(t: TestContext, nbd: HostPort, pattern: number, offset:
 
 async function qemuRead(t: TestContext, file: string, pattern: number, offset: string, length: string): Promise<void> {
   ok(await runTool(t, 'qemu-io', ['-f', 'raw', '-r', '-c', `read -P ${pattern} ${offset} ${length}`, file]), `${path.basename(file)} holds ${pattern} at ${offset}+${length}`);
+}
+
+async function nbdRead(t: TestContext, nbd: HostPort, pattern: number, offset: string, length: string): Promise<void> {
+  ok(await runTool(t, 'qemu-io', ['-f', 'raw', '-r', '-c', `read -P ${pattern} ${offset} ${length}`, uri(nbd)]), `${uri(nbd)} holds ${pattern} at ${offset}+${length}`);
 }
 
 async function sameImages(t: TestContext, a: string, b: string): Promise<void> {
@@ -236,5 +253,196 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
     await qemuRead(t, mPath, 0x66, '3M', '64k');
     await qemuRead(t, mPath, 0x00, '2M', '64k');
     await sameImages(t, pPath, mPath);
+  });
+});
+
+describe('issue 12 (5): promote in place: the mirror process serves the promoted volume itself (no restart)', () => {
+  test('issue 12 (5): planned failover in place: demote A, promote B with --nbd/--peer: B serves the volume read-write over NBD without a restart (qemu-io write + read back), A restarted as B\'s mirror catches up, status IN-SYNC yes, images equal; then back the same way (demote on B\'s mirror process, promote A in place)', async (t) => {
+    if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
+    const dir = await tmpDir(t);
+    const pPath = path.join(dir, 'p.img');
+    const mPath = path.join(dir, 'm.img');
+    const pState = `${pPath}.primary-state`;
+    const b = await startMirror(t, `v=${mPath}:4M`, ['--nbd', '127.0.0.1:0']);
+    const bNbd = b.nbd!;
+    let a: Node = await startPrimary(t, b.port, `v=${pPath}:4M`, ['--assume-clean']);
+    await qemuWrite(t, a.nbd!, 0x11, '0', '1M');
+    await statusUntil(a, (s) => s.inSync);
+    // before the promotion B's export is the mirror's: read-only
+    const early = await runTool(t, 'qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 0 4k', uri(bNbd)]);
+    assert.match(early.stdout + early.stderr, /Operation not permitted|EPERM|Permission denied|failed/i, 'the mirror\'s export refuses writes');
+
+    const demoted = await cli(t, ['demote', '--admin', hp(a.admin), '--volume', 'v']);
+    assert.equal(demoted.code, 0, demoted.stderr);
+    assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+
+    // promote B in place, towards where A's mirror will listen
+    const aPort = await freePort();
+    const promoted = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', `127.0.0.1:${aPort}`]);
+    assert.equal(promoted.code, 0, promoted.stderr);
+    const result = JSON.parse(promoted.stdout) as { generation: string; history: string[]; nbd: string; peer: string };
+    assert.equal(result.nbd, uri(bNbd));
+    assert.equal(result.peer, `127.0.0.1:${aPort}`);
+    await b.proc.waitForLine(new RegExp(`^volume v promoted generation=${result.generation} serving ${uri(bNbd).replace(/[./]/g, '\\$&')} peer=127\\.0\\.0\\.1:${aPort}$`));
+    const served = await volumeStatus(b.admin);
+    assert.equal(served.role, 'primary');
+    assert.equal(served.mode, 'sync');
+    assert.equal(served.nbd, uri(bNbd));
+    assert.equal(b.proc.child.exitCode, null, 'B was not restarted');
+
+    // B serves the volume read-write on the same NBD address, while its new mirror is not up yet
+    await qemuWrite(t, bNbd, 0x22, '2M', '64k');
+    await nbdRead(t, bNbd, 0x22, '2M', '64k');
+    await nbdRead(t, bNbd, 0x11, '0', '1M');
+
+    // the old primary is fenced: it cannot come back as a primary
+    const back = await cli(t, ['primary', '--peer', `127.0.0.1:${b.port}`, '--volume', `v=${pPath}`, '--state-dir', pState]);
+    assert.equal(back.code, 1);
+    assert.equal(oneErrorLine(back.stderr).code, 'BM_ERR_DEMOTED');
+
+    // failback: A restarts as B's mirror (its own files and state directory) and catches up
+    a = await startMirror(t, `v=${pPath}`, ['--state-dir', pState, '--nbd', '127.0.0.1:0'], `127.0.0.1:${aPort}`);
+    await statusUntil(b, (s) => s.inSync && s.role === 'primary');
+    await qemuWrite(t, bNbd, 0x33, '3M', '64k');
+    await statusUntil(b, (s) => s.inSync);
+    const table = await cli(t, ['status', '--admin', hp(b.admin)]);
+    assert.equal(table.code, 0, table.stderr);
+    assert.match(table.stdout, /^v\s+sync\s+in-sync\s+yes\s/m, table.stdout);
+    assert.match(table.stdout, new RegExp(`^127\\.0\\.0\\.1:${aPort}\\s+up\\s`, 'm'), 'B lists its mirror as a peer');
+    assert.doesNotMatch(b.proc.stdout, /^resync done/m, 'no resync: A only lacked what B wrote since the promotion');
+
+    // and back, in place both ways: demote on B (through the mirror process's admin endpoint), promote A with --peer, B rejoins as A's mirror
+    const bState = `${mPath}.mirror-state`;
+    const handedBack = await cli(t, ['demote', '--admin', hp(b.admin), '--volume', 'v']);
+    assert.equal(handedBack.code, 0, handedBack.stderr);
+    await b.proc.waitForLine(/^volume v demoted generation=/);
+    const refused = await runTool(t, 'qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 0 4k', uri(bNbd)]);
+    assert.match(refused.stdout + refused.stderr, /Operation not permitted|EPERM|Permission denied|failed/i, 'the demoted export refuses writes');
+    assert.equal((await b.proc.stop('SIGTERM')).code, 0, b.proc.stderr);
+    const bPort = await freePort();
+    const swapped = await cli(t, ['promote', '--admin', hp(a.admin), '--volume', 'v', '--peer', `127.0.0.1:${bPort}`]);
+    assert.equal(swapped.code, 0, swapped.stderr);
+    await qemuWrite(t, a.nbd!, 0x66, '3M', '64k');
+    const b2 = await startMirror(t, `v=${mPath}`, ['--state-dir', bState], `127.0.0.1:${bPort}`);
+    await statusUntil(a, (s) => s.inSync && s.role === 'primary');
+    assert.doesNotMatch(a.proc.stdout, /^resync done/m, 'no resync after a hand-over');
+    assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+    assert.equal((await b2.proc.stop('SIGTERM')).code, 0, b2.proc.stderr);
+    await qemuRead(t, pPath, 0x22, '2M', '64k');
+    await qemuRead(t, mPath, 0x66, '3M', '64k');
+    await sameImages(t, pPath, mPath);
+  });
+
+  test('issue 12 (5): forced failover in place: A killed (SIGKILL), promote --force --peer on B serves the volume at once; A comes back as a primary and is fenced, then restarts as B\'s mirror and is resynced by checksum; images equal', async (t) => {
+    if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
+    const dir = await tmpDir(t);
+    const pPath = path.join(dir, 'p.img');
+    const mPath = path.join(dir, 'm.img');
+    const pState = `${pPath}.primary-state`;
+    const b = await startMirror(t, `v=${mPath}:4M`, ['--nbd', '127.0.0.1:0']);
+    const bNbd = b.nbd!;
+    let a: Node = await startPrimary(t, b.port, `v=${pPath}:4M`, ['--assume-clean']);
+    await qemuWrite(t, a.nbd!, 0x11, '0', '1M');
+    await statusUntil(a, (s) => s.inSync);
+    a.proc.child.kill('SIGKILL');
+    await a.proc.exited;
+
+    const aPort = await freePort();
+    const refused = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', `127.0.0.1:${aPort}`]);
+    assert.equal(oneErrorLine(refused.stderr).code, 'BM_ERR_PROMOTE_REFUSED', 'the primary is lost: --force is needed');
+    assert.equal((await volumeStatus(b.admin)).role, 'target', 'a refused promotion serves nothing');
+    const forced = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--force', '--peer', `127.0.0.1:${aPort}`]);
+    assert.equal(forced.code, 0, forced.stderr);
+    await b.proc.waitForLine(/^volume v promoted generation=\S+ \(forced\) serving nbd:\/\/\S+\/v peer=/);
+    await qemuWrite(t, bNbd, 0x44, '1M', '64k');
+    await nbdRead(t, bNbd, 0x44, '1M', '64k');
+
+    // the old primary returns as a primary: refused by the mirror process that now serves the volume (fenced by lineage)
+    a = await startPrimary(t, b.port, `v=${pPath}`);
+    await a.proc.waitForStderrLine(/BM_ERR_SPLIT_BRAIN.*was promoted/);
+    assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+    await nbdRead(t, bNbd, 0x44, '1M', '64k');
+
+    // failback: A as B's mirror; it did not hand over, so B compares by checksum and sends only what differs
+    a = await startMirror(t, `v=${pPath}`, ['--state-dir', pState], `127.0.0.1:${aPort}`);
+    const done = await b.proc.waitForLine(/^resync done volume=v /);
+    const sent = Number(/bytes=(\d+)/.exec(done)![1]);
+    assert.ok(sent < 4 * 1024 * 1024, `a checksum resync sends only the regions that differ (${sent} bytes), not the volume`);
+    await statusUntil(b, (s) => s.inSync && s.role === 'primary');
+    assert.equal((await b.proc.stop('SIGTERM')).code, 0, b.proc.stderr);
+    assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+    await qemuRead(t, pPath, 0x44, '1M', '64k');
+    await qemuRead(t, pPath, 0x11, '0', '1M');
+    await sameImages(t, pPath, mPath);
+  });
+
+  test('issue 12 (5): bad input: a malformed promote --peer is a usage error, --peer on a mirror without --nbd changes nothing, and a promotion whose primary cannot start leaves the mirror hosting the volume read-only until promote --peer is retried (two retries at once: one serves, one is refused)', async (t) => {
+    if (!requireTool(['qemu-io'], t)) return;
+    const dir = await tmpDir(t);
+    const pPath = path.join(dir, 'p.img');
+    const mPath = path.join(dir, 'm.img');
+    const nPath = path.join(dir, 'n.img');
+    const mState = `${mPath}.mirror-state`;
+    // usage errors: exit 2 before anything is sent
+    for (const bad of ['127.0.0.1', '127.0.0.1:0', 'host:99999']) {
+      const r = await cli(t, ['promote', '--admin', '127.0.0.1:9', '--volume', 'v', '--peer', bad]);
+      assert.equal(r.code, 2, r.stderr);
+      const e = oneErrorLine(r.stderr);
+      assert.equal(e.code, 'BM_ERR_INVALID_ARGUMENT');
+      assert.match(e.message, /--peer/);
+    }
+
+    // --peer on a mirror that has no --nbd: refused before anything is recorded
+    const plain = await startMirror(t, `v=${nPath}:1M`);
+    const noNbd = await cli(t, ['promote', '--admin', hp(plain.admin), '--volume', 'v', '--force', '--peer', '127.0.0.1:9']);
+    assert.equal(noNbd.code, 1);
+    assert.equal(oneErrorLine(noNbd.stderr).code, 'BM_ERR_INVALID_ARGUMENT');
+    assert.match(oneErrorLine(noNbd.stderr).message, /without --nbd.*nothing was changed/);
+    assert.equal((await volumeStatus(plain.admin)).role, 'target');
+    // a mirror demotes only a volume it serves in place
+    const demoteHere = await cli(t, ['demote', '--admin', hp(plain.admin), '--volume', 'v']);
+    assert.equal(demoteHere.code, 1);
+    assert.equal(oneErrorLine(demoteHere.stderr).code, 'BM_ERR_NOT_SUPPORTED');
+    assert.equal((await plain.proc.stop('SIGTERM')).code, 0, plain.proc.stderr);
+
+    const b = await startMirror(t, `v=${mPath}:4M`, ['--nbd', '127.0.0.1:0']);
+    const bNbd = b.nbd!;
+    const a = await startPrimary(t, b.port, `v=${pPath}:4M`, ['--assume-clean']);
+    await qemuWrite(t, a.nbd!, 0x11, '0', '1M');
+    await statusUntil(a, (s) => s.inSync);
+    assert.equal((await cli(t, ['demote', '--admin', hp(a.admin), '--volume', 'v'])).code, 0);
+    assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
+
+    // the primary cannot start (its bitmap path in the state directory is taken by a directory)
+    await fs.mkdir(path.join(mState, 'v.bitmap'));
+    const failed = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', '127.0.0.1:9']);
+    assert.equal(failed.code, 1);
+    assert.match(oneErrorLine(failed.stderr).message, /promoted generation=\S+ but not served here/);
+    await b.proc.waitForStderrLine(/warning: volume v promoted generation=\S+ but not served here/);
+    const kept = await volumeStatus(b.admin);
+    assert.equal(kept.role, 'promoted', 'the promotion is recorded');
+    assert.equal(kept.mode, 'target', 'the mirror still hosts the volume');
+    assert.equal(kept.released, undefined, 'not released');
+    const readOnly = await runTool(t, 'qemu-io', ['-f', 'raw', '-c', 'write -P 0x99 0 4k', uri(bNbd)]);
+    assert.match(readOnly.stdout + readOnly.stderr, /Operation not permitted|EPERM|Permission denied|failed/i, 'the export stays read-only');
+    await nbdRead(t, bNbd, 0x11, '0', '4k');
+
+    // the cause fixed, promote --peer again: served (the recorded generation, not a new one)
+    await fs.rmdir(path.join(mState, 'v.bitmap'));
+    // two at once: exactly one serves it (never two primaries on one device), the other is refused
+    // (straight to the admin endpoint, so that both requests arrive together)
+    const both = await Promise.all([0, 1].map(() => adminPost(b.admin, '/volumes/v/promote?peer=127.0.0.1%3A9', 10_000)));
+    const retried = both.find((r) => r.status === 200);
+    assert.ok(retried !== undefined, both.map((r) => r.body).join(''));
+    const loser = both.find((r) => r !== retried)!;
+    assert.equal(loser.status, 409, loser.body);
+    assert.equal((JSON.parse(loser.body) as { error: { code: string } }).error.code, 'BM_ERR_PROMOTE_REFUSED');
+    assert.equal((JSON.parse(retried.body) as { generation: string }).generation, kept.generation);
+    await qemuWrite(t, bNbd, 0x55, '0', '4k');
+    await nbdRead(t, bNbd, 0x55, '0', '4k');
+    const again = await cli(t, ['promote', '--admin', hp(b.admin), '--volume', 'v', '--peer', '127.0.0.1:9']);
+    assert.equal(oneErrorLine(again.stderr).code, 'BM_ERR_PROMOTE_REFUSED');
+    assert.equal((await b.proc.stop('SIGTERM')).code, 0, b.proc.stderr);
+    await qemuRead(t, mPath, 0x55, '0', '4k');
   });
 });
