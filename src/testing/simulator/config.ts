@@ -189,6 +189,9 @@ export function drawBigConfig(rng: Rng, overrides: Partial<SimConfig> = {}): Sim
     // two blank 8 GiB volumes: paired as identical (a first checksum sync would hash 16 GiB per start)
     preloaded: false,
     initialSync: 'none',
+    // a resync after the heal may copy GiBs and zero GiB ranges on a target without an allocation map
+    // (read in 1 MiB runs at 0–2 virtual ms each): seed 223 needed 70 virtual s
+    livenessTimeout: 300_000,
   };
   return { ...config, ...overrides };
 }

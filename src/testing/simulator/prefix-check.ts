@@ -146,7 +146,9 @@ export interface CutResult {
  *   (`a.seq < b.seq`, or the same seq and `a.part < b.part`);
  * - they are parts of one operation and a is the earlier part;
  *
- * and transitively. Overlapping writes of S are applied in the primary's
+ * and transitively. A zeroing of several blocks counts block by block, its
+ * blocks unordered among themselves (see `zeroesByBlock`: a long zeroing is
+ * not atomic on any device). Overlapping writes of S are applied in the primary's
  * order, so each block shows the last write of S that covers it (or `base`).
  * Writes that were concurrent (neither happens before the other) may be
  * present in any combination: that is what a disk that acknowledged neither
@@ -174,7 +176,47 @@ export function consistentCutSparse(base: ReadonlyMap<number, Buffer>, image: Re
   return consistentCutOver(sparseBlocks(base, image, history, blockSize), history, blockSize);
 }
 
-function consistentCutOver(blocks: BlockView, history: readonly ObservedWrite[], blockSize: number): CutResult {
+function consistentCutOver(blocks: BlockView, observed: readonly ObservedWrite[], blockSize: number): CutResult {
+  const { history, origin } = zeroesByBlock(observed, blocks, blockSize);
+  const r = consistentCutOf(blocks, history, blockSize);
+  return {
+    ...r,
+    ...(r.applied === undefined ? {} : { applied: [...new Set(r.applied.map((i) => origin[i]!))].sort((a, b) => a - b) }),
+    ...(r.missing === undefined ? {} : { missing: origin[r.missing]! }),
+  };
+}
+
+/**
+ * A zeroing of several blocks as one write per block (of the blocks looked
+ * at), unordered among themselves: a device zeroes a long range piece by
+ * piece (a mirror target in 1 MiB runs or per allocation region, only where
+ * data is), so while it runs, or after a crash during it, any of its blocks
+ * may show it and the others not — as for the blocks of one write on a disk
+ * with a volatile cache. Every other relation stays: the pieces have the
+ * zeroing's seq (ordered with overlapping writes) and its issue and
+ * completion times (a write issued after it completed needs all of them).
+ * `origin` maps each resulting write to its index in `history`.
+ */
+function zeroesByBlock(history: readonly ObservedWrite[], blocks: BlockView, blockSize: number): { history: ObservedWrite[]; origin: number[] } {
+  const out: ObservedWrite[] = [];
+  const origin: number[] = [];
+  history.forEach((w, i) => {
+    if (w.data !== undefined || w.length <= blockSize) {
+      out.push(w);
+      origin.push(i);
+      return;
+    }
+    const end = w.offset + w.length;
+    forEachBlock(w, blocks, blockSize, (b) => {
+      const from = Math.max(w.offset, b * blockSize);
+      out.push({ seq: w.seq, offset: from, length: Math.min(end, (b + 1) * blockSize) - from, data: undefined, issued: w.issued, completed: w.completed });
+      origin.push(i);
+    });
+  });
+  return { history: out, origin };
+}
+
+function consistentCutOf(blocks: BlockView, history: readonly ObservedWrite[], blockSize: number): CutResult {
   const { baseAt, imageAt } = blocks;
   const n = history.length;
   // per block: indexes of the writes covering it, in the primary's order
