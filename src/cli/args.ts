@@ -319,14 +319,16 @@ mirror refuses a primary whose data it cannot prove to descend from its own.
 On the mirror:
   --discard-local    give this mirror's data up: the refused primary is accepted at
                      its next attempt and resyncs the volume by checksum
-  --discard-remote   keep this mirror's data: the volume is promoted (forced); restart
-                     this node as its primary and the other as its mirror, then
+  --discard-remote   keep this mirror's data: the volume is promoted (forced); serve it
+                     here with promote --force --peer (a mirror with --nbd) or restart
+                     this node as its primary; restart the other as its mirror, then
                      resolve there with --discard-local
 On the primary:
   --discard-remote   give the mirror's data up: offered at the next handshake, the
                      mirror accepts and is resynced by checksum
   --discard-local    refused (BM_ERR_NOT_SUPPORTED): a primary's data is given up by a
-                     role swap (promote the mirror, restart this node as its mirror)
+                     role swap (promote the mirror, in place with promote --force
+                     --peer, and restart this node as its mirror)
 `;
 
 export const PROMOTE_HELP = `Usage: blockmirror promote --admin HOST:PORT --volume NAME [--force] [--peer HOST:PORT]
