@@ -133,3 +133,8 @@ test('cycle family seeds 89 and 1386 (a silent target stalled the source; a reop
     assert.equal(r.ok, true, `seed ${seed}: ${r.violations.map((v) => `${v.invariant}: ${v.message}`).join('; ')}`);
   }
 });
+
+test('cycle family seed 6559 (liveness, in the harness: a restart scheduled just before the heal and the heal\'s own start ran at once on one target; the failure of the first revoked what the second opened) reaches the latest freeze', async () => {
+  const r = await simulateCycle({ seed: 6559 });
+  assert.equal(r.ok, true, r.violations.map((v) => `${v.invariant}: ${v.message}`).join('; '));
+});

@@ -438,9 +438,33 @@ export class CycleSimulation {
 
   // ---- nodes -----------------------------------------------------------------
 
-  async #startSource(): Promise<void> {
-    const node = this.#source;
+  /** Starts in progress, per node (see {@link #oneStart}). */
+  readonly #starting = new Map<object, Promise<void>>();
+
+  /**
+   * Runs `start` for `node` unless the node runs, after any start of it still
+   * in progress: two starts of one node at once share its fences, and the
+   * failure of the first revokes what the second opened (a restart scheduled
+   * just before the heal, and the heal's own start: cycle seed 6559).
+   */
+  async #oneStart(node: { readonly running: boolean }, start: () => Promise<void>): Promise<void> {
+    for (let pending = this.#starting.get(node); pending !== undefined; pending = this.#starting.get(node)) await pending;
     if (node.running) return;
+    const p = start();
+    this.#starting.set(node, p);
+    try {
+      await p;
+    } finally {
+      this.#starting.delete(node);
+    }
+  }
+
+  #startSource(): Promise<void> {
+    return this.#oneStart(this.#source, () => this.#startSourceOnce());
+  }
+
+  async #startSourceOnce(): Promise<void> {
+    const node = this.#source;
     const r = await this.vt.drive(node.start());
     if (!r.done || r.error !== undefined || r.value === undefined) {
       this.#log(`source start failed: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
@@ -489,8 +513,11 @@ export class CycleSimulation {
     });
   }
 
-  async #startTarget(t: TargetNodeC): Promise<void> {
-    if (t.running) return;
+  #startTarget(t: TargetNodeC): Promise<void> {
+    return this.#oneStart(t, () => this.#startTargetOnce(t));
+  }
+
+  async #startTargetOnce(t: TargetNodeC): Promise<void> {
     const r = await this.vt.drive(t.start());
     if (!r.done || r.error !== undefined || r.value === undefined) {
       this.#log(`${t.host} start failed: ${r.error instanceof BlockMirrorError ? r.error.code : String(r.error)}`);
