@@ -5,6 +5,7 @@
  */
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -169,4 +170,13 @@ export function oneErrorLine(stderr: string): { code: string; message: string } 
   if (m === null) throw new Error(`stderr line does not look like "blockmirror: CODE: message": ${lines[0]}`);
   if (/\n\s+at /.test(stderr)) throw new Error(`stack trace on stderr:\n${stderr}`);
   return { code: m[1]!, message: m[2]! };
+}
+
+/** A TCP port free on loopback right now (for a process that must be told its port before it starts). */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
+  const port = (server.address() as net.AddressInfo).port;
+  await new Promise<void>((resolve) => server.close(() => resolve()));
+  return port;
 }

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, test } from 'node:test';
 import type { TestContext } from 'node:test';
 import { RawClient } from '../nbd/raw-client.js';
-import { CliProcess, listeningAddresses, oneErrorLine, ROOT, runCli, tmpDir } from './cli-helpers.js';
+import { CliProcess, freePort, listeningAddresses, oneErrorLine, ROOT, runCli, tmpDir } from './cli-helpers.js';
 
 const MiB = 1024 * 1024;
 
@@ -295,10 +295,3 @@ describe('blockmirror CLI', () => {
   });
 });
 
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}

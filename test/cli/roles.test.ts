@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import fs from 'node:fs/promises';
-import net from 'node:net';
 import path from 'node:path';
 import { describe, test } from 'node:test';
 import type { TestContext } from 'node:test';
@@ -15,7 +14,7 @@ import { fetchStatus } from '../../src/cli/status.js';
 import { adminPost } from '../../src/cli/role-command.js';
 import type { AdminVolumeStatus } from '../../src/admin/status.js';
 import { requireTool, runTool, type ToolResult } from '../helpers/tools.js';
-import { CliProcess, listeningAddresses, oneErrorLine, runCli, tmpDir } from './cli-helpers.js';
+import { CliProcess, freePort, listeningAddresses, oneErrorLine, runCli, tmpDir } from './cli-helpers.js';
 
 /** Short link timers (see pairing.test.ts): a restarted peer is back within a second. */
 const FAST = ['--heartbeat-interval', '100', '--stale-after', '3000', '--probation', '100'];
@@ -37,13 +36,6 @@ async function startMirror(t: TestContext, volume: string, extra: string[] = [],
 }
 
 /** A TCP port nothing listens on now (for a node started later, whose address must be known before). */
-async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen({ host: '127.0.0.1', port: 0 }, () => resolve()));
-  const port = (server.address() as net.AddressInfo).port;
-  await new Promise<void>((resolve) => server.close(() => resolve()));
-  return port;
-}
 
 async function startPrimary(t: TestContext, port: number, volume: string, extra: string[] = []): Promise<Node & { nbd: HostPort }> {
   const proc = new CliProcess(t, ['primary', '--peer', `127.0.0.1:${port}`, '--volume', volume, '--mode', 'sync', '--nbd', '127.0.0.1:0', '--admin', '127.0.0.1:0', ...FAST, ...extra]);

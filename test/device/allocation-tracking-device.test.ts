@@ -9,6 +9,7 @@ import { isAllZero } from '../../src/device/zero.js';
 import { blockDeviceSuite } from '../../src/testing/block-device-suite.js';
 import { MemoryFileSystem } from '../../src/testing/simulator/memory-fs.js';
 import { WrappedDevice } from '../helpers/wrapped-device.js';
+import { prng } from '../helpers/prng.js';
 
 const R = ALLOCATION_REGION_SIZE;
 
@@ -18,17 +19,6 @@ async function open(fs: MemoryFileSystem, size: number, initial: 'zero' | 'data'
   const inner = await view.openDevice('/vol.img', { size, blockSize });
   const device = await AllocationTrackingDevice.open(inner, '/vol.allocation', { initial, fs: view });
   return { device, view };
-}
-
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 const devices = new WeakMap<BlockDevice, MemoryFileSystem>();
@@ -73,7 +63,7 @@ describe('AllocationMap', () => {
   });
 
   it('extents (whole bytes of the bitset skipped at once) match a region-by-region walk over random maps and ranges', () => {
-    const random = mulberry32(7);
+    const random = prng(7);
     for (let round = 0; round < 300; round++) {
       const regions = 1 + Math.floor(random() * 200);
       const size = regions * R - (random() < 0.3 ? 4096 : 0);
@@ -229,7 +219,7 @@ describe('AllocationTrackingDevice', () => {
   it('crash safety: after a power loss at any point of writes, trims and flushes, no region the stored map calls zero holds data (500 seeds)', async () => {
     const regions = 8;
     for (let seed = 1; seed <= 500; seed++) {
-      const random = mulberry32(seed);
+      const random = prng(seed);
       const fs = new MemoryFileSystem();
       const { device, view } = await open(fs, regions * R, 'zero');
       const ops: Promise<unknown>[] = [];

@@ -10,17 +10,7 @@ import type {
   PendingJournalEntry,
 } from '../../src/journal/journal.js';
 
-/** Deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { prng } from '../helpers/prng.js';
 
 /** A deterministic write entry: payload bytes derived from seq. */
 export function makeEntry(seq: number, length: number, options: { fua?: boolean; offset?: number } = {}): JournalWriteEntry {
