@@ -48,7 +48,7 @@ export const ERROR_CODES = {
   BM_ERR_JOURNAL_CORRUPT: 'The journal file is not a blockmirror journal or its superblock is unreadable; nothing was changed.',
   BM_ERR_BITMAP_CORRUPT: 'The dirty-bitmap file is not a blockmirror bitmap or its header is unreadable; nothing was changed.',
   BM_ERR_TOO_MANY_CONNECTIONS: 'A listener already holds its configured maximum of connections, unauthenticated connections or peer sessions; the new one was closed at once and nothing else was affected.',
-  BM_ERR_BUSY: 'A cycle target is receiving its maximum of transfers at once (`maxPendingTransfers`); the new one was refused at its BEGIN, nothing was staged, and the source tries again at its next cycle.',
+  BM_ERR_BUSY: 'A cycle target has its maximum of transfers waiting for their BEGIN to be handled (`maxPendingTransfers`); the new one was refused at its BEGIN, nothing was staged, and the source tries again at its next cycle.',
 } as const;
 
 /** A stable error code string, see {@link ERROR_CODES}. */

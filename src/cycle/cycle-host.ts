@@ -45,7 +45,7 @@ export interface CycleHostOptions {
   heldBy?: (name: string) => string | undefined;
   /** File system of the state, staging files and markers (default: the real one). */
   fs?: FileSystem;
-  /** Transfers received at once, from BEGIN to commit (default 16; more are refused with `BM_ERR_BUSY`; see `StagingStoreOptions`). */
+  /** Transfers whose BEGIN waits to be handled, at once (default 16; more are refused with `BM_ERR_BUSY`; see `StagingStoreOptions`). */
   maxPendingTransfers?: number;
 }
 

@@ -37,8 +37,6 @@ interface Current {
   work: Promise<void> | undefined;
   /** Payloads of TABLE and DATA frames waiting for BEGIN to be handled (released when the connection closes first). */
   waiting: Set<{ payload: Uint8Array | 'zero' | undefined }>;
-  /** Ends the transfer's admission by the store (idempotent; see `StagingStore.admitTransfer`). */
-  release: () => void;
 }
 
 /** Options of a {@link CycleReceiver}. */
@@ -160,7 +158,6 @@ export class CycleReceiver {
             this.#conn.send(MessageType.CYCLE_ACK, { id: cur.id, to: cur.to, code: err.code, message: err.message });
           } finally {
             if (this.#current === cur) this.#current = undefined;
-            cur.release();
           }
         });
         cur.work = work;
@@ -178,14 +175,15 @@ export class CycleReceiver {
     // before its COMMIT arrives): the new transfer waits for it. An unfinished
     // transfer without COMMIT is dropped.
     const previous = this.#current;
-    if (previous !== undefined && !previous.committing) void previous.ready.then((t) => t?.abort()).finally(previous.release);
+    if (previous !== undefined && !previous.committing) void previous.ready.then((t) => t?.abort());
     const plans = h.vols.map((p) => {
       const offer = this.#offers[p.v];
       if (offer === undefined) throw new BlockMirrorError('BM_ERR_PROTOCOL', `transfer for volume index ${p.v}, not offered in the handshake`);
       return { name: offer.name, key: p.v, lineage: offer.generation, from: p.from, full: p.full, chunkSize: p.chunk, granularity: p.gran, tableBytes: p.tbl, granules: p.n };
     });
     const names = plans.map((p) => p.name);
-    // admitted at once or refused at once (BM_ERR_BUSY): a flood of transfers holds no more than the bound
+    // admitted at once or refused at once (BM_ERR_BUSY) until its BEGIN is handled: what a transfer sends
+    // is held in RAM only meanwhile (then it goes to the staging files), so a flood holds no more than the bound
     let release: () => void = () => undefined;
     let admission: BlockMirrorError | undefined;
     try {
@@ -217,11 +215,11 @@ export class CycleReceiver {
           }
         });
         this.#conn.send(MessageType.CYCLE_ACK, { id: h.id, to: h.to, code: err.code, message: err.message, held });
-        release();
         return undefined;
       }
     })();
-    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names, work: undefined, waiting: new Set(), release };
+    void ready.then(release, release);
+    this.#current = { id: h.id, to: h.to, ready, bytes: 0, committing: false, volumes: names, work: undefined, waiting: new Set() };
   }
 
   /** Keeps a frame's payload until the transfer's BEGIN is handled. */
@@ -249,9 +247,7 @@ export class CycleReceiver {
       for (const held of cur.waiting) held.payload = undefined;
       cur.waiting.clear();
     }
-    // (a transfer whose COMMIT arrived ends its admission when its commit is done)
-    if (!cur.committing) void cur.ready.then((t) => t?.abort()).finally(cur.release);
-    else void cur.ready.then((t) => t?.abort());
+    void cur.ready.then((t) => t?.abort());
   }
 
   /** The current transfer if `id` is it; frames of an older transfer are ignored. */

@@ -114,8 +114,8 @@ export interface StagingStoreOptions {
   /** File system of the state, staging files and markers (default: the real one; a simulation passes files in memory). */
   fs?: FileSystem;
   /**
-   * Transfers admitted at once, from their BEGIN until they are committed,
-   * refused or dropped (default 16; see {@link StagingStore.admitTransfer}).
+   * Transfers admitted at once, from their BEGIN until the BEGIN is handled
+   * (begun or refused; default 16; see {@link StagingStore.admitTransfer}).
    * A source runs one transfer at a time per connection; the bound keeps a
    * flood of transfers (connections that send a whole transfer and close,
    * faster than BEGINs are handled on a busy disk) from piling up data.
@@ -572,9 +572,10 @@ export class StagingStore {
 
   /**
    * Admits one more transfer (a receiver calls it at BEGIN, before
-   * {@link begin}) and returns the function that ends its admission (call it
-   * once the transfer was committed, refused or dropped; calling it again
-   * does nothing).
+   * {@link begin}) and returns the function that ends its admission: call it
+   * once the BEGIN was handled (begun or refused), when what the transfer
+   * sent meanwhile and the receiver holds in RAM goes on to the staging
+   * files (calling it again does nothing).
    *
    * @throws {BlockMirrorError} `BM_ERR_BUSY` when
    *   {@link StagingStoreOptions.maxPendingTransfers} transfers are admitted

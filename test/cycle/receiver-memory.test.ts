@@ -113,3 +113,27 @@ test('issue 14: SPEC 33: a flood of complete transfers (BEGIN, data, COMMIT, clo
   await settle(20);
   await host.close();
 });
+
+test('issue 14: SPEC 33: a transfer holds its admission only until its BEGIN is handled: connections that stay open with a transfer begun (and superseded by the source\'s next one) do not make later transfers BM_ERR_BUSY', async () => {
+  const device = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const host = await CycleHost.open({ dir: '/t', volumes: [{ name: 'v', device }], fs: new MemoryFileSystem().view(), maxPendingTransfers: 1 });
+  const transferErrors: string[] = [];
+  host.on('transfer-error', (info) => transferErrors.push(info.error.code));
+  const open: StubConnection[] = [];
+  for (let id = 1; id <= 4; id++) {
+    const raw = new StubConnection();
+    const conn = new FramedConnection(raw, { limits: DEFAULT_CODEC_LIMITS });
+    host.accept(HELLO as never, [OFFER], conn);
+    host.serve(conn, 'src', [OFFER]);
+    // a BEGIN and part of the data, no COMMIT; the connection stays open
+    const frames = [encodeFrame(MessageType.CYCLE_BEGIN, { id, to: id, vols: [{ v: 0, from: 0, full: true, chunk: CHUNK, gran: GRAN, tbl: 0, n: geometry.chunkCount * geometry.granulesPerChunk }] })];
+    frames.push(encodeFrame(MessageType.CYCLE_DATA, { id, v: 0, s: 0, g: 0, n: geometry.granulesPerChunk }, Buffer.alloc(CHUNK, id)));
+    raw.feed(Buffer.concat(frames.flat()));
+    await settle(10);
+    open.push(raw);
+  }
+  assert.deepEqual(transferErrors.filter((c) => c === 'BM_ERR_BUSY'), [], `every BEGIN was admitted once the one before was handled: ${transferErrors.join(',')}`);
+  for (const raw of open) raw.destroy();
+  await settle(10);
+  await host.close();
+});
