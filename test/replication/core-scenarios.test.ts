@@ -867,3 +867,24 @@ test('issue 11 (11): SPEC 18: sync writes whose caller gave up while they were i
     await t.close();
   }
 });
+
+test('issue 11: SPEC 19: 64 MiB of acknowledged writes make the primary ask the target for durability at once (no durableInterval, no idle delay), and not before', BOUNDED, async () => {
+  const MiB = 1024 * KiB;
+  const network = new MemoryNetwork();
+  const pdev = new MemoryBlockDevice(80 * MiB, { blockSize: 4096 });
+  const tdev = new MemoryBlockDevice(80 * MiB, { blockSize: 4096 });
+  const t = await target(network, tdev);
+  const p = await primary(network, t, pdev, 'sync', { durableDelay: 3_600_000, durableInterval: 3_600_000 });
+  try {
+    const v = p.volume('v');
+    let last = 0;
+    for (let i = 0; i < 63; i++) last = (await v.write(i * MiB, Buffer.alloc(MiB, 1 + i))).seq!;
+    for (let i = 0; i < 20; i++) await new Promise<void>((resolve) => setImmediate(resolve));
+    assert.equal(v.durableSeq, 0, '63 MiB acknowledged: no durability flush asked yet');
+    last = (await v.write(63 * MiB, Buffer.alloc(MiB, 64))).seq!;
+    await until(() => v.durableSeq >= last);
+  } finally {
+    await p.close({ drain: false });
+    await t.close();
+  }
+});
