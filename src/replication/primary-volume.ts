@@ -296,6 +296,15 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #lastResyncSeq = 0;
   /** Seq of the latest write that is not a resync write (resync writes are ordered after it). */
   #lastWriteSeq = 0;
+  /**
+   * The latest resync copy of each region the target does not hold durably
+   * yet (by region index). A region copied again — its write went to the
+   * bitmap while the journal was full, or the target lost an acknowledged
+   * copy — is ordered after the earlier copy, which may still be sent again.
+   */
+  readonly #resyncCopies = new Map<number, MirrorRequest>();
+  /** Times a range was marked to resync (a checksum comparison that saw one happen while it ran does not count). */
+  #needsMarked = 0;
   /** True while a resync copies `#needs`. @internal */
   resyncing = false;
   /** Bytes done and in total of the running resync (its writes tell the target). @internal */
@@ -753,13 +762,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
           await this.#local(kind, offset, length, data, fua);
         } catch (error) {
           // a failed local write may have changed part of the range: resync it from what we hold
-          this.#needs.mark(offset, length);
+          this.#resyncLater(offset, length);
           this.#updateState();
           throw error;
         }
         if (this.#journalSuspended || this.#closed) {
           // the journal is full: the bitmap tracks this write; a resync sends it
-          this.#needs.mark(offset, length);
+          this.#resyncLater(offset, length);
           this.#updateState();
           return { mirror: 'queued' };
         }
@@ -822,7 +831,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
         req.onDone = undefined;
         this.#own(req);
         if (seq > this.#completedSeq) this.#completedSeq = seq;
-        this.#needs.mark(offset, length);
+        this.#resyncLater(offset, length);
         this.#updateState();
         throw error;
       }
@@ -1225,7 +1234,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const offset = req.offset < 0 ? 0 : req.offset;
     const length = req.offset < 0 ? this.device.size : req.length;
     this.#bitmap.mark(offset, length);
-    this.#needs.mark(offset, length);
+    this.#resyncLater(offset, length);
     if (req.kind === 'write' && req.state !== 'acked') this.#pendingBytes -= req.length;
     req.kind = 'skip';
     req.owed = true;
@@ -1335,6 +1344,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (req.seq > seq) break;
       if (req.state !== 'acked') this.acknowledged(req);
       this.#requests.delete(req.seq);
+      if (req.resync) this.#forgetResyncCopy(req);
       // (a skip that stands for backlog records the journal could not give back covers several)
       if (req.journaled) for (let s = req.seq; s <= req.end; s++) this.#journal.release(s);
       req.targetDurable = true;
@@ -2329,7 +2339,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   markForResync(offset = 0, length = this.device.size): void {
     checkRange(this.device, offset, length);
     this.#bitmap.mark(offset, length);
-    this.#needs.mark(offset, length);
+    this.#resyncLater(offset, length);
     this.#updateState();
   }
 
@@ -2385,9 +2395,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       let data: Buffer | undefined;
       if (checksum !== undefined) {
         // the local digest: of zeroes (known zero), or of the data read
+        const marked = this.#needsMarked;
         const [read, remote] = await Promise.all([zero ? undefined : this.device.read(region.offset, region.length), this.probe(region.offset, region.length, checksum)]);
         const local = read === undefined ? zeroDigest(checksum, region.length) : digestOf(read, checksum);
-        if (local.equals(remote)) {
+        // equal, unless the target may have lost something since it answered (the copy then goes anyway)
+        if (local.equals(remote) && this.#needsMarked === marked) {
           this.#equalRegions([region]);
           return { bytes: 0, zeroBytes: 0 };
         }
@@ -2401,7 +2413,6 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       }
       if (!zero && region.length > this.#link.maxPayload) throw tooLarge(this.name, region.length, this.#link.maxPayload);
       ({ acked } = await this.#queueResyncCopy(region.offset, region.length, data));
-      this.#needs.clearRegion(region.index);
       copy = zero ? { bytes: 0, zeroBytes: region.length } : { bytes: region.length, zeroBytes: 0 };
     } finally {
       release();
@@ -2428,17 +2439,30 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       if (!(await knownZero(this.device, offset, length))) return undefined;
       if (regions.some((r) => !this.#needs.isDirty(r.index))) return undefined;
       // checksum resync: one digest of the whole run on the target; zeroes there already: nothing to send
-      if (checksum !== undefined && (await this.probe(offset, length, checksum)).equals(zeroDigest(checksum, length))) {
+      const marked = this.#needsMarked;
+      if (checksum !== undefined && (await this.probe(offset, length, checksum)).equals(zeroDigest(checksum, length)) && this.#needsMarked === marked) {
         this.#equalRegions(regions);
         return { bytes: 0, zeroBytes: 0 };
       }
       ({ acked } = await this.#queueResyncCopy(offset, length, undefined));
-      for (const r of regions) this.#needs.clearRegion(r.index);
     } finally {
       release();
     }
     await acked;
     return { bytes: 0, zeroBytes: length };
+  }
+
+  /** `req`, a resync copy, is durable on the target: later copies of its regions need not wait for it. */
+  #forgetResyncCopy(req: MirrorRequest): void {
+    const regionSize = this.#needs.regionSize;
+    const last = Math.floor((req.offset + req.length - 1) / regionSize);
+    for (let i = Math.floor(req.offset / regionSize); i <= last; i++) if (this.#resyncCopies.get(i) === req) this.#resyncCopies.delete(i);
+  }
+
+  /** Marks a range to be copied by the next resync. */
+  #resyncLater(offset: number, length: number): void {
+    this.#needsMarked++;
+    this.#needs.mark(offset, length);
   }
 
   /** Regions a checksum resync found equal on both sides: no longer to resync (their bits wait for a local flush with a persistent bitmap). */
@@ -2452,18 +2476,29 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   }
 
   /**
-   * Queues a resync copy of a range (its data, or a zero range when `data`
-   * is undefined) ordered after every earlier write; `acked` resolves once
-   * the target acknowledged it. Called under the range's lock.
+   * Queues a resync copy of a range of whole regions (its data, or a zero
+   * range when `data` is undefined) ordered after every earlier write, and
+   * takes the regions off the resync list; `acked` resolves once the target
+   * acknowledged it. Called under the range's lock.
    */
   async #queueResyncCopy(offset: number, length: number, data: Buffer | undefined): Promise<{ acked: Promise<void> }> {
     if (this.#lastSeq >= this.#reserved) await this.#extendReservation();
     if (this.#closed) throw closedError(this.name);
     const seq = this.#takeSeq();
     this.#lastResyncSeq = seq;
-    // after every earlier write (one of them may overlap the range); other
-    // regions' resync writes may be applied in any order among themselves
-    const req = this.#request(data === undefined ? 'zero' : 'write', seq, offset, length, data, false, this.#lastWriteSeq);
+    // after every earlier write (one of them may overlap the range) and every
+    // earlier copy of the range; other regions' resync writes may be applied
+    // in any order among themselves
+    let barrier = this.#lastWriteSeq;
+    const regionSize = this.#needs.regionSize;
+    const first = Math.floor(offset / regionSize);
+    const last = Math.floor((offset + length - 1) / regionSize);
+    for (let i = first; i <= last; i++) {
+      const earlier = this.#resyncCopies.get(i);
+      if (earlier !== undefined && this.#requests.get(earlier.seq) === earlier && earlier.seq > barrier) barrier = earlier.seq;
+    }
+    const req = this.#request(data === undefined ? 'zero' : 'write', seq, offset, length, data, false, barrier);
+    for (let i = first; i <= last; i++) this.#resyncCopies.set(i, req);
     req.owned = true;
     req.resync = true;
     // what it copies may not be on the primary's stable storage yet: its bit stays until a local flush too
@@ -2474,6 +2509,9 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const acked = new Promise<void>((resolve) => {
       req.onAck = () => resolve();
     });
+    // off the resync list before it is queued, not after: a copy that becomes
+    // a skip record at once (no room while the link is down) marks them again
+    for (let i = first; i <= last; i++) this.#needs.clearRegion(i);
     this.#enqueue(req);
     return { acked };
   }

@@ -24,6 +24,8 @@ const FOUND: Found[] = [
   { family: 'pair', seed: 148458, broke: 'I8 (once the check waits for a session with the restarted target: liveness): after a target power loss an idle primary never probed its black-holed connections and stayed in-sync with no session' },
   { family: 'nbd', seed: 169, broke: 'I1: a split sync write resolved acknowledged although the target had lost a part' },
   { family: 'nbd', seed: 3344, broke: 'liveness, in the harness: an NBD client of a primary killed while the client connected took requests nobody answered' },
+  { family: 'nbd', seed: 8251, broke: 'I3: in-sync with different images (two resync copies of one region unordered on the target: an acknowledged copy the restarted target lost was resent and applied over the newer copy)' },
+  { family: 'nbd', seed: 8587, broke: 'I3: in-sync with different images (a resync copy that became a skip record before it was sent: the region was taken off the resync list after the skip had put it back)' },
   { family: 'nbd', seed: 1275, broke: 'I1: a split sync write resolved acknowledged although the target had lost a part' },
   { family: 'big', seed: 223, broke: 'liveness, in the check: 60 virtual s were too few for a resync of GiBs (zero ranges read in 1 MiB runs on a target without an allocation map): in-sync at 70 s' },
   { family: 'big', seed: 209, broke: 'I4, in the check: a 5 GB zero range applied on the target piece by piece was taken as atomic (a check during it saw part of it)' },
