@@ -6,7 +6,9 @@
  *   layer does not hold yet copies up only the parts of its first and last
  *   granule that the write does not cover (from the layers below), writes,
  *   records the granules in the layer's map file and only then resolves.
- *   Later writes to those granules go straight to the layer's slot.
+ *   Later writes to those granules go straight to the layer's slot. A
+ *   copy-up waits for the writes still in the layer frozen just before
+ *   (issued before the freeze), so it copies the image of that freeze.
  * - Reads take each granule from the newest layer holding it, else the base.
  * - `freeze()` opens the new layer first (files created and durable, the
  *   manifest updated), then switches writes to it in one step, then seals the
@@ -363,27 +365,40 @@ export class LayeredVolume implements BlockDevice {
       const slot = layer.table.allocate(chunk);
       const headStart = chunkStart + g0 * granularity;
       const tailEnd = Math.min(size, chunkStart + (g1 + 1) * granularity);
-      const lower = this.#stack().filter((l) => l.number < layer.number);
-      const work: Promise<void>[] = [layer.data.write(layer.position(chunk, at), data)];
-      let copied = false;
       // Copy up only the parts of the first and last granule this write leaves alone.
-      if (at > headStart && !layer.table.has(chunk, g0)) {
-        copied = true;
-        work.push(this.#readView(lower, headStart, at - headStart).then((b) => layer.data.write(layer.position(chunk, headStart), b)));
-      }
-      if (end < tailEnd && !layer.table.has(chunk, g1)) {
-        copied = true;
-        work.push(this.#readView(lower, end, tailEnd - end).then((b) => layer.data.write(layer.position(chunk, end), b)));
+      const copyHead = at > headStart && !layer.table.has(chunk, g0);
+      const copyTail = end < tailEnd && !layer.table.has(chunk, g1);
+      const work: Promise<void>[] = [layer.data.write(layer.position(chunk, at), data)];
+      if (copyHead || copyTail) {
+        // what is below must be the image of the last freeze: with every write issued before it
+        await this.#lowerSettled(layer);
+        // resolved after the wait (a merge may have removed a layer meanwhile), read in the same step
+        const lower = this.#stack().filter((l) => l.number < layer.number);
+        if (copyHead) work.push(this.#readView(lower, headStart, at - headStart).then((b) => layer.data.write(layer.position(chunk, headStart), b)));
+        if (copyTail) work.push(this.#readView(lower, end, tailEnd - end).then((b) => layer.data.write(layer.position(chunk, end), b)));
       }
       firstRejection(await Promise.allSettled(work));
       layer.touched();
       // The copied-up neighbours must be durable before the record points at them (power loss).
-      if (copied) await layer.data.flush();
+      if (copyHead || copyTail) await layer.data.flush();
       await layer.appendRecord(chunk, slot, g0, count);
       layer.table.mark(chunk, g0, count);
     } finally {
       release();
     }
+  }
+
+  /**
+   * Resolves once no write is left in the layers below `layer`. Only a layer
+   * frozen a moment ago (not sealed yet) can still have some: a write issued
+   * before the freeze, whose data or map record is not written yet. A copy-up
+   * into `layer` that read the granule before then would take the older
+   * content of the layers below, and `layer` (which wins) would hide that
+   * write from every later freeze and from the volume (cycle seeds 7579, 7959).
+   */
+  async #lowerSettled(layer: LayerFile): Promise<void> {
+    const unsealed = this.#frozen.filter((l) => l.number < layer.number && !l.sealed);
+    if (unsealed.length > 0) await Promise.all(unsealed.map((l) => l.drained()));
   }
 
   /** Makes every write that completed before this call durable (syncs the layer files). */

@@ -138,3 +138,10 @@ test('cycle family seed 6559 (liveness, in the harness: a restart scheduled just
   const r = await simulateCycle({ seed: 6559 });
   assert.equal(r.ok, true, r.violations.map((v) => `${v.invariant}: ${v.message}`).join('; '));
 });
+
+test('cycle family seeds 7579 and 7959 (I6: a freeze during the first write of a granule; the next write of that granule into the new layer copied up the older block before the first write reached the old layer) keep I6 and liveness', async () => {
+  for (const seed of [7579, 7959]) {
+    const r = await simulateCycle({ seed });
+    assert.equal(r.ok, true, `seed ${seed}: ${r.violations.map((v) => `${v.invariant}: ${v.message}`).join('; ')}`);
+  }
+});
