@@ -21,6 +21,7 @@ import { AllocationMap } from './allocation-map.js';
 import { openAllocationStore, type AllocationStore, type AllocationStoreOptions } from './allocation-store.js';
 import { checkRange, checkWriteData } from './range.js';
 import { isAllZero, writeZeroes } from './zero.js';
+import { readInto } from './read-into.js';
 import { BlockMirrorError } from '../errors.js';
 
 /** Options of {@link AllocationTrackingDevice.open}. */
@@ -101,6 +102,21 @@ export class AllocationTrackingDevice implements BlockDevice {
     }
     if (length > 0 && this.map.allZero(offset, length)) return Promise.resolve(Buffer.alloc(length));
     return this.inner.read(offset, length);
+  }
+
+  /** Reads into `target` (see {@link BlockDevice.readInto}): zeroes where the map knows them, else from the inner device. */
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(closedError());
+    try {
+      checkRange(this, offset, target.length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (target.length > 0 && this.map.allZero(offset, target.length)) {
+      target.fill(0);
+      return Promise.resolve();
+    }
+    return readInto(this.inner, offset, target);
   }
 
   async write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void> {

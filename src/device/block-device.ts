@@ -64,6 +64,14 @@ export interface BlockDevice {
   readonly supports: BlockDeviceSupports;
   /** Reads `length` bytes at `offset`. The returned buffer belongs to the caller. */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Reads `target.length` bytes at `offset` into `target` (same checks as
+   * `read`, with `target.length` as the length). Optional: it lets a caller
+   * reuse its buffers (the NBD server keeps a pool of them) instead of getting
+   * a new one per read. `target` must not be used until the promise settles;
+   * after a rejection its content is unspecified.
+   */
+  readInto?(offset: number, target: Uint8Array): Promise<void>;
   /** Writes `data` at `offset`. The caller must not modify `data` until the promise settles. */
   write(offset: number, data: Uint8Array, options?: WriteOptions): Promise<void>;
   /** Makes every write that completed before this call durable. */

@@ -231,6 +231,23 @@ export class FileBlockDevice implements BlockDevice {
     if (length === 0) return Promise.resolve(Buffer.alloc(0));
     // Not from the shared pool: the caller owns the whole backing store.
     const buffer = Buffer.allocUnsafeSlow(length);
+    return this.#readInto(offset, buffer).then(() => buffer);
+  }
+
+  /** Reads `target.length` bytes at `offset` into `target` (see {@link BlockDevice.readInto}). */
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(this.#closedError());
+    try {
+      checkRange(this, offset, target.length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (target.length === 0) return Promise.resolve();
+    return this.#readInto(offset, target);
+  }
+
+  #readInto(offset: number, buffer: Uint8Array): Promise<void> {
+    const length = buffer.length;
     const fd = this.#fd;
     let inline: number | undefined;
     try {
@@ -239,9 +256,9 @@ export class FileBlockDevice implements BlockDevice {
       return Promise.reject(this.#ioError(error as NodeJS.ErrnoException, 'read', offset, length));
     }
     // A short inline read (end of file) takes the general path below.
-    if (inline === length) return Promise.resolve(buffer);
+    if (inline === length) return Promise.resolve();
     this.#inFlight++;
-    return new Promise<Buffer>((resolve, reject) => {
+    return new Promise<void>((resolve, reject) => {
       let done = 0;
       const onRead = (error: SysError, bytesRead: number): void => {
         if (error !== null) {
@@ -260,7 +277,7 @@ export class FileBlockDevice implements BlockDevice {
           return;
         }
         this.#settled();
-        resolve(buffer);
+        resolve();
       };
       fs.read(fd, buffer, 0, length, offset, onRead);
     });

@@ -36,7 +36,7 @@ export interface NbdWriteZeroesOptions {
  * length limits, read-only) before calling the backend, so the backend sees
  * only requests that satisfy the {@link BlockDevice} contract.
  */
-export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'write' | 'flush' | 'trim' | 'blockStatus'> {
+export interface NbdBackend extends Pick<BlockDevice, 'size' | 'blockSize' | 'read' | 'readInto' | 'write' | 'flush' | 'trim' | 'blockStatus'> {
   /**
    * Capabilities, as in {@link BlockDevice.supports}. Only `fua` is consulted:
    * when it is `false`, a FUA request is served as the operation followed by

@@ -321,12 +321,32 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
     // Structured replies may come in several chunks: start from zeroes, never from old memory.
     const out = this.#structured ? Buffer.alloc(length) : Buffer.allocUnsafe(length);
     if (length === 0) return Promise.resolve(out);
+    return this.#readInto(offset, out).then(() => out);
+  }
+
+  /** Reads `target.length` bytes at `offset` into `target` (see {@link BlockDevice.readInto}). */
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    try {
+      this.#checkOpen();
+      checkRange(this, offset, target.length);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+    if (target.length === 0) return Promise.resolve();
+    // Structured replies may come in several chunks: start from zeroes, never from old memory.
+    if (this.#structured) target.fill(0);
+    return this.#readInto(offset, target);
+  }
+
+  #readInto(offset: number, target: Uint8Array): Promise<void> {
+    const out = Buffer.isBuffer(target) ? target : Buffer.from(target.buffer, target.byteOffset, target.byteLength);
+    const length = out.length;
     const parts: Promise<unknown>[] = [];
     for (let pos = 0; pos < length; pos += this.maxRequestSize) {
       const n = Math.min(this.maxRequestSize, length - pos);
       parts.push(this.#submit({ type: NBD_CMD_READ, flags: 0, offset: offset + pos, length: n, target: out.subarray(pos, pos + n) }));
     }
-    return Promise.all(parts).then(() => out);
+    return Promise.all(parts).then(() => undefined);
   }
 
   /** Writes `data` at `offset` (split at {@link maxRequestSize}); `fua` as the server allows (see the class description). */

@@ -18,6 +18,7 @@ import { systemClock } from '../clock.js';
 import { BlockMirrorError, invalidArgument, toBlockMirrorError } from '../errors.js';
 import type { BlockExtent } from '../device/block-device.js';
 import { ByteBudget, type BudgetWaiter } from '../limits/byte-budget.js';
+import { ReadBuffers } from './read-buffers.js';
 import { peerCertificateError } from '../transport/tls-verify.js';
 import { nbdTls, type NbdTls, type NbdTlsOptions } from './tls-options.js';
 import type { NbdBackend, NbdExport } from './export.js';
@@ -300,6 +301,8 @@ interface ServerContext {
   readonly maxInFlightBytes: number;
   /** Bytes in flight over all connections. */
   readonly budget: ByteBudget;
+  /** Buffers of READ replies, used again once written. */
+  readonly readBuffers: ReadBuffers;
   /** STARTTLS settings (undefined: not offered). */
   readonly tls: NbdTls | undefined;
   /** Plaintext is refused (see {@link NbdServerOptions.tlsOnly}). */
@@ -338,6 +341,8 @@ interface Request {
   length: number;
   /** Bytes taken from the per-connection and global budgets for this request (0: none). */
   cost: number;
+  /** A READ's reply data from the server's {@link ReadBuffers}: given back once the socket wrote it. */
+  pooled?: Buffer;
 }
 
 /**
@@ -428,6 +433,7 @@ export class NbdServer extends EventEmitter<NbdServerEvents> {
       budget: new ByteBudget(
         intOption(options.maxInFlightBytes, 'maxInFlightBytes', DEFAULT_GLOBAL_IN_FLIGHT_BYTES, 1, Number.MAX_SAFE_INTEGER),
       ),
+      readBuffers: new ReadBuffers(),
       shutdownTimeout: intOption(options.shutdownTimeout, 'shutdownTimeout', DEFAULT_SHUTDOWN_TIMEOUT, 0, 2 ** 31 - 1),
       clock: options.clock ?? systemClock,
       counters: {
@@ -1448,6 +1454,15 @@ class NbdConnection implements BudgetWaiter {
     switch (req.type) {
       case NBD_CMD_READ: {
         if (req.length === 0) return EMPTY;
+        const buffers = this.#server.readBuffers;
+        if (backend.readInto !== undefined && buffers.pooled(req.length)) {
+          const buffer = buffers.take(req.length);
+          // (not given back after a failure: a part of the read may still be landing in it)
+          await backend.readInto(req.offset, buffer);
+          req.pooled = buffer;
+          counters.bytesRead += req.length;
+          return buffer;
+        }
         // Typed as Buffer, but checked: a wrong length would desynchronise the client's stream.
         const data: unknown = await backend.read(req.offset, req.length);
         if (!(data instanceof Uint8Array) || data.byteLength !== req.length) {
@@ -1613,7 +1628,7 @@ class NbdConnection implements BudgetWaiter {
   #send(chunks: readonly Buffer[], req?: Request): void {
     const socket = this.#socket;
     if (this.#isClosed || socket.destroyed || !socket.writable) {
-      if (req !== undefined) this.#release(req);
+      if (req !== undefined) this.#written(req);
       return;
     }
     if (!this.#corked) {
@@ -1623,8 +1638,18 @@ class NbdConnection implements BudgetWaiter {
     }
     const last = chunks.length - 1;
     for (let i = 0; i < last; i++) socket.write(chunks[i]);
-    const ok = req === undefined || req.cost === 0 ? socket.write(chunks[last]) : socket.write(chunks[last], () => this.#release(req));
+    const ok = req === undefined || (req.cost === 0 && req.pooled === undefined) ? socket.write(chunks[last]) : socket.write(chunks[last], () => this.#written(req));
     if (!ok) this.#writeBlocked = true;
+  }
+
+  /** The reply to `req` is written (or never will be): its budget and its pooled buffer go back. */
+  #written(req: Request): void {
+    const pooled = req.pooled;
+    if (pooled !== undefined) {
+      req.pooled = undefined;
+      this.#server.readBuffers.give(pooled);
+    }
+    this.#release(req);
   }
 
   readonly #uncork = (): void => {

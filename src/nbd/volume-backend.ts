@@ -54,7 +54,7 @@ export interface PrimaryVolumeBackendOptions {
 /**
  * Serves a primary's volume over NBD.
  *
- * - `read` → `volume.read` (the local device).
+ * - `read`, `readInto` → `volume.read`, `volume.readInto` (the local device).
  * - `write` → `volume.write(offset, data, { fua })`: the promise (and so the
  *   NBD reply) settles when the volume's mode says the write is done — sync:
  *   written locally and acknowledged by the mirror; async: written locally.
@@ -95,6 +95,8 @@ export function primaryVolumeBackend(volume: PrimaryVolume, options: PrimaryVolu
     },
     supports: { fua: volume.device.supports.fua },
     read: (offset, length) => volume.read(offset, length),
+    // (into the server's buffers only where the device reads into them itself, without a copy)
+    ...(volume.device.readInto === undefined ? {} : { readInto: (offset: number, target: Uint8Array) => volume.readInto(offset, target) }),
     // the server hands each request's payload over: nothing reuses it
     write: (offset, data, opts) => settle('write', data.length, () => volume.write(offset, data, { fua: opts?.fua === true, transfer: options.transfer !== false })),
     flush: () => settle('flush', 0, () => volume.flush()),
@@ -132,6 +134,7 @@ export function cycleVolumeBackend(name: string, volume: BlockDevice, options: P
     },
     supports: { fua: volume.supports.fua },
     read: (offset, length) => volume.read(offset, length),
+    ...(volume.readInto === undefined ? {} : { readInto: (offset: number, target: Uint8Array) => volume.readInto!(offset, target) }),
     write: (offset, data, opts) => settle('write', data.length, queued(() => volume.write(offset, data, { fua: opts?.fua === true }))),
     flush: () => settle('flush', 0, queued(() => volume.flush())),
   };

@@ -11,6 +11,7 @@ import type { Clock, TimerHandle } from '../clock.js';
 import type { BlockDevice } from '../device/block-device.js';
 import { checkRange } from '../device/range.js';
 import { isAllZero, knownZero, zeroDevice } from '../device/zero.js';
+import { readInto } from '../device/read-into.js';
 import type { Journal, JournalEntry, PendingJournalEntry } from '../journal/journal.js';
 import { MemoryDirtyBitmap, type BitmapRegion, type DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { hashRegion, zeroDigest, type RegionHashAlgorithm } from '../resync/region-hash.js';
@@ -598,6 +599,12 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   read(offset: number, length: number): Promise<Buffer> {
     if (this.#closed) return Promise.reject(closedError(this.name));
     return this.device.read(offset, length);
+  }
+
+  /** Reads from the local device into `target` (see {@link BlockDevice.readInto}). */
+  readInto(offset: number, target: Uint8Array): Promise<void> {
+    if (this.#closed) return Promise.reject(closedError(this.name));
+    return readInto(this.device, offset, target);
   }
 
   /**

@@ -45,7 +45,7 @@ const SUPPORT_KEYS = ['trim', 'flush', 'fua', 'reopen'] as const;
  * alignment (`BM_ERR_MISALIGNED`) and argument types (`BM_ERR_INVALID_ARGUMENT`),
  * with nothing touched by refused requests; zero-length requests; concurrent
  * disjoint writes; buffer ownership in both directions; Uint8Array views;
- * flush; FUA writes; a seeded random sequence against a model; trim (when
+ * `readInto` (when the device has it); flush; FUA writes; a seeded random sequence against a model; trim (when
  * supported); reopen (when supported); `blockStatus()` (when `allocation` is
  * declared: aligned extents covering exactly the range, zero extents that read
  * as zeroes, written data never reported zero, argument checks);
@@ -277,6 +277,26 @@ function registerTests(
       assertBytes(await device.read(bs, 2 * bs), data, 'the device is not affected');
     }));
 
+  it('readInto (when the device has it) fills the caller\'s buffer exactly as read returns, overwriting what was there; refuses what read refuses', () =>
+    withDevice(async (device) => {
+      if (device.readInto === undefined) return;
+      const data = pattern(3 * bs, 23);
+      await device.write(bs, data);
+      // old content everywhere: every byte must be overwritten, zeroes included
+      const target = Buffer.alloc(5 * bs, 0xa5);
+      await device.readInto(0, target);
+      assertBytes(target, await device.read(0, 5 * bs), 'readInto of written and unwritten blocks');
+      const backing = Buffer.alloc(2 * bs + 7, 0x5a);
+      const view = new Uint8Array(backing.buffer, backing.byteOffset + 7, 2 * bs);
+      await device.readInto(2 * bs, view);
+      assertBytes(backing.subarray(7), data.subarray(bs), 'a Uint8Array view at a byte offset');
+      assert.ok(backing.subarray(0, 7).every((b) => b === 0x5a), 'bytes before the view untouched');
+      await device.readInto(0, Buffer.alloc(0));
+      await rejectsWith(device.readInto(size, Buffer.alloc(bs)), 'BM_ERR_OUT_OF_RANGE', 'readInto past the end');
+      await rejectsWith(device.readInto(-bs, Buffer.alloc(bs)), 'BM_ERR_INVALID_ARGUMENT', 'readInto at a negative offset');
+      if (bs > 1) await rejectsWith(device.readInto(0, Buffer.alloc(bs + 1)), 'BM_ERR_MISALIGNED', 'readInto of a misaligned length');
+    }));
+
   it('is not changed when the caller modifies written data after the write settled', () =>
     withDevice(async (device) => {
       const data = pattern(2 * bs, 13);
@@ -442,6 +462,7 @@ function registerTests(
       await rejectsWith(device.flush(), 'BM_ERR_CLOSED', 'flush');
       if (device.trim !== undefined) await rejectsWith(device.trim(0, bs), 'BM_ERR_CLOSED', 'trim');
       if (device.blockStatus !== undefined) await rejectsWith(device.blockStatus(0, bs), 'BM_ERR_CLOSED', 'blockStatus');
+      if (device.readInto !== undefined) await rejectsWith(device.readInto(0, Buffer.alloc(bs)), 'BM_ERR_CLOSED', 'readInto');
     }));
 
   it('closes idempotently, sequentially and concurrently', async () => {

@@ -936,3 +936,56 @@ describe('NbdServer options and exports', () => {
     assert.equal(nbdErrorFor(undefined), P.NBD_EIO);
   });
 });
+
+describe('NbdServer READ buffers', () => {
+  /** A backend that reads into the server's buffers and records each buffer it was given. */
+  function intoBackend(dev: MemoryBlockDevice): NbdBackend & { targets: Buffer[] } {
+    const targets: Buffer[] = [];
+    return {
+      targets,
+      size: dev.size,
+      blockSize: dev.blockSize,
+      read: (offset, length) => dev.read(offset, length),
+      async readInto(offset, target) {
+        targets.push(target as Buffer);
+        target.set(await dev.read(offset, target.length));
+      },
+      write: (offset, data) => dev.write(offset, data),
+      flush: () => dev.flush(),
+    };
+  }
+
+  test('issue 13: READ replies come from a pool of buffers: 64 concurrent reads of 256 KiB whose replies wait in the socket of a client that reads nothing each carry their own data; a second round reads into the first round\'s buffers', async (t) => {
+    const piece = 256 * 1024;
+    const count = 64;
+    const dev = mem(count * piece, 4096);
+    for (let i = 0; i < count; i++) await dev.write(i * piece, pattern(piece, i + 1));
+    const backend = intoBackend(dev);
+    // every read may run at once: only the pool stands between a buffer and its next read
+    const { port } = await start(t, { exports: [rw('disk', backend)], maxInFlightBytesPerConnection: 2 * count * piece, maxInFlightBytes: 2 * count * piece });
+    const c = await goodClient(t, port);
+    const round = async (first: number): Promise<void> => {
+      c.socket.pause();
+      for (let i = 0; i < count; i++) await c.sendRequest(P.NBD_CMD_READ, first + i, i * piece, piece);
+      // the reads run while the client takes no byte: their replies wait in the server's socket
+      while (backend.targets.length < first - 1 + count) await turns(1);
+      await turns();
+      c.socket.resume();
+      const seen = new Set<number>();
+      for (let i = 0; i < count; i++) {
+        const r = await c.simpleReply(piece);
+        assert.equal(r.error, 0);
+        const index = r.handle - first;
+        assert.ok(index >= 0 && index < count && !seen.has(index), `handle ${r.handle}`);
+        seen.add(index);
+        assert.ok(r.data.equals(pattern(piece, index + 1)), `reply ${r.handle} carries the data of its own offset`);
+      }
+    };
+    await round(1);
+    // (a reply the socket took at once may already have lent its buffer to a later read of the round)
+    const firstRound = new Set(backend.targets);
+    await round(1 + count);
+    const secondRound = new Set(backend.targets.slice(count));
+    assert.deepEqual([...firstRound].filter((b) => !secondRound.has(b)), [], 'every buffer of the first round is read into again in the second');
+  });
+});
