@@ -200,3 +200,29 @@ for (const who of ['B (the new primary)', 'A (the old primary, now the mirror)']
     }
   });
 }
+
+test('SPEC 22, issue 12 (5): a primary whose bitmap lives in its state directory (no journal directory) keeps a bit until the mirror holds the write durably: the in-memory journal does not cover it (a crash would lose it), so the failback bitmap names every region the mirror may lack', async () => {
+  const network = new MemoryNetwork();
+  const aDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const bDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const aDir = await mkdtemp(join(tmpdir(), 'bm-failback-a-'));
+  const target = await createMirrorTarget({ transport: network.transport({ host: B }), listen: { host: B, port: PORT }, volumes: [{ name: 'v', device: bDev }], nodeId: 'node-b', ...LINK });
+  const a = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: PORT }, stateDir: aDir, nodeId: 'node-a', volumes: [{ name: 'v', device: aDev, mode: 'async', initialSync: 'none' }], ...LINK });
+  try {
+    await a.volume('v').write(0, Buffer.alloc(4096, 1));
+    await until('A in sync', () => a.volume('v').status().inSync);
+    network.partition(A, B);
+    await a.volume('v').write(5 * REGION, Buffer.alloc(4096, 2));
+    // the local write is flushed and the request sits in the (memory) journal; a region not written for a while is swept
+    await a.volume('v').flush();
+    await new Promise((r) => setTimeout(r, 2200));
+    await Promise.race([a.volume('v').makeDurable(), new Promise((r) => setTimeout(r, 100))]);
+    assert.equal(a.volume('v').bitmap.isDirty(5), true, 'the region stays marked while the mirror lacks the write');
+    assert.equal((await new FilePairStateStore(join(aDir, 'v.state')).load())?.bitmapOf?.peer, 'node-b', 'the pairing state says whose the bitmap is');
+  } finally {
+    cutOff(network, A, B);
+    await a.close({ drain: false });
+    await target.close();
+    await rm(aDir, { recursive: true, force: true });
+  }
+});
