@@ -146,7 +146,7 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
     await sameImages(t, pPath, mPath);
   });
 
-  test('SPEC 22: promote --force with the old primary killed fences it by lineage; the old primary wrote after the split, rejoins as a mirror, is refused as diverged, and resolve --discard-local on it resyncs it by checksum', async (t) => {
+  test('SPEC 22, issue 12 (5): promote --force with the old primary killed fences it by lineage; the old primary wrote after the split, rejoins as a mirror, is refused as diverged, and resolve --discard-local on it resyncs it from its write-intent bitmap (which holds its writes after the split) plus the new primary\'s changes', async (t) => {
     if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
     const dir = await tmpDir(t);
     const pPath = path.join(dir, 'p.img');
@@ -189,10 +189,15 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
     const resolved = await cli(t, ['resolve', '--admin', hp(mirror.admin), '--volume', 'v', '--discard-local']);
     assert.equal(resolved.code, 0, resolved.stderr);
     await mirror.proc.waitForLine(/^volume v resolve discard-local/);
+    await mirror.proc.waitForLine(/^volume v failback resync=bitmap regions=\d+ primary=/);
+    const failback = await primary.proc.waitForLine(/^failback volume=v resync=/);
+    const m = /^failback volume=v resync=bitmap regions=(\d+)\/64 peer-regions=(\d+)$/.exec(failback);
+    assert.ok(m !== null && Number(m[2]) >= 1 && Number(m[1]) < 32, `the discarded writes are named by the old primary's bitmap: ${failback}`);
     await mirror.proc.waitForLine(/^volume v disk up-to-date \(was inconsistent\)$/);
     const done = await primary.proc.waitForLine(/^resync done volume=v /);
     const sent = Number(/bytes=(\d+)/.exec(done)![1]);
-    assert.ok(sent < 4 * 1024 * 1024, `a checksum resync sends only the regions that differ (${sent} bytes), not the volume`);
+    assert.ok(sent < 4 * 1024 * 1024, `only the regions of the bitmaps are sent (${sent} bytes), not the volume`);
+    assert.match(done, /method=bitmap$/);
     await statusUntil(primary, (s) => s.inSync);
     assert.equal((await primary.proc.stop('SIGTERM')).code, 0, primary.proc.stderr);
     assert.equal((await mirror.proc.stop('SIGTERM')).code, 0, mirror.proc.stderr);
