@@ -36,7 +36,8 @@ import { advanceGeneration, type GenerationState } from './generation.js';
 import { FilePairStateStore, MemoryPairStateStore, type BitmapOwner, type DiskState, type PairRole, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
 import type { FailbackBitmap } from './claim-decision.js';
 import { MAX_FAILBACK_RANGES } from '../codec/messages.js';
-import { readBitmapRanges } from '../resync/file-dirty-bitmap.js';
+import { dirtyRanges, readBitmapRanges } from '../resync/file-dirty-bitmap.js';
+import type { DirtyBitmap } from '../resync/dirty-bitmap.js';
 import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
@@ -65,6 +66,18 @@ export interface TargetVolumeConfig {
    * older resent write over a newer one.
    */
   applyState?: ApplyStateStore;
+  /**
+   * The write-intent bitmap a primary kept for this image, for a failback
+   * (this node was the volume's primary and rejoins as the mirror of the
+   * node that took over): a file path (default `<stateDir>/<name>.bitmap`
+   * with the target's `stateDir`) or a {@link DirtyBitmap}. Read at start
+   * (a file without changing it) and offered to the claiming primary when
+   * the pairing state says whose it is (`PairState.bitmapOf`: kept against
+   * that node, of a generation in its lineage): the primary then resyncs
+   * its regions plus its own changes instead of the whole volume. Removed
+   * (a file) or cleared (a bitmap) once the image is up-to-date again.
+   */
+  bitmap?: string | DirtyBitmap;
 }
 
 /**
@@ -319,7 +332,7 @@ export class TargetVolume {
   /** Whose write-intent bitmap beside the pairing state is, as stored (see {@link PairState.bitmapOf}). @internal */ bitmapOf: BitmapOwner | undefined;
   /** The failback bitmap read at start (undefined: none usable). @internal */ failback: FailbackBitmap | undefined;
   /** Why no failback bitmap could be read (logs). @internal */ failbackMissing: string | undefined;
-  /** Path of the write-intent bitmap beside the pairing state (undefined: no state directory). @internal */ bitmapPath: string | undefined;
+  /** Where the failback bitmap is (see {@link TargetVolumeConfig.bitmap}; undefined: nowhere). @internal */ bitmapSource: string | DirtyBitmap | undefined;
 
   /** @internal */
   constructor(name: string, device: BlockDevice, store: PairStateStore, applyStore: ApplyStateStore) {
@@ -344,12 +357,18 @@ export class TargetVolume {
       this.handedOver = pair.handedOver === true;
       this.bitmapOf = pair.bitmapOf;
     }
-    if (this.bitmapOf !== undefined && this.bitmapPath !== undefined && maxRanges > 0) {
-      const read = await readBitmapRanges(this.bitmapPath, { volumeSize: this.device.size, maxRanges });
+    const source = this.bitmapSource;
+    if (this.bitmapOf !== undefined && source !== undefined && maxRanges > 0) {
+      const read =
+        typeof source === 'string'
+          ? await readBitmapRanges(source, { volumeSize: this.device.size, maxRanges })
+          : source.volumeSize === this.device.size
+            ? { ok: true as const, regions: source.dirtyCount, ranges: dirtyRanges(source, maxRanges) }
+            : { ok: false as const, reason: `the bitmap is for ${source.volumeSize} bytes, not ${this.device.size}` };
       if (read.ok) this.failback = { generation: this.bitmapOf.generation, peer: this.bitmapOf.peer, ranges: read.ranges, regions: read.regions, owed: this.role === 'target' };
       else this.failbackMissing = read.reason;
     } else if (this.role === 'primary') {
-      this.failbackMissing = this.bitmapPath === undefined ? 'no state directory' : 'no write-intent bitmap recorded (a journal directory, or a primary of an older version)';
+      this.failbackMissing = source === undefined ? 'no state directory' : 'no write-intent bitmap recorded (a journal directory, or a primary of an older version)';
     }
     const applied = await this.applyStore.load();
     if (applied !== undefined) {
@@ -415,18 +434,19 @@ export class TargetVolume {
 
   /**
    * The failback bitmap is no longer needed (the image is up-to-date, or a
-   * claim made it meaningless): forgotten in the pairing state first, then
-   * the file is removed. @internal
+   * claim made it meaningless; forgotten in the pairing state before): the
+   * file is removed, a bitmap cleared. @internal
    */
-  async dropFailback(): Promise<void> {
-    this.failback = undefined;
-    if (this.bitmapOf === undefined && this.bitmapPath === undefined) return;
-    if (this.bitmapOf !== undefined) {
-      await this.savePair(() => {
-        this.bitmapOf = undefined;
-      });
+  async removeFailbackBitmap(): Promise<void> {
+    const source = this.bitmapSource;
+    if (source === undefined || this.released) return;
+    try {
+      if (typeof source === 'string') await unlink(source);
+      else source.clearAll();
+    } catch (error) {
+      // harmless: the pairing state no longer names it, so it is never offered again
+      log('volume %s: failback bitmap not removed: %s', this.name, (error as Error).message);
     }
-    if (this.bitmapPath !== undefined && !this.released) await unlink(this.bitmapPath).catch(() => undefined);
   }
 
   /** The image becomes `inconsistent` (durably) before a resync write changes it. @internal */
@@ -457,7 +477,7 @@ export class TargetVolume {
       this.bitmapOf = undefined;
       this.failback = undefined;
     });
-    if (failback && this.bitmapPath !== undefined && !this.released) await unlink(this.bitmapPath).catch(() => undefined);
+    if (failback) await this.removeFailbackBitmap();
   }
 
   /** The primary's last connection of this volume closed: the time of the last sync is now. @internal */
@@ -650,7 +670,14 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     for (const v of this.#volumes.values()) {
       v.onDisk = (disk, previous) => this.emit('disk-state', { volume: v.name, disk, previous });
       // the write-intent bitmap a primary kept in this state directory (failback: see PairState.bitmapOf)
-      if (options.stateDir !== undefined) v.bitmapPath = join(options.stateDir, `${v.name}.bitmap`);
+      const cfg = options.volumes.find((c) => c.name === v.name)!;
+      if (cfg.bitmap !== undefined) {
+        if (typeof cfg.bitmap !== 'string' && (cfg.bitmap === null || typeof cfg.bitmap !== 'object' || typeof cfg.bitmap.nextDirty !== 'function')) {
+          throw invalidArgument(`volume ${v.name}: bitmap must be a file path or a DirtyBitmap`);
+        }
+        if (cfg.bitmap === '') throw invalidArgument(`volume ${v.name}: bitmap must be a non-empty path`);
+        v.bitmapSource = cfg.bitmap;
+      } else if (options.stateDir !== undefined) v.bitmapSource = join(options.stateDir, `${v.name}.bitmap`);
     }
   }
 
@@ -1045,7 +1072,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         v.handedOver = d.handedOver;
         v.bitmapOf = bitmapOf;
       });
-      if (dropBitmap && v.bitmapPath !== undefined) await unlink(v.bitmapPath).catch(() => undefined);
+      if (dropBitmap) await v.removeFailbackBitmap();
     }
     const ready: ReadyVolume[] = [];
     for (const [i, d] of decisions.entries()) {

@@ -737,7 +737,7 @@ export async function readBitmapRanges(path: string, options: { volumeSize: numb
 }
 
 /** The dirty regions of `bitmap` as at most `maxRanges` byte ranges (coarsened: a superset). */
-export function dirtyRanges(bitmap: MemoryDirtyBitmap, maxRanges: number): number[] {
+export function dirtyRanges(bitmap: Pick<DirtyBitmap, 'nextDirty' | 'regionCount' | 'regionSize' | 'volumeSize'>, maxRanges: number): number[] {
   for (let unit = 1; ; unit *= 2) {
     const runs: number[] = [];
     let start = -1;
