@@ -131,7 +131,7 @@ export async function openPrimary(config: PrimaryConfig, io: CliIo, input: OpenP
   });
   primary.on('resync-done', (info) => {
     progress.finish(`resync ${info.volume}`);
-    say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)} method=${info.method}`);
+    say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
   });
   primary.on('failback', (info) => {
     if (info.method === 'bitmap') say(io, `failback volume=${info.volume} resync=bitmap regions=${info.regions}/${info.regionsTotal} peer-regions=${info.peerRegions}`);
