@@ -505,7 +505,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
    */
   async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean; fb?: number[] }, peerNode?: string): Promise<'checksum' | 'full' | 'bitmap' | undefined> {
     // checked before anything changes: a bad answer closes the connection (it is the target's input)
-    if (ready.fb !== undefined) checkFailbackRanges(ready.fb, this.device.size, this.name);
+    const fb = ready.fb === undefined ? undefined : failbackRanges(ready.fb, this.device.size, this.device.blockSize, this.name);
     this.#genShared = true;
     this.#splitBrain = false;
     let save = false;
@@ -522,11 +522,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     if (save) await this.#savePair();
     // a target from before disk states counts as up-to-date, as it did then
     const disk = ready.disk ?? 'up-to-date';
-    if (ready.fb !== undefined) {
+    if (fb !== undefined) {
       // failback with the target's bitmap: its regions (mapped onto ours), plus what we changed ourselves
       // (our bitmap, journal and requests) — not the whole volume
-      const peerRegions = this.#coveredRegions(ready.fb);
-      for (let k = 0; k < ready.fb.length; k += 2) this.markForResync(ready.fb[k]!, ready.fb[k + 1]!);
+      const peerRegions = this.#coveredRegions(fb);
+      for (let k = 0; k < fb.length; k += 2) this.markForResync(fb[k]!, fb[k + 1]!);
       await this.#recordInconsistent();
       this.#noteFailback({ method: 'bitmap', peerRegions, regions: this.#needs.dirtyCount, regionsTotal: this.#needs.regionCount });
       this.#updateState();
@@ -2673,11 +2673,22 @@ function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult 
 }
 
 
-/** Checks the failback ranges of a READY against the volume (sorted and disjoint were checked by the codec). */
-function checkFailbackRanges(ranges: readonly number[], size: number, name: string): void {
+/**
+ * The failback ranges of a READY checked against the volume (sorted and
+ * disjoint were checked by the codec) and widened to whole blocks (a
+ * superset, as the mapping onto regions is).
+ */
+function failbackRanges(ranges: readonly number[], size: number, blockSize: number, name: string): number[] {
+  const out: number[] = [];
   for (let k = 0; k < ranges.length; k += 2) {
-    if (ranges[k]! + ranges[k + 1]! > size) {
-      throw new BlockMirrorError('BM_ERR_PROTOCOL', `volume ${name}: the target's failback range ${ranges[k]}+${ranges[k + 1]} lies beyond the volume (${size} bytes)`, { details: { volume: name } });
+    const offset = ranges[k]!;
+    const length = ranges[k + 1]!;
+    if (length > size || offset > size - length) {
+      throw new BlockMirrorError('BM_ERR_PROTOCOL', `volume ${name}: the target's failback range ${offset}+${length} lies beyond the volume (${size} bytes)`, { details: { volume: name } });
     }
+    const start = offset - (offset % blockSize);
+    const end = Math.min(size, Math.ceil((offset + length) / blockSize) * blockSize);
+    out.push(start, end - start);
   }
+  return out;
 }
