@@ -275,6 +275,13 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #bitmapPeer: string | undefined;
   /** The last failback of this run. */
   #failback: FailbackInfo | undefined;
+  /**
+   * A handshake decided that the target must be compared by checksum: set
+   * before the regions are marked, so that a resync another connection's
+   * handshake starts meanwhile compares too. Cleared by the primary when a
+   * resync ends. @internal
+   */
+  checksumOwed = false;
   /** How the first sync with a blank target is done. @internal */
   initialSync: InitialSyncMethod = 'checksum';
   /**
@@ -526,6 +533,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       // failback with the target's bitmap: its regions (mapped onto ours), plus what we changed ourselves
       // (our bitmap, journal and requests) — not the whole volume
       const peerRegions = this.#coveredRegions(fb);
+      this.checksumOwed = false;
       for (let k = 0; k < fb.length; k += 2) this.markForResync(fb[k]!, fb[k + 1]!);
       await this.#recordInconsistent();
       this.#noteFailback({ method: 'bitmap', peerRegions, regions: this.#needs.dirtyCount, regionsTotal: this.#needs.regionCount });
@@ -543,6 +551,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       method = 'checksum';
     }
     if (method !== undefined) {
+      if (method === 'checksum') this.checksumOwed = true;
       await this.#owe(0, this.device.size);
       // a former primary's image without a usable bitmap (or discarded data): the whole volume is compared
       if (method === 'checksum' && ready.lineage !== 'blank') this.#noteFailback({ method: 'checksum', regionsTotal: this.#needs.regionCount });

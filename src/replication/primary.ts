@@ -931,7 +931,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   /** Starts a resync of `volume` when the link is up and none runs. */
   #startResync(volume: PrimaryVolume): void {
     if (this.#closed || this.#resyncs.has(volume) || this.#link !== 'up' || volume.resyncBytes === 0) return;
-    const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume);
+    // checksumOwed: a handshake still recording that the target must be compared (see PrimaryVolume.checksumOwed)
+    const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume) || volume.checksumOwed;
     if (this.#resuming.delete(volume)) {
       log('volume %s: resuming an interrupted resync, %d bytes left', volume.name, volume.resyncBytes);
       this.emit('resync-resumed', { volume: volume.name, bytes: volume.resyncBytes });
@@ -943,6 +944,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         this.#progress.delete(volume);
         this.#resyncAttempts.delete(volume);
         this.#checksumSync.delete(volume);
+        if (checksum) volume.checksumOwed = false;
         log('volume %s: resync done, %d of %d regions sent (%d bytes)', volume.name, result.regionsSent, result.regions, result.bytesSent);
         this.emit('resync-done', { volume: volume.name, method: checksum ? 'checksum' : 'bitmap', ...result });
         if (volume.resyncBytes > 0) this.#startResync(volume);
