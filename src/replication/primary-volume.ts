@@ -476,7 +476,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#lastInSync = loaded.lastInSync;
       this.#bitmapPeer = loaded.bitmapOf?.peer;
     }
-    if (loaded?.generations === undefined) await this.#savePair();
+    // a bitmap that is not alone any more (a journal directory now clears bits too) no longer names what the mirror lacks
+    if (loaded?.generations === undefined || (loaded.bitmapOf !== undefined && !this.#bitmapAlone)) await this.#savePair();
     this.#updateState();
   }
 

@@ -227,3 +227,24 @@ test('SPEC 22, issue 12 (5): a primary whose bitmap lives in its state directory
     await rm(aDir, { recursive: true, force: true });
   }
 });
+
+test('SPEC 22, issue 12 (5): a primary with a journal directory (its records also clear bits) records no failback bitmap, and drops one an earlier run recorded before it writes; its old primary\'s image then fails back by checksum', async () => {
+  const network = new MemoryNetwork();
+  const aDev = new MemoryBlockDevice(SIZE, { blockSize: 512 });
+  const aDir = await mkdtemp(join(tmpdir(), 'bm-failback-a-'));
+  try {
+    const store = new FilePairStateStore(join(aDir, 'v.state'));
+    await store.save({ generations: { current: '0000000f4240-00000001', history: [] }, disk: 'up-to-date', peer: 'up-to-date', role: 'primary', bitmapOf: { generation: '0000000f4240-00000001', peer: 'node-b' } });
+    const a = await createPrimary({ transport: network.transport({ host: A }), peer: { host: B, port: PORT }, waitForConnection: false, stateDir: aDir, journal: { dir: aDir }, nodeId: 'node-a', volumes: [{ name: 'v', device: aDev, mode: 'async' }], ...LINK });
+    try {
+      assert.equal((await store.load())?.bitmapOf, undefined, "dropped at start, before any write");
+      await a.volume('v').write(0, Buffer.alloc(4096, 1));
+      assert.equal((await store.load())?.bitmapOf, undefined);
+    } finally {
+      await a.close({ drain: false });
+    }
+    assert.equal((await store.load())?.bitmapOf, undefined);
+  } finally {
+    await rm(aDir, { recursive: true, force: true });
+  }
+});
