@@ -505,10 +505,14 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /**
    * The target accepted our generation in a handshake (READY): `lineage` of
-   * its data relative to ours, the disk state of its image, and `full` when
-   * it discarded divergent data and needs the whole volume. Decides what the
-   * target must receive, durably before anything is sent: resolves with the
-   * method of the sync it starts (`checksum` or `full`), or undefined.
+   * its data relative to ours, the disk state of its image, `full` when it
+   * discarded divergent data and needs the whole volume, and `fb` when it
+   * offers its failback bitmap (byte ranges: only those, plus what this
+   * volume changed itself, are resynced — a bitmap resync, no checksum).
+   * `peerNode` is the target's node id (the failback bitmap of this volume
+   * is kept against it). Decides what the target must receive, durably
+   * before anything is sent: resolves with the method of the sync it starts
+   * (`checksum`, `full` or `bitmap`), or undefined.
    * @internal
    */
   async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean; fb?: number[] }, peerNode?: string): Promise<'checksum' | 'full' | 'bitmap' | undefined> {
@@ -2402,7 +2406,11 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /**
    * Switches to a persistent write-intent bitmap (before the first write).
    * Every region it holds dirty may differ on the target (the primary stopped
-   * with writes to it pending): those regions are resynced.
+   * with writes to it pending): those regions are resynced. With `alone`
+   * (a state directory without a journal directory) no journal clears its
+   * bits — only the target's durable acknowledgements do — so it names
+   * every region the target may lack, and the pairing state records it as
+   * the failback bitmap (`PairState.bitmapOf`, with the target's node id).
    * @internal
    */
   useBitmap(bitmap: DirtyBitmap, alone = false): number {
