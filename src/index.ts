@@ -57,7 +57,7 @@ export { FrameDecoder, decodeFrame } from './codec/decoder.js';
 export type { FrameDecoderOptions, DecodeFrameOptions } from './codec/decoder.js';
 export { MAGIC, WIRE_VERSION, PREFIX_LENGTH, MessageType, FrameFlag, DEFAULT_CODEC_LIMITS } from './codec/frame.js';
 export type { Frame, CodecLimits, MessageTypeValue } from './codec/frame.js';
-export { PROTOCOL_MIN, PROTOCOL_MAX } from './codec/messages.js';
+export { PROTOCOL_MIN, PROTOCOL_MAX, MAX_FAILBACK_RANGES } from './codec/messages.js';
 export type { VolumeOffer, HelloHeader, ReadyVolume } from './codec/messages.js';
 
 // replication
@@ -72,6 +72,7 @@ export type {
   PrimaryVolumeEvents,
   VolumeWriteOptions,
   InitialSyncMethod,
+  FailbackInfo,
 } from './replication/primary-volume.js';
 export { createMirrorTarget, MirrorTarget, TargetVolume } from './replication/mirror-target.js';
 export type {
@@ -151,8 +152,8 @@ export type { FramedConnectionEvents, FramedConnectionOptions } from './link/fra
 // resync, verify, generations
 export { MemoryDirtyBitmap, DEFAULT_REGION_SIZE, MIN_REGION_SIZE, MAX_REGION_SIZE, MAX_REGION_COUNT, BITMAP_PAGE_BYTES, resolveBitmapGeometry } from './resync/dirty-bitmap.js';
 export type { DirtyBitmap, BitmapRegion, DirtyBitmapGeometry, ResolvedBitmapGeometry } from './resync/dirty-bitmap.js';
-export { FileDirtyBitmap } from './resync/file-dirty-bitmap.js';
-export type { FileDirtyBitmapOptions, FileDirtyBitmapStats, FileDirtyBitmapHooks, BitmapFlushPolicy } from './resync/file-dirty-bitmap.js';
+export { FileDirtyBitmap, readBitmapRanges, dirtyRanges } from './resync/file-dirty-bitmap.js';
+export type { FileDirtyBitmapOptions, FileDirtyBitmapStats, FileDirtyBitmapHooks, BitmapFlushPolicy, BitmapRangesResult } from './resync/file-dirty-bitmap.js';
 export { hashRegion, hashRegions, compareDigests, digestLength, DEFAULT_REGION_HASH, MAX_HASH_CHUNK, DEFAULT_HASH_CONCURRENCY } from './resync/region-hash.js';
 export type { RegionHashAlgorithm, RegionRange, RegionHashOptions, HashRegionsOptions } from './resync/region-hash.js';
 export { RateLimiter } from './resync/rate-limiter.js';
@@ -170,7 +171,7 @@ export {
 } from './replication/generation.js';
 export type { GenerationState, Lineage } from './replication/generation.js';
 export { MemoryPairStateStore, FilePairStateStore, DISK_STATES, isDiskState, checkPairState } from './replication/pair-state.js';
-export type { DiskState, PairRole, PairState, PairStateStore, Resolution } from './replication/pair-state.js';
+export type { DiskState, PairRole, PairState, PairStateStore, Resolution, BitmapOwner } from './replication/pair-state.js';
 export type { SplitBrainPolicy } from './replication/mirror-target.js';
 export { MemoryApplyStateStore, FileApplyStateStore } from './replication/apply-state.js';
 export type { ApplyState, ApplyStateStore } from './replication/apply-state.js';

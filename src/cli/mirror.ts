@@ -104,6 +104,10 @@ export async function runMirror(config: MirrorConfig, io: CliIo): Promise<number
     logPeerEvents(target, io);
     target.on('connection-error', (error, address) => log('connection from %s failed: %s: %s', address.host, error.code, error.message));
     target.on('disk-state', (info) => say(io, `volume ${info.volume} disk ${info.disk} (was ${info.previous})`));
+    target.on('failback', (info) => {
+      if (info.method === 'bitmap') say(io, `volume ${info.volume} failback resync=bitmap regions=${info.regions} primary=${info.node}`);
+      else say(io, `volume ${info.volume} failback resync=checksum primary=${info.node} (${info.reason})`);
+    });
     target.on('write-error', (info) => log('volume %s seq %d: write failed: %s', info.volume, info.seq, info.error.message));
     target.on('cycle-committed', (info) => say(io, `cycle ${info.to} committed volumes=${info.volumes.join(',')} bytes=${info.bytes} source=${info.source}`));
     target.on('cycle-error', (info) => log('cycle %d from %s failed: %s', info.to, info.source, info.error.message));

@@ -133,6 +133,10 @@ export async function openPrimary(config: PrimaryConfig, io: CliIo, input: OpenP
     progress.finish(`resync ${info.volume}`);
     say(io, `resync done volume=${info.volume} bytes=${info.bytesSent} zero=${info.zeroBytesSent} regions=${info.regionsSent}/${info.regions} ms=${Math.round(info.progress.elapsedMs)}`);
   });
+  primary.on('failback', (info) => {
+    if (info.method === 'bitmap') say(io, `failback volume=${info.volume} resync=bitmap regions=${info.regions}/${info.regionsTotal} peer-regions=${info.peerRegions}`);
+    else say(io, `failback volume=${info.volume} resync=checksum regions=${info.regionsTotal}/${info.regionsTotal} (the mirror offered no usable write-intent bitmap)`);
+  });
   primary.on('peer-disk', (info) => say(io, `volume ${info.volume} peer disk ${info.disk} (was ${info.previous})`));
   primary.on('resync-resumed', (info) => say(io, `resync resumed volume=${info.volume} bytes=${info.bytes} (interrupted earlier; only what is left is sent)`));
   primary.on('resync-error', (info) => {

@@ -114,7 +114,21 @@ export interface ReadyVolume {
   lineage?: Lineage;
   /** Disk state of the target's image once claimed (`inconsistent`: a sync is owed or was interrupted). */
   disk?: DiskState;
+  /**
+   * Failback: the image was a primary's (or is the target of an owed
+   * failback) and its write-intent bitmap says where it may differ from the
+   * primary's lineage — byte ranges `[offset, length, offset, length, …]`,
+   * sorted, disjoint, within the volume, at most {@link MAX_FAILBACK_RANGES}
+   * pairs in one READY (the target coarsens a larger bitmap into a
+   * superset). The primary resyncs these (mapped onto its own regions) plus
+   * what it changed itself, instead of comparing the whole volume. Absent:
+   * no bitmap; a primary that does not know the field compares by checksum.
+   */
+  fb?: number[];
 }
+
+/** Most `[offset, length]` pairs of failback ranges in one READY, over all its volumes (≤ 2048 numbers: well within the 64 KiB header). */
+export const MAX_FAILBACK_RANGES = 1024;
 
 /** READY (server → client): the connection carries requests from now on. */
 export interface ReadyHeader {
@@ -330,11 +344,21 @@ export function parseReady(h: unknown): ReadyHeader {
   const r = header(t, h);
   const v = r.volumes;
   if (!Array.isArray(v) || v.length > 4096) throw bad(t, 'volumes');
+  let fbPairs = 0;
   for (const o of v) {
     if (!isRecord(o) || !str(o.name, 255) || !uint(o.applied)) throw bad(t, 'volume');
     if ((o.inc !== undefined && !str(o.inc, 64)) || (o.durable !== undefined && !uint(o.durable))) throw bad(t, 'volume');
     if ((o.disk !== undefined && !isDiskState(o.disk)) || (o.lineage !== undefined && (typeof o.lineage !== 'string' || !LINEAGES.includes(o.lineage)))) throw bad(t, 'volume');
+    if (o.fb !== undefined) {
+      if (!Array.isArray(o.fb) || o.fb.length % 2 !== 0 || o.fb.length > 2 * MAX_FAILBACK_RANGES || !o.fb.every(uint)) throw bad(t, 'fb');
+      fbPairs += o.fb.length / 2;
+      // sorted, disjoint, non-empty ranges (the volume's bounds are checked by the primary)
+      for (let k = 0; k < o.fb.length; k += 2) {
+        if ((o.fb[k + 1] as number) === 0 || (k > 0 && (o.fb[k] as number) < (o.fb[k - 2] as number) + (o.fb[k - 1] as number))) throw bad(t, 'fb');
+      }
+    }
   }
+  if (fbPairs > MAX_FAILBACK_RANGES) throw bad(t, 'fb');
   if ((r.hbi !== undefined || r.hbs !== undefined) && (!heartbeatMs(r.hbi) || !heartbeatMs(r.hbs))) throw bad(t, 'hbi/hbs');
   return r as unknown as ReadyHeader;
 }

@@ -39,6 +39,28 @@ export interface ClaimView {
   promoted?: boolean;
   /** The volume's primary handed it over (demoted). */
   handedOver?: boolean;
+  /**
+   * A write-intent bitmap kept beside the volume's pairing state (see
+   * `PairState.bitmapOf`), read when the target started: the byte ranges it
+   * holds dirty, and whose it is. Undefined when there is none that can be
+   * trusted (no state directory, no file, a torn or invalid file, no owner
+   * recorded, a journal that also cleared its bits).
+   */
+  failback?: FailbackBitmap;
+}
+
+/** See {@link ClaimView.failback}. */
+export interface FailbackBitmap {
+  /** Generation of this image the bitmap belongs to. */
+  generation: string;
+  /** Node id of the mirror whose durable acknowledgements alone cleared its bits. */
+  peer: string;
+  /** Dirty byte ranges, `[offset, length, offset, length, …]`, sorted, disjoint, within the volume (possibly coarsened: a superset). */
+  ranges: readonly number[];
+  /** Regions the ranges cover, in the bitmap's own region size. */
+  regions: number;
+  /** Recorded by an earlier failback claim that this image is not up-to-date since (it is the target's now, not a primary's). */
+  owed: boolean;
 }
 
 /** See `SplitBrainPolicy` in mirror-target.ts. */
@@ -68,6 +90,22 @@ export interface ClaimDecision {
   resolved: boolean;
   /** The hand-over recorded for the volume stays valid (the claiming primary is the demoted one). */
   handedOver: boolean;
+  /**
+   * Failback with a bitmap: the image is a former primary's (or the target
+   * of an owed failback) that may hold writes the claiming primary lacks,
+   * and its write-intent bitmap says where: offered in READY (`fb`), so that
+   * the primary resyncs those regions plus its own changes — not the whole
+   * volume by checksum. The target records `bitmapOf` (owed) with the claim
+   * and keeps the bitmap until its image is up-to-date again. Absent: no
+   * bitmap is offered.
+   */
+  failback?: FailbackBitmap;
+  /**
+   * Why no bitmap was offered although the image may hold writes the
+   * primary lacks (the primary then compares the whole volume by checksum);
+   * absent when none was needed or one was offered.
+   */
+  checksumReason?: string;
 }
 
 /**
@@ -136,11 +174,21 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
     // a blank volume holding a cycle image (discard-target): that image is discarded too
     if (lineage === 'blank' && v.cycleImage !== undefined) full = true;
     const adopt = v.generations?.current === offer.generation ? undefined : { current: offer.generation, history: primary.history.slice(0, MAX_HISTORY) };
+    // an image a primary served (not handed over) may hold writes the claiming primary lacks
+    const formerPrimary = v.wasPrimary === true && (lineage === 'same' || lineage === 'target-behind');
+    const owed = v.failback?.owed === true && v.disk === 'inconsistent' && (lineage === 'same' || lineage === 'target-behind');
+    let failback: FailbackBitmap | undefined;
+    let checksumReason: string | undefined;
+    if (full || formerPrimary || owed) {
+      const why = failbackRefusal(v, hello.node, primary, lineage, full);
+      if (why === undefined) failback = v.failback;
+      else if (!owed || full || formerPrimary) checksumReason = why;
+    }
     let disk: DiskState = v.disk;
     if (full) disk = 'inconsistent';
     else if (lineage === 'blank') disk = offer.clean === 1 ? 'up-to-date' : 'inconsistent';
-    // an image a primary served (not handed over) may hold writes the claiming primary lacks: a checksum resync compares it all
-    else if (v.wasPrimary === true && (lineage === 'same' || lineage === 'target-behind')) disk = 'inconsistent';
+    // ... a resync of its bitmap's regions, or a checksum resync that compares it all
+    else if (formerPrimary || failback !== undefined) disk = 'inconsistent';
     else if (lineage === 'target-behind' && v.disk !== 'inconsistent') disk = 'outdated';
     decisions.push({
       name: offer.name,
@@ -151,9 +199,32 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
       full,
       resolved: v.discardLocal === true,
       handedOver: v.handedOver === true && offer.ho === 1 && lineage === 'same',
+      ...(failback === undefined ? {} : { failback }),
+      ...(checksumReason === undefined ? {} : { checksumReason }),
     });
   }
   return decisions;
+}
+
+/**
+ * Why the target's write-intent bitmap cannot tell the claiming primary
+ * where the image may differ (undefined: it can). It can when it was kept
+ * against this very primary node (its acknowledgements alone cleared bits)
+ * and either it belongs to the image's current generation, which descends
+ * to the primary (the primary's lineage holds it; or, when the image's own
+ * data is discarded, the two lineages share a generation: the bitmap also
+ * covers what the image wrote apart, never acknowledged by that node), or
+ * an earlier failback claim of this primary's lineage recorded it (owed).
+ */
+function failbackRefusal(v: ClaimView, node: string, primary: GenerationState, lineage: Lineage, discarded: boolean): string | undefined {
+  const f = v.failback;
+  if (f === undefined) return 'no usable write-intent bitmap on the target';
+  if (f.peer !== node) return `the target's bitmap was kept against node ${f.peer}, not ${node}`;
+  if (v.generations === undefined || !sharesAncestry(primary, v.generations)) return 'the lineages have no generation in common';
+  if (f.owed) return undefined;
+  if (f.generation !== v.generations.current) return `the target's bitmap belongs to generation ${f.generation}, not to its current ${v.generations.current}`;
+  if (lineage === 'same' || lineage === 'target-behind' || discarded) return undefined;
+  return 'the primary does not descend from the target\'s generation';
 }
 
 /** True when the two lineages have a generation in common (one grew out of the other at some point). */

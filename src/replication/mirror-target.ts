@@ -33,7 +33,12 @@ import { ApplyOrder } from './apply-order.js';
 import { FileApplyStateStore, MemoryApplyStateStore, type ApplyStateStore } from './apply-state.js';
 import { decideClaim, type ClaimDecision, type ClaimView } from './claim-decision.js';
 import { advanceGeneration, type GenerationState } from './generation.js';
-import { FilePairStateStore, MemoryPairStateStore, type DiskState, type PairRole, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
+import { FilePairStateStore, MemoryPairStateStore, type BitmapOwner, type DiskState, type PairRole, type PairState, type PairStateStore, type Resolution } from './pair-state.js';
+import type { FailbackBitmap } from './claim-decision.js';
+import { MAX_FAILBACK_RANGES } from '../codec/messages.js';
+import { dirtyRanges, readBitmapRanges } from '../resync/file-dirty-bitmap.js';
+import type { DirtyBitmap } from '../resync/dirty-bitmap.js';
+import { unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import { hashRegion, type RegionHashAlgorithm } from '../resync/region-hash.js';
 import { checkAddress } from '../transport/address.js';
@@ -61,6 +66,18 @@ export interface TargetVolumeConfig {
    * older resent write over a newer one.
    */
   applyState?: ApplyStateStore;
+  /**
+   * The write-intent bitmap a primary kept for this image, for a failback
+   * (this node was the volume's primary and rejoins as the mirror of the
+   * node that took over): a file path (default `<stateDir>/<name>.bitmap`
+   * with the target's `stateDir`) or a {@link DirtyBitmap}. Read at start
+   * (a file without changing it) and offered to the claiming primary when
+   * the pairing state says whose it is (`PairState.bitmapOf`: kept against
+   * that node, of a generation in its lineage): the primary then resyncs
+   * its regions plus its own changes instead of the whole volume. Removed
+   * (a file) or cleared (a bitmap) once the image is up-to-date again.
+   */
+  bitmap?: string | DirtyBitmap;
 }
 
 /**
@@ -198,6 +215,13 @@ export interface TargetVolumeStatus {
   resolution?: Resolution;
   /** Its primary handed the volume over (demoted): it may be promoted without force. */
   handedOver?: boolean;
+  /**
+   * Failback (this image was a primary's): the write-intent bitmap it kept
+   * as a primary and offers to the claiming primary — `regions` dirty
+   * regions, of `generation`, kept against node `peer`; `owed` once a claim
+   * accepted it (kept until the image is up-to-date again). Absent: none.
+   */
+  failback?: { generation: string; peer: string; regions: number; owed: boolean };
 }
 
 /** One peer in {@link MirrorTargetStatus.peers}. */
@@ -248,6 +272,14 @@ export interface RefusedPeerInfo {
 export interface MirrorTargetEvents {
   /** A primary's connection completed the handshake. */
   connection: [info: { node: string; session: string; slot: number; address: TransportAddress }];
+  /**
+   * A primary claimed a volume whose image may hold writes it lacks (a
+   * former primary's image, failback): `bitmap` when this image's
+   * write-intent bitmap was offered (`regions` dirty regions: the primary
+   * resyncs those plus its own changes), else `checksum` and why (the
+   * primary compares the whole volume).
+   */
+  failback: [info: { volume: string; node: string; method: 'bitmap'; regions: number } | { volume: string; node: string; method: 'checksum'; reason: string }];
   /** A volume's disk state changed (recorded in its pair state before this is emitted). */
   'disk-state': [info: { volume: string; disk: DiskState; previous: DiskState }];
   /** A connection failed the handshake or was closed for a protocol error. */
@@ -297,6 +329,10 @@ export class TargetVolume {
   /** Watermark of `stream` that is flushed and recorded in `applyStore`. @internal */ durable = 0;
   #persisting: Promise<void> = Promise.resolve();
   /** Receives cycles into this volume (the target's `cycle` option). @internal */ cycle: CycleHost | undefined;
+  /** Whose write-intent bitmap beside the pairing state is, as stored (see {@link PairState.bitmapOf}). @internal */ bitmapOf: BitmapOwner | undefined;
+  /** The failback bitmap read at start (undefined: none usable). @internal */ failback: FailbackBitmap | undefined;
+  /** Why no failback bitmap could be read (logs). @internal */ failbackMissing: string | undefined;
+  /** Where the failback bitmap is (see {@link TargetVolumeConfig.bitmap}; undefined: nowhere). @internal */ bitmapSource: string | DirtyBitmap | undefined;
 
   /** @internal */
   constructor(name: string, device: BlockDevice, store: PairStateStore, applyStore: ApplyStateStore) {
@@ -306,8 +342,11 @@ export class TargetVolume {
     this.applyStore = applyStore;
   }
 
-  /** Loads the durable state (at start). @internal */
-  async load(): Promise<void> {
+  /**
+   * Loads the durable state (at start); with `maxRanges`, the failback
+   * bitmap too (read only, see {@link PairState.bitmapOf}). @internal
+   */
+  async load(maxRanges = 0): Promise<void> {
     const pair = await this.store.load();
     if (pair !== undefined) {
       this.generations = pair.generations;
@@ -316,6 +355,20 @@ export class TargetVolume {
       this.role = pair.role;
       this.resolution = pair.resolution;
       this.handedOver = pair.handedOver === true;
+      this.bitmapOf = pair.bitmapOf;
+    }
+    const source = this.bitmapSource;
+    if (this.bitmapOf !== undefined && source !== undefined && maxRanges > 0) {
+      const read =
+        typeof source === 'string'
+          ? await readBitmapRanges(source, { volumeSize: this.device.size, maxRanges })
+          : source.volumeSize === this.device.size
+            ? { ok: true as const, regions: source.dirtyCount, ranges: dirtyRanges(source, maxRanges) }
+            : { ok: false as const, reason: `the bitmap is for ${source.volumeSize} bytes, not ${this.device.size}` };
+      if (read.ok) this.failback = { generation: this.bitmapOf.generation, peer: this.bitmapOf.peer, ranges: read.ranges, regions: read.regions, owed: this.role === 'target' };
+      else this.failbackMissing = read.reason;
+    } else if (this.role === 'primary') {
+      this.failbackMissing = source === undefined ? 'no state directory' : 'no write-intent bitmap recorded (a journal directory, or a primary of an older version)';
     }
     const applied = await this.applyStore.load();
     if (applied !== undefined) {
@@ -375,7 +428,25 @@ export class TargetVolume {
     if (this.role !== undefined) s.role = this.role;
     if (this.resolution !== undefined) s.resolution = this.resolution;
     if (this.handedOver) s.handedOver = true;
+    if (this.bitmapOf !== undefined) s.bitmapOf = this.bitmapOf;
     return s;
+  }
+
+  /**
+   * The failback bitmap is no longer needed (the image is up-to-date, or a
+   * claim made it meaningless; forgotten in the pairing state before): the
+   * file is removed, a bitmap cleared. @internal
+   */
+  async removeFailbackBitmap(): Promise<void> {
+    const source = this.bitmapSource;
+    if (source === undefined || this.released) return;
+    try {
+      if (typeof source === 'string') await unlink(source);
+      else source.clearAll();
+    } catch (error) {
+      // harmless: the pairing state no longer names it, so it is never offered again
+      log('volume %s: failback bitmap not removed: %s', this.name, (error as Error).message);
+    }
   }
 
   /** The image becomes `inconsistent` (durably) before a resync write changes it. @internal */
@@ -397,11 +468,16 @@ export class TargetVolume {
   async upToDate(bar: number, handover = false): Promise<void> {
     if (this.resyncSeq > bar) return;
     if (this.disk === 'up-to-date' && (!handover || this.handedOver)) return;
+    const failback = this.bitmapOf !== undefined;
     await this.savePair(() => {
       this.disk = 'up-to-date';
       this.lastInSync = Date.now();
       if (handover) this.handedOver = true;
+      // the image is the primary's again: the failback bitmap has served
+      this.bitmapOf = undefined;
+      this.failback = undefined;
     });
+    if (failback) await this.removeFailbackBitmap();
   }
 
   /** The primary's last connection of this volume closed: the time of the last sync is now. @internal */
@@ -459,6 +535,7 @@ export class TargetVolume {
     if (last !== undefined) s.lastInSyncAt = new Date(last).toISOString();
     if (this.resolution !== undefined) s.resolution = this.resolution;
     if (this.handedOver) s.handedOver = true;
+    if (this.failback !== undefined) s.failback = { generation: this.failback.generation, peer: this.failback.peer, regions: this.failback.regions, owed: this.failback.owed };
     const p = this.syncProgress;
     if (p !== undefined && this.disk !== 'up-to-date') s.sync = { done: p.done, total: p.total, percent: p.total === 0 ? 100 : Math.min(100, Math.floor((p.done * 1000) / p.total) / 10) };
     return s;
@@ -590,7 +667,18 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         ),
       );
     }
-    for (const v of this.#volumes.values()) v.onDisk = (disk, previous) => this.emit('disk-state', { volume: v.name, disk, previous });
+    for (const v of this.#volumes.values()) {
+      v.onDisk = (disk, previous) => this.emit('disk-state', { volume: v.name, disk, previous });
+      // the write-intent bitmap a primary kept in this state directory (failback: see PairState.bitmapOf)
+      const cfg = options.volumes.find((c) => c.name === v.name)!;
+      if (cfg.bitmap !== undefined) {
+        if (typeof cfg.bitmap !== 'string' && (cfg.bitmap === null || typeof cfg.bitmap !== 'object' || typeof cfg.bitmap.nextDirty !== 'function')) {
+          throw invalidArgument(`volume ${v.name}: bitmap must be a file path or a DirtyBitmap`);
+        }
+        if (cfg.bitmap === '') throw invalidArgument(`volume ${v.name}: bitmap must be a non-empty path`);
+        v.bitmapSource = cfg.bitmap;
+      } else if (options.stateDir !== undefined) v.bitmapSource = join(options.stateDir, `${v.name}.bitmap`);
+    }
   }
 
   /** This node's id (with `stateDir` and no `nodeId` option: the persistent one, once `createMirrorTarget` resolved). */
@@ -619,7 +707,9 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
   /** @internal called by {@link createMirrorTarget} */
   async start(): Promise<void> {
     if (!this.#nodeIdGiven && this.#stateDir !== undefined) this.#nodeId = await persistentNodeId(this.#stateDir, 'target');
-    for (const v of this.#volumes.values()) await v.load();
+    // every READY stays within its header limit: the failback ranges of all volumes share one budget
+    const perVolume = this.#volumes.size > MAX_FAILBACK_RANGES ? 0 : Math.floor(MAX_FAILBACK_RANGES / this.#volumes.size);
+    for (const v of this.#volumes.values()) await v.load(perVolume);
     if (this.#cycleOptions !== undefined) await this.#openCycleHost(this.#cycleOptions);
     try {
       this.#server = await this.#transport.listen(this.#listen);
@@ -967,20 +1057,29 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
     for (const [i, d] of decisions.entries()) {
       const v = volumes[i]!;
       v.diverged = false;
-      if (d.adopt === undefined && d.disk === v.disk && v.role === 'target' && v.resolution === undefined && v.handedOver === d.handedOver) continue;
-      // lineage, disk state and role change together, in one atomic write
+      // the failback bitmap stays (owed) while a claim uses it; any other claim makes it meaningless
+      const bitmapOf = d.failback === undefined ? undefined : { generation: d.failback.generation, peer: d.failback.peer };
+      const dropBitmap = bitmapOf === undefined && (v.bitmapOf !== undefined || v.failback !== undefined);
+      if (d.failback !== undefined) v.failback = { ...d.failback, owed: true };
+      else if (dropBitmap) v.failback = undefined;
+      if (d.adopt === undefined && d.disk === v.disk && v.role === 'target' && v.resolution === undefined && v.handedOver === d.handedOver && v.bitmapOf?.generation === bitmapOf?.generation && v.bitmapOf?.peer === bitmapOf?.peer) continue;
+      // lineage, disk state, role and the failback bitmap's owner change together, in one atomic write
       await v.savePair(() => {
         if (d.adopt !== undefined) v.generations = d.adopt;
         v.disk = d.disk;
         v.role = 'target';
         v.resolution = undefined;
         v.handedOver = d.handedOver;
+        v.bitmapOf = bitmapOf;
       });
+      if (dropBitmap) await v.removeFailbackBitmap();
     }
     const ready: ReadyVolume[] = [];
     for (const [i, d] of decisions.entries()) {
       const v = volumes[i]!;
       const offer = offers[i]!;
+      // said once per session (each of its n connections claims)
+      const fresh = v.owner?.session !== hello.session || v.connections === 0;
       if (v.owner?.session !== hello.session) {
         // a new session of the volume: requests of an earlier one must not race it
         await v.order.settle();
@@ -995,6 +1094,15 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       v.connections++;
       const r: ReadyVolume = { name: v.name, applied: v.order.watermark, inc: v.order.incarnation, durable: v.durable, lineage: d.lineage, disk: v.disk };
       if (d.full) r.full = true;
+      if (d.failback !== undefined) r.fb = [...d.failback.ranges];
+      if (fresh && d.failback !== undefined) {
+        log('volume %s: failback: the bitmap of generation %s (%d regions) is offered to %s', v.name, d.failback.generation, d.failback.regions, hello.node);
+        this.emit('failback', { volume: v.name, node: hello.node, method: 'bitmap', regions: d.failback.regions });
+      } else if (fresh && d.checksumReason !== undefined) {
+        const reason = v.failbackMissing !== undefined && v.failback === undefined && d.checksumReason.startsWith('no usable') ? `${d.checksumReason}: ${v.failbackMissing}` : d.checksumReason;
+        log('volume %s: failback by checksum: %s', v.name, reason);
+        this.emit('failback', { volume: v.name, node: hello.node, method: 'checksum', reason });
+      }
       ready.push(r);
     }
     // sessions that owned these volumes before may now be gone and own nothing
@@ -1021,6 +1129,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       wasPrimary: v.role === 'primary',
       promoted: v.promoted,
       handedOver: v.handedOver,
+      ...(v.failback === undefined ? {} : { failback: v.failback }),
     };
   }
 

@@ -63,6 +63,27 @@ export interface PairState {
   resolution?: Resolution;
   /** A target: its primary handed the volume over (demoted, drained, up-to-date): it may be promoted without force. */
   handedOver?: boolean;
+  /**
+   * The write-intent bitmap kept beside this state (`<dir>/<volume>.bitmap`)
+   * holds every region where this image may differ from the image of node
+   * `peer` as of generation `generation`: a bit is set before a local write
+   * and cleared only once `peer` held the write durably (no journal clears
+   * it). A primary whose bitmap lives in its state directory (no journal
+   * directory) records it with its current generation and the mirror it
+   * mirrors to. A target keeps it after a failback claim (see
+   * `claim-decision.ts`) until its image is `up-to-date` again, so that a
+   * failback interrupted by a crash or a lost reply still resyncs only those
+   * regions; it is then dropped and the bitmap file removed.
+   */
+  bitmapOf?: BitmapOwner;
+}
+
+/** See {@link PairState.bitmapOf}. */
+export interface BitmapOwner {
+  /** Generation of this image the bitmap belongs to. */
+  generation: string;
+  /** Node id of the mirror whose durable acknowledgements alone clear its bits. */
+  peer: string;
 }
 
 /** Role that last served a volume's image (see {@link PairState.role}). */
@@ -90,6 +111,7 @@ export function copyPairState(s: PairState): PairState {
   if (s.role !== undefined) out.role = s.role;
   if (s.resolution !== undefined) out.resolution = s.resolution;
   if (s.handedOver === true) out.handedOver = true;
+  if (s.bitmapOf !== undefined) out.bitmapOf = { generation: s.bitmapOf.generation, peer: s.bitmapOf.peer };
   return out;
 }
 
@@ -108,6 +130,12 @@ export function checkPairState(s: unknown, what = 'pair state'): PairState {
   if (p.role !== undefined && p.role !== 'primary' && p.role !== 'target') throw bad('role must be primary or target');
   if (p.resolution !== undefined && p.resolution !== 'discard-local' && p.resolution !== 'discard-remote') throw bad('resolution must be discard-local or discard-remote');
   if (p.handedOver !== undefined && typeof p.handedOver !== 'boolean') throw bad('handedOver must be a boolean');
+  if (p.bitmapOf !== undefined) {
+    const b = p.bitmapOf as Partial<BitmapOwner> | null;
+    if (b === null || typeof b !== 'object' || !isGenerationId(b.generation) || typeof b.peer !== 'string' || b.peer === '' || b.peer.length > 256) {
+      throw bad('bitmapOf must hold a generation id and a node id');
+    }
+  }
   if (p.generations !== undefined) {
     const g = p.generations as Partial<GenerationState> | null;
     if (g === null || typeof g !== 'object' || !isGenerationId(g.current) || !Array.isArray(g.history) || !g.history.every(isGenerationId)) {

@@ -122,6 +122,15 @@ export interface PrimaryVolumeStatus {
   generation?: string;
   /** An owed split-brain decision (`discard-remote`), offered at the next handshake. */
   resolution?: Resolution;
+  /**
+   * The last failback this run did (a target that was a primary, or whose
+   * data was discarded, rejoined — see {@link PrimaryVolumeEvents.failback}):
+   * `bitmap` with the regions the target's write-intent bitmap named
+   * (`peerRegions`, in this volume's regions) and all the regions it owed
+   * then (`regions`: those plus this volume's own changes), or `checksum`
+   * (the whole volume compared).
+   */
+  failback?: FailbackInfo;
   /** Disk state of the primary's own image (a primary's image is the reference: `up-to-date`). */
   disk: DiskState;
   /**
@@ -178,7 +187,14 @@ export interface PrimaryVolumeEvents {
   replayed: [info: { records: number; bytes: number; durationMs: number }];
   /** What the primary knows of the target's image changed (see {@link PrimaryVolumeStatus.peerDisk}). */
   'peer-disk': [disk: DiskState, previous: DiskState];
+  /** A target that may hold writes this volume lacks was claimed: how it is resynced (see {@link PrimaryVolumeStatus.failback}). */
+  failback: [info: FailbackInfo];
 }
+
+/** How a failback resynced the target (see {@link PrimaryVolumeStatus.failback}). */
+export type FailbackInfo =
+  | { method: 'bitmap'; peerRegions: number; regions: number; regionsTotal: number }
+  | { method: 'checksum'; regionsTotal: number };
 
 /** What a volume needs from its primary. @internal */
 export interface ReplicationLink {
@@ -249,6 +265,24 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   #persistentBitmap = false;
   /** This run started a sync into the target: the resync set tracks what it still lacks. */
   #syncKnown = false;
+  /**
+   * The persistent write-intent bitmap lives in the state directory without
+   * a durable journal: only the target's durable acknowledgements clear its
+   * bits, so it names every region the target may lack (the pairing state
+   * records whose it is: {@link PairState.bitmapOf}).
+   */
+  #bitmapAlone = false;
+  /** Node id of the target the bitmap is kept against (see `#bitmapAlone`). */
+  #bitmapPeer: string | undefined;
+  /** The last failback of this run. */
+  #failback: FailbackInfo | undefined;
+  /**
+   * A handshake decided that the target must be compared by checksum: set
+   * before the regions are marked, so that a resync another connection's
+   * handshake starts meanwhile compares too. Cleared by the primary when a
+   * resync ends. @internal
+   */
+  checksumOwed = false;
   /** How the first sync with a blank target is done. @internal */
   initialSync: InitialSyncMethod = 'checksum';
   /**
@@ -441,8 +475,10 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       this.#peerDisk = loaded.peer;
       this.#storedPeer = loaded.peer;
       this.#lastInSync = loaded.lastInSync;
+      this.#bitmapPeer = loaded.bitmapOf?.peer;
     }
-    if (loaded?.generations === undefined) await this.#savePair();
+    // a bitmap that is not alone any more (a journal directory now clears bits too) no longer names what the mirror lacks
+    if (loaded?.generations === undefined || (loaded.bitmapOf !== undefined && !this.#bitmapAlone)) await this.#savePair();
     this.#updateState();
   }
 
@@ -451,6 +487,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     const s: PairState = { generations: { current: this.#gen.current, history: [...this.#gen.history] }, disk: 'up-to-date', peer: this.peerDisk, role: this.#demoted ? 'target' : 'primary' };
     if (this.#lastInSync !== undefined) s.lastInSync = this.#lastInSync;
     if (this.#resolution !== undefined) s.resolution = this.#resolution;
+    if (this.#bitmapAlone && this.#bitmapPeer !== undefined && !this.#demoted) s.bitmapOf = { generation: this.#gen.current, peer: this.#bitmapPeer };
     return s;
   }
 
@@ -469,22 +506,46 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /**
    * The target accepted our generation in a handshake (READY): `lineage` of
-   * its data relative to ours, the disk state of its image, and `full` when
-   * it discarded divergent data and needs the whole volume. Decides what the
-   * target must receive, durably before anything is sent: resolves with the
-   * method of the sync it starts (`checksum` or `full`), or undefined.
+   * its data relative to ours, the disk state of its image, `full` when it
+   * discarded divergent data and needs the whole volume, and `fb` when it
+   * offers its failback bitmap (byte ranges: only those, plus what this
+   * volume changed itself, are resynced — a bitmap resync, no checksum).
+   * `peerNode` is the target's node id (the failback bitmap of this volume
+   * is kept against it). Decides what the target must receive, durably
+   * before anything is sent: resolves with the method of the sync it starts
+   * (`checksum`, `full` or `bitmap`), or undefined.
    * @internal
    */
-  async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean }): Promise<'checksum' | 'full' | undefined> {
+  async peerReady(ready: { lineage?: Lineage; disk?: DiskState; full?: boolean; fb?: number[] }, peerNode?: string): Promise<'checksum' | 'full' | 'bitmap' | undefined> {
+    // checked before anything changes: a bad answer closes the connection (it is the target's input)
+    const fb = ready.fb === undefined ? undefined : failbackRanges(ready.fb, this.device.size, this.device.blockSize, this.name);
     this.#genShared = true;
     this.#splitBrain = false;
+    let save = false;
     if (this.#resolution !== undefined) {
       // the operator's decision was applied by the target
       this.#resolution = undefined;
-      await this.#savePair();
+      save = true;
     }
+    if (this.#bitmapAlone && peerNode !== undefined && peerNode !== this.#bitmapPeer) {
+      // from here on this target's acknowledgements clear the bitmap: recorded before any can
+      this.#bitmapPeer = peerNode;
+      save = true;
+    }
+    if (save) await this.#savePair();
     // a target from before disk states counts as up-to-date, as it did then
     const disk = ready.disk ?? 'up-to-date';
+    if (fb !== undefined) {
+      // failback with the target's bitmap: its regions (mapped onto ours), plus what we changed ourselves
+      // (our bitmap, journal and requests) — not the whole volume
+      const peerRegions = this.#coveredRegions(fb);
+      this.checksumOwed = false;
+      for (let k = 0; k < fb.length; k += 2) this.markForResync(fb[k]!, fb[k + 1]!);
+      await this.#recordInconsistent();
+      this.#noteFailback({ method: 'bitmap', peerRegions, regions: this.#needs.dirtyCount, regionsTotal: this.#needs.regionCount });
+      this.#updateState();
+      return 'bitmap';
+    }
     let method: 'checksum' | 'full' | undefined;
     // the target discarded its data: digests tell which regions differ (a blind full copy only when asked for)
     if (ready.full === true) method = this.initialSync === 'full' ? 'full' : 'checksum';
@@ -496,13 +557,38 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
       method = 'checksum';
     }
     if (method !== undefined) {
+      if (method === 'checksum') this.checksumOwed = true;
       await this.#owe(0, this.device.size);
+      // a former primary's image without a usable bitmap (or discarded data): the whole volume is compared
+      if (method === 'checksum' && ready.lineage !== 'blank') this.#noteFailback({ method: 'checksum', regionsTotal: this.#needs.regionCount });
       this.#updateState();
       return method;
     }
     if (this.#peerDisk !== 'inconsistent' || !this.#syncKnown) this.#setPeer(disk);
     this.#updateState();
     return undefined;
+  }
+
+  /** Regions of this volume that the byte ranges `[offset, length, …]` (sorted, disjoint) touch. */
+  #coveredRegions(ranges: readonly number[]): number {
+    const size = this.#needs.regionSize;
+    let n = 0;
+    let last = -1;
+    for (let k = 0; k < ranges.length; k += 2) {
+      const first = Math.max(Math.floor(ranges[k]! / size), last + 1);
+      const end = Math.floor((ranges[k]! + ranges[k + 1]! - 1) / size);
+      if (end >= first) n += end - first + 1;
+      last = Math.max(last, end);
+    }
+    return n;
+  }
+
+  #noteFailback(info: FailbackInfo): void {
+    this.#failback = info;
+    // told once per session: its other connections' handshakes (once one is open) say the same
+    if (this.#link.connected === true) return;
+    log('volume %s: failback by %s: %o', this.name, info.method, info);
+    this.emit('failback', info);
   }
 
   /**
@@ -2229,6 +2315,7 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     };
     if (this.mode !== 'local') s.generation = this.#gen.current;
     if (this.#resolution !== undefined) s.resolution = this.#resolution;
+    if (this.#failback !== undefined) s.failback = { ...this.#failback };
     const last = inSync ? Date.now() : this.#lastInSync;
     if (last !== undefined && this.mode !== 'local') s.lastInSyncAt = new Date(last).toISOString();
     if (this.#lastError !== undefined) s.lastError = { code: this.#lastError.code, message: this.#lastError.message };
@@ -2326,12 +2413,21 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
   /**
    * Switches to a persistent write-intent bitmap (before the first write).
    * Every region it holds dirty may differ on the target (the primary stopped
-   * with writes to it pending): those regions are resynced.
+   * with writes to it pending): those regions are resynced. With `alone`
+   * (a state directory without a journal directory) no journal clears its
+   * bits — only the target's durable acknowledgements do — so it names
+   * every region the target may lack, and the pairing state records it as
+   * the failback bitmap (`PairState.bitmapOf`, with the target's node id).
    * @internal
    */
-  useBitmap(bitmap: DirtyBitmap): number {
+  useBitmap(bitmap: DirtyBitmap, alone = false): number {
     this.#bitmap = bitmap;
     this.#persistentBitmap = true;
+    if (alone) {
+      // no durable journal: a request only in the (memory) journal is not covered, its bit stays until the target holds it
+      this.#bitmapAlone = true;
+      this.#journalDurable = false;
+    }
     const dirty = this.#needs.merge(bitmap);
     if (dirty > 0) this.#updateState();
     return dirty;
@@ -2601,3 +2697,23 @@ function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult 
   return r;
 }
 
+
+/**
+ * The failback ranges of a READY checked against the volume (sorted and
+ * disjoint were checked by the codec) and widened to whole blocks (a
+ * superset, as the mapping onto regions is).
+ */
+function failbackRanges(ranges: readonly number[], size: number, blockSize: number, name: string): number[] {
+  const out: number[] = [];
+  for (let k = 0; k < ranges.length; k += 2) {
+    const offset = ranges[k]!;
+    const length = ranges[k + 1]!;
+    if (length > size || offset > size - length) {
+      throw new BlockMirrorError('BM_ERR_PROTOCOL', `volume ${name}: the target's failback range ${offset}+${length} lies beyond the volume (${size} bytes)`, { details: { volume: name } });
+    }
+    const start = offset - (offset % blockSize);
+    const end = Math.min(size, Math.ceil((offset + length) / blockSize) * blockSize);
+    out.push(start, end - start);
+  }
+  return out;
+}

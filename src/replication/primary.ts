@@ -25,7 +25,7 @@ import { LinkMonitor, type HeartbeatAuth } from '../link/link-monitor.js';
 import { IdleWatch } from '../link/idle-watch.js';
 import type { DatagramChannel } from '../transport/transport.js';
 import type { MirrorRequest } from './mirror-request.js';
-import { PrimaryVolume, type InitialSyncMethod, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
+import { PrimaryVolume, type FailbackInfo, type InitialSyncMethod, type PrimaryVolumeStatus, type ReplicationLink, type ReplicationMode } from './primary-volume.js';
 import { secretBytes, positiveInt, nonNegativeInt, checkVolumeName } from './options.js';
 import { MemoryJournal } from '../journal/memory-journal.js';
 import { FileJournal, DEFAULT_JOURNAL_CAPACITY } from '../journal/file-journal.js';
@@ -277,7 +277,10 @@ export interface PrimaryEvents {
   /** Journal replay finished: the target acknowledged every request recovered from the volume's journal at start. */
   'journal-replayed': [info: { volume: string; records: number; bytes: number; durationMs: number }];
   /** A resync finished: the target holds every region again. */
-  'resync-done': [info: { volume: string } & ResyncResult];
+  /** A resync ended: `method` `checksum` (digests compared first, only differing regions sent) or `bitmap` (the marked regions copied). */
+  'resync-done': [info: { volume: string; method: 'bitmap' | 'checksum' } & ResyncResult];
+  /** A target that may hold writes the volume lacks was claimed (failback): how it is resynced (see `PrimaryVolumeStatus.failback`). */
+  failback: [info: { volume: string } & FailbackInfo];
   /** What the primary knows of a volume's image on the target changed (`peerDisk` in the status); recorded in its pair state. */
   'peer-disk': [info: { volume: string; disk: DiskState; previous: DiskState }];
   /** A sync or resync that an earlier run left unfinished resumes (from the persistent bitmap: only what is left). */
@@ -473,6 +476,7 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         if (state === 'needs-resync') this.#startResync(volume);
       });
       volume.on('journal-full', (info) => this.emit('journal-full', { volume: volume.name, ...info }));
+      volume.on('failback', (info) => this.emit('failback', { volume: volume.name, ...info }));
       volume.on('replayed', (info) => {
         log('volume %s: journal replay done, %d requests (%d bytes) in %d ms', volume.name, info.records, info.bytes, Math.round(info.durationMs));
         this.emit('journal-replayed', { volume: volume.name, ...info });
@@ -606,7 +610,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
     for (const v of this.#mirrored) {
       if (dir !== undefined && journalDir === undefined) {
         const bitmap = await FileDirtyBitmap.open(join(dir, `${v.name}.bitmap`), { volumeSize: v.size, regionSize: this.#resyncOptions.regionSize });
-        const dirty = v.useBitmap(bitmap);
+        // the bitmap alone says what the target may lack: recorded as the failback bitmap (PairState.bitmapOf)
+        const dirty = v.useBitmap(bitmap, true);
         if (dirty > 0) log('volume %s: %d regions were dirty at the last stop: they will be resynced', v.name, dirty);
       }
       const store = this.#pairStores.get(v) ?? (dir === undefined ? undefined : new FilePairStateStore(join(dir, `${v.name}.state`)));
@@ -767,9 +772,9 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         const v = this.#volumes.get(rv.name);
         if (v === undefined) continue;
         // what the target lacks is recorded (durably) before anything is sent
-        const method = await v.peerReady(rv);
+        const method = await v.peerReady(rv, result.peerNode);
         if (method === 'checksum') this.#checksumSync.add(v);
-        else if (method === 'full') this.#checksumSync.delete(v);
+        else if (method === 'full' || method === 'bitmap') this.#checksumSync.delete(v);
         v.targetReady(rv.applied, rv.inc, rv.durable);
       }
       if (this.#closed) {
@@ -926,7 +931,8 @@ export class Primary extends EventEmitter<PrimaryEvents> {
   /** Starts a resync of `volume` when the link is up and none runs. */
   #startResync(volume: PrimaryVolume): void {
     if (this.#closed || this.#resyncs.has(volume) || this.#link !== 'up' || volume.resyncBytes === 0) return;
-    const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume);
+    // checksumOwed: a handshake still recording that the target must be compared (see PrimaryVolume.checksumOwed)
+    const checksum = this.#resyncOptions.checksum || this.#checksumSync.has(volume) || volume.checksumOwed;
     if (this.#resuming.delete(volume)) {
       log('volume %s: resuming an interrupted resync, %d bytes left', volume.name, volume.resyncBytes);
       this.emit('resync-resumed', { volume: volume.name, bytes: volume.resyncBytes });
@@ -938,8 +944,9 @@ export class Primary extends EventEmitter<PrimaryEvents> {
         this.#progress.delete(volume);
         this.#resyncAttempts.delete(volume);
         this.#checksumSync.delete(volume);
+        if (checksum) volume.checksumOwed = false;
         log('volume %s: resync done, %d of %d regions sent (%d bytes)', volume.name, result.regionsSent, result.regions, result.bytesSent);
-        this.emit('resync-done', { volume: volume.name, ...result });
+        this.emit('resync-done', { volume: volume.name, method: checksum ? 'checksum' : 'bitmap', ...result });
         if (volume.resyncBytes > 0) this.#startResync(volume);
       },
       (error: unknown) => {

@@ -684,3 +684,86 @@ export class FileDirtyBitmap extends MemoryDirtyBitmap implements DirtyBitmap {
     debug('%s: closed, %d dirty regions', this.path, this.dirtyCount);
   }
 }
+
+/** Result of {@link readBitmapRanges}. */
+export type BitmapRangesResult =
+  | {
+      ok: true;
+      /** The file's region size. */
+      regionSize: number;
+      /** Dirty regions in the file. */
+      regions: number;
+      /** Dirty byte ranges `[offset, length, …]`, sorted and disjoint: the dirty regions, coarsened when needed to at most `maxRanges` ranges (a superset). */
+      ranges: number[];
+    }
+  | { ok: false; reason: string };
+
+/**
+ * Reads the dirty regions of the bitmap file at `path` without changing it
+ * (not even its header): a mirror reading the bitmap a primary left in its
+ * state directory. A crash does not matter (the bits on disk are a superset
+ * of the durable marks); a short bit array counts its missing regions
+ * dirty. Byte ranges are coarsened (neighbouring runs joined, in steps of
+ * doubling granularity) until at most `maxRanges` remain, so the answer is
+ * bounded whatever the volume size, and always covers every dirty region.
+ */
+export async function readBitmapRanges(path: string, options: { volumeSize: number; maxRanges: number }): Promise<BitmapRangesResult> {
+  let fd: FileHandle;
+  try {
+    fd = await fsp.open(path, 'r');
+  } catch (error) {
+    return { ok: false, reason: (error as { code?: unknown }).code === 'ENOENT' ? 'no bitmap file' : `bitmap file unreadable (${(error as Error).message})` };
+  }
+  try {
+    const { data: area } = await readFully(fd, BITS_START, 0);
+    let best: BitmapHeader | null = null;
+    for (const at of HEADER_SLOTS) {
+      const result = decodeBitmapHeader(area.subarray(at, at + HEADER_BYTES));
+      if (result.ok && (best === null || result.header.generation > best.generation)) best = result.header;
+    }
+    if (best === null) return { ok: false, reason: 'bitmap file holds no valid header (torn or not a bitmap)' };
+    if (best.volumeSize !== options.volumeSize) return { ok: false, reason: `bitmap file is for ${best.volumeSize} bytes, not ${options.volumeSize}` };
+    const geometry = resolveBitmapGeometry({ volumeSize: best.volumeSize, regionSize: best.regionSize });
+    const { data: bits, read } = await readFully(fd, geometry.pagedBytes, BITS_START);
+    if (read < geometry.bitmapBytes) bits.fill(0xff, read, geometry.bitmapBytes);
+    const bitmap = new MemoryDirtyBitmap({ volumeSize: geometry.volumeSize, regionSize: geometry.regionSize });
+    bitmap.merge(bits.subarray(0, geometry.bitmapBytes));
+    return { ok: true, regionSize: geometry.regionSize, regions: bitmap.dirtyCount, ranges: dirtyRanges(bitmap, Math.max(1, options.maxRanges)) };
+  } catch (error) {
+    return { ok: false, reason: `bitmap file unreadable (${(error as Error).message})` };
+  } finally {
+    await fd.close().catch(noop);
+  }
+}
+
+/** The dirty regions of `bitmap` as at most `maxRanges` byte ranges (coarsened: a superset). */
+export function dirtyRanges(bitmap: Pick<DirtyBitmap, 'nextDirty' | 'regionCount' | 'regionSize' | 'volumeSize'>, maxRanges: number): number[] {
+  for (let unit = 1; ; unit *= 2) {
+    const runs: number[] = [];
+    let start = -1;
+    let end = -1;
+    let fits = true;
+    for (let i = bitmap.nextDirty(0); i >= 0; i = i + 1 < bitmap.regionCount ? bitmap.nextDirty(i + 1) : -1) {
+      const u = Math.floor(i / unit);
+      if (start >= 0 && u <= end + 1) {
+        end = u;
+        continue;
+      }
+      if (start >= 0) runs.push(start, end);
+      if (runs.length / 2 >= maxRanges) {
+        fits = false;
+        break;
+      }
+      start = end = u;
+    }
+    if (!fits) continue;
+    if (start >= 0) runs.push(start, end);
+    const out: number[] = [];
+    const bytes = unit * bitmap.regionSize;
+    for (let k = 0; k < runs.length; k += 2) {
+      const offset = runs[k]! * bytes;
+      out.push(offset, Math.min(bitmap.volumeSize, (runs[k + 1]! + 1) * bytes) - offset);
+    }
+    return out;
+  }
+}

@@ -146,7 +146,7 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
     await sameImages(t, pPath, mPath);
   });
 
-  test('SPEC 22: promote --force with the old primary killed fences it by lineage; the old primary wrote after the split, rejoins as a mirror, is refused as diverged, and resolve --discard-local on it resyncs it by checksum', async (t) => {
+  test('SPEC 22, issue 12 (5): promote --force with the old primary killed fences it by lineage; the old primary wrote after the split, rejoins as a mirror, is refused as diverged, and resolve --discard-local on it resyncs it from its write-intent bitmap (which holds its writes after the split) plus the new primary\'s changes', async (t) => {
     if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
     const dir = await tmpDir(t);
     const pPath = path.join(dir, 'p.img');
@@ -189,10 +189,15 @@ describe('issue 12 items 4-5: resolve, promote, demote, failback with real proce
     const resolved = await cli(t, ['resolve', '--admin', hp(mirror.admin), '--volume', 'v', '--discard-local']);
     assert.equal(resolved.code, 0, resolved.stderr);
     await mirror.proc.waitForLine(/^volume v resolve discard-local/);
+    await mirror.proc.waitForLine(/^volume v failback resync=bitmap regions=\d+ primary=/);
+    const failback = await primary.proc.waitForLine(/^failback volume=v resync=/);
+    const m = /^failback volume=v resync=bitmap regions=(\d+)\/64 peer-regions=(\d+)$/.exec(failback);
+    assert.ok(m !== null && Number(m[2]) >= 1 && Number(m[1]) < 32, `the discarded writes are named by the old primary's bitmap: ${failback}`);
     await mirror.proc.waitForLine(/^volume v disk up-to-date \(was inconsistent\)$/);
     const done = await primary.proc.waitForLine(/^resync done volume=v /);
     const sent = Number(/bytes=(\d+)/.exec(done)![1]);
-    assert.ok(sent < 4 * 1024 * 1024, `a checksum resync sends only the regions that differ (${sent} bytes), not the volume`);
+    assert.ok(sent < 4 * 1024 * 1024, `only the regions of the bitmaps are sent (${sent} bytes), not the volume`);
+    assert.ok(Number(/regions=\d+\/(\d+)/.exec(done)![1]) < 32, `the resync visited a few regions, not the volume's 64: ${done}`);
     await statusUntil(primary, (s) => s.inSync);
     assert.equal((await primary.proc.stop('SIGTERM')).code, 0, primary.proc.stderr);
     assert.equal((await mirror.proc.stop('SIGTERM')).code, 0, mirror.proc.stderr);
@@ -325,7 +330,7 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     await sameImages(t, pPath, mPath);
   });
 
-  test('issue 12 (5): forced failover in place: A killed (SIGKILL), promote --force --peer on B serves the volume at once; A comes back as a primary and is fenced, then restarts as B\'s mirror and is resynced by checksum; images equal', async (t) => {
+  test('SPEC 22, issue 12 (5): forced failover in place: A killed (SIGKILL) with a write B never acknowledged, promote --force --peer on B serves the volume at once; A comes back as a primary and is fenced, then restarts as B\'s mirror and is resynced from its write-intent bitmap plus B\'s changes (not the whole volume); images equal', async (t) => {
     if (!requireTool(['qemu-io', 'qemu-img'], t)) return;
     const dir = await tmpDir(t);
     const pPath = path.join(dir, 'p.img');
@@ -336,6 +341,13 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     let a: Node = await startPrimary(t, b.port, `v=${pPath}:4M`, ['--assume-clean']);
     await qemuWrite(t, a.nbd!, 0x11, '0', '1M');
     await statusUntil(a, (s) => s.inSync);
+    // B stalls: A's next write never gets B's acknowledgement (it resolves once A's link is down); A dies
+    b.proc.child.kill('SIGSTOP');
+    try {
+      await qemuWrite(t, a.nbd!, 0x55, '2M', '128k');
+    } finally {
+      b.proc.child.kill('SIGCONT');
+    }
     a.proc.child.kill('SIGKILL');
     await a.proc.exited;
 
@@ -355,12 +367,24 @@ describe('issue 12 (5): promote in place: the mirror process serves the promoted
     assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
     await nbdRead(t, bNbd, 0x44, '1M', '64k');
 
-    // failback: A as B's mirror; it did not hand over, so B compares by checksum and sends only what differs
+    // failback: A as B's mirror; it did not hand over, but its write-intent bitmap says where it may differ:
+    // B resyncs those regions plus its own changes since the promotion, not the whole volume
     a = await startMirror(t, `v=${pPath}`, ['--state-dir', pState], `127.0.0.1:${aPort}`);
+    const offered = await a.proc.waitForLine(/^volume v failback resync=/);
+    assert.match(offered, /^volume v failback resync=bitmap regions=\d+ primary=\S+$/);
+    const failback = await b.proc.waitForLine(/^failback volume=v resync=/);
+    const m = /^failback volume=v resync=bitmap regions=(\d+)\/64 peer-regions=(\d+)$/.exec(failback);
+    assert.ok(m !== null, failback);
+    assert.ok(Number(m[2]) >= 2, `A's bitmap names the regions of the write B never acknowledged (${failback})`);
+    assert.ok(Number(m[1]) < 32, `the union is a few regions, not the volume's 64 (${failback})`);
     const done = await b.proc.waitForLine(/^resync done volume=v /);
-    const sent = Number(/bytes=(\d+)/.exec(done)![1]);
-    assert.ok(sent < 4 * 1024 * 1024, `a checksum resync sends only the regions that differ (${sent} bytes), not the volume`);
+    const visited = Number(/regions=\d+\/(\d+)/.exec(done)![1]);
+    assert.ok(visited < 32, `the resync visited ${visited} of 64 regions`);
     await statusUntil(b, (s) => s.inSync && s.role === 'primary');
+    await a.proc.waitForLine(/^volume v disk up-to-date \(was inconsistent\)$/);
+    // the failback bitmap has served: removed once A is up-to-date
+    for (let i = 0; (await fs.stat(path.join(pState, 'v.bitmap')).then(() => true, () => false)) && i < 100; i++) await new Promise((r) => setTimeout(r, 50));
+    await assert.rejects(fs.stat(path.join(pState, 'v.bitmap')), { code: 'ENOENT' });
     assert.equal((await b.proc.stop('SIGTERM')).code, 0, b.proc.stderr);
     assert.equal((await a.proc.stop('SIGTERM')).code, 0, a.proc.stderr);
     await qemuRead(t, pPath, 0x44, '1M', '64k');

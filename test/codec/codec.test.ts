@@ -1,4 +1,4 @@
-import { describe, it } from 'node:test';
+import { describe, it, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { crc32 } from 'node:zlib';
 import fc from 'fast-check';
@@ -483,4 +483,17 @@ describe('codec: bad frames', () => {
     assert.equal(decodeStream([rawFrame(good)], limits).frames.length, 1);
     assert.ok(decodeFrame(rawFrame(good), { limits }));
   });
+});
+
+test('SPEC 22, issue 12 (5): READY fb (failback ranges) is checked: even length, non-empty sorted disjoint ranges of safe integers, at most MAX_FAILBACK_RANGES pairs over all volumes', async () => {
+  const { parseReady, MAX_FAILBACK_RANGES } = await import('../../src/codec/messages.js');
+  const ready = (...fbs: unknown[]) => ({ volumes: fbs.map((fb, i) => ({ name: `v${i}`, applied: 0, fb })) });
+  assert.deepEqual(parseReady(ready([0, 4096, 8192, 4096])).volumes[0]!.fb, [0, 4096, 8192, 4096]);
+  for (const bad of [[0], [0, 0], [8192, 4096, 0, 4096], [0, 8192, 4096, 4096], [-1, 4096], [0, 1.5], 'x', [0, 2 ** 60]]) {
+    assert.throws(() => parseReady(ready(bad)), { code: 'BM_ERR_BAD_HEADER' }, JSON.stringify(bad));
+  }
+  const many = (n: number) => Array.from({ length: n }, (_, i) => [i * 8192, 4096]).flat();
+  assert.equal(parseReady(ready(many(MAX_FAILBACK_RANGES))).volumes[0]!.fb!.length, 2 * MAX_FAILBACK_RANGES);
+  assert.throws(() => parseReady(ready(many(MAX_FAILBACK_RANGES + 1))), { code: 'BM_ERR_BAD_HEADER' });
+  assert.throws(() => parseReady(ready(many(MAX_FAILBACK_RANGES / 2 + 1), many(MAX_FAILBACK_RANGES / 2))), { code: 'BM_ERR_BAD_HEADER' }, 'the budget is per READY');
 });

@@ -164,7 +164,7 @@ test('decideClaim: a target that served another primary\'s lineage refuses a pri
 test('decideClaim: split brain under discard-target: the primary wins, the target adopts its generation, is inconsistent, and a full resync is owed', () => {
   const target = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date', stream: 'bbbbbbbbbbbbbbbb' });
   const [d] = decideClaim(hello(), [offer('v', NEW, { history: [OLD] })], views(target), 'discard-target');
-  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, disk: 'inconsistent', newStream: true, full: true, resolved: false, handedOver: false });
+  assert.deepEqual(d, { name: 'v', lineage: 'split-brain', adopt: { current: NEW, history: [OLD] }, disk: 'inconsistent', newStream: true, full: true, resolved: false, handedOver: false, checksumReason: 'no usable write-intent bitmap on the target' });
 });
 
 test('decideClaim: split brain under discard-younger: a younger target is discarded, a younger primary is refused', () => {
@@ -244,4 +244,55 @@ test('decideClaim: a hand-over stays recorded only while the demoted primary (of
   const handed = view('v', { generations: { current: MID, history: [] }, disk: 'up-to-date', handedOver: true });
   assert.equal(decideClaim(hello(), [offer('v', MID, { ho: 1 })], views(handed), 'refuse')[0]!.handedOver, true);
   assert.equal(decideClaim(hello(), [offer('v', MID)], views(handed), 'refuse')[0]!.handedOver, false);
+});
+
+// SPEC 22 / issue 12 (5): failback with the old primary's write-intent bitmap
+const FB = { generation: MID, peer: 'p1', ranges: [65536, 131072], regions: 2, owed: false };
+
+test('SPEC 22, issue 12 (5): decideClaim: a former primary with a bitmap of its current generation, kept against the claiming node whose lineage holds that generation, offers it (bitmap union, no checksum)', () => {
+  const old = view('v', { generations: { current: MID, history: [OLD] }, disk: 'up-to-date', wasPrimary: true, failback: FB });
+  const [d] = decideClaim(hello('p1'), [offer('v', NEW, { history: [MID, OLD] })], views(old), 'refuse');
+  assert.deepEqual([d!.lineage, d!.disk, d!.full], ['target-behind', 'inconsistent', false]);
+  assert.deepEqual(d!.failback?.ranges, [65536, 131072]);
+  assert.equal(d!.checksumReason, undefined);
+});
+
+test('SPEC 22, issue 12 (5): decideClaim: a bitmap of another generation, kept against another node, without shared lineage, or none at all: no offer, the checksum resync stays (and says why)', () => {
+  const base = { generations: { current: MID, history: [OLD] }, disk: 'up-to-date' as const, wasPrimary: true };
+  const claim = (v: ClaimView, node = 'p1', o = offer('v', NEW, { history: [MID, OLD] })) => decideClaim(hello(node), [o], views(v), 'refuse')[0]!;
+  // another generation (the bitmap is older than the image's lineage)
+  const other = claim(view('v', { ...base, failback: { ...FB, generation: OLD } }));
+  assert.deepEqual([other.disk, other.failback, typeof other.checksumReason], ['inconsistent', undefined, 'string']);
+  assert.match(other.checksumReason!, /generation/);
+  // kept against another mirror
+  const elsewhere = claim(view('v', { ...base, failback: FB }), 'p2');
+  assert.equal(elsewhere.failback, undefined);
+  assert.match(elsewhere.checksumReason!, /node/);
+  // none
+  const none = claim(view('v', base));
+  assert.deepEqual([none.disk, none.failback], ['inconsistent', undefined]);
+  assert.match(none.checksumReason!, /no usable/);
+  // a demoted image (role target) needs neither
+  const demoted = claim(view('v', { ...base, wasPrimary: false, failback: FB }));
+  assert.deepEqual([demoted.disk, demoted.failback, demoted.checksumReason], ['outdated', undefined, undefined]);
+});
+
+test('SPEC 22, issue 12 (5): decideClaim: an owed failback (recorded by an earlier claim whose READY may have been lost) is offered again while the image is inconsistent; a split brain resolved with discard-local uses the bitmap when the lineages share a generation; a refusal carries no decision', () => {
+  // owed: the image adopted the primary's generation in an earlier claim
+  const owedView = view('v', { generations: { current: NEW, history: [MID, OLD] }, disk: 'inconsistent', failback: { ...FB, owed: true } });
+  const [again] = decideClaim(hello('p1'), [offer('v', NEW, { history: [MID, OLD] })], views(owedView), 'refuse');
+  assert.deepEqual([again!.lineage, again!.disk, again!.failback?.regions], ['same', 'inconsistent', 2]);
+  // owed, but another node claims: nothing offered, and no checksum is forced by the bitmap alone
+  const [stranger] = decideClaim(hello('p2'), [offer('v', NEW, { history: [MID, OLD] })], views(owedView), 'refuse');
+  assert.deepEqual([stranger!.failback, stranger!.checksumReason, stranger!.disk], [undefined, undefined, 'inconsistent']);
+  // split brain: the old primary wrote apart (generation SPLIT, history MID); refused unless resolved
+  const SPLIT = newGenerationId(4_000_000);
+  const apart = view('v', { generations: { current: SPLIT, history: [MID, OLD] }, disk: 'up-to-date', wasPrimary: true, failback: { ...FB, generation: SPLIT } });
+  assert.throws(() => decideClaim(hello('p1'), [offer('v', NEW, { history: [MID, OLD] })], views(apart), 'refuse'), { code: 'BM_ERR_SPLIT_BRAIN' });
+  const [resolved] = decideClaim(hello('p1'), [offer('v', NEW, { history: [MID, OLD] })], views({ ...apart, discardLocal: true }), 'refuse');
+  assert.deepEqual([resolved!.full, resolved!.disk, resolved!.failback?.generation], [true, 'inconsistent', SPLIT]);
+  // another lineage altogether (no generation in common): discarded whole, by checksum
+  const [unrelated] = decideClaim(hello('p1'), [offer('v', newGenerationId(5_000_000))], views({ ...apart, discardLocal: true }), 'refuse');
+  assert.deepEqual([unrelated!.full, unrelated!.failback], [true, undefined]);
+  assert.match(unrelated!.checksumReason!, /no generation in common/);
 });

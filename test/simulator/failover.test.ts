@@ -18,6 +18,7 @@ import { MemoryNetwork } from '../../src/transport/memory.js';
 import { createMirrorTarget, type MirrorTarget } from '../../src/replication/mirror-target.js';
 import { Primary, type PrimaryOptions } from '../../src/replication/primary.js';
 import { MemoryPairStateStore } from '../../src/replication/pair-state.js';
+import { MemoryDirtyBitmap } from '../../src/resync/dirty-bitmap.js';
 import { Rng, VirtualTime } from '../../src/testing/simulator/index.js';
 
 const A = '10.9.0.1';
@@ -31,6 +32,8 @@ const LINK = { heartbeats: false, retryDelay: { min: 10, max: 100 }, mirrorTimeo
 interface Outcome {
   kind: 'planned' | 'forced';
   splitBrain: boolean;
+  /** The failback used the old primary's write-intent bitmap. */
+  bitmap: boolean;
 }
 
 async function schedule(seed: number): Promise<Outcome> {
@@ -42,6 +45,9 @@ async function schedule(seed: number): Promise<Outcome> {
   const bDev = new MemoryBlockDevice(SIZE, { blockSize: BLOCK });
   const aPair = new MemoryPairStateStore();
   const bPair = new MemoryPairStateStore();
+  // issue 12 (5): in some schedules A keeps a write-intent bitmap that survives its restarts (as in a state
+  // directory), which its failback as B's mirror offers; drawn from its own stream (the other choices unchanged)
+  const aBitmap = new Rng(seed).fork('failback-bitmap').chance(0.5) ? new MemoryDirtyBitmap({ volumeSize: SIZE, regionSize: BLOCK }) : undefined;
   /** Content each block must hold: the last write the surviving lineage acknowledged. */
   const model = new Map<number, number>();
   const closers: Array<() => Promise<void>> = [];
@@ -51,11 +57,26 @@ async function schedule(seed: number): Promise<Outcome> {
     if (r.error !== undefined) throw r.error;
     return r.value as T;
   };
-  const startTarget = (host: string, device: MemoryBlockDevice, state: MemoryPairStateStore): Promise<MirrorTarget> =>
-    drive(createMirrorTarget({ transport: network.transport({ host }), clock: vt, listen: { host, port: PORT }, volumes: [{ name: 'v', device, state }], heartbeats: false }), 'target start');
+  // one node id per node in both roles: the failback bitmap names its peer by it
+  const bitmapOf = (host: string) => (host === A ? aBitmap : undefined);
+  /** The bitmap A's mirror process reads (what A's primary left: a copy, as a file reopened by the next process). */
+  let aTargetBitmap: MemoryDirtyBitmap | undefined;
+  const startTarget = (host: string, device: MemoryBlockDevice, state: MemoryPairStateStore): Promise<MirrorTarget> => {
+    const bitmap = bitmapOf(host)?.snapshot();
+    if (host === A) aTargetBitmap = bitmap;
+    return drive(
+      createMirrorTarget({ transport: network.transport({ host }), clock: vt, nodeId: `node-${host}`, listen: { host, port: PORT }, volumes: [{ name: 'v', device, state, ...(bitmap === undefined ? {} : { bitmap }) }], heartbeats: false }),
+      'target start',
+    );
+  };
   const startPrimary = async (host: string, peer: string, device: MemoryBlockDevice, state: MemoryPairStateStore): Promise<Primary> => {
-    const options: PrimaryOptions = { transport: network.transport({ host }), clock: vt, peer: { host: peer, port: PORT }, waitForConnection: false, ...LINK, volumes: [{ name: 'v', device, mode: 'sync', state, initialSync: 'checksum' }] };
+    // with A's bitmap: A in 4 KiB regions, B in 16 KiB ones (A's regions map onto B's conservatively)
+    const resync = aBitmap === undefined ? {} : { resync: { regionSize: host === A ? BLOCK : 4 * BLOCK } };
+    const options: PrimaryOptions = { transport: network.transport({ host }), clock: vt, nodeId: `node-${host}`, peer: { host: peer, port: PORT }, waitForConnection: false, ...LINK, ...resync, volumes: [{ name: 'v', device, mode: 'sync', state, initialSync: 'checksum' }] };
     const p = new Primary(options);
+    const bitmap = bitmapOf(host);
+    // a bitmap that alone says what the mirror may lack (as with a state directory and no journal directory)
+    if (bitmap !== undefined) p.volume('v').useBitmap(bitmap, true);
     await drive(p.start(false), 'primary start');
     return p;
   };
@@ -99,6 +120,15 @@ async function schedule(seed: number): Promise<Outcome> {
       await drive(target.promote('v'), 'promote');
     } else {
       network.partition(A, B);
+      if (aBitmap !== undefined) {
+        // writes in flight when the network broke (A's connections still open): B never acknowledges them,
+        // they fail after mirrorTimeout and stay marked in A's bitmap (A's generation unchanged)
+        const n = rng.fork('in-flight').int(1, 3);
+        for (let i = 0; i < n; i++) {
+          const r = await drive(primary.volume('v').write(rng.fork(`in-flight-${i}`).int(0, BLOCKS - 1) * BLOCK, Buffer.alloc(BLOCK, 0xee)), 'write in flight');
+          assert.notEqual(r.mirror, 'acknowledged', `seed ${seed}: the mirror cannot acknowledge across the partition`);
+        }
+      }
       for (const l of network.links) if (!l.closed) l.cut();
       await assert.rejects(drive(target.promote('v'), 'promote without a hand-over'), { code: 'BM_ERR_PROMOTE_REFUSED' });
       await drive(target.promote('v', { force: true }), 'forced promote');
@@ -135,24 +165,34 @@ async function schedule(seed: number): Promise<Outcome> {
       splitBrain = true;
     }
     await inSync(primary);
+    const failback = primary.volume('v').status().failback;
+    const bitmap = failback?.method === 'bitmap';
+    if (kind === 'forced' && aBitmap !== undefined) {
+      // the old primary's bitmap said where it may differ: no whole-volume checksum
+      assert.equal(failback?.method, 'bitmap', `seed ${seed}: the failback used A's write-intent bitmap (${JSON.stringify(failback)})`);
+      if (failback?.method === 'bitmap') assert.ok(failback.regions < failback.regionsTotal, `seed ${seed}: the union is not the whole volume (${JSON.stringify(failback)})`);
+    }
     // writes of phase 2 done before in-sync were acknowledged locally only (link down): count them from now on
     for (let i = 0; i < BLOCKS; i++) model.set(i, (await bDev.read(i * BLOCK, BLOCK))[0]!);
     await writes(primary, rng.int(1, 20), true);
     await inSync(primary);
     await identical('after the failback');
-    return { kind, splitBrain };
+    if (bitmap) assert.equal(aTargetBitmap!.dirtyCount, 0, `seed ${seed}: the failback bitmap is cleared once A is up-to-date`);
+    return { kind, splitBrain, bitmap };
   } finally {
     for (const close of closers) await vt.drive(close(), 10_000).catch(() => undefined);
     restore();
   }
 }
 
-test('SPEC 22: simulator schedules of failover and failback (planned demote + promote, forced promote with the old primary writing alone, resolve on the old primary): no acknowledged write lost, in-sync ⇒ identical, refused peers change nothing', async () => {
-  const seen = { planned: 0, forced: 0, splitBrain: 0 };
+test('SPEC 22, issue 12 (5): simulator schedules of failover and failback (planned demote + promote, forced promote with the old primary writing alone, resolve on the old primary, failback with the old primary\'s write-intent bitmap): no acknowledged write lost, in-sync ⇒ identical, refused peers change nothing', async () => {
+  const seen = { planned: 0, forced: 0, splitBrain: 0, bitmap: 0, bitmapSplitBrain: 0 };
   for (let seed = 1; seed <= 60; seed++) {
     const o = await schedule(seed);
     seen[o.kind]++;
     if (o.splitBrain) seen.splitBrain++;
+    if (o.bitmap) seen.bitmap++;
+    if (o.bitmap && o.splitBrain) seen.bitmapSplitBrain++;
   }
-  assert.ok(seen.planned > 0 && seen.forced > 0 && seen.splitBrain > 0, `every path ran: ${JSON.stringify(seen)}`);
+  assert.ok(seen.planned > 0 && seen.forced > 0 && seen.splitBrain > 0 && seen.bitmap > 0 && seen.bitmapSplitBrain > 0, `every path ran: ${JSON.stringify(seen)}`);
 });
