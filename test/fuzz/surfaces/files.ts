@@ -1,6 +1,7 @@
 /**
  * Fuzz surface: the files read back at start — journal, dirty bitmap, pair
- * state, apply state, node id. Valid files written by the real code, then
+ * state, apply state, node id, and the failback bitmap a mirror reads (a
+ * former primary's bitmap, read without changing it). Valid files written by the real code, then
  * damaged (state files optionally with their checksum fixed up, so the
  * checks behind it are reached). Every open ends in a usable object or a
  * coded error; a journal or bitmap refused as corrupt is left byte for byte
@@ -12,15 +13,17 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { crc32 } from 'node:zlib';
 import { FileJournal } from '../../../src/journal/file-journal.js';
-import { FileDirtyBitmap } from '../../../src/resync/file-dirty-bitmap.js';
+import { FileDirtyBitmap, readBitmapRanges } from '../../../src/resync/file-dirty-bitmap.js';
 import { FilePairStateStore } from '../../../src/replication/pair-state.js';
 import { FileApplyStateStore } from '../../../src/replication/apply-state.js';
 import { persistentNodeId } from '../../../src/storage/node-id.js';
 import { applyMutations, mutationsArb } from '../mutate.js';
 import { assertCoded, type Surface } from '../surface.js';
 
-type Kind = 'journal' | 'bitmap' | 'pair' | 'apply' | 'node-id';
-const KINDS: Kind[] = ['journal', 'bitmap', 'pair', 'apply', 'node-id'];
+type Kind = 'journal' | 'bitmap' | 'failback-bitmap' | 'pair' | 'apply' | 'node-id';
+const KINDS: Kind[] = ['journal', 'bitmap', 'failback-bitmap', 'pair', 'apply', 'node-id'];
+/** Ranges a READY may carry in the fuzzed read (small, so that coarsening is reached). */
+const MAX_RANGES = 4;
 const VOLUME = 64 << 20;
 const REGION = 1 << 20;
 
@@ -84,6 +87,28 @@ async function open(kind: Kind, path: string): Promise<void> {
       }
       return;
     }
+    case 'failback-bitmap': {
+      const before = readFileSync(path);
+      const r = await readBitmapRanges(path, { volumeSize: VOLUME, maxRanges: MAX_RANGES });
+      if (!readFileSync(path).equals(before)) throw new Error('reading a failback bitmap changed the file');
+      if (!r.ok) {
+        if (typeof r.reason !== 'string' || r.reason === '') throw new Error('a refused failback bitmap gives no reason');
+        return;
+      }
+      const { ranges } = r;
+      if (ranges.length % 2 !== 0 || ranges.length > 2 * MAX_RANGES) throw new Error(`failback ranges: ${ranges.length} numbers (at most ${2 * MAX_RANGES} pairs)`);
+      let end = 0;
+      for (let k = 0; k < ranges.length; k += 2) {
+        const offset = ranges[k]!;
+        const length = ranges[k + 1]!;
+        if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || length <= 0 || offset < end || offset + length > VOLUME) {
+          throw new Error(`failback ranges not sorted, disjoint, non-empty and inside the volume: ${JSON.stringify(ranges)}`);
+        }
+        end = offset + length;
+      }
+      if (r.regions > 0 && ranges.length === 0) throw new Error(`${r.regions} dirty regions but no range`);
+      return;
+    }
     case 'pair':
       await new FilePairStateStore(path).load();
       return;
@@ -128,6 +153,10 @@ export const filesSurface: Surface<FilesInput> = {
     b.mark(0, 4096);
     b.mark(10 * REGION, 3 * REGION);
     await b.close();
+    // a former primary's bitmap: several separate runs, so that MAX_RANGES coarsens them
+    const fb = await FileDirtyBitmap.open(pathOf('failback-bitmap'), { volumeSize: VOLUME, regionSize: REGION });
+    for (const region of [1, 3, 5, 7, 9, 20, 40, 63]) fb.mark(region * REGION, 4096);
+    await fb.close();
     await new FilePairStateStore(pathOf('pair')).save({ disk: 'up-to-date', peer: 'inconsistent', lastInSync: 1_700_000_000_000, generations: { current: '018c0a1b2c3d-deadbeef', history: ['018c0a1b2c3d-cafef00d'] } });
     await new FileApplyStateStore(pathOf('apply')).save({ stream: 'stream-1', applied: 42 });
     await persistentNodeId(dir, 'primary');
