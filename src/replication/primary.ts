@@ -7,6 +7,7 @@
 import { heartbeatKeyOf } from '../link/session-key.js';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { mkdir } from 'node:fs/promises';
+import { persistentNodeId } from '../storage/node-id.js';
 import { join } from 'node:path';
 import { EventEmitter } from 'eventemitter3';
 import createDebug from 'debug';
@@ -84,7 +85,13 @@ export interface PrimaryOptions {
   connections?: number;
   /** Shared secret (HMAC-SHA256 challenge–response on every connection). */
   secret?: string | Uint8Array;
-  /** Node id (default: random). */
+  /**
+   * Node id. Default: with a state directory (`stateDir`, or `journal.dir`),
+   * the one kept there (`node-id`, created on the first start and shared
+   * with a mirror target given the same directory: a mirror promoted to a
+   * primary keeps its id, which its old primary's failback bitmap names);
+   * else random.
+   */
   nodeId?: string;
   clock?: Clock;
   /** Codec limits (default 64 KiB headers, 8 MiB payloads). */
@@ -1335,6 +1342,12 @@ export class Primary extends EventEmitter<PrimaryEvents> {
  * ```
  */
 export async function createPrimary(options: PrimaryOptions): Promise<Primary> {
+  const dir = options.stateDir ?? (options.journal !== null && typeof options.journal === 'object' ? options.journal.dir : undefined);
+  if (options.nodeId === undefined && typeof dir === 'string' && dir !== '') {
+    // the node id kept in the state directory (see PrimaryOptions.nodeId)
+    await mkdir(dir, { recursive: true });
+    options = { ...options, nodeId: await persistentNodeId(dir, 'primary') };
+  }
   const primary = new Primary(options);
   await primary.start(options.waitForConnection ?? true);
   return primary;

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { NODE_ID_FILE, persistentNodeId } from '../../src/storage/node-id.js';
 import { createMirrorTarget } from '../../src/replication/mirror-target.js';
+import { createPrimary } from '../../src/replication/primary.js';
 import { MemoryBlockDevice } from '../../src/device/memory-device.js';
 import { MemoryNetwork } from '../../src/transport/memory.js';
 
@@ -60,4 +61,40 @@ test('a mirror target with a state directory keeps its node id across restarts; 
   const named = await start('mirror-a');
   assert.equal(named.nodeId, 'mirror-a');
   await named.close();
+});
+
+test('issue 12 (8): a primary with a state directory keeps its node id across restarts and shares it with a mirror target on the same directory (a promoted mirror keeps its id); an explicit nodeId wins; without a directory it is random', async (t) => {
+  const dir = await tmp(t);
+  const network = new MemoryNetwork();
+  const target = await createMirrorTarget({
+    transport: network.transport({ host: '10.14.0.3' }),
+    listen: { host: '10.14.0.3', port: 7000 },
+    volumes: [{ name: 'v', device: new MemoryBlockDevice(1 << 16, { blockSize: 512 }) }],
+  });
+  t.after(() => target.close());
+  const device = new MemoryBlockDevice(1 << 16, { blockSize: 512 });
+  const start = (options: { stateDir?: string; nodeId?: string }) =>
+    createPrimary({
+      transport: network.transport({ host: '10.14.0.4' }),
+      peer: target.address,
+      volumes: [{ name: 'v', device, mode: 'sync', initialSync: 'none' }],
+      waitForConnection: false,
+      ...options,
+    });
+  // the directory a mirror target used first: the primary takes its id
+  const mirrorId = await persistentNodeId(dir, 'target');
+  const first = await start({ stateDir: dir });
+  assert.equal(first.nodeId, mirrorId);
+  await first.close();
+  const second = await start({ stateDir: dir });
+  assert.equal(second.nodeId, mirrorId, 'the same id after a restart');
+  await second.close();
+  const named = await start({ stateDir: dir, nodeId: 'primary-x' });
+  assert.equal(named.nodeId, 'primary-x');
+  await named.close();
+  const a = await start({});
+  const b = await start({});
+  assert.notEqual(a.nodeId, b.nodeId, 'no directory: a random id each time');
+  await a.close();
+  await b.close();
 });
