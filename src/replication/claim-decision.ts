@@ -182,7 +182,8 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
     if (full || formerPrimary || owed) {
       const why = failbackRefusal(v, hello.node, primary, lineage, full);
       if (why === undefined) failback = v.failback;
-      else if (!owed || full || formerPrimary) checksumReason = why;
+      // (a discarded image that never was a primary's, without a bitmap, is no failback: nothing to explain)
+      else if ((!owed || full || formerPrimary) && (v.wasPrimary === true || v.failback !== undefined)) checksumReason = why;
     }
     let disk: DiskState = v.disk;
     if (full) disk = 'inconsistent';
