@@ -111,6 +111,13 @@ export class FileBlockDevice implements BlockDevice {
   readonly #fd: number;
   #closed = false;
   #inFlight = 0;
+  /**
+   * `fdatasync` calls running: a write meanwhile may wait for the sync for a
+   * moment, which the inline gate excuses (else every durability flush sent
+   * the next 1,024 writes to the thread pool, and their completions came
+   * back one by one).
+   */
+  #syncing = 0;
   #closing: Promise<void> | undefined;
   #onIdle: (() => void) | undefined;
   /** When small writes run on the event-loop thread. */
@@ -314,8 +321,10 @@ export class FileBlockDevice implements BlockDevice {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (this.readOnly) return Promise.resolve();
     this.#inFlight++;
+    this.#syncing++;
     return new Promise<void>((resolve, reject) => {
       fs.fdatasync(this.#fd, (error) => {
+        this.#syncing--;
         this.#settled();
         if (error === null) resolve();
         else reject(this.#ioError(error, 'flush', 0, 0));
@@ -402,8 +411,13 @@ export class FileBlockDevice implements BlockDevice {
         fs.write(fd, data, done, total - done, position + done, afterWrite);
         return;
       }
-      if (fua) fs.fdatasync(fd, callback);
-      else callback(null);
+      if (fua) {
+        this.#syncing++;
+        fs.fdatasync(fd, (error) => {
+          this.#syncing--;
+          callback(error);
+        });
+      } else callback(null);
     };
     if (total === 0) {
       afterWrite(null, 0);
@@ -411,7 +425,7 @@ export class FileBlockDevice implements BlockDevice {
     }
     let inline: number | undefined;
     try {
-      inline = this.#inlineWrites.run(total, () => fs.writeSync(fd, data, 0, total, position));
+      inline = this.#inlineWrites.run(total, () => fs.writeSync(fd, data, 0, total, position), this.#syncing > 0);
     } catch (error) {
       callback(error as NodeJS.ErrnoException);
       return;

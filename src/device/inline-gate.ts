@@ -21,6 +21,12 @@
 export const INLINE_MAX_BYTES = 64 * 1024;
 /** An inline operation slower than this (ms) sends the next ones to the thread pool. */
 export const INLINE_SLOW_MS = 1;
+/**
+ * An excused inline operation (see {@link InlineGate.run}) still counts as
+ * slow above this many ms: a disk that slow sends the next operations to
+ * the thread pool whatever else is going on.
+ */
+export const INLINE_EXCUSED_MS = 10;
 /** Operations sent to the thread pool after a slow inline one. */
 export const INLINE_BACKOFF_OPS = 1024;
 /** Weight of the newest duration in the running mean (1/16). */
@@ -51,9 +57,12 @@ export class InlineGate {
   /**
    * Runs `operation` inline when allowed for `bytes` and returns its result,
    * or returns `undefined` without running it (use the thread pool). Errors
-   * thrown by `operation` propagate.
+   * thrown by `operation` propagate. `excused`: the caller knows why this one
+   * may be slow for a moment (a write while the file is being synced waits
+   * for the sync), so up to {@link INLINE_EXCUSED_MS} it does not send the
+   * next operations to the thread pool and is left out of the mean.
    */
-  run<T>(bytes: number, operation: () => T): T | undefined {
+  run<T>(bytes: number, operation: () => T, excused = false): T | undefined {
     if (!this.#enabled || bytes === 0 || bytes > INLINE_MAX_BYTES) return undefined;
     if (this.#backoff > 0) {
       this.#backoff--;
@@ -64,10 +73,13 @@ export class InlineGate {
       return operation();
     } finally {
       const ms = performance.now() - started;
-      this.#meanMs += (ms - this.#meanMs) * MEAN_WEIGHT;
-      if (ms > INLINE_SLOW_MS || this.#meanMs > this.#meanLimitMs) {
-        this.#backoff = INLINE_BACKOFF_OPS;
-        this.#meanMs = 0;
+      // an excused wait (see above) is neither slow nor part of the mean
+      if (!excused || ms > INLINE_EXCUSED_MS) {
+        this.#meanMs += (ms - this.#meanMs) * MEAN_WEIGHT;
+        if (ms > INLINE_SLOW_MS || this.#meanMs > this.#meanLimitMs) {
+          this.#backoff = INLINE_BACKOFF_OPS;
+          this.#meanMs = 0;
+        }
       }
     }
   }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { afterEach, beforeEach, describe, it } from 'node:test';
 import FakeTimers from '@sinonjs/fake-timers';
-import { INLINE_BACKOFF_OPS, INLINE_MAX_BYTES, INLINE_SLOW_MS, InlineGate } from '../../src/device/inline-gate.js';
+import { INLINE_BACKOFF_OPS, INLINE_EXCUSED_MS, INLINE_MAX_BYTES, INLINE_SLOW_MS, InlineGate } from '../../src/device/inline-gate.js';
 
 describe('InlineGate', () => {
   let clock: ReturnType<typeof FakeTimers.install>;
@@ -38,6 +38,20 @@ describe('InlineGate', () => {
     assert.equal(inline, 0);
     assert.equal(gate.backingOff, false);
     assert.equal(gate.run(4096, () => 'probe'), 'probe');
+  });
+
+  it('an excused operation (a write while the file is synced) up to INLINE_EXCUSED_MS neither backs off nor moves the mean; a slower one still backs off', () => {
+    const gate = new InlineGate(true, 0.025);
+    gate.run(4096, () => clock.tick(INLINE_EXCUSED_MS), true);
+    assert.equal(gate.backingOff, false, 'a wait for a sync is not a slow disk');
+    // the mean is untouched: page-cache-fast operations right after stay inline
+    for (let i = 0; i < 100; i++) assert.notEqual(gate.run(4096, () => clock.tick(0.002)), undefined, `op ${i} went to the thread pool`);
+    gate.run(4096, () => clock.tick(INLINE_EXCUSED_MS + 0.5), true);
+    assert.equal(gate.backingOff, true, 'slower than any wait for a sync: the disk is slow');
+    // not excused: the usual limit
+    const plain = new InlineGate(true);
+    plain.run(4096, () => clock.tick(INLINE_SLOW_MS + 0.5));
+    assert.equal(plain.backingOff, true);
   });
 
   it('with a mean limit, operations that are each fast enough but slow on average (disk reads) back off', () => {
