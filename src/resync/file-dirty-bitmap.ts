@@ -162,6 +162,33 @@ async function writeAll(fd: FileHandle, data: Buffer, position: number): Promise
 }
 
 /** Reads `length` bytes at `position`; returns the buffer (zero beyond the end of the file) and the bytes actually read. */
+/**
+ * The newest valid header of the two slots in `area` (the file's first
+ * `BITS_START` bytes; null: none), and the format version of a slot this
+ * code cannot read, if any.
+ */
+function newestHeader(area: Buffer): { header: BitmapHeader | null; version?: number } {
+  let header: BitmapHeader | null = null;
+  let version: number | undefined;
+  for (const at of HEADER_SLOTS) {
+    const result = decodeBitmapHeader(area.subarray(at, at + HEADER_BYTES));
+    if (result.ok) {
+      if (header === null || result.header.generation > header.generation) header = result.header;
+    } else if (result.reason === 'version') {
+      version = result.version;
+    }
+  }
+  return version === undefined ? { header } : { header, version };
+}
+
+/** The bit array of a bitmap with `geometry`; bytes the file lacks (short, torn) read as dirty: whatever they held is unknown. */
+async function readBits(fd: FileHandle, geometry: ResolvedBitmapGeometry): Promise<{ bits: Buffer; read: number; truncated: boolean }> {
+  const { data: bits, read } = await readFully(fd, geometry.pagedBytes, BITS_START);
+  const truncated = read < geometry.bitmapBytes;
+  if (truncated) bits.fill(0xff, read, geometry.bitmapBytes);
+  return { bits, read, truncated };
+}
+
 async function readFully(fd: FileHandle, length: number, position: number): Promise<{ data: Buffer; read: number }> {
   const data = Buffer.alloc(length);
   let done = 0;
@@ -317,16 +344,11 @@ export class FileDirtyBitmap extends MemoryDirtyBitmap implements DirtyBitmap {
     try {
       const fileSize = (await fd.stat()).size;
       const { data: area } = await readFully(fd, BITS_START, 0);
-      let best: BitmapHeader | null = null;
-      for (const at of HEADER_SLOTS) {
-        const result = decodeBitmapHeader(area.subarray(at, at + HEADER_BYTES));
-        if (result.ok) {
-          if (best === null || result.header.generation > best.generation) best = result.header;
-        } else if (result.reason === 'version') {
-          throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', `bitmap ${path} has format version ${result.version}`, {
-            details: { path, version: result.version },
-          });
-        }
+      const { header: best, version } = newestHeader(area);
+      if (version !== undefined) {
+        throw new BlockMirrorError('BM_ERR_NOT_SUPPORTED', `bitmap ${path} has format version ${version}`, {
+          details: { path, version },
+        });
       }
 
       let bitmap: FileDirtyBitmap;
@@ -348,13 +370,8 @@ export class FileDirtyBitmap extends MemoryDirtyBitmap implements DirtyBitmap {
           );
         }
         const geometry = resolveBitmapGeometry({ volumeSize: best.volumeSize, regionSize: best.regionSize });
-        const { data: bits, read } = await readFully(fd, geometry.pagedBytes, BITS_START);
-        const truncated = read < geometry.bitmapBytes;
-        if (truncated) {
-          // Whatever the missing bytes held is unknown: treat their regions as dirty.
-          bits.fill(0xff, read, geometry.bitmapBytes);
-          debug('%s: bit array short (%d of %d bytes): missing regions marked dirty', path, read, geometry.bitmapBytes);
-        }
+        const { bits, read, truncated } = await readBits(fd, geometry);
+        if (truncated) debug('%s: bit array short (%d of %d bytes): missing regions marked dirty', path, read, geometry.bitmapBytes);
         bitmap = new FileDirtyBitmap(
           path,
           fd,
@@ -716,16 +733,11 @@ export async function readBitmapRanges(path: string, options: { volumeSize: numb
   }
   try {
     const { data: area } = await readFully(fd, BITS_START, 0);
-    let best: BitmapHeader | null = null;
-    for (const at of HEADER_SLOTS) {
-      const result = decodeBitmapHeader(area.subarray(at, at + HEADER_BYTES));
-      if (result.ok && (best === null || result.header.generation > best.generation)) best = result.header;
-    }
+    const { header: best } = newestHeader(area);
     if (best === null) return { ok: false, reason: 'bitmap file holds no valid header (torn or not a bitmap)' };
     if (best.volumeSize !== options.volumeSize) return { ok: false, reason: `bitmap file is for ${best.volumeSize} bytes, not ${options.volumeSize}` };
     const geometry = resolveBitmapGeometry({ volumeSize: best.volumeSize, regionSize: best.regionSize });
-    const { data: bits, read } = await readFully(fd, geometry.pagedBytes, BITS_START);
-    if (read < geometry.bitmapBytes) bits.fill(0xff, read, geometry.bitmapBytes);
+    const { bits } = await readBits(fd, geometry);
     const bitmap = new MemoryDirtyBitmap({ volumeSize: geometry.volumeSize, regionSize: geometry.regionSize });
     bitmap.merge(bits.subarray(0, geometry.bitmapBytes));
     return { ok: true, regionSize: geometry.regionSize, regions: bitmap.dirtyCount, ranges: dirtyRanges(bitmap, Math.max(1, options.maxRanges)) };
