@@ -11,7 +11,7 @@
 import { BlockMirrorError } from '../errors.js';
 import type { HelloHeader, VolumeOffer } from '../codec/messages.js';
 import { compareGenerations, MAX_HISTORY, type GenerationState, type Lineage } from './generation.js';
-import type { DiskState } from './pair-state.js';
+import type { BitmapOwner, DiskState } from './pair-state.js';
 
 /** What the decision needs to know about one hosted volume. */
 export interface ClaimView {
@@ -47,14 +47,12 @@ export interface ClaimView {
    * recorded, a journal that also cleared its bits).
    */
   failback?: FailbackBitmap;
+  /** Why there is no `failback` bitmap for an image that was a primary's (said with a checksum failback). */
+  failbackMissing?: string;
 }
 
-/** See {@link ClaimView.failback}. */
-export interface FailbackBitmap {
-  /** Generation of this image the bitmap belongs to. */
-  generation: string;
-  /** Node id of the mirror whose durable acknowledgements alone cleared its bits. */
-  peer: string;
+/** See {@link ClaimView.failback}: whose bitmap it is ({@link BitmapOwner}), and what it holds. */
+export interface FailbackBitmap extends BitmapOwner {
   /** Dirty byte ranges, `[offset, length, offset, length, …]`, sorted, disjoint, within the volume (possibly coarsened: a superset). */
   ranges: readonly number[];
   /** Regions the ranges cover, in the bitmap's own region size. */
@@ -219,7 +217,7 @@ export function decideClaim(hello: HelloHeader, offers: readonly VolumeOffer[], 
  */
 function failbackRefusal(v: ClaimView, node: string, primary: GenerationState, lineage: Lineage, discarded: boolean): string | undefined {
   const f = v.failback;
-  if (f === undefined) return 'no usable write-intent bitmap on the target';
+  if (f === undefined) return v.failbackMissing === undefined ? 'no usable write-intent bitmap on the target' : `no usable write-intent bitmap on the target: ${v.failbackMissing}`;
   if (f.peer !== node) return `the target's bitmap was kept against node ${f.peer}, not ${node}`;
   if (v.generations === undefined || !sharesAncestry(primary, v.generations)) return 'the lineages have no generation in common';
   if (f.owed) return undefined;

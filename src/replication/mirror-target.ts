@@ -1099,9 +1099,8 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
         log('volume %s: failback: the bitmap of generation %s (%d regions) is offered to %s', v.name, d.failback.generation, d.failback.regions, hello.node);
         this.emit('failback', { volume: v.name, node: hello.node, method: 'bitmap', regions: d.failback.regions });
       } else if (fresh && d.checksumReason !== undefined) {
-        const reason = v.failbackMissing !== undefined && v.failback === undefined && d.checksumReason.startsWith('no usable') ? `${d.checksumReason}: ${v.failbackMissing}` : d.checksumReason;
-        log('volume %s: failback by checksum: %s', v.name, reason);
-        this.emit('failback', { volume: v.name, node: hello.node, method: 'checksum', reason });
+        log('volume %s: failback by checksum: %s', v.name, d.checksumReason);
+        this.emit('failback', { volume: v.name, node: hello.node, method: 'checksum', reason: d.checksumReason });
       }
       ready.push(r);
     }
@@ -1130,6 +1129,7 @@ export class MirrorTarget extends EventEmitter<MirrorTargetEvents> {
       promoted: v.promoted,
       handedOver: v.handedOver,
       ...(v.failback === undefined ? {} : { failback: v.failback }),
+      ...(v.failbackMissing === undefined ? {} : { failbackMissing: v.failbackMissing }),
     };
   }
 
