@@ -2557,9 +2557,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
 
   /** `req`, a resync copy, is durable on the target: later copies of its regions need not wait for it. */
   #forgetResyncCopy(req: MirrorRequest): void {
-    const regionSize = this.#needs.regionSize;
-    const last = Math.floor((req.offset + req.length - 1) / regionSize);
-    for (let i = Math.floor(req.offset / regionSize); i <= last; i++) if (this.#resyncCopies.get(i) === req) this.#resyncCopies.delete(i);
+    const last = this.#needs.regionIndex(req.offset + req.length - 1);
+    for (let i = this.#needs.regionIndex(req.offset); i <= last; i++) if (this.#resyncCopies.get(i) === req) this.#resyncCopies.delete(i);
   }
 
   /** Marks a range to be copied by the next resync. */
@@ -2593,9 +2592,8 @@ export class PrimaryVolume extends EventEmitter<PrimaryVolumeEvents> {
     // earlier copy of the range; other regions' resync writes may be applied
     // in any order among themselves
     let barrier = this.#lastWriteSeq;
-    const regionSize = this.#needs.regionSize;
-    const first = Math.floor(offset / regionSize);
-    const last = Math.floor((offset + length - 1) / regionSize);
+    const first = this.#needs.regionIndex(offset);
+    const last = this.#needs.regionIndex(offset + length - 1);
     for (let i = first; i <= last; i++) {
       const earlier = this.#resyncCopies.get(i);
       if (earlier !== undefined && this.#requests.get(earlier.seq) === earlier && earlier.seq > barrier) barrier = earlier.seq;
@@ -2696,7 +2694,6 @@ function toResult(outcome: MirrorOutcome, seq: number | undefined): WriteResult 
   if (seq !== undefined) r.seq = seq;
   return r;
 }
-
 
 /**
  * The failback ranges of a READY checked against the volume (sorted and
