@@ -1,13 +1,5 @@
-/** Test helper: a small seeded PRNG for deterministic random inputs. */
-
-/** Deterministic PRNG (mulberry32). */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/**
+ * Test helper: a small seeded PRNG for deterministic random inputs — the
+ * library's own `seededRandom` (mulberry32), under the name the tests use.
+ */
+export { seededRandom as prng } from '../../src/transport/memory.js';
