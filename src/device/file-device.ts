@@ -238,7 +238,7 @@ export class FileBlockDevice implements BlockDevice {
     if (length === 0) return Promise.resolve(Buffer.alloc(0));
     // Not from the shared pool: the caller owns the whole backing store.
     const buffer = Buffer.allocUnsafeSlow(length);
-    return this.#readInto(offset, buffer).then(() => buffer);
+    return this.#readInto(offset, buffer, buffer);
   }
 
   /** Reads `target.length` bytes at `offset` into `target` (see {@link BlockDevice.readInto}). */
@@ -250,10 +250,11 @@ export class FileBlockDevice implements BlockDevice {
       return Promise.reject(error);
     }
     if (target.length === 0) return Promise.resolve();
-    return this.#readInto(offset, target);
+    return this.#readInto(offset, target, undefined);
   }
 
-  #readInto(offset: number, buffer: Uint8Array): Promise<void> {
+  /** Fills `buffer` from `offset`, then resolves with `result` (no second promise per read). */
+  #readInto<T>(offset: number, buffer: Uint8Array, result: T): Promise<T> {
     const length = buffer.length;
     const fd = this.#fd;
     let inline: number | undefined;
@@ -263,9 +264,9 @@ export class FileBlockDevice implements BlockDevice {
       return Promise.reject(this.#ioError(error as NodeJS.ErrnoException, 'read', offset, length));
     }
     // A short inline read (end of file) takes the general path below.
-    if (inline === length) return Promise.resolve();
+    if (inline === length) return Promise.resolve(result);
     this.#inFlight++;
-    return new Promise<void>((resolve, reject) => {
+    return new Promise<T>((resolve, reject) => {
       let done = 0;
       const onRead = (error: SysError, bytesRead: number): void => {
         if (error !== null) {
@@ -284,7 +285,7 @@ export class FileBlockDevice implements BlockDevice {
           return;
         }
         this.#settled();
-        resolve();
+        resolve(result);
       };
       fs.read(fd, buffer, 0, length, offset, onRead);
     });
@@ -321,10 +322,8 @@ export class FileBlockDevice implements BlockDevice {
     if (this.#closed) return Promise.reject(this.#closedError());
     if (this.readOnly) return Promise.resolve();
     this.#inFlight++;
-    this.#syncing++;
     return new Promise<void>((resolve, reject) => {
-      fs.fdatasync(this.#fd, (error) => {
-        this.#syncing--;
+      this.#fdatasync((error) => {
         this.#settled();
         if (error === null) resolve();
         else reject(this.#ioError(error, 'flush', 0, 0));
@@ -411,13 +410,8 @@ export class FileBlockDevice implements BlockDevice {
         fs.write(fd, data, done, total - done, position + done, afterWrite);
         return;
       }
-      if (fua) {
-        this.#syncing++;
-        fs.fdatasync(fd, (error) => {
-          this.#syncing--;
-          callback(error);
-        });
-      } else callback(null);
+      if (fua) this.#fdatasync(callback);
+      else callback(null);
     };
     if (total === 0) {
       afterWrite(null, 0);
@@ -432,6 +426,15 @@ export class FileBlockDevice implements BlockDevice {
     }
     if (inline !== undefined && inline > 0) afterWrite(null, inline);
     else fs.write(fd, data, 0, total, position, afterWrite);
+  }
+
+  /** `fdatasync` of the file, counted in `#syncing` while it runs. */
+  #fdatasync(callback: (error: SysError) => void): void {
+    this.#syncing++;
+    fs.fdatasync(this.#fd, (error) => {
+      this.#syncing--;
+      callback(error);
+    });
   }
 
   #settled(): void {

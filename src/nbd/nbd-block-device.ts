@@ -321,7 +321,7 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
     // Structured replies may come in several chunks: start from zeroes, never from old memory.
     const out = this.#structured ? Buffer.alloc(length) : Buffer.allocUnsafe(length);
     if (length === 0) return Promise.resolve(out);
-    return this.#readInto(offset, out).then(() => out);
+    return this.#readInto(offset, out, out);
   }
 
   /** Reads `target.length` bytes at `offset` into `target` (see {@link BlockDevice.readInto}). */
@@ -335,10 +335,11 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
     if (target.length === 0) return Promise.resolve();
     // Structured replies may come in several chunks: start from zeroes, never from old memory.
     if (this.#structured) target.fill(0);
-    return this.#readInto(offset, target);
+    return this.#readInto(offset, target, undefined);
   }
 
-  #readInto(offset: number, target: Uint8Array): Promise<void> {
+  /** Fills `target` from `offset` (split at {@link maxRequestSize}), then resolves with `result`. */
+  #readInto<T>(offset: number, target: Uint8Array, result: T): Promise<T> {
     const out = Buffer.isBuffer(target) ? target : Buffer.from(target.buffer, target.byteOffset, target.byteLength);
     const length = out.length;
     const parts: Promise<unknown>[] = [];
@@ -346,7 +347,7 @@ export class NbdBlockDevice extends EventEmitter<NbdBlockDeviceEvents> implement
       const n = Math.min(this.maxRequestSize, length - pos);
       parts.push(this.#submit({ type: NBD_CMD_READ, flags: 0, offset: offset + pos, length: n, target: out.subarray(pos, pos + n) }));
     }
-    return Promise.all(parts).then(() => undefined);
+    return Promise.all(parts).then(() => result);
   }
 
   /** Writes `data` at `offset` (split at {@link maxRequestSize}); `fua` as the server allows (see the class description). */
