@@ -18,6 +18,7 @@ import { createMirrorTarget, type MirrorTarget } from '../../src/replication/mir
 import { createPrimary, type Primary } from '../../src/replication/primary.js';
 import { FilePairStateStore } from '../../src/replication/pair-state.js';
 import { cutOff } from '../helpers/network.js';
+import { onceEvent } from '../helpers/events.js';
 
 const A = '10.12.5.1';
 const B = '10.12.5.2';
@@ -163,19 +164,26 @@ test('SPEC 22, issue 12 (5): failback without a usable bitmap (torn file, or non
   }
 });
 
-for (const who of ['B (the new primary)', 'A (the old primary, now the mirror)'] as const) {
-  test(`SPEC 22, issue 12 (5): ${who} restarted in the middle of the failback resync: it resumes (bitmap, or checksum) and the images end identical`, async () => {
+const RESTART_POINTS = {
+  'in the middle of the failback resync': 'resync',
+  'at once after the failback claim (before its resync copied anything; a reply of the claim may be lost)': 'claim',
+} as const;
+for (const who of ['B (the new primary)', 'A (the old primary, now the mirror)'] as const) for (const [when, point] of Object.entries(RESTART_POINTS)) {
+  test(`SPEC 22, issue 12 (5): ${who} restarted ${when}: it resumes (bitmap, or checksum) and the images end identical`, async () => {
     const dirty = Array.from({ length: 24 }, (_, i) => 20 + i);
     const s = await forcedFailover(dirty, [2, 5]);
     try {
       let a = await s.startA();
+      const claimed = onceEvent(a, 'failback');
       // slow enough to be cut in the middle: 64 KiB regions at 256 KiB/s
       let b = await s.startB({ rateBytesPerSecond: 256 * 1024 });
       try {
-        await until('the resync under way', () => {
-          const p = b.status().volumes.v?.progress;
-          return p !== undefined && p.done > 0 && p.done < p.total;
-        });
+        if (point === 'claim') await claimed;
+        else
+          await until('the resync under way', () => {
+            const p = b.status().volumes.v?.progress;
+            return p !== undefined && p.done > 0 && p.done < p.total;
+          });
         if (who.startsWith('B')) {
           await b.close({ drain: false });
           b = await s.startB();
